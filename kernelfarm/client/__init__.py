@@ -1,0 +1,5 @@
+"""Clients: :class:`Client` (blocking) here, the asyncio one in :mod:`kernelfarm.aio`."""
+
+from kernelfarm.client.blocking import Client
+
+__all__ = ["Client"]

@@ -1,0 +1,120 @@
+"""``kernelfarm.Client``: the blocking client, built from the control address alone.
+
+It fetches the slot table once, then sends each request straight to the owning kernel over
+a pooled connection.  ``MOVED`` refreshes the table and retries; ``TRYAGAIN`` and a kernel
+that cannot be reached (restarting) back off and retry until the deadline.  A request that
+was already sent when its connection broke is not resent: it may have been applied, and
+only the caller knows whether repeating it is safe.
+"""
+
+from __future__ import annotations
+
+import functools
+import time
+from typing import Any
+
+from kernelfarm.client.routing import Addr, RetryPolicy, Router
+from kernelfarm.config import parse_hostport
+from kernelfarm.errors import Moved, TryAgain
+from kernelfarm.rpc.blocking import BlockingConnection
+
+
+def as_addr(control: Addr | str | list[Any]) -> Addr:
+    if isinstance(control, str):
+        return parse_hostport(control)
+    host, port = control
+    return str(host), int(port)
+
+
+class Client:
+    def __init__(self, control: Addr | str, *, timeout: float = 30.0,
+                 retry: RetryPolicy | None = None) -> None:
+        self.control = as_addr(control)
+        self.timeout = timeout
+        self.retry = retry or RetryPolicy()
+        self._conns: dict[Addr, BlockingConnection] = {}
+        self.router = Router(self.cluster_map())
+
+    # -- control API ----------------------------------------------------------------------
+
+    def _control(self, method: str, *params: Any) -> Any:
+        return self._connection(self.control).call(method, params, self.timeout)
+
+    def cluster_map(self) -> dict[str, Any]:
+        return self._control("cluster.map")  # type: ignore[no-any-return]
+
+    def status(self) -> dict[str, Any]:
+        return self._control("cluster.status")  # type: ignore[no-any-return]
+
+    def scale(self, n: int) -> dict[str, Any]:
+        return self._control("cluster.scale", n)  # type: ignore[no-any-return]
+
+    def refresh(self) -> None:
+        self.router.update(self.cluster_map())
+
+    # -- data path ------------------------------------------------------------------------
+
+    def call(self, method: str, *params: Any) -> Any:
+        """Call ``method`` on the kernel that owns its partition key."""
+        deadline = time.monotonic() + self.retry.deadline_s
+        attempt = 0
+        while True:
+            addr = self.router.route(method, list(params))
+            try:
+                return self._connection(addr).call(method, params, self.timeout)
+            except (Moved, TryAgain, ConnectionRefusedError) as exc:
+                if time.monotonic() >= deadline:
+                    raise
+                if isinstance(exc, TryAgain):
+                    time.sleep(self.retry.delay(attempt))
+                else:
+                    self._refresh_after(exc, attempt)
+            attempt += 1
+
+    def call_kernel(self, addr: Addr, method: str, *params: Any) -> Any:
+        return self._connection(addr).call(method, params, self.timeout)
+
+    def call_all(self, method: str, *params: Any) -> list[Any]:
+        """Call ``method`` on every kernel (``fs.listdir("/")`` merges their volumes)."""
+        return [self.call_kernel(addr, method, *params) for addr in self.router.kernels()]
+
+    def _refresh_after(self, exc: Exception, attempt: int) -> None:
+        if isinstance(exc, ConnectionRefusedError):
+            time.sleep(self.retry.delay(attempt))
+        try:
+            self.refresh()
+        except (ConnectionRefusedError, OSError):
+            pass  # the supervisor itself is briefly away; the deadline bounds this
+
+    def _connection(self, addr: Addr) -> BlockingConnection:
+        conn = self._conns.get(addr)
+        if conn is not None and conn.alive():
+            return conn
+        if conn is not None:
+            conn.close()
+        conn = BlockingConnection(addr[0], addr[1], timeout=self.timeout)
+        self._conns[addr] = conn
+        return conn
+
+    @functools.cached_property
+    def fs(self) -> Any:
+        from kernelfarm.fs.client import FsApi
+
+        return FsApi(self.call, self.call_all)
+
+    @functools.cached_property
+    def net(self) -> Any:
+        from kernelfarm.net.client import NetApi
+
+        return NetApi(self.call)
+
+    def close(self) -> None:
+        for conn in self._conns.values():
+            conn.close()
+        self._conns.clear()
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc_info: Any) -> None:
+        self.close()

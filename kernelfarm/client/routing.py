@@ -1,0 +1,89 @@
+"""What both clients share: the slot table, where a request goes, and when to retry.
+
+Kept free of I/O so the blocking and the asyncio client cannot route differently, and so
+the rules are testable alone.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+from typing import Any, Callable
+
+from kernelfarm.partition import SlotTable, key_slot
+
+Addr = tuple[str, int]
+
+
+def fs_key(params: list[Any]) -> str | None:
+    """The volume: first component of the path; ``None`` for ``/`` itself."""
+    from kernelfarm.fs.paths import volume_of
+
+    return volume_of(params[0])
+
+
+def net_key(params: list[Any]) -> str | None:
+    """The namespace: first parameter of every ``net.*`` call."""
+    namespace = params[0]
+    if type(namespace) is not str:
+        raise TypeError("the namespace must be a string")
+    return namespace
+
+
+KEY_OF: dict[str, Callable[[list[Any]], str | None]] = {"fs": fs_key, "net": net_key}
+"""Partition key per subsystem; kernels use the same functions in their Method entries."""
+
+
+def partition_key(method: str, params: list[Any]) -> str | None:
+    """The key a request routes by, or ``None`` when any kernel may answer it.
+
+    A key that cannot be computed (bad params) is ``None`` too: the request goes to some
+    kernel, which answers with the proper error, so validation lives in one place.
+    """
+    keyfn = KEY_OF.get(method.partition(".")[0])
+    if keyfn is None or not params:
+        return None
+    try:
+        return keyfn(params)
+    except Exception:
+        return None
+
+
+class Router:
+    """The client's copy of ``cluster.map``."""
+
+    def __init__(self, cluster_map: dict[str, Any]) -> None:
+        self.update(cluster_map)
+
+    def update(self, cluster_map: dict[str, Any]) -> None:
+        self.epoch: int = cluster_map["epoch"]
+        self.table = SlotTable.from_ranges(self.epoch, cluster_map["slots"])
+        self.addrs: dict[int, Addr] = {
+            k["id"]: (k["addr"][0], int(k["addr"][1])) for k in cluster_map["kernels"]
+            if k.get("state") != "failed"}
+        self.all_addrs: dict[int, Addr] = {
+            k["id"]: (k["addr"][0], int(k["addr"][1])) for k in cluster_map["kernels"]}
+
+    def route(self, method: str, params: list[Any]) -> Addr:
+        key = partition_key(method, params)
+        if key is None:
+            return self.any()
+        return self.all_addrs[self.table.owner(key_slot(key))]
+
+    def any(self) -> Addr:
+        return random.choice(list(self.addrs.values() or self.all_addrs.values()))
+
+    def kernels(self) -> list[Addr]:
+        return list(self.addrs.values())
+
+
+@dataclass
+class RetryPolicy:
+    """Back-off for TRYAGAIN and for a kernel that is restarting, within a deadline."""
+
+    deadline_s: float = 10.0
+    first_delay_s: float = 0.005
+    max_delay_s: float = 0.25
+
+    def delay(self, attempt: int) -> float:
+        return min(self.max_delay_s, self.first_delay_s * (2 ** attempt))

@@ -1,0 +1,265 @@
+"""Typed, frozen configuration: every setting declared once, validated in one place.
+
+A section is a frozen dataclass whose fields are made with :func:`setting` (default,
+meaning, allowed values).  :func:`load` reads one TOML file, rejects unknown tables and
+keys by name, checks every value's type, applies command-line overrides, and returns a
+:class:`Config`.  It does no I/O beyond reading the file and never exits the process:
+errors are :class:`~kernelfarm.errors.ConfigError` naming the offending key.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import tomllib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Literal
+
+from kernelfarm.errors import ConfigError
+
+
+DEFAULT_CONTROL = "127.0.0.1:7400"
+
+
+def setting(default: Any, help: str, *, minimum: float | None = None,
+            check: Callable[[Any], None] | None = None) -> Any:
+    """Declare a setting: its default, what it means, and optional bounds or a check."""
+    return field(default=default, metadata={"help": help, "minimum": minimum, "check": check})
+
+
+def parse_hostport(text: str) -> tuple[str, int]:
+    """``"127.0.0.1:7400"`` or ``"[::1]:7400"`` -> ``(host, port)``."""
+    host, sep, port = text.rpartition(":")
+    if not sep or not port.isdigit() or not host:
+        raise ValueError(f"expected HOST:PORT, got {text!r}")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    number = int(port)
+    if not 0 <= number <= 65535:
+        raise ValueError(f"port out of range in {text!r}")
+    return host, number
+
+
+def _check_kernels(value: Any) -> None:
+    if value != "auto" and not (isinstance(value, int) and value >= 1):
+        raise ValueError('must be "auto" or a whole number >= 1')
+
+
+def _check_hostport(value: Any) -> None:
+    parse_hostport(value)
+
+
+@dataclass(frozen=True)
+class FarmConfig:
+    kernels: int | str = setting(
+        "auto", 'number of kernel processes; "auto" = one per allowed core (more than the '
+        "cores is allowed and pins round-robin)", check=_check_kernels)
+    mode: Literal["partitioned", "locked"] = setting(
+        "partitioned", "partitioned: N single-CPU kernels; locked: one kernel with N threads "
+        "under locks (the baseline)")
+    threads: int | str = setting(
+        "auto", 'worker threads in locked mode; "auto" = one per allowed core',
+        check=_check_kernels)
+    locking: Literal["global", "fine"] = setting(
+        "fine", "locked mode only: one big lock, or per-volume/per-namespace locks")
+    data_dir: str = setting("~/.local/state/kernelfarm", "where kernels keep their data")
+    control: str = setting(DEFAULT_CONTROL, "supervisor control address HOST:PORT (port 0 = "
+                           "any free port)", check=_check_hostport)
+    host: str = setting("127.0.0.1", "address the kernels listen on (loopback by default)")
+
+
+@dataclass(frozen=True)
+class RpcConfig:
+    max_message_bytes: int = setting(
+        16 * 1024 * 1024, "largest msgpack-rpc message accepted; larger gets E2BIG",
+        minimum=1024)
+    max_inflight: int = setting(
+        256, "requests in flight per connection before the server stops reading it",
+        minimum=1)
+    write_buffer_bytes: int = setting(
+        4 * 1024 * 1024, "unsent reply bytes per connection before the server stops "
+        "reading it (a client that does not read its replies)", minimum=4096)
+
+
+@dataclass(frozen=True)
+class SupervisorConfig:
+    heartbeat_interval: float = setting(1.0, "seconds between pings of each kernel",
+                                        minimum=0.01)
+    heartbeat_timeout: float = setting(5.0, "a kernel that does not answer a ping for this "
+                                       "long is killed and restarted", minimum=0.05)
+    boot_timeout: float = setting(15.0, "seconds a kernel may take to report ready",
+                                  minimum=0.1)
+    boot_retries: int = setting(5, "consecutive failed boots before a kernel is marked "
+                                "failed instead of restarted", minimum=1)
+    restart_backoff: float = setting(0.1, "first delay before a restart; doubles per "
+                                     "consecutive failure", minimum=0.0)
+    restart_backoff_max: float = setting(5.0, "largest delay between restarts", minimum=0.0)
+    shutdown_timeout: float = setting(5.0, "seconds a kernel gets to exit after SIGTERM "
+                                      "before SIGKILL", minimum=0.1)
+
+
+SECTIONS: dict[str, type] = {
+    "farm": FarmConfig,
+    "rpc": RpcConfig,
+    "supervisor": SupervisorConfig,
+}
+
+
+def register_section(name: str, cls: type) -> None:
+    """Subsystems declare their own section (``[fs]``, ``[net]``) next to their code."""
+    SECTIONS[name] = cls
+
+
+@dataclass(frozen=True)
+class Config:
+    """All sections; attribute access by section name (``config.farm.kernels``)."""
+
+    sections: dict[str, Any]
+
+    def __getattr__(self, name: str) -> Any:
+        try:
+            return self.__dict__["sections"][name]
+        except KeyError:
+            raise AttributeError(name) from None
+
+    def to_dict(self) -> dict[str, dict[str, Any]]:
+        return {name: dataclasses.asdict(sec) for name, sec in self.sections.items()}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, dict[str, Any]]) -> Config:
+        """Rebuild from :meth:`to_dict` (how a kernel process receives its config)."""
+        return build(data, source="<boot>")
+
+
+def _type_ok(value: Any, annotation: Any) -> bool:
+    origin = typing.get_origin(annotation)
+    if origin is Literal:
+        return value in typing.get_args(annotation)
+    if origin in (typing.Union, types.UnionType):
+        return any(_type_ok(value, arm) for arm in typing.get_args(annotation))
+    if origin in (list, tuple):
+        (item, *_rest) = typing.get_args(annotation)
+        return isinstance(value, (list, tuple)) and all(_type_ok(v, item) for v in value)
+    if annotation is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if annotation is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    return isinstance(value, annotation)
+
+
+def _describe(annotation: Any) -> str:
+    origin = typing.get_origin(annotation)
+    if origin is Literal:
+        return " or ".join(repr(a) for a in typing.get_args(annotation))
+    if origin in (typing.Union, types.UnionType):
+        return " or ".join(_describe(a) for a in typing.get_args(annotation))
+    return getattr(annotation, "__name__", str(annotation))
+
+
+def _build_section(name: str, cls: type, table: Any, source: str) -> Any:
+    if not isinstance(table, dict):
+        raise ConfigError(f"{source}: [{name}] must be a table")
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    values: dict[str, Any] = {}
+    for key, value in table.items():
+        if key not in fields:
+            raise ConfigError(f"{source}: unknown key {name}.{key}", key=f"{name}.{key}")
+        annotation = hints[key]
+        if typing.get_origin(annotation) is tuple and isinstance(value, list):
+            value = tuple(value)
+        if not _type_ok(value, annotation):
+            raise ConfigError(f"{source}: {name}.{key} must be {_describe(annotation)}, "
+                              f"got {value!r}", key=f"{name}.{key}")
+        meta = fields[key].metadata
+        minimum = meta.get("minimum")
+        if minimum is not None and isinstance(value, (int, float)) and value < minimum:
+            raise ConfigError(f"{source}: {name}.{key} must be >= {minimum}, got {value!r}",
+                              key=f"{name}.{key}")
+        check = meta.get("check")
+        if check is not None:
+            try:
+                check(value)
+            except ValueError as exc:
+                raise ConfigError(f"{source}: {name}.{key} {exc}", key=f"{name}.{key}") from exc
+        values[key] = value
+    return cls(**values)
+
+
+def build(data: dict[str, Any], source: str = "<config>") -> Config:
+    """Validate a parsed TOML document; missing sections and keys take their defaults."""
+    for name in data:
+        if name not in SECTIONS:
+            raise ConfigError(f"{source}: unknown section [{name}]", key=name)
+    sections = {name: _build_section(name, cls, data.get(name, {}), source)
+                for name, cls in SECTIONS.items()}
+    return Config(sections)
+
+
+def load(path: str | os.PathLike[str] | None = None,
+         overrides: dict[str, dict[str, Any]] | None = None) -> Config:
+    """Read ``path`` (or take every default), then apply ``overrides`` from flags."""
+    _import_subsystem_sections()
+    data: dict[str, Any] = {}
+    source = "<defaults>"
+    if path is not None:
+        source = str(path)
+        try:
+            with open(path, "rb") as fh:
+                data = tomllib.load(fh)
+        except FileNotFoundError as exc:
+            raise ConfigError(f"config file not found: {path}") from exc
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"{path}: invalid TOML: {exc}") from exc
+    for section, values in (overrides or {}).items():
+        merged = dict(data.get(section, {}))
+        merged.update({k: v for k, v in values.items() if v is not None})
+        data[section] = merged
+    return build(data, source)
+
+
+def describe_defaults() -> list[tuple[str, str, Any, str]]:
+    """(section, key, default, help) for every setting: the documentation's source."""
+    _import_subsystem_sections()
+    rows = []
+    for name, cls in SECTIONS.items():
+        for f in dataclasses.fields(cls):
+            rows.append((name, f.name, f.default, f.metadata.get("help", "")))
+    return rows
+
+
+def _import_subsystem_sections() -> None:
+    """Subsystems register their sections on import; make sure they are all known."""
+    import kernelfarm.kernel.components  # noqa: F401  (registers [fs], [net], ...)
+
+
+def data_path(config: Config) -> Path:
+    return Path(os.path.expanduser(config.farm.data_dir))
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return repr(value)
+    if isinstance(value, (tuple, list)):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    return '"' + str(value).replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def render_defaults() -> str:
+    """The documented default config: what ``config/kernelfarm.toml`` holds, key by key."""
+    lines = ["# kernelfarm configuration: every key, its meaning, and its default.",
+             "# Generated by `kernelfarm config`; command-line flags override this file.",
+             "# Unknown keys are an error that names the key."]
+    current = None
+    for section, key, default, help_text in describe_defaults():
+        if section != current:
+            lines += ["", f"[{section}]"]
+            current = section
+        lines.append(f"# {help_text}")
+        lines.append(f"{key} = {_toml_value(default)}")
+    return "\n".join(lines) + "\n"

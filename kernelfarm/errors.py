@@ -1,0 +1,158 @@
+"""One exception hierarchy, and the one wire encoding of errors.
+
+Errors travel in msgpack-rpc responses as a map ``{"code": NAME, "message": text, ...}``.
+POSIX conditions keep their POSIX names on the wire and become the built-in ``OSError``
+subclass again on the client (``ENOENT`` -> ``FileNotFoundError``), so callers catch what
+they already know.  Everything farm-specific is a :class:`KernelfarmError`, decoded through
+one registry keyed by code.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+from typing import Any, ClassVar
+
+
+class KernelfarmError(Exception):
+    """Root of every error kernelfarm raises that is not a POSIX ``OSError``."""
+
+    code: ClassVar[str] = "EFARM"
+
+    def __init__(self, message: str = "", **details: Any) -> None:
+        super().__init__(message or self.code)
+        self.message = message or self.code
+        self.details = details
+
+    def to_wire(self) -> dict[str, Any]:
+        return {"code": self.code, "message": self.message, **self.details}
+
+    def __getattr__(self, name: str) -> Any:
+        details = self.__dict__.get("details")
+        if details is not None and name in details:
+            return details[name]
+        raise AttributeError(name)
+
+
+class ConfigError(KernelfarmError):
+    """The configuration file or a flag is invalid; the message names the key."""
+
+    code = "ECONFIG"
+
+
+# -- protocol: the peer sent something we cannot take -------------------------------------
+
+
+class ProtocolError(KernelfarmError):
+    """A malformed msgpack-rpc message or stream."""
+
+    code = "EPROTO"
+
+
+class MessageTooBig(ProtocolError):
+    """A message over the configured size limit."""
+
+    code = "E2BIG"
+
+
+class UnknownMethod(KernelfarmError):
+    """The method is not served here."""
+
+    code = "ENOSYS"
+
+
+# -- routing: the request reached the wrong place or the wrong time ------------------------
+
+
+class RoutingError(KernelfarmError):
+    """The request must be retried elsewhere or later; clients handle these themselves."""
+
+
+class Moved(RoutingError):
+    """The slot is owned by another kernel: details ``slot``, ``kernel``, ``addr``, ``epoch``."""
+
+    code = "MOVED"
+
+
+class TryAgain(RoutingError):
+    """The slot is moving or its kernel is recovering; retry after a short back-off."""
+
+    code = "TRYAGAIN"
+
+
+# -- connection: the transport failed ---------------------------------------------------------
+
+
+class ConnectionLost(KernelfarmError):
+    """The connection to a kernel or the supervisor broke while a request was in flight."""
+
+    code = "ECONNLOST"
+
+
+class Timeout(KernelfarmError):
+    """A client-side deadline passed before an answer came."""
+
+    code = "ETIMEOUT"
+
+
+class RemoteError(KernelfarmError):
+    """An error whose code this client does not know (a newer server, say)."""
+
+    code = "EREMOTE"
+
+
+_REGISTRY: dict[str, type[KernelfarmError]] = {}
+
+
+def _register(*classes: type[KernelfarmError]) -> None:
+    for cls in classes:
+        _REGISTRY[cls.code] = cls
+
+
+_register(ConfigError, ProtocolError, MessageTooBig, UnknownMethod, Moved, TryAgain,
+          ConnectionLost, Timeout)
+
+
+def errno_name(number: int) -> str:
+    return errno.errorcode.get(number, "EIO")
+
+
+def to_wire(exc: BaseException) -> dict[str, Any]:
+    """Encode any exception raised by a handler as a wire error map.
+
+    ``TypeError``/``ValueError`` come from bad parameters (wrong types, wrong count) and
+    become ``EINVAL``; anything else unexpected is ``EIO`` so the peer learns something
+    broke without the kernel going down.
+    """
+    if isinstance(exc, KernelfarmError):
+        return exc.to_wire()
+    if isinstance(exc, OSError) and exc.errno is not None:
+        message = exc.strerror or os.strerror(exc.errno)
+        if exc.filename is not None:
+            message = f"{message}: {exc.filename!r}"
+        return {"code": errno_name(exc.errno), "message": message}
+    if isinstance(exc, (TypeError, ValueError, KeyError, IndexError, OverflowError)):
+        return {"code": "EINVAL", "message": f"invalid parameters: {exc}"}
+    return {"code": "EIO", "message": f"internal error: {type(exc).__name__}: {exc}"}
+
+
+def from_wire(error: Any) -> Exception:
+    """Decode a wire error map into the exception a client raises."""
+    if not isinstance(error, dict):
+        return RemoteError(f"malformed error: {error!r}")
+    code = error.get("code")
+    message = str(error.get("message", code))
+    details = {k: v for k, v in error.items() if k not in ("code", "message")}
+    cls = _REGISTRY.get(code) if isinstance(code, str) else None
+    if cls is not None:
+        return cls(message, **details)
+    number = getattr(errno, code, None) if isinstance(code, str) and code.startswith("E") else None
+    if isinstance(number, int):
+        return OSError(number, message)  # OSError picks FileNotFoundError etc. itself
+    return RemoteError(message, remote_code=code, **details)
+
+
+def posix(code: int, detail: str | None = None) -> OSError:
+    """A POSIX error to raise from a handler: ``raise posix(errno.ENOENT, path)``."""
+    text = os.strerror(code)
+    return OSError(code, f"{text}: {detail}" if detail else text)

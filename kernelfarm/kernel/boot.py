@@ -1,0 +1,47 @@
+"""What the supervisor tells a kernel process at boot, and the kernel's exit codes.
+
+The boot message travels as the first msgpack-rpc notification on the control socketpair
+(``[2, "kernel.boot", [info]]``), so the kernel process needs no argv parsing beyond two
+file descriptor numbers and nothing secret lands in ``ps`` output.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any
+
+BOOT_NOTIFICATION = "kernel.boot"
+READY_NOTIFICATION = "kernel.ready"
+
+EXIT_BOOT_FAILED = 3
+"""Reserved exit code (gunicorn's idea): the kernel could not start; restarting at once
+would fail the same way, so the supervisor counts these toward marking it failed."""
+
+EXIT_FLUSH_FAILED = 4
+"""A group commit's fsync failed: acknowledged state can no longer be promised, so the
+kernel exits without replying and recovers from its journal on restart (fsyncgate)."""
+
+
+@dataclass(frozen=True)
+class BootInfo:
+    kernel_id: int
+    core: int
+    epoch: int
+    ranges: list[list[int]]
+    addrs: dict[int, list[Any]]
+    config: dict[str, dict[str, Any]]
+    data_dir: str
+    supervisor_pid: int
+    mode: str = "partitioned"
+    threads: int = 1
+
+    def to_wire(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["addrs"] = [[kid, addr] for kid, addr in self.addrs.items()]
+        return data
+
+    @classmethod
+    def from_wire(cls, data: dict[str, Any]) -> BootInfo:
+        data = dict(data)
+        data["addrs"] = {int(kid): list(addr) for kid, addr in data["addrs"]}
+        return cls(**data)

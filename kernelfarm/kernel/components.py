@@ -1,0 +1,7 @@
+"""The subsystems a kernel is composed of, in the order they are started."""
+
+from __future__ import annotations
+
+from kernelfarm.kernel.subsystem import Subsystem
+
+SUBSYSTEMS: list[type[Subsystem]] = []

@@ -1,0 +1,229 @@
+"""The kernel: one process, one thread, one event loop, the state of the slots it owns.
+
+This is the fast path.  Every request goes through :meth:`Kernel.handle`: find the method,
+find its partition key, check the slot is ours (a bytearray index), call the subsystem's
+handler.  There is no lock and no lock-shaped code here: a unicpu kernel is the only thread
+that ever touches its state (rump's RUMP_NCPU=1).  The locked baseline gets its locks by
+wrapping handlers at registration (:mod:`kernelfarm.kernel.locks`), never by code on this path.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import time
+from binascii import crc_hqx
+from pathlib import Path
+from typing import Any, Callable
+
+import psutil
+
+from kernelfarm.config import Config
+from kernelfarm.errors import KernelfarmError, Moved, TryAgain, UnknownMethod, to_wire
+from kernelfarm.kernel.boot import EXIT_FLUSH_FAILED, BootInfo
+from kernelfarm.kernel.components import SUBSYSTEMS
+from kernelfarm.kernel.subsystem import Method, Subsystem
+from kernelfarm.partition import NSLOTS, SlotTable
+
+log = logging.getLogger(__name__)
+
+SLOT_MASK = NSLOTS - 1  # NSLOTS is a power of two: % NSLOTS == & SLOT_MASK
+
+Wrapper = Callable[[Method], Method]
+
+
+class Kernel:
+    """Routes requests to subsystems for owned slots; answers MOVED/TRYAGAIN otherwise.
+
+    Also the :class:`~kernelfarm.kernel.subsystem.KernelContext` its subsystems see, and
+    the :class:`~kernelfarm.rpc.server.Service` its connections call.
+    """
+
+    def __init__(self, boot: BootInfo, config: Config, loop: asyncio.AbstractEventLoop,
+                 wrap: Wrapper | None = None) -> None:
+        self.kernel_id = boot.kernel_id
+        self.core = boot.core
+        self.config = config
+        self.data_dir = Path(boot.data_dir)
+        self.loop = loop
+        self.mode = boot.mode
+        self.table = SlotTable.from_ranges(boot.epoch, boot.ranges)
+        self.addrs = dict(boot.addrs)
+        self.owned = self.table.owned_mask(self.kernel_id)
+        self.frozen: set[int] = set()
+        """Slots being handed over: their writes get TRYAGAIN, their reads still serve."""
+        self.ops: dict[str, int] = {}
+        self.errors = 0
+        self.conns: set[Any] = set()
+        self.started = time.time()
+        self._process = psutil.Process()
+        self._flushes: list[Callable[[], None]] = []
+        self._held: list[tuple[Any, bytes]] = []
+        self.subsystems: list[Subsystem] = [cls(self) for cls in SUBSYSTEMS]
+        self.methods: dict[str, Method] = {}
+        core_methods = [
+            Method("kernel.ping", self.ping, None),
+            Method("kernel.stats", self.stats, None),
+        ]
+        for method in core_methods + [m for s in self.subsystems for m in s.methods()]:
+            self.methods[method.name] = wrap(method) if wrap else method
+
+    # -- KernelContext -------------------------------------------------------------------
+
+    def owns(self, slot: int) -> bool:
+        return bool(self.owned[slot])
+
+    def request_flush(self, flush: Callable[[], None]) -> None:
+        flushes = self._flushes
+        if not flushes:
+            self.loop.call_soon(self._commit)
+        if flush not in flushes:
+            flushes.append(flush)
+
+    # -- Service -------------------------------------------------------------------------
+
+    def handle(self, conn: Any, msgid: int, method: str, params: list[Any]) -> list[Any] | None:
+        entry = self.methods.get(method)
+        if entry is None:
+            self.errors += 1
+            return [1, msgid, UnknownMethod(f"no method {method!r}").to_wire(), None]
+        try:
+            keyfn = entry.key
+            if keyfn is not None:
+                key = keyfn(params)
+                if key is not None:
+                    slot = crc_hqx(key.encode("utf-8", "surrogatepass"), 0) & SLOT_MASK
+                    if not self.owned[slot]:
+                        self.errors += 1
+                        return [1, msgid, self._not_here(slot), None]
+                    if entry.writes and slot in self.frozen:
+                        self.errors += 1
+                        return [1, msgid, TryAgain(f"slot {slot} is moving", slot=slot)
+                                .to_wire(), None]
+            if entry.wants_conn:
+                result = entry.handler(conn, *params)
+            else:
+                result = entry.handler(*params)
+        except Exception as exc:
+            self.errors += 1
+            if not isinstance(exc, (OSError, TypeError, ValueError, KernelfarmError)):
+                log.exception("%s failed", method)
+            return [1, msgid, to_wire(exc), None]
+        ops = self.ops
+        ops[method] = ops.get(method, 0) + 1
+        if entry.is_async:
+            conn.start_call(msgid, result)
+            return None
+        return [1, msgid, None, result]
+
+    def send(self, conn: Any, data: bytes) -> None:
+        if self._flushes:
+            self._held.append((conn, data))
+        else:
+            conn.write(data)
+
+    def connection_made(self, conn: Any) -> None:
+        self.conns.add(conn)
+
+    def connection_closed(self, conn: Any) -> None:
+        self.conns.discard(conn)
+
+    async def drain(self, grace: float) -> None:
+        """Clean stop: let waiting calls answer for up to ``grace`` s, then hang up."""
+        deadline = self.loop.time() + grace
+        while any(c.inflight for c in self.conns) and self.loop.time() < deadline:
+            await asyncio.sleep(0.01)
+        for conn in list(self.conns):
+            conn.close()
+
+    def _not_here(self, slot: int) -> dict[str, Any]:
+        if self.owned[slot] == 0 and slot in self.frozen:
+            return TryAgain(f"slot {slot} is moving", slot=slot).to_wire()
+        owner = self.table.owner(slot)
+        return Moved(f"slot {slot} is served by kernel {owner}", slot=slot, kernel=owner,
+                     addr=self.addrs.get(owner), epoch=self.table.epoch).to_wire()
+
+    def _commit(self) -> None:
+        """Group commit: one flush per subsystem for every write of this loop turn."""
+        flushes, self._flushes = self._flushes, []
+        try:
+            for flush in flushes:
+                flush()
+        except Exception:
+            log.critical("flush failed; exiting without acknowledging the writes",
+                         exc_info=True)
+            os._exit(EXIT_FLUSH_FAILED)
+        held, self._held = self._held, []
+        for conn, data in held:
+            conn.write(data)
+
+    # -- slot ownership (the supervisor drives these over the control channel) ----------
+
+    def set_table(self, epoch: int, ranges: list[list[int]],
+                  addrs: list[list[Any]]) -> dict[str, Any]:
+        """Adopt a new slot table: load slots newly ours, release slots no longer ours."""
+        if epoch < self.table.epoch:
+            raise ValueError(f"epoch {epoch} is older than ours ({self.table.epoch})")
+        table = SlotTable.from_ranges(epoch, ranges)
+        owned = table.owned_mask(self.kernel_id)
+        self.addrs = {int(kid): list(addr) for kid, addr in addrs}
+        gained = [s for s in range(NSLOTS) if owned[s] and not self.owned[s]]
+        lost = [s for s in range(NSLOTS) if self.owned[s] and not owned[s]]
+        self.release_slots(lost)
+        self.load_slots(gained)
+        self.table = table
+        self.owned = owned
+        return {"kernel": self.kernel_id, "epoch": epoch, "gained": len(gained),
+                "lost": len(lost)}
+
+    def load_slots(self, slots: list[int]) -> None:
+        for subsystem in self.subsystems:
+            for slot in slots:
+                subsystem.load_slot(slot)
+
+    def release_slots(self, slots: list[int]) -> None:
+        for slot in slots:
+            self.owned[slot] = 0
+        for subsystem in self.subsystems:
+            for slot in slots:
+                subsystem.release_slot(slot)
+
+    def close(self) -> None:
+        if self._flushes:
+            self._commit()
+        for subsystem in reversed(self.subsystems):
+            subsystem.close()
+
+    # -- core methods --------------------------------------------------------------------
+
+    def ping(self) -> dict[str, Any]:
+        return {"kernel": self.kernel_id, "epoch": self.table.epoch,
+                "ops": sum(self.ops.values())}
+
+    def stats(self) -> dict[str, Any]:
+        proc = self._process
+        with proc.oneshot():
+            cpu = proc.cpu_times()
+            memory = proc.memory_info().rss
+            threads = proc.num_threads()
+            affinity = proc.cpu_affinity()
+        return {
+            "kernel": self.kernel_id,
+            "pid": proc.pid,
+            "core": self.core,
+            "affinity": affinity,
+            "mode": self.mode,
+            "epoch": self.table.epoch,
+            "slots": int(sum(self.owned)),
+            "ops": dict(self.ops),
+            "ops_total": sum(self.ops.values()),
+            "errors": self.errors,
+            "cpu_user": cpu.user,
+            "cpu_system": cpu.system,
+            "memory_rss": memory,
+            "threads": threads,
+            "connections": len(self.conns),
+            "uptime": time.time() - self.started,
+            "subsystems": {s.name: s.stats() for s in self.subsystems},
+        }

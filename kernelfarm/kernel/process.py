@@ -1,0 +1,178 @@
+"""A kernel process from birth to exit: boot message, pinning, serving, clean stop.
+
+The supervisor spawns ``python -m kernelfarm.kernel --control-fd C --listen-fd L``.  The
+listening socket was bound once by the supervisor, so a restarted kernel serves the same
+address and connections made while it restarts wait in the backlog instead of failing.
+All set-up happens here, in the child (pinning, uvloop, the loop), as gunicorn and uvicorn
+do.  The kernel never outlives its supervisor: the control socketpair reaching EOF stops it,
+and ``PR_SET_PDEATHSIG`` covers a supervisor killed with SIGKILL.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import ctypes
+import logging
+import os
+import signal
+import socket
+import sys
+import time
+from typing import Any
+
+import msgpack
+import psutil
+import uvloop
+
+from kernelfarm.config import Config
+from kernelfarm.errors import to_wire
+from kernelfarm.kernel.boot import (
+    BOOT_NOTIFICATION, EXIT_BOOT_FAILED, READY_NOTIFICATION, BootInfo,
+)
+from kernelfarm.kernel.kernel import Kernel, Wrapper
+from kernelfarm.rpc.protocol import make_unpacker
+from kernelfarm.rpc.server import ServerConnection
+
+log = logging.getLogger("kernelfarm.kernel")
+
+PR_SET_PDEATHSIG = 1
+STOP_GRACE_S = 2.0
+
+
+def die_with_parent(sig: int = signal.SIGTERM) -> None:
+    """Ask Linux to signal us when the supervisor dies, however it dies."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(PR_SET_PDEATHSIG, sig, 0, 0, 0)
+    except (OSError, AttributeError):  # not Linux: the control socket EOF still stops us
+        pass
+
+
+def read_boot(control: socket.socket, timeout: float = 30.0) -> BootInfo:
+    """Block until the supervisor's boot notification arrives on the control socket."""
+    unpacker = make_unpacker(64 * 1024 * 1024)
+    control.settimeout(timeout)
+    try:
+        while True:
+            data = control.recv(65536)
+            if not data:
+                raise EOFError("supervisor closed the control socket before boot")
+            unpacker.feed(data)
+            for obj in unpacker:
+                if (isinstance(obj, list) and len(obj) == 3 and obj[0] == 2
+                        and obj[1] == BOOT_NOTIFICATION):
+                    return BootInfo.from_wire(obj[2][0])
+                raise ValueError(f"expected the boot notification, got {obj!r:.100}")
+    finally:
+        control.setblocking(False)
+
+
+class AdminService:
+    """The supervisor's side door into a kernel: the control socketpair, nothing else.
+
+    Methods that change ownership or stop the kernel exist only here, never on the kernel's
+    public listener.  Everything else falls through to the kernel (ping, stats).
+    """
+
+    def __init__(self, kernel: Kernel, stop: asyncio.Event) -> None:
+        self.kernel = kernel
+        self.stop = stop
+        self.conn: ServerConnection | None = None
+        self.methods: dict[str, Any] = {
+            "kernel.set_table": kernel.set_table,
+            "kernel.stop": self._stop,
+        }
+
+    def _stop(self) -> bool:
+        self.stop.set()
+        return True
+
+    def handle(self, conn: ServerConnection, msgid: int, method: str,
+               params: list[Any]) -> list[Any] | None:
+        handler = self.methods.get(method)
+        if handler is None:
+            return self.kernel.handle(conn, msgid, method, params)
+        try:
+            return [1, msgid, None, handler(*params)]
+        except Exception as exc:
+            log.exception("admin call %s failed", method)
+            return [1, msgid, to_wire(exc), None]
+
+    def send(self, conn: ServerConnection, data: bytes) -> None:
+        self.kernel.send(conn, data)
+
+    def connection_made(self, conn: ServerConnection) -> None:
+        self.conn = conn
+
+    def connection_closed(self, conn: ServerConnection) -> None:
+        log.info("control channel closed: the supervisor is gone; stopping")
+        self.stop.set()
+
+
+def connection_factory(service: Any, config: Config) -> Any:
+    rpc = config.rpc
+    return lambda: ServerConnection(
+        service, max_message_bytes=rpc.max_message_bytes, max_inflight=rpc.max_inflight,
+        write_buffer_bytes=rpc.write_buffer_bytes)
+
+
+async def serve(boot: BootInfo, config: Config, control: socket.socket,
+                listen: socket.socket, wrap: Wrapper | None = None) -> int:
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    kernel = Kernel(boot, config, loop, wrap)
+    kernel.data_dir.mkdir(parents=True, exist_ok=True)
+    kernel.load_slots(kernel.table.slots_of(kernel.kernel_id))
+    server = await loop.create_server(connection_factory(kernel, config), sock=listen)
+    admin = AdminService(kernel, stop)
+    await loop.connect_accepted_socket(connection_factory(admin, config), control)
+    loop.add_signal_handler(signal.SIGTERM, stop.set)
+    assert admin.conn is not None
+    admin.conn.write(msgpack.packb([2, READY_NOTIFICATION, [{
+        "pid": os.getpid(), "threads": psutil.Process().num_threads()}]]))
+    log.info("kernel %d ready: pid %d, core %d, %d slots", kernel.kernel_id, os.getpid(),
+             kernel.core, sum(kernel.owned))
+    await stop.wait()
+    log.info("kernel %d stopping", kernel.kernel_id)
+    server.close()
+    await kernel.drain(STOP_GRACE_S)
+    kernel.close()
+    return 0
+
+
+def setup_logging(kernel_id: int | str) -> None:
+    logging.basicConfig(
+        level=os.environ.get("KERNELFARM_LOG", "INFO"), stream=sys.stderr,
+        format=f"%(asctime)s kernel[{kernel_id}] %(levelname)s %(message)s", force=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="kernelfarm-kernel")
+    parser.add_argument("--control-fd", type=int, required=True)
+    parser.add_argument("--listen-fd", type=int, required=True)
+    args = parser.parse_args(argv)
+    die_with_parent()
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the supervisor's to handle
+    control = socket.socket(fileno=args.control_fd)
+    listen = socket.socket(fileno=args.listen_fd)
+    setup_logging("?")
+    try:
+        boot = read_boot(control)
+        setup_logging(boot.kernel_id)
+        if os.getppid() != boot.supervisor_pid:
+            raise RuntimeError("the supervisor died before boot")
+        psutil.Process().cpu_affinity([boot.core])
+        config = Config.from_dict(boot.config)
+    except Exception as exc:
+        log.error("boot failed: %s", exc)
+        return EXIT_BOOT_FAILED
+    started = time.monotonic()
+    try:
+        return uvloop.run(serve(boot, config, control, listen))
+    except Exception:
+        # The supervisor knows whether we reported ready, so it tells a failed boot from
+        # a crash by itself.
+        log.exception("kernel %d failed after %.1f s", boot.kernel_id,
+                      time.monotonic() - started)
+        return 1

@@ -1,0 +1,94 @@
+"""What a subsystem is: the components a kernel is composed of (fs, net, ...).
+
+As a rump kernel is rumpkern plus rumpfs plus rumpnet, a kernelfarm kernel is the RPC
+core plus subsystems.  A subsystem names its methods and how each request's partition key
+is found; the kernel does the routing (owned slot or ``MOVED``), the accounting and the
+group commit, so subsystem code holds only its own logic and never sees a slot it does
+not own.
+
+The same subsystem code runs in a unicpu kernel (no lock anywhere on the path) and in the
+locked baseline, where the lock provider wraps the handlers at registration.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable, ClassVar, Protocol
+
+if TYPE_CHECKING:
+    from kernelfarm.config import Config
+
+
+KeyOf = Callable[[list[Any]], "str | None"]
+"""Finds a request's partition key from its positional params; ``None`` = any kernel."""
+
+
+@dataclass(frozen=True, slots=True)
+class Method:
+    """One RPC method a subsystem serves.
+
+    ``handler`` is called with the request's positional params (after ``conn`` when
+    ``wants_conn``).  A synchronous handler returns the result; an ``is_async`` one
+    returns an awaitable, used for waits (net I/O).  ``writes`` marks methods that change
+    state: while a slot migrates its writes get ``TRYAGAIN`` and its reads keep serving.
+    """
+
+    name: str
+    handler: Callable[..., Any]
+    key: KeyOf | None
+    is_async: bool = False
+    writes: bool = False
+    wants_conn: bool = False
+
+
+class Connection(Protocol):
+    """The client connection a request came in on, for state tied to it (net sockets)."""
+
+    def on_close(self, callback: Callable[[], None]) -> None: ...
+
+
+class KernelContext(Protocol):
+    """What a kernel offers its subsystems."""
+
+    kernel_id: int
+    config: Config
+    data_dir: Path
+    loop: asyncio.AbstractEventLoop
+
+    def owns(self, slot: int) -> bool: ...
+
+    def request_flush(self, flush: Callable[[], None]) -> None:
+        """Group commit: hold every reply of this loop turn until ``flush`` has run.
+
+        A subsystem that appended to a journal calls this; the kernel calls each flush
+        callable once after the turn's requests were handled (one fsync for all of them),
+        then sends the held replies.  A flush that raises turns the held replies into
+        errors, so a write is never acknowledged that was not made durable.
+        """
+        ...
+
+
+class Subsystem:
+    """Base class of the kernel's components; one instance per kernel."""
+
+    name: ClassVar[str]
+
+    def __init__(self, ctx: KernelContext) -> None:
+        self.ctx = ctx
+
+    def methods(self) -> list[Method]:
+        raise NotImplementedError
+
+    def load_slot(self, slot: int) -> None:
+        """Take ownership of ``slot``: recover its state from ``ctx.data_dir``."""
+
+    def release_slot(self, slot: int) -> None:
+        """Give ``slot`` up: make its state durable on disk, then drop it from memory."""
+
+    def stats(self) -> dict[str, Any]:
+        return {}
+
+    def close(self) -> None:
+        """Clean shutdown: make everything durable and release every resource."""

@@ -1,0 +1,97 @@
+"""Client side of msgpack-rpc over a plain blocking socket, for the blocking client.
+
+One call at a time per connection keeps it simple and thread-free; the blocking client pools
+one connection per kernel.  A pooled connection whose peer has gone (its kernel restarted)
+is noticed *before* a request is written on it, so a request is never sent into a dead
+socket and then left in doubt.
+"""
+
+from __future__ import annotations
+
+import select
+import socket
+import time
+from typing import Any
+
+import msgpack
+
+from kernelfarm.errors import ConnectionLost, KernelfarmError, Timeout, from_wire
+from kernelfarm.rpc.protocol import (
+    ERROR_NOTIFICATION, MSGID_MAX, Notification, Response, RpcStream, classify,
+)
+
+READ_CHUNK = 256 * 1024
+
+
+class BlockingConnection:
+    def __init__(self, host: str, port: int, *, timeout: float = 10.0,
+                 max_message_bytes: int = 64 * 1024 * 1024) -> None:
+        self.addr = (host, port)
+        self.timeout = timeout
+        try:
+            self._sock = socket.create_connection((host, port), timeout=timeout)
+        except socket.timeout as exc:
+            raise Timeout(f"connect to {host}:{port} timed out") from exc
+        self._sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self._stream = RpcStream(max_message_bytes)
+        self._next_id = 0
+        self._broken = False
+
+    def alive(self) -> bool:
+        """False when the peer closed or reset the connection while we were idle."""
+        if self._broken:
+            return False
+        readable, _, _ = select.select([self._sock], [], [], 0)
+        if not readable:
+            return True
+        try:
+            return self._sock.recv(1, socket.MSG_PEEK) != b""
+        except OSError:
+            return False
+
+    def call(self, method: str, params: list[Any] | tuple[Any, ...],
+             timeout: float | None = None) -> Any:
+        if self._broken:
+            raise ConnectionLost(f"connection to {self.addr} is closed")
+        msgid = self._next_id
+        self._next_id = (msgid + 1) & MSGID_MAX
+        deadline = time.monotonic() + (timeout if timeout is not None else self.timeout)
+        try:
+            self._sock.sendall(msgpack.packb([0, msgid, method, list(params)]))
+            error, result = self._wait_reply(msgid, method, deadline)
+        except OSError as exc:
+            self.close()
+            raise ConnectionLost(f"connection to {self.addr} lost: {exc}") from exc
+        except KernelfarmError:
+            self.close()
+            raise
+        if error is not None:
+            raise from_wire(error)
+        return result
+
+    def _wait_reply(self, msgid: int, method: str, deadline: float) -> tuple[Any, Any]:
+        """(error, result) of our reply; transport failures raise."""
+        while True:
+            for obj in self._stream:
+                message = classify(obj)
+                if isinstance(message, Response) and message.msgid == msgid:
+                    return message.error, message.result
+                if isinstance(message, Notification) and message.method == ERROR_NOTIFICATION:
+                    raise from_wire(message.params[0] if message.params else {})
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise Timeout(f"{method}: no reply from {self.addr} in time")
+            self._sock.settimeout(remaining)
+            try:
+                data = self._sock.recv(READ_CHUNK)
+            except socket.timeout:
+                raise Timeout(f"{method}: no reply from {self.addr} in time") from None
+            except OSError as exc:
+                raise ConnectionLost(f"connection to {self.addr} lost: {exc}") from exc
+            if not data:
+                raise ConnectionLost(f"connection to {self.addr} closed by the peer")
+            self._stream.feed(data)
+
+    def close(self) -> None:
+        self._broken = True
+        self._sock.close()

@@ -1,0 +1,154 @@
+"""msgpack-rpc without I/O: bytes in, messages out; messages in, bytes out.
+
+The wire is the msgpack-rpc specification, so any msgpack-rpc client in any language can
+talk to a kernel: request ``[0, msgid, method, params]``, response ``[1, msgid, error,
+result]``, notification ``[2, method, params]``, as a plain stream of msgpack objects with
+str as str and bytes as bin.  Keeping this free of sockets makes it testable and fuzzable
+with plain byte strings; the asyncio adapters in :mod:`kernelfarm.rpc.server` and
+:mod:`kernelfarm.rpc.client` only move bytes.
+
+A stream we cannot decode (garbage, or a message over the size limit) cannot be resynchronised,
+so it raises :class:`~kernelfarm.errors.ProtocolError` / :class:`~kernelfarm.errors.MessageTooBig`
+and the connection is closed.  A message that decodes but is not valid msgpack-rpc is
+reported per message, with its msgid when one can be found, and the stream goes on.
+"""
+
+from __future__ import annotations
+
+import enum
+from typing import Any, Iterator, NamedTuple
+
+import msgpack
+
+from kernelfarm.errors import MessageTooBig, ProtocolError
+
+ERROR_NOTIFICATION = "rpc.error"
+"""Notification a server sends before closing a stream it cannot decode (no msgid to answer)."""
+
+
+class MessageType(enum.IntEnum):
+    REQUEST = 0
+    RESPONSE = 1
+    NOTIFICATION = 2
+
+
+class Request(NamedTuple):
+    msgid: int
+    method: str
+    params: list[Any]
+
+
+class Response(NamedTuple):
+    msgid: int
+    error: Any
+    result: Any
+
+
+class Notification(NamedTuple):
+    method: str
+    params: list[Any]
+
+
+class Malformed(NamedTuple):
+    """A decoded object that is not a valid msgpack-rpc message."""
+
+    msgid: int | None
+    reason: str
+
+
+Message = Request | Response | Notification | Malformed
+
+MSGID_MAX = 2**32 - 1
+
+
+def make_unpacker(max_message_bytes: int) -> msgpack.Unpacker:
+    """An unpacker that refuses any single object larger than ``max_message_bytes``."""
+    return msgpack.Unpacker(raw=False, max_buffer_size=max_message_bytes,
+                            strict_map_key=False)
+
+
+def classify(obj: Any) -> Message:
+    """Check one decoded object against the msgpack-rpc message shapes."""
+    if type(obj) is not list or not obj:
+        return Malformed(None, "a message must be a non-empty array")
+    kind = obj[0]
+    if kind == MessageType.REQUEST and type(kind) is int:
+        if len(obj) != 4:
+            return Malformed(_msgid(obj), "a request is [0, msgid, method, params]")
+        _, msgid, method, params = obj
+        if type(msgid) is not int or not 0 <= msgid <= MSGID_MAX:
+            return Malformed(None, "msgid must be an unsigned 32-bit integer")
+        if type(method) is not str:
+            return Malformed(msgid, "method must be a string")
+        if type(params) is not list:
+            return Malformed(msgid, "params must be an array")
+        return Request(msgid, method, params)
+    if kind == MessageType.RESPONSE and type(kind) is int:
+        if len(obj) != 4 or type(obj[1]) is not int:
+            return Malformed(None, "a response is [1, msgid, error, result]")
+        return Response(obj[1], obj[2], obj[3])
+    if kind == MessageType.NOTIFICATION and type(kind) is int:
+        if len(obj) != 3 or type(obj[1]) is not str or type(obj[2]) is not list:
+            return Malformed(None, "a notification is [2, method, params]")
+        return Notification(obj[1], obj[2])
+    return Malformed(_msgid(obj), f"unknown message type {kind!r}")
+
+
+def _msgid(obj: list[Any]) -> int | None:
+    if len(obj) > 1 and type(obj[1]) is int and 0 <= obj[1] <= MSGID_MAX:
+        return obj[1]
+    return None
+
+
+class RpcStream:
+    """Decodes one direction of a connection: ``feed(data)`` then iterate the messages."""
+
+    __slots__ = ("_unpacker", "max_message_bytes")
+
+    def __init__(self, max_message_bytes: int) -> None:
+        self.max_message_bytes = max_message_bytes
+        self._unpacker = make_unpacker(max_message_bytes)
+
+    def feed(self, data: bytes) -> None:
+        try:
+            self._unpacker.feed(data)
+        except msgpack.BufferFull as exc:
+            raise stream_error(exc, self.max_message_bytes) from exc
+
+    def __iter__(self) -> Iterator[Any]:
+        """Decoded objects, raw; pair with :func:`classify` (the kernel inlines the check)."""
+        return self
+
+    def __next__(self) -> Any:
+        try:
+            return next(self._unpacker)
+        except StopIteration:
+            raise
+        except Exception as exc:
+            raise stream_error(exc, self.max_message_bytes) from exc
+
+    def messages(self, data: bytes) -> list[Message]:
+        """Feed ``data`` and return every complete message, classified."""
+        self.feed(data)
+        return [classify(obj) for obj in self]
+
+
+def stream_error(exc: Exception, max_message_bytes: int) -> ProtocolError:
+    """Translate what msgpack raises on a broken stream into the farm's error."""
+    if isinstance(exc, msgpack.BufferFull) or (
+            isinstance(exc, ValueError) and "exceeds max" in str(exc)):
+        # The second form is raised for a declared str/bin/array longer than the limit.
+        return MessageTooBig(f"message over the {max_message_bytes}-byte limit")
+    return ProtocolError(f"undecodable msgpack stream: {type(exc).__name__}: {exc}")
+
+
+def encode_request(msgid: int, method: str, params: list[Any] | tuple[Any, ...]) -> bytes:
+    return msgpack.packb([MessageType.REQUEST, msgid, method, list(params)])
+
+
+def encode_response(msgid: int, error: Any, result: Any) -> bytes:
+    return msgpack.packb([MessageType.RESPONSE, msgid, error, result])
+
+
+def encode_notification(method: str, params: list[Any]) -> bytes:
+    return msgpack.packb([MessageType.NOTIFICATION, method, params])

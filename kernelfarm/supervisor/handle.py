@@ -1,0 +1,185 @@
+"""The supervisor's view of one kernel: its process, its control channel, its state.
+
+A handle outlives the processes it spawns: the kernel id, core and listening socket stay
+the same across restarts, so the slot table and every client's idea of the kernel's
+address stay valid while the process behind them is replaced.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import logging
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from typing import Any, Callable
+
+import msgpack
+
+from kernelfarm.errors import ConnectionLost, KernelfarmError, Timeout
+from kernelfarm.kernel.boot import BOOT_NOTIFICATION, READY_NOTIFICATION, BootInfo
+from kernelfarm.rpc.client import RpcClientConnection
+
+log = logging.getLogger("kernelfarm.supervisor")
+
+
+class KernelState(str, enum.Enum):
+    STARTING = "starting"
+    RUNNING = "running"
+    RESTARTING = "restarting"
+    FAILED = "failed"
+    STOPPING = "stopping"
+    STOPPED = "stopped"
+
+
+class ControlChannel(RpcClientConnection):
+    """The supervisor's end of the socketpair: RPC calls out, the ready notification in."""
+
+    def __init__(self, on_ready: Callable[[dict[str, Any]], None]) -> None:
+        super().__init__()
+        self._on_ready = on_ready
+
+    def notification(self, method: str, params: list[Any]) -> None:
+        if method == READY_NOTIFICATION and params:
+            self._on_ready(params[0])
+
+
+def bind_listener(host: str, port: int = 0) -> socket.socket:
+    """Bind by hand (no name lookup: a numeric host keeps the kernel at one thread)."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError:
+        sock.close()
+        raise
+    sock.listen(1024)
+    sock.set_inheritable(True)
+    return sock
+
+
+class KernelHandle:
+    def __init__(self, kernel_id: int, core: int, host: str) -> None:
+        self.kernel_id = kernel_id
+        self.core = core
+        self.listener = bind_listener(host)
+        self.addr: list[Any] = list(self.listener.getsockname()[:2])
+        self.state = KernelState.STARTING
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.control: ControlChannel | None = None
+        self.restarts = 0
+        self.boot_failures = 0
+        self.ready_at: float | None = None
+        self.exited: asyncio.Future[int] | None = None
+        self._ready: asyncio.Future[dict[str, Any]] | None = None
+        self._pidfd: int | None = None
+
+    @property
+    def pid(self) -> int | None:
+        return self.proc.pid if self.proc is not None else None
+
+    def describe(self) -> dict[str, Any]:
+        return {"id": self.kernel_id, "addr": self.addr, "core": self.core, "pid": self.pid,
+                "state": self.state.value}
+
+    async def spawn(self, boot: BootInfo, boot_timeout: float) -> None:
+        """Start a kernel process and wait for its ready notification.
+
+        Raises if the process exits or stays silent past ``boot_timeout``; the process is
+        then killed and reaped, so a failed boot leaves nothing behind.
+        """
+        loop = asyncio.get_running_loop()
+        parent, child = socket.socketpair()
+        try:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "kernelfarm.kernel",
+                 "--control-fd", str(child.fileno()),
+                 "--listen-fd", str(self.listener.fileno())],
+                pass_fds=(child.fileno(), self.listener.fileno()),
+                stdin=subprocess.DEVNULL)
+        finally:
+            child.close()
+        self.ready_at = None
+        self._ready = loop.create_future()
+        self.exited = loop.create_future()
+        self._watch_exit(loop)
+        _, self.control = await loop.connect_accepted_socket(
+            lambda: ControlChannel(self._set_ready), parent)
+        assert self.control.transport is not None
+        self.control.transport.write(msgpack.packb([2, BOOT_NOTIFICATION, [boot.to_wire()]]))
+        waiters = {self._ready, self.exited}
+        done, _ = await asyncio.wait(waiters, timeout=boot_timeout,
+                                     return_when=asyncio.FIRST_COMPLETED)
+        if self._ready in done:
+            self.ready_at = time.monotonic()
+            return
+        if self.exited in done:
+            raise KernelfarmError(f"kernel {self.kernel_id} exited during boot with "
+                                  f"code {self.exited.result()}")
+        await self.kill()
+        raise Timeout(f"kernel {self.kernel_id} did not report ready within {boot_timeout} s")
+
+    def _set_ready(self, info: dict[str, Any]) -> None:
+        if self._ready is not None and not self._ready.done():
+            self._ready.set_result(info)
+
+    def _watch_exit(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Learn of the process's exit from a pidfd: no polling, no SIGCHLD races."""
+        assert self.proc is not None and self.exited is not None
+        proc, exited = self.proc, self.exited
+        pidfd = os.pidfd_open(proc.pid)
+        self._pidfd = pidfd
+
+        def on_exit() -> None:
+            loop.remove_reader(pidfd)
+            os.close(pidfd)
+            if self._pidfd == pidfd:
+                self._pidfd = None
+            code = proc.wait()
+            if not exited.done():
+                exited.set_result(code)
+            if self.control is not None:
+                self.control.close()
+
+        loop.add_reader(pidfd, on_exit)
+
+    async def call(self, method: str, *params: Any, timeout: float = 10.0) -> Any:
+        if self.control is None or self.control.closed:
+            raise ConnectionLost(f"kernel {self.kernel_id} has no control channel")
+        return await self.control.call(method, *params, timeout=timeout)
+
+    async def stop(self, timeout: float) -> None:
+        """Ask the kernel to stop cleanly; SIGTERM, then SIGKILL if it does not exit."""
+        if self.proc is None or self.exited is None or self.exited.done():
+            return
+        try:
+            await self.call("kernel.stop", timeout=timeout / 2)
+        except (KernelfarmError, OSError):
+            self._signal(signal.SIGTERM)
+        try:
+            await asyncio.wait_for(asyncio.shield(self.exited), timeout)
+        except asyncio.TimeoutError:
+            log.warning("kernel %d did not stop within %.1f s: killing it",
+                        self.kernel_id, timeout)
+            await self.kill()
+
+    async def kill(self) -> None:
+        if self.exited is None or self.exited.done():
+            return
+        self._signal(signal.SIGKILL)
+        await asyncio.shield(self.exited)
+
+    def _signal(self, sig: int) -> None:
+        if self.proc is not None and self.proc.returncode is None:
+            try:
+                self.proc.send_signal(sig)
+            except ProcessLookupError:
+                pass
+
+    def close(self) -> None:
+        self.listener.close()

@@ -1,0 +1,268 @@
+"""The supervisor: spawns, pins, watches and restarts kernels; never on the data path.
+
+Signal handlers only set flags or enqueue; the event loop does the work (gunicorn's
+arbiter).  Each kernel has a lifecycle task that boots it, heartbeats it and restarts it
+when it exits or stops answering, with exponential back-off; a kernel that fails to boot
+``boot_retries`` times in a row is marked failed instead of looping forever.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import fcntl
+import json
+import logging
+import os
+import signal
+import sys
+import time
+from typing import Any, Callable
+
+from kernelfarm.config import Config, data_path, parse_hostport
+from kernelfarm.errors import ConfigError, KernelfarmError, Timeout
+from kernelfarm.kernel.boot import BootInfo
+from kernelfarm.kernel.process import connection_factory
+from kernelfarm.partition import NSLOTS, SlotTable, initial_assignment
+from kernelfarm.supervisor.control import ControlService
+from kernelfarm.supervisor.handle import KernelHandle, KernelState, bind_listener
+
+log = logging.getLogger("kernelfarm.supervisor")
+
+SHORT_RUN_S = 5.0
+"""A kernel that dies within this long after boot counts toward its crash streak."""
+
+
+def allowed_cores() -> list[int]:
+    return sorted(os.sched_getaffinity(0))
+
+
+def resolve_count(value: int | str, cores: list[int]) -> int:
+    return len(cores) if value == "auto" else int(value)
+
+
+class Supervisor:
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self.data_dir = data_path(config)
+        self.cores = allowed_cores()
+        self.kernels: dict[int, KernelHandle] = {}
+        self.table: SlotTable | None = None
+        self.started = time.time()
+        self._stop = asyncio.Event()
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._ops: dict[int, tuple[float, int, float]] = {}
+        """kernel id -> (monotonic time, ops total, ops/s) from the latest heartbeat."""
+        self._lock_fd: int | None = None
+
+    # -- lifecycle ------------------------------------------------------------------------
+
+    async def run(self, on_ready: Callable[[dict[str, Any]], None] | None = None) -> int:
+        """Serve until SIGTERM/SIGINT; return the process exit code."""
+        loop = asyncio.get_running_loop()
+        self._lock_data_dir()
+        farm = self.config.farm
+        count = resolve_count(farm.kernels, self.cores)
+        if farm.mode == "locked":
+            count = 1
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self._on_stop_signal, sig)
+        host, port = parse_hostport(farm.control)
+        control_sock = bind_listener(host, port)
+        server = await loop.create_server(
+            connection_factory(ControlService(self), self.config), sock=control_sock)
+        try:
+            ids = list(range(count))
+            self.table = initial_assignment(ids)
+            for kid in ids:
+                self.kernels[kid] = KernelHandle(kid, self.cores[kid % len(self.cores)],
+                                                 farm.host)
+            booted = [asyncio.Event() for _ in ids]
+            for kid in ids:
+                self._spawn_task(self._lifecycle(self.kernels[kid], booted[kid]))
+            all_booted = self._spawn_task(asyncio.gather(*(e.wait() for e in booted)))
+            stopped = self._spawn_task(self._stop.wait())
+            await asyncio.wait({all_booted, stopped}, return_when=asyncio.FIRST_COMPLETED)
+            if self._all_failed():
+                log.critical("every kernel failed to boot; giving up")
+                return 1
+            if on_ready is not None and not self._stop.is_set():
+                on_ready({"event": "ready", "control": list(control_sock.getsockname()[:2]),
+                          "pid": os.getpid(),
+                          "kernels": [h.describe() for h in self.kernels.values()]})
+            await self._stop.wait()
+            return 1 if self._all_failed() else 0
+        finally:
+            server.close()
+            await self._shutdown()
+            self._unlock_data_dir()
+
+    def _spawn_task(self, coro: Any) -> asyncio.Task[Any]:
+        task = asyncio.ensure_future(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return task
+
+    def _on_stop_signal(self, sig: int) -> None:
+        log.info("received %s: stopping", signal.Signals(sig).name)
+        self._stop.set()
+
+    def _all_failed(self) -> bool:
+        return bool(self.kernels) and all(
+            h.state is KernelState.FAILED for h in self.kernels.values())
+
+    async def _shutdown(self) -> None:
+        self._stop.set()
+        timeout = self.config.supervisor.shutdown_timeout
+        for handle in self.kernels.values():
+            if handle.state is not KernelState.FAILED:
+                handle.state = KernelState.STOPPING
+        await asyncio.gather(*(h.stop(timeout) for h in self.kernels.values()),
+                             return_exceptions=True)
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        for handle in self.kernels.values():
+            handle.state = KernelState.STOPPED if handle.state is not KernelState.FAILED \
+                else handle.state
+            handle.close()
+        log.info("all kernels stopped")
+
+    async def _lifecycle(self, handle: KernelHandle, booted: asyncio.Event) -> None:
+        cfg = self.config.supervisor
+        crash_streak = 0
+        while not self._stop.is_set():
+            try:
+                await handle.spawn(self._boot_info(handle), cfg.boot_timeout)
+            except Exception as exc:  # whatever stops a boot counts toward failing
+                handle.boot_failures += 1
+                log.error("kernel %d boot failed (%d/%d): %s", handle.kernel_id,
+                          handle.boot_failures, cfg.boot_retries, exc)
+                if handle.boot_failures >= cfg.boot_retries:
+                    handle.state = KernelState.FAILED
+                    log.critical("kernel %d marked failed after %d failed boots",
+                                 handle.kernel_id, handle.boot_failures)
+                    booted.set()
+                    if self._all_failed():
+                        self._stop.set()
+                    return
+                await self._backoff(handle.boot_failures)
+                continue
+            handle.boot_failures = 0
+            handle.state = KernelState.RUNNING
+            booted.set()
+            log.info("kernel %d running: pid %s, core %d, %s", handle.kernel_id, handle.pid,
+                     handle.core, handle.addr)
+            heartbeat = self._spawn_task(self._heartbeat(handle))
+            assert handle.exited is not None
+            code = await handle.exited
+            heartbeat.cancel()
+            if self._stop.is_set() or handle.state is KernelState.STOPPING:
+                return
+            handle.restarts += 1
+            handle.state = KernelState.RESTARTING
+            ran = time.monotonic() - (handle.ready_at or time.monotonic())
+            crash_streak = crash_streak + 1 if ran < SHORT_RUN_S else 0
+            log.warning("kernel %d (pid %s) exited with code %s after %.1f s; restarting",
+                        handle.kernel_id, handle.pid, code, ran)
+            await self._backoff(crash_streak)
+
+    async def _backoff(self, streak: int) -> None:
+        cfg = self.config.supervisor
+        delay = min(cfg.restart_backoff_max, cfg.restart_backoff * (2 ** max(streak - 1, 0)))
+        try:
+            await asyncio.wait_for(self._stop.wait(), delay)
+        except asyncio.TimeoutError:
+            pass
+
+    async def _heartbeat(self, handle: KernelHandle) -> None:
+        cfg = self.config.supervisor
+        while True:
+            await asyncio.sleep(cfg.heartbeat_interval)
+            try:
+                pong = await handle.call("kernel.ping", timeout=cfg.heartbeat_timeout)
+            except Timeout:
+                log.error("kernel %d did not answer its heartbeat within %.1f s: killing it",
+                          handle.kernel_id, cfg.heartbeat_timeout)
+                await handle.kill()
+                return
+            except KernelfarmError:
+                return  # the exit watcher takes it from here
+            self._record_ops(handle.kernel_id, pong.get("ops", 0))
+
+    def _record_ops(self, kernel_id: int, total: int) -> None:
+        now = time.monotonic()
+        previous = self._ops.get(kernel_id)
+        rate = 0.0
+        if previous is not None and now > previous[0] and total >= previous[1]:
+            rate = (total - previous[1]) / (now - previous[0])
+        self._ops[kernel_id] = (now, total, rate)
+
+    def _boot_info(self, handle: KernelHandle) -> BootInfo:
+        assert self.table is not None
+        farm = self.config.farm
+        return BootInfo(
+            kernel_id=handle.kernel_id, core=handle.core, epoch=self.table.epoch,
+            ranges=self.table.to_ranges(),
+            addrs={kid: h.addr for kid, h in self.kernels.items()},
+            config=self.config.to_dict(), data_dir=str(self.data_dir),
+            supervisor_pid=os.getpid(), mode=farm.mode,
+            threads=resolve_count(farm.threads, self.cores))
+
+    # -- the data dir belongs to one supervisor at a time ---------------------------------
+
+    def _lock_data_dir(self) -> None:
+        try:
+            self.data_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise ConfigError(f"data dir {self.data_dir} cannot be created: {exc}") from exc
+        if not self.data_dir.is_dir():
+            raise ConfigError(f"data dir {self.data_dir} is not a directory")
+        fd = os.open(self.data_dir / "supervisor.lock", os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise ConfigError(f"data dir {self.data_dir} is in use by another supervisor")
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode())
+        self._lock_fd = fd
+
+    def _unlock_data_dir(self) -> None:
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)
+            self._lock_fd = None
+
+    # -- what the control API reports -----------------------------------------------------
+
+    def cluster_map(self) -> dict[str, Any]:
+        assert self.table is not None
+        return {"epoch": self.table.epoch, "nslots": NSLOTS,
+                "kernels": [h.describe() for h in self.kernels.values()],
+                "slots": self.table.to_ranges()}
+
+    async def cluster_status(self) -> dict[str, Any]:
+        assert self.table is not None
+        handles = list(self.kernels.values())
+        stats = await asyncio.gather(
+            *(h.call("kernel.stats", timeout=2.0) for h in handles), return_exceptions=True)
+        counts = self.table.counts()
+        rows = []
+        for handle, stat in zip(handles, stats):
+            row = handle.describe()
+            row.update(slots=counts.get(handle.kernel_id, 0), restarts=handle.restarts,
+                       ops_per_s=self._ops.get(handle.kernel_id, (0, 0, 0.0))[2])
+            if isinstance(stat, dict):
+                row.update(stats=stat)
+            else:
+                row.update(error=str(stat))
+            rows.append(row)
+        return {"epoch": self.table.epoch, "pid": os.getpid(),
+                "uptime": time.time() - self.started, "mode": self.config.farm.mode,
+                "data_dir": str(self.data_dir), "kernels": rows}
+
+
+def print_ready(info: dict[str, Any]) -> None:
+    """One JSON line on stdout when serving: scripts and tests wait for it."""
+    sys.stdout.write(json.dumps(info) + "\n")
+    sys.stdout.flush()
+

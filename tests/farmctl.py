@@ -1,0 +1,191 @@
+"""Start real farms for tests: ``kernelfarm serve`` as a process on 127.0.0.1, port 0.
+
+The daemon prints one JSON line when it serves; tests wait for that line (with a deadline),
+never for a fixed time.  The test process makes itself a child subreaper, so kernels
+orphaned by a killed supervisor are re-parented to it and reaped here: no test leaves a
+process behind.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import json
+import os
+import select
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import msgpack
+import psutil
+
+import kernelfarm
+
+DEADLINE = 30.0
+PR_SET_CHILD_SUBREAPER = 36
+
+
+def become_subreaper() -> None:
+    ctypes.CDLL(None, use_errno=True).prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
+
+
+def wait_until(predicate: Callable[[], Any], timeout: float = DEADLINE,
+               what: str = "condition") -> Any:
+    """Poll ``predicate`` until it returns something truthy; fail after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() >= deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+        time.sleep(0.02)
+
+
+def reap_orphans() -> None:
+    """Collect any exited child (orphaned kernels re-parented to us)."""
+    while True:
+        try:
+            pid, _ = os.waitpid(-1, os.WNOHANG)
+        except ChildProcessError:
+            return
+        if pid == 0:
+            return
+
+
+@dataclass
+class Farm:
+    proc: subprocess.Popen[bytes]
+    data_dir: Path
+    log_path: Path
+    ready: dict[str, Any]
+    clients: list[Any] = field(default_factory=list)
+
+    @property
+    def control(self) -> tuple[str, int]:
+        host, port = self.ready["control"]
+        return host, port
+
+    @property
+    def control_str(self) -> str:
+        return f"{self.control[0]}:{self.control[1]}"
+
+    def client(self, **kwargs: Any) -> kernelfarm.Client:
+        client = kernelfarm.Client(self.control, **kwargs)
+        self.clients.append(client)
+        return client
+
+    def cluster_map(self) -> dict[str, Any]:
+        return raw_call(self.control, "cluster.map")
+
+    def kernel_pids(self) -> list[int]:
+        return [k["pid"] for k in self.cluster_map()["kernels"]]
+
+    def kernel_procs(self) -> list[psutil.Process]:
+        """Every live kernel process of this farm (children of the supervisor)."""
+        try:
+            return [p for p in psutil.Process(self.proc.pid).children()
+                    if "kernelfarm.kernel" in " ".join(p.cmdline())]
+        except psutil.NoSuchProcess:
+            return []
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+
+def raw_call(addr: tuple[str, int], method: str, *params: Any, timeout: float = 10.0) -> Any:
+    """One msgpack-rpc call with a plain socket: not the project's client."""
+    import socket
+
+    with socket.create_connection(addr, timeout=timeout) as sock:
+        sock.sendall(msgpack.packb([0, 1, method, list(params)]))
+        unpacker = msgpack.Unpacker(raw=False)
+        while True:
+            data = sock.recv(65536)
+            if not data:
+                raise ConnectionError("closed before the reply")
+            unpacker.feed(data)
+            for msg in unpacker:
+                assert msg[0] == 1 and msg[1] == 1, msg
+                if msg[2] is not None:
+                    raise RuntimeError(msg[2])
+                return msg[3]
+
+
+def _read_ready(proc: subprocess.Popen[bytes], log_path: Path) -> dict[str, Any]:
+    assert proc.stdout is not None
+    deadline = time.monotonic() + DEADLINE
+    buffer = b""
+    while b"\n" not in buffer:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0 or proc.poll() is not None:
+            raise AssertionError(f"farm did not start (exit {proc.poll()}):\n"
+                                 f"{log_path.read_text(errors='replace')}")
+        readable, _, _ = select.select([proc.stdout], [], [], min(remaining, 0.5))
+        if readable:
+            chunk = os.read(proc.stdout.fileno(), 65536)
+            if not chunk:
+                continue
+            buffer += chunk
+    return json.loads(buffer.split(b"\n", 1)[0])  # type: ignore[no-any-return]
+
+
+def spawn_serve(tmp_path: Path, *args: str, config_text: str | None = None,
+                data_dir: Path | None = None, name: str = "farm"
+                ) -> tuple[subprocess.Popen[bytes], Path, Path]:
+    data_dir = data_dir or tmp_path / f"{name}-data"
+    log_path = tmp_path / f"{name}.log"
+    command = [sys.executable, "-m", "kernelfarm", "serve", "--control", "127.0.0.1:0",
+               "--data-dir", str(data_dir), *args]
+    if config_text is not None:
+        config_path = tmp_path / f"{name}.toml"
+        config_path.write_text(config_text)
+        command += ["--config", str(config_path)]
+    with open(log_path, "ab") as log:
+        proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=log,
+                                stdin=subprocess.DEVNULL)
+    return proc, data_dir, log_path
+
+
+def stop_process(proc: subprocess.Popen[bytes], sig: int = signal.SIGTERM,
+                 timeout: float = 15.0) -> int:
+    if proc.poll() is None:
+        proc.send_signal(sig)
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+    if proc.stdout is not None:
+        proc.stdout.close()
+    return proc.returncode
+
+
+@contextlib.contextmanager
+def start_farm(tmp_path: Path, kernels: int | str = 2, *args: str,
+               config_text: str | None = None, data_dir: Path | None = None,
+               name: str = "farm") -> Iterator[Farm]:
+    """Run ``kernelfarm serve`` until the block ends; then stop it and reap everything."""
+    become_subreaper()
+    proc, data_dir, log_path = spawn_serve(tmp_path, "--kernels", str(kernels), *args,
+                                           config_text=config_text, data_dir=data_dir,
+                                           name=name)
+    farm = None
+    try:
+        ready = _read_ready(proc, log_path)
+        farm = Farm(proc, data_dir, log_path, ready)
+        yield farm
+    finally:
+        kernels_left = farm.kernel_procs() if farm is not None and proc.poll() is None else []
+        for client in farm.clients if farm is not None else []:
+            client.close()
+        stop_process(proc)
+        for kernel in kernels_left:
+            with contextlib.suppress(psutil.NoSuchProcess):
+                kernel.wait(timeout=10)
+        reap_orphans()

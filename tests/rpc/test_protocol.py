@@ -1,0 +1,85 @@
+"""The sans-I/O msgpack-rpc layer: bytes in, classified messages out."""
+
+from __future__ import annotations
+
+import msgpack
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from kernelfarm.errors import MessageTooBig, ProtocolError
+from kernelfarm.rpc.protocol import (
+    Malformed, MessageType, Notification, Request, Response, RpcStream, classify,
+    encode_notification, encode_request, encode_response,
+)
+
+
+def test_messages_round_trip_in_one_stream() -> None:
+    data = (encode_request(7, "fs.stat", ["/a"]) + encode_response(7, None, b"\x00")
+            + encode_notification("hello", [1]))
+    stream = RpcStream(1 << 20)
+    assert stream.messages(data) == [Request(7, "fs.stat", ["/a"]), Response(7, None, b"\x00"),
+                                     Notification("hello", [1])]
+
+
+def test_str_stays_str_and_bytes_stay_bin() -> None:
+    stream = RpcStream(1 << 20)
+    [request] = stream.messages(encode_request(1, "m", ["text", b"bin"]))
+    assert request.params == ["text", b"bin"]
+    assert type(request.params[0]) is str and type(request.params[1]) is bytes
+
+
+def test_a_message_split_anywhere_is_reassembled() -> None:
+    data = encode_request(3, "kernel.ping", [])
+    for cut in range(1, len(data)):
+        stream = RpcStream(1 << 20)
+        assert stream.messages(data[:cut]) == []
+        assert stream.messages(data[cut:]) == [Request(3, "kernel.ping", [])]
+
+
+@pytest.mark.parametrize("obj, msgid, reason", [
+    (5, None, "non-empty array"),
+    ([], None, "non-empty array"),
+    ([0, 1, "m"], 1, "a request is"),
+    ([0, "x", "m", []], None, "msgid"),
+    ([0, -1, "m", []], None, "msgid"),
+    ([0, 9, 5, []], 9, "method must be a string"),
+    ([0, 9, "m", {}], 9, "params must be an array"),
+    ([7, 9, "m", []], 9, "unknown message type"),
+    ([False, 9, "m", []], 9, "unknown message type"),
+])
+def test_malformed_messages_are_named(obj: object, msgid: int | None, reason: str) -> None:
+    message = classify(obj)
+    assert isinstance(message, Malformed)
+    assert message.msgid == msgid and reason in message.reason
+
+
+def test_message_types_are_the_spec_numbers() -> None:
+    assert [int(t) for t in MessageType] == [0, 1, 2]
+
+
+def test_garbage_is_a_protocol_error() -> None:
+    stream = RpcStream(1 << 20)
+    with pytest.raises(ProtocolError) as info:
+        stream.messages(b"\xc1")
+    assert info.value.code == "EPROTO"
+
+
+def test_a_message_over_the_limit_is_e2big_before_it_is_buffered() -> None:
+    stream = RpcStream(4096)
+    big = encode_request(1, "fs.write_file", ["/v/f", b"x" * 10_000])
+    with pytest.raises(MessageTooBig) as info:
+        stream.messages(big[:5000])
+    assert info.value.code == "E2BIG"
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.binary(max_size=200))
+def test_arbitrary_bytes_never_raise_anything_else(data: bytes) -> None:
+    stream = RpcStream(1024)
+    try:
+        messages = stream.messages(data)
+    except ProtocolError:
+        return
+    for message in messages:
+        assert isinstance(message, (Request, Response, Notification, Malformed))

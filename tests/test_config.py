@@ -1,0 +1,73 @@
+"""Config: one place validates; errors name the key; flags override the file."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from kernelfarm import config as configuration
+from kernelfarm.errors import ConfigError
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "k.toml"
+    path.write_text(text)
+    return path
+
+
+def test_the_committed_default_file_documents_every_key_with_its_default() -> None:
+    assert (ROOT / "config" / "kernelfarm.toml").read_text() == configuration.render_defaults()
+    loaded = configuration.load(ROOT / "config" / "kernelfarm.toml")
+    assert loaded.to_dict() == configuration.load().to_dict()
+
+
+@pytest.mark.parametrize("text, key", [
+    ("[farm]\nkernals = 2\n", "farm.kernals"),
+    ("[farm]\nkernels = 0\n", "farm.kernels"),
+    ("[farm]\nkernels = \"many\"\n", "farm.kernels"),
+    ("[farm]\nmode = \"smp\"\n", "farm.mode"),
+    ("[farm]\ncontrol = \"localhost\"\n", "farm.control"),
+    ("[rpc]\nmax_inflight = 0\n", "rpc.max_inflight"),
+    ("[rpc]\nmax_inflight = \"10\"\n", "rpc.max_inflight"),
+    ("[supervisor]\nheartbeat_interval = true\n", "supervisor.heartbeat_interval"),
+    ("[nosuch]\nx = 1\n", "nosuch"),
+])
+def test_bad_config_names_the_key(tmp_path: Path, text: str, key: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        configuration.load(write(tmp_path, text))
+    assert key in info.value.message and info.value.key == key
+
+
+def test_invalid_toml_and_missing_file_are_config_errors(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="invalid TOML"):
+        configuration.load(write(tmp_path, "[farm\n"))
+    with pytest.raises(ConfigError, match="not found"):
+        configuration.load(tmp_path / "missing.toml")
+
+
+def test_flags_override_the_file_and_the_file_overrides_defaults(tmp_path: Path) -> None:
+    path = write(tmp_path, "[farm]\nkernels = 3\nmode = \"locked\"\n")
+    loaded = configuration.load(path, {"farm": {"kernels": 5, "mode": None}})
+    assert loaded.farm.kernels == 5          # flag beats file
+    assert loaded.farm.mode == "locked"      # file beats default; an unset flag is no override
+    assert loaded.rpc.max_inflight == configuration.RpcConfig().max_inflight
+
+
+def test_config_is_frozen() -> None:
+    loaded = configuration.load()
+    with pytest.raises(AttributeError):
+        loaded.farm.kernels = 9  # type: ignore[misc]
+
+
+def test_serve_refuses_a_bad_config_naming_the_key(tmp_path: Path) -> None:
+    path = write(tmp_path, "[rpc]\nmax_inflight = -1\n")
+    result = subprocess.run([sys.executable, "-m", "kernelfarm", "serve", "--config", str(path),
+                             "--data-dir", str(tmp_path / "d")],
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2
+    assert "rpc.max_inflight" in result.stderr
