@@ -10,14 +10,14 @@ import asyncio
 import functools
 from typing import Any
 
-from kernelfarm.client.blocking import as_addr
+from kernelfarm.client.blocking import CONTROL_TIMEOUT_S, as_addr
 from kernelfarm.client.routing import Addr, RetryPolicy, Router
 from kernelfarm.errors import Moved, TryAgain
 from kernelfarm.rpc.client import RpcClientConnection, connect
 
 
 class Client:
-    def __init__(self, control: Addr | str, *, timeout: float = 30.0,
+    def __init__(self, control: Addr | str, *, timeout: float | None = None,
                  retry: RetryPolicy | None = None) -> None:
         self.control = as_addr(control)
         self.timeout = timeout
@@ -40,7 +40,7 @@ class Client:
 
     async def _control(self, method: str, *params: Any) -> Any:
         conn = await self._connection(self.control)
-        return await conn.call(method, *params, timeout=self.timeout)
+        return await conn.call(method, *params, timeout=self.timeout or CONTROL_TIMEOUT_S)
 
     async def cluster_map(self) -> dict[str, Any]:
         return await self._control("cluster.map")  # type: ignore[no-any-return]
@@ -98,7 +98,7 @@ class Client:
             return conn
         pending = self._connecting.get(addr)
         if pending is None:
-            pending = asyncio.ensure_future(connect(addr[0], addr[1], timeout=self.timeout))
+            pending = asyncio.ensure_future(connect(addr[0], addr[1]))
             self._connecting[addr] = pending
             pending.add_done_callback(lambda _: self._connecting.pop(addr, None))
         conn = await asyncio.shield(pending)

@@ -5,6 +5,10 @@ a pooled connection.  ``MOVED`` refreshes the table and retries; ``TRYAGAIN`` an
 that cannot be reached (restarting) back off and retry until the deadline.  A request that
 was already sent when its connection broke is not resent: it may have been applied, and
 only the caller knows whether repeating it is safe.
+
+``timeout`` bounds each call; by default there is none, because every kernel bounds its own
+waits (``net.max_timeout``) and a kernel that hangs is killed by its supervisor, which the
+client sees as a closed connection.  Connecting always has a deadline.
 """
 
 from __future__ import annotations
@@ -19,6 +23,10 @@ from kernelfarm.errors import Moved, TryAgain
 from kernelfarm.rpc.blocking import BlockingConnection
 
 
+CONTROL_TIMEOUT_S = 30.0
+"""Control calls always have a deadline: the supervisor answers them itself."""
+
+
 def as_addr(control: Addr | str | list[Any]) -> Addr:
     if isinstance(control, str):
         return parse_hostport(control)
@@ -27,7 +35,7 @@ def as_addr(control: Addr | str | list[Any]) -> Addr:
 
 
 class Client:
-    def __init__(self, control: Addr | str, *, timeout: float = 30.0,
+    def __init__(self, control: Addr | str, *, timeout: float | None = None,
                  retry: RetryPolicy | None = None) -> None:
         self.control = as_addr(control)
         self.timeout = timeout
@@ -38,7 +46,8 @@ class Client:
     # -- control API ----------------------------------------------------------------------
 
     def _control(self, method: str, *params: Any) -> Any:
-        return self._connection(self.control).call(method, params, self.timeout)
+        return self._connection(self.control).call(method, params,
+                                                   self.timeout or CONTROL_TIMEOUT_S)
 
     def cluster_map(self) -> dict[str, Any]:
         return self._control("cluster.map")  # type: ignore[no-any-return]

@@ -24,10 +24,9 @@ def fs_key(params: list[Any]) -> str | None:
 
 def net_key(params: list[Any]) -> str | None:
     """The namespace: first parameter of every ``net.*`` call."""
-    namespace = params[0]
-    if type(namespace) is not str:
-        raise TypeError("the namespace must be a string")
-    return namespace
+    from kernelfarm.net.subsystem import namespace_key
+
+    return namespace_key(params)
 
 
 KEY_OF: dict[str, Callable[[list[Any]], str | None]] = {"fs": fs_key, "net": net_key}

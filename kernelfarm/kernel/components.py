@@ -3,5 +3,6 @@
 from __future__ import annotations
 
 from kernelfarm.kernel.subsystem import Subsystem
+from kernelfarm.net.subsystem import NetSubsystem
 
-SUBSYSTEMS: list[type[Subsystem]] = []
+SUBSYSTEMS: list[type[Subsystem]] = [NetSubsystem]

@@ -24,12 +24,13 @@ READ_CHUNK = 256 * 1024
 
 
 class BlockingConnection:
-    def __init__(self, host: str, port: int, *, timeout: float = 10.0,
+    def __init__(self, host: str, port: int, *, timeout: float | None = None,
+                 connect_timeout: float = 10.0,
                  max_message_bytes: int = 64 * 1024 * 1024) -> None:
         self.addr = (host, port)
         self.timeout = timeout
         try:
-            self._sock = socket.create_connection((host, port), timeout=timeout)
+            self._sock = socket.create_connection((host, port), timeout=connect_timeout)
         except socket.timeout as exc:
             raise Timeout(f"connect to {host}:{port} timed out") from exc
         self._sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
@@ -55,7 +56,8 @@ class BlockingConnection:
             raise ConnectionLost(f"connection to {self.addr} is closed")
         msgid = self._next_id
         self._next_id = (msgid + 1) & MSGID_MAX
-        deadline = time.monotonic() + (timeout if timeout is not None else self.timeout)
+        timeout = timeout if timeout is not None else self.timeout
+        deadline = None if timeout is None else time.monotonic() + timeout
         try:
             self._sock.sendall(msgpack.packb([0, msgid, method, list(params)]))
             error, result = self._wait_reply(msgid, method, deadline)
@@ -69,7 +71,8 @@ class BlockingConnection:
             raise from_wire(error)
         return result
 
-    def _wait_reply(self, msgid: int, method: str, deadline: float) -> tuple[Any, Any]:
+    def _wait_reply(self, msgid: int, method: str,
+                    deadline: float | None) -> tuple[Any, Any]:
         """(error, result) of our reply; transport failures raise."""
         while True:
             for obj in self._stream:
@@ -78,8 +81,8 @@ class BlockingConnection:
                     return message.error, message.result
                 if isinstance(message, Notification) and message.method == ERROR_NOTIFICATION:
                     raise from_wire(message.params[0] if message.params else {})
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
+            remaining = None if deadline is None else deadline - time.monotonic()
+            if remaining is not None and remaining <= 0:
                 raise Timeout(f"{method}: no reply from {self.addr} in time")
             self._sock.settimeout(remaining)
             try:

@@ -103,7 +103,7 @@ class RpcClientConnection(asyncio.Protocol):
             self.transport.close()
 
 
-async def connect(host: str, port: int, *, timeout: float = 10.0,
+async def connect(host: str, port: int, *, timeout: float | None = 10.0,
                   max_message_bytes: int = DEFAULT_MAX_MESSAGE) -> RpcClientConnection:
     """Open a connection to a numeric loopback or remote address (no name lookup)."""
     loop = asyncio.get_running_loop()

@@ -1,0 +1,8 @@
+"""net: TCP and UDP sockets on the host network, held by namespaces.
+
+As rumpnet gives a rump kernel sockets, this subsystem gives each kernel the sockets of
+the namespaces whose names hash to its slots.  ``config`` declares the ``[net]`` section,
+``policy`` decides what may be reached, ``sockets`` drives one host socket from the event
+loop, ``namespace`` holds a tenant's sockets and counters, ``subsystem`` serves ``net.*``,
+and ``client`` is the ``client.net`` attribute group of both clients.
+"""

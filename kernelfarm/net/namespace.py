@@ -1,0 +1,158 @@
+"""A namespace: the sockets one tenant holds in this kernel, its limits and its counters.
+
+Socket ids are never reused within a namespace, so a client holding a stale id gets
+``EBADF`` instead of someone else's socket.  Every check of the policy happens here,
+before the host socket is asked to do anything.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import ipaddress
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from kernelfarm.errors import posix
+from kernelfarm.net.policy import IPAddress, Policy, parse_address
+from kernelfarm.net.sockets import FarmSocket, wire_address
+
+
+@dataclass(slots=True)
+class Counters:
+    """Totals since the namespace appeared in this kernel (``net.stats``)."""
+
+    bytes_in: int = 0
+    bytes_out: int = 0
+    connects: int = 0
+    accepts: int = 0
+    sockets_opened: int = 0
+    denied: int = 0
+    errors: int = 0
+
+    def report(self, sockets_open: int) -> dict[str, Any]:
+        return {"sockets_open": sockets_open, **asdict(self)}
+
+
+class Namespace:
+    def __init__(self, name: str, loop: asyncio.AbstractEventLoop, policy: Policy,
+                 max_sockets: int) -> None:
+        self.name = name
+        self.loop = loop
+        self.policy = policy
+        self.max_sockets = max_sockets
+        self.sockets: dict[int, FarmSocket] = {}
+        self.counters = Counters()
+        self._next_sid = 1
+
+    def _check_room(self) -> None:
+        if len(self.sockets) >= self.max_sockets:
+            raise posix(errno.EMFILE, f"namespace {self.name!r} holds net.max_sockets="
+                        f"{self.max_sockets} sockets")
+
+    def _add(self, farm_sock: FarmSocket) -> FarmSocket:
+        self.sockets[farm_sock.sid] = farm_sock
+        self._next_sid += 1
+        self.counters.sockets_opened += 1
+        return farm_sock
+
+    def get(self, sid: Any) -> FarmSocket:
+        if not isinstance(sid, int) or isinstance(sid, bool):
+            raise TypeError(f"socket id must be an int, got {type(sid).__name__}")
+        farm_sock = self.sockets.get(sid)
+        if farm_sock is None:
+            raise posix(errno.EBADF, f"no socket {sid} in namespace {self.name!r}")
+        return farm_sock
+
+    # -- operations, in the order of DESIGN.md --------------------------------------------
+
+    def open(self, kind: str) -> FarmSocket:
+        self._check_room()
+        return self._add(FarmSocket(self.loop, self._next_sid, kind))
+
+    def bind(self, sid: int, host: Any, port: Any) -> list[Any]:
+        farm_sock = self.get(sid)
+        address, port = parse_address(host, port, bind=True)
+        self.policy.check_bind(address)
+        return farm_sock.bind(address, port)
+
+    async def connect(self, sid: int, host: Any, port: Any, timeout: float) -> None:
+        farm_sock = self.get(sid)
+        address, port = parse_address(host, port)
+        self.policy.check_destination(address, port)
+        await farm_sock.connect(address, port, timeout)
+        self.counters.connects += 1
+
+    def listen(self, sid: int, backlog: int) -> None:
+        self.get(sid).listen(backlog)
+
+    async def accept(self, sid: int, timeout: float) -> tuple[FarmSocket, list[Any]]:
+        listener = self.get(sid)
+        sock, address = await listener.accept(timeout, self._check_room)
+        self.counters.accepts += 1
+        return self._add(FarmSocket.accepted(self.loop, self._next_sid, sock)), \
+            wire_address(address)
+
+    async def send(self, sid: int, data: bytes, timeout: float) -> int:
+        sent = await self.get(sid).send(data, timeout)
+        self.counters.bytes_out += sent
+        return sent
+
+    async def recv(self, sid: int, size: int, timeout: float) -> bytes:
+        data = await self.get(sid).recv(size, timeout)
+        self.counters.bytes_in += len(data)
+        return data
+
+    async def sendto(self, sid: int, data: bytes, host: Any, port: Any,
+                     timeout: float) -> int:
+        farm_sock = self.get(sid)
+        if farm_sock.kind != "udp":
+            raise posix(errno.EOPNOTSUPP, f"socket {sid} is TCP: use net.send")
+        address, port = parse_address(host, port)
+        self.policy.check_destination(address, port)
+        if not farm_sock.is_bound():
+            self._bind_for_sending(farm_sock, address)
+        sent = await farm_sock.sendto(data, address, port, timeout)
+        self.counters.bytes_out += sent
+        return sent
+
+    async def recvfrom(self, sid: int, size: int, timeout: float) -> tuple[bytes, list[Any]]:
+        farm_sock = self.get(sid)
+        if farm_sock.kind != "udp":
+            raise posix(errno.EOPNOTSUPP, f"socket {sid} is TCP: use net.recv")
+        data, address = await farm_sock.recvfrom(size, timeout)
+        self.counters.bytes_in += len(data)
+        return data, wire_address(address)
+
+    def shutdown(self, sid: int, how: int) -> None:
+        self.get(sid).shutdown(how)
+
+    def close(self, sid: int) -> None:
+        self.sockets.pop(self.get(sid).sid).close()
+
+    def close_all(self) -> None:
+        for farm_sock in self.sockets.values():
+            farm_sock.close()
+        self.sockets.clear()
+
+    def stats(self) -> dict[str, Any]:
+        return self.counters.report(len(self.sockets))
+
+    def list(self) -> list[dict[str, Any]]:
+        return [farm_sock.describe() for farm_sock in self.sockets.values()]
+
+    def _bind_for_sending(self, farm_sock: FarmSocket, destination: IPAddress) -> None:
+        """Bind an unbound UDP socket before its first datagram, as policy allows.
+
+        Left to the host, the first ``sendto`` binds the wildcard address, and the socket
+        would then receive datagrams from every network: a bind nobody checked.  Bind the
+        loopback address for a loopback destination, else the wildcard — both through
+        ``bind_allow``.
+        """
+        if destination.version == 4:
+            local = ipaddress.IPv4Address("127.0.0.1" if destination.is_loopback else "0.0.0.0")
+        else:
+            local = ipaddress.IPv6Address("::1" if destination.is_loopback else "::")
+        self.policy.check_bind(local)
+        farm_sock.host_socket(local).bind((str(local), 0))
+

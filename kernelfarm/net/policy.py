@@ -1,0 +1,67 @@
+"""What a namespace may reach and bind, decided before any packet leaves.
+
+Addresses must be numeric (``127.0.0.1``, ``::1``).  A host name would need
+``getaddrinfo``, which the event loop runs in a thread pool — and a kernel stays at one
+OS thread — so names are ``EINVAL``; resolve them on the client.  The parsed address, not
+the caller's text, is what reaches the host socket, so lenient spellings that the C
+library would accept (``127.1``) can never slip past a check made on a different reading.
+"""
+
+from __future__ import annotations
+
+import errno
+import ipaddress
+from typing import Any
+
+from kernelfarm.errors import posix
+from kernelfarm.net.config import NetConfig, parse_networks, parse_port_ranges
+
+IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+
+
+def parse_address(host: Any, port: Any, *, bind: bool = False) -> tuple[IPAddress, int]:
+    """Validate a wire ``(host, port)``; ``port`` 0 (any free port) only for ``bind``."""
+    if not isinstance(host, str):
+        raise TypeError(f"host must be a str, got {type(host).__name__}")
+    if not isinstance(port, int) or isinstance(port, bool):
+        raise TypeError(f"port must be an int, got {type(port).__name__}")
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        raise posix(errno.EINVAL, f"{host!r} is not a numeric IP address (host names "
+                    "are resolved by the client, not the kernel)") from None
+    if isinstance(address, ipaddress.IPv6Address) and address.scope_id is not None:
+        raise posix(errno.EINVAL, f"scoped IPv6 address {host!r} is not supported")
+    if not (0 if bind else 1) <= port <= 65535:
+        raise posix(errno.EINVAL, f"port {port} out of range")
+    return address, port
+
+
+def _effective(address: IPAddress) -> IPAddress:
+    """``::ffff:10.0.0.1`` reaches 10.0.0.1: judge the IPv4 address it carries."""
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        return address.ipv4_mapped
+    return address
+
+
+class Policy:
+    """The ``[net]`` limits, parsed once; every check raises ``EACCES`` or returns."""
+
+    def __init__(self, config: NetConfig) -> None:
+        self._allow = parse_networks(config.allow)
+        self._ports = parse_port_ranges(config.allow_ports)
+        self._bind_allow = parse_networks(config.bind_allow)
+
+    def check_destination(self, address: IPAddress, port: int) -> None:
+        """May a namespace connect or send to ``address:port``?"""
+        target = _effective(address)
+        if not any(target in network for network in self._allow):
+            raise posix(errno.EACCES, f"destination {address} is not in net.allow")
+        if self._ports and not any(lo <= port <= hi for lo, hi in self._ports):
+            raise posix(errno.EACCES, f"destination port {port} is not in net.allow_ports")
+
+    def check_bind(self, address: IPAddress) -> None:
+        """May a namespace bind (and so receive on) ``address``?"""
+        local = _effective(address)
+        if not any(local in network for network in self._bind_allow):
+            raise posix(errno.EACCES, f"local address {address} is not in net.bind_allow")

@@ -1,0 +1,271 @@
+"""One host socket driven without blocking from the kernel's event loop.
+
+Every operation first tries the non-blocking system call and, only when the host says
+``EAGAIN``, waits for readiness with ``add_reader``/``add_writer`` until a deadline.
+uvloop does not implement ``sock_sendto``/``sock_recvfrom``, and mixing its ``sock_*``
+helpers with our own readiness waits on one descriptor would fight over the watcher, so
+all operations share this one path.  Several requests may wait on one socket (pipelined
+``recv`` calls, say): each readiness event wakes them all and each retries its call.
+
+The host socket is made lazily, by the first ``bind``, ``connect`` or ``sendto``: only the
+address tells whether it is IPv4 or IPv6, and ``net.socket`` takes no family.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import socket
+from typing import Any, Callable, TypeVar
+
+from kernelfarm.errors import posix
+from kernelfarm.net.policy import IPAddress
+
+T = TypeVar("T")
+
+KINDS = {"tcp": socket.SOCK_STREAM, "udp": socket.SOCK_DGRAM}
+
+
+def wire_address(address: Any) -> list[Any]:
+    """A host socket address (2- or 4-tuple) -> the wire's ``[host, port]``."""
+    return [address[0], address[1]]
+
+
+class FarmSocket:
+    """A TCP or UDP socket of a namespace; ``sid`` is its number there."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, sid: int, kind: str) -> None:
+        self.loop = loop
+        self.sid = sid
+        self.kind = kind
+        self.sock: socket.socket | None = None
+        self.listening = False
+        self.kept = False
+        self.owner: int | None = None  # id() of the client connection that holds it
+        self.closed = False
+        self.bytes_in = 0
+        self.bytes_out = 0
+        self._readers: list[asyncio.Future[bool]] = []
+        self._writers: list[asyncio.Future[bool]] = []
+
+    # -- set-up -----------------------------------------------------------------------------
+
+    @classmethod
+    def accepted(cls, loop: asyncio.AbstractEventLoop, sid: int,
+                 sock: socket.socket) -> FarmSocket:
+        farm_sock = cls(loop, sid, "tcp")
+        sock.setblocking(False)
+        _no_delay(sock)
+        farm_sock.sock = sock
+        return farm_sock
+
+    def host_socket(self, address: IPAddress) -> socket.socket:
+        """The host socket, made now with ``address``'s family if there is none yet."""
+        family = socket.AF_INET if address.version == 4 else socket.AF_INET6
+        if self.sock is None:
+            sock = socket.socket(family, KINDS[self.kind])
+            sock.setblocking(False)
+            self.sock = sock
+        elif self.sock.family != family:
+            have = 4 if self.sock.family == socket.AF_INET else 6
+            raise posix(errno.EAFNOSUPPORT, f"socket {self.sid} is IPv{have}, {address} is not")
+        return self.sock
+
+    def opened(self) -> socket.socket:
+        """The host socket of an operation that needs one (recv on a fresh socket...)."""
+        if self.closed:
+            raise posix(errno.EBADF, f"socket {self.sid} is closed")
+        if self.sock is None:
+            raise posix(errno.ENOTCONN, f"socket {self.sid} is neither bound nor connected")
+        return self.sock
+
+    def is_bound(self) -> bool:
+        return self.sock is not None and self.sock.getsockname()[1] != 0
+
+    # -- operations -------------------------------------------------------------------------
+
+    def bind(self, address: IPAddress, port: int) -> list[Any]:
+        sock = self.host_socket(address)
+        if self.kind == "tcp":
+            # A restarted listener must not wait out TIME_WAIT; Linux still refuses two
+            # live listeners on one port, so EADDRINUSE keeps its meaning.
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((str(address), port))
+        return wire_address(sock.getsockname())
+
+    def listen(self, backlog: int) -> None:
+        if self.kind != "tcp":
+            raise posix(errno.EOPNOTSUPP, f"socket {self.sid} is UDP")
+        if not self.is_bound():
+            raise posix(errno.EDESTADDRREQ, f"bind socket {self.sid} before listen")
+        self.opened().listen(backlog)
+        self.listening = True
+
+    async def connect(self, address: IPAddress, port: int, timeout: float) -> None:
+        sock = self.host_socket(address)
+        code = sock.connect_ex((str(address), port))
+        if code in (errno.EINPROGRESS, errno.EAGAIN):
+            await self._wait(self._writers, timeout)
+            code = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+        if code:
+            raise posix(code, f"connect to {address} port {port}")
+        if self.kind == "tcp":
+            _no_delay(sock)
+
+    async def accept(self, timeout: float,
+                     admit: Callable[[], None]) -> tuple[socket.socket, Any]:
+        """Accept one connection; ``admit`` runs just before the host call and may raise
+        (``EMFILE``), so a refused connection stays queued as with POSIX ``accept``."""
+        if not self.listening:
+            raise posix(errno.EINVAL, f"socket {self.sid} is not listening")
+        sock = self.opened()
+
+        def admit_and_accept() -> tuple[socket.socket, Any]:
+            admit()
+            return sock.accept()
+
+        return await self._retry(admit_and_accept, self._readers, timeout)
+
+    async def send(self, data: bytes, timeout: float) -> int:
+        """Send all of ``data``, or as much as the host took when the timeout passed.
+
+        Waiting for the host to take everything is the backpressure: a slow peer keeps
+        the caller's request in flight instead of this kernel buffering its data.
+        """
+        sock = self.opened()
+        view = memoryview(data)
+        sent = 0
+        deadline = self.loop.time() + timeout
+        while sent < len(view):
+            try:
+                sent += sock.send(view[sent:])
+                continue
+            except (BlockingIOError, InterruptedError):
+                pass
+            except OSError:
+                if sent:
+                    break  # report what went out; the error comes back on the next call
+                raise
+            try:
+                await self._wait(self._writers, deadline - self.loop.time())
+            except TimeoutError:
+                if sent:
+                    break
+                raise
+            sock = self.opened()
+        self.bytes_out += sent
+        return sent
+
+    async def recv(self, size: int, timeout: float) -> bytes:
+        sock = self.opened()
+        data = await self._retry(lambda: sock.recv(size), self._readers, timeout)
+        self.bytes_in += len(data)
+        return data
+
+    async def sendto(self, data: bytes, address: IPAddress, port: int, timeout: float) -> int:
+        sock = self.host_socket(address)
+        target = (str(address), port)
+        sent = await self._retry(lambda: sock.sendto(data, target), self._writers, timeout)
+        self.bytes_out += sent
+        return sent
+
+    async def recvfrom(self, size: int, timeout: float) -> tuple[bytes, Any]:
+        sock = self.opened()
+        data, address = await self._retry(lambda: sock.recvfrom(size), self._readers,
+                                          timeout)
+        self.bytes_in += len(data)
+        return data, address
+
+    def shutdown(self, how: int) -> None:
+        self.opened().shutdown(how)
+
+    def close(self) -> None:
+        """Close now; requests still waiting on this socket fail with ``EBADF``."""
+        if self.closed:
+            return
+        self.closed = True
+        if self.sock is not None:
+            if self._readers:
+                self.loop.remove_reader(self.sock.fileno())
+            if self._writers:
+                self.loop.remove_writer(self.sock.fileno())
+            self.sock.close()
+        for waiter in self._readers + self._writers:
+            if not waiter.done():
+                waiter.set_exception(posix(errno.EBADF, f"socket {self.sid} was closed"))
+        self._readers.clear()
+        self._writers.clear()
+
+    def describe(self) -> dict[str, Any]:
+        """One row of ``net.list``."""
+        local = peer = None
+        if self.sock is not None and not self.closed:
+            local = wire_address(self.sock.getsockname())
+            try:
+                peer = wire_address(self.sock.getpeername())
+            except OSError:
+                peer = None
+        return {"sid": self.sid, "kind": self.kind, "local": local, "peer": peer,
+                "listening": self.listening, "kept": self.kept,
+                "bytes_in": self.bytes_in, "bytes_out": self.bytes_out}
+
+    # -- waiting ----------------------------------------------------------------------------
+
+    async def _retry(self, call: Callable[[], T], waiters: list[asyncio.Future[bool]],
+                     timeout: float) -> T:
+        deadline = self.loop.time() + timeout
+        while True:
+            self.opened()
+            try:
+                return call()
+            except (BlockingIOError, InterruptedError):
+                pass
+            await self._wait(waiters, deadline - self.loop.time())
+
+    async def _wait(self, waiters: list[asyncio.Future[bool]], timeout: float) -> None:
+        """Until the socket is ready in ``waiters``' direction; ``ETIMEDOUT`` after
+        ``timeout`` seconds, ``EBADF`` if it is closed meanwhile."""
+        if timeout <= 0:
+            raise posix(errno.ETIMEDOUT, f"socket {self.sid}")
+        sock = self.opened()
+        waiter: asyncio.Future[bool] = self.loop.create_future()
+        if not waiters:
+            watch = self.loop.add_reader if waiters is self._readers else self.loop.add_writer
+            watch(sock.fileno(), self._wake, waiters)
+        waiters.append(waiter)
+        timer = self.loop.call_later(timeout, _expire, waiter)
+        try:
+            if not await waiter:
+                raise posix(errno.ETIMEDOUT, f"socket {self.sid}")
+        finally:
+            timer.cancel()
+            if waiter in waiters:
+                waiters.remove(waiter)
+                if not waiters:
+                    self._unwatch(waiters)
+
+    def _wake(self, waiters: list[asyncio.Future[bool]]) -> None:
+        for waiter in waiters:
+            if not waiter.done():
+                waiter.set_result(True)
+        waiters.clear()
+        self._unwatch(waiters)
+
+    def _unwatch(self, waiters: list[asyncio.Future[bool]]) -> None:
+        if self.sock is None or self.closed:
+            return
+        if waiters is self._readers:
+            self.loop.remove_reader(self.sock.fileno())
+        else:
+            self.loop.remove_writer(self.sock.fileno())
+
+
+def _no_delay(sock: socket.socket) -> None:
+    """Each ``net.send`` is a whole application write, already batched by the caller:
+    Nagle's delay would only add a round trip to request/response traffic."""
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+
+def _expire(waiter: asyncio.Future[bool]) -> None:
+    if not waiter.done():
+        waiter.set_result(False)

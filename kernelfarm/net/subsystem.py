@@ -1,0 +1,264 @@
+"""The net subsystem: ``net.*`` methods over the namespaces this kernel owns.
+
+This module adapts the wire to :class:`~kernelfarm.net.namespace.Namespace`: it checks
+parameter types, turns caller timeouts into bounded ones, and ties sockets to the client
+connection that made them.  A socket dies with its connection (the peer sees EOF) so a
+crashed client leaks nothing, unless ``net.keep`` detached it — meant for listening
+sockets that should outlive the process that set them up; a kept socket lives until
+``net.close``, until its slot leaves this kernel, or until the kernel stops.
+
+Additions to DESIGN.md's methods, all backwards compatible: ``net.connect`` and
+``net.send`` take an optional trailing ``timeout``; ``net.keep(ns, sid)``.
+"""
+
+from __future__ import annotations
+
+import errno
+import inspect
+import math
+from typing import Any, Callable
+
+from kernelfarm.errors import posix
+from kernelfarm.kernel.subsystem import Connection, KernelContext, Method, Subsystem
+from kernelfarm.net.config import NetConfig
+from kernelfarm.net.namespace import Counters, Namespace
+from kernelfarm.net.policy import Policy
+from kernelfarm.net.sockets import KINDS, FarmSocket
+from kernelfarm.partition import key_slot
+
+MAX_NAMESPACE_LENGTH = 255
+
+
+def namespace_key(params: list[Any]) -> str:
+    """The partition key of every ``net.*`` call: its first parameter, the namespace."""
+    name = params[0]
+    if not isinstance(name, str):
+        raise TypeError(f"namespace must be a str, got {type(name).__name__}")
+    return name
+
+
+def _data(data: Any) -> bytes:
+    if not isinstance(data, (bytes, bytearray)):
+        raise TypeError(f"data must be bytes (msgpack bin), got {type(data).__name__}")
+    return data
+
+
+def _int(value: Any, what: str, low: int, high: int) -> int:
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise TypeError(f"{what} must be an int, got {type(value).__name__}")
+    if not low <= value <= high:
+        raise ValueError(f"{what} must be in {low}..{high}, got {value}")
+    return value
+
+
+class NetSubsystem(Subsystem):
+    name = "net"
+
+    def __init__(self, ctx: KernelContext) -> None:
+        super().__init__(ctx)
+        self.config: NetConfig = ctx.config.net
+        self.policy = Policy(self.config)
+        self.namespaces: dict[str, Namespace] = {}
+        self._by_slot: dict[int, set[str]] = {}  # so releasing a slot is not a full scan
+        # id(connection) -> the (namespace, sid) it owns; one close callback per connection.
+        self._owned: dict[int, set[tuple[str, int]]] = {}
+
+    def methods(self) -> list[Method]:
+        key = namespace_key
+        wrap = self._accounted
+        return [
+            Method("net.socket", wrap(self.socket), key, writes=True, wants_conn=True),
+            Method("net.connect", wrap(self.connect), key, is_async=True, writes=True),
+            Method("net.bind", wrap(self.bind), key, writes=True),
+            Method("net.listen", wrap(self.listen), key, writes=True),
+            Method("net.accept", wrap(self.accept), key, is_async=True, writes=True,
+                   wants_conn=True),
+            Method("net.send", wrap(self.send), key, is_async=True, writes=True),
+            Method("net.recv", wrap(self.recv), key, is_async=True, writes=True),
+            Method("net.sendto", wrap(self.sendto), key, is_async=True, writes=True),
+            Method("net.recvfrom", wrap(self.recvfrom), key, is_async=True, writes=True),
+            Method("net.shutdown", wrap(self.shutdown), key, writes=True),
+            Method("net.close", wrap(self.close_socket), key, writes=True),
+            Method("net.keep", wrap(self.keep), key, writes=True),
+            Method("net.stats", self.namespace_stats, key),
+            Method("net.list", self.list, key),
+        ]
+
+    # -- handlers -----------------------------------------------------------------------------
+
+    def socket(self, conn: Connection, ns: str, kind: Any) -> int:
+        if kind not in KINDS:
+            raise ValueError(f'kind must be "tcp" or "udp", got {kind!r}')
+        namespace = self.namespaces.get(ns)
+        if namespace is None:
+            namespace = self._create(ns)
+        farm_sock = namespace.open(kind)
+        self._tie(conn, ns, farm_sock)
+        return farm_sock.sid
+
+    async def connect(self, ns: str, sid: Any, host: Any, port: Any,
+                      timeout: Any = None) -> None:
+        await self._get(ns).connect(sid, host, port, self._timeout(timeout))
+
+    def bind(self, ns: str, sid: Any, host: Any, port: Any) -> list[Any]:
+        return self._get(ns).bind(sid, host, port)
+
+    def listen(self, ns: str, sid: Any, backlog: Any) -> None:
+        self._get(ns).listen(sid, _int(backlog, "backlog", 0, 65535))
+
+    async def accept(self, conn: Connection, ns: str, sid: Any,
+                     timeout: Any = None) -> list[Any]:
+        farm_sock, address = await self._get(ns).accept(sid, self._timeout(timeout))
+        self._tie(conn, ns, farm_sock)
+        return [farm_sock.sid, address]
+
+    async def send(self, ns: str, sid: Any, data: Any, timeout: Any = None) -> int:
+        return await self._get(ns).send(sid, _data(data), self._timeout(timeout))
+
+    async def recv(self, ns: str, sid: Any, size: Any, timeout: Any = None) -> bytes:
+        return await self._get(ns).recv(sid, self._size(size), self._timeout(timeout))
+
+    async def sendto(self, ns: str, sid: Any, data: Any, host: Any, port: Any) -> int:
+        return await self._get(ns).sendto(sid, _data(data), host, port, self._timeout(None))
+
+    async def recvfrom(self, ns: str, sid: Any, size: Any,
+                       timeout: Any = None) -> list[Any]:
+        data, address = await self._get(ns).recvfrom(sid, self._size(size),
+                                                     self._timeout(timeout))
+        return [data, address]
+
+    def shutdown(self, ns: str, sid: Any, how: Any) -> None:
+        self._get(ns).shutdown(sid, _int(how, "how", 0, 2))
+
+    def close_socket(self, ns: str, sid: Any) -> None:
+        namespace = self._get(ns)
+        self._untie(ns, namespace.get(sid))
+        namespace.close(sid)
+
+    def keep(self, ns: str, sid: Any) -> None:
+        farm_sock = self._get(ns).get(sid)
+        self._untie(ns, farm_sock)
+        farm_sock.kept = True
+
+    def namespace_stats(self, ns: str) -> dict[str, Any]:
+        namespace = self.namespaces.get(ns)
+        if namespace is None:
+            return Counters().report(sockets_open=0)
+        return namespace.stats()
+
+    def list(self, ns: str) -> list[dict[str, Any]]:
+        namespace = self.namespaces.get(ns)
+        return [] if namespace is None else namespace.list()
+
+    # -- Subsystem ----------------------------------------------------------------------------
+
+    def release_slot(self, slot: int) -> None:
+        """Close the sockets of the slot's namespaces: host sockets cannot move to another
+        kernel (yet), so their clients get ``EBADF`` on next use."""
+        for name in self._by_slot.pop(slot, ()):
+            self._drop(name)
+
+    def stats(self) -> dict[str, Any]:
+        namespaces = self.namespaces.values()
+        return {
+            "namespaces": len(self.namespaces),
+            "sockets": sum(len(ns.sockets) for ns in namespaces),
+            "bytes_in": sum(ns.counters.bytes_in for ns in namespaces),
+            "bytes_out": sum(ns.counters.bytes_out for ns in namespaces),
+        }
+
+    def close(self) -> None:
+        for name in list(self.namespaces):
+            self._drop(name)
+        self._by_slot.clear()
+
+    # -- internals ----------------------------------------------------------------------------
+
+    def _create(self, name: str) -> Namespace:
+        if not name or len(name) > MAX_NAMESPACE_LENGTH:
+            raise ValueError(f"namespace names are 1..{MAX_NAMESPACE_LENGTH} characters")
+        namespace = Namespace(name, self.ctx.loop, self.policy, self.config.max_sockets)
+        self.namespaces[name] = namespace
+        self._by_slot.setdefault(key_slot(name), set()).add(name)
+        return namespace
+
+    def _get(self, ns: Any) -> Namespace:
+        namespace = self.namespaces.get(ns)
+        if namespace is None:
+            raise posix(errno.EBADF, f"namespace {ns!r} holds no sockets")
+        return namespace
+
+    def _drop(self, name: str) -> None:
+        namespace = self.namespaces.pop(name)
+        for farm_sock in namespace.sockets.values():
+            self._untie(name, farm_sock)
+        namespace.close_all()
+
+    def _timeout(self, timeout: Any) -> float:
+        if timeout is None:
+            return min(self.config.default_timeout, self.config.max_timeout)
+        if not isinstance(timeout, (int, float)) or isinstance(timeout, bool):
+            raise TypeError(f"timeout must be a number of seconds, got "
+                            f"{type(timeout).__name__}")
+        if not timeout >= 0 or math.isinf(timeout):
+            raise ValueError(f"timeout must be finite and >= 0, got {timeout}")
+        return min(float(timeout), self.config.max_timeout)
+
+    def _size(self, size: Any) -> int:
+        return min(_int(size, "max", 1, 2**63 - 1), self.config.max_recv_bytes)
+
+    def _tie(self, conn: Connection, ns: str, farm_sock: FarmSocket) -> None:
+        """Close ``farm_sock`` when ``conn`` goes away."""
+        key = id(conn)
+        farm_sock.owner = key
+        owned = self._owned.get(key)
+        if owned is not None:
+            owned.add((ns, farm_sock.sid))
+            return
+        self._owned[key] = {(ns, farm_sock.sid)}
+        conn.on_close(lambda: self._connection_closed(key))
+
+    def _untie(self, ns: str, farm_sock: FarmSocket) -> None:
+        owned = self._owned.get(farm_sock.owner) if farm_sock.owner is not None else None
+        if owned is not None:
+            owned.discard((ns, farm_sock.sid))
+        farm_sock.owner = None
+
+    def _connection_closed(self, key: int) -> None:
+        for ns, sid in self._owned.pop(key, ()):
+            namespace = self.namespaces.get(ns)
+            if namespace is not None and sid in namespace.sockets:
+                namespace.sockets[sid].owner = None
+                namespace.close(sid)
+
+    def _accounted(self, handler: Callable[..., Any]) -> Callable[..., Any]:
+        """Count each failed call in its namespace: ``denied`` for policy, else ``errors``.
+
+        The namespace is the first ``str`` parameter (``conn`` may come before it).
+        """
+        def count(params: tuple[Any, ...], exc: OSError) -> None:
+            name = next((p for p in params if isinstance(p, str)), None)
+            namespace = self.namespaces.get(name) if name is not None else None
+            if namespace is None:
+                return
+            if exc.errno == errno.EACCES:
+                namespace.counters.denied += 1
+            else:
+                namespace.counters.errors += 1
+
+        if inspect.iscoroutinefunction(handler):
+            async def run_async(*params: Any) -> Any:
+                try:
+                    return await handler(*params)
+                except OSError as exc:
+                    count(params, exc)
+                    raise
+            return run_async
+
+        def run(*params: Any) -> Any:
+            try:
+                return handler(*params)
+            except OSError as exc:
+                count(params, exc)
+                raise
+        return run

@@ -1,0 +1,36 @@
+"""Fixtures of the net tests (the harness itself is in ``net_harness``)."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import Any, AsyncIterator
+
+import pytest
+import pytest_asyncio
+
+from kernelfarm.config import build
+from kernelfarm.net.subsystem import NetSubsystem
+from net_harness import FakeKernel, NetHarness, echo_peer_process
+
+
+@pytest.fixture
+def make_net(tmp_path: Path) -> Any:
+    """``make_net(**net_settings)`` -> a harness over a fresh NetSubsystem; closed at exit."""
+    made: list[NetSubsystem] = []
+
+    def make(**settings: Any) -> NetHarness:
+        ctx = FakeKernel(build({"net": settings}), tmp_path, asyncio.get_running_loop())
+        net = NetSubsystem(ctx)
+        made.append(net)
+        return NetHarness(net)
+
+    yield make
+    for net in made:
+        net.close()
+
+
+@pytest_asyncio.fixture
+async def echo_port() -> AsyncIterator[int]:
+    async with echo_peer_process() as port:
+        yield port

@@ -1,0 +1,188 @@
+"""Socket lifetimes and limits: connections, keep, EMFILE, EBADF, slots, shutdown."""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import socket
+import threading
+from typing import Any
+
+import pytest
+
+from kernelfarm.partition import key_slot
+from net_harness import FakeConnection, plain_listener
+
+
+async def peer_sees_eof(peer: socket.socket) -> bool:
+    loop = asyncio.get_running_loop()
+    peer.setblocking(False)
+    return await asyncio.wait_for(loop.sock_recv(peer, 100), 5) == b""
+
+
+@pytest.mark.asyncio
+async def test_socket_limit_is_emfile_and_closing_makes_room(make_net: Any) -> None:
+    net = make_net(max_sockets=2).client()
+    first = await net.socket("dave", "tcp")
+    await net.socket("dave", "udp")
+    with pytest.raises(OSError) as info:
+        await net.socket("dave", "tcp")
+    assert info.value.errno == errno.EMFILE
+    await net.socket("erin", "tcp")  # the limit is per namespace
+    await first.close()
+    await net.socket("dave", "tcp")
+
+
+@pytest.mark.asyncio
+async def test_accept_at_the_limit_is_emfile_and_leaves_the_connection_queued(
+        make_net: Any) -> None:
+    net = make_net(max_sockets=2).client()
+    listener = await net.socket("dave", "tcp")
+    address = await listener.bind("127.0.0.1", 0)
+    await listener.listen(8)
+    with socket.create_connection(address, timeout=5) as one, \
+            socket.create_connection(address, timeout=5) as two:
+        accepted, peer = await listener.accept(timeout=5)
+        assert peer == one.getsockname()
+        with pytest.raises(OSError) as info:
+            await listener.accept(timeout=5)
+        assert info.value.errno == errno.EMFILE
+        await accepted.close()
+        _, peer = await listener.accept(timeout=5)
+        assert peer == two.getsockname()
+
+
+@pytest.mark.asyncio
+async def test_unknown_or_closed_socket_is_ebadf(make_net: Any) -> None:
+    harness = make_net()
+    net = harness.client()
+    sock = await net.socket("dave", "tcp")
+    for ns, sid in (("dave", sock.sid + 1), ("nobody", 1), ("dave", -1)):
+        with pytest.raises(OSError) as info:
+            await harness.call(FakeConnection(), "net.recv", ns, sid, 10, 0)
+        assert info.value.errno == errno.EBADF
+    await sock.close()
+    with pytest.raises(OSError) as info:
+        await sock.send(b"x")
+    assert info.value.errno == errno.EBADF
+    await sock.close()  # closing twice is harmless on the client
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize("method, params", [
+    ("net.socket", ["dave", "sctp"]),
+    ("net.socket", [7, "tcp"]),              # namespace must be a str (partition key)
+    ("net.socket", ["", "tcp"]),
+    ("net.recv", ["dave", "1", 10, 0]),
+    ("net.recv", ["dave", 1, 0, 0]),
+    ("net.recv", ["dave", 1, 10, -1]),
+    ("net.recv", ["dave", 1, 10, "soon"]),
+    ("net.send", ["dave", 1, "text, not bytes"]),
+    ("net.shutdown", ["dave", 1, 3]),
+    ("net.listen", ["dave", 1, -5]),
+    ("net.connect", ["dave", 1, "127.0.0.1"]),  # missing port
+])
+async def test_bad_parameters_are_einval(make_net: Any, method: str,
+                                         params: list[Any]) -> None:
+    harness = make_net()
+    await harness.call(FakeConnection(), "net.socket", "dave", "tcp")
+    with pytest.raises(OSError) as info:
+        await harness.call(FakeConnection(), method, *params)
+    assert info.value.errno == errno.EINVAL
+
+
+@pytest.mark.asyncio
+async def test_dropping_a_connection_closes_its_sockets_but_not_kept_ones(
+        make_net: Any) -> None:
+    harness = make_net()
+    conn_a, conn_b = FakeConnection(), FakeConnection()
+    net_a, net_b = harness.client(conn_a), harness.client(conn_b)
+    with plain_listener("127.0.0.1") as server:
+        sock_a = await net_a.socket("frank", "tcp")
+        await sock_a.connect(*server.getsockname())
+        peer_a, _ = server.accept()
+        sock_b = await net_b.socket("frank", "tcp")
+        await sock_b.connect(*server.getsockname())
+        peer_b, _ = server.accept()
+        kept = await net_a.socket("frank", "tcp")
+        await kept.bind("127.0.0.1", 0)
+        await kept.listen(4)
+        await kept.keep()
+        closed_early = await net_a.socket("frank", "udp")
+        await closed_early.close()
+
+        conn_a.close()
+
+        assert await peer_sees_eof(peer_a)
+        listed = {row["sid"]: row for row in await net_b.list("frank")}
+        assert set(listed) == {sock_b.sid, kept.sid}
+        assert listed[kept.sid]["kept"] is True
+        await sock_b.send(b"still here")
+        peer_b.settimeout(5)
+        assert peer_b.recv(100) == b"still here"
+        peer_a.close()
+        peer_b.close()
+    assert harness.net._owned == {id(conn_b): {("frank", sock_b.sid)}}
+
+
+@pytest.mark.asyncio
+async def test_accepted_sockets_belong_to_the_accepting_connection(make_net: Any) -> None:
+    harness = make_net()
+    owner, acceptor = FakeConnection(), FakeConnection()
+    listener = await harness.client(owner).socket("gina", "tcp")
+    address = await listener.bind("127.0.0.1", 0)
+    await listener.listen(4)
+    with socket.create_connection(address, timeout=5) as plain:
+        # Any connection may use any sid of the namespace; what it accepts is its own.
+        await harness.call(acceptor, "net.accept", "gina", listener.sid, 5)
+        acceptor.close()
+        assert await peer_sees_eof(plain)
+    assert [row["sid"] for row in await harness.client(owner).list("gina")] == [listener.sid]
+
+
+@pytest.mark.asyncio
+async def test_release_slot_closes_only_that_slots_namespaces(make_net: Any) -> None:
+    harness = make_net()
+    net = harness.client()
+    names = ["alice", "bob"]
+    assert key_slot(names[0]) != key_slot(names[1])
+    with plain_listener("127.0.0.1") as server:
+        socks = {}
+        peers = {}
+        for name in names:
+            socks[name] = await net.socket(name, "tcp")
+            await socks[name].connect(*server.getsockname())
+            peers[name], _ = server.accept()
+        harness.net.release_slot(key_slot("alice"))
+        assert await peer_sees_eof(peers["alice"])
+        with pytest.raises(OSError) as info:
+            await socks["alice"].recv(10, timeout=0)
+        assert info.value.errno == errno.EBADF
+        assert len(await net.list("bob")) == 1
+        assert harness.net.stats()["namespaces"] == 1
+        for peer in peers.values():
+            peer.close()
+
+
+@pytest.mark.asyncio
+async def test_stats_and_close_of_the_subsystem(make_net: Any) -> None:
+    harness = make_net()
+    net = harness.client()
+    threads_before = threading.active_count()
+    with plain_listener("127.0.0.1") as server:
+        sock = await net.socket("hank", "tcp")
+        await sock.connect(*server.getsockname())
+        await sock.sendall(b"12345")
+        udp = await net.socket("ivy", "udp")
+        await udp.bind("127.0.0.1", 0)
+        assert harness.net.stats() == {"namespaces": 2, "sockets": 2, "bytes_in": 0,
+                                       "bytes_out": 5}
+        assert threading.active_count() == threads_before  # one OS thread stays one
+        peer, _ = server.accept()
+        peer.settimeout(5)
+        assert peer.recv(100) == b"12345"
+        harness.net.close()
+        assert await peer_sees_eof(peer)
+        peer.close()
+    assert harness.net.stats()["sockets"] == 0
+    assert (await net.stats("nobody"))["sockets_open"] == 0
