@@ -1,0 +1,246 @@
+"""Echo servers for benchmarks: the msgpack-rpc floor, and a plain byte echo for net-echo.
+
+The msgpack-rpc echo is the floor every kernel figure is compared with: the least a
+Python uvloop server can do per request and still speak the protocol.  Each read is fed
+into one ``Unpacker``; the replies of that read are packed into one
+``Packer(autoreset=False)`` buffer and leave in a single ``write()``.  A request's reply
+is its first param, so the load generator's traffic shape is the kernels' shape.
+
+The byte echo is the far end of the ``net-echo`` workload: a host TCP peer that returns
+whatever it receives.
+
+Both bind their socket by hand (numeric 127.0.0.1, port 0) and hand it over as ``sock=``,
+which keeps the process at one OS thread (uvloop's ``start_server(host, ...)`` resolves the
+host in libuv's thread pool and leaves threads behind).  As a process, the server stops on
+SIGTERM/SIGINT and when its parent dies, so a crashed benchmark leaves nothing behind.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import select
+import signal
+import socket
+import subprocess
+import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any, cast
+
+import msgpack
+import psutil
+import uvloop
+
+from kernelfarm.errors import KernelfarmError
+
+MAX_BUFFER = 64 * 1024 * 1024
+"""The most unparsed bytes one connection may hold: a bound on a hostile peer's memory."""
+
+PARENT_POLL_S = 0.5
+"""How often a server process checks that its parent is still alive."""
+START_TIMEOUT_S = 30.0
+"""Starting Python and importing uvloop on a loaded machine, or stopping it."""
+
+
+class MsgpackEchoProtocol(asyncio.Protocol):
+    """Replies ``[1, msgid, None, params[0]]`` to every request ``[0, msgid, method, params]``.
+
+    Notifications are ignored; a request that is not the 4-element form gets an
+    ``EPROTO`` error if its msgid can be read; an undecodable stream closes the connection.
+    """
+
+    __slots__ = ("_transport", "_unpacker", "_packer")
+
+    def __init__(self) -> None:
+        self._transport: asyncio.Transport | None = None
+        self._unpacker = msgpack.Unpacker(raw=False, max_buffer_size=MAX_BUFFER)
+        self._packer = msgpack.Packer(autoreset=False)
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self._transport = cast(asyncio.Transport, transport)  # uvloop's is not a subclass
+
+    def data_received(self, data: bytes) -> None:
+        transport = self._transport
+        assert transport is not None
+        packer = self._packer
+        pack = packer.pack
+        unpacker = self._unpacker
+        broken = False
+        try:
+            unpacker.feed(data)
+            for message in unpacker:
+                try:
+                    kind, msgid, _method, params = message
+                    if kind == 0:
+                        pack([1, msgid, None, params[0] if params else None])
+                except (TypeError, ValueError, KeyError, IndexError):
+                    _refuse(pack, message)
+        except (ValueError, TypeError, msgpack.UnpackException):
+            broken = True  # undecodable or over the buffer limit: nothing more can be parsed
+        if packer.getbuffer().nbytes:
+            transport.write(packer.bytes())
+            packer.reset()
+        if broken:
+            transport.close()
+
+
+def _refuse(pack: Any, message: Any) -> None:
+    """Answer a malformed request with EPROTO when it carries a msgid, else drop it."""
+    if isinstance(message, list) and len(message) >= 2 and message[0] == 0:
+        pack([1, message[1], {"code": "EPROTO", "message": "malformed request"}, None])
+
+
+class ByteEchoProtocol(asyncio.Protocol):
+    """Writes back every byte it reads; pauses reading while the peer does not read."""
+
+    def __init__(self) -> None:
+        self._transport: asyncio.Transport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self._transport = cast(asyncio.Transport, transport)  # uvloop's is not a subclass
+
+    def data_received(self, data: bytes) -> None:
+        assert self._transport is not None
+        self._transport.write(data)
+
+    def pause_writing(self) -> None:
+        assert self._transport is not None
+        self._transport.pause_reading()
+
+    def resume_writing(self) -> None:
+        assert self._transport is not None
+        self._transport.resume_reading()
+
+
+PROTOCOLS = {"msgpack": MsgpackEchoProtocol, "bytes": ByteEchoProtocol}
+
+
+def bind_loopback(host: str = "127.0.0.1", port: int = 0) -> socket.socket:
+    """A listening TCP socket bound by hand on a loopback address (see module docstring)."""
+    if host not in ("127.0.0.1", "::1"):
+        raise ValueError(f"echo servers listen on loopback only, not {host!r}")
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((host, port))
+        sock.listen(1024)
+        sock.setblocking(False)
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
+async def serve_echo(sock: socket.socket, kind: str = "msgpack",
+                     stop: asyncio.Event | None = None,
+                     started: Callable[[], None] | None = None) -> None:
+    """Serve the ``kind`` echo on a bound listening socket until ``stop`` is set.
+
+    ``started`` is called once connections are being accepted.
+    """
+    protocol = PROTOCOLS[kind]
+    loop = asyncio.get_running_loop()
+    server = await loop.create_server(protocol, sock=sock, backlog=1024)
+    try:
+        if started is not None:
+            started()
+        await (stop or asyncio.Event()).wait()
+    finally:
+        server.close()
+        await server.wait_closed()
+
+
+async def _serve_process(sock: socket.socket, kind: str, started: Callable[[], None]) -> None:
+    """The process body: serve until SIGTERM/SIGINT or until the parent goes away.
+
+    The port is reported (``started``) only once the signal handlers are in place, so a
+    parent that stops the server right after learning its port gets a clean exit.
+    """
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+    parent = os.getppid()
+
+    def watch_parent() -> None:
+        # Reparenting (to init or a subreaper) is how a child learns its parent died.
+        if os.getppid() != parent:
+            stop.set()
+        else:
+            loop.call_later(PARENT_POLL_S, watch_parent)
+
+    loop.call_later(PARENT_POLL_S, watch_parent)
+    await serve_echo(sock, kind, stop, started)
+
+
+@dataclass(frozen=True)
+class EchoProcess:
+    """A running echo server process: where it listens and its pid (for the CPU meter)."""
+
+    address: tuple[str, int]
+    pid: int
+
+
+@contextmanager
+def running_echo(kind: str = "msgpack", *, cpu: int | None = None,
+                 host: str = "127.0.0.1") -> Iterator[EchoProcess]:
+    """Run an echo server in its own process for the duration of the ``with`` block."""
+    command = [sys.executable, "-m", "kernelfarm.bench.echo", "--kind", kind, "--host", host,
+               "--print-port"]
+    if cpu is not None:
+        command += ["--cpu", str(cpu)]
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stdin=subprocess.DEVNULL)
+    try:
+        assert process.stdout is not None
+        ready, _, _ = select.select([process.stdout], [], [], START_TIMEOUT_S)
+        line = process.stdout.readline() if ready else b""
+        if not line.strip().isdigit():
+            raise KernelfarmError(f"echo server did not start (exit code {process.poll()})")
+        yield EchoProcess((host, int(line)), process.pid)
+    finally:
+        if process.poll() is None:
+            process.terminate()
+            try:
+                process.wait(START_TIMEOUT_S)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+        if process.stdout is not None:
+            process.stdout.close()
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(
+        prog="python -m kernelfarm.bench.echo", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--kind", choices=sorted(PROTOCOLS), default="msgpack")
+    parser.add_argument("--host", default="127.0.0.1", choices=["127.0.0.1", "::1"])
+    parser.add_argument("--port", type=int, default=0)
+    report = parser.add_mutually_exclusive_group(required=True)
+    report.add_argument("--print-port", action="store_true",
+                        help="print the bound port on stdout once listening")
+    report.add_argument("--port-fd", type=int,
+                        help="write the bound port to this inherited fd, then close it")
+    parser.add_argument("--cpu", type=int, help="pin the server to this core")
+    args = parser.parse_args(argv)
+
+    if args.cpu is not None:
+        psutil.Process().cpu_affinity([args.cpu])
+    sock = bind_loopback(args.host, args.port)
+    port = sock.getsockname()[1]
+
+    def report_port() -> None:
+        if args.print_port:
+            print(port, flush=True)
+        else:
+            with os.fdopen(args.port_fd, "w") as out:
+                out.write(f"{port}\n")
+
+    uvloop.run(_serve_process(sock, args.kind, report_port))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

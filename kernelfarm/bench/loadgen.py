@@ -1,0 +1,287 @@
+"""The load generator: client processes that keep a server saturated, and what they saw.
+
+A benchmark only measures the server if the client is cheaper per request, so the
+requests are encoded once, before the clock starts (:func:`encode_plan`), and several
+client processes (:mod:`kernelfarm.bench.loadclient`) share the connections.  All of them
+start, warm up and open their measured window at the same absolute ``time.monotonic()``
+instant, so their counts add up to one window; ``on_window_start``/``on_window_end`` fire
+in this process at those instants, for measuring the server (CPU seconds) alongside.
+
+Each connection has its own target address and its own request chains, one per request in
+flight, so a caller can route every tenant's requests to the kernel that owns it.  Runs
+are bounded in connections, depth and time, stop by themselves, and reap their processes
+whatever happens (errors, KeyboardInterrupt).
+"""
+
+from __future__ import annotations
+
+import os
+import selectors
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import msgpack
+
+from kernelfarm.bench.histogram import DEFAULT_HIGHEST, Histogram
+from kernelfarm.errors import KernelfarmError
+
+Address = tuple[str, int]
+Request = tuple[str, Sequence[Any]]
+"""A request template: method name and positional params."""
+Chain = Sequence[Request]
+"""The requests one in-flight slot sends in turn, forever (e.g. create, then unlink)."""
+
+LOOPBACK = frozenset({"127.0.0.1", "::1"})
+MAX_CONNECTIONS = 4096
+MAX_DEPTH = 65536
+MAX_PROCESSES = 64
+MAX_SECONDS = 3600.0
+READY_TIMEOUT_S = 60.0
+"""Spawning Python, importing uvloop and connecting: generous on a loaded 2-core box."""
+START_DELAY_S = 0.05
+"""Lead time between sending ``go`` and the common start instant."""
+RESULT_GRACE_S = 10.0
+REAP_TIMEOUT_S = 2.0
+
+
+class LoadGenError(KernelfarmError):
+    """A load-generator process failed (could not connect, crashed, timed out)."""
+
+    code = "ELOADGEN"
+
+
+@dataclass(frozen=True)
+class ConnectionPlan:
+    """One connection: its target and one request chain per request kept in flight."""
+
+    address: Address
+    chains: Sequence[Chain]
+
+    def __post_init__(self) -> None:
+        host, port = self.address
+        if host not in LOOPBACK:
+            raise ValueError(f"the load generator only targets 127.0.0.1 or ::1, not {host!r}")
+        if not isinstance(port, int) or not 0 < port < 65536:
+            raise ValueError(f"bad port {port!r}")
+        if not 1 <= len(self.chains) <= MAX_DEPTH:
+            raise ValueError(f"a connection needs 1..{MAX_DEPTH} chains, not {len(self.chains)}")
+        if not all(self.chains):
+            raise ValueError("every chain needs at least one request")
+
+
+@dataclass
+class LoadResult:
+    """What the clients saw in the measured window (latencies in nanoseconds)."""
+
+    ops: int
+    errors: dict[str, int]
+    duration_s: float
+    ops_per_s: float
+    histogram: Histogram
+    client_cpu_s: float
+    lost_connections: int = 0
+    protocol_errors: int = 0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "ops": self.ops,
+            "errors": dict(self.errors),
+            "duration_s": self.duration_s,
+            "ops_per_s": self.ops_per_s,
+            "client_cpu_s": self.client_cpu_s,
+            "lost_connections": self.lost_connections,
+            "protocol_errors": self.protocol_errors,
+            "histogram": self.histogram.to_dict(),
+        }
+
+
+def encode_plan(plan: ConnectionPlan) -> list[Any]:
+    """``[host, port, slots]``: slot ``s`` holds its chain's requests encoded with msgid ``s``."""
+    packb = msgpack.packb
+    slots = [[packb([0, slot, method, list(params)]) for method, params in chain]
+             for slot, chain in enumerate(plan.chains)]
+    return [plan.address[0], plan.address[1], slots]
+
+
+def run_load(plans: Sequence[ConnectionPlan], *, duration_s: float, warmup_s: float = 0.5,
+             processes: int = 2, cores: Sequence[int] | None = None,
+             on_window_start: Callable[[], None] | None = None,
+             on_window_end: Callable[[], None] | None = None,
+             highest_ns: int = DEFAULT_HIGHEST) -> LoadResult:
+    """Drive ``plans`` from ``processes`` client processes; return the measured window.
+
+    Connections are dealt round-robin to the processes; process ``i`` is pinned to
+    ``cores[i % len(cores)]`` when ``cores`` is given.
+    """
+    if not 1 <= len(plans) <= MAX_CONNECTIONS:
+        raise ValueError(f"need 1..{MAX_CONNECTIONS} connections, not {len(plans)}")
+    if not 0 < duration_s <= MAX_SECONDS or not 0 <= warmup_s <= MAX_SECONDS:
+        raise ValueError("duration_s must be in (0, 3600] and warmup_s in [0, 3600]")
+    if not 1 <= processes <= MAX_PROCESSES:
+        raise ValueError(f"processes must be 1..{MAX_PROCESSES}, not {processes}")
+    processes = min(processes, len(plans))
+    encoded = [encode_plan(plan) for plan in plans]
+    jobs = [{
+        "connections": encoded[i::processes],
+        "warmup_s": warmup_s,
+        "duration_s": duration_s,
+        "core": cores[i % len(cores)] if cores else None,
+        "highest": highest_ns,
+        "sub_bucket_bits": Histogram().sub_bucket_bits,
+    } for i in range(processes)]
+
+    clients: list[_ClientProcess] = []
+    try:
+        for job in jobs:
+            clients.append(_ClientProcess.spawn(job))
+        _collect(clients, "ready", time.monotonic() + READY_TIMEOUT_S)
+        t_start = time.monotonic() + START_DELAY_S
+        for client in clients:
+            client.send(["go", t_start])
+        window_start = t_start + warmup_s
+        window_end = window_start + duration_s
+        _sleep_until(window_start)
+        if on_window_start is not None:
+            on_window_start()
+        _sleep_until(window_end)
+        if on_window_end is not None:
+            on_window_end()
+        results = _collect(clients, "result", window_end + RESULT_GRACE_S)
+    finally:
+        for client in clients:
+            client.reap()
+    return _combine(results, highest_ns)
+
+
+def _combine(results: list[dict[str, Any]], highest_ns: int) -> LoadResult:
+    histogram = Histogram(highest_ns)
+    errors: dict[str, int] = {}
+    for result in results:
+        histogram.merge(Histogram.from_dict(result["histogram"]))
+        for code, n in result["errors"].items():
+            errors[code] = errors.get(code, 0) + n
+    ops = sum(result["ops"] for result in results)
+    return LoadResult(
+        ops=ops,
+        errors=errors,
+        duration_s=max(result["window_s"] for result in results),
+        # Each process timed its own window; adding rates keeps a late timer from
+        # diluting the others.
+        ops_per_s=sum(result["ops"] / result["window_s"] for result in results
+                      if result["window_s"] > 0),
+        histogram=histogram,
+        client_cpu_s=sum(result["client_cpu_s"] for result in results),
+        lost_connections=sum(result["lost_connections"] for result in results),
+        protocol_errors=sum(result["protocol_errors"] for result in results),
+    )
+
+
+def _sleep_until(instant: float) -> None:
+    """Wait for a fixed instant of the benchmark's own schedule (not for an event)."""
+    remaining = instant - time.monotonic()
+    if remaining > 0:
+        time.sleep(remaining)
+
+
+class _ClientProcess:
+    """One ``python -m kernelfarm.bench.loadclient`` child and its msgpack frame pipes."""
+
+    def __init__(self, process: subprocess.Popen[bytes]) -> None:
+        self.process = process
+        self._unpacker = msgpack.Unpacker(raw=False, max_buffer_size=1 << 30)
+        self.message: Any = None
+
+    @classmethod
+    def spawn(cls, job: dict[str, Any]) -> _ClientProcess:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "kernelfarm.bench.loadclient"],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+        client = cls(process)
+        try:
+            client.send(job)
+        except BaseException:
+            client.reap()
+            raise
+        return client
+
+    def send(self, message: Any) -> None:
+        assert self.process.stdin is not None
+        self.process.stdin.write(msgpack.packb(message))
+        self.process.stdin.flush()
+
+    def fileno(self) -> int:
+        assert self.process.stdout is not None
+        return self.process.stdout.fileno()
+
+    def read_message(self) -> bool:
+        """Read what is available and take a complete message if any. False at EOF."""
+        chunk = os.read(self.fileno(), 1 << 20)
+        if not chunk:
+            return False
+        self._unpacker.feed(chunk)
+        self.take_buffered()
+        return True
+
+    def take_buffered(self) -> None:
+        """Take the next message already read, if there is one and none is held."""
+        if self.message is None:
+            for message in self._unpacker:
+                self.message = message
+                break
+
+    def reap(self) -> None:
+        process = self.process
+        for pipe in (process.stdin, process.stdout):
+            if pipe is not None:
+                try:
+                    pipe.close()
+                except OSError:
+                    pass  # a broken pipe to a dead child has nothing left to flush
+        if process.poll() is None:
+            process.terminate()
+            try:
+                process.wait(REAP_TIMEOUT_S)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+
+
+def _collect(clients: list[_ClientProcess], kind: str, deadline: float) -> list[Any]:
+    """Wait until every client has sent a ``kind`` message; raise on failure or deadline."""
+    for client in clients:
+        client.message = None
+        client.take_buffered()
+    pending = {client.fileno(): client for client in clients}
+    with selectors.DefaultSelector() as selector:
+        for fd in pending:
+            selector.register(fd, selectors.EVENT_READ)
+        while pending:
+            for fd, client in list(pending.items()):
+                if client.message is not None:
+                    _check(client, kind)
+                    selector.unregister(fd)
+                    del pending[fd]
+            if not pending:
+                break
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise LoadGenError(f"{len(pending)} load-generator process(es) sent no "
+                                   f"{kind!r} in time")
+            for key, _ in selector.select(remaining):
+                client = pending[key.fd]
+                if not client.read_message():
+                    raise LoadGenError(f"load-generator process {client.process.pid} exited "
+                                       f"(code {client.process.poll()}) before {kind!r}")
+    return [client.message[1] for client in clients]
+
+
+def _check(client: _ClientProcess, kind: str) -> None:
+    tag, body = client.message
+    if tag == "failed":
+        raise LoadGenError(f"load-generator process failed: {body}")
+    if tag != kind:
+        raise LoadGenError(f"expected {kind!r} from a load-generator process, got {tag!r}")
