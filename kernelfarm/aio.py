@@ -38,9 +38,10 @@ class Client:
 
     # -- control API ----------------------------------------------------------------------
 
-    async def _control(self, method: str, *params: Any) -> Any:
+    async def _control(self, method: str, *params: Any,
+                       timeout: float | None = CONTROL_TIMEOUT_S) -> Any:
         conn = await self._connection(self.control)
-        return await conn.call(method, *params, timeout=self.timeout or CONTROL_TIMEOUT_S)
+        return await conn.call(method, *params, timeout=self.timeout or timeout)
 
     async def cluster_map(self) -> dict[str, Any]:
         return await self._control("cluster.map")  # type: ignore[no-any-return]
@@ -49,7 +50,8 @@ class Client:
         return await self._control("cluster.status")  # type: ignore[no-any-return]
 
     async def scale(self, n: int) -> dict[str, Any]:
-        return await self._control("cluster.scale", n)  # type: ignore[no-any-return]
+        return await self._control("cluster.scale", n,  # type: ignore[no-any-return]
+                                   timeout=None)
 
     async def refresh(self) -> None:
         assert self.router is not None

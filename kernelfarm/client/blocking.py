@@ -45,9 +45,9 @@ class Client:
 
     # -- control API ----------------------------------------------------------------------
 
-    def _control(self, method: str, *params: Any) -> Any:
-        return self._connection(self.control).call(method, params,
-                                                   self.timeout or CONTROL_TIMEOUT_S)
+    def _control(self, method: str, *params: Any, timeout: float | None = CONTROL_TIMEOUT_S
+                 ) -> Any:
+        return self._connection(self.control).call(method, params, self.timeout or timeout)
 
     def cluster_map(self) -> dict[str, Any]:
         return self._control("cluster.map")  # type: ignore[no-any-return]
@@ -56,7 +56,8 @@ class Client:
         return self._control("cluster.status")  # type: ignore[no-any-return]
 
     def scale(self, n: int) -> dict[str, Any]:
-        return self._control("cluster.scale", n)  # type: ignore[no-any-return]
+        # Moving many slots can take a while; the supervisor bounds each step itself.
+        return self._control("cluster.scale", n, timeout=None)  # type: ignore[no-any-return]
 
     def refresh(self) -> None:
         self.router.update(self.cluster_map())

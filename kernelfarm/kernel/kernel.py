@@ -159,21 +159,59 @@ class Kernel:
             conn.write(data)
 
     # -- slot ownership (the supervisor drives these over the control channel) ----------
+    #
+    # A slot moves from kernel S to kernel D in four steps, each a control call:
+    # S.freeze (its writes get TRYAGAIN, reads go on) -> S.release (state made durable and
+    # dropped; every request gets TRYAGAIN) -> D.acquire (state loaded from the shared
+    # data dir) -> set_table on every kernel (the owner flips with a new epoch; S answers
+    # MOVED from then on).  Only the moving slots ever pause.
+
+    def freeze(self, slots: list[int]) -> int:
+        self.frozen.update(slots)
+        return len(slots)
+
+    def thaw(self, slots: list[int]) -> int:
+        self.frozen.difference_update(slots)
+        return len(slots)
+
+    def release(self, slots: list[int]) -> int:
+        mine = [s for s in slots if self.owned[s]]
+        self.frozen.update(slots)
+        for slot in mine:
+            self.owned[slot] = 0
+        self._commit_now()
+        for subsystem in self.subsystems:
+            for slot in mine:
+                subsystem.release_slot(slot)
+        return len(mine)
+
+    def acquire(self, slots: list[int]) -> int:
+        new = [s for s in slots if not self.owned[s]]
+        self.load_slots(new)
+        for slot in new:
+            self.owned[slot] = 1
+        self.frozen.difference_update(slots)
+        return len(new)
 
     def set_table(self, epoch: int, ranges: list[list[int]],
                   addrs: list[list[Any]]) -> dict[str, Any]:
-        """Adopt a new slot table: load slots newly ours, release slots no longer ours."""
+        """Adopt a newer slot table: its owners answer MOVED, its addresses go in MOVED.
+
+        Slots the table gives us that we do not hold are loaded, and slots we hold that it
+        gives away are released, so a kernel that missed a step (restart, rollback) ends up
+        holding exactly what the table says.
+        """
         if epoch < self.table.epoch:
             raise ValueError(f"epoch {epoch} is older than ours ({self.table.epoch})")
         table = SlotTable.from_ranges(epoch, ranges)
         owned = table.owned_mask(self.kernel_id)
         self.addrs = {int(kid): list(addr) for kid, addr in addrs}
-        gained = [s for s in range(NSLOTS) if owned[s] and not self.owned[s]]
         lost = [s for s in range(NSLOTS) if self.owned[s] and not owned[s]]
-        self.release_slots(lost)
-        self.load_slots(gained)
+        gained = [s for s in range(NSLOTS) if owned[s] and not self.owned[s]]
+        self.release(lost)
+        self.acquire(gained)
         self.table = table
-        self.owned = owned
+        self.frozen.clear()
         return {"kernel": self.kernel_id, "epoch": epoch, "gained": len(gained),
                 "lost": len(lost)}
 
@@ -182,16 +220,13 @@ class Kernel:
             for slot in slots:
                 subsystem.load_slot(slot)
 
-    def release_slots(self, slots: list[int]) -> None:
-        for slot in slots:
-            self.owned[slot] = 0
-        for subsystem in self.subsystems:
-            for slot in slots:
-                subsystem.release_slot(slot)
-
-    def close(self) -> None:
+    def _commit_now(self) -> None:
+        """Finish this turn's group commit before state leaves (release, stop)."""
         if self._flushes:
             self._commit()
+
+    def close(self) -> None:
+        self._commit_now()
         for subsystem in reversed(self.subsystems):
             subsystem.close()
 

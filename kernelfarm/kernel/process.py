@@ -13,12 +13,14 @@ from __future__ import annotations
 import argparse
 import asyncio
 import ctypes
+import fcntl
 import logging
 import os
 import signal
 import socket
 import sys
 import time
+from pathlib import Path
 from typing import Any
 
 import msgpack
@@ -30,7 +32,7 @@ from kernelfarm.errors import to_wire
 from kernelfarm.kernel.boot import (
     BOOT_NOTIFICATION, EXIT_BOOT_FAILED, READY_NOTIFICATION, BootInfo,
 )
-from kernelfarm.kernel.kernel import Kernel, Wrapper
+from kernelfarm.kernel.kernel import Kernel
 from kernelfarm.rpc.protocol import make_unpacker
 from kernelfarm.rpc.server import ServerConnection
 
@@ -81,6 +83,10 @@ class AdminService:
         self.conn: ServerConnection | None = None
         self.methods: dict[str, Any] = {
             "kernel.set_table": kernel.set_table,
+            "kernel.freeze": kernel.freeze,
+            "kernel.thaw": kernel.thaw,
+            "kernel.release": kernel.release,
+            "kernel.acquire": kernel.acquire,
             "kernel.stop": self._stop,
         }
 
@@ -110,6 +116,13 @@ class AdminService:
         self.stop.set()
 
 
+def hold_data_dir(data_dir: Path) -> int:
+    """Share-lock ``kernels.lock`` for our lifetime: a new supervisor waits for it."""
+    fd = os.open(data_dir / "kernels.lock", os.O_RDWR | os.O_CREAT, 0o644)
+    fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    return fd
+
+
 def connection_factory(service: Any, config: Config) -> Any:
     rpc = config.rpc
     return lambda: ServerConnection(
@@ -117,14 +130,43 @@ def connection_factory(service: Any, config: Config) -> Any:
         write_buffer_bytes=rpc.write_buffer_bytes)
 
 
+def make_kernel(boot: BootInfo, config: Config, loop: asyncio.AbstractEventLoop) -> Kernel:
+    """A unicpu kernel, or in locked mode the baseline with its locks applied."""
+    if boot.mode != "locked":
+        return Kernel(boot, config, loop)
+    from kernelfarm.kernel.locked import LockedKernel
+    from kernelfarm.kernel.locks import LockProvider
+
+    return LockedKernel(boot, config, loop, LockProvider(config.farm.locking))
+
+
+def pin(boot: BootInfo) -> None:
+    """One core for a unicpu kernel; as many cores as threads for the locked baseline."""
+    if boot.mode == "locked":
+        allowed = sorted(os.sched_getaffinity(0))
+        cores = allowed[:boot.threads] if boot.threads < len(allowed) else allowed
+    else:
+        cores = [boot.core]
+    psutil.Process().cpu_affinity(cores)
+
+
 async def serve(boot: BootInfo, config: Config, control: socket.socket,
-                listen: socket.socket, wrap: Wrapper | None = None) -> int:
+                listen: socket.socket) -> int:
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
-    kernel = Kernel(boot, config, loop, wrap)
+    kernel = make_kernel(boot, config, loop)
     kernel.data_dir.mkdir(parents=True, exist_ok=True)
+    hold_data_dir(kernel.data_dir)
     kernel.load_slots(kernel.table.slots_of(kernel.kernel_id))
-    server = await loop.create_server(connection_factory(kernel, config), sock=listen)
+    factory = connection_factory(kernel, config)
+    server = await loop.create_server(factory, sock=listen)
+    workers = None
+    if boot.mode == "locked" and boot.threads > 1:
+        from kernelfarm.kernel.locked import WorkerThreads
+
+        workers = WorkerThreads(kernel, listen, boot.threads - 1, factory,  # type: ignore
+                                STOP_GRACE_S)
+        workers.start()
     admin = AdminService(kernel, stop)
     await loop.connect_accepted_socket(connection_factory(admin, config), control)
     loop.add_signal_handler(signal.SIGTERM, stop.set)
@@ -136,6 +178,8 @@ async def serve(boot: BootInfo, config: Config, control: socket.socket,
     await stop.wait()
     log.info("kernel %d stopping", kernel.kernel_id)
     server.close()
+    if workers is not None:
+        await asyncio.to_thread(workers.stop)
     await kernel.drain(STOP_GRACE_S)
     kernel.close()
     return 0
@@ -162,7 +206,7 @@ def main(argv: list[str] | None = None) -> int:
         setup_logging(boot.kernel_id)
         if os.getppid() != boot.supervisor_pid:
             raise RuntimeError("the supervisor died before boot")
-        psutil.Process().cpu_affinity([boot.core])
+        pin(boot)
         config = Config.from_dict(boot.config)
     except Exception as exc:
         log.error("boot failed: %s", exc)

@@ -19,7 +19,8 @@ class ControlService:
     def __init__(self, supervisor: Supervisor) -> None:
         self.supervisor = supervisor
         self.sync_methods = {"cluster.map": supervisor.cluster_map}
-        self.async_methods = {"cluster.status": supervisor.cluster_status}
+        self.async_methods = {"cluster.status": supervisor.cluster_status,
+                              "cluster.scale": supervisor.scaler.scale}
 
     def handle(self, conn: ServerConnection, msgid: int, method: str,
                params: list[Any]) -> list[Any] | None:

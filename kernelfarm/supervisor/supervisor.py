@@ -25,8 +25,12 @@ from kernelfarm.kernel.process import connection_factory
 from kernelfarm.partition import NSLOTS, SlotTable, initial_assignment
 from kernelfarm.supervisor.control import ControlService
 from kernelfarm.supervisor.handle import KernelHandle, KernelState, bind_listener
+from kernelfarm.supervisor.scaling import Scaler
 
 log = logging.getLogger("kernelfarm.supervisor")
+
+KERNELS_LOCK = "kernels.lock"
+"""Every kernel holds a shared flock on this file for as long as it lives."""
 
 SHORT_RUN_S = 5.0
 """A kernel that dies within this long after boot counts toward its crash streak."""
@@ -53,6 +57,7 @@ class Supervisor:
         self._ops: dict[int, tuple[float, int, float]] = {}
         """kernel id -> (monotonic time, ops total, ops/s) from the latest heartbeat."""
         self._lock_fd: int | None = None
+        self.scaler = Scaler(self)
 
     # -- lifecycle ------------------------------------------------------------------------
 
@@ -60,12 +65,20 @@ class Supervisor:
         """Serve until SIGTERM/SIGINT; return the process exit code."""
         loop = asyncio.get_running_loop()
         self._lock_data_dir()
+        await self._wait_for_old_kernels()
         farm = self.config.farm
         count = resolve_count(farm.kernels, self.cores)
         if farm.mode == "locked":
             count = 1
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self._on_stop_signal, sig)
+        loop.add_signal_handler(signal.SIGTTIN, self._on_scale_signal, +1)
+        loop.add_signal_handler(signal.SIGTTOU, self._on_scale_signal, -1)
+        interrupted = self.scaler.record.interrupted()
+        if interrupted is not None:
+            log.warning("the previous supervisor stopped in the middle of moving slots %s; "
+                        "their data is on disk and every slot is assigned afresh",
+                        interrupted)
         host, port = parse_hostport(farm.control)
         control_sock = bind_listener(host, port)
         server = await loop.create_server(
@@ -105,6 +118,75 @@ class Supervisor:
     def _on_stop_signal(self, sig: int) -> None:
         log.info("received %s: stopping", signal.Signals(sig).name)
         self._stop.set()
+
+    def _on_scale_signal(self, delta: int) -> None:
+        """SIGTTIN adds a kernel, SIGTTOU removes one (gunicorn's vocabulary)."""
+        target = len(self.kernels) + delta
+        if target < 1:
+            log.warning("SIGTTOU ignored: the farm keeps at least one kernel")
+            return
+        log.info("received %s: scaling to %d kernels",
+                 "SIGTTIN" if delta > 0 else "SIGTTOU", target)
+        self._spawn_task(self._scale_logged(target))
+
+    async def _scale_logged(self, n: int) -> None:
+        try:
+            await self.scaler.scale(n)
+        except Exception:
+            log.exception("scaling to %d kernels failed", n)
+
+    # -- growing and shrinking (the scaler drives these) ----------------------------------
+
+    async def add_kernel(self, kid: int) -> KernelHandle:
+        """Start kernel ``kid`` owning no slot yet, and tell every kernel its address."""
+        handle = KernelHandle(kid, self.cores[kid % len(self.cores)], self.config.farm.host)
+        self.kernels[kid] = handle
+        booted = asyncio.Event()
+        self._spawn_task(self._lifecycle(handle, booted))
+        await booted.wait()
+        if handle.state is not KernelState.RUNNING:
+            del self.kernels[kid]
+            handle.close()
+            raise KernelfarmError(f"new kernel {kid} failed to boot")
+        assert self.table is not None
+        await self.publish(self.table.with_moves([], self.table.epoch + 1))
+        return handle
+
+    async def remove_kernel(self, kid: int) -> None:
+        """Stop a kernel that owns no slot any more, then forget it."""
+        assert self.table is not None
+        if self.table.counts().get(kid):
+            raise KernelfarmError(f"kernel {kid} still owns slots")
+        handle = self.kernels[kid]
+        handle.state = KernelState.STOPPING
+        await handle.stop(self.config.supervisor.shutdown_timeout)
+        del self.kernels[kid]
+        handle.close()
+        self._ops.pop(kid, None)
+        await self.publish(self.table.with_moves([], self.table.epoch + 1))
+
+    async def wait_running(self, handles: list[KernelHandle]) -> None:
+        deadline = time.monotonic() + 2 * self.config.supervisor.boot_timeout
+        while any(h.state is not KernelState.RUNNING for h in handles):
+            if any(h.state is KernelState.FAILED for h in handles) or \
+                    time.monotonic() > deadline:
+                raise KernelfarmError("a kernel needed for the move is not running")
+            await asyncio.sleep(0.01)
+
+    async def publish(self, table: SlotTable) -> None:
+        """Make ``table`` current here and on every running kernel."""
+        self.table = table
+        addrs = [[kid, h.addr] for kid, h in self.kernels.items()]
+        ranges = table.to_ranges()
+        running = [h for h in self.kernels.values() if h.state is KernelState.RUNNING]
+        results = await asyncio.gather(
+            *(h.call("kernel.set_table", table.epoch, ranges, addrs) for h in running),
+            return_exceptions=True)
+        for handle, result in zip(running, results):
+            if isinstance(result, Exception):
+                # It is restarting: it boots with the current table, so it catches up.
+                log.warning("kernel %d missed epoch %d: %s", handle.kernel_id, table.epoch,
+                            result)
 
     def _all_failed(self) -> bool:
         return bool(self.kernels) and all(
@@ -227,6 +309,24 @@ class Supervisor:
         os.write(fd, f"{os.getpid()}\n".encode())
         self._lock_fd = fd
 
+    async def _wait_for_old_kernels(self) -> None:
+        """Kernels of a supervisor that was killed may still be flushing: never let two
+        kernels hold one slot's files, so wait until none holds ``kernels.lock``."""
+        fd = os.open(self.data_dir / KERNELS_LOCK, os.O_RDWR | os.O_CREAT, 0o644)
+        deadline = time.monotonic() + 2 * self.config.supervisor.shutdown_timeout + 5
+        try:
+            while True:
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    return
+                except BlockingIOError:
+                    if time.monotonic() > deadline:
+                        raise ConfigError(f"kernels of an earlier supervisor still use "
+                                          f"{self.data_dir}") from None
+                    await asyncio.sleep(0.05)
+        finally:
+            os.close(fd)
+
     def _unlock_data_dir(self) -> None:
         if self._lock_fd is not None:
             os.close(self._lock_fd)
@@ -258,7 +358,8 @@ class Supervisor:
             rows.append(row)
         return {"epoch": self.table.epoch, "pid": os.getpid(),
                 "uptime": time.time() - self.started, "mode": self.config.farm.mode,
-                "data_dir": str(self.data_dir), "kernels": rows}
+                "data_dir": str(self.data_dir), "kernels": rows,
+                "migration": self.scaler.progress}
 
 
 def print_ready(info: dict[str, Any]) -> None:

@@ -1,0 +1,281 @@
+"""The locked baseline: ONE kernel process serving every slot with N threads.
+
+This is the design the seed argues against, built as fairly as we can: every thread runs
+the whole stack (its own uvloop loop accepting on the shared listening socket, decoding,
+dispatching) like a CPU of a multiprocessor kernel, and all threads share one set of
+subsystems whose handlers the lock provider wrapped in real locks.  It is RUMP_NCPU=N
+next to the partitioned farm's RUMP_NCPU=1: the same subsystem code, with locks.
+
+What sharing costs beyond the locks themselves, and how it is paid here:
+- group commit: a thread that handled a write holds its replies until a commit has run
+  the subsystems' flushes with every lock held (no handler is half-way through a journal
+  append), so nothing is acknowledged before it is written;
+- state tied to an event loop (the net subsystem's sockets) lives on the loop of the thread
+  that created it; calls for it from other threads hop to that loop and back, as a
+  cross-CPU wake-up does;
+- counters (``kernel.stats`` ops) are updated without a lock and may undercount.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import logging
+import os
+import socket
+import threading
+from dataclasses import dataclass, field, replace
+from typing import Any, Awaitable, Callable
+
+import uvloop
+
+from kernelfarm.config import Config
+from kernelfarm.kernel.boot import EXIT_FLUSH_FAILED, BootInfo
+from kernelfarm.kernel.kernel import Kernel
+from kernelfarm.kernel.locks import LockProvider
+from kernelfarm.kernel.subsystem import Method
+
+log = logging.getLogger(__name__)
+
+LOOP_BOUND = ("net.",)
+"""Methods whose state belongs to the event loop that created it (host sockets)."""
+
+
+@dataclass
+class ThreadState:
+    """What each serving thread keeps to itself: its loop, commit and connections."""
+
+    loop: asyncio.AbstractEventLoop
+    dirty: bool = False
+    held: list[tuple[Any, bytes]] = field(default_factory=list)
+    conns: set[Any] = field(default_factory=set)
+
+
+class LockedKernel(Kernel):
+    def __init__(self, boot: BootInfo, config: Config, loop: asyncio.AbstractEventLoop,
+                 provider: LockProvider) -> None:
+        self.provider = provider
+        self._local = threading.local()
+        self._main_loop = loop
+        self._flush_callables: list[Callable[[], None]] = []
+        self._flush_prefixes: set[str] = set()
+        self._homes: dict[str, asyncio.AbstractEventLoop] = {}
+        self._conn_proxies: dict[int, HomeConnection] = {}
+        super().__init__(boot, config, loop, wrap=self._wrap)
+
+    # Subsystems read ``ctx.loop`` when they create loop-bound state: give them the loop
+    # of the thread serving the request.
+    @property  # type: ignore[override]
+    def loop(self) -> asyncio.AbstractEventLoop:
+        try:
+            return asyncio.get_running_loop()
+        except RuntimeError:
+            return self._main_loop
+
+    @loop.setter
+    def loop(self, value: asyncio.AbstractEventLoop) -> None:
+        self._main_loop = value
+
+    def _state(self) -> ThreadState:
+        state: ThreadState | None = getattr(self._local, "state", None)
+        if state is None:
+            state = self._local.state = ThreadState(asyncio.get_running_loop())
+        return state
+
+    # -- registration: locks, then the hop to the state's home loop ------------------------
+
+    def _wrap(self, method: Method) -> Method:
+        locked = self.provider.wrap(method)
+        if method.name.startswith(LOOP_BOUND):
+            return self._homed(locked)
+        return locked
+
+    def _homed(self, method: Method) -> Method:
+        handler, keyfn, homes = method.handler, method.key, self._homes
+        offset = 1 if method.wants_conn else 0
+        is_async, proxies = method.is_async, self._conn_proxies
+
+        def on_home_loop(*args: Any) -> Awaitable[Any]:
+            here = asyncio.get_running_loop()
+            try:
+                key = keyfn(list(args[offset:])) if keyfn is not None else None
+            except Exception:
+                key = None
+            home = homes.setdefault(key, here) if key is not None else here
+            if offset:
+                args = (HomeConnection.of(args[0], home, proxies),) + args[1:]
+            if home is here:
+                return _as_awaitable(handler, args, is_async)
+            future: concurrent.futures.Future[Any] = concurrent.futures.Future()
+
+            def run() -> None:
+                try:
+                    result = handler(*args)
+                except BaseException as exc:
+                    future.set_exception(exc)
+                    return
+                if not is_async:
+                    future.set_result(result)
+                    return
+                task = asyncio.ensure_future(result)
+                task.add_done_callback(lambda t: _settle(future, t))
+
+            home.call_soon_threadsafe(run)
+            return asyncio.wrap_future(future)
+
+        return replace(method, handler=on_home_loop, is_async=True)
+
+    # -- group commit across threads --------------------------------------------------------
+
+    def request_flush(self, flush: Callable[[], None]) -> None:
+        if flush not in self._flush_callables:
+            owner = getattr(flush, "__self__", None)
+            name = getattr(owner, "name", None)
+            if name:
+                self._flush_prefixes.add(name + ".")
+            self._flush_callables.append(flush)
+        self._mark_dirty()
+
+    def _mark_dirty(self) -> None:
+        state = self._state()
+        if not state.dirty:
+            state.dirty = True
+            state.loop.call_soon(self._commit_thread, state)
+
+    def handle(self, conn: Any, msgid: int, method: str, params: list[Any]) -> list[Any] | None:
+        reply = super().handle(conn, msgid, method, params)
+        if self._flush_prefixes and method.startswith(tuple(self._flush_prefixes)):
+            entry = self.methods.get(method)
+            if entry is not None and entry.writes:
+                self._mark_dirty()  # another thread may have asked for the flush already
+        return reply
+
+    def send(self, conn: Any, data: bytes) -> None:
+        state = self._state()
+        if state.dirty:
+            state.held.append((conn, data))
+        else:
+            conn.write(data)
+
+    def _commit_thread(self, state: ThreadState) -> None:
+        state.dirty = False
+        try:
+            with self.provider.everything():
+                for flush in self._flush_callables:
+                    flush()
+        except Exception:
+            log.critical("flush failed; exiting without acknowledging the writes",
+                         exc_info=True)
+            os._exit(EXIT_FLUSH_FAILED)
+        held, state.held = state.held, []
+        for conn, data in held:
+            conn.write(data)
+
+    def _commit_now(self) -> None:
+        with self.provider.everything():
+            for flush in self._flush_callables:
+                flush()
+
+    # -- connections belong to the thread that accepted them -------------------------------
+
+    def connection_made(self, conn: Any) -> None:
+        self._state().conns.add(conn)
+        self.conns.add(conn)
+
+    def connection_closed(self, conn: Any) -> None:
+        self._state().conns.discard(conn)
+        self.conns.discard(conn)
+
+    async def drain(self, grace: float) -> None:
+        """Drain this thread's connections (each serving thread drains its own)."""
+        state = self._state()
+        loop = state.loop
+        deadline = loop.time() + grace
+        while any(c.inflight for c in state.conns) and loop.time() < deadline:
+            await asyncio.sleep(0.01)
+        for conn in list(state.conns):
+            conn.close()
+
+
+class HomeConnection:
+    """A client connection seen from a state's home loop: close callbacks run there."""
+
+    def __init__(self, conn: Any, home: asyncio.AbstractEventLoop) -> None:
+        self.conn = conn
+        self.home = home
+
+    @classmethod
+    def of(cls, conn: Any, home: asyncio.AbstractEventLoop,
+           cache: dict[int, HomeConnection]) -> Any:
+        if asyncio.get_running_loop() is home:
+            return conn
+        proxy = cache.get(id(conn))
+        if proxy is None or proxy.conn is not conn:
+            proxy = cache[id(conn)] = cls(conn, home)
+            conn.on_close(lambda: cache.pop(id(conn), None))
+        return proxy
+
+    def on_close(self, callback: Callable[[], None]) -> None:
+        home = self.home
+        self.conn.on_close(lambda: home.call_soon_threadsafe(callback))
+
+
+def _as_awaitable(handler: Callable[..., Any], args: tuple[Any, ...],
+                  is_async: bool) -> Awaitable[Any]:
+    if is_async:
+        return handler(*args)  # type: ignore[no-any-return]
+    future = asyncio.get_running_loop().create_future()
+    try:
+        future.set_result(handler(*args))
+    except Exception as exc:
+        future.set_exception(exc)
+    return future
+
+
+def _settle(future: concurrent.futures.Future[Any], task: asyncio.Task[Any]) -> None:
+    if task.cancelled():
+        future.cancel()
+    elif task.exception() is not None:
+        future.set_exception(task.exception())  # type: ignore[arg-type]
+    else:
+        future.set_result(task.result())
+
+
+class WorkerThreads:
+    """The N-1 extra serving threads (the main thread is the first of the N)."""
+
+    def __init__(self, kernel: LockedKernel, listen: socket.socket, count: int,
+                 factory: Callable[[], Any], grace: float) -> None:
+        self.kernel = kernel
+        self.factory = factory
+        self.grace = grace
+        self._stops: list[tuple[asyncio.AbstractEventLoop, asyncio.Event]] = []
+        self._ready = threading.Barrier(count + 1)
+        self._threads = [
+            threading.Thread(target=self._run, args=(socket.socket(fileno=os.dup(
+                listen.fileno())),), name=f"kernel-worker-{i + 1}", daemon=True)
+            for i in range(count)]
+
+    def start(self) -> None:
+        for thread in self._threads:
+            thread.start()
+        self._ready.wait()
+
+    def _run(self, listen: socket.socket) -> None:
+        uvloop.run(self._serve(listen))
+
+    async def _serve(self, listen: socket.socket) -> None:
+        loop = asyncio.get_running_loop()
+        stop = asyncio.Event()
+        self._stops.append((loop, stop))
+        server = await loop.create_server(self.factory, sock=listen)
+        self._ready.wait()
+        await stop.wait()
+        server.close()
+        await self.kernel.drain(self.grace)
+
+    def stop(self) -> None:
+        for loop, stop in self._stops:
+            loop.call_soon_threadsafe(stop.set)
+        for thread in self._threads:
+            thread.join(timeout=self.grace + 5)

@@ -1,0 +1,119 @@
+"""The lock provider: the one place that decides how subsystem code is locked.
+
+A unicpu kernel never calls into this module: its handlers are registered as they are, so
+its fast path runs no lock code at all (rump's RUMP_NCPU=1 with RUMP_LOCKS_UP) — not even a
+no-op ``with``, which costs about as much as a real lock in CPython.  The locked baseline
+(one kernel process, N threads sharing all state) gets real locks by wrapping each handler
+when it is registered, so the same subsystem code runs in both.
+
+- ``global``: one big lock around every handler (the old "giant lock" kernel).
+- ``fine``: one lock per partition key (volume / namespace), created on demand under a lock
+  for the shared table of locks; requests without a key take that table lock.
+
+A waiting handler (a coroutine) holds its lock only while it runs, never across a wait:
+each step between two suspensions runs under the lock, as kernel code sleeping on a
+condition releases its mutex.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+from dataclasses import replace
+from typing import Any, Awaitable, Generator, Iterator
+
+from kernelfarm.kernel.subsystem import Method
+
+Lock = Any  # threading.Lock() returns an instance of a private type
+
+
+class LockedSteps:
+    """Run a coroutine so that each step between suspensions holds ``lock``."""
+
+    __slots__ = ("_coro", "_lock")
+
+    def __init__(self, coro: Awaitable[Any], lock: Lock) -> None:
+        self._coro = coro.__await__()
+        self._lock = lock
+
+    def __await__(self) -> Generator[Any, Any, Any]:
+        coro, lock = self._coro, self._lock
+        value: Any = None
+        error: BaseException | None = None
+        while True:
+            with lock:
+                try:
+                    yielded = coro.send(value) if error is None else coro.throw(error)
+                except StopIteration as stop:
+                    return stop.value
+            value, error = None, None
+            try:
+                value = yield yielded
+            except BaseException as exc:  # delivered into the coroutine at its next step
+                error = exc
+
+
+class LockProvider:
+    def __init__(self, locking: str) -> None:
+        if locking not in ("global", "fine"):
+            raise ValueError(f"locking must be 'global' or 'fine', got {locking!r}")
+        self.locking = locking
+        self.table_lock = threading.Lock()
+        """The global lock, or in fine locking the lock of the shared table of locks."""
+        self._locks: dict[str, Lock] = {}
+
+    def lock_for(self, key: str | None) -> Lock:
+        if self.locking == "global" or key is None:
+            return self.table_lock
+        lock = self._locks.get(key)
+        if lock is None:
+            with self.table_lock:
+                lock = self._locks.setdefault(key, threading.Lock())
+        return lock
+
+    def wrap(self, method: Method) -> Method:
+        """The same method, its handler running under the lock its request needs."""
+        handler, keyfn = method.handler, method.key
+        lock_for = self.lock_for
+        offset = 1 if method.wants_conn else 0
+
+        def key_of(args: tuple[Any, ...]) -> str | None:
+            if keyfn is None:
+                return None
+            try:
+                return keyfn(list(args[offset:]))
+            except Exception:
+                return None  # bad params: the handler raises the proper error under a lock
+
+        if method.is_async:
+            def locked_async(*args: Any) -> Awaitable[Any]:
+                lock = lock_for(key_of(args))
+                with lock:
+                    awaitable = handler(*args)
+                return LockedSteps(awaitable, lock)
+
+            return replace(method, handler=locked_async)
+
+        def locked(*args: Any) -> Any:
+            with lock_for(key_of(args)):
+                return handler(*args)
+
+        return replace(method, handler=locked)
+
+    @contextlib.contextmanager
+    def everything(self) -> Iterator[None]:
+        """Hold every lock: a group commit must see no handler half-way through a change.
+
+        The table lock first (no new lock can appear), then the key locks in a fixed
+        order; a handler holds one lock at a time, so this cannot deadlock.
+        """
+        with self.table_lock:
+            held = [self._locks[key] for key in sorted(self._locks)]
+            for lock in held:
+                lock.acquire()
+            try:
+                yield
+            finally:
+                for lock in reversed(held):
+                    lock.release()
+

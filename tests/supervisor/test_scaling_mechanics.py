@@ -1,0 +1,69 @@
+"""Live scaling moves slots between kernels; the map stays complete at every epoch."""
+
+from __future__ import annotations
+
+import os
+import signal
+from pathlib import Path
+
+import psutil
+import pytest
+
+from farmctl import start_farm, wait_until
+from kernelfarm.partition import NSLOTS
+from kernelfarm.supervisor.scaling import batches
+from kernelfarm.partition import Move
+
+
+def owners(cmap: dict) -> dict[int, int]:
+    counts: dict[int, int] = {}
+    for first, last, kid in cmap["slots"]:
+        counts[kid] = counts.get(kid, 0) + last - first + 1
+    return counts
+
+
+def test_batches_group_by_source_and_target_and_cap_their_size() -> None:
+    moves = [Move(s, 0, 1) for s in range(600)] + [Move(s, 0, 2) for s in range(600, 610)]
+    steps = batches(moves, size=256)
+    assert [len(b) for b in steps] == [256, 256, 88, 10]
+    assert all(len({(m.source, m.target) for m in b}) == 1 for b in steps)
+
+
+def test_scale_out_and_in_keeps_every_slot_owned_and_pins_round_robin(tmp_path: Path) -> None:
+    cores = sorted(os.sched_getaffinity(0))
+    with start_farm(tmp_path, 1) as farm:
+        client = farm.client()
+        epoch = farm.cluster_map()["epoch"]
+        for n in (2, 3, 1):
+            result = client.scale(n)
+            cmap = farm.cluster_map()
+            assert result["to"] == n and cmap["epoch"] > epoch
+            epoch = cmap["epoch"]
+            counts = owners(cmap)
+            assert sum(counts.values()) == NSLOTS and len(counts) == n
+            assert max(counts.values()) - min(counts.values()) <= 1
+            kernels = cmap["kernels"]
+            assert len(kernels) == n
+            for kernel in kernels:
+                assert kernel["core"] == cores[kernel["id"] % len(cores)]
+                assert psutil.Process(kernel["pid"]).cpu_affinity() == [kernel["core"]]
+            for row in client.status()["kernels"]:
+                assert row["stats"]["slots"] == counts[row["id"]]   # kernels agree
+        assert len(farm.kernel_procs()) == 1                      # removed ones are gone
+
+
+def test_sigttin_adds_a_kernel_and_sigttou_removes_one(tmp_path: Path) -> None:
+    with start_farm(tmp_path, 1) as farm:
+        farm.proc.send_signal(signal.SIGTTIN)
+        wait_until(lambda: len(owners(farm.cluster_map())) == 2
+                   and farm.client().status()["migration"] is None, what="scale-out to 2")
+        farm.proc.send_signal(signal.SIGTTOU)
+        wait_until(lambda: len(farm.cluster_map()["kernels"]) == 1, what="scale-in to 1")
+        assert owners(farm.cluster_map()) == {0: NSLOTS}
+
+
+def test_scale_refuses_nonsense(tmp_path: Path) -> None:
+    with start_farm(tmp_path, 1) as farm:
+        with pytest.raises(OSError) as info:
+            farm.client().scale(0)
+        assert info.value.errno == 22
