@@ -10,16 +10,9 @@ from kernelfarm.errors import KernelfarmError
 
 
 def _commands() -> list[Callable[[argparse._SubParsersAction], None]]:  # type: ignore[type-arg]
-    from kernelfarm.cli import config_cmd, serve, status
+    from kernelfarm.cli import config_cmd, fs_cmd, serve, status
 
-    registers = [serve.register, status.register, config_cmd.register]
-    try:
-        from kernelfarm.cli import fs_cmd
-    except ImportError:
-        pass
-    else:
-        registers.append(fs_cmd.register)
-    return registers
+    return [serve.register, status.register, fs_cmd.register, config_cmd.register]
 
 
 def build_parser() -> argparse.ArgumentParser:

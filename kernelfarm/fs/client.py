@@ -1,0 +1,137 @@
+"""``client.fs``: the fs methods as Python calls, for the blocking and the asyncio client.
+
+Both sit on the client's ``call(method, *params)``, which routes by the volume of the
+first parameter and raises the matching ``OSError`` (``FileNotFoundError`` for
+``ENOENT``...), and on ``call_all``, which asks every kernel: listing ``/`` merges the
+volumes of all kernels.  Every method takes the path it acts on first — ``symlink(path,
+target)`` too, unlike ``os.symlink`` — because the first parameter is the partition key.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Awaitable, Callable
+
+
+def merge_volumes(per_kernel: list[list[str]]) -> list[str]:
+    """One sorted list of volumes from every kernel's answer (a moving slot may show twice)."""
+    names: set[str] = set()
+    for listing in per_kernel:
+        names.update(listing)
+    return sorted(names)
+
+
+class FsApi:
+    """``client.fs`` of the blocking client."""
+
+    def __init__(self, call: Callable[..., Any], call_all: Callable[..., list[Any]]) -> None:
+        self._call = call
+        self._call_all = call_all
+
+    def mkdir(self, path: str, mode: int = 0o755) -> None:
+        self._call("fs.mkdir", path, mode)
+
+    def rmdir(self, path: str) -> None:
+        self._call("fs.rmdir", path)
+
+    def listdir(self, path: str = "/") -> list[str]:
+        if path == "/":
+            return merge_volumes(self._call_all("fs.listdir", path))
+        return self._call("fs.listdir", path)  # type: ignore[no-any-return]
+
+    def stat(self, path: str) -> dict[str, Any]:
+        return self._call("fs.stat", path)  # type: ignore[no-any-return]
+
+    def write_file(self, path: str, data: bytes) -> None:
+        self._call("fs.write_file", path, data)
+
+    def read_file(self, path: str) -> bytes:
+        return self._call("fs.read_file", path)  # type: ignore[no-any-return]
+
+    def pread(self, path: str, offset: int, size: int) -> bytes:
+        return self._call("fs.pread", path, offset, size)  # type: ignore[no-any-return]
+
+    def pwrite(self, path: str, offset: int, data: bytes) -> int:
+        return self._call("fs.pwrite", path, offset, data)  # type: ignore[no-any-return]
+
+    def truncate(self, path: str, size: int) -> None:
+        self._call("fs.truncate", path, size)
+
+    def unlink(self, path: str) -> None:
+        self._call("fs.unlink", path)
+
+    def rename(self, src: str, dst: str) -> None:
+        self._call("fs.rename", src, dst)
+
+    def fsync(self, path: str) -> None:
+        self._call("fs.fsync", path)
+
+    def symlink(self, path: str, target: str) -> None:
+        self._call("fs.symlink", path, target)
+
+    def readlink(self, path: str) -> str:
+        return self._call("fs.readlink", path)  # type: ignore[no-any-return]
+
+    def chmod(self, path: str, mode: int) -> None:
+        self._call("fs.chmod", path, mode)
+
+    def utime(self, path: str, mtime_ns: int) -> None:
+        self._call("fs.utime", path, mtime_ns)
+
+
+class AsyncFsApi:
+    """``client.fs`` of the asyncio client: the same methods, awaited."""
+
+    def __init__(self, call: Callable[..., Awaitable[Any]],
+                 call_all: Callable[..., Awaitable[list[Any]]]) -> None:
+        self._call = call
+        self._call_all = call_all
+
+    async def mkdir(self, path: str, mode: int = 0o755) -> None:
+        await self._call("fs.mkdir", path, mode)
+
+    async def rmdir(self, path: str) -> None:
+        await self._call("fs.rmdir", path)
+
+    async def listdir(self, path: str = "/") -> list[str]:
+        if path == "/":
+            return merge_volumes(await self._call_all("fs.listdir", path))
+        return await self._call("fs.listdir", path)  # type: ignore[no-any-return]
+
+    async def stat(self, path: str) -> dict[str, Any]:
+        return await self._call("fs.stat", path)  # type: ignore[no-any-return]
+
+    async def write_file(self, path: str, data: bytes) -> None:
+        await self._call("fs.write_file", path, data)
+
+    async def read_file(self, path: str) -> bytes:
+        return await self._call("fs.read_file", path)  # type: ignore[no-any-return]
+
+    async def pread(self, path: str, offset: int, size: int) -> bytes:
+        return await self._call("fs.pread", path, offset, size)  # type: ignore[no-any-return]
+
+    async def pwrite(self, path: str, offset: int, data: bytes) -> int:
+        return await self._call("fs.pwrite", path, offset, data)  # type: ignore[no-any-return]
+
+    async def truncate(self, path: str, size: int) -> None:
+        await self._call("fs.truncate", path, size)
+
+    async def unlink(self, path: str) -> None:
+        await self._call("fs.unlink", path)
+
+    async def rename(self, src: str, dst: str) -> None:
+        await self._call("fs.rename", src, dst)
+
+    async def fsync(self, path: str) -> None:
+        await self._call("fs.fsync", path)
+
+    async def symlink(self, path: str, target: str) -> None:
+        await self._call("fs.symlink", path, target)
+
+    async def readlink(self, path: str) -> str:
+        return await self._call("fs.readlink", path)  # type: ignore[no-any-return]
+
+    async def chmod(self, path: str, mode: int) -> None:
+        await self._call("fs.chmod", path, mode)
+
+    async def utime(self, path: str, mtime_ns: int) -> None:
+        await self._call("fs.utime", path, mtime_ns)

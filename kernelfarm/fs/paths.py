@@ -1,0 +1,74 @@
+"""Paths as the fs methods take them: parsed strictly, never resolved.
+
+A path is an absolute ``str``; its first component is the volume.  Everything that could
+make a path mean something else than its plain components is refused rather than
+interpreted, so no path can ever reach outside its volume:
+
+- not a ``str``, not absolute, or not encodable as UTF-8 (lone surrogates): ``EINVAL``;
+- a NUL character: ``EINVAL``;
+- an empty component (``//``, or a trailing ``/``): ``EINVAL``.  Linux tolerates both, but
+  accepting them would give one file several spellings; only ``/`` itself is allowed;
+- a ``.`` or ``..`` component: ``EINVAL`` (refused, never resolved);
+- a component over 255 bytes of UTF-8: ``ENAMETOOLONG``;
+- a path of 4096 bytes or more: ``ENAMETOOLONG`` (Linux's ``PATH_MAX`` counts the NUL).
+
+Names are never used as host paths: the on-disk layout (:mod:`.store`) encodes the volume
+name, and everything below the volume lives inside its journal and snapshot.
+"""
+
+from __future__ import annotations
+
+import errno
+
+from kernelfarm.errors import posix
+
+NAME_MAX = 255
+PATH_MAX = 4096  # including the terminating NUL, as Linux counts it
+
+
+def parse(path: object) -> tuple[str | None, tuple[str, ...]]:
+    """``"/vol/a/b"`` -> ``("vol", ("a", "b"))``; ``"/"`` -> ``(None, ())``.
+
+    Raises ``OSError`` (``EINVAL`` or ``ENAMETOOLONG``) for every path the module
+    docstring refuses.
+    """
+    if type(path) is not str:
+        raise posix(errno.EINVAL, f"path must be a string, not {type(path).__name__}")
+    if not path.startswith("/"):
+        raise posix(errno.EINVAL, f"path must be absolute: {path!r}")
+    try:
+        size = len(path.encode("utf-8"))
+    except UnicodeEncodeError:
+        raise posix(errno.EINVAL, f"path is not valid UTF-8: {path!r}") from None
+    if size >= PATH_MAX:
+        raise posix(errno.ENAMETOOLONG, f"path of {size} bytes")
+    if "\0" in path:
+        raise posix(errno.EINVAL, f"NUL in path: {path!r}")
+    if path == "/":
+        return None, ()
+    parts = path[1:].split("/")
+    for name in parts:
+        check_name(name, path)
+    return parts[0], tuple(parts[1:])
+
+
+def check_name(name: str, path: str) -> None:
+    """One component: not empty, not ``.``/``..``, at most 255 bytes of UTF-8."""
+    if not name or name == "." or name == "..":
+        raise posix(errno.EINVAL, f"empty, '.' or '..' component in {path!r}")
+    # A character is at most 4 bytes of UTF-8: short names need no encoding to measure.
+    if len(name) * 4 > NAME_MAX and len(name.encode("utf-8")) > NAME_MAX:
+        raise posix(errno.ENAMETOOLONG, f"component of over {NAME_MAX} bytes in {path!r}")
+
+
+def volume_of(path: object) -> str | None:
+    """The partition key of a path: its first component; ``None`` for ``/`` (any kernel).
+
+    Runs for every request on the kernel and the client, so it only slices; a path that
+    :func:`parse` would refuse still gets a key (or ``None``), and the handler that
+    receives it refuses it with a proper error.
+    """
+    if type(path) is not str or len(path) < 2 or path[0] != "/":
+        return None
+    end = path.find("/", 1)
+    return path[1:] if end < 0 else (path[1:end] or None)

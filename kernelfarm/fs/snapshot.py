@@ -1,0 +1,150 @@
+"""A volume's whole state in one file, so the journal can restart empty.
+
+The file is a stream of journal-framed records (length, CRC-32, msgpack): a header, one
+record per inode in pre-order (a directory before its entries), and an end record with
+the inode count.  It is written to a temporary file, fsynced and renamed into place, so a
+snapshot on disk is always whole; a missing end record or a bad checksum means damage and
+the load fails loudly instead of serving a partial volume.
+
+The header carries the *generation*: the number of the journal file to replay on top of
+this snapshot.  Taking a snapshot creates the next generation's empty journal first,
+then renames the snapshot into place, then deletes the old journal, so a crash at any
+step leaves a snapshot and the one journal that goes with it (see :mod:`.volume`).
+
+Deep trees are walked with an explicit stack: a path can nest about 2000 directories,
+beyond Python's recursion limit and msgpack's nesting limit.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any, BinaryIO, Iterator
+
+import msgpack
+
+from kernelfarm.fs import journal
+from kernelfarm.fs.tree import ROOT_INO, Dir, File, Inode, Limits, Symlink, Tree
+
+FORMAT = 1
+DIR, FILE, SYMLINK = 0, 1, 2
+
+
+def _entries(tree: Tree) -> Iterator[tuple[Any, ...]]:
+    """``(parent_ino, name, kind, ino, perm, mtime_ns, ctime_ns, payload)`` in pre-order."""
+    root = tree.root
+    yield (0, "", DIR, root.ino, root.perm, root.mtime_ns, root.ctime_ns, None)
+    stack: list[Dir] = [root]
+    while stack:
+        parent = stack.pop()
+        for name, node in parent.entries.items():
+            if isinstance(node, Dir):
+                kind, payload = DIR, None
+                stack.append(node)
+            elif isinstance(node, File):
+                kind, payload = FILE, bytes(node.data)
+            else:
+                assert isinstance(node, Symlink)
+                kind, payload = SYMLINK, node.target
+            yield (parent.ino, name, kind, node.ino, node.perm, node.mtime_ns,
+                   node.ctime_ns, payload)
+
+
+def write(path: str, tree: Tree, generation: int) -> int:
+    """Write ``tree`` durably to ``path`` (temp file, fsync, rename, fsync dir); its size."""
+    tmp = path + ".tmp"
+    packer = msgpack.Packer(use_bin_type=True)
+    count = 0
+    try:
+        with open(tmp, "wb") as fh:
+            _put(fh, packer, {"format": FORMAT, "volume": tree.name, "generation": generation,
+                              "next_ino": tree.next_ino})
+            for entry in _entries(tree):
+                _put(fh, packer, entry)
+                count += 1
+            _put(fh, packer, ("end", count))
+            fh.flush()
+            os.fsync(fh.fileno())
+            size = fh.tell()
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+    sync_dir(os.path.dirname(path))
+    return size
+
+
+def _put(fh: BinaryIO, packer: msgpack.Packer, obj: Any) -> None:
+    fh.write(journal.frame(packer.pack(obj)))
+
+
+def load(path: str, limits: Limits) -> tuple[Tree, int]:
+    """Rebuild the tree from a snapshot file; returns it and the journal generation."""
+    records = journal.read_all(path)
+    header = next(records, None)
+    if not isinstance(header, dict) or header.get("format") != FORMAT:
+        raise ValueError(f"{path}: not a snapshot of format {FORMAT}: {header!r:.100}")
+    tree: Tree | None = None
+    dirs: dict[int, Dir] = {}
+    count = 0
+    for record in records:
+        if record[0] == "end":
+            if record[1] != count or tree is None:
+                raise ValueError(f"{path}: {count} inodes, end record says {record[1]}")
+            if next(records, None) is not None:  # also runs read_all's damage check
+                raise ValueError(f"{path}: records after the end record")
+            tree.next_ino = max(tree.next_ino, header["next_ino"])
+            tree.limits = limits
+            return tree, header["generation"]
+        node = _inode(record)
+        count += 1
+        parent_ino, name = record[0], record[1]
+        if tree is None:
+            if parent_ino != 0 or node.ino != ROOT_INO or not isinstance(node, Dir):
+                raise ValueError(f"{path}: the first inode is not the root")
+            tree = Tree(header["volume"], node)
+        else:
+            _attach(tree, dirs[parent_ino], name, node)
+        if isinstance(node, Dir):
+            dirs[node.ino] = node
+    raise ValueError(f"{path}: no end record (truncated snapshot)")
+
+
+def _inode(record: tuple[Any, ...]) -> Inode:
+    _parent, _name, kind, ino, perm, mtime_ns, ctime_ns, payload = record
+    node: Inode
+    if kind == DIR:
+        node = Dir(ino, perm, 0)
+    elif kind == FILE:
+        node = File(ino, perm, 0, payload)
+    elif kind == SYMLINK:
+        node = Symlink(ino, 0, payload)
+    else:
+        raise ValueError(f"unknown inode kind {kind!r}")
+    node.mtime_ns, node.ctime_ns = mtime_ns, ctime_ns
+    return node
+
+
+def _attach(tree: Tree, parent: Dir, name: str, node: Inode) -> None:
+    parent.entries[name] = node
+    tree.inodes += 1
+    tree.next_ino = max(tree.next_ino, node.ino + 1)
+    if isinstance(node, Dir):
+        parent.subdirs += 1
+    elif isinstance(node, File):
+        tree.files += 1
+        tree.bytes_used += len(node.data)
+    else:
+        assert isinstance(node, Symlink)
+        tree.bytes_used += node.size
+
+
+def sync_dir(path: str) -> None:
+    """fsync a directory, so that entries created, renamed or removed in it are durable."""
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

@@ -1,0 +1,463 @@
+"""The fs subsystem: the ``fs.*`` RPC methods of a kernel, over the volumes of its slots.
+
+Every method is stateless and path-based (like NFS) and takes the path it acts on as its
+first parameter, so the partition key is always the volume of the first parameter.  ``/``
+itself is virtual and belongs to no kernel: listing it lists this kernel's volumes (the
+client merges all kernels), and only directories, which are volumes, can be made in it.
+Volumes behave as separate mounts: a rename between volumes, or of a volume root, fails
+with ``EXDEV``.
+
+Durability (group commit): a change buffers its journal record and asks the kernel for a
+flush; the kernel calls :meth:`FsSubsystem._flush` once at the end of the loop turn and
+holds the turn's replies until it returns.  With ``fsync = "always"`` the flush writes and
+fsyncs each volume changed in that turn once; with ``"batch"`` it writes, and a timer
+fsyncs every ``batch_interval_ms``; with ``"never"`` it only writes.  A flush that fails
+raises (the kernel then exits without acknowledging anything, and restarts from the
+journal) and takes the volume out of service: every later operation on it gets ``EIO``
+until it is loaded again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import logging
+import os
+import stat as statmod
+from collections import OrderedDict
+from time import time_ns
+from typing import Any
+
+from kernelfarm.errors import posix
+from kernelfarm.fs import store
+from kernelfarm.fs.config import FsConfig
+from kernelfarm.fs.journal import Journal
+from kernelfarm.fs.paths import parse, volume_of
+from kernelfarm.fs.tree import Limits, Tree, stat_of
+from kernelfarm.fs.volume import (
+    CHMOD, MKDIR, PWRITE, RENAME, RMDIR, SYMLINK, TRUNCATE, UNLINK, UTIME, WRITE_FILE,
+    NAME_FILE, Volume,
+)
+from kernelfarm.kernel.subsystem import KernelContext, Method, Subsystem
+from kernelfarm.partition import key_slot
+
+log = logging.getLogger(__name__)
+
+ROOT_STAT = {"type": "dir", "size": 0, "mode": statmod.S_IFDIR | 0o755, "nlink": 2,
+             "ino": 0, "mtime_ns": 0, "ctime_ns": 0}
+"""``stat("/")``: the same on every kernel, since ``/`` belongs to none of them."""
+
+INT64 = 2**63
+
+
+def path_key(params: list[Any]) -> str | None:
+    """The partition key of every fs method: the volume of the first parameter."""
+    return volume_of(params[0]) if params else None
+
+
+def _int(value: Any, what: str) -> int:
+    if type(value) is not int:
+        raise TypeError(f"{what} must be an integer, not {type(value).__name__}")
+    return value
+
+
+def _data(value: Any) -> bytes:
+    if type(value) is bytes:
+        return value
+    if type(value) is bytearray:
+        return bytes(value)
+    raise TypeError(f"data must be bytes, not {type(value).__name__}")
+
+
+def _mode(value: Any) -> int:
+    if _int(value, "mode") < 0:
+        raise ValueError("mode must not be negative")
+    return value
+
+
+def _str(value: Any, what: str) -> str:
+    if type(value) is not str:
+        raise TypeError(f"{what} must be a string, not {type(value).__name__}")
+    return value
+
+
+class FsSubsystem(Subsystem):
+    name = "fs"
+
+    def __init__(self, ctx: KernelContext) -> None:
+        super().__init__(ctx)
+        config: FsConfig = ctx.config.fs
+        self.config = config
+        self.limits = Limits(config.max_file_bytes, config.volume_quota_bytes,
+                             config.volume_max_inodes)
+        self.volumes: dict[str, Volume] = {}
+        self.by_slot: dict[int, dict[str, Volume]] = {}
+        self._sync_every_turn = config.fsync == "always"
+        self._dirty: dict[Volume, bool] = {}          # changed this turn -> must fsync
+        self._unsynced: set[Volume] = set()           # written, fsync due (batch mode)
+        self._open: OrderedDict[Volume, None] = OrderedDict()  # journals holding an fd
+        self._flush_requested = False
+        self._pending_error: OSError | None = None
+        self._batch_timer: asyncio.TimerHandle | None = None
+
+    def methods(self) -> list[Method]:
+        def m(name: str, handler: Any, writes: bool = False) -> Method:
+            return Method(f"fs.{name}", handler, path_key, writes=writes)
+
+        return [
+            m("mkdir", self.mkdir, True), m("rmdir", self.rmdir, True),
+            m("listdir", self.listdir), m("stat", self.stat),
+            m("write_file", self.write_file, True), m("read_file", self.read_file),
+            m("pread", self.pread), m("pwrite", self.pwrite, True),
+            m("truncate", self.truncate, True), m("unlink", self.unlink, True),
+            m("rename", self.rename, True), m("fsync", self.fsync),
+            m("symlink", self.symlink, True), m("readlink", self.readlink),
+            m("chmod", self.chmod, True), m("utime", self.utime, True),
+        ]
+
+    # -- resolving ---------------------------------------------------------------------------
+
+    def _volume(self, name: str, path: str) -> Volume:
+        volume = self.volumes.get(name)
+        if volume is None:
+            raise posix(errno.ENOENT, path)
+        volume.check()
+        return volume
+
+    def _resolve(self, path: Any) -> tuple[Volume | None, tuple[str, ...]]:
+        """``(volume, components)``; ``(None, ())`` for ``/`` itself."""
+        name, comps = parse(path)
+        if name is None:
+            return None, comps
+        return self._volume(name, path), comps
+
+    def _resolve_for_create(self, path: Any) -> tuple[Volume | None, tuple[str, ...]]:
+        """As :meth:`_resolve`, but a missing ``/name`` is ``EPERM``: only mkdir makes one."""
+        name, comps = parse(path)
+        if name is None:
+            return None, comps
+        if not comps and name not in self.volumes:
+            raise posix(errno.EPERM, f"only volumes (directories) can be made in /: {path}")
+        return self._volume(name, path), comps
+
+    # -- reads -------------------------------------------------------------------------------
+
+    def listdir(self, path: str) -> list[str]:
+        volume, comps = self._resolve(path)
+        if volume is None:
+            return sorted(self.volumes)
+        return volume.tree.listdir(comps)
+
+    def stat(self, path: str) -> dict[str, Any]:
+        volume, comps = self._resolve(path)
+        if volume is None:
+            return dict(ROOT_STAT)
+        return stat_of(volume.tree.lookup(comps))
+
+    def read_file(self, path: str) -> bytes:
+        volume, comps = self._resolve(path)
+        if volume is None:
+            raise posix(errno.EISDIR, "/")
+        return volume.tree.read_file(comps)
+
+    def pread(self, path: str, offset: int, size: int) -> bytes:
+        _int(offset, "offset")
+        _int(size, "size")
+        volume, comps = self._resolve(path)
+        if volume is None:
+            raise posix(errno.EISDIR, "/")
+        return volume.tree.pread(comps, offset, size)
+
+    def readlink(self, path: str) -> str:
+        volume, comps = self._resolve(path)
+        if volume is None:
+            raise posix(errno.EINVAL, "not a symlink: /")
+        return volume.tree.readlink(comps)
+
+    def fsync(self, path: str) -> None:
+        """Make every change of the path's volume durable before replying (any policy)."""
+        volume, comps = self._resolve(path)
+        if volume is None:
+            return
+        volume.tree.lookup(comps)
+        self._changed(volume, sync=True)
+
+    # -- changes -----------------------------------------------------------------------------
+
+    def mkdir(self, path: str, mode: int = 0o755) -> None:
+        perm = _mode(mode) & 0o1777  # as Linux: mkdir drops setuid/setgid
+        name, comps = parse(path)
+        if name is None:
+            raise posix(errno.EEXIST, "/")
+        if not comps:
+            self._create_volume(name, perm)
+            return
+        volume = self._volume(name, path)
+        volume.change(MKDIR, comps, perm, volume.tree.next_ino, time_ns())
+        self._changed(volume)
+
+    def rmdir(self, path: str) -> None:
+        volume, comps = self._resolve(path)
+        if volume is None:
+            raise posix(errno.EBUSY, "/")
+        if not comps:
+            self._remove_volume(volume)
+            return
+        volume.change(RMDIR, comps, time_ns())
+        self._changed(volume)
+
+    def write_file(self, path: str, data: bytes) -> None:
+        data = _data(data)
+        volume, comps = self._resolve_for_create(path)
+        if volume is None:
+            raise posix(errno.EISDIR, "/")
+        volume.change(WRITE_FILE, comps, data, volume.tree.next_ino, time_ns())
+        self._changed(volume)
+
+    def pwrite(self, path: str, offset: int, data: bytes) -> int:
+        _int(offset, "offset")
+        data = _data(data)
+        volume, comps = self._resolve(path)
+        if volume is None:
+            raise posix(errno.EISDIR, "/")
+        count: int = volume.change(PWRITE, comps, offset, data, time_ns())
+        self._changed(volume)
+        return count
+
+    def truncate(self, path: str, size: int) -> None:
+        if _int(size, "size") < 0:
+            raise posix(errno.EINVAL, "negative size")  # before the lookup, as Linux
+        volume, comps = self._resolve(path)
+        if volume is None:
+            raise posix(errno.EISDIR, "/")
+        volume.change(TRUNCATE, comps, size, time_ns())
+        self._changed(volume)
+
+    def unlink(self, path: str) -> None:
+        volume, comps = self._resolve(path)
+        if volume is None:
+            raise posix(errno.EISDIR, "/")
+        volume.change(UNLINK, comps, time_ns())
+        self._changed(volume)
+
+    def rename(self, src: str, dst: str) -> None:
+        """Within one volume only: another volume, ``/`` or a volume root is ``EXDEV``."""
+        src_name, src_comps = parse(src)
+        dst_name, dst_comps = parse(dst)
+        if src_name != dst_name or not src_comps or not dst_comps:
+            raise posix(errno.EXDEV, f"{src} -> {dst}: rename within one volume only")
+        volume = self._volume(src_name, src)  # type: ignore[arg-type]
+        volume.change(RENAME, src_comps, dst_comps, time_ns())
+        self._changed(volume)
+
+    def symlink(self, path: str, target: str) -> None:
+        """Create the symlink ``path`` holding ``target`` (stored, never followed)."""
+        _str(target, "target")
+        if not target or "\0" in target:
+            raise posix(errno.ENOENT if not target else errno.EINVAL, "symlink target")
+        if len(target.encode("utf-8")) >= 4096:
+            raise posix(errno.ENAMETOOLONG, "symlink target")
+        volume, comps = self._resolve_for_create(path)
+        if volume is None:
+            raise posix(errno.EEXIST, "/")
+        volume.change(SYMLINK, target, comps, volume.tree.next_ino, time_ns())
+        self._changed(volume)
+
+    def chmod(self, path: str, mode: int) -> None:
+        perm = _mode(mode) & 0o7777
+        volume, comps = self._resolve(path)
+        if volume is None:
+            raise posix(errno.EPERM, "/ is virtual")
+        volume.change(CHMOD, comps, perm, time_ns())
+        self._changed(volume)
+
+    def utime(self, path: str, mtime_ns: int) -> None:
+        """Set the modification time (ctime moves to now, as Linux's utimensat)."""
+        if not -INT64 <= _int(mtime_ns, "mtime_ns") < INT64:
+            raise posix(errno.EINVAL, "mtime_ns out of range")
+        volume, comps = self._resolve(path)
+        if volume is None:
+            raise posix(errno.EPERM, "/ is virtual")
+        volume.change(UTIME, comps, mtime_ns, time_ns())
+        self._changed(volume)
+
+    # -- volumes -----------------------------------------------------------------------------
+
+    def _create_volume(self, name: str, perm: int) -> None:
+        if name in self.volumes:
+            raise posix(errno.EEXIST, f"/{name}")
+        slot = key_slot(name)
+        directory = os.path.join(store.slot_dir(self.ctx.data_dir, slot),
+                                 store.volume_dirname(name))
+        if os.path.lexists(directory):
+            log.error("volume %r is not loaded but its directory %s exists", name, directory)
+            raise posix(errno.EEXIST, f"/{name}")
+        volume = Volume.create(name, directory, perm, time_ns(), self.limits)
+        self._add(slot, volume)
+
+    def _remove_volume(self, volume: Volume) -> None:
+        if volume.tree.root.entries:
+            raise posix(errno.ENOTEMPTY, f"/{volume.name}")
+        self._drop(volume)
+        volume.destroy()
+
+    def _add(self, slot: int, volume: Volume) -> None:
+        self.volumes[volume.name] = volume
+        self.by_slot.setdefault(slot, {})[volume.name] = volume
+
+    def _drop(self, volume: Volume) -> None:
+        del self.volumes[volume.name]
+        slot = key_slot(volume.name)
+        in_slot = self.by_slot.get(slot, {})
+        in_slot.pop(volume.name, None)
+        if not in_slot:
+            self.by_slot.pop(slot, None)
+        self._dirty.pop(volume, None)
+        self._unsynced.discard(volume)
+        self._open.pop(volume, None)
+
+    # -- group commit ------------------------------------------------------------------------
+
+    def _changed(self, volume: Volume, sync: bool = False) -> None:
+        if sync or volume not in self._dirty:
+            self._dirty[volume] = sync
+        if not self._flush_requested:
+            self._flush_requested = True
+            self.ctx.request_flush(self._flush)
+
+    def _flush(self) -> None:
+        """The turn's group commit: write (and fsync) each changed volume's journal once."""
+        dirty, self._dirty = self._dirty, {}
+        self._flush_requested = False
+        error, self._pending_error = self._pending_error, None
+        for volume, must_sync in dirty.items():
+            if volume.failed is not None:
+                error = error or posix(errno.EIO, f"volume {volume.name!r}: {volume.failed}")
+                continue
+            try:
+                volume.flush(self._sync_every_turn or must_sync)
+            except OSError as exc:
+                error = error or exc
+                continue
+            if volume.journal.unsynced:
+                self._unsynced.add(volume)
+            else:
+                self._unsynced.discard(volume)
+            self._keep_open(volume)
+            if volume.journal.size > max(self.config.snapshot_journal_bytes,
+                                         volume.snapshot_bytes):
+                self._snapshot(volume)
+        if self._unsynced and self.config.fsync == "batch" and self._batch_timer is None:
+            self._batch_timer = self.ctx.loop.call_later(
+                self.config.batch_interval_ms / 1000, self._batch_sync)
+        if error is not None:
+            raise error
+
+    def _batch_sync(self) -> None:
+        self._batch_timer = None
+        unsynced, self._unsynced = self._unsynced, set()
+        for volume in unsynced:
+            if volume.failed is None:
+                try:
+                    volume.flush(True)
+                except OSError:
+                    pass  # the volume took itself out of service and logged why
+
+    def _snapshot(self, volume: Volume) -> None:
+        try:
+            volume.snapshot()
+        except OSError as exc:
+            # The journal is whole and durable; only restart time suffers.  Retry once the
+            # journal has grown as much again.
+            log.error("volume %r: snapshot failed: %s", volume.name, exc)
+            volume.snapshot_bytes = volume.journal.size
+        self._open.pop(volume, None)
+
+    def _keep_open(self, volume: Volume) -> None:
+        """Bound open journal descriptors: close the least recently written beyond the cap."""
+        self._open[volume] = None
+        self._open.move_to_end(volume)
+        while len(self._open) > self.config.open_journals:
+            oldest, _ = self._open.popitem(last=False)
+            if oldest.journal.unsynced and self.config.fsync != "never":
+                self._unsynced.discard(oldest)
+                try:
+                    oldest.flush(True)
+                except OSError:
+                    continue  # the volume took itself out of service and logged why
+            oldest.journal.close_fd()
+
+    # -- slots -------------------------------------------------------------------------------
+
+    def load_slot(self, slot: int) -> None:
+        if slot in self.by_slot:
+            return
+        path = store.slot_dir(self.ctx.data_dir, slot)
+        if not os.path.isdir(path):
+            return
+        for directory in store.volume_dirs(path):
+            volume = self._load_volume(directory)
+            if volume is None:
+                continue
+            if volume.name in self.volumes:
+                log.error("%s: volume %r is already loaded; ignoring this copy", directory,
+                          volume.name)
+                continue
+            self._add(slot, volume)
+
+    def _load_volume(self, directory: str) -> Volume | None:
+        try:
+            return Volume.load(directory, self.limits)
+        except Exception as exc:  # damage must neither stop the kernel nor hide the volume
+            log.exception("%s: cannot recover this volume", directory)
+            try:
+                with open(os.path.join(directory, NAME_FILE), "rb") as fh:
+                    name = fh.read().decode("utf-8")
+            except (OSError, ValueError):
+                log.error("%s: no readable volume name; skipped", directory)
+                return None
+            volume = Volume(name, directory, Tree.new(name, 0, 0), Journal(os.devnull, 0),
+                            -1, 0)
+            volume.failed = f"recovery failed: {exc}"
+            return volume
+
+    def release_slot(self, slot: int) -> None:
+        for volume in list(self.by_slot.get(slot, {}).values()):
+            self._drop(volume)
+            try:
+                volume.close(fsync=True)
+            except OSError as exc:
+                # Replies of this turn may be held for these records: fail the turn's
+                # flush too, so nothing undurable is acknowledged.
+                self._pending_error = self._pending_error or exc
+                self._flush_requested = True
+                self.ctx.request_flush(self._flush)
+
+    def close(self) -> None:
+        if self._batch_timer is not None:
+            self._batch_timer.cancel()
+            self._batch_timer = None
+        error: OSError | None = None
+        for volume in list(self.volumes.values()):
+            try:
+                volume.close(fsync=self.config.fsync != "never")
+            except OSError as exc:
+                error = error or exc
+        self.volumes.clear()
+        self.by_slot.clear()
+        self._dirty.clear()
+        self._unsynced.clear()
+        self._open.clear()
+        if error is not None:
+            raise error
+
+    def stats(self) -> dict[str, Any]:
+        volumes = self.volumes.values()
+        return {
+            "volumes": len(self.volumes),
+            "files": sum(v.tree.files for v in volumes),
+            "inodes": sum(v.tree.inodes for v in volumes),
+            "bytes": sum(v.tree.bytes_used for v in volumes),
+            "journal_bytes": sum(v.journal.size + v.journal.pending for v in volumes),
+            "failed": sum(1 for v in volumes if v.failed is not None),
+        }
