@@ -12,7 +12,7 @@ from typing import Any
 
 from kernelfarm.client.blocking import CONTROL_TIMEOUT_S, as_addr
 from kernelfarm.client.routing import Addr, RetryPolicy, Router
-from kernelfarm.errors import Moved, TryAgain
+from kernelfarm.errors import ConnectionLost, Moved, TryAgain
 from kernelfarm.rpc.client import RpcClientConnection, connect
 
 
@@ -68,20 +68,32 @@ class Client:
         attempt = 0
         while True:
             addr = self.router.route(method, list(params))
+            conn: RpcClientConnection | None = None
             try:
                 conn = await self._connection(addr)
                 return await conn.call(method, *params, timeout=self.timeout)
+            except ConnectionLost:
+                # Safe to resend only if that kernel was removed by scaling: it owned no
+                # slot when it stopped, so it applied nothing it had not answered.
+                await self._refresh_quietly()
+                if addr in self.router.all_addrs.values() or loop.time() >= deadline:
+                    raise
             except (Moved, TryAgain, ConnectionRefusedError) as exc:
+                if conn is not None and isinstance(exc, ConnectionRefusedError):
+                    raise  # the call's own result (net.connect), not an unreachable kernel
                 if loop.time() >= deadline:
                     raise
                 if not isinstance(exc, Moved):
                     await asyncio.sleep(self.retry.delay(attempt))
                 if not isinstance(exc, TryAgain):
-                    try:
-                        await self.refresh()
-                    except OSError:
-                        pass  # the supervisor is briefly away; the deadline bounds this
+                    await self._refresh_quietly()
             attempt += 1
+
+    async def _refresh_quietly(self) -> None:
+        try:
+            await self.refresh()
+        except OSError:
+            pass  # the supervisor is briefly away; the caller's deadline bounds this
 
     async def call_kernel(self, addr: Addr, method: str, *params: Any) -> Any:
         conn = await self._connection(addr)

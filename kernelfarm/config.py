@@ -99,6 +99,8 @@ class SupervisorConfig:
     restart_backoff_max: float = setting(5.0, "largest delay between restarts", minimum=0.0)
     shutdown_timeout: float = setting(5.0, "seconds a kernel gets to exit after SIGTERM "
                                       "before SIGKILL", minimum=0.1)
+    scale_batch_slots: int = setting(256, "slots moved per step when scaling live: each "
+                                     "step pauses writes to its slots only", minimum=1)
 
 
 SECTIONS: dict[str, type] = {

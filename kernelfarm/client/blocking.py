@@ -19,7 +19,7 @@ from typing import Any
 
 from kernelfarm.client.routing import Addr, RetryPolicy, Router
 from kernelfarm.config import parse_hostport
-from kernelfarm.errors import Moved, TryAgain
+from kernelfarm.errors import ConnectionLost, Moved, TryAgain
 from kernelfarm.rpc.blocking import BlockingConnection
 
 
@@ -70,15 +70,25 @@ class Client:
         attempt = 0
         while True:
             addr = self.router.route(method, list(params))
+            conn: BlockingConnection | None = None
             try:
-                return self._connection(addr).call(method, params, self.timeout)
+                conn = self._connection(addr)
+                return conn.call(method, params, self.timeout)
             except (Moved, TryAgain, ConnectionRefusedError) as exc:
+                if conn is not None and isinstance(exc, ConnectionRefusedError):
+                    raise  # the call's own result (net.connect), not an unreachable kernel
                 if time.monotonic() >= deadline:
                     raise
                 if isinstance(exc, TryAgain):
                     time.sleep(self.retry.delay(attempt))
                 else:
                     self._refresh_after(exc, attempt)
+            except ConnectionLost:
+                # Safe to resend only if that kernel was removed by scaling: it owned no
+                # slot when it stopped, so it applied nothing it had not answered.
+                self._refresh_after(None, attempt)
+                if addr in self.router.all_addrs.values() or time.monotonic() >= deadline:
+                    raise
             attempt += 1
 
     def call_kernel(self, addr: Addr, method: str, *params: Any) -> Any:
@@ -88,7 +98,7 @@ class Client:
         """Call ``method`` on every kernel (``fs.listdir("/")`` merges their volumes)."""
         return [self.call_kernel(addr, method, *params) for addr in self.router.kernels()]
 
-    def _refresh_after(self, exc: Exception, attempt: int) -> None:
+    def _refresh_after(self, exc: Exception | None, attempt: int) -> None:
         if isinstance(exc, ConnectionRefusedError):
             time.sleep(self.retry.delay(attempt))
         try:

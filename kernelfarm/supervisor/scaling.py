@@ -33,15 +33,11 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("kernelfarm.supervisor")
 
-BATCH_SLOTS = 256
-"""Slots moved per step: small enough that a pause is short, large enough that 8192 slots
-take tens of steps, not thousands."""
-
 STEP_RETRIES = 3
 MIGRATION_FILE = "migration.json"
 
 
-def batches(moves: list[Move], size: int = BATCH_SLOTS) -> list[list[Move]]:
+def batches(moves: list[Move], size: int) -> list[list[Move]]:
     """Group moves by (source, target) and cut each group into runs of ``size``."""
     groups: dict[tuple[int, int], list[Move]] = defaultdict(list)
     for move in moves:
@@ -121,7 +117,7 @@ class Scaler:
                 await sup.add_kernel(kid)
         assert sup.table is not None
         plan = rebalance_plan(sup.table, wanted)
-        steps = batches(plan)
+        steps = batches(plan, sup.config.supervisor.scale_batch_slots)
         self.progress = {"from": before, "to": n, "slots_total": len(plan), "slots_moved": 0,
                          "started": time.time()}
         log.info("scaling %d -> %d kernels: %d slots to move in %d steps", before, n,
