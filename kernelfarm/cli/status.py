@@ -50,6 +50,11 @@ def run(args: argparse.Namespace) -> int:
         status = client.status()
     if args.json:
         print(json.dumps(status, indent=2))
-    else:
-        Console().print(render(status))
+        return 0
+    console = Console()
+    console.print(render(status))
+    migration = status.get("migration")
+    if migration:
+        console.print(f"scaling {migration['from']} -> {migration['to']} kernels: "
+                      f"{migration['slots_moved']}/{migration['slots_total']} slots moved")
     return 0

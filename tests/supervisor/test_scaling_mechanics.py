@@ -67,3 +67,27 @@ def test_scale_refuses_nonsense(tmp_path: Path) -> None:
         with pytest.raises(OSError) as info:
             farm.client().scale(0)
         assert info.value.errno == 22
+
+
+def test_the_cli_scales_and_status_shows_a_migration_in_progress(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+    import threading
+
+    config = "[supervisor]\nscale_batch_slots = 16\n"
+    with start_farm(tmp_path, 1, config_text=config) as farm:
+        def cli(*args: str) -> subprocess.CompletedProcess[str]:
+            return subprocess.run([sys.executable, "-m", "kernelfarm", *args, "--control",
+                                   farm.control_str], capture_output=True, text=True,
+                                  timeout=120)
+
+        outcome: list[subprocess.CompletedProcess[str]] = []
+        scaler = threading.Thread(target=lambda: outcome.append(cli("scale", "2")))
+        scaler.start()
+        shown = wait_until(lambda: "slots moved" in (out := cli("status").stdout) and out,
+                           what="status to show the migration")
+        assert "scaling 1 -> 2 kernels" in shown
+        scaler.join(timeout=120)
+        assert outcome[0].returncode == 0, outcome[0].stderr
+        assert "1 -> 2 kernels: 8192 slots moved" in outcome[0].stdout
+        assert len(farm.cluster_map()["kernels"]) == 2
