@@ -101,9 +101,25 @@ def peer() -> Iterator[EchoPeer]:
 
 # -- the farm -----------------------------------------------------------------------------
 
+MODES = {
+    "partitioned": (2,),
+    "locked": (1, "--mode", "locked", "--threads", "2"),   # the baseline passes them too
+}
+
+
+@pytest.fixture(scope="module", params=sorted(MODES))
+def farm(request: pytest.FixtureRequest,
+         tmp_path_factory: pytest.TempPathFactory) -> Iterator[Farm]:
+    kernels, *args = MODES[request.param]
+    with start_farm(tmp_path_factory.mktemp("netfarm"), kernels, *args,
+                    config_text=FARM_CONFIG) as farm:
+        yield farm
+
+
 @pytest.fixture(scope="module")
-def farm(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Farm]:
-    with start_farm(tmp_path_factory.mktemp("netfarm"), 2, config_text=FARM_CONFIG) as farm:
+def two_kernels(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Farm]:
+    """For what needs two kernels to compare: always a partitioned farm."""
+    with start_farm(tmp_path_factory.mktemp("netfarm2"), 2, config_text=FARM_CONFIG) as farm:
         yield farm
 
 
@@ -373,8 +389,9 @@ def test_kept_listener_outlives_its_client(farm: Farm, client: kernelfarm.Client
         Socket(client.call, "kept", listener.sid, "tcp").close()
 
 
-def test_namespaces_in_different_kernels_are_independent(farm: Farm,
+def test_namespaces_in_different_kernels_are_independent(two_kernels: Farm,
                                                          peer: EchoPeer) -> None:
+    farm = two_kernels
     cmap = farm.cluster_map()
     ns_a, ns_b = namespace_on(cmap, 0, "tenant-a"), namespace_on(cmap, 1, "tenant-b")
     client_a, client_b, observer = farm.client(), farm.client(), farm.client()
@@ -414,8 +431,9 @@ def kernel_sockets(status: dict[str, Any]) -> dict[int, int]:
             for row in status["kernels"]}
 
 
-def test_status_json_shows_open_sockets_in_the_owning_kernel(farm: Farm,
-                                                             client: kernelfarm.Client) -> None:
+def test_status_json_shows_open_sockets_in_the_owning_kernel(two_kernels: Farm) -> None:
+    farm = two_kernels
+    client = farm.client()
     cmap = farm.cluster_map()
     ns = namespace_on(cmap, 1, "watched")
     before = kernel_sockets(client.status())
