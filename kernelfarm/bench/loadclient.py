@@ -127,8 +127,8 @@ class LoadConnection(asyncio.Protocol):
             self._on_lost()
 
 
-class _Parent:
-    """The msgpack frame channel to the parent on stdin/stdout."""
+class Parent:
+    """The msgpack frame channel to the parent on stdin/stdout (in-process runs use it too)."""
 
     def __init__(self) -> None:
         self._unpacker = msgpack.Unpacker(raw=False, max_buffer_size=1 << 30)
@@ -151,7 +151,7 @@ class _Parent:
         sys.stdout.buffer.flush()
 
 
-async def _run(job: dict[str, Any], parent: _Parent) -> dict[str, Any] | None:
+async def _run(job: dict[str, Any], parent: Parent) -> dict[str, Any] | None:
     loop = asyncio.get_running_loop()
     histogram = Histogram(job["highest"], job["sub_bucket_bits"])
     all_lost = asyncio.Event()
@@ -217,7 +217,7 @@ async def _run(job: dict[str, Any], parent: _Parent) -> dict[str, Any] | None:
 def main() -> None:
     # Ctrl-C reaches the whole process group; the parent decides, and reaps us.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    parent = _Parent()
+    parent = Parent()
     try:
         job = parent.receive(GO_TIMEOUT_S)
         if job.get("core") is not None:

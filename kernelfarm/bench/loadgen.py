@@ -134,11 +134,11 @@ def run_load(plans: Sequence[ConnectionPlan], *, duration_s: float, warmup_s: fl
         "sub_bucket_bits": Histogram().sub_bucket_bits,
     } for i in range(processes)]
 
-    clients: list[_ClientProcess] = []
+    clients: list[WorkerProcess] = []
     try:
         for job in jobs:
-            clients.append(_ClientProcess.spawn(job))
-        _collect(clients, "ready", time.monotonic() + READY_TIMEOUT_S)
+            clients.append(WorkerProcess.spawn(job))
+        collect_messages(clients, "ready", time.monotonic() + READY_TIMEOUT_S)
         t_start = time.monotonic() + START_DELAY_S
         for client in clients:
             client.send(["go", t_start])
@@ -150,7 +150,7 @@ def run_load(plans: Sequence[ConnectionPlan], *, duration_s: float, warmup_s: fl
         _sleep_until(window_end)
         if on_window_end is not None:
             on_window_end()
-        results = _collect(clients, "result", window_end + RESULT_GRACE_S)
+        results = collect_messages(clients, "result", window_end + RESULT_GRACE_S)
     finally:
         for client in clients:
             client.reap()
@@ -187,8 +187,12 @@ def _sleep_until(instant: float) -> None:
         time.sleep(remaining)
 
 
-class _ClientProcess:
-    """One ``python -m kernelfarm.bench.loadclient`` child and its msgpack frame pipes."""
+class WorkerProcess:
+    """One benchmark child (``python -m MODULE``) and its msgpack frame pipes.
+
+    The load clients use it, and so do the in-process runs (:mod:`kernelfarm.bench.inprocess`):
+    a job goes down stdin, ``["ready", ...]``/``["result", ...]``/``["failed", ...]`` come up.
+    """
 
     def __init__(self, process: subprocess.Popen[bytes]) -> None:
         self.process = process
@@ -196,9 +200,10 @@ class _ClientProcess:
         self.message: Any = None
 
     @classmethod
-    def spawn(cls, job: dict[str, Any]) -> _ClientProcess:
+    def spawn(cls, job: dict[str, Any], module: str = "kernelfarm.bench.loadclient"
+              ) -> WorkerProcess:
         process = subprocess.Popen(
-            [sys.executable, "-m", "kernelfarm.bench.loadclient"],
+            [sys.executable, "-m", module],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE)
         client = cls(process)
         try:
@@ -250,8 +255,8 @@ class _ClientProcess:
                 process.wait()
 
 
-def _collect(clients: list[_ClientProcess], kind: str, deadline: float) -> list[Any]:
-    """Wait until every client has sent a ``kind`` message; raise on failure or deadline."""
+def collect_messages(clients: list[WorkerProcess], kind: str, deadline: float) -> list[Any]:
+    """Wait until every child has sent a ``kind`` message; raise on failure or deadline."""
     for client in clients:
         client.message = None
         client.take_buffered()
@@ -279,7 +284,7 @@ def _collect(clients: list[_ClientProcess], kind: str, deadline: float) -> list[
     return [client.message[1] for client in clients]
 
 
-def _check(client: _ClientProcess, kind: str) -> None:
+def _check(client: WorkerProcess, kind: str) -> None:
     tag, body = client.message
     if tag == "failed":
         raise LoadGenError(f"load-generator process failed: {body}")

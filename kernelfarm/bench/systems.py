@@ -1,0 +1,274 @@
+"""The systems under test, and how each is started, described and stopped.
+
+Every farm is a real ``python -m kernelfarm serve`` process on 127.0.0.1 with its own
+scratch data dir, started the way a user starts it, so the benchmark measures the
+daemon people run (its supervisor, its pinning, its config) rather than a test double.
+Each system yields a :class:`Target`: a blocking ``call`` for setting workloads up, the
+address of the kernel that owns a tenant (requests go straight to their owner, as the
+client library sends them), and the pids whose CPU the meter counts.
+
+    partitioned        serve --kernels W                          W single-CPU kernels
+    locked-global      serve --mode locked --threads W --locking global
+    locked-fine        serve --mode locked --threads W --locking fine
+    unicpu-locks       serve --mode locked --threads 1 --locking fine   (W = 1 only)
+    inprocess-procs    no RPC: W processes, each its own FsSubsystem (see inprocess.py)
+    inprocess-threads  no RPC: W threads sharing one FsSubsystem under fine locks
+    echo               W bare msgpack-rpc echo servers (the floor; answers any method)
+
+Whatever happens — a farm that fails to boot, an error mid-run, Ctrl-C — every process
+started here is stopped and reaped before the ``with`` block is left.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import select
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import psutil
+
+from kernelfarm.bench.echo import running_echo
+from kernelfarm.bench.loadgen import Address
+from kernelfarm.bench.workloads import NEEDS_ECHO, Call
+from kernelfarm.errors import KernelfarmError
+from kernelfarm.partition import SlotTable, key_slot
+
+SYSTEMS = ("partitioned", "locked-global", "locked-fine", "unicpu-locks",
+           "inprocess-procs", "inprocess-threads", "echo")
+FARMS = frozenset({"partitioned", "locked-global", "locked-fine", "unicpu-locks"})
+INPROCESS = frozenset({"inprocess-procs", "inprocess-threads"})
+ONE_WORKER = frozenset({"unicpu-locks"})
+"""Systems defined at one worker only (more would make them another system)."""
+FSYNC_POLICIES = ("always", "batch", "never")
+
+READY_TIMEOUT_S = 60.0
+"""Booting a supervisor and its kernels on a loaded 2-core machine."""
+STOP_TIMEOUT_S = 20.0
+"""The supervisor gives each kernel its own shutdown_timeout (5 s) before SIGKILL."""
+
+
+class SystemStartError(KernelfarmError):
+    """A system under test could not be started (reported in the results, not fatal)."""
+
+    code = "EBENCHSYS"
+
+
+def skip_reason(system: str, workload: str, workers: int, *, fs_served: bool) -> str | None:
+    """Why ``system`` does not run ``workload`` at ``workers`` workers, or None if it does."""
+    if system in ONE_WORKER and workers != 1:
+        return "defined at one worker only"
+    if not workload.startswith("fs-") and system in INPROCESS:
+        return "net workloads need a peer over RPC; the in-process runs call fs handlers only"
+    if workload.startswith("fs-") or workload == "mixed":
+        if not fs_served and system != "echo":
+            return "this build's kernels carry no fs subsystem"
+    return None
+
+
+def fs_served() -> bool:
+    """Whether the kernels of this build serve ``fs.*`` (its config accepts ``[fs]``)."""
+    from kernelfarm.kernel.components import SUBSYSTEMS
+
+    return any(cls.name == "fs" for cls in SUBSYSTEMS)
+
+
+def serve_args(system: str, workers: int) -> list[str]:
+    """The ``kernelfarm serve`` flags of a farm system at ``workers`` workers."""
+    if system == "partitioned":
+        return ["--kernels", str(workers)]
+    if system in ("locked-global", "locked-fine"):
+        return ["--mode", "locked", "--threads", str(workers),
+                "--locking", system.removeprefix("locked-")]
+    if system == "unicpu-locks":
+        return ["--mode", "locked", "--threads", "1", "--locking", "fine"]
+    raise ValueError(f"{system!r} is not a farm system")
+
+
+def config_text(fsync: str, *, with_fs: bool) -> str:
+    """The farm's config file: the fsync policy (when the build has fs) and quiet logs."""
+    if fsync not in FSYNC_POLICIES:
+        raise ValueError(f"fsync must be one of {', '.join(FSYNC_POLICIES)}, not {fsync!r}")
+    return f'[fs]\nfsync = "{fsync}"\n' if with_fs else ""
+
+
+@dataclass
+class Target:
+    """A running RPC system: where tenants live, how to set up, whose CPU counts."""
+
+    call: Call
+    owner_of: Callable[[str], Address]
+    addresses: list[Address]
+    server_pids: list[int]
+    details: dict[str, Any] = field(default_factory=dict)
+
+    def owners(self, tenants: Iterable[str]) -> dict[str, Address]:
+        return {tenant: self.owner_of(tenant) for tenant in tenants}
+
+
+def balanced_tenants(target: Target, per_server: int, prefix: str = "t") -> list[str]:
+    """Tenant names chosen so that every server owns exactly ``per_server`` of them.
+
+    Hash slots spread a handful of names unevenly; picking names until each kernel has
+    its share keeps a partitioned farm from being measured with one kernel idle.
+    """
+    want = {address: per_server for address in target.addresses}
+    chosen: list[str] = []
+    index = 0
+    limit = 1000 * per_server * len(want)
+    while any(want.values()):
+        if index > limit:
+            raise SystemStartError("could not find tenants for every kernel")
+        name = f"{prefix}{index:05d}"
+        index += 1
+        owner = target.owner_of(name)
+        if want.get(owner, 0) > 0:
+            want[owner] -= 1
+            chosen.append(name)
+    return chosen
+
+
+# -- farms ------------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def running_farm(serve_flags: Sequence[str], scratch: Path, fsync: str) -> Iterator[Target]:
+    """``kernelfarm serve`` with ``serve_flags`` on a fresh data dir under ``scratch``."""
+    from kernelfarm.client import Client
+
+    scratch.mkdir(parents=True, exist_ok=True)
+    config_path = scratch / "bench.toml"
+    config_path.write_text(config_text(fsync, with_fs=fs_served()))
+    log_path = scratch / "serve.log"
+    command = [sys.executable, "-m", "kernelfarm", "serve", "--control", "127.0.0.1:0",
+               "--data-dir", str(scratch / "data"), "--config", str(config_path),
+               "--log-level", "WARNING", *serve_flags]
+    env = dict(os.environ, KERNELFARM_LOG="WARNING")
+    with open(log_path, "ab") as log:
+        process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=log,
+                                   stdin=subprocess.DEVNULL, env=env)
+    kernels: list[psutil.Process] = []
+    client = None
+    try:
+        ready = _read_ready(process, log_path)
+        client = Client(tuple(ready["control"]))
+        cluster = client.cluster_map()
+        kernels = _children(process.pid)
+        table = SlotTable.from_ranges(cluster["epoch"], cluster["slots"])
+        addrs = {k["id"]: (k["addr"][0], int(k["addr"][1])) for k in cluster["kernels"]}
+
+        def owner_of(tenant: str) -> Address:
+            return addrs[table.owner(key_slot(tenant))]
+
+        yield Target(call=client.call, owner_of=owner_of,
+                     addresses=sorted(set(addrs.values())), server_pids=[process.pid],
+                     details={"kernels": len(addrs), "serve": list(serve_flags),
+                              "control": tuple(ready["control"])})
+    finally:
+        if client is not None:
+            client.close()
+        _stop(process, kernels)
+
+
+def _read_ready(process: subprocess.Popen[bytes], log_path: Path) -> dict[str, Any]:
+    """The supervisor's one JSON line on stdout, within a deadline."""
+    assert process.stdout is not None
+    deadline = time.monotonic() + READY_TIMEOUT_S
+    buffer = b""
+    while b"\n" not in buffer:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            raise SystemStartError(f"farm sent no ready line within {READY_TIMEOUT_S:g} s")
+        readable, _, _ = select.select([process.stdout], [], [], min(remaining, 0.5))
+        if readable:
+            chunk = os.read(process.stdout.fileno(), 65536)
+            if not chunk:
+                break
+            buffer += chunk
+        elif process.poll() is not None:
+            break
+    if b"\n" not in buffer:
+        tail = log_path.read_text(errors="replace").strip().splitlines()[-5:]
+        raise SystemStartError(f"farm exited before serving (code {process.poll()}): "
+                           + " | ".join(tail))
+    return json.loads(buffer.split(b"\n", 1)[0])  # type: ignore[no-any-return]
+
+
+def _children(pid: int) -> list[psutil.Process]:
+    try:
+        return psutil.Process(pid).children(recursive=True)
+    except psutil.NoSuchProcess:
+        return []
+
+
+def _stop(process: subprocess.Popen[bytes], kernels: list[psutil.Process]) -> None:
+    """SIGTERM the supervisor (it stops its kernels), escalate, then reap every kernel."""
+    kernels = kernels + [k for k in _children(process.pid) if k not in kernels]
+    if process.poll() is None:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(STOP_TIMEOUT_S)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+    if process.stdout is not None:
+        process.stdout.close()
+    _, alive = psutil.wait_procs(kernels, timeout=STOP_TIMEOUT_S)
+    for kernel in alive:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            kernel.kill()
+    psutil.wait_procs(alive, timeout=STOP_TIMEOUT_S)
+
+
+# -- the echo floor -----------------------------------------------------------------------
+
+
+def _echo_call(method: str, *params: Any) -> Any:
+    """Set-up against the floor: the echo answers every request with its first param."""
+    return params[0] if params else None
+
+
+@contextlib.contextmanager
+def running_echo_floor(workers: int) -> Iterator[Target]:
+    """``workers`` echo processes; tenants spread over them as over kernels."""
+    with contextlib.ExitStack() as stack:
+        echoes = [stack.enter_context(running_echo("msgpack")) for _ in range(workers)]
+        addresses = [echo.address for echo in echoes]
+
+        def owner_of(tenant: str) -> Address:
+            return addresses[key_slot(tenant) % len(addresses)]
+
+        yield Target(call=_echo_call, owner_of=owner_of, addresses=addresses,
+                     server_pids=[echo.pid for echo in echoes],
+                     details={"echo_servers": workers})
+
+
+@contextlib.contextmanager
+def running_system(system: str, workers: int, scratch: Path, fsync: str) -> Iterator[Target]:
+    """Start an RPC ``system`` (a farm or the echo floor) for the ``with`` block."""
+    if system == "echo":
+        with running_echo_floor(workers) as target:
+            yield target
+    elif system in FARMS:
+        with running_farm(serve_args(system, workers), scratch, fsync) as target:
+            yield target
+    else:
+        raise ValueError(f"{system!r} is not served over RPC")
+
+
+@contextlib.contextmanager
+def byte_echo_if_needed(workloads: Iterable[str]) -> Iterator[Address | None]:
+    """The host TCP peer of the net workloads, when any of them runs."""
+    if not NEEDS_ECHO.intersection(workloads):
+        yield None
+        return
+    with running_echo("bytes") as peer:
+        yield peer.address
