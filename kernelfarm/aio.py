@@ -11,8 +11,7 @@ import functools
 from typing import Any
 
 from kernelfarm.client.blocking import CONTROL_TIMEOUT_S, as_addr
-from kernelfarm.client.routing import Addr, RetryPolicy, Router
-from kernelfarm.errors import ConnectionLost, Moved, TryAgain
+from kernelfarm.client.routing import RETRYABLE, Addr, RetryPolicy, Router, reaction_to
 from kernelfarm.rpc.client import RpcClientConnection, connect
 
 
@@ -72,21 +71,16 @@ class Client:
             try:
                 conn = await self._connection(addr)
                 return await conn.call(method, *params, timeout=self.timeout)
-            except ConnectionLost:
-                # Safe to resend only if that kernel was removed by scaling: it owned no
-                # slot when it stopped, so it applied nothing it had not answered.
-                await self._refresh_quietly()
-                if addr in self.router.all_addrs.values() or loop.time() >= deadline:
+            except RETRYABLE as exc:
+                reaction = reaction_to(exc, reached=conn is not None)
+                if reaction is None or loop.time() >= deadline:
                     raise
-            except (Moved, TryAgain, ConnectionRefusedError) as exc:
-                if conn is not None and isinstance(exc, ConnectionRefusedError):
-                    raise  # the call's own result (net.connect), not an unreachable kernel
-                if loop.time() >= deadline:
-                    raise
-                if not isinstance(exc, Moved):
+                if reaction.backoff:
                     await asyncio.sleep(self.retry.delay(attempt))
-                if not isinstance(exc, TryAgain):
+                if reaction.refresh:
                     await self._refresh_quietly()
+                if reaction.only_if_removed and addr in self.router.all_addrs.values():
+                    raise
             attempt += 1
 
     async def _refresh_quietly(self) -> None:

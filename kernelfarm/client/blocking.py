@@ -17,9 +17,8 @@ import functools
 import time
 from typing import Any
 
-from kernelfarm.client.routing import Addr, RetryPolicy, Router
+from kernelfarm.client.routing import RETRYABLE, Addr, RetryPolicy, Router, reaction_to
 from kernelfarm.config import parse_hostport
-from kernelfarm.errors import ConnectionLost, Moved, TryAgain
 from kernelfarm.rpc.blocking import BlockingConnection
 
 
@@ -74,20 +73,15 @@ class Client:
             try:
                 conn = self._connection(addr)
                 return conn.call(method, params, self.timeout)
-            except (Moved, TryAgain, ConnectionRefusedError) as exc:
-                if conn is not None and isinstance(exc, ConnectionRefusedError):
-                    raise  # the call's own result (net.connect), not an unreachable kernel
-                if time.monotonic() >= deadline:
+            except RETRYABLE as exc:
+                reaction = reaction_to(exc, reached=conn is not None)
+                if reaction is None or time.monotonic() >= deadline:
                     raise
-                if isinstance(exc, TryAgain):
+                if reaction.backoff:
                     time.sleep(self.retry.delay(attempt))
-                else:
-                    self._refresh_after(exc, attempt)
-            except ConnectionLost:
-                # Safe to resend only if that kernel was removed by scaling: it owned no
-                # slot when it stopped, so it applied nothing it had not answered.
-                self._refresh_after(None, attempt)
-                if addr in self.router.all_addrs.values() or time.monotonic() >= deadline:
+                if reaction.refresh:
+                    self._refresh_quietly()
+                if reaction.only_if_removed and addr in self.router.all_addrs.values():
                     raise
             attempt += 1
 
@@ -98,13 +92,11 @@ class Client:
         """Call ``method`` on every kernel (``fs.listdir("/")`` merges their volumes)."""
         return [self.call_kernel(addr, method, *params) for addr in self.router.kernels()]
 
-    def _refresh_after(self, exc: Exception | None, attempt: int) -> None:
-        if isinstance(exc, ConnectionRefusedError):
-            time.sleep(self.retry.delay(attempt))
+    def _refresh_quietly(self) -> None:
         try:
             self.refresh()
-        except (ConnectionRefusedError, OSError):
-            pass  # the supervisor itself is briefly away; the deadline bounds this
+        except OSError:
+            pass  # the supervisor itself is briefly away; the caller's deadline bounds this
 
     def _connection(self, addr: Addr) -> BlockingConnection:
         conn = self._conns.get(addr)

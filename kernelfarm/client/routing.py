@@ -10,6 +10,7 @@ import random
 from dataclasses import dataclass
 from typing import Any, Callable
 
+from kernelfarm.errors import ConnectionLost, Moved, TryAgain
 from kernelfarm.partition import SlotTable, key_slot
 
 Addr = tuple[str, int]
@@ -74,6 +75,37 @@ class Router:
 
     def kernels(self) -> list[Addr]:
         return list(self.addrs.values())
+
+
+@dataclass(frozen=True)
+class Reaction:
+    """What a client does about a failed call before trying it again."""
+
+    backoff: bool = False
+    refresh: bool = False
+    only_if_removed: bool = False
+    """Resend only if the kernel is gone from the refreshed map (removed by scaling: it
+    owned no slot when it stopped, so it applied nothing it had not answered)."""
+
+
+RETRYABLE = (Moved, TryAgain, ConnectionRefusedError, ConnectionLost)
+
+
+def reaction_to(exc: BaseException, *, reached: bool) -> Reaction | None:
+    """How to retry after ``exc``, or ``None`` to raise it.
+
+    ``reached`` says a connection to the kernel was made: an ECONNREFUSED after that is
+    the call's own result (``net.connect`` to a closed port), not a kernel restarting.
+    """
+    if isinstance(exc, Moved):
+        return Reaction(refresh=True)
+    if isinstance(exc, TryAgain):
+        return Reaction(backoff=True)
+    if isinstance(exc, ConnectionRefusedError):
+        return None if reached else Reaction(backoff=True, refresh=True)
+    if isinstance(exc, ConnectionLost):
+        return Reaction(refresh=True, only_if_removed=True)
+    return None
 
 
 @dataclass

@@ -129,12 +129,18 @@ class Kernel:
     def connection_closed(self, conn: Any) -> None:
         self.conns.discard(conn)
 
+    def served_here(self) -> set[Any]:
+        """The connections this thread serves (all of them, in a unicpu kernel)."""
+        return self.conns
+
     async def drain(self, grace: float) -> None:
         """Clean stop: let waiting calls answer for up to ``grace`` s, then hang up."""
-        deadline = self.loop.time() + grace
-        while any(c.inflight for c in self.conns) and self.loop.time() < deadline:
+        conns = self.served_here()
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + grace
+        while any(c.inflight for c in conns) and loop.time() < deadline:
             await asyncio.sleep(0.01)
-        for conn in list(self.conns):
+        for conn in list(conns):
             conn.close()
 
     def _not_here(self, slot: int) -> dict[str, Any]:

@@ -186,15 +186,9 @@ class LockedKernel(Kernel):
         self._state().conns.discard(conn)
         self.conns.discard(conn)
 
-    async def drain(self, grace: float) -> None:
-        """Drain this thread's connections (each serving thread drains its own)."""
-        state = self._state()
-        loop = state.loop
-        deadline = loop.time() + grace
-        while any(c.inflight for c in state.conns) and loop.time() < deadline:
-            await asyncio.sleep(0.01)
-        for conn in list(state.conns):
-            conn.close()
+    def served_here(self) -> set[Any]:
+        """Each serving thread drains only the connections it accepted."""
+        return self._state().conns
 
 
 class HomeConnection:
