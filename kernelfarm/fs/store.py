@@ -42,7 +42,11 @@ def volume_dirname(name: str) -> str:
 
 
 def volume_dirs(slot_path: str) -> list[str]:
-    """The volume directories of a slot, after clearing what a crash left half done."""
+    """The volume directories of a slot, after clearing what a crash left half done.
+
+    A slot without a directory has no volumes; any other error listing it (the path is
+    not a directory, I/O error) is raised, since the slot's volumes are then unknown.
+    """
     try:
         names = sorted(os.listdir(slot_path))
     except FileNotFoundError:

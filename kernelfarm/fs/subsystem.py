@@ -390,12 +390,14 @@ class FsSubsystem(Subsystem):
     # -- slots -------------------------------------------------------------------------------
 
     def load_slot(self, slot: int) -> None:
+        """Load the volumes of ``slot``.  A damaged volume comes up out of service (EIO)
+        and the rest are served; but a slot directory that cannot be listed raises: its
+        volumes are unknown, and serving the slot as empty would hide them and refuse
+        their names with a puzzling EEXIST.  The kernel then fails to boot (or to acquire
+        the slot), which the supervisor reports."""
         if slot in self.by_slot:
             return
-        path = store.slot_dir(self.ctx.data_dir, slot)
-        if not os.path.isdir(path):
-            return
-        for directory in store.volume_dirs(path):
+        for directory in store.volume_dirs(store.slot_dir(self.ctx.data_dir, slot)):
             volume = self._load_volume(directory)
             if volume is None:
                 continue

@@ -1,196 +1,27 @@
 """Differential test: random operation sequences against the fs subsystem and a real
 directory on the host through ``os`` must give the same results and the same errno.
 
-The host directory stands for ``/``: volume ``v`` is ``<host>/v``.  Where kernelfarm
-deliberately differs from a plain directory, the model says so explicitly: volumes act as
-mount points (a rename between volumes or of a volume root is ``EXDEV``) and ``/`` holds
-only volumes (creating a file there is ``EPERM``).  After each sequence the whole trees are
-compared, then the subsystem is restarted from disk and must come back identical, stat
-for stat (inode numbers and timestamps included).
+The model and its deliberate differences from a plain directory live in :mod:`fs_model`
+(shared with the same test through a real farm, ``test_fs_farm``).  After each sequence
+the whole trees are compared, then the subsystem is restarted from disk and must come
+back identical, stat for stat (inode numbers and timestamps included).
 """
 
 from __future__ import annotations
 
-import errno
-import os
-import stat as statmod
 import tempfile
 from pathlib import Path
 from typing import Any
 
 from fs_harness import FakeKernel
+from fs_model import Host, comparable_stat, fs_tree, host_tree, ops, outcome, seed
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-
-VOLUMES = ["v", "w"]
-NAMES = ["a", "b", "c"]
-"""Few names, so that operations keep meeting what earlier ones made."""
-
-# Depth 2 (an entry of a volume root) weighs most, so sequences build real trees.
-PATHS = (["/v", "/w"]
-         + [f"/v/{a}" for a in NAMES] * 6 + [f"/w/{a}" for a in NAMES] * 2
-         + [f"/v/{a}/{b}" for a in NAMES for b in NAMES[:2]])
-paths = st.sampled_from(PATHS)
-in_v = st.sampled_from([p for p in PATHS if p.startswith("/v/")])
-renames = st.one_of(st.tuples(in_v, in_v), st.tuples(in_v, in_v), st.tuples(paths, paths))
-data = st.binary(max_size=24)
-offsets = st.integers(min_value=-1, max_value=30)
-
-ops = st.one_of(
-    st.tuples(st.just("mkdir"), paths),
-    st.tuples(st.just("rmdir"), paths),
-    st.tuples(st.just("listdir"), paths),
-    st.tuples(st.just("stat"), paths),
-    st.tuples(st.just("write_file"), paths, data),
-    st.tuples(st.just("write_file"), paths, data),
-    st.tuples(st.just("read_file"), paths),
-    st.tuples(st.just("pread"), paths, offsets, st.integers(min_value=0, max_value=50)),
-    st.tuples(st.just("pwrite"), paths, offsets, data),
-    st.tuples(st.just("truncate"), paths, offsets),
-    st.tuples(st.just("unlink"), paths),
-    renames.map(lambda pair: ("rename", *pair)),
-    renames.map(lambda pair: ("rename", *pair)),
-)
-
-
-SEED: list[tuple[Any, ...]] = [
-    ("mkdir", "/v"), ("mkdir", "/v/a"), ("write_file", "/v/b", b"seed data"),
-    ("write_file", "/v/a/c", b"x" * 10),
-]
-"""A small tree to start from, so that short sequences meet files and directories."""
-
-
-def comparable_stat(st_: os.stat_result | dict[str, Any]) -> dict[str, Any]:
-    """The stat fields both sides define the same way (a dir's size and the times differ
-    by design: ext4 reports 4096 for a directory, and clocks are not shared)."""
-    if isinstance(st_, os.stat_result):
-        mode = st_.st_mode
-        kind = "dir" if statmod.S_ISDIR(mode) else "file"
-        out = {"type": kind, "mode": mode, "nlink": st_.st_nlink}
-        if kind == "file":
-            out["size"] = st_.st_size
-        return out
-    out = {"type": st_["type"], "mode": st_["mode"], "nlink": st_["nlink"]}
-    if st_["type"] == "file":
-        out["size"] = st_["size"]
-    return out
-
-
-class Host:
-    """The same operations on a real directory, with the model's deliberate differences."""
-
-    def __init__(self, root: str) -> None:
-        self.root = root
-
-    def real(self, path: str) -> str:
-        return self.root + path
-
-    def run(self, op: str, *args: Any) -> Any:
-        return getattr(self, op)(*args)
-
-    def mkdir(self, path: str) -> None:
-        os.mkdir(self.real(path))
-        os.chmod(self.real(path), 0o755)  # kernelfarm has no umask
-
-    def rmdir(self, path: str) -> None:
-        os.rmdir(self.real(path))
-
-    def listdir(self, path: str) -> list[str]:
-        return sorted(os.listdir(self.real(path)))
-
-    def stat(self, path: str) -> dict[str, Any]:
-        return comparable_stat(os.lstat(self.real(path)))
-
-    def write_file(self, path: str, content: bytes) -> None:
-        real = self.real(path)
-        if path.count("/") == 1 and not os.path.lexists(real):
-            raise OSError(errno.EPERM, "only volumes in /")
-        existed = os.path.lexists(real)
-        fd = os.open(real, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o644)
-        try:
-            os.write(fd, content)
-        finally:
-            os.close(fd)
-        if not existed:
-            os.chmod(real, 0o644)
-
-    def read_file(self, path: str) -> bytes:
-        fd = os.open(self.real(path), os.O_RDONLY | os.O_NOFOLLOW)
-        try:
-            chunks = []
-            while chunk := os.read(fd, 1 << 16):
-                chunks.append(chunk)
-            return b"".join(chunks)
-        finally:
-            os.close(fd)
-
-    def pread(self, path: str, offset: int, size: int) -> bytes:
-        fd = os.open(self.real(path), os.O_RDONLY | os.O_NOFOLLOW)
-        try:
-            return os.pread(fd, size, offset)
-        finally:
-            os.close(fd)
-
-    def pwrite(self, path: str, offset: int, content: bytes) -> int:
-        fd = os.open(self.real(path), os.O_WRONLY | os.O_NOFOLLOW)
-        try:
-            return os.pwrite(fd, content, offset)
-        finally:
-            os.close(fd)
-
-    def truncate(self, path: str, size: int) -> None:
-        os.truncate(self.real(path), size)
-
-    def unlink(self, path: str) -> None:
-        os.unlink(self.real(path))
-
-    def rename(self, src: str, dst: str) -> None:
-        src_vol, dst_vol = src.split("/")[1], dst.split("/")[1]
-        if src_vol != dst_vol or src.count("/") == 1 or dst.count("/") == 1:
-            raise OSError(errno.EXDEV, "volumes are separate mounts")
-        os.rename(self.real(src), self.real(dst))
-
-
-def outcome(fn: Any, *args: Any) -> tuple[str, Any]:
-    try:
-        return "ok", fn(*args)
-    except OSError as exc:
-        return "error", errno.errorcode[exc.errno]
 
 
 def farm_side(kernel: FakeKernel, op: str, *args: Any) -> Any:
     result = kernel.call(f"fs.{op}", *args)
     return comparable_stat(result) if op == "stat" else result
-
-
-def host_tree(root: str) -> dict[str, Any]:
-    tree: dict[str, Any] = {}
-    for dirpath, dirnames, filenames in os.walk(root):
-        for name in dirnames + filenames:
-            real = os.path.join(dirpath, name)
-            path = "/" + os.path.relpath(real, root)
-            entry = comparable_stat(os.lstat(real))
-            if entry["type"] == "file":
-                with open(real, "rb") as fh:
-                    entry["data"] = fh.read()
-            tree[path] = entry
-    return tree
-
-
-def farm_tree(kernel: FakeKernel, exact: bool = False) -> dict[str, Any]:
-    """Every inode below ``/``; ``exact`` keeps the whole stat (ino and times too)."""
-    tree: dict[str, Any] = {}
-    todo = ["/" + vol for vol in kernel.call("fs.listdir", "/")]
-    while todo:
-        path = todo.pop()
-        raw = kernel.call("fs.stat", path)
-        entry = dict(raw) if exact else comparable_stat(raw)
-        if raw["type"] == "dir":
-            todo.extend(f"{path}/{name}" for name in kernel.call("fs.listdir", path))
-        elif raw["type"] == "file":
-            entry["data"] = kernel.call("fs.read_file", path)
-        tree[path] = entry
-    return tree
 
 
 @settings(max_examples=150, deadline=None,
@@ -205,15 +36,15 @@ def test_fs_matches_a_real_directory(sequence: list[tuple[Any, ...]], second_vol
                             snapshot_journal_bytes=snapshot_bytes)
         host = Host(host_root)
         try:
-            seed = SEED + [("mkdir", "/w")] if second_volume else SEED
-            for op, *args in seed + sequence:
+            for op, *args in seed(second_volume) + sequence:
                 expected = outcome(host.run, op, *args)
                 got = outcome(farm_side, kernel, op, *args)
                 assert got == expected, (op, args)
-            assert farm_tree(kernel) == host_tree(host_root)
-            assert kernel.call("fs.listdir", "/") == host.listdir("")
-            before = farm_tree(kernel, exact=True)
+            volumes = kernel.call("fs.listdir", "/")
+            assert volumes == host.listdir("/")
+            assert fs_tree(kernel.call, volumes) == host_tree(host_root)
+            before = fs_tree(kernel.call, volumes, exact=True)
             kernel.restart()
-            assert farm_tree(kernel, exact=True) == before
+            assert fs_tree(kernel.call, volumes, exact=True) == before
         finally:
             kernel.close()
