@@ -6,6 +6,7 @@ the rules are testable alone.
 
 from __future__ import annotations
 
+import errno
 import random
 from dataclasses import dataclass
 from typing import Any, Callable
@@ -65,10 +66,16 @@ class Router:
             k["id"]: (k["addr"][0], int(k["addr"][1])) for k in cluster_map["kernels"]}
 
     def route(self, method: str, params: list[Any]) -> Addr:
+        """The owner's address; a kernel marked failed refuses at once (it stays down)."""
         key = partition_key(method, params)
         if key is None:
             return self.any()
-        return self.all_addrs[self.table.owner(key_slot(key))]
+        owner = self.table.owner(key_slot(key))
+        addr = self.addrs.get(owner)
+        if addr is None:
+            raise ConnectionRefusedError(errno.ECONNREFUSED,
+                                         f"kernel {owner}, which owns {key!r}, has failed")
+        return addr
 
     def any(self) -> Addr:
         return random.choice(list(self.addrs.values() or self.all_addrs.values()))

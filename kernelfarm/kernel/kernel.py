@@ -193,7 +193,14 @@ class Kernel:
 
     def acquire(self, slots: list[int]) -> int:
         new = [s for s in slots if not self.owned[s]]
-        self.load_slots(new)
+        try:
+            self.load_slots(new)
+        except Exception:
+            # Loaded nothing, as far as anyone can tell: the source takes them back.
+            for subsystem in self.subsystems:
+                for slot in new:
+                    subsystem.release_slot(slot)
+            raise
         for slot in new:
             self.owned[slot] = 1
         self.frozen.difference_update(slots)

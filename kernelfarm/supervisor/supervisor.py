@@ -221,6 +221,7 @@ class Supervisor:
                           handle.boot_failures, cfg.boot_retries, exc)
                 if handle.boot_failures >= cfg.boot_retries:
                     handle.state = KernelState.FAILED
+                    handle.close()  # connections are refused, not left in a backlog
                     log.critical("kernel %d marked failed after %d failed boots",
                                  handle.kernel_id, handle.boot_failures)
                     booted.set()

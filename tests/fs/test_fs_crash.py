@@ -12,6 +12,7 @@ import shutil
 import signal
 import struct
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -236,6 +237,11 @@ def test_a_kernel_that_cannot_load_its_slots_is_marked_failed(tmp_path: Path) ->
         client.fs.write_file(f"/{healthy}/g", b"still serving")
         assert client.fs.read_file(f"/{healthy}/g") == b"still serving"
         assert healthy in client.fs.listdir("/")
+        # The failed kernel's volumes are refused at once, never left hanging.
+        started = time.monotonic()
+        with pytest.raises(ConnectionRefusedError, match="has failed"):
+            client.fs.read_file(f"/{made[1][0]}/f")
+        assert time.monotonic() - started < 5.0
 
 
 def test_the_daemon_exits_1_when_every_kernel_fails_to_boot(tmp_path: Path) -> None:
