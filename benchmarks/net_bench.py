@@ -23,10 +23,7 @@ import argparse
 import asyncio
 import json
 import multiprocessing
-import os
 import platform
-import select
-import signal
 import socket
 import subprocess
 import sys
@@ -41,6 +38,8 @@ from typing import Any
 import psutil
 from rich.console import Console
 from rich.table import Table
+
+from kernelfarm.supervisor import launch
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 PHASES = ("setup", "echo")
@@ -94,40 +93,20 @@ class RunningFarm:
             return client.cluster_map()
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        if self.proc.stdout is not None:
-            self.proc.stdout.close()
+        launch.stop(self.proc)
 
 
 def start_farm(kernels: int, data_dir: Path) -> RunningFarm:
     """``kernelfarm serve`` on 127.0.0.1, port 0; returns once its ready line arrives.
     Its log goes to ``data_dir/serve.log`` (shown if it fails to start)."""
     log_path = data_dir / "serve.log"
-    with open(log_path, "wb") as log:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "kernelfarm", "serve", "--control", "127.0.0.1:0",
-             "--data-dir", str(data_dir / "farm"), "--kernels", str(kernels)],
-            stdout=subprocess.PIPE, stderr=log, stdin=subprocess.DEVNULL)
-    assert proc.stdout is not None
-    deadline = time.monotonic() + START_DEADLINE_S
-    line = b""
-    while not line.endswith(b"\n"):
-        remaining = deadline - time.monotonic()
-        if remaining <= 0 or proc.poll() is not None:
-            proc.kill()
-            proc.wait()
-            raise RuntimeError(f"the farm did not start (exit {proc.poll()}):\n"
-                               f"{log_path.read_text(errors='replace')}")
-        if select.select([proc.stdout], [], [], min(remaining, 0.5))[0]:
-            chunk = os.read(proc.stdout.fileno(), 4096)
-            line += chunk
-    host, port = json.loads(line.split(b"\n", 1)[0])["control"]
+    proc = launch.spawn(["--data-dir", str(data_dir / "farm"), "--kernels", str(kernels)],
+                        log_path=log_path)
+    try:
+        host, port = launch.wait_ready(proc, log_path, START_DEADLINE_S)["control"]
+    except BaseException:
+        launch.stop(proc)
+        raise
     return RunningFarm(proc, (host, port))
 
 

@@ -25,7 +25,7 @@ DEFAULT_CONTROL = "127.0.0.1:7400"
 
 
 def setting(default: Any, help: str, *, minimum: float | None = None,
-            check: Callable[[Any], None] | None = None) -> Any:
+            check: Callable[[Any], object] | None = None) -> Any:
     """Declare a setting: its default, what it means, and optional bounds or a check."""
     return field(default=default, metadata={"help": help, "minimum": minimum, "check": check})
 

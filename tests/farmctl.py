@@ -10,12 +10,9 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
-import json
 import os
-import select
 import signal
 import subprocess
-import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,6 +22,7 @@ import msgpack
 import psutil
 
 import kernelfarm
+from kernelfarm.supervisor import launch
 
 DEADLINE = 30.0
 PR_SET_CHILD_SUBREAPER = 36
@@ -117,53 +115,22 @@ def raw_call(addr: tuple[str, int], method: str, *params: Any, timeout: float = 
                 return msg[3]
 
 
-def _read_ready(proc: subprocess.Popen[bytes], log_path: Path) -> dict[str, Any]:
-    assert proc.stdout is not None
-    deadline = time.monotonic() + DEADLINE
-    buffer = b""
-    while b"\n" not in buffer:
-        remaining = deadline - time.monotonic()
-        if remaining <= 0 or proc.poll() is not None:
-            raise AssertionError(f"farm did not start (exit {proc.poll()}):\n"
-                                 f"{log_path.read_text(errors='replace')}")
-        readable, _, _ = select.select([proc.stdout], [], [], min(remaining, 0.5))
-        if readable:
-            chunk = os.read(proc.stdout.fileno(), 65536)
-            if not chunk:
-                continue
-            buffer += chunk
-    return json.loads(buffer.split(b"\n", 1)[0])  # type: ignore[no-any-return]
-
-
 def spawn_serve(tmp_path: Path, *args: str, config_text: str | None = None,
                 data_dir: Path | None = None, name: str = "farm"
                 ) -> tuple[subprocess.Popen[bytes], Path, Path]:
     data_dir = data_dir or tmp_path / f"{name}-data"
     log_path = tmp_path / f"{name}.log"
-    command = [sys.executable, "-m", "kernelfarm", "serve", "--control", "127.0.0.1:0",
-               "--data-dir", str(data_dir), *args]
+    serve_args = ["--data-dir", str(data_dir), *args]
     if config_text is not None:
         config_path = tmp_path / f"{name}.toml"
         config_path.write_text(config_text)
-        command += ["--config", str(config_path)]
-    with open(log_path, "ab") as log:
-        proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=log,
-                                stdin=subprocess.DEVNULL)
-    return proc, data_dir, log_path
+        serve_args += ["--config", str(config_path)]
+    return launch.spawn(serve_args, log_path=log_path), data_dir, log_path
 
 
 def stop_process(proc: subprocess.Popen[bytes], sig: int = signal.SIGTERM,
                  timeout: float = 15.0) -> int:
-    if proc.poll() is None:
-        proc.send_signal(sig)
-        try:
-            proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-    if proc.stdout is not None:
-        proc.stdout.close()
-    return proc.returncode
+    return launch.stop(proc, sig, timeout)
 
 
 @contextlib.contextmanager
@@ -177,15 +144,10 @@ def start_farm(tmp_path: Path, kernels: int | str = 2, *args: str,
                                            name=name)
     farm = None
     try:
-        ready = _read_ready(proc, log_path)
-        farm = Farm(proc, data_dir, log_path, ready)
+        farm = Farm(proc, data_dir, log_path, launch.wait_ready(proc, log_path, DEADLINE))
         yield farm
     finally:
-        kernels_left = farm.kernel_procs() if farm is not None and proc.poll() is None else []
         for client in farm.clients if farm is not None else []:
             client.close()
         stop_process(proc)
-        for kernel in kernels_left:
-            with contextlib.suppress(psutil.NoSuchProcess):
-                kernel.wait(timeout=10)
-        reap_orphans()
+        reap_orphans()  # kernels of a supervisor the test killed were re-parented to us

@@ -22,25 +22,18 @@ started here is stopped and reaped before the ``with`` block is left.
 from __future__ import annotations
 
 import contextlib
-import json
 import os
-import select
-import signal
-import subprocess
-import sys
-import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-
-import psutil
 
 from kernelfarm.bench.echo import running_echo
 from kernelfarm.bench.loadgen import Address
 from kernelfarm.bench.workloads import NEEDS_ECHO, Call
 from kernelfarm.errors import KernelfarmError
 from kernelfarm.partition import SlotTable, key_slot
+from kernelfarm.supervisor import launch
 
 SYSTEMS = ("partitioned", "locked-global", "locked-fine", "unicpu-locks",
            "inprocess-procs", "inprocess-threads", "echo")
@@ -50,10 +43,6 @@ ONE_WORKER = frozenset({"unicpu-locks"})
 """Systems defined at one worker only (more would make them another system)."""
 FSYNC_POLICIES = ("always", "batch", "never")
 
-READY_TIMEOUT_S = 60.0
-"""Booting a supervisor and its kernels on a loaded 2-core machine."""
-STOP_TIMEOUT_S = 20.0
-"""The supervisor gives each kernel its own shutdown_timeout (5 s) before SIGKILL."""
 
 
 class SystemStartError(KernelfarmError):
@@ -148,20 +137,18 @@ def running_farm(serve_flags: Sequence[str], scratch: Path, fsync: str) -> Itera
     config_path = scratch / "bench.toml"
     config_path.write_text(config_text(fsync, with_fs=fs_served()))
     log_path = scratch / "serve.log"
-    command = [sys.executable, "-m", "kernelfarm", "serve", "--control", "127.0.0.1:0",
-               "--data-dir", str(scratch / "data"), "--config", str(config_path),
-               "--log-level", "WARNING", *serve_flags]
-    env = dict(os.environ, KERNELFARM_LOG="WARNING")
-    with open(log_path, "ab") as log:
-        process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=log,
-                                   stdin=subprocess.DEVNULL, env=env)
-    kernels: list[psutil.Process] = []
+    process = launch.spawn(
+        ["--data-dir", str(scratch / "data"), "--config", str(config_path),
+         "--log-level", "WARNING", *serve_flags],
+        log_path=log_path, env=dict(os.environ, KERNELFARM_LOG="WARNING"))
     client = None
     try:
-        ready = _read_ready(process, log_path)
+        try:
+            ready = launch.wait_ready(process, log_path)
+        except launch.LaunchError as exc:
+            raise SystemStartError(exc.message) from exc
         client = Client(tuple(ready["control"]))
         cluster = client.cluster_map()
-        kernels = _children(process.pid)
         table = SlotTable.from_ranges(cluster["epoch"], cluster["slots"])
         addrs = {k["id"]: (k["addr"][0], int(k["addr"][1])) for k in cluster["kernels"]}
 
@@ -175,57 +162,7 @@ def running_farm(serve_flags: Sequence[str], scratch: Path, fsync: str) -> Itera
     finally:
         if client is not None:
             client.close()
-        _stop(process, kernels)
-
-
-def _read_ready(process: subprocess.Popen[bytes], log_path: Path) -> dict[str, Any]:
-    """The supervisor's one JSON line on stdout, within a deadline."""
-    assert process.stdout is not None
-    deadline = time.monotonic() + READY_TIMEOUT_S
-    buffer = b""
-    while b"\n" not in buffer:
-        remaining = deadline - time.monotonic()
-        if remaining <= 0:
-            raise SystemStartError(f"farm sent no ready line within {READY_TIMEOUT_S:g} s")
-        readable, _, _ = select.select([process.stdout], [], [], min(remaining, 0.5))
-        if readable:
-            chunk = os.read(process.stdout.fileno(), 65536)
-            if not chunk:
-                break
-            buffer += chunk
-        elif process.poll() is not None:
-            break
-    if b"\n" not in buffer:
-        tail = log_path.read_text(errors="replace").strip().splitlines()[-5:]
-        raise SystemStartError(f"farm exited before serving (code {process.poll()}): "
-                           + " | ".join(tail))
-    return json.loads(buffer.split(b"\n", 1)[0])  # type: ignore[no-any-return]
-
-
-def _children(pid: int) -> list[psutil.Process]:
-    try:
-        return psutil.Process(pid).children(recursive=True)
-    except psutil.NoSuchProcess:
-        return []
-
-
-def _stop(process: subprocess.Popen[bytes], kernels: list[psutil.Process]) -> None:
-    """SIGTERM the supervisor (it stops its kernels), escalate, then reap every kernel."""
-    kernels = kernels + [k for k in _children(process.pid) if k not in kernels]
-    if process.poll() is None:
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(STOP_TIMEOUT_S)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
-    if process.stdout is not None:
-        process.stdout.close()
-    _, alive = psutil.wait_procs(kernels, timeout=STOP_TIMEOUT_S)
-    for kernel in alive:
-        with contextlib.suppress(psutil.NoSuchProcess):
-            kernel.kill()
-    psutil.wait_procs(alive, timeout=STOP_TIMEOUT_S)
+        launch.stop(process)
 
 
 # -- the echo floor -----------------------------------------------------------------------

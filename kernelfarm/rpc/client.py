@@ -35,7 +35,8 @@ class RpcClientConnection(asyncio.Protocol):
         return self._failure is not None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport  # type: ignore[assignment]  (uvloop's is no subclass)
+        # uvloop's transports do not subclass asyncio.Transport; they have its API.
+        self.transport = transport  # type: ignore[assignment]
 
     def data_received(self, data: bytes) -> None:
         try:

@@ -65,7 +65,8 @@ class ServerConnection(asyncio.Protocol):
     # -- asyncio.Protocol ----------------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport  # type: ignore[assignment]  (uvloop's is no subclass)
+        # uvloop's transports do not subclass asyncio.Transport; they have its API.
+        self.transport = transport  # type: ignore[assignment]
         self.peer = transport.get_extra_info("peername")
         transport.set_write_buffer_limits(high=self.write_buffer_bytes)
         self.service.connection_made(self)
