@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import errno
 import ipaddress
+import secrets
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -34,6 +35,11 @@ class Counters:
         return {"sockets_open": sockets_open, **asdict(self)}
 
 
+SID_SPACE = 2**31
+SID_STRIDE = 2**20
+"""Sids stay below 2**51: exact as a double, for clients in languages without int64."""
+
+
 class Namespace:
     def __init__(self, name: str, loop: asyncio.AbstractEventLoop, policy: Policy,
                  max_sockets: int) -> None:
@@ -43,7 +49,9 @@ class Namespace:
         self.max_sockets = max_sockets
         self.sockets: dict[int, FarmSocket] = {}
         self.counters = Counters()
-        self._next_sid = 1
+        # A namespace that moves to another kernel starts afresh there; a random first
+        # sid keeps a client's stale sid from naming someone else's new socket.
+        self._next_sid = secrets.randbelow(SID_SPACE) * SID_STRIDE + 1
 
     def _check_room(self) -> None:
         if len(self.sockets) >= self.max_sockets:
@@ -61,7 +69,8 @@ class Namespace:
             raise TypeError(f"socket id must be an int, got {type(sid).__name__}")
         farm_sock = self.sockets.get(sid)
         if farm_sock is None:
-            raise posix(errno.EBADF, f"no socket {sid} in namespace {self.name!r}")
+            raise posix(errno.EBADF, f"no socket {sid} in namespace {self.name!r} (closed, "
+                        "or its namespace moved to another kernel)")
         return farm_sock
 
     # -- operations, in the order of DESIGN.md --------------------------------------------

@@ -160,6 +160,13 @@ async def test_release_slot_closes_only_that_slots_namespaces(make_net: Any) -> 
         assert info.value.errno == errno.EBADF
         assert len(await net.list("bob")) == 1
         assert harness.net.stats()["namespaces"] == 1
+        # The namespace starts afresh (as on the kernel it moved to): a stale sid never
+        # names the new socket.
+        again = await net.socket("alice", "tcp")
+        assert again.sid != socks["alice"].sid
+        with pytest.raises(OSError) as info:
+            await socks["alice"].recv(10, timeout=0)
+        assert info.value.errno == errno.EBADF and "moved" in str(info.value)
         for peer in peers.values():
             peer.close()
 
