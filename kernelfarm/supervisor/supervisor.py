@@ -72,6 +72,9 @@ class Supervisor:
             count = 1
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self._on_stop_signal, sig)
+        loop.add_signal_handler(signal.SIGHUP, log.warning,
+                                "SIGHUP: config reload is not supported; restart to apply "
+                                "a new config (the farm keeps serving)")
         loop.add_signal_handler(signal.SIGTTIN, self._on_scale_signal, +1)
         loop.add_signal_handler(signal.SIGTTOU, self._on_scale_signal, -1)
         interrupted = self.scaler.record.interrupted()

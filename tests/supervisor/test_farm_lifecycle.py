@@ -86,6 +86,14 @@ def test_kernel_that_stops_answering_is_killed_and_replaced(tmp_path: Path) -> N
         assert "did not answer its heartbeat" in farm.log()
 
 
+def test_sighup_does_not_stop_the_daemon(tmp_path: Path) -> None:
+    with start_farm(tmp_path, 1) as farm:
+        farm.proc.send_signal(signal.SIGHUP)
+        wait_until(lambda: "SIGHUP" in farm.log(), what="the SIGHUP to be logged")
+        assert farm.proc.poll() is None
+        assert raw_call(farm.control, "cluster.map")["kernels"][0]["state"] == "running"
+
+
 def test_sigterm_stops_every_process(tmp_path: Path) -> None:
     with start_farm(tmp_path, 2) as farm:
         pids = farm.kernel_pids()
