@@ -56,6 +56,15 @@ def reap_orphans() -> None:
             return
 
 
+def gone(pid: int) -> bool:
+    """The process has exited (a zombie of ours counts: it is reaped here)."""
+    reap_orphans()
+    try:
+        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return True
+
+
 @dataclass
 class Farm:
     proc: subprocess.Popen[bytes]

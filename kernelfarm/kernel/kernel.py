@@ -33,6 +33,16 @@ SLOT_MASK = NSLOTS - 1  # NSLOTS is a power of two: % NSLOTS == & SLOT_MASK
 Wrapper = Callable[[Method], Method]
 
 
+def flush_or_exit(flushes: list[Callable[[], None]]) -> None:
+    """Run a group commit's flushes; if one fails, exit before any reply is sent."""
+    try:
+        for flush in flushes:
+            flush()
+    except Exception:
+        log.critical("flush failed; exiting without acknowledging the writes", exc_info=True)
+        os._exit(EXIT_FLUSH_FAILED)
+
+
 class Kernel:
     """Routes requests to subsystems for owned slots; answers MOVED/TRYAGAIN otherwise.
 
@@ -153,13 +163,7 @@ class Kernel:
     def _commit(self) -> None:
         """Group commit: one flush per subsystem for every write of this loop turn."""
         flushes, self._flushes = self._flushes, []
-        try:
-            for flush in flushes:
-                flush()
-        except Exception:
-            log.critical("flush failed; exiting without acknowledging the writes",
-                         exc_info=True)
-            os._exit(EXIT_FLUSH_FAILED)
+        flush_or_exit(flushes)
         held, self._held = self._held, []
         for conn, data in held:
             conn.write(data)

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
-import logging
 import os
 import socket
 import threading
@@ -30,12 +29,11 @@ from typing import Any, Awaitable, Callable
 import uvloop
 
 from kernelfarm.config import Config
-from kernelfarm.kernel.boot import EXIT_FLUSH_FAILED, BootInfo
-from kernelfarm.kernel.kernel import Kernel
+from kernelfarm.kernel.boot import BootInfo
+from kernelfarm.kernel.kernel import Kernel, flush_or_exit
 from kernelfarm.kernel.locks import LockProvider
 from kernelfarm.kernel.subsystem import Method
 
-log = logging.getLogger(__name__)
 
 LOOP_BOUND = ("net.",)
 """Methods whose state belongs to the event loop that created it (host sockets)."""
@@ -159,14 +157,8 @@ class LockedKernel(Kernel):
 
     def _commit_thread(self, state: ThreadState) -> None:
         state.dirty = False
-        try:
-            with self.provider.everything():
-                for flush in self._flush_callables:
-                    flush()
-        except Exception:
-            log.critical("flush failed; exiting without acknowledging the writes",
-                         exc_info=True)
-            os._exit(EXIT_FLUSH_FAILED)
+        with self.provider.everything():
+            flush_or_exit(self._flush_callables)
         held, state.held = state.held, []
         for conn, data in held:
             conn.write(data)

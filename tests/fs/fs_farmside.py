@@ -1,14 +1,10 @@
-"""Helpers for fs tests against real farms: where a volume lives, fresh volume names, and
-whether a process is gone."""
+"""Helpers for fs tests against real farms: where a volume lives, fresh volume names."""
 
 from __future__ import annotations
 
 import itertools
 from typing import Any
 
-import psutil
-
-from farmctl import reap_orphans
 from kernelfarm.partition import key_slot
 
 _fresh = itertools.count()
@@ -29,12 +25,3 @@ def volume_on(cluster_map: dict[str, Any], kernel_id: int, prefix: str) -> str:
         if owner_of(cluster_map, name)["id"] == kernel_id:
             return name
     raise AssertionError(f"no volume {prefix}* lands on kernel {kernel_id}")
-
-
-def gone(pid: int) -> bool:
-    """The process has exited (a zombie of ours counts: it is reaped here)."""
-    reap_orphans()
-    try:
-        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
-    except psutil.NoSuchProcess:
-        return True

@@ -19,8 +19,8 @@ from typing import Any
 import pytest
 
 import kernelfarm
-from farmctl import DEADLINE, Farm, spawn_serve, start_farm, stop_process, wait_until
-from fs_farmside import gone, volume_on
+from farmctl import DEADLINE, Farm, gone, spawn_serve, start_farm, stop_process, wait_until
+from fs_farmside import volume_on
 from kernelfarm.client.routing import RetryPolicy
 from kernelfarm.errors import ConnectionLost, TryAgain
 from kernelfarm.fs import store

@@ -9,16 +9,8 @@ from pathlib import Path
 
 import psutil
 
-from farmctl import raw_call, reap_orphans, spawn_serve, start_farm, stop_process, wait_until
+from farmctl import gone, raw_call, spawn_serve, start_farm, stop_process, wait_until
 from kernelfarm.partition import NSLOTS
-
-
-def gone(pid: int) -> bool:
-    reap_orphans()
-    try:
-        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
-    except psutil.NoSuchProcess:
-        return True
 
 
 def test_two_kernels_are_pinned_single_threaded_and_cover_every_slot(tmp_path: Path) -> None:

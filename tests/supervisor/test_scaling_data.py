@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 import kernelfarm
-from farmctl import Farm, reap_orphans, start_farm, wait_until
+from farmctl import Farm, gone, start_farm, wait_until
 from kernelfarm.partition import NSLOTS
 
 VOLUMES = [f"tenant{i}" for i in range(24)]
@@ -146,7 +146,7 @@ def test_kill_9_of_the_supervisor_mid_migration_loses_nothing(tmp_path: Path) ->
             pids = farm.kernel_pids()
             farm.proc.kill()
             farm.proc.wait()
-        wait_until(lambda: all(_gone(pid) for pid in pids), what="old kernels to exit")
+        wait_until(lambda: all(gone(pid) for pid in pids), what="old kernels to exit")
     with start_farm(tmp_path, 2, data_dir=data_dir, name="again") as farm:
         writers.verify(farm)
         assert_one_owner_per_slot(farm)
@@ -158,18 +158,3 @@ def _ignore_errors(fn: Any, *args: Any) -> None:
         fn(*args)
     except Exception:  # noqa: BLE001 - the supervisor is killed under it on purpose
         pass
-
-
-def _gone(pid: int) -> bool:
-    reap_orphans()
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return True
-    try:
-        with open(f"/proc/{pid}/stat") as fh:
-            return fh.read().split()[2] == "Z"
-    except FileNotFoundError:
-        return True
-
-
