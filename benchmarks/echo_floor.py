@@ -13,9 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import sys
-from importlib import metadata
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +22,7 @@ from rich.console import Console
 from rich.table import Table
 
 from kernelfarm.bench.cpu import CpuMeter
+from kernelfarm.bench.runner import machine
 from kernelfarm.bench.echo import running_echo
 from kernelfarm.bench.loadgen import ConnectionPlan, run_load
 
@@ -41,18 +40,6 @@ def parse_shape(text: str) -> tuple[int, int]:
     if min(shape) < 1:
         raise argparse.ArgumentTypeError(f"shape {text!r} needs positive numbers")
     return shape
-
-
-def machine() -> dict[str, Any]:
-    return {
-        "platform": platform.platform(),
-        "processor": platform.processor() or platform.machine(),
-        "cpus": psutil.cpu_count(logical=True),
-        "python": sys.version.split()[0],
-        "uvloop": metadata.version("uvloop"),
-        "msgpack": metadata.version("msgpack"),
-        "load_average_at_start": list(psutil.getloadavg()),
-    }
 
 
 def measure(shape: tuple[int, int], args: argparse.Namespace, server_cpu: int | None,

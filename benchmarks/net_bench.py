@@ -23,14 +23,12 @@ import argparse
 import asyncio
 import json
 import multiprocessing
-import platform
 import socket
 import subprocess
 import sys
 import tempfile
 import time
 from dataclasses import asdict, dataclass
-from importlib import metadata
 from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
@@ -39,6 +37,7 @@ import psutil
 from rich.console import Console
 from rich.table import Table
 
+from kernelfarm.bench.runner import machine
 from kernelfarm.supervisor import launch
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
@@ -328,18 +327,6 @@ def measure_farm(kernels: int, args: argparse.Namespace, echo_ports: list[int],
 
 
 # -- reporting ----------------------------------------------------------------------------------
-
-def machine() -> dict[str, Any]:
-    return {
-        "platform": platform.platform(),
-        "processor": platform.processor() or platform.machine(),
-        "cpus": psutil.cpu_count(logical=True),
-        "python": sys.version.split()[0],
-        "uvloop": metadata.version("uvloop"),
-        "msgpack": metadata.version("msgpack"),
-        "load_average_at_start": list(psutil.getloadavg()),
-    }
-
 
 def table(rows: list[dict[str, Any]]) -> Table:
     out = Table(title="net through the farm (127.0.0.1 echo peer)")

@@ -26,6 +26,7 @@ from rich.table import Table
 import kernelfarm.aio
 from kernelfarm.bench.layout import plans, spread, streams_needed
 from kernelfarm.bench.loadgen import run_load
+from kernelfarm.bench.runner import machine
 from kernelfarm.bench.systems import running_farm
 from kernelfarm.bench.workloads import prepare
 from kernelfarm.partition import key_slot, rebalance_plan
@@ -83,6 +84,7 @@ def main() -> int:
     args = parser.parse_args()
     console = Console()
     names = [f"vol{i:06d}" for i in range(args.volumes)]
+    host = machine()
     with tempfile.TemporaryDirectory(prefix="kf-scale-") as scratch, \
             running_farm(["--kernels", "1"], Path(scratch), args.fsync) as target:
         control = target.details["control"]
@@ -107,7 +109,8 @@ def main() -> int:
             during = load_window(target, tenants, args.window, on_start=scaler.start)
             scaler.join()
             moved_volumes = len(names) - len(untouched(table, names))
-    results = {"volumes": len(names), "fsync": args.fsync, "create_s": created_s,
+    results = {"benchmark": "scale_bench", "machine": host,
+               "volumes": len(names), "fsync": args.fsync, "create_s": created_s,
                "scale": scale, "moved_volumes": moved_volumes, "window_s": args.window,
                "load": {"tenants": len(tenants), "connections": CONNECTIONS, "depth": DEPTH,
                         "workload": "fs-stat on untouched slots"},
