@@ -71,3 +71,31 @@ def test_serve_refuses_a_bad_config_naming_the_key(tmp_path: Path) -> None:
                             capture_output=True, text=True, timeout=60)
     assert result.returncode == 2
     assert "rpc.max_inflight" in result.stderr
+
+
+def test_serve_says_so_when_the_control_address_is_taken(tmp_path: Path) -> None:
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = subprocess.run([sys.executable, "-m", "kernelfarm", "serve", "--control",
+                                 f"127.0.0.1:{port}", "--data-dir", str(tmp_path / "d")],
+                                capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2
+    assert f"cannot serve control on 127.0.0.1:{port}" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_client_commands_say_so_when_no_daemon_answers() -> None:
+    import socket
+
+    with socket.socket() as placeholder:
+        placeholder.bind(("127.0.0.1", 0))
+        port = placeholder.getsockname()[1]   # bound, not listening: connections refused
+        result = subprocess.run([sys.executable, "-m", "kernelfarm", "status", "--control",
+                                 f"127.0.0.1:{port}"], capture_output=True, text=True,
+                                timeout=60)
+    assert result.returncode == 1
+    assert "refused" in result.stderr.lower() and "Traceback" not in result.stderr

@@ -35,5 +35,8 @@ def main(argv: list[str] | None = None) -> int:
     except KernelfarmError as exc:
         print(f"kernelfarm: {exc.message}", file=sys.stderr)
         return 2
+    except OSError as exc:  # e.g. no daemon at --control: say so, without a traceback
+        print(f"kernelfarm: {exc.strerror or exc}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         return 130

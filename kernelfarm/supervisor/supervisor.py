@@ -83,7 +83,12 @@ class Supervisor:
                         "their data is on disk and every slot is assigned afresh",
                         interrupted)
         host, port = parse_hostport(farm.control)
-        control_sock = bind_listener(host, port)
+        try:
+            control_sock = bind_listener(host, port)
+        except OSError as exc:
+            self._unlock_data_dir()
+            raise ConfigError(f"cannot serve control on {farm.control}: {exc.strerror}",
+                              key="farm.control") from exc
         server = await loop.create_server(
             connection_factory(ControlService(self), self.config), sock=control_sock)
         try:
