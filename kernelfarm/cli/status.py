@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from typing import Any
 
 from rich.console import Console
@@ -51,7 +52,8 @@ def run(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(status, indent=2))
         return 0
-    console = Console()
+    # Piped output (a log, a script) is not squeezed to 80 columns.
+    console = Console() if sys.stdout.isatty() else Console(width=140)
     console.print(render(status))
     migration = status.get("migration")
     if migration:
