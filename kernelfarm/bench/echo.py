@@ -35,6 +35,7 @@ import psutil
 import uvloop
 
 from kernelfarm.errors import KernelfarmError
+from kernelfarm.supervisor.launch import end_process
 
 MAX_BUFFER = 64 * 1024 * 1024
 """The most unparsed bytes one connection may hold: a bound on a hostile peer's memory."""
@@ -202,13 +203,7 @@ def running_echo(kind: str = "msgpack", *, cpu: int | None = None,
             raise KernelfarmError(f"echo server did not start (exit code {process.poll()})")
         yield EchoProcess((host, int(line)), process.pid)
     finally:
-        if process.poll() is None:
-            process.terminate()
-            try:
-                process.wait(START_TIMEOUT_S)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
+        end_process(process, timeout=START_TIMEOUT_S)
         if process.stdout is not None:
             process.stdout.close()
 

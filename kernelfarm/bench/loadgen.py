@@ -28,6 +28,7 @@ import msgpack
 
 from kernelfarm.bench.histogram import DEFAULT_HIGHEST, Histogram
 from kernelfarm.errors import KernelfarmError
+from kernelfarm.supervisor.launch import end_process
 
 Address = tuple[str, int]
 Request = tuple[str, Sequence[Any]]
@@ -246,13 +247,7 @@ class WorkerProcess:
                     pipe.close()
                 except OSError:
                     pass  # a broken pipe to a dead child has nothing left to flush
-        if process.poll() is None:
-            process.terminate()
-            try:
-                process.wait(REAP_TIMEOUT_S)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
+        end_process(process, timeout=REAP_TIMEOUT_S)
 
 
 def collect_messages(clients: list[WorkerProcess], kind: str, deadline: float) -> list[Any]:

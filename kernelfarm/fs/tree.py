@@ -201,12 +201,17 @@ class Tree:
 
     # -- mutations -------------------------------------------------------------------------
 
-    def mkdir(self, comps: tuple[str, ...], perm: int, ino: int, now: int) -> None:
+    def _parent_for_new(self, comps: tuple[str, ...]) -> Dir:
+        """The directory a new entry ``comps`` goes in; EEXIST if the name is taken."""
         if not comps:
             raise posix(errno.EEXIST, self._where(comps))
         parent = self._dir_of(comps)
         if comps[-1] in parent.entries:
             raise posix(errno.EEXIST, self._where(comps))
+        return parent
+
+    def mkdir(self, comps: tuple[str, ...], perm: int, ino: int, now: int) -> None:
+        parent = self._parent_for_new(comps)
         self._check_new_inode(comps)
         parent.entries[comps[-1]] = Dir(ino, perm, now)
         parent.subdirs += 1
@@ -344,11 +349,7 @@ class Tree:
         node.ctime_ns = now
 
     def symlink(self, target: str, comps: tuple[str, ...], ino: int, now: int) -> None:
-        if not comps:
-            raise posix(errno.EEXIST, self._where(comps))
-        parent = self._dir_of(comps)
-        if comps[-1] in parent.entries:
-            raise posix(errno.EEXIST, self._where(comps))
+        parent = self._parent_for_new(comps)
         self._check_new_inode(comps)
         link = Symlink(ino, now, target)
         if self.bytes_used + link.size > self.limits.quota_bytes:

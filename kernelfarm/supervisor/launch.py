@@ -81,10 +81,9 @@ def kernels_of(proc: subprocess.Popen[bytes]) -> list[psutil.Process]:
         return []
 
 
-def stop(proc: subprocess.Popen[bytes], sig: int = signal.SIGTERM,
-         timeout: float = STOP_TIMEOUT_S) -> int:
-    """Stop the daemon with ``sig`` (SIGKILL after ``timeout``) and wait for its kernels."""
-    kernels = kernels_of(proc)
+def end_process(proc: subprocess.Popen[bytes], sig: int = signal.SIGTERM,
+                timeout: float = STOP_TIMEOUT_S) -> int:
+    """Signal a child, give it ``timeout`` seconds to exit, then SIGKILL it; reap it."""
     if proc.poll() is None:
         proc.send_signal(sig)
         try:
@@ -92,6 +91,14 @@ def stop(proc: subprocess.Popen[bytes], sig: int = signal.SIGTERM,
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
+    return proc.returncode
+
+
+def stop(proc: subprocess.Popen[bytes], sig: int = signal.SIGTERM,
+         timeout: float = STOP_TIMEOUT_S) -> int:
+    """Stop the daemon with ``sig`` (SIGKILL after ``timeout``) and wait for its kernels."""
+    kernels = kernels_of(proc)
+    end_process(proc, sig, timeout)
     if proc.stdout is not None:
         proc.stdout.close()
     _, alive = psutil.wait_procs(kernels, timeout=timeout)
