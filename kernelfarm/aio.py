@@ -10,8 +10,9 @@ import asyncio
 import functools
 from typing import Any
 
-from kernelfarm.client.blocking import CONTROL_TIMEOUT_S, as_addr
-from kernelfarm.client.routing import RETRYABLE, Addr, RetryPolicy, Router, reaction_to
+from kernelfarm.client.blocking import CONTROL_TIMEOUT_S
+from kernelfarm.client.routing import RETRYABLE, RetryPolicy, Router, reaction_to
+from kernelfarm.hostport import Addr, as_addr
 from kernelfarm.rpc.client import RpcClientConnection, connect
 
 

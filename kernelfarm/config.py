@@ -14,33 +14,17 @@ import os
 import tomllib
 import types
 import typing
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Literal
+from typing import Any, Literal
 
 from kernelfarm.errors import ConfigError
-
+from kernelfarm.fs.config import FsConfig
+from kernelfarm.hostport import parse_hostport
+from kernelfarm.net.config import NetConfig
+from kernelfarm.settings import setting
 
 DEFAULT_CONTROL = "127.0.0.1:7400"
-
-
-def setting(default: Any, help: str, *, minimum: float | None = None,
-            check: Callable[[Any], object] | None = None) -> Any:
-    """Declare a setting: its default, what it means, and optional bounds or a check."""
-    return field(default=default, metadata={"help": help, "minimum": minimum, "check": check})
-
-
-def parse_hostport(text: str) -> tuple[str, int]:
-    """``"127.0.0.1:7400"`` or ``"[::1]:7400"`` -> ``(host, port)``."""
-    host, sep, port = text.rpartition(":")
-    if not sep or not port.isdigit() or not host:
-        raise ValueError(f"expected HOST:PORT, got {text!r}")
-    if host.startswith("[") and host.endswith("]"):
-        host = host[1:-1]
-    number = int(port)
-    if not 0 <= number <= 65535:
-        raise ValueError(f"port out of range in {text!r}")
-    return host, number
 
 
 def _check_kernels(value: Any) -> None:
@@ -107,12 +91,12 @@ SECTIONS: dict[str, type] = {
     "farm": FarmConfig,
     "rpc": RpcConfig,
     "supervisor": SupervisorConfig,
+    "fs": FsConfig,
+    "net": NetConfig,
 }
-
-
-def register_section(name: str, cls: type) -> None:
-    """Subsystems declare their own section (``[fs]``, ``[net]``) next to their code."""
-    SECTIONS[name] = cls
+"""Every section, in the order the documented config lists them.  A subsystem declares its
+section next to its code and it is listed here, so building a config never depends on
+which modules were imported first."""
 
 
 @dataclass(frozen=True)
@@ -204,7 +188,6 @@ def build(data: dict[str, Any], source: str = "<config>") -> Config:
 def load(path: str | os.PathLike[str] | None = None,
          overrides: dict[str, dict[str, Any]] | None = None) -> Config:
     """Read ``path`` (or take every default), then apply ``overrides`` from flags."""
-    _import_subsystem_sections()
     data: dict[str, Any] = {}
     source = "<defaults>"
     if path is not None:
@@ -225,17 +208,11 @@ def load(path: str | os.PathLike[str] | None = None,
 
 def describe_defaults() -> list[tuple[str, str, Any, str]]:
     """(section, key, default, help) for every setting: the documentation's source."""
-    _import_subsystem_sections()
     rows = []
     for name, cls in SECTIONS.items():
         for f in dataclasses.fields(cls):
             rows.append((name, f.name, f.default, f.metadata.get("help", "")))
     return rows
-
-
-def _import_subsystem_sections() -> None:
-    """Subsystems register their sections on import; make sure they are all known."""
-    import kernelfarm.kernel.components  # noqa: F401  (registers [fs], [net], ...)
 
 
 def data_path(config: Config) -> Path:

@@ -83,14 +83,17 @@ class TryAgain(RoutingError):
 # -- connection: the transport failed ---------------------------------------------------------
 
 
-class ConnectionLost(KernelfarmError):
-    """The connection to a kernel or the supervisor broke while a request was in flight."""
+class ConnectionLost(KernelfarmError, ConnectionError):
+    """The connection to a kernel or the supervisor broke while a request was in flight.
+
+    Also a :class:`ConnectionError`, so code that handles a broken connection the standard
+    way handles this one too."""
 
     code = "ECONNLOST"
 
 
-class Timeout(KernelfarmError):
-    """A client-side deadline passed before an answer came."""
+class Timeout(KernelfarmError, TimeoutError):
+    """A client-side deadline passed before an answer came; also a :class:`TimeoutError`."""
 
     code = "ETIMEOUT"
 

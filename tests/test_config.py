@@ -99,3 +99,14 @@ def test_client_commands_say_so_when_no_daemon_answers() -> None:
                                 timeout=60)
     assert result.returncode == 1
     assert "refused" in result.stderr.lower() and "Traceback" not in result.stderr
+
+
+def test_from_dict_knows_every_section_in_a_fresh_process() -> None:
+    """A kernel rebuilds its config with nothing else imported: no section may depend on
+    who imported which subsystem first."""
+    probe = ("from kernelfarm.config import Config; "
+             "c = Config.from_dict({'fs': {'fsync': 'never'}, 'net': {'max_timeout': 1.0}}); "
+             "print(c.fs.fsync, c.net.max_timeout)")
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
+                         timeout=60)
+    assert (out.returncode, out.stdout.split()) == (0, ["never", "1.0"]), out.stderr

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 
 from kernelfarm import config as configuration
+from kernelfarm.hostport import parse_hostport
 
 
 def add_client_options(parser: argparse.ArgumentParser) -> None:
@@ -15,5 +16,5 @@ def add_client_options(parser: argparse.ArgumentParser) -> None:
 
 def control_address(args: argparse.Namespace) -> tuple[str, int]:
     if args.control:
-        return configuration.parse_hostport(args.control)
-    return configuration.parse_hostport(configuration.load(args.config).farm.control)
+        return parse_hostport(args.control)
+    return parse_hostport(configuration.load(args.config).farm.control)

@@ -17,20 +17,12 @@ import functools
 import time
 from typing import Any
 
-from kernelfarm.client.routing import RETRYABLE, Addr, RetryPolicy, Router, reaction_to
-from kernelfarm.config import parse_hostport
+from kernelfarm.client.routing import RETRYABLE, RetryPolicy, Router, reaction_to
+from kernelfarm.hostport import Addr, as_addr
 from kernelfarm.rpc.blocking import BlockingConnection
-
 
 CONTROL_TIMEOUT_S = 30.0
 """Control calls always have a deadline: the supervisor answers them itself."""
-
-
-def as_addr(control: Addr | str | list[Any]) -> Addr:
-    if isinstance(control, str):
-        return parse_hostport(control)
-    host, port = control
-    return str(host), int(port)
 
 
 class Client:

@@ -9,30 +9,12 @@ from __future__ import annotations
 import errno
 import random
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 from kernelfarm.errors import ConnectionLost, Moved, TryAgain
+from kernelfarm.hostport import Addr
+from kernelfarm.keys import KEY_OF
 from kernelfarm.partition import SlotTable, key_slot
-
-Addr = tuple[str, int]
-
-
-def fs_key(params: list[Any]) -> str | None:
-    """The volume: first component of the path; ``None`` for ``/`` itself."""
-    from kernelfarm.fs.paths import volume_of
-
-    return volume_of(params[0])
-
-
-def net_key(params: list[Any]) -> str | None:
-    """The namespace: first parameter of every ``net.*`` call."""
-    from kernelfarm.net.subsystem import namespace_key
-
-    return namespace_key(params)
-
-
-KEY_OF: dict[str, Callable[[list[Any]], str | None]] = {"fs": fs_key, "net": net_key}
-"""Partition key per subsystem; kernels use the same functions in their Method entries."""
 
 
 def partition_key(method: str, params: list[Any]) -> str | None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-from kernelfarm.config import register_section, setting
+from kernelfarm.settings import setting
 
 MIB = 1024 * 1024
 
@@ -36,6 +36,3 @@ class FsConfig:
     open_journals: int = setting(
         256, "journal files a kernel keeps open; a volume beyond that reopens its journal "
         "when it next writes (bounds file descriptors with many volumes)", minimum=1)
-
-
-register_section("fs", FsConfig)

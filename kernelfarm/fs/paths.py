@@ -21,6 +21,7 @@ from __future__ import annotations
 import errno
 
 from kernelfarm.errors import posix
+from kernelfarm.keys import volume_of as volume_of  # the partition key, shared with clients
 
 NAME_MAX = 255
 PATH_MAX = 4096  # including the terminating NUL, as Linux counts it
@@ -59,16 +60,3 @@ def check_name(name: str, path: str) -> None:
     # A character is at most 4 bytes of UTF-8: short names need no encoding to measure.
     if len(name) * 4 > NAME_MAX and len(name.encode("utf-8")) > NAME_MAX:
         raise posix(errno.ENAMETOOLONG, f"component of over {NAME_MAX} bytes in {path!r}")
-
-
-def volume_of(path: object) -> str | None:
-    """The partition key of a path: its first component; ``None`` for ``/`` (any kernel).
-
-    Runs for every request on the kernel and the client, so it only slices; a path that
-    :func:`parse` would refuse still gets a key (or ``None``), and the handler that
-    receives it refuses it with a proper error.
-    """
-    if type(path) is not str or len(path) < 2 or path[0] != "/":
-        return None
-    end = path.find("/", 1)
-    return path[1:] if end < 0 else (path[1:end] or None)

@@ -32,13 +32,14 @@ from kernelfarm.errors import posix
 from kernelfarm.fs import store
 from kernelfarm.fs.config import FsConfig
 from kernelfarm.fs.journal import Journal
-from kernelfarm.fs.paths import parse, volume_of
+from kernelfarm.fs.paths import parse
 from kernelfarm.fs.tree import Limits, Tree, stat_of
 from kernelfarm.fs.volume import (
     CHMOD, MKDIR, PWRITE, RENAME, RMDIR, SYMLINK, TRUNCATE, UNLINK, UTIME, WRITE_FILE,
     NAME_FILE, Volume,
 )
 from kernelfarm.kernel.subsystem import KernelContext, Method, Subsystem
+from kernelfarm.keys import fs_key
 from kernelfarm.partition import key_slot
 
 log = logging.getLogger(__name__)
@@ -48,11 +49,6 @@ ROOT_STAT = {"type": "dir", "size": 0, "mode": statmod.S_IFDIR | 0o755, "nlink":
 """``stat("/")``: the same on every kernel, since ``/`` belongs to none of them."""
 
 INT64 = 2**63
-
-
-def path_key(params: list[Any]) -> str | None:
-    """The partition key of every fs method: the volume of the first parameter."""
-    return volume_of(params[0]) if params else None
 
 
 def _int(value: Any, what: str) -> int:
@@ -102,7 +98,7 @@ class FsSubsystem(Subsystem):
 
     def methods(self) -> list[Method]:
         def m(name: str, handler: Any, writes: bool = False) -> Method:
-            return Method(f"fs.{name}", handler, path_key, writes=writes)
+            return Method(f"fs.{name}", handler, fs_key, writes=writes)
 
         return [
             m("mkdir", self.mkdir, True), m("rmdir", self.rmdir, True),

@@ -19,9 +19,9 @@ from typing import Any, Callable
 
 import psutil
 
+from kernelfarm.boot import EXIT_FLUSH_FAILED, BootInfo
 from kernelfarm.config import Config
 from kernelfarm.errors import KernelfarmError, Moved, TryAgain, UnknownMethod, to_wire
-from kernelfarm.kernel.boot import EXIT_FLUSH_FAILED, BootInfo
 from kernelfarm.kernel.components import SUBSYSTEMS
 from kernelfarm.kernel.subsystem import Method, Subsystem
 from kernelfarm.partition import NSLOTS, SlotTable

@@ -28,8 +28,8 @@ from typing import Any, Awaitable, Callable
 
 import uvloop
 
+from kernelfarm.boot import BootInfo
 from kernelfarm.config import Config
-from kernelfarm.kernel.boot import BootInfo
 from kernelfarm.kernel.kernel import Kernel, flush_or_exit
 from kernelfarm.kernel.locks import LockProvider
 from kernelfarm.kernel.subsystem import Method

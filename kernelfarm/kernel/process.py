@@ -27,14 +27,12 @@ import msgpack
 import psutil
 import uvloop
 
+from kernelfarm.boot import BOOT_NOTIFICATION, EXIT_BOOT_FAILED, READY_NOTIFICATION, BootInfo
 from kernelfarm.config import Config
 from kernelfarm.errors import to_wire
-from kernelfarm.kernel.boot import (
-    BOOT_NOTIFICATION, EXIT_BOOT_FAILED, READY_NOTIFICATION, BootInfo,
-)
 from kernelfarm.kernel.kernel import Kernel
 from kernelfarm.rpc.protocol import make_unpacker
-from kernelfarm.rpc.server import ServerConnection
+from kernelfarm.rpc.server import ServerConnection, connection_factory
 
 log = logging.getLogger("kernelfarm.kernel")
 
@@ -123,13 +121,6 @@ def hold_data_dir(data_dir: Path) -> int:
     return fd
 
 
-def connection_factory(service: Any, config: Config) -> Any:
-    rpc = config.rpc
-    return lambda: ServerConnection(
-        service, max_message_bytes=rpc.max_message_bytes, max_inflight=rpc.max_inflight,
-        write_buffer_bytes=rpc.write_buffer_bytes)
-
-
 def make_kernel(boot: BootInfo, config: Config, loop: asyncio.AbstractEventLoop) -> Kernel:
     """A unicpu kernel, or in locked mode the baseline with its locks applied."""
     if boot.mode != "locked":
@@ -158,7 +149,7 @@ async def serve(boot: BootInfo, config: Config, control: socket.socket,
     kernel.data_dir.mkdir(parents=True, exist_ok=True)
     hold_data_dir(kernel.data_dir)
     kernel.load_slots(kernel.table.slots_of(kernel.kernel_id))
-    factory = connection_factory(kernel, config)
+    factory = connection_factory(kernel, config.rpc)
     server = await loop.create_server(factory, sock=listen)
     workers = None
     if boot.mode == "locked" and boot.threads > 1:
@@ -168,7 +159,7 @@ async def serve(boot: BootInfo, config: Config, control: socket.socket,
                                 STOP_GRACE_S)
         workers.start()
     admin = AdminService(kernel, stop)
-    await loop.connect_accepted_socket(connection_factory(admin, config), control)
+    await loop.connect_accepted_socket(connection_factory(admin, config.rpc), control)
     loop.add_signal_handler(signal.SIGTERM, stop.set)
     assert admin.conn is not None
     admin.conn.write(msgpack.packb([2, READY_NOTIFICATION, [{

@@ -11,7 +11,7 @@ import ipaddress
 from dataclasses import dataclass
 from typing import Any
 
-from kernelfarm.config import register_section, setting
+from kernelfarm.settings import setting
 
 LOOPBACK = ("127.0.0.0/8", "::1/128")
 
@@ -64,6 +64,3 @@ class NetConfig:
     max_timeout: float = setting(
         300.0, "longest wait a caller may ask for; a longer timeout is cut to this",
         minimum=0.0)
-
-
-register_section("net", NetConfig)

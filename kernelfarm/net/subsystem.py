@@ -20,6 +20,7 @@ from typing import Any, Callable
 
 from kernelfarm.errors import posix
 from kernelfarm.kernel.subsystem import Connection, KernelContext, Method, Subsystem
+from kernelfarm.keys import namespace_key
 from kernelfarm.net.config import NetConfig
 from kernelfarm.net.namespace import Counters, Namespace
 from kernelfarm.net.policy import Policy
@@ -27,14 +28,6 @@ from kernelfarm.net.sockets import KINDS, FarmSocket
 from kernelfarm.partition import key_slot
 
 MAX_NAMESPACE_LENGTH = 255
-
-
-def namespace_key(params: list[Any]) -> str:
-    """The partition key of every ``net.*`` call: its first parameter, the namespace."""
-    name = params[0]
-    if not isinstance(name, str):
-        raise TypeError(f"namespace must be a str, got {type(name).__name__}")
-    return name
 
 
 def _data(data: Any) -> bytes:

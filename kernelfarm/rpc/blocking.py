@@ -61,12 +61,12 @@ class BlockingConnection:
         try:
             self._sock.sendall(msgpack.packb([0, msgid, method, list(params)]))
             error, result = self._wait_reply(msgid, method, deadline)
+        except KernelfarmError:  # first: Timeout and ConnectionLost are OSErrors too
+            self.close()
+            raise
         except OSError as exc:
             self.close()
             raise ConnectionLost(f"connection to {self.addr} lost: {exc}") from exc
-        except KernelfarmError:
-            self.close()
-            raise
         if error is not None:
             raise from_wire(error)
         return result

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import Any, Awaitable, Callable, Protocol
+from typing import TYPE_CHECKING, Any, Awaitable, Callable, Protocol
 
 import msgpack
 
@@ -20,6 +20,9 @@ from kernelfarm.errors import KernelfarmError, ProtocolError, to_wire
 from kernelfarm.rpc.protocol import (
     ERROR_NOTIFICATION, Malformed, Notification, classify, make_unpacker, stream_error,
 )
+
+if TYPE_CHECKING:
+    from kernelfarm.config import RpcConfig
 
 log = logging.getLogger(__name__)
 
@@ -217,3 +220,11 @@ class ServerConnection(asyncio.Protocol):
         log.info("closing connection from %s: %s", self.peer, error.message)
         self.write(msgpack.packb([2, ERROR_NOTIFICATION, [error.to_wire()]]))
         self.close()
+
+
+def connection_factory(service: Service, rpc: RpcConfig) -> Callable[[], ServerConnection]:
+    """The protocol factory for ``create_server``/``connect_accepted_socket``, with the
+    ``[rpc]`` limits; the supervisor's control port and every kernel serve through it."""
+    return lambda: ServerConnection(
+        service, max_message_bytes=rpc.max_message_bytes, max_inflight=rpc.max_inflight,
+        write_buffer_bytes=rpc.write_buffer_bytes)

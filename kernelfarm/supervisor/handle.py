@@ -20,8 +20,8 @@ from typing import Any, Callable
 
 import msgpack
 
+from kernelfarm.boot import BOOT_NOTIFICATION, READY_NOTIFICATION, BootInfo
 from kernelfarm.errors import ConnectionLost, KernelfarmError, Timeout
-from kernelfarm.kernel.boot import BOOT_NOTIFICATION, READY_NOTIFICATION, BootInfo
 from kernelfarm.rpc.client import RpcClientConnection
 
 log = logging.getLogger("kernelfarm.supervisor")

@@ -18,11 +18,12 @@ import sys
 import time
 from typing import Any, Callable
 
-from kernelfarm.config import Config, data_path, parse_hostport
+from kernelfarm.boot import BootInfo
+from kernelfarm.config import Config, data_path
 from kernelfarm.errors import ConfigError, KernelfarmError, Timeout
-from kernelfarm.kernel.boot import BootInfo
-from kernelfarm.kernel.process import connection_factory
+from kernelfarm.hostport import parse_hostport
 from kernelfarm.partition import NSLOTS, SlotTable, initial_assignment
+from kernelfarm.rpc.server import connection_factory
 from kernelfarm.supervisor.control import ControlService
 from kernelfarm.supervisor.handle import KernelHandle, KernelState, bind_listener
 from kernelfarm.supervisor.scaling import Scaler
@@ -90,7 +91,7 @@ class Supervisor:
             raise ConfigError(f"cannot serve control on {farm.control}: {exc.strerror}",
                               key="farm.control") from exc
         server = await loop.create_server(
-            connection_factory(ControlService(self), self.config), sock=control_sock)
+            connection_factory(ControlService(self), self.config.rpc), sock=control_sock)
         try:
             ids = list(range(count))
             self.table = initial_assignment(ids)

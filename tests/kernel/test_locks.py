@@ -103,7 +103,7 @@ def test_locked_mode_is_one_kernel_with_the_threads_asked_for(tmp_path: Path) ->
 @pytest.mark.asyncio
 async def test_unicpu_handlers_carry_no_lock_code_and_locked_ones_do(tmp_path: Path) -> None:
     from kernelfarm import config as configuration
-    from kernelfarm.kernel.boot import BootInfo
+    from kernelfarm.boot import BootInfo
     from kernelfarm.kernel.process import make_kernel
 
     loop = asyncio.get_running_loop()
