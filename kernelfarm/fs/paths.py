@@ -19,6 +19,7 @@ name, and everything below the volume lives inside its journal and snapshot.
 from __future__ import annotations
 
 import errno
+from typing import Any
 
 from kernelfarm.errors import posix
 from kernelfarm.keys import volume_of as volume_of  # the partition key, shared with clients
@@ -26,13 +27,54 @@ from kernelfarm.keys import volume_of as volume_of  # the partition key, shared 
 NAME_MAX = 255
 PATH_MAX = 4096  # including the terminating NUL, as Linux counts it
 
+Parsed = tuple[str | None, tuple[str, ...]]
+"""``(volume, components below it)``; ``(None, ())`` for ``/``."""
 
-def parse(path: object) -> tuple[str | None, tuple[str, ...]]:
+REMEMBERED_MAX = 8192
+"""Parsed paths a process keeps; past this the memory starts afresh (bounded, O(1))."""
+_remembered: dict[str, Parsed] = {}
+
+
+def parse(path: object) -> Parsed:
     """``"/vol/a/b"`` -> ``("vol", ("a", "b"))``; ``"/"`` -> ``(None, ())``.
 
     Raises ``OSError`` (``EINVAL`` or ``ENAMETOOLONG``) for every path the module
-    docstring refuses.
+    docstring refuses.  A valid path is parsed once: the kernel's key function
+    (:func:`routing_key`) parses it, the handler finds it here.  Parsing is a pure
+    function of the string, so a remembered result is always the right one.
     """
+    if type(path) is str:
+        parsed = _remembered.get(path)
+        if parsed is not None:
+            return parsed
+    parsed = _parse(path)
+    if len(_remembered) >= REMEMBERED_MAX:
+        _remembered.clear()
+    _remembered[path] = parsed  # type: ignore[index]  # _parse accepts only str
+    return parsed
+
+
+def routing_key(params: list[Any]) -> str | None:
+    """The kernel's partition key of an fs request: the volume of its first parameter.
+
+    Unlike the client's :func:`volume_of` it parses the whole path, once, so the handler
+    that runs next gets the parsed form for a dict lookup.  A path :func:`parse` refuses
+    still gets :func:`volume_of`'s key, and its handler refuses it with the proper error.
+    """
+    if not params:
+        return None
+    path = params[0]
+    if type(path) is str:
+        parsed = _remembered.get(path)
+        if parsed is not None:
+            return parsed[0]
+    try:
+        return parse(path)[0]
+    except OSError:
+        return volume_of(path)
+
+
+def _parse(path: object) -> Parsed:
     if type(path) is not str:
         raise posix(errno.EINVAL, f"path must be a string, not {type(path).__name__}")
     if not path.startswith("/"):

@@ -32,14 +32,13 @@ from kernelfarm.errors import posix
 from kernelfarm.fs import store
 from kernelfarm.fs.config import FsConfig
 from kernelfarm.fs.journal import Journal
-from kernelfarm.fs.paths import parse
+from kernelfarm.fs.paths import parse, routing_key
 from kernelfarm.fs.tree import Limits, Tree, stat_of
 from kernelfarm.fs.volume import (
     CHMOD, MKDIR, PWRITE, RENAME, RMDIR, SYMLINK, TRUNCATE, UNLINK, UTIME, WRITE_FILE,
     NAME_FILE, Volume,
 )
 from kernelfarm.kernel.subsystem import KernelContext, Method, Subsystem
-from kernelfarm.keys import fs_key
 from kernelfarm.partition import key_slot
 
 log = logging.getLogger(__name__)
@@ -98,7 +97,7 @@ class FsSubsystem(Subsystem):
 
     def methods(self) -> list[Method]:
         def m(name: str, handler: Any, writes: bool = False) -> Method:
-            return Method(f"fs.{name}", handler, fs_key, writes=writes)
+            return Method(f"fs.{name}", handler, routing_key, writes=writes)
 
         return [
             m("mkdir", self.mkdir, True), m("rmdir", self.rmdir, True),
@@ -125,7 +124,10 @@ class FsSubsystem(Subsystem):
         name, comps = parse(path)
         if name is None:
             return None, comps
-        return self._volume(name, path), comps
+        volume = self.volumes.get(name)
+        if volume is None or volume.failed is not None:
+            volume = self._volume(name, path)  # raises the proper error
+        return volume, comps
 
     def _resolve_for_create(self, path: Any) -> tuple[Volume | None, tuple[str, ...]]:
         """As :meth:`_resolve`, but a missing ``/name`` is ``EPERM``: only mkdir makes one."""

@@ -11,7 +11,8 @@ import pytest
 from fs_harness import FakeKernel
 
 from kernelfarm.fs import store
-from kernelfarm.fs.paths import parse, volume_of
+from kernelfarm.fs import paths
+from kernelfarm.fs.paths import parse, routing_key, volume_of
 from kernelfarm.partition import key_slot
 
 HOSTILE = [
@@ -86,6 +87,40 @@ def test_volume_of_is_the_first_component() -> None:
     assert volume_of("relative") is None
     assert volume_of(b"/v") is None
     assert volume_of(None) is None
+
+
+def test_a_path_is_parsed_once_for_the_key_and_the_handler(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    calls: list[object] = []
+    real = paths._parse
+
+    def counting(path: object) -> paths.Parsed:
+        calls.append(path)
+        return real(path)
+
+    monkeypatch.setattr(paths, "_parse", counting)
+    monkeypatch.setattr(paths, "_remembered", {})
+    assert routing_key(["/once/a/b"]) == "once"
+    assert calls == ["/once/a/b"]  # the kernel's key function parsed it ...
+    assert parse("/once/a/b") == ("once", ("a", "b"))
+    assert routing_key(["/once/a/b"]) == "once"
+    assert calls == ["/once/a/b"]  # ... and the handler and the next request did not
+
+
+def test_the_routing_key_of_a_refused_path_is_the_clients_key() -> None:
+    for path, _code in HOSTILE:
+        assert routing_key([path]) == volume_of(path)
+    assert routing_key([]) is None
+    assert routing_key([["/v"]]) is None  # unhashable: no key, the handler refuses it
+    with pytest.raises(OSError):
+        parse("/v//f")  # a refused path is never remembered as parsed
+
+
+def test_remembered_paths_are_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(paths, "_remembered", {})
+    for index in range(paths.REMEMBERED_MAX * 2 + 3):
+        parse(f"/v/f{index}")
+    assert 0 < len(paths._remembered) <= paths.REMEMBERED_MAX
 
 
 def test_every_method_refuses_every_hostile_path_and_touches_nothing(tmp_path: Path) -> None:
