@@ -122,7 +122,7 @@ class Kernel:
             return [1, msgid, to_wire(exc), None]
         ops = self.ops
         ops[method] = ops.get(method, 0) + 1
-        if entry.is_async:
+        if entry.is_async and hasattr(result, "__await__"):
             conn.start_call(msgid, result)
             return None
         return [1, msgid, None, result]

@@ -112,7 +112,7 @@ class LockedKernel(Kernel):
                 except BaseException as exc:
                     future.set_exception(exc)
                     return
-                if not is_async:
+                if not hasattr(result, "__await__"):
                     future.set_result(result)
                     return
                 task = asyncio.ensure_future(result)
@@ -208,13 +208,15 @@ class HomeConnection:
 
 def _as_awaitable(handler: Callable[..., Any], args: tuple[Any, ...],
                   is_async: bool) -> Awaitable[Any]:
-    if is_async:
-        return handler(*args)  # type: ignore[no-any-return]
     future = asyncio.get_running_loop().create_future()
     try:
-        future.set_result(handler(*args))
+        result = handler(*args)
     except Exception as exc:
         future.set_exception(exc)
+        return future
+    if is_async and hasattr(result, "__await__"):
+        return result  # type: ignore[no-any-return]
+    future.set_result(result)
     return future
 
 

@@ -86,11 +86,13 @@ class LockProvider:
                 return None  # bad params: the handler raises the proper error under a lock
 
         if method.is_async:
-            def locked_async(*args: Any) -> Awaitable[Any]:
+            def locked_async(*args: Any) -> Any:
                 lock = lock_for(key_of(args))
                 with lock:
-                    awaitable = handler(*args)
-                return LockedSteps(awaitable, lock)
+                    result = handler(*args)
+                if not hasattr(result, "__await__"):
+                    return result  # answered at once: nothing left to lock
+                return LockedSteps(result, lock)
 
             return replace(method, handler=locked_async)
 

@@ -31,7 +31,8 @@ class Method:
 
     ``handler`` is called with the request's positional params (after ``conn`` when
     ``wants_conn``).  A synchronous handler returns the result; an ``is_async`` one
-    returns an awaitable, used for waits (net I/O).  ``writes`` marks methods that change
+    returns an awaitable when it must wait (net I/O), or the result itself when it has
+    it at once, which costs no task (a ``net.recv`` of data already there).  ``writes`` marks methods that change
     state: while a slot migrates its writes get ``TRYAGAIN`` and its reads keep serving.
     """
 

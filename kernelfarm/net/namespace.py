@@ -12,7 +12,7 @@ import errno
 import ipaddress
 import secrets
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import Any, Awaitable
 
 from kernelfarm.errors import posix
 from kernelfarm.net.policy import IPAddress, Policy, parse_address
@@ -102,15 +102,31 @@ class Namespace:
         return self._add(FarmSocket.accepted(self.loop, self._next_sid, sock)), \
             wire_address(address)
 
-    async def send(self, sid: int, data: bytes, timeout: float) -> int:
-        sent = await self.get(sid).send(data, timeout)
+    def send(self, sid: int, data: bytes, timeout: float) -> int | Awaitable[int]:
+        """The count at once when the host took everything, else an awaitable of it."""
+        sent = self.get(sid).send(data, timeout)
+        if type(sent) is int:
+            self.counters.bytes_out += sent
+            return sent
+        return self._count_out(sent)  # type: ignore[arg-type]
+
+    async def _count_out(self, sending: Awaitable[int]) -> int:
+        sent = await sending
         self.counters.bytes_out += sent
         return sent
 
-    async def recv(self, sid: int, size: int, timeout: float) -> bytes:
-        data = await self.get(sid).recv(size, timeout)
-        self.counters.bytes_in += len(data)
+    def recv(self, sid: int, size: int, timeout: float) -> bytes | asyncio.Future[bytes]:
+        """The data at once when the host has some, else a future of it."""
+        data = self.get(sid).recv(size, timeout)
+        if type(data) is bytes:
+            self.counters.bytes_in += len(data)
+        else:
+            data.add_done_callback(self._count_in)  # type: ignore[union-attr]
         return data
+
+    def _count_in(self, future: asyncio.Future[bytes]) -> None:
+        if not future.cancelled() and future.exception() is None:
+            self.counters.bytes_in += len(future.result())
 
     async def sendto(self, sid: int, data: bytes, host: Any, port: Any,
                      timeout: float) -> int:

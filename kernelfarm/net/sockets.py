@@ -7,6 +7,10 @@ helpers with our own readiness waits on one descriptor would fight over the watc
 all operations share this one path.  Several requests may wait on one socket (pipelined
 ``recv`` calls, say): each readiness event wakes them all and each retries its call.
 
+``send`` and ``recv`` are the data path, so they answer at once when the host call does
+(no coroutine, no task), and when it must wait, ``recv`` waits with one future that the
+readiness callback itself settles by retrying the call (no task, no second future).
+
 The host socket is made lazily, by the first ``bind``, ``connect`` or ``sendto``: only the
 address tells whether it is IPv4 or IPv6, and ``net.socket`` takes no family.
 """
@@ -16,7 +20,7 @@ from __future__ import annotations
 import asyncio
 import errno
 import socket
-from typing import Any, Callable, TypeVar
+from typing import Any, Awaitable, Callable, TypeVar
 
 from kernelfarm.errors import posix
 from kernelfarm.net.policy import IPAddress
@@ -45,8 +49,8 @@ class FarmSocket:
         self.closed = False
         self.bytes_in = 0
         self.bytes_out = 0
-        self._readers: list[asyncio.Future[bool]] = []
-        self._writers: list[asyncio.Future[bool]] = []
+        self._readers: list[Waiter] = []
+        self._writers: list[Waiter] = []
 
     # -- set-up -----------------------------------------------------------------------------
 
@@ -126,16 +130,29 @@ class FarmSocket:
 
         return await self._retry(admit_and_accept, self._readers, timeout)
 
-    async def send(self, data: bytes, timeout: float) -> int:
+    def send(self, data: bytes, timeout: float) -> int | Awaitable[int]:
         """Send all of ``data``, or as much as the host took when the timeout passed.
 
         Waiting for the host to take everything is the backpressure: a slow peer keeps
-        the caller's request in flight instead of this kernel buffering its data.
+        the caller's request in flight instead of this kernel buffering its data.  The
+        count comes back at once when the host takes everything in one call (the usual
+        case), else an awaitable of it.
         """
         sock = self.opened()
+        if not data:
+            return 0
+        try:
+            sent = sock.send(data)
+        except (BlockingIOError, InterruptedError):
+            sent = 0
+        if sent == len(data):
+            self.bytes_out += sent
+            return sent
+        return self._send_rest(data, sent, self.loop.time() + timeout)
+
+    async def _send_rest(self, data: bytes, sent: int, deadline: float) -> int:
+        sock = self.opened()
         view = memoryview(data)
-        sent = 0
-        deadline = self.loop.time() + timeout
         while sent < len(view):
             try:
                 sent += sock.send(view[sent:])
@@ -156,9 +173,13 @@ class FarmSocket:
         self.bytes_out += sent
         return sent
 
-    async def recv(self, size: int, timeout: float) -> bytes:
+    def recv(self, size: int, timeout: float) -> bytes | asyncio.Future[bytes]:
+        """What the host has (``b""`` at end of stream) at once, else a future of it."""
         sock = self.opened()
-        data = await self._retry(lambda: sock.recv(size), self._readers, timeout)
+        try:
+            data = sock.recv(size)
+        except (BlockingIOError, InterruptedError):
+            return self._settle_when_ready(self._readers, lambda: sock.recv(size), timeout)
         self.bytes_in += len(data)
         return data
 
@@ -191,8 +212,7 @@ class FarmSocket:
                 self.loop.remove_writer(self.sock.fileno())
             self.sock.close()
         for waiter in self._readers + self._writers:
-            if not waiter.done():
-                waiter.set_exception(posix(errno.EBADF, f"socket {self.sid} was closed"))
+            waiter.fail(posix(errno.EBADF, f"socket {self.sid} was closed"))
         self._readers.clear()
         self._writers.clear()
 
@@ -211,7 +231,7 @@ class FarmSocket:
 
     # -- waiting ----------------------------------------------------------------------------
 
-    async def _retry(self, call: Callable[[], T], waiters: list[asyncio.Future[bool]],
+    async def _retry(self, call: Callable[[], T], waiters: list[Waiter],
                      timeout: float) -> T:
         deadline = self.loop.time() + timeout
         while True:
@@ -222,36 +242,54 @@ class FarmSocket:
                 pass
             await self._wait(waiters, deadline - self.loop.time())
 
-    async def _wait(self, waiters: list[asyncio.Future[bool]], timeout: float) -> None:
+    async def _wait(self, waiters: list[Waiter], timeout: float) -> None:
         """Until the socket is ready in ``waiters``' direction; ``ETIMEDOUT`` after
         ``timeout`` seconds, ``EBADF`` if it is closed meanwhile."""
+        future: asyncio.Future[Any] = self.loop.create_future()
+        waiter = Waiter(future, None)
+        self._add_waiter(waiters, waiter, timeout)
+        try:
+            await future
+        finally:
+            self._drop(waiters, waiter)  # cancelled, say: stop watching for it now
+
+    def _settle_when_ready(self, waiters: list[Waiter], call: Callable[[], T],
+                           timeout: float) -> asyncio.Future[T]:
+        """A future of ``call()``, retried by the readiness callback until it stops
+        saying ``EAGAIN``; ``ETIMEDOUT`` after ``timeout`` s, ``EBADF`` on close."""
+        future: asyncio.Future[T] = self.loop.create_future()
+        self._add_waiter(waiters, Waiter(future, call), timeout)
+        return future
+
+    def _add_waiter(self, waiters: list[Waiter], waiter: Waiter, timeout: float) -> None:
         if timeout <= 0:
             raise posix(errno.ETIMEDOUT, f"socket {self.sid}")
         sock = self.opened()
-        waiter: asyncio.Future[bool] = self.loop.create_future()
         if not waiters:
             watch = self.loop.add_reader if waiters is self._readers else self.loop.add_writer
             watch(sock.fileno(), self._wake, waiters)
         waiters.append(waiter)
-        timer = self.loop.call_later(timeout, _expire, waiter)
-        try:
-            if not await waiter:
-                raise posix(errno.ETIMEDOUT, f"socket {self.sid}")
-        finally:
-            timer.cancel()
-            if waiter in waiters:
-                waiters.remove(waiter)
-                if not waiters:
-                    self._unwatch(waiters)
+        waiter.timer = self.loop.call_later(timeout, self._expire, waiters, waiter)
 
-    def _wake(self, waiters: list[asyncio.Future[bool]]) -> None:
-        for waiter in waiters:
-            if not waiter.done():
-                waiter.set_result(True)
-        waiters.clear()
-        self._unwatch(waiters)
+    def _wake(self, waiters: list[Waiter]) -> None:
+        """The host says ready: settle every waiter whose call no longer blocks."""
+        waiters[:] = [waiter for waiter in waiters if not waiter.try_settle()]
+        if not waiters:
+            self._unwatch(waiters)
 
-    def _unwatch(self, waiters: list[asyncio.Future[bool]]) -> None:
+    def _expire(self, waiters: list[Waiter], waiter: Waiter) -> None:
+        self._drop(waiters, waiter)
+        waiter.fail(posix(errno.ETIMEDOUT, f"socket {self.sid}"))
+
+    def _drop(self, waiters: list[Waiter], waiter: Waiter) -> None:
+        if waiter in waiters:
+            waiters.remove(waiter)
+            if waiter.timer is not None:
+                waiter.timer.cancel()
+            if not waiters:
+                self._unwatch(waiters)
+
+    def _unwatch(self, waiters: list[Waiter]) -> None:
         if self.sock is None or self.closed:
             return
         if waiters is self._readers:
@@ -266,6 +304,36 @@ def _no_delay(sock: socket.socket) -> None:
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
 
-def _expire(waiter: asyncio.Future[bool]) -> None:
-    if not waiter.done():
-        waiter.set_result(False)
+class Waiter:
+    """One request waiting for a socket to be ready: a future, and the host call that
+    settles it (``None``: readiness alone settles it, for a coroutine that retries)."""
+
+    __slots__ = ("future", "call", "timer")
+
+    def __init__(self, future: asyncio.Future[Any], call: Callable[[], Any] | None) -> None:
+        self.future = future
+        self.call = call
+        self.timer: asyncio.TimerHandle | None = None
+
+    def try_settle(self) -> bool:
+        """Settle the future if the socket is ready for it; False if it must wait on."""
+        future = self.future
+        if not future.done():
+            if self.call is None:
+                future.set_result(None)
+            else:
+                try:
+                    future.set_result(self.call())
+                except (BlockingIOError, InterruptedError):
+                    return False
+                except Exception as exc:
+                    future.set_exception(exc)
+        if self.timer is not None:
+            self.timer.cancel()
+        return True
+
+    def fail(self, exc: BaseException) -> None:
+        if self.timer is not None:
+            self.timer.cancel()
+        if not self.future.done():
+            self.future.set_exception(exc)

@@ -13,10 +13,11 @@ Additions to DESIGN.md's methods, all backwards compatible: ``net.connect`` and
 
 from __future__ import annotations
 
+import asyncio
 import errno
 import inspect
 import math
-from typing import Any, Callable
+from typing import Any, Awaitable, Callable
 
 from kernelfarm.errors import posix
 from kernelfarm.kernel.subsystem import Connection, KernelContext, Method, Subsystem
@@ -105,11 +106,13 @@ class NetSubsystem(Subsystem):
         self._tie(conn, ns, farm_sock)
         return [farm_sock.sid, address]
 
-    async def send(self, ns: str, sid: Any, data: Any, timeout: Any = None) -> int:
-        return await self._get(ns).send(sid, _data(data), self._timeout(timeout))
+    def send(self, ns: str, sid: Any, data: Any, timeout: Any = None) -> int | Awaitable[int]:
+        """The data path answers at once when the host does (see ``Method.is_async``)."""
+        return self._get(ns).send(sid, _data(data), self._timeout(timeout))
 
-    async def recv(self, ns: str, sid: Any, size: Any, timeout: Any = None) -> bytes:
-        return await self._get(ns).recv(sid, self._size(size), self._timeout(timeout))
+    def recv(self, ns: str, sid: Any, size: Any,
+             timeout: Any = None) -> bytes | Awaitable[bytes]:
+        return self._get(ns).recv(sid, self._size(size), self._timeout(timeout))
 
     async def sendto(self, ns: str, sid: Any, data: Any, host: Any, port: Any) -> int:
         return await self._get(ns).sendto(sid, _data(data), host, port, self._timeout(None))
@@ -248,10 +251,28 @@ class NetSubsystem(Subsystem):
                     raise
             return run_async
 
-        def run(*params: Any) -> Any:
+        async def later(awaitable: Awaitable[Any], params: tuple[Any, ...]) -> Any:
             try:
-                return handler(*params)
+                return await awaitable
             except OSError as exc:
                 count(params, exc)
                 raise
+
+        def settled(future: asyncio.Future[Any], params: tuple[Any, ...]) -> None:
+            if not future.cancelled():
+                exc = future.exception()
+                if isinstance(exc, OSError):
+                    count(params, exc)
+
+        def run(*params: Any) -> Any:
+            try:
+                result = handler(*params)
+            except OSError as exc:
+                count(params, exc)
+                raise
+            if isinstance(result, asyncio.Future):  # a wait: count its failure when it ends
+                result.add_done_callback(lambda future: settled(future, params))
+            elif hasattr(result, "__await__"):
+                return later(result, params)
+            return result
         return run

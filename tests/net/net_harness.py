@@ -79,7 +79,7 @@ class NetHarness:
             assert entry.key is not None
             entry.key(args)
             result = entry.handler(conn, *args) if entry.wants_conn else entry.handler(*args)
-            if entry.is_async:
+            if entry.is_async and hasattr(result, "__await__"):  # else answered at once
                 result = await result
         except Exception as exc:
             raise from_wire(to_wire(exc)) from exc
