@@ -10,10 +10,12 @@ from kernelfarm.errors import KernelfarmError
 
 
 def _commands() -> list[Callable[[argparse._SubParsersAction], None]]:  # type: ignore[type-arg]
-    from kernelfarm.cli import bench_cmd, config_cmd, fs_cmd, scale_cmd, serve, status
+    from kernelfarm.cli import (
+        bench_cmd, config_cmd, fs_cmd, mount_cmd, scale_cmd, serve, status,
+    )
 
     return [serve.register, status.register, scale_cmd.register, fs_cmd.register,
-            bench_cmd.register, config_cmd.register]
+            bench_cmd.register, config_cmd.register, mount_cmd.register]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -20,6 +20,14 @@ def merge_volumes(per_kernel: list[list[str]]) -> list[str]:
     return sorted(names)
 
 
+def merge_statfs(per_kernel: list[dict[str, Any]]) -> dict[str, Any]:
+    """``fs.statfs("/")`` of the whole farm: the use of every kernel's volumes added up."""
+    total = dict(per_kernel[0])
+    for key in ("volumes", "bytes_used", "inodes_used"):
+        total[key] = sum(part[key] for part in per_kernel)
+    return total
+
+
 class FsApi:
     """``client.fs`` of the blocking client."""
 
@@ -76,6 +84,11 @@ class FsApi:
 
     def utime(self, path: str, mtime_ns: int) -> None:
         self._call("fs.utime", path, mtime_ns)
+
+    def statfs(self, path: str = "/") -> dict[str, Any]:
+        if path == "/":
+            return merge_statfs(self._call_all("fs.statfs", path))
+        return self._call("fs.statfs", path)  # type: ignore[no-any-return]
 
 
 class AsyncFsApi:
@@ -135,3 +148,8 @@ class AsyncFsApi:
 
     async def utime(self, path: str, mtime_ns: int) -> None:
         await self._call("fs.utime", path, mtime_ns)
+
+    async def statfs(self, path: str = "/") -> dict[str, Any]:
+        if path == "/":
+            return merge_statfs(await self._call_all("fs.statfs", path))
+        return await self._call("fs.statfs", path)  # type: ignore[no-any-return]

@@ -108,6 +108,7 @@ class FsSubsystem(Subsystem):
             m("rename", self.rename, True), m("fsync", self.fsync),
             m("symlink", self.symlink, True), m("readlink", self.readlink),
             m("chmod", self.chmod, True), m("utime", self.utime, True),
+            m("statfs", self.statfs),
         ]
 
     # -- resolving ---------------------------------------------------------------------------
@@ -171,6 +172,16 @@ class FsSubsystem(Subsystem):
         if volume is None:
             raise posix(errno.EINVAL, "not a symlink: /")
         return volume.tree.readlink(comps)
+
+    def statfs(self, path: str) -> dict[str, Any]:
+        """The quota and use of the path's volume; on ``/``, the sums over this kernel's
+        volumes (``volumes`` says how many), so a client can add up the whole farm."""
+        volume, _ = self._resolve(path)
+        trees = [v.tree for v in self.volumes.values()] if volume is None else [volume.tree]
+        return {"volumes": len(trees), "quota_bytes": self.limits.quota_bytes,
+                "max_inodes": self.limits.max_inodes,
+                "bytes_used": sum(tree.bytes_used for tree in trees),
+                "inodes_used": sum(tree.inodes for tree in trees)}
 
     def fsync(self, path: str) -> None:
         """Make every change of the path's volume durable before replying (any policy)."""

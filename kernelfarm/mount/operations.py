@@ -1,0 +1,418 @@
+"""The FUSE operations of ``kernelfarm mount``, each mapped onto the farm's path-based fs.
+
+The mount is a client of the farm like any other: it holds no farm state, only what FUSE
+needs on this side: inode numbers for the paths the kernel knows (:mod:`.inodes`), open
+handles, and the writes not yet on the farm (:mod:`.writeback`).  Every handler awaits
+the farm through the asyncio client, so many FUSE requests are in flight at once, each
+pipelined to the kernel that owns its volume; a slow volume holds only its own requests.
+
+Calls that belong together go out back to back without waiting (``create`` sends
+``write_file``, ``chmod`` and ``stat`` at once): the kernel serves one connection in
+order, so the three cost one round trip.  If a later one failed while the first
+succeeded (a retry reordered them), it is sent again on its own.
+
+Operations that must see a file's data on the farm first wait for its pending writes
+(``read``, ``getattr``, ``setattr``, ``fsync``, ``flush``); renames and removals wait for
+every pending write, since a pending write names its file by path.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import logging
+import os
+import stat as statmod
+from dataclasses import dataclass
+from typing import Any, Awaitable, Sequence
+
+import pyfuse3
+
+from kernelfarm.mount.attrs import Caching, entry_attributes, fuse_errors
+from kernelfarm.mount.inodes import InodeTable
+from kernelfarm.mount.writeback import InflightBudget, WriteBehind
+
+log = logging.getLogger(__name__)
+
+CHUNK_BYTES = 1024 * 1024
+INFLIGHT_BYTES = 64 * 1024 * 1024
+READDIR_BATCH = 128
+HIDDEN_PREFIX = ".kfmount-unlinked-"
+"""An unlinked file that is still open is renamed to this prefix + its inode number and
+removed at its last close (as NFS clients do with ``.nfsXXXX``)."""
+
+
+def _name(raw: bytes) -> str:
+    return os.fsdecode(raw)  # undecodable bytes become lone surrogates: the farm's EINVAL
+
+
+def _fail(code: int) -> pyfuse3.FUSEError:
+    return pyfuse3.FUSEError(code)
+
+
+@dataclass
+class DirListing:
+    ino: int
+    names: list[str]
+
+
+class FarmOperations(pyfuse3.Operations):  # type: ignore[misc]
+    supports_dot_lookup = False
+    enable_writeback_cache = False
+
+    def __init__(self, fs: Any, *, read_only: bool = False, caching: Caching = Caching(),
+                 chunk_bytes: int = CHUNK_BYTES, inflight_bytes: int = INFLIGHT_BYTES
+                 ) -> None:
+        super().__init__()
+        self.fs = fs
+        self.read_only = read_only
+        self.caching = caching
+        self.chunk_bytes = chunk_bytes
+        self.inodes = InodeTable()
+        self.uid, self.gid = os.getuid(), os.getgid()
+        self.budget = InflightBudget(inflight_bytes)
+        self.pending: dict[int, WriteBehind] = {}
+        self.handles: dict[int, int] = {}        # file handle -> inode
+        self.opens: dict[int, int] = {}          # inode -> open handles
+        self.unlinked: set[int] = set()          # open, unlinked, hidden until last close
+        self.listings: dict[int, DirListing] = {}
+        self._next_fh = 1
+
+    # -- helpers ------------------------------------------------------------------------
+
+    def _attrs(self, ino: int, st: dict[str, Any]) -> pyfuse3.EntryAttributes:
+        return entry_attributes(ino, st, self.uid, self.gid, self.caching)
+
+    def _path(self, ino: int) -> str:
+        return self.inodes.path(ino)
+
+    def _writable(self) -> None:
+        if self.read_only:
+            raise _fail(errno.EROFS)
+
+    def _handle(self) -> int:
+        fh, self._next_fh = self._next_fh, self._next_fh + 1
+        return fh
+
+    async def _drain(self, ino: int) -> None:
+        behind = self.pending.get(ino)
+        if behind is not None and not behind.idle:
+            await behind.drain()
+
+    async def drain_all(self) -> None:
+        """Every pending write of the mount on the farm (the first error is raised)."""
+        busy = [behind.drain() for behind in self.pending.values() if not behind.idle]
+        for result in await asyncio.gather(*busy, return_exceptions=True):
+            if isinstance(result, BaseException):
+                raise result
+
+    async def _together(self, first: Awaitable[Any], *then: Awaitable[Any]) -> list[Any]:
+        """Send calls back to back (one round trip); the first one's failure is raised."""
+        results = await asyncio.gather(first, *then, return_exceptions=True)
+        if isinstance(results[0], BaseException):
+            raise results[0]
+        return results
+
+    async def _entry(self, parent: int, name: str, path: str, st: Any
+                     ) -> pyfuse3.EntryAttributes:
+        """The reply for a new or looked-up name; ``st`` may be a failed stat to redo."""
+        if isinstance(st, BaseException):
+            st = await self.fs.stat(path)
+        return self._attrs(self.inodes.lookup(parent, name), st)
+
+    # -- names --------------------------------------------------------------------------
+
+    @fuse_errors
+    async def lookup(self, parent_inode: int, name: bytes, ctx: Any = None
+                     ) -> pyfuse3.EntryAttributes:
+        text = _name(name)
+        path = self.inodes.child_path(parent_inode, text)
+        known = self.inodes.known(parent_inode, text)
+        if known is not None:
+            await self._drain(known)
+        return await self._entry(parent_inode, text, path, await self.fs.stat(path))
+
+    @fuse_errors
+    async def forget(self, inode_list: Sequence[tuple[int, int]]) -> None:
+        for ino, count in inode_list:
+            self.inodes.forget(ino, count)
+
+    @fuse_errors
+    async def getattr(self, inode: int, ctx: Any = None) -> pyfuse3.EntryAttributes:
+        await self._drain(inode)
+        return self._attrs(inode, await self.fs.stat(self._path(inode)))
+
+    @fuse_errors
+    async def setattr(self, inode: int, attr: pyfuse3.EntryAttributes,
+                      fields: pyfuse3.SetattrFields, fh: int | None, ctx: Any
+                      ) -> pyfuse3.EntryAttributes:
+        if (fields.update_uid and attr.st_uid != self.uid) or \
+                (fields.update_gid and attr.st_gid != self.gid):
+            raise _fail(errno.EPERM)  # the farm keeps no owner: only "no change" succeeds
+        changes = fields.update_size or fields.update_mode or fields.update_mtime
+        if changes:
+            self._writable()
+        path = self._path(inode)
+        await self._drain(inode)
+        # One at a time, in order: a later change must not happen if an earlier one failed.
+        if fields.update_size:
+            await self.fs.truncate(path, attr.st_size)
+        if fields.update_mode:
+            await self.fs.chmod(path, attr.st_mode & 0o7777)
+        if fields.update_mtime:
+            await self.fs.utime(path, attr.st_mtime_ns)
+        return self._attrs(inode, await self.fs.stat(path))
+
+    @fuse_errors
+    async def readlink(self, inode: int, ctx: Any = None) -> bytes:
+        return os.fsencode(await self.fs.readlink(self._path(inode)))
+
+    @fuse_errors
+    async def access(self, inode: int, mode: int, ctx: Any = None) -> bool:
+        st = await self.fs.stat(self._path(inode))
+        if mode & os.W_OK and self.read_only:
+            raise _fail(errno.EROFS)
+        return not (mode & os.X_OK) or bool(st["mode"] & 0o111) or statmod.S_ISDIR(st["mode"])
+
+    # -- making and removing names ------------------------------------------------------
+
+    @fuse_errors
+    async def mkdir(self, parent_inode: int, name: bytes, mode: int, ctx: Any
+                    ) -> pyfuse3.EntryAttributes:
+        self._writable()
+        text = _name(name)
+        path = self.inodes.child_path(parent_inode, text)
+        _, st = await self._together(self.fs.mkdir(path, mode & 0o7777), self.fs.stat(path))
+        return await self._entry(parent_inode, text, path, st)
+
+    @fuse_errors
+    async def symlink(self, parent_inode: int, name: bytes, target: bytes, ctx: Any
+                      ) -> pyfuse3.EntryAttributes:
+        self._writable()
+        text = _name(name)
+        path = self.inodes.child_path(parent_inode, text)
+        _, st = await self._together(self.fs.symlink(path, os.fsdecode(target)),
+                                     self.fs.stat(path))
+        return await self._entry(parent_inode, text, path, st)
+
+    async def _make_file(self, parent: int, name: bytes, mode: int
+                         ) -> pyfuse3.EntryAttributes:
+        """An empty file with ``mode``: ``write_file`` + ``chmod`` + ``stat``, one round trip.
+
+        The farm has no exclusive create: a name another client makes between the kernel's
+        lookup and this call is replaced (the window of NFSv2's create)."""
+        self._writable()
+        text = _name(name)
+        path = self.inodes.child_path(parent, text)
+        _, chmodded, st = await self._together(
+            self.fs.write_file(path, b""), self.fs.chmod(path, mode & 0o7777),
+            self.fs.stat(path))
+        if isinstance(chmodded, BaseException):
+            await self.fs.chmod(path, mode & 0o7777)
+            st = chmodded  # the stat may predate the chmod: _entry stats again
+        return await self._entry(parent, text, path, st)
+
+    @fuse_errors
+    async def create(self, parent_inode: int, name: bytes, mode: int, flags: int, ctx: Any
+                     ) -> tuple[pyfuse3.FileInfo, pyfuse3.EntryAttributes]:
+        attrs = await self._make_file(parent_inode, name, mode)
+        return self._open_handle(attrs.st_ino), attrs
+
+    @fuse_errors
+    async def mknod(self, parent_inode: int, name: bytes, mode: int, rdev: int, ctx: Any
+                    ) -> pyfuse3.EntryAttributes:
+        if not statmod.S_ISREG(mode):
+            raise _fail(errno.EPERM)  # no device files, FIFOs or sockets in the farm
+        return await self._make_file(parent_inode, name, mode)
+
+    @fuse_errors
+    async def link(self, inode: int, new_parent_inode: int, new_name: bytes, ctx: Any
+                   ) -> pyfuse3.EntryAttributes:
+        raise _fail(errno.EPERM)  # no hard links: link(2)'s answer on such a file system
+
+    @fuse_errors
+    async def unlink(self, parent_inode: int, name: bytes, ctx: Any) -> None:
+        self._writable()
+        text = _name(name)
+        path = self.inodes.child_path(parent_inode, text)
+        await self.drain_all()
+        ino = self.inodes.known(parent_inode, text)
+        if ino is not None and self.opens.get(ino):
+            hidden = f"{HIDDEN_PREFIX}{ino}"
+            await self.fs.rename(path, self.inodes.child_path(parent_inode, hidden))
+            self.inodes.move(parent_inode, text, parent_inode, hidden)
+            self.unlinked.add(ino)
+            return
+        await self.fs.unlink(path)
+        self.inodes.detach(parent_inode, text)
+
+    @fuse_errors
+    async def rmdir(self, parent_inode: int, name: bytes, ctx: Any) -> None:
+        self._writable()
+        text = _name(name)
+        await self.drain_all()
+        await self.fs.rmdir(self.inodes.child_path(parent_inode, text))
+        self.inodes.detach(parent_inode, text)
+
+    @fuse_errors
+    async def rename(self, parent_inode_old: int, name_old: bytes, parent_inode_new: int,
+                     name_new: bytes, flags: int, ctx: Any) -> None:
+        self._writable()
+        if flags & pyfuse3.RENAME_EXCHANGE:
+            raise _fail(errno.EINVAL)  # the farm cannot swap two names atomically
+        old, new = _name(name_old), _name(name_new)
+        src = self.inodes.child_path(parent_inode_old, old)
+        dst = self.inodes.child_path(parent_inode_new, new)
+        await self.drain_all()
+        if flags & pyfuse3.RENAME_NOREPLACE:
+            try:
+                await self.fs.stat(dst)
+            except FileNotFoundError:
+                pass
+            else:
+                raise _fail(errno.EEXIST)
+        await self.fs.rename(src, dst)
+        self.inodes.move(parent_inode_old, old, parent_inode_new, new)
+
+    # -- files --------------------------------------------------------------------------
+
+    def _open_handle(self, ino: int) -> pyfuse3.FileInfo:
+        fh = self._handle()
+        self.handles[fh] = ino
+        self.opens[ino] = self.opens.get(ino, 0) + 1
+        # The page cache is dropped at every open: another client's change made while the
+        # file was closed is seen at the next open (close-to-open, as NFS).
+        return pyfuse3.FileInfo(fh=fh, keep_cache=False, direct_io=False)
+
+    @fuse_errors
+    async def open(self, inode: int, flags: int, ctx: Any) -> pyfuse3.FileInfo:
+        if flags & (os.O_WRONLY | os.O_RDWR | os.O_TRUNC):
+            self._writable()
+        path = self._path(inode)
+        if flags & os.O_TRUNC:
+            await self._drain(inode)
+            await self.fs.truncate(path, 0)
+        return self._open_handle(inode)
+
+    def _behind(self, ino: int) -> WriteBehind:
+        behind = self.pending.get(ino)
+        if behind is None:
+            async def send(offset: int, data: bytes) -> object:
+                return await self.fs.pwrite(self._path(ino), offset, data)
+
+            behind = self.pending[ino] = WriteBehind(send, self.budget, self.chunk_bytes)
+        return behind
+
+    @fuse_errors
+    async def read(self, fh: int, off: int, size: int) -> bytes:
+        ino = self.handles[fh]
+        await self._drain(ino)
+        data: bytes = await self.fs.pread(self._path(ino), off, size)
+        return data
+
+    @fuse_errors
+    async def write(self, fh: int, off: int, buf: bytes) -> int:
+        await self._behind(self.handles[fh]).write(off, buf)
+        return len(buf)
+
+    @fuse_errors
+    async def flush(self, fh: int) -> None:
+        await self._drain(self.handles[fh])
+
+    @fuse_errors
+    async def fsync(self, fh: int, datasync: bool) -> None:
+        ino = self.handles[fh]
+        await self._drain(ino)
+        await self.fs.fsync(self._path(ino))
+
+    @fuse_errors
+    async def release(self, fh: int) -> None:
+        ino = self.handles.pop(fh)
+        try:
+            await self._drain(ino)
+        finally:
+            self.opens[ino] -= 1
+            if not self.opens[ino]:
+                del self.opens[ino]
+                self.pending.pop(ino, None)
+                if ino in self.unlinked:
+                    self.unlinked.discard(ino)
+                    await self._remove_hidden(ino)
+
+    async def _remove_hidden(self, ino: int) -> None:
+        where = self.inodes.where(ino)
+        if where is None:
+            return
+        await self.fs.unlink(self._path(ino))
+        self.inodes.detach(*where)
+
+    # -- directories --------------------------------------------------------------------
+
+    @fuse_errors
+    async def opendir(self, inode: int, ctx: Any) -> int:
+        names = await self.fs.listdir(self._path(inode))
+        fh = self._handle()
+        self.listings[fh] = DirListing(inode, names)
+        return fh
+
+    @fuse_errors
+    async def readdir(self, fh: int, start_id: int, token: pyfuse3.ReaddirToken) -> None:
+        """Entries from ``start_id`` of the listing taken at ``opendir``, with their
+        attributes (readdirplus), stat-ed a batch at a time, pipelined."""
+        listing = self.listings[fh]
+        base = self._path(listing.ino)
+        prefix = "/" if base == "/" else base + "/"
+        index = start_id
+        while index < len(listing.names):
+            batch = listing.names[index:index + READDIR_BATCH]
+            stats = await asyncio.gather(*(self.fs.stat(prefix + name) for name in batch),
+                                         return_exceptions=True)
+            for name, st in zip(batch, stats):
+                index += 1
+                if isinstance(st, BaseException):
+                    continue  # removed since the listing was taken
+                ino = self.inodes.lookup(listing.ino, name)
+                if not pyfuse3.readdir_reply(token, os.fsencode(name), self._attrs(ino, st),
+                                             index):
+                    self.inodes.forget(ino, 1)
+                    return
+
+    @fuse_errors
+    async def releasedir(self, fh: int) -> None:
+        self.listings.pop(fh, None)
+
+    @fuse_errors
+    async def fsyncdir(self, fh: int, datasync: bool) -> None:
+        await self.fs.fsync(self._path(self.listings[fh].ino))
+
+    @fuse_errors
+    async def statfs(self, ctx: Any) -> pyfuse3.StatvfsData:
+        """The farm as a whole: every volume's quota and use (FUSE asks without a path)."""
+        usage = await self.fs.statfs("/")
+        data = pyfuse3.StatvfsData()
+        data.f_bsize = data.f_frsize = 4096
+        volumes = max(usage["volumes"], 1)
+        data.f_blocks = usage["quota_bytes"] * volumes // 4096
+        data.f_bfree = data.f_bavail = max(0, data.f_blocks - usage["bytes_used"] // 4096)
+        data.f_files = usage["max_inodes"] * volumes
+        data.f_ffree = data.f_favail = max(0, data.f_files - usage["inodes_used"])
+        data.f_namemax = 255
+        return data
+
+    # -- extended attributes: not kept by the farm ---------------------------------------
+
+    @fuse_errors
+    async def setxattr(self, inode: int, name: bytes, value: bytes, ctx: Any) -> None:
+        raise _fail(errno.ENOTSUP)
+
+    @fuse_errors
+    async def getxattr(self, inode: int, name: bytes, ctx: Any) -> bytes:
+        raise _fail(errno.ENOTSUP)
+
+    @fuse_errors
+    async def listxattr(self, inode: int, ctx: Any) -> Sequence[bytes]:
+        raise _fail(errno.ENOTSUP)
+
+    @fuse_errors
+    async def removexattr(self, inode: int, name: bytes, ctx: Any) -> None:
+        raise _fail(errno.ENOTSUP)

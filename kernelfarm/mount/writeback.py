@@ -1,0 +1,109 @@
+"""Write-behind: a FUSE ``write`` is answered once its data is buffered, not once the
+farm has it, so a program streaming a file keeps many ``fs.pwrite`` calls in flight.
+
+Contiguous writes to one file are gathered into chunks of up to ``chunk_bytes`` and sent
+as one ``fs.pwrite`` each; a chunk that overlaps one still in flight waits for it, so a
+retried call (``TRYAGAIN`` during a slot move) can never land after a later write to the
+same bytes.  The bytes in flight over the whole mount are bounded, which holds back the
+writing program instead of growing memory.  ``drain`` sends what is buffered and waits
+for everything: ``flush`` (close), ``fsync``, and every operation that must see the
+file's data on the farm call it.  A failed chunk's error is reported once, by the next
+``write``, ``flush`` or ``fsync`` of the file, as NFS reports a failed write-behind.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Awaitable, Callable
+
+Send = Callable[[int, bytes], Awaitable[object]]
+
+
+class InflightBudget:
+    """Bytes in flight over the whole mount, at most ``limit`` (one chunk always fits)."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.used = 0
+        self._changed = asyncio.Condition()
+
+    async def take(self, size: int) -> None:
+        async with self._changed:
+            await self._changed.wait_for(lambda: self.used == 0
+                                         or self.used + size <= self.limit)
+            self.used += size
+
+    async def give(self, size: int) -> None:
+        async with self._changed:
+            self.used -= size
+            self._changed.notify_all()
+
+
+class WriteBehind:
+    """The pending writes of one file (one inode of the mount)."""
+
+    def __init__(self, send: Send, budget: InflightBudget, chunk_bytes: int) -> None:
+        self._send = send
+        self._budget = budget
+        self._chunk = chunk_bytes
+        self._offset = 0
+        self._buffer = bytearray()
+        self._inflight: list[tuple[int, int, asyncio.Task[None]]] = []
+        self._error: Exception | None = None
+
+    @property
+    def idle(self) -> bool:
+        return not self._buffer and not self._inflight
+
+    def end(self) -> int:
+        """One past the last byte written but perhaps not on the farm yet (0 if none)."""
+        ends = [stop for _, stop, _ in self._inflight]
+        if self._buffer:
+            ends.append(self._offset + len(self._buffer))
+        return max(ends, default=0)
+
+    async def write(self, offset: int, data: bytes) -> None:
+        self._raise_error()
+        if self._buffer and offset == self._offset + len(self._buffer) \
+                and len(self._buffer) + len(data) <= self._chunk:
+            self._buffer += data
+        else:
+            await self._send_buffer()
+            self._offset, self._buffer = offset, bytearray(data)
+        if len(self._buffer) >= self._chunk:
+            await self._send_buffer()
+
+    async def drain(self) -> None:
+        """Send the buffer and wait until every write of this file reached the farm."""
+        await self._send_buffer()
+        while self._inflight:
+            await asyncio.wait([task for _, _, task in self._inflight])
+        self._raise_error()
+
+    def _raise_error(self) -> None:
+        error, self._error = self._error, None
+        if error is not None:
+            raise error
+
+    async def _send_buffer(self) -> None:
+        if not self._buffer:
+            return
+        start, data = self._offset, bytes(self._buffer)
+        self._buffer = bytearray()
+        stop = start + len(data)
+        await self._budget.take(len(data))
+        before = [task for first, last, task in self._inflight if first < stop and start < last]
+        task = asyncio.ensure_future(self._ship(start, data, before))
+        entry = (start, stop, task)
+        self._inflight.append(entry)
+        task.add_done_callback(lambda _: self._inflight.remove(entry))
+
+    async def _ship(self, offset: int, data: bytes, before: list[asyncio.Task[None]]) -> None:
+        try:
+            if before:
+                await asyncio.wait(before)
+            await self._send(offset, data)
+        except Exception as exc:  # reported to the program by the next write/flush/fsync
+            self._error = self._error or exc
+        finally:
+            await self._budget.give(len(data))
