@@ -130,6 +130,13 @@ def test_client_code_imports_only_rpc_partition_errors_and_leaves() -> None:
                     or within(dst, CLIENT + LEAVES) or dst == "kernelfarm") == []
 
 
+def test_front_ends_are_clients_of_the_farm() -> None:
+    """The mount (and any front-end) talks to the farm only through the client library."""
+    front_ends = ("kernelfarm.mount",)
+    assert offences("front-end", lambda src, dst: not within(src, front_ends)
+                    or within(dst, front_ends + CLIENT + LEAVES) or dst == "kernelfarm") == []
+
+
 def test_the_supervisor_imports_no_kernel_module() -> None:
     def allowed(src: str, dst: str) -> bool:
         if not within(src, ("kernelfarm.supervisor",)):
