@@ -25,6 +25,7 @@ from kernelfarm.net.config import NetConfig
 from kernelfarm.settings import setting
 
 DEFAULT_CONTROL = "127.0.0.1:7400"
+DEFAULT_METRICS = "127.0.0.1:9400"
 
 
 def _check_kernels(value: Any) -> None:
@@ -87,12 +88,21 @@ class SupervisorConfig:
                                      "step pauses writes to its slots only", minimum=1)
 
 
+@dataclass(frozen=True)
+class MetricsConfig:
+    enabled: bool = setting(True, "serve Prometheus metrics at http://LISTEN/metrics (the "
+                            "supervisor collects them from the kernels when scraped)")
+    listen: str = setting(DEFAULT_METRICS, "metrics address HOST:PORT (port 0 = any free "
+                          "port)", check=_check_hostport)
+
+
 SECTIONS: dict[str, type] = {
     "farm": FarmConfig,
     "rpc": RpcConfig,
     "supervisor": SupervisorConfig,
     "fs": FsConfig,
     "net": NetConfig,
+    "metrics": MetricsConfig,
 }
 """Every section, in the order the documented config lists them.  A subsystem declares its
 section next to its code and it is listed here, so building a config never depends on

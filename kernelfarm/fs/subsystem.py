@@ -25,7 +25,7 @@ import logging
 import os
 import stat as statmod
 from collections import OrderedDict
-from time import time_ns
+from time import perf_counter, time_ns
 from typing import Any
 
 from kernelfarm.errors import posix
@@ -94,6 +94,8 @@ class FsSubsystem(Subsystem):
         self._flush_requested = False
         self._pending_error: OSError | None = None
         self._batch_timer: asyncio.TimerHandle | None = None
+        self.snapshots = 0
+        self.snapshot_seconds = 0.0
 
     def methods(self) -> list[Method]:
         def m(name: str, handler: Any, writes: bool = False) -> Method:
@@ -373,8 +375,11 @@ class FsSubsystem(Subsystem):
                     pass  # the volume took itself out of service and logged why
 
     def _snapshot(self, volume: Volume) -> None:
+        started = perf_counter()
         try:
             volume.snapshot()
+            self.snapshots += 1
+            self.snapshot_seconds += perf_counter() - started
         except OSError as exc:
             # The journal is whole and durable; only restart time suffers.  Retry once the
             # journal has grown as much again.
@@ -471,4 +476,6 @@ class FsSubsystem(Subsystem):
             "bytes": sum(v.tree.bytes_used for v in volumes),
             "journal_bytes": sum(v.journal.size + v.journal.pending for v in volumes),
             "failed": sum(1 for v in volumes if v.failed is not None),
+            "snapshots": self.snapshots,
+            "snapshot_seconds": self.snapshot_seconds,
         }

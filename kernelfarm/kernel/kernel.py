@@ -13,6 +13,7 @@ import asyncio
 import logging
 import os
 import time
+from time import perf_counter
 from binascii import crc_hqx
 from pathlib import Path
 from typing import Any, Callable
@@ -25,6 +26,7 @@ from kernelfarm.errors import KernelfarmError, Moved, TryAgain, UnknownMethod, t
 from kernelfarm.kernel.components import SUBSYSTEMS
 from kernelfarm.kernel.subsystem import Method, Subsystem
 from kernelfarm.partition import NSLOTS, SlotTable
+from kernelfarm.rpc.meter import Meter
 
 log = logging.getLogger(__name__)
 
@@ -64,7 +66,11 @@ class Kernel:
         self.frozen: set[int] = set()
         """Slots being handed over: their writes get TRYAGAIN, their reads still serve."""
         self.ops: dict[str, int] = {}
-        self.errors = 0
+        self.errors: dict[str, int] = {}
+        """Failed requests by error code (the error path only: no cost on success)."""
+        self.meter = Meter()
+        self.commits = 0
+        self.commit_seconds = 0.0
         self.conns: set[Any] = set()
         self.started = time.time()
         self._process = psutil.Process()
@@ -96,8 +102,7 @@ class Kernel:
     def handle(self, conn: Any, msgid: int, method: str, params: list[Any]) -> list[Any] | None:
         entry = self.methods.get(method)
         if entry is None:
-            self.errors += 1
-            return [1, msgid, UnknownMethod(f"no method {method!r}").to_wire(), None]
+            return self._failed(msgid, UnknownMethod(f"no method {method!r}").to_wire())
         try:
             keyfn = entry.key
             if keyfn is not None:
@@ -105,27 +110,29 @@ class Kernel:
                 if key is not None:
                     slot = crc_hqx(key.encode("utf-8", "surrogatepass"), 0) & SLOT_MASK
                     if not self.owned[slot]:
-                        self.errors += 1
-                        return [1, msgid, self._not_here(slot), None]
+                        return self._failed(msgid, self._not_here(slot))
                     if entry.writes and slot in self.frozen:
-                        self.errors += 1
-                        return [1, msgid, TryAgain(f"slot {slot} is moving", slot=slot)
-                                .to_wire(), None]
+                        return self._failed(msgid, TryAgain(f"slot {slot} is moving",
+                                                            slot=slot).to_wire())
             if entry.wants_conn:
                 result = entry.handler(conn, *params)
             else:
                 result = entry.handler(*params)
         except Exception as exc:
-            self.errors += 1
             if not isinstance(exc, (OSError, TypeError, ValueError, KernelfarmError)):
                 log.exception("%s failed", method)
-            return [1, msgid, to_wire(exc), None]
+            return self._failed(msgid, to_wire(exc))
         ops = self.ops
         ops[method] = ops.get(method, 0) + 1
         if entry.is_async and hasattr(result, "__await__"):
             conn.start_call(msgid, result)
             return None
         return [1, msgid, None, result]
+
+    def _failed(self, msgid: int, error: dict[str, Any]) -> list[Any]:
+        code = error.get("code", "EFARM")
+        self.errors[code] = self.errors.get(code, 0) + 1
+        return [1, msgid, error, None]
 
     def send(self, conn: Any, data: bytes) -> None:
         if self._flushes:
@@ -163,7 +170,10 @@ class Kernel:
     def _commit(self) -> None:
         """Group commit: one flush per subsystem for every write of this loop turn."""
         flushes, self._flushes = self._flushes, []
+        started = perf_counter()
         flush_or_exit(flushes)
+        self.commits += 1
+        self.commit_seconds += perf_counter() - started
         held, self._held = self._held, []
         for conn, data in held:
             conn.write(data)
@@ -250,8 +260,12 @@ class Kernel:
     # -- core methods --------------------------------------------------------------------
 
     def ping(self) -> dict[str, Any]:
-        return {"kernel": self.kernel_id, "epoch": self.table.epoch,
-                "ops": sum(self.ops.values())}
+        return {"kernel": self.kernel_id, "epoch": self.table.epoch, "ops": self.served()}
+
+    def served(self) -> int:
+        """Requests served for clients: the supervisor's own pings and stats do not count."""
+        ops = self.ops
+        return sum(ops.values()) - ops.get("kernel.ping", 0) - ops.get("kernel.stats", 0)
 
     def stats(self) -> dict[str, Any]:
         proc = self._process
@@ -259,6 +273,7 @@ class Kernel:
             cpu = proc.cpu_times()
             memory = proc.memory_info().rss
             threads = proc.num_threads()
+            fds = proc.num_fds()
             affinity = proc.cpu_affinity()
         return {
             "kernel": self.kernel_id,
@@ -269,8 +284,13 @@ class Kernel:
             "epoch": self.table.epoch,
             "slots": int(sum(self.owned)),
             "ops": dict(self.ops),
-            "ops_total": sum(self.ops.values()),
-            "errors": self.errors,
+            "ops_total": self.served(),
+            "errors": sum(self.errors.values()),
+            "errors_by_code": dict(self.errors),
+            "group_commits": self.commits,
+            "group_commit_seconds": self.commit_seconds,
+            "fds": fds,
+            **self.meter.snapshot(),
             "cpu_user": cpu.user,
             "cpu_system": cpu.system,
             "memory_rss": memory,

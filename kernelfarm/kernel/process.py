@@ -149,7 +149,7 @@ async def serve(boot: BootInfo, config: Config, control: socket.socket,
     kernel.data_dir.mkdir(parents=True, exist_ok=True)
     hold_data_dir(kernel.data_dir)
     kernel.load_slots(kernel.table.slots_of(kernel.kernel_id))
-    factory = connection_factory(kernel, config.rpc)
+    factory = connection_factory(kernel, config.rpc, kernel.meter)
     server = await loop.create_server(factory, sock=listen)
     workers = None
     if boot.mode == "locked" and boot.threads > 1:

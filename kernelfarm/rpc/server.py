@@ -12,11 +12,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from time import perf_counter
 from typing import TYPE_CHECKING, Any, Awaitable, Callable, Protocol
 
 import msgpack
 
 from kernelfarm.errors import KernelfarmError, ProtocolError, to_wire
+from kernelfarm.rpc.meter import Meter
 from kernelfarm.rpc.protocol import (
     ERROR_NOTIFICATION, Malformed, Notification, classify, make_unpacker, stream_error,
 )
@@ -49,8 +51,9 @@ class ServerConnection(asyncio.Protocol):
     """One client connection: decode, dispatch, reply, and push back when overloaded."""
 
     def __init__(self, service: Service, *, max_message_bytes: int, max_inflight: int,
-                 write_buffer_bytes: int) -> None:
+                 write_buffer_bytes: int, meter: Meter | None = None) -> None:
         self.service = service
+        self.meter = meter if meter is not None else Meter()
         self.max_message_bytes = max_message_bytes
         self.max_inflight = max_inflight
         self.write_buffer_bytes = write_buffer_bytes
@@ -75,6 +78,7 @@ class ServerConnection(asyncio.Protocol):
         self.service.connection_made(self)
 
     def data_received(self, data: bytes) -> None:
+        self.meter.bytes_in += len(data)
         try:
             self._unpacker.feed(data)
         except msgpack.BufferFull as exc:
@@ -131,6 +135,7 @@ class ServerConnection(asyncio.Protocol):
 
     def _process(self) -> None:
         """Handle every complete message buffered, stopping at the in-flight limit."""
+        started = perf_counter()
         handle = self.service.handle
         unpacker = self._unpacker
         replies: list[list[Any]] = []
@@ -151,7 +156,9 @@ class ServerConnection(asyncio.Protocol):
                     replies.append(reply)
             else:
                 self._odd_message(obj, replies)
-        self._send_replies(replies)
+        if replies:
+            self._send_replies(replies)
+            self.meter.batch(len(replies), perf_counter() - started)
         self._update_reading()
 
     def _odd_message(self, obj: Any, replies: list[list[Any]]) -> None:
@@ -186,6 +193,7 @@ class ServerConnection(asyncio.Protocol):
                     packer.pack([1, reply[1], error, None])
         data = packer.bytes()
         packer.reset()
+        self.meter.bytes_out += len(data)
         self.service.send(self, data)
 
     def _finish_call(self, msgid: int, task: asyncio.Task[Any]) -> None:
@@ -222,9 +230,11 @@ class ServerConnection(asyncio.Protocol):
         self.close()
 
 
-def connection_factory(service: Service, rpc: RpcConfig) -> Callable[[], ServerConnection]:
+def connection_factory(service: Service, rpc: RpcConfig, meter: Meter | None = None
+                       ) -> Callable[[], ServerConnection]:
     """The protocol factory for ``create_server``/``connect_accepted_socket``, with the
-    ``[rpc]`` limits; the supervisor's control port and every kernel serve through it."""
+    ``[rpc]`` limits; the supervisor's control port and every kernel serve through it.
+    Connections sharing ``meter`` count their traffic in it (a kernel's public listener)."""
     return lambda: ServerConnection(
         service, max_message_bytes=rpc.max_message_bytes, max_inflight=rpc.max_inflight,
-        write_buffer_bytes=rpc.write_buffer_bytes)
+        write_buffer_bytes=rpc.write_buffer_bytes, meter=meter)

@@ -41,7 +41,7 @@ def spawn(args: Sequence[str], *, log_path: Path,
           env: Mapping[str, str] | None = None) -> subprocess.Popen[bytes]:
     """``python -m kernelfarm serve --control 127.0.0.1:0 ARGS``, its stderr to ``log_path``."""
     command = [sys.executable, "-m", "kernelfarm", "serve", "--control", "127.0.0.1:0",
-               *args]
+               "--metrics", "127.0.0.1:0", *args]
     with open(log_path, "ab") as log:
         return subprocess.Popen(command, stdout=subprocess.PIPE, stderr=log,
                                 stdin=subprocess.DEVNULL,

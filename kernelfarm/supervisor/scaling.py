@@ -92,6 +92,10 @@ class Scaler:
         self.sup = supervisor
         self.record = MigrationRecord(supervisor.data_dir)
         self.progress: dict[str, Any] | None = None
+        self.done = 0
+        self.done_seconds = 0.0
+        self.slots_moved = 0
+        """Finished scale operations, their seconds and slots (the metrics export them)."""
         self._busy = asyncio.Lock()
 
     async def scale(self, n: int) -> dict[str, Any]:
@@ -131,6 +135,9 @@ class Scaler:
         finally:
             self.progress = None
         elapsed = time.monotonic() - started
+        self.done += 1
+        self.done_seconds += elapsed
+        self.slots_moved += len(plan)
         log.info("scaled %d -> %d kernels in %.2f s (%d slots moved)", before, n, elapsed,
                  len(plan))
         return {"from": before, "to": n, "moved": len(plan), "seconds": elapsed,

@@ -14,6 +14,7 @@ import json
 import logging
 import os
 import signal
+import socket
 import sys
 import time
 from typing import Any, Callable
@@ -26,6 +27,8 @@ from kernelfarm.partition import NSLOTS, SlotTable, initial_assignment
 from kernelfarm.rpc.server import connection_factory
 from kernelfarm.supervisor.control import ControlService
 from kernelfarm.supervisor.handle import KernelHandle, KernelState, bind_listener
+from kernelfarm.supervisor.metrics import MetricsEndpoint
+from kernelfarm.supervisor.notify import notify
 from kernelfarm.supervisor.scaling import Scaler
 
 log = logging.getLogger("kernelfarm.supervisor")
@@ -83,15 +86,20 @@ class Supervisor:
             log.warning("the previous supervisor stopped in the middle of moving slots %s; "
                         "their data is on disk and every slot is assigned afresh",
                         interrupted)
-        host, port = parse_hostport(farm.control)
-        try:
-            control_sock = bind_listener(host, port)
-        except OSError as exc:
-            self._unlock_data_dir()
-            raise ConfigError(f"cannot serve control on {farm.control}: {exc.strerror}",
-                              key="farm.control") from exc
+        control_sock = self._bind(farm.control, "control", "farm.control")
+        metrics_sock = None
+        if self.config.metrics.enabled:
+            try:
+                metrics_sock = self._bind(self.config.metrics.listen, "metrics",
+                                          "metrics.listen")
+            except ConfigError:
+                control_sock.close()
+                raise
         server = await loop.create_server(
             connection_factory(ControlService(self), self.config.rpc), sock=control_sock)
+        metrics = MetricsEndpoint(self)
+        if metrics_sock is not None:
+            await metrics.start(metrics_sock)
         try:
             ids = list(range(count))
             self.table = initial_assignment(ids)
@@ -109,14 +117,31 @@ class Supervisor:
                 return 1
             if on_ready is not None and not self._stop.is_set():
                 on_ready({"event": "ready", "control": list(control_sock.getsockname()[:2]),
+                          "metrics": list(metrics_sock.getsockname()[:2])
+                          if metrics_sock is not None else None,
                           "pid": os.getpid(),
                           "kernels": [h.describe() for h in self.kernels.values()]})
+            if not self._stop.is_set():
+                notify(f"READY=1\nMAINPID={os.getpid()}\nSTATUS=serving {len(self.kernels)} "
+                       f"kernels, control {farm.control}")
             await self._stop.wait()
             return 1 if self._all_failed() else 0
         finally:
+            notify("STOPPING=1")
+            metrics.close()
             server.close()
             await self._shutdown()
             self._unlock_data_dir()
+
+    def _bind(self, address: str, what: str, key: str) -> socket.socket:
+        """Bind one of the supervisor's own listeners; a failure names the address."""
+        host, port = parse_hostport(address)
+        try:
+            return bind_listener(host, port)
+        except OSError as exc:
+            self._unlock_data_dir()
+            raise ConfigError(f"cannot serve {what} on {address}: {exc.strerror or exc}",
+                              key=key) from exc
 
     def _spawn_task(self, coro: Any) -> asyncio.Task[Any]:
         task = asyncio.ensure_future(coro)
