@@ -159,3 +159,10 @@ def posix(code: int, detail: str | None = None) -> OSError:
     """A POSIX error to raise from a handler: ``raise posix(errno.ENOENT, path)``."""
     text = os.strerror(code)
     return OSError(code, f"{text}: {detail}" if detail else text)
+
+
+def connect_failed(exc: OSError, host: str, port: int) -> OSError:
+    """The same ``OSError`` (same class and errno), saying which address was tried."""
+    if exc.errno is None:
+        return exc
+    return type(exc)(exc.errno, f"cannot connect to {host}:{port}: {exc.strerror or exc}")

@@ -1,21 +1,34 @@
-"""The ``kernelfarm`` command: one module per verb, each registering its own parser."""
+"""The ``kernelfarm`` command: one module per verb, each registering its own parser.
+
+Every failure a user can cause ends as one line on stderr naming what was wrong (the
+address, the key, the path) and a non-zero status, never a traceback.
+"""
 
 from __future__ import annotations
 
 import argparse
 import sys
+from importlib import metadata
 from typing import Callable
 
+from kernelfarm.cli.common import add_client_options
 from kernelfarm.errors import KernelfarmError
 
 
 def _commands() -> list[Callable[[argparse._SubParsersAction], None]]:  # type: ignore[type-arg]
     from kernelfarm.cli import (
-        bench_cmd, config_cmd, fs_cmd, mount_cmd, scale_cmd, serve, status,
+        bench_cmd, config_cmd, fs_cmd, mount_cmd, scale_cmd, serve, status, top_cmd,
     )
 
-    return [serve.register, status.register, scale_cmd.register, fs_cmd.register,
-            bench_cmd.register, config_cmd.register, mount_cmd.register]
+    return [serve.register, status.register, top_cmd.register, scale_cmd.register,
+            fs_cmd.register, bench_cmd.register, config_cmd.register, mount_cmd.register]
+
+
+def version() -> str:
+    try:
+        return metadata.version("kernelfarm")
+    except metadata.PackageNotFoundError:  # run from a checkout that was never installed
+        return "unknown"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -23,6 +36,8 @@ def build_parser() -> argparse.ArgumentParser:
         prog="kernelfarm",
         description="Serve file-system and network operations from a farm of single-CPU "
                     "kernels.")
+    parser.add_argument("--version", action="version", version=f"kernelfarm {version()}")
+    add_client_options(parser)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for register in _commands():
         register(sub)
@@ -38,7 +53,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"kernelfarm: {exc.message}", file=sys.stderr)
         return 2
     except OSError as exc:  # e.g. no daemon at --control: say so, without a traceback
-        print(f"kernelfarm: {exc.strerror or exc}", file=sys.stderr)
+        where = f": {exc.filename}" if exc.filename else ""
+        print(f"kernelfarm{where}: {exc.strerror or exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         return 130

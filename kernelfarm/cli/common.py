@@ -1,20 +1,61 @@
-"""Options shared by the client commands, and how they find the control address."""
+"""Options shared by the client commands, and how they find the control address.
+
+``--control`` and ``--config`` are accepted before or after the verb (``kernelfarm
+--control X fs ls /`` and ``kernelfarm fs ls / --control X``): every parser that takes
+them leaves them unset unless given (``SUPPRESS``), so a later parser never overwrites an
+earlier one's value with its default.  Precedence: ``--control``, then
+``$KERNELFARM_CONTROL``, then ``farm.control`` of ``--config`` / ``$KERNELFARM_CONFIG`` (the
+file a systemd unit uses), then the built-in default.
+"""
 
 from __future__ import annotations
 
 import argparse
+import os
 
 from kernelfarm import config as configuration
 from kernelfarm.hostport import parse_hostport
+from kernelfarm.errors import ConfigError
+
+CONTROL_ENV = "KERNELFARM_CONTROL"
+CONFIG_ENV = "KERNELFARM_CONFIG"
+
+
+def hostport_arg(text: str) -> str:
+    """argparse type for HOST:PORT: a bad value is a one-line usage error, not a traceback."""
+    try:
+        parse_hostport(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return text
 
 
 def add_client_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--control", metavar="HOST:PORT",
-                        help="supervisor control address (default: from the config)")
-    parser.add_argument("--config", metavar="FILE", help="config file to take defaults from")
+    parser.add_argument("--control", metavar="HOST:PORT", type=hostport_arg,
+                        default=argparse.SUPPRESS,
+                        help=f"supervisor control address (default: ${CONTROL_ENV}, else "
+                             f"farm.control of the config, else "
+                             f"{configuration.DEFAULT_CONTROL})")
+    parser.add_argument("--config", metavar="FILE", default=argparse.SUPPRESS,
+                        help=f"config file to take farm.control from (default: "
+                             f"${CONFIG_ENV})")
+
+
+def config_path(args: argparse.Namespace) -> str | None:
+    return getattr(args, "config", None) or os.environ.get(CONFIG_ENV) or None
 
 
 def control_address(args: argparse.Namespace) -> tuple[str, int]:
     if args.control:
         return parse_hostport(args.control)
     return parse_hostport(configuration.load(args.config).farm.control)
+    given = getattr(args, "control", None)
+    if given:
+        return parse_hostport(given)
+    env = os.environ.get(CONTROL_ENV)
+    if env:
+        try:
+            return parse_hostport(env)
+        except ValueError as exc:
+            raise ConfigError(f"${CONTROL_ENV}: {exc}") from None
+    return parse_hostport(configuration.load(config_path(args)).farm.control)

@@ -22,6 +22,7 @@ CHUNK = 4 * 1024 * 1024
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     parser = sub.add_parser("fs", help="use the farm's file systems from the shell")
+    add_client_options(parser)
     verbs = parser.add_subparsers(dest="fs_command", required=True, metavar="VERB")
 
     def verb(name: str, help: str, handler: Callable[[argparse.Namespace], int]

@@ -6,42 +6,95 @@ import argparse
 import logging
 import os
 import sys
+from typing import Any
 
 import uvloop
 
 from kernelfarm import config as configuration
+from kernelfarm.cli.common import CONFIG_ENV, config_path, hostport_arg
 from kernelfarm.errors import ConfigError
 from kernelfarm.supervisor.supervisor import Supervisor, print_ready
 
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
-    parser = sub.add_parser("serve", help="run the daemon in the foreground")
-    parser.add_argument("--config", metavar="FILE",
-                        help="TOML config (default: built-in defaults, as config/kernelfarm.toml)")
-    parser.add_argument("--kernels", help='number of kernels, or "auto" (one per core)')
-    parser.add_argument("--mode", choices=["partitioned", "locked"])
-    parser.add_argument("--threads", help="worker threads in locked mode")
-    parser.add_argument("--locking", choices=["global", "fine"])
-    parser.add_argument("--data-dir", metavar="DIR")
-    parser.add_argument("--control", metavar="HOST:PORT")
-    parser.add_argument("--log-level", default=os.environ.get("KERNELFARM_LOG", "INFO"))
+    parser = sub.add_parser("serve", help="run the daemon in the foreground",
+                            description="Run the supervisor and its kernels until SIGTERM or "
+                                        "Ctrl-C. Flags override the config file.")
+    parser.add_argument("--config", metavar="FILE", default=argparse.SUPPRESS,
+                        help=f"TOML config (default: ${CONFIG_ENV}, else the built-in "
+                             "defaults, as in config/kernelfarm.toml)")
+    parser.add_argument("--kernels", metavar="N|auto",
+                        help='number of kernels, or "auto" (one per allowed core)')
+    parser.add_argument("--mode", choices=["partitioned", "locked"],
+                        help="partitioned: N single-CPU kernels; locked: the baseline, one "
+                             "kernel with --threads threads under locks")
+    parser.add_argument("--threads", metavar="N|auto",
+                        help='worker threads in locked mode, or "auto" (one per core)')
+    parser.add_argument("--locking", choices=["global", "fine"],
+                        help="locked mode: one big lock, or per-volume/per-namespace locks")
+    parser.add_argument("--data-dir", metavar="DIR", help="where the kernels keep their data")
+    parser.add_argument("--control", metavar="HOST:PORT", type=hostport_arg,
+                        default=argparse.SUPPRESS, help="address of the control API (port 0: any free port)")
+    parser.add_argument("--metrics", metavar="HOST:PORT|off", type=_metrics_arg,
+                        help="address of the Prometheus endpoint, or off")
+    parser.add_argument("--log-level", type=str.upper, choices=LOG_LEVELS, metavar="LEVEL",
+                        help=f"{', '.join(LOG_LEVELS)} (default: $KERNELFARM_LOG, else INFO)")
     parser.set_defaults(handler=run)
 
 
-def _count(value: str | None) -> int | str | None:
+def _metrics_arg(text: str) -> str:
+    return text if text == "off" else hostport_arg(text)
+
+
+def _count(value: str | None, flag: str) -> int | str | None:
     if value is None or value == "auto":
         return value
     try:
         return int(value)
     except ValueError:
-        raise ConfigError(f'expected a number or "auto", got {value!r}') from None
+        raise ConfigError(f'{flag} expects a number or "auto", got {value!r}') from None
+
+
+def overrides(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
+    """What the flags override, section by section (``None`` = not given)."""
+    metrics: dict[str, Any] = {}
+    if args.metrics == "off":
+        metrics["enabled"] = False
+    elif args.metrics is not None:
+        metrics.update(enabled=True, listen=args.metrics)
+    return {
+        "farm": {"kernels": _count(args.kernels, "--kernels"), "mode": args.mode,
+                 "threads": _count(args.threads, "--threads"), "locking": args.locking,
+                 "data_dir": args.data_dir,
+                 "control": getattr(args, "control", None)},
+        "metrics": metrics,
+    }
+
+
+def check_mode(config: configuration.Config) -> None:
+    """A locked farm is one kernel with threads: asking for N kernels is a mistake to name."""
+    farm = config.farm
+    if farm.mode == "locked" and farm.kernels not in ("auto", 1):
+        raise ConfigError(f"locked mode runs one kernel with --threads N threads; "
+                          f"kernels = {farm.kernels} does not apply (use --threads "
+                          f"{farm.kernels}, or --mode partitioned)", key="farm.kernels")
+
+
+def log_level(args: argparse.Namespace) -> str:
+    level = args.log_level or os.environ.get("KERNELFARM_LOG", "INFO").upper()
+    if level not in LOG_LEVELS:
+        raise ConfigError(f"KERNELFARM_LOG={level!r} is not a log level: choose from "
+                          f"{', '.join(LOG_LEVELS)}")
+    return level
 
 
 def run(args: argparse.Namespace) -> int:
-    logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr,
+    level = log_level(args)
+    config = configuration.load(config_path(args), overrides(args))
+    check_mode(config)
+    logging.basicConfig(level=level, stream=sys.stderr,
                         format="%(asctime)s supervisor %(levelname)s %(message)s")
-    os.environ["KERNELFARM_LOG"] = args.log_level.upper()  # kernels log at the same level
-    config = configuration.load(args.config, {"farm": {
-        "kernels": _count(args.kernels), "mode": args.mode, "threads": _count(args.threads),
-        "locking": args.locking, "data_dir": args.data_dir, "control": args.control}})
+    os.environ["KERNELFARM_LOG"] = level  # kernels log at the same level
     return uvloop.run(Supervisor(config).run(print_ready))

@@ -1,4 +1,8 @@
-"""``kernelfarm status``: one row per kernel, read from the supervisor's control API."""
+"""``kernelfarm status``: one row per kernel, read from the supervisor's control API.
+
+The table fits the terminal: at 80 columns it drops the least useful columns first
+(restarts, core, pid) instead of cutting cells.  ``--watch`` is :mod:`kernelfarm.cli.top_cmd`.
+"""
 
 from __future__ import annotations
 
@@ -13,50 +17,106 @@ from rich.table import Table
 from kernelfarm.cli.common import add_client_options, control_address
 from kernelfarm.client import Client
 
+COLUMNS = ("id", "address", "pid", "core", "slots", "volumes", "sockets", "ops/s", "memory",
+           "restarts", "state")
+DROP_ORDER = ("restarts", "core", "pid", "sockets", "volumes")
+"""Columns given up, in this order, when the terminal is too narrow for all of them."""
+
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     parser = sub.add_parser("status", help="show the kernels of a running farm")
     add_client_options(parser)
     parser.add_argument("--json", action="store_true", help="print the raw status as JSON")
+    parser.add_argument("--watch", action="store_true",
+                        help="keep watching (the same live view as `kernelfarm top`)")
+    parser.add_argument("--interval", type=float, default=1.0, metavar="S",
+                        help="seconds between refreshes with --watch (default 1)")
     parser.set_defaults(handler=run)
 
 
-def _mib(n: float) -> str:
-    return f"{n / 2**20:.1f} MiB"
+def mib(n: float) -> str:
+    return f"{n / 2**20:.1f}M"
 
 
-def render(status: dict[str, Any]) -> Table:
-    table = Table(title=f"kernelfarm · {status['mode']} · epoch {status['epoch']} · "
-                        f"supervisor pid {status['pid']}")
-    for column in ("id", "pid", "core", "slots", "volumes", "sockets", "ops/s", "memory",
-                   "restarts", "state"):
-        table.add_column(column, justify="left" if column == "state" else "right",
-                         no_wrap=True)
-    for row in status["kernels"]:
-        stats = row.get("stats", {})
-        subsystems = stats.get("subsystems", {})
-        table.add_row(
-            str(row["id"]), str(row.get("pid") or "-"), str(row["core"]), str(row["slots"]),
-            str(subsystems.get("fs", {}).get("volumes", "-")),
-            str(subsystems.get("net", {}).get("sockets", "-")),
-            f"{row.get('ops_per_s', 0):,.0f}",
-            _mib(stats["memory_rss"]) if "memory_rss" in stats else "-",
-            str(row["restarts"]), row["state"] if "error" not in row
-            else f"{row['state']} ({row['error']})")
+def address(addr: list[Any] | None) -> str:
+    if not addr:
+        return "-"
+    host, port = addr
+    return f"[{host}]:{port}" if ":" in str(host) else f"{host}:{port}"
+
+
+def state_of(row: dict[str, Any]) -> str:
+    return row["state"] if "error" not in row else f"{row['state']} (no stats)"
+
+
+def cells(row: dict[str, Any]) -> dict[str, str]:
+    stats = row.get("stats", {})
+    subsystems = stats.get("subsystems", {})
+    return {
+        "id": str(row["id"]), "address": address(row.get("addr")),
+        "pid": str(row.get("pid") or "-"), "core": str(row["core"]),
+        "slots": str(row["slots"]),
+        "volumes": str(subsystems.get("fs", {}).get("volumes", "-")),
+        "sockets": str(subsystems.get("net", {}).get("sockets", "-")),
+        "ops/s": f"{row.get('ops_per_s', 0):,.0f}",
+        "memory": mib(stats["memory_rss"]) if "memory_rss" in stats else "-",
+        "restarts": str(row["restarts"]), "state": state_of(row),
+    }
+
+
+def fit(title: str, columns: tuple[str, ...], rows: list[dict[str, str]], width: int,
+        drop_order: tuple[str, ...], footer: dict[str, str] | None = None) -> Table:
+    """A table of ``rows`` that fits ``width``: columns in ``drop_order`` go first."""
+    shown = list(columns)
+    for column in (None, *drop_order):
+        if column is not None:
+            shown.remove(column)
+        table = _table(title, shown, rows, footer)
+        if Console(width=10_000).measure(table).maximum <= width:
+            return table
     return table
 
 
+def _table(title: str, shown: list[str], rows: list[dict[str, str]],
+           footer: dict[str, str] | None) -> Table:
+    table = Table(title=title, show_footer=footer is not None, title_justify="left")
+    for column in shown:
+        table.add_column(column, justify="left" if column in ("address", "state") else "right",
+                         no_wrap=True, footer=(footer or {}).get(column, ""))
+    for row in rows:
+        table.add_row(*(row[c] for c in shown))
+    return table
+
+
+def title_of(status: dict[str, Any]) -> str:
+    return (f"kernelfarm · {status['mode']} · epoch {status['epoch']} · "
+            f"supervisor pid {status['pid']}")
+
+
+def render(status: dict[str, Any], width: int = 80) -> Table:
+    return fit(title_of(status), COLUMNS, [cells(r) for r in status["kernels"]], width,
+               DROP_ORDER)
+
+
+def console() -> Console:
+    # Piped output (a log, a script) is not squeezed to 80 columns.
+    return Console() if sys.stdout.isatty() else Console(width=140)
+
+
 def run(args: argparse.Namespace) -> int:
+    if args.watch:
+        from kernelfarm.cli import top_cmd
+
+        return top_cmd.run(args)
     with Client(control_address(args)) as client:
         status = client.status()
     if args.json:
         print(json.dumps(status, indent=2))
         return 0
-    # Piped output (a log, a script) is not squeezed to 80 columns.
-    console = Console() if sys.stdout.isatty() else Console(width=140)
-    console.print(render(status))
+    out = console()
+    out.print(render(status, out.width))
     migration = status.get("migration")
     if migration:
-        console.print(f"scaling {migration['from']} -> {migration['to']} kernels: "
-                      f"{migration['slots_moved']}/{migration['slots_total']} slots moved")
+        out.print(f"scaling {migration['from']} -> {migration['to']} kernels: "
+                  f"{migration['slots_moved']}/{migration['slots_total']} slots moved")
     return 0

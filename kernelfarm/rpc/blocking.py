@@ -15,7 +15,9 @@ from typing import Any
 
 import msgpack
 
-from kernelfarm.errors import ConnectionLost, KernelfarmError, Timeout, from_wire
+from kernelfarm.errors import (
+    ConnectionLost, KernelfarmError, Timeout, connect_failed, from_wire,
+)
 from kernelfarm.rpc.protocol import (
     ERROR_NOTIFICATION, MSGID_MAX, Notification, Response, RpcStream, classify,
 )
@@ -33,6 +35,8 @@ class BlockingConnection:
             self._sock = socket.create_connection((host, port), timeout=connect_timeout)
         except socket.timeout as exc:
             raise Timeout(f"connect to {host}:{port} timed out") from exc
+        except OSError as exc:
+            raise connect_failed(exc, host, port) from exc
         self._sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self._stream = RpcStream(max_message_bytes)
         self._next_id = 0

@@ -14,7 +14,9 @@ from typing import Any
 
 import msgpack
 
-from kernelfarm.errors import ConnectionLost, KernelfarmError, Timeout, from_wire
+from kernelfarm.errors import (
+    ConnectionLost, KernelfarmError, Timeout, connect_failed, from_wire,
+)
 from kernelfarm.rpc.protocol import (
     ERROR_NOTIFICATION, MSGID_MAX, Notification, Response, RpcStream,
 )
@@ -116,6 +118,9 @@ async def connect(host: str, port: int, *, timeout: float | None = 10.0,
         await asyncio.wait_for(loop.sock_connect(sock, (host, port)), timeout)
         _, protocol = await loop.connect_accepted_socket(
             lambda: RpcClientConnection(max_message_bytes), sock)
+    except OSError as exc:
+        sock.close()
+        raise connect_failed(exc, host, port) from exc
     except BaseException:
         sock.close()
         raise

@@ -1,0 +1,145 @@
+"""The ``kernelfarm`` command as a new user meets it: errors, options, environment, status."""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from farmctl import start_farm
+
+import kernelfarm
+from kernelfarm.cli import main
+from kernelfarm.cli.status import render
+from kernelfarm.cli.top_cmd import Rates, p99, view
+from rich.console import Console
+
+
+def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
+    try:
+        code = main(list(argv))
+    except SystemExit as exc:  # argparse: usage errors, --help, --version
+        code = int(exc.code or 0)
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def refused_port() -> int:
+    with socket.socket() as placeholder:
+        placeholder.bind(("127.0.0.1", 0))
+        return int(placeholder.getsockname()[1])  # closed again: nothing listens there
+
+
+@pytest.mark.parametrize("bad", ["nonsense", ":7411", "127.0.0.1:", "127.0.0.1:99999"])
+def test_a_bad_control_value_is_one_line_naming_it(capsys: pytest.CaptureFixture[str],
+                                                   bad: str) -> None:
+    for argv in (["status", "--control", bad], ["--control", bad, "fs", "ls"],
+                 ["serve", "--control", bad]):
+        code, _, err = run(capsys, *argv)
+        assert code == 2
+        assert "argument --control" in err and repr(bad) in err
+        assert "Traceback" not in err
+
+
+def test_a_bogus_log_level_is_refused_before_anything_starts(
+        capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    code, _, err = run(capsys, "serve", "--log-level", "bogus")
+    assert code == 2 and "invalid choice: 'BOGUS'" in err
+    monkeypatch.setenv("KERNELFARM_LOG", "loud")
+    code, _, err = run(capsys, "serve")
+    assert code == 2 and "KERNELFARM_LOG='LOUD' is not a log level" in err
+
+
+def test_connection_refused_names_the_address(capsys: pytest.CaptureFixture[str]) -> None:
+    port = refused_port()
+    code, _, err = run(capsys, "status", "--control", f"127.0.0.1:{port}")
+    assert code == 1
+    assert err.strip() == f"kernelfarm: cannot connect to 127.0.0.1:{port}: Connection refused"
+    with pytest.raises(ConnectionRefusedError, match=f"127.0.0.1:{port}"):
+        kernelfarm.Client(f"127.0.0.1:{port}")
+
+
+def test_options_go_before_or_after_the_verb_and_come_from_the_environment(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str],
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    with start_farm(tmp_path, 1) as farm:
+        c = farm.control_str
+        assert run(capsys, "--control", c, "fs", "mkdir", "/a")[0] == 0
+        assert run(capsys, "fs", "--control", c, "mkdir", "/b")[0] == 0
+        assert run(capsys, "fs", "mkdir", "/c", "--control", c)[0] == 0
+        monkeypatch.setenv("KERNELFARM_CONTROL", c)
+        code, out, _ = run(capsys, "fs", "ls")
+        assert (code, out.split()) == (0, ["a", "b", "c"])
+        monkeypatch.delenv("KERNELFARM_CONTROL")
+        config = tmp_path / "unit.toml"
+        config.write_text(f'[farm]\ncontrol = "{c}"\n')
+        monkeypatch.setenv("KERNELFARM_CONFIG", str(config))
+        code, out, _ = run(capsys, "fs", "ls", "/")
+        assert (code, out.split()) == (0, ["a", "b", "c"])
+        monkeypatch.setenv("KERNELFARM_CONTROL", "nonsense")
+        code, _, err = run(capsys, "fs", "ls")
+        assert code != 0 and "$KERNELFARM_CONTROL: expected HOST:PORT, got 'nonsense'" in err
+
+
+def test_version_and_help_for_every_option(capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, _ = run(capsys, "--version")
+    assert code == 0 and out.startswith("kernelfarm ")
+    parser = __import__("kernelfarm.cli", fromlist=["build_parser"]).build_parser()
+    unhelped = []
+
+    def walk(p: object, name: str) -> None:
+        for action in p._actions:  # type: ignore[attr-defined]
+            if hasattr(action, "choices") and isinstance(action.choices, dict):
+                for verb, sub in action.choices.items():
+                    walk(sub, f"{name} {verb}")
+            elif not action.help and action.option_strings:
+                unhelped.append(f"{name} {action.option_strings[0]}")
+
+    walk(parser, "kernelfarm")
+    assert unhelped == []
+
+
+def test_locked_mode_with_several_kernels_is_refused(
+        capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    code, _, err = run(capsys, "serve", "--mode", "locked", "--kernels", "3",
+                       "--data-dir", str(tmp_path))
+    assert code == 2
+    assert "locked mode runs one kernel with --threads N threads" in err
+    assert "--threads 3" in err
+
+
+def test_a_bare_kernelfarm_prints_usage() -> None:
+    result = subprocess.run([sys.executable, "-m", "kernelfarm"], capture_output=True,
+                            text=True, timeout=60)
+    assert result.returncode == 2 and result.stderr.startswith("usage: kernelfarm")
+
+
+def test_status_and_top_fit_80_columns_and_show_addresses(tmp_path: Path) -> None:
+    with start_farm(tmp_path, 2) as farm:
+        client = farm.client()
+        first = client.status()
+        client.fs.mkdir("/v")
+        for n in range(20):
+            client.fs.write_file(f"/v/{n}", b"data")
+        second = client.status()
+    console = Console(width=80, record=True)
+    console.print(render(second, 80))
+    rates = Rates()
+    rates.rows(first, 0.0)
+    console.print(view(second, rates, 80, 1.0))
+    text = console.export_text()
+    assert max(len(line) for line in text.splitlines()) <= 80
+    assert "…" not in text
+    for kernel in second["kernels"]:
+        assert f"{kernel['addr'][0]}:{kernel['addr'][1]}" in text
+    assert " all " in text and "running" in text
+
+
+def test_p99_is_the_bucket_holding_the_99th_percentile() -> None:
+    bounds = [0.001, 0.01, 0.1]
+    assert p99(bounds, [0, 0, 0, 0]) is None
+    assert p99(bounds, [99, 1, 0, 0]) == 0.001
+    assert p99(bounds, [98, 1, 1, 0]) == 0.01
+    assert p99(bounds, [0, 0, 0, 5]) == float("inf")
