@@ -73,13 +73,17 @@ def overrides(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
     }
 
 
-def check_mode(config: configuration.Config) -> None:
-    """A locked farm is one kernel with threads: asking for N kernels is a mistake to name."""
+def explain_mode(config: configuration.Config) -> None:
+    """A locked farm is one kernel with threads: say so when N kernels were asked for.
+
+    A warning, not a refusal: scripts run both modes with the same ``--kernels N``.
+    """
     farm = config.farm
     if farm.mode == "locked" and farm.kernels not in ("auto", 1):
-        raise ConfigError(f"locked mode runs one kernel with --threads N threads; "
-                          f"kernels = {farm.kernels} does not apply (use --threads "
-                          f"{farm.kernels}, or --mode partitioned)", key="farm.kernels")
+        logging.getLogger("kernelfarm.supervisor").warning(
+            "locked mode runs ONE kernel with farm.threads threads (%s); kernels = %s is "
+            "ignored (use --threads %s for %s threads)", farm.threads, farm.kernels,
+            farm.kernels, farm.kernels)
 
 
 def log_level(args: argparse.Namespace) -> str:
@@ -93,8 +97,8 @@ def log_level(args: argparse.Namespace) -> str:
 def run(args: argparse.Namespace) -> int:
     level = log_level(args)
     config = configuration.load(config_path(args), overrides(args))
-    check_mode(config)
     logging.basicConfig(level=level, stream=sys.stderr,
                         format="%(asctime)s supervisor %(levelname)s %(message)s")
+    explain_mode(config)
     os.environ["KERNELFARM_LOG"] = level  # kernels log at the same level
     return uvloop.run(Supervisor(config).run(print_ready))

@@ -101,13 +101,11 @@ def test_version_and_help_for_every_option(capsys: pytest.CaptureFixture[str]) -
     assert unhelped == []
 
 
-def test_locked_mode_with_several_kernels_is_refused(
-        capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
-    code, _, err = run(capsys, "serve", "--mode", "locked", "--kernels", "3",
-                       "--data-dir", str(tmp_path))
-    assert code == 2
-    assert "locked mode runs one kernel with --threads N threads" in err
-    assert "--threads 3" in err
+def test_locked_mode_with_several_kernels_is_explained(tmp_path: Path) -> None:
+    with start_farm(tmp_path, 3, "--mode", "locked", "--threads", "2") as farm:
+        assert len(farm.ready["kernels"]) == 1
+        assert "locked mode runs ONE kernel with farm.threads threads (2); kernels = 3 is " \
+               "ignored (use --threads 3 for 3 threads)" in farm.log()
 
 
 def test_a_bare_kernelfarm_prints_usage() -> None:
