@@ -14,8 +14,8 @@ import argparse
 import os
 
 from kernelfarm import config as configuration
-from kernelfarm.hostport import parse_hostport
 from kernelfarm.errors import ConfigError
+from kernelfarm.hostport import parse_hostport
 
 CONTROL_ENV = "KERNELFARM_CONTROL"
 CONFIG_ENV = "KERNELFARM_CONFIG"
@@ -46,9 +46,6 @@ def config_path(args: argparse.Namespace) -> str | None:
 
 
 def control_address(args: argparse.Namespace) -> tuple[str, int]:
-    if args.control:
-        return parse_hostport(args.control)
-    return parse_hostport(configuration.load(args.config).farm.control)
     given = getattr(args, "control", None)
     if given:
         return parse_hostport(given)
