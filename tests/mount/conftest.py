@@ -1,4 +1,4 @@
-"""One farm and one mount for a module's tests (starting them costs seconds), and a local
+"""One farm for the mount tests, one mount per module (starting them costs seconds), and a local
 source tree the program tests copy around."""
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ volume_quota_bytes = 268435456
 """8 MiB files (so EFBIG is cheap to reach), 256 MiB per volume."""
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="package")
 def farm(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Farm]:
     with start_farm(tmp_path_factory.mktemp("farm"), 2, config_text=FARM_CONFIG) as farm:
         yield farm
