@@ -16,6 +16,7 @@ import sys
 import time
 
 from kernelfarm.cli.common import add_client_options, control_address
+from kernelfarm.mount.mtab import is_mounted
 
 UNMOUNT_DEADLINE_S = 10.0
 
@@ -54,9 +55,10 @@ def run_mount(args: argparse.Namespace) -> int:
 
 
 def run_umount(args: argparse.Namespace) -> int:
-    """``fusermount3 -u``; the mount process sends its pending writes and exits."""
+    """``fusermount3 -u``; the mount process sends its pending writes and exits.  Also
+    clears the mount point of a mount process that died."""
     mountpoint = os.path.abspath(args.mountpoint)
-    if not os.path.ismount(mountpoint):
+    if not is_mounted(mountpoint):
         print(f"kernelfarm umount: {args.mountpoint}: not mounted", file=sys.stderr)
         return 1
     tool = shutil.which("fusermount3") or shutil.which("fusermount")
@@ -66,7 +68,7 @@ def run_umount(args: argparse.Namespace) -> int:
         print(f"kernelfarm umount: {result.stderr.strip() or 'failed'}", file=sys.stderr)
         return 1
     deadline = time.monotonic() + UNMOUNT_DEADLINE_S
-    while os.path.ismount(mountpoint):
+    while is_mounted(mountpoint):
         if time.monotonic() > deadline:
             print(f"kernelfarm umount: {args.mountpoint} is still mounted", file=sys.stderr)
             return 1

@@ -8,7 +8,6 @@ then a lazy ``fusermount3 -uz`` if a killed process left the mount point behind.
 from __future__ import annotations
 
 import contextlib
-import os
 import signal
 import subprocess
 import sys
@@ -17,6 +16,7 @@ from pathlib import Path
 from typing import Iterator
 
 from farmctl import Farm, stop_process, wait_until
+from kernelfarm.mount.mtab import is_mounted
 
 
 @dataclass
@@ -31,7 +31,7 @@ class Mount:
 
 def unmount_lazily(path: Path) -> None:
     """Detach a mount point whose process is gone or stuck, so nothing hangs after it."""
-    if os.path.ismount(path):
+    if is_mounted(path):
         subprocess.run(["fusermount3", "-u", "-z", str(path)], capture_output=True)
 
 
@@ -49,7 +49,7 @@ def mounted(farm: Farm, path: Path, *args: str, name: str = "mount") -> Iterator
         proc = subprocess.Popen(mount_command(farm, path, "--foreground", *args),
                                 stdout=log, stderr=subprocess.STDOUT)
     try:
-        wait_until(lambda: os.path.ismount(path) or proc.poll() is not None,
+        wait_until(lambda: is_mounted(path) or proc.poll() is not None,
                    what=f"{path} to be mounted")
         if proc.poll() is not None:
             raise AssertionError(f"mount exited {proc.returncode}: "

@@ -17,6 +17,7 @@ import pytest
 from mountctl import mount_command, mounted, unmount_lazily
 
 from farmctl import Farm, gone, reap_orphans, wait_until
+from kernelfarm.mount.mtab import is_mounted
 
 
 def kernelfarm(*args: str) -> subprocess.CompletedProcess[str]:
@@ -41,14 +42,14 @@ def test_daemon_mode_and_the_umount_verb(farm: Farm, tmp_path: Path) -> None:
         result = subprocess.run(mount_command(farm, path), capture_output=True, text=True,
                                 timeout=30)
         assert result.returncode == 0, result.stderr
-        assert os.path.ismount(path)          # mounted when the command returned
+        assert is_mounted(path)          # mounted when the command returned
         daemons = mount_processes(path)
         assert len(daemons) == 1
         (path / "daemonvol").mkdir()
         (path / "daemonvol" / "f").write_bytes(b"via the daemon")
         result = kernelfarm("umount", str(path))
         assert result.returncode == 0, result.stderr
-        assert not os.path.ismount(path)
+        assert not is_mounted(path)
         wait_until(lambda: gone(daemons[0].pid), what="the mount daemon to exit")
         assert farm.client().fs.read_file("/daemonvol/f") == b"via the daemon"
         result = kernelfarm("umount", str(path))
@@ -72,7 +73,7 @@ def test_sigterm_sends_pending_writes_then_unmounts(farm: Farm, tmp_path: Path) 
         finally:
             with contextlib.suppress(OSError):
                 os.close(fd)  # ENOTCONN: the mount is gone, its data was sent before
-        assert not os.path.ismount(mount.path)
+        assert not is_mounted(mount.path)
     assert farm.client().fs.read_file("/termvol/f") == b"buffered, not yet on the farm"
 
 
@@ -98,7 +99,7 @@ def test_no_farm_no_mount(tmp_path: Path) -> None:
                              "--control", "127.0.0.1:1"], capture_output=True, text=True,
                             timeout=30)
     assert result.returncode == 1 and "kernelfarm mount:" in result.stderr
-    assert not os.path.ismount(path)
+    assert not is_mounted(path)
     reap_orphans()
 
 
