@@ -139,8 +139,13 @@ class FarmOperations(pyfuse3.Operations):  # type: ignore[misc]
 
     @fuse_errors
     async def getattr(self, inode: int, ctx: Any = None) -> pyfuse3.EntryAttributes:
-        await self._drain(inode)
-        return self._attrs(inode, await self.fs.stat(self._path(inode)))
+        st = await self.fs.stat(self._path(inode))
+        behind = self.pending.get(inode)
+        if behind is not None and not behind.idle:
+            # Not drained: the kernel asks after every write, which would make write-behind
+            # one round trip per write.  The size counts the writes still on their way.
+            st["size"] = max(st["size"], behind.end())
+        return self._attrs(inode, st)
 
     @fuse_errors
     async def setattr(self, inode: int, attr: pyfuse3.EntryAttributes,

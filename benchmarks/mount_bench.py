@@ -1,0 +1,269 @@
+"""``kernelfarm mount`` against the FUSE floor: a plain pyfuse3 passthrough of a local dir.
+
+Both file systems are mounted at once and every workload runs on one, then the other,
+side by side in one run (the machine is noisy), ``--repeat`` times, best of each kept:
+
+- seq-write: 256 MiB written in 1 MiB ``write`` calls, then ``close`` (MB/s; on the
+  mount, close returns once the data is on the farm);
+- seq-read: the same file read back in 1 MiB calls after a fresh ``open`` (MB/s);
+- small-files: 10,000 files of 100 bytes created (open, write, close), then all
+  ``stat``-ed (files/s over both phases);
+- cp-a: ``cp -a`` of a source tree (this project's package and tests) into the file
+  system (seconds; lower is better).
+
+The farm runs 2 kernels with ``[fs] max_file_bytes`` raised to fit the 256 MiB file and
+the ``fsync`` policy given (default ``never``: the passthrough does not fsync either, so
+both stop at the page cache).  Results: ``results/mount_bench.json``, ``.md`` and ``.png``.
+
+    python benchmarks/mount_bench.py [--size-mib 256] [--files 10000] [--repeat 2]
+                                     [--fsync never|batch|always] [--out DIR]
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+from rich.console import Console
+from rich.table import Table
+
+from kernelfarm.bench.runner import machine
+from kernelfarm.mount.mtab import is_mounted
+from kernelfarm.supervisor import launch
+
+HERE = Path(__file__).resolve().parent
+RESULTS_DIR = HERE / "results"
+MIB = 1024 * 1024
+GOAL = 0.5
+
+
+# -- the two file systems ---------------------------------------------------------------
+
+
+def wait_mounted(proc: subprocess.Popen[bytes], path: Path, deadline_s: float = 30) -> None:
+    end = time.monotonic() + deadline_s
+    while not is_mounted(path):
+        if proc.poll() is not None or time.monotonic() > end:
+            raise SystemExit(f"{path} was not mounted (exit status {proc.poll()})")
+        time.sleep(0.05)
+
+
+@contextlib.contextmanager
+def mounted(command: list[str], path: Path, log: Path) -> Iterator[Path]:
+    path.mkdir(parents=True, exist_ok=True)
+    with open(log, "wb") as out:
+        proc = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT)
+    try:
+        wait_mounted(proc, path)
+        yield path
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        if is_mounted(path):
+            subprocess.run(["fusermount3", "-u", "-z", str(path)], check=False)
+
+
+@contextlib.contextmanager
+def farm(scratch: Path, fsync: str, size: int) -> Iterator[str]:
+    config = scratch / "farm.toml"
+    config.write_text(f'[fs]\nfsync = "{fsync}"\nmax_file_bytes = {size * 2}\n'
+                      f"volume_quota_bytes = {size * 8}\n")
+    proc = launch.spawn(["--data-dir", str(scratch / "data"), "--config", str(config),
+                         "--kernels", "2", "--control", "127.0.0.1:0"],
+                        log_path=scratch / "farm.log")
+    try:
+        ready = launch.wait_ready(proc, scratch / "farm.log")
+        host, port = ready["control"]
+        yield f"{host}:{port}"
+    finally:
+        launch.stop(proc)
+
+
+# -- workloads ----------------------------------------------------------------------------
+
+
+def seq_write(root: Path, size: int) -> float:
+    chunk = os.urandom(MIB)
+    started = time.perf_counter()
+    with open(root / "big", "wb", buffering=0) as f:
+        for _ in range(size // MIB):
+            f.write(chunk)
+    return size / MIB / (time.perf_counter() - started)
+
+
+def seq_read(root: Path, size: int) -> float:
+    buf = bytearray(MIB)
+    total = 0
+    started = time.perf_counter()
+    with open(root / "big", "rb", buffering=0) as f:
+        while n := f.readinto(buf):
+            total += n
+    elapsed = time.perf_counter() - started
+    assert total == size, (total, size)
+    return size / MIB / elapsed
+
+
+def small_files(root: Path, count: int) -> float:
+    d = root / "small"
+    d.mkdir()
+    payload = b"x" * 100
+    started = time.perf_counter()
+    for i in range(count):
+        with open(d / f"f{i}", "wb", buffering=0) as f:
+            f.write(payload)
+    for i in range(count):
+        os.stat(d / f"f{i}")
+    return count / (time.perf_counter() - started)
+
+
+def cp_tree(root: Path, source: Path) -> float:
+    started = time.perf_counter()
+    subprocess.run(["cp", "-a", str(source), str(root / "tree")], check=True)
+    return time.perf_counter() - started
+
+
+def clean(root: Path) -> None:
+    for entry in root.iterdir():
+        if entry.is_dir() and not entry.is_symlink():
+            shutil.rmtree(entry)
+        else:
+            entry.unlink()
+
+
+WORKLOADS: list[tuple[str, str, bool]] = [
+    ("seq-write", "MB/s", True), ("seq-read", "MB/s", True),
+    ("small-files", "files/s", True), ("cp-a", "s", False)]
+"""(name, unit, higher is better)."""
+
+
+def run_all(roots: dict[str, Path], args: argparse.Namespace, source: Path,
+            console: Console) -> dict[str, dict[str, float]]:
+    size = args.size_mib * MIB
+    best: dict[str, dict[str, float]] = {name: {} for name, _, _ in WORKLOADS}
+    higher = {name: up for name, _, up in WORKLOADS}
+
+    def keep(workload: str, system: str, value: float) -> None:
+        old = best[workload].get(system)
+        if old is None or (value > old if higher[workload] else value < old):
+            best[workload][system] = value
+
+    for round_ in range(args.repeat):
+        for system, root in roots.items():
+            steps: list[tuple[str, Callable[[], float]]] = [
+                ("seq-write", lambda: seq_write(root, size)),
+                ("seq-read", lambda: seq_read(root, size)),
+                ("small-files", lambda: small_files(root, args.files)),
+                ("cp-a", lambda: cp_tree(root, source))]
+            for workload, step in steps:
+                value = step()
+                console.print(f"round {round_ + 1} {system:<12} {workload:<12} {value:10.2f}")
+                keep(workload, system, value)
+            clean(root)
+    return best
+
+
+def ratio(workload: str, values: dict[str, float]) -> float:
+    up = {name: u for name, _, u in WORKLOADS}[workload]
+    mount, floor = values["mount"], values["passthrough"]
+    return mount / floor if up else floor / mount
+
+
+def report(best: dict[str, dict[str, float]], meta: dict[str, Any], out: Path,
+           console: Console) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    rows = []
+    for workload, unit, up in WORKLOADS:
+        values = best[workload]
+        rows.append({"workload": workload, "unit": unit, "higher_is_better": up,
+                     "mount": round(values["mount"], 3),
+                     "passthrough": round(values["passthrough"], 3),
+                     "mount_share_of_passthrough": round(ratio(workload, values), 3)})
+    (out / "mount_bench.json").write_text(json.dumps({**meta, "results": rows}, indent=2)
+                                          + "\n")
+    lines = ["| workload | kernelfarm mount | pyfuse3 passthrough | mount / passthrough |",
+             "|---|---:|---:|---:|"]
+    table = Table(title="kernelfarm mount vs the FUSE floor")
+    for column in ("workload", "mount", "passthrough", "share"):
+        table.add_column(column, justify="left" if column == "workload" else "right")
+    for row in rows:
+        share = f"{row['mount_share_of_passthrough']:.2f}"
+        cells = [f"{row['workload']} ({row['unit']})", f"{row['mount']:,.1f}",
+                 f"{row['passthrough']:,.1f}", share]
+        lines.append("| " + " | ".join(cells) + " |")
+        table.add_row(*cells)
+    (out / "mount_bench.md").write_text("\n".join(lines) + "\n")
+    console.print(table)
+    plot(rows, out / "mount_bench.png")
+
+
+def plot(rows: list[dict[str, Any]], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 3.5))
+    names = [row["workload"] for row in rows]
+    shares = [row["mount_share_of_passthrough"] for row in rows]
+    ax.bar(names, shares, color="tab:blue")
+    ax.axhline(1.0, color="grey", linewidth=1, label="passthrough (FUSE floor)")
+    ax.axhline(GOAL, color="tab:red", linestyle="--", linewidth=1, label="goal: half")
+    for x, share in enumerate(shares):
+        ax.text(x, share, f"{share:.2f}", ha="center", va="bottom")
+    ax.set_ylabel("mount / passthrough (higher is better)")
+    ax.set_title("kernelfarm mount against a pyfuse3 passthrough, one run")
+    ax.legend(loc="upper right", fontsize="small")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--size-mib", type=int, default=256)
+    parser.add_argument("--files", type=int, default=10_000)
+    parser.add_argument("--repeat", type=int, default=2)
+    parser.add_argument("--fsync", choices=("never", "batch", "always"), default="never")
+    parser.add_argument("--out", type=Path, default=RESULTS_DIR)
+    args = parser.parse_args()
+    console = Console()
+    meta = {"machine": machine(), "size_mib": args.size_mib, "files": args.files,
+            "repeat": args.repeat, "farm": {"kernels": 2, "fsync": args.fsync}}
+    with tempfile.TemporaryDirectory(prefix="mount-bench-") as tmp:
+        scratch = Path(tmp)
+        source = scratch / "source"
+        for part in ("kernelfarm", "tests"):
+            shutil.copytree(HERE.parent / part, source / part,
+                            ignore=shutil.ignore_patterns("__pycache__"))
+        meta["source_tree_files"] = sum(len(files) for _, _, files in os.walk(source))
+        local = scratch / "local"
+        local.mkdir()
+        with farm(scratch, args.fsync, args.size_mib * MIB) as control, \
+                mounted([sys.executable, "-m", "kernelfarm", "mount", "--foreground",
+                         "--control", control, str(scratch / "farm-mnt")],
+                        scratch / "farm-mnt", scratch / "mount.log") as farm_root, \
+                mounted([sys.executable, str(HERE / "passthrough_fs.py"), str(local),
+                         str(scratch / "pt-mnt")], scratch / "pt-mnt",
+                        scratch / "passthrough.log") as pt_root:
+            (farm_root / "bench").mkdir()
+            best = run_all({"mount": farm_root / "bench", "passthrough": pt_root}, args,
+                           source, console)
+    report(best, meta, args.out, console)
+
+
+if __name__ == "__main__":
+    main()
