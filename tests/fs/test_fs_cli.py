@@ -3,13 +3,15 @@
 
 from __future__ import annotations
 
+import sys
+import time
 from pathlib import Path
 from typing import Any
 
 import pytest
 from fs_harness import FakeKernel
 
-from kernelfarm.cli import fs_cmd, main
+from kernelfarm.cli import fs_cmd, main, transfer
 
 
 @pytest.fixture
@@ -48,18 +50,19 @@ def test_mkdir_put_ls_cat_get_roundtrip(kernel: FakeKernel, tmp_path: Path,
     capsysbinary.readouterr()
     assert fs("ls", "/") == 0 and capsysbinary.readouterr().out == b"vol\n"
     assert fs("ls", "-l", "/vol/a/b") == 0
-    assert capsysbinary.readouterr().out.split() == [b"file", b"100644", b"6", b"f"]
+    listing = capsysbinary.readouterr().out.split()
+    assert (listing[:2], listing[-1]) == ([b"-rw-r--r--", b"6"], b"f")
     assert fs("cat", "/vol/a/b/f", "/vol/a/b/f") == 0
     assert capsysbinary.readouterr().out == b"hello\nhello\n"
     out = tmp_path / "out.bin"
     assert fs("get", "/vol/a/b/f", str(out)) == 0 and out.read_bytes() == b"hello\n"
     assert fs("stat", "/vol/a/b/f") == 0
-    assert b"type=file size=6 mode=100644" in capsysbinary.readouterr().out
+    assert b"Size: 6" in capsysbinary.readouterr().out
 
 
 def test_put_and_get_of_a_file_larger_than_one_chunk(kernel: FakeKernel, tmp_path: Path,
                                                      monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(fs_cmd, "CHUNK", 1000)
+    monkeypatch.setattr(transfer, "CHUNK", 1000)
     data = bytes(range(256)) * 20  # 5120 bytes: six chunks
     local = tmp_path / "big"
     local.write_bytes(data)
@@ -98,3 +101,133 @@ def test_errors_are_one_line_on_stderr_and_status_1(
     assert "cross-device" in capsys.readouterr().err.lower()
     assert fs("rm", "/v") == 1
     assert "Is a directory" in capsys.readouterr().err
+
+
+# -- behaving like ls, cp, mv, cat, stat, du ---------------------------------------------
+
+
+def test_a_trailing_slash_is_fine(kernel: FakeKernel,
+                                  capsys: pytest.CaptureFixture[str]) -> None:
+    kernel.api.mkdir("/alice")
+    kernel.api.write_file("/alice/f", b"1")
+    assert fs("ls", "/alice/") == 0 and capsys.readouterr().out == "f\n"
+    assert fs("ls", "/alice/f") == 0 and capsys.readouterr().out == "/alice/f\n"
+    assert fs("stat", "/alice/") == 0 and "Type: dir" in capsys.readouterr().out
+
+
+def test_directory_destinations_take_the_source_name(kernel: FakeKernel, tmp_path: Path
+                                                     ) -> None:
+    kernel.api.mkdir("/alice")
+    kernel.api.mkdir("/alice/sub")
+    local = tmp_path / "README.md"
+    local.write_bytes(b"readme")
+    assert fs("put", str(local), "/alice") == 0
+    assert kernel.api.read_file("/alice/README.md") == b"readme"
+    assert fs("put", str(local), "/alice/sub/") == 0
+    assert kernel.api.read_file("/alice/sub/README.md") == b"readme"
+    downloads = tmp_path / "dl"
+    downloads.mkdir()
+    assert fs("get", "/alice/README.md", str(downloads)) == 0
+    assert (downloads / "README.md").read_bytes() == b"readme"
+    assert fs("mv", "/alice/README.md", "/alice/sub") == 0  # replaces sub/README.md
+    assert kernel.api.listdir("/alice") == ["sub"]
+    kernel.api.write_file("/alice/x", b"x")
+    assert fs("mv", "/alice/x", "/alice/sub") == 0
+    assert kernel.api.read_file("/alice/sub/x") == b"x"
+
+
+def test_recursive_put_and_get_copy_trees(kernel: FakeKernel, tmp_path: Path,
+                                          capsys: pytest.CaptureFixture[str]) -> None:
+    tree = tmp_path / "proj"
+    (tree / "src" / "deep").mkdir(parents=True)
+    (tree / "a.txt").write_bytes(b"a")
+    (tree / "src" / "b.c").write_bytes(b"b" * 3000)
+    (tree / "src" / "deep" / "c").write_bytes(b"")
+    kernel.api.mkdir("/v")
+    assert fs("put", str(tree), "/v") == 1
+    assert "Is a directory (use -r to copy a tree)" in capsys.readouterr().err
+    assert fs("put", "-r", str(tree), "/v") == 0
+    assert kernel.api.listdir("/v/proj") == ["a.txt", "src"]
+    assert kernel.api.read_file("/v/proj/src/b.c") == b"b" * 3000
+    assert fs("du", "/v") == 0 and capsys.readouterr().out == "3001\t/v\n"
+    back = tmp_path / "back"
+    back.mkdir()
+    assert fs("get", "-r", "/v/proj", str(back)) == 0
+    assert sorted(str(p.relative_to(back)) for p in back.rglob("*")) == [
+        "proj", "proj/a.txt", "proj/src", "proj/src/b.c", "proj/src/deep", "proj/src/deep/c"]
+    assert (back / "proj" / "src" / "b.c").read_bytes() == b"b" * 3000
+
+
+def test_large_transfers_draw_a_progress_bar(kernel: FakeKernel, tmp_path: Path,
+                                             monkeypatch: pytest.MonkeyPatch,
+                                             capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.setattr(transfer, "CHUNK", 1000)
+    monkeypatch.setattr(transfer, "PROGRESS_MIN_BYTES", 4000)
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: True)
+    local = tmp_path / "big"
+    local.write_bytes(b"z" * 5000)
+    kernel.api.mkdir("/v")
+    assert fs("put", str(local), "/v/big") == 0
+    err = capsys.readouterr().err
+    assert "put /v/big" in err and "5.0/5.0 kB" in err
+    small = tmp_path / "small"
+    small.write_bytes(b"z" * 10)
+    assert fs("put", str(small), "/v/small") == 0 and capsys.readouterr().err == ""
+
+
+def test_cat_goes_on_past_a_missing_file(kernel: FakeKernel,
+                                         capfd: pytest.CaptureFixture[str]) -> None:
+    kernel.api.mkdir("/v")
+    kernel.api.write_file("/v/a", b"A\n")
+    kernel.api.write_file("/v/b", b"B\n")
+    assert fs("cat", "/v/a", "/v/missing", "/v/b") == 1
+    out, err = capfd.readouterr()
+    assert out == "A\nB\n"
+    assert err == "kernelfarm fs cat: No such file or directory: /v/missing\n"
+
+
+def test_stat_is_human_readable(kernel: FakeKernel,
+                                capsys: pytest.CaptureFixture[str]) -> None:
+    kernel.api.mkdir("/v")
+    kernel.api.write_file("/v/f", b"hello")
+    kernel.api.utime("/v/f", 1_700_000_000_123_456_789)
+    assert fs("stat", "/v/f", "/v") == 0
+    out = capsys.readouterr().out
+    assert "Mode: (0644/-rw-r--r--)" in out and "Size: 5" in out
+    assert "Mode: (0755/drwxr-xr-x)" in out
+    assert time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(1_700_000_000)) + \
+        ".123456789" in out
+    assert "mtime_ns" not in out
+
+
+def test_a_too_large_upload_is_refused_before_its_data_is_sent(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    small = FakeKernel(tmp_path / "small", max_file_bytes=3000)
+    sent: list[int] = []
+    pwrite = small.api.pwrite
+    monkeypatch.setattr(small.api, "pwrite", lambda p, o, d: sent.append(len(d)) or
+                        pwrite(p, o, d))
+
+    class FakeClient:
+        def __init__(self, control: Any) -> None:
+            self.fs = small.api
+
+        def __enter__(self) -> FakeClient:
+            return self
+
+        def __exit__(self, *exc: Any) -> None:
+            pass
+
+    monkeypatch.setattr(fs_cmd, "Client", FakeClient)
+    monkeypatch.setattr(transfer, "CHUNK", 1000)
+    try:
+        local = tmp_path / "big"
+        local.write_bytes(b"x" * 5000)
+        small.api.mkdir("/v")
+        assert fs("put", str(local), "/v/big") == 1
+        assert capsys.readouterr().err.startswith("kernelfarm fs put: File too large: /v/big")
+        assert sent == []
+        assert small.api.listdir("/v") == []  # no temporary left behind
+    finally:
+        small.close()
