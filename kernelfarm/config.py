@@ -10,6 +10,8 @@ errors are :class:`~kernelfarm.errors.ConfigError` naming the offending key.
 from __future__ import annotations
 
 import dataclasses
+import difflib
+import ipaddress
 import os
 import tomllib
 import types
@@ -33,6 +35,14 @@ def _check_kernels(value: Any) -> None:
         raise ValueError('must be "auto" or a whole number >= 1')
 
 
+def _check_numeric_host(value: Any) -> None:
+    try:
+        ipaddress.ip_address(value)
+    except ValueError:
+        raise ValueError(f"must be a numeric IP address (a kernel resolves no names), got "
+                         f"{_toml_value(value)}") from None
+
+
 def _check_hostport(value: Any) -> None:
     parse_hostport(value)
 
@@ -53,7 +63,8 @@ class FarmConfig:
     data_dir: str = setting("~/.local/state/kernelfarm", "where kernels keep their data")
     control: str = setting(DEFAULT_CONTROL, "supervisor control address HOST:PORT (port 0 = "
                            "any free port)", check=_check_hostport)
-    host: str = setting("127.0.0.1", "address the kernels listen on (loopback by default)")
+    host: str = setting("127.0.0.1", "numeric address the kernels listen on (loopback by "
+                        "default)", check=_check_numeric_host)
 
 
 @dataclass(frozen=True)
@@ -149,50 +160,101 @@ def _type_ok(value: Any, annotation: Any) -> bool:
 def _describe(annotation: Any) -> str:
     origin = typing.get_origin(annotation)
     if origin is Literal:
-        return " or ".join(repr(a) for a in typing.get_args(annotation))
+        return " or ".join(_toml_value(a) for a in typing.get_args(annotation))
     if origin in (typing.Union, types.UnionType):
         return " or ".join(_describe(a) for a in typing.get_args(annotation))
-    return getattr(annotation, "__name__", str(annotation))
+    return {bool: "true or false", str: "a string", int: "an integer",
+            float: "a number"}.get(annotation, getattr(annotation, "__name__", str(annotation)))
 
 
-def _build_section(name: str, cls: type, table: Any, source: str) -> Any:
+def _unknown(what: str, name: str, known: Any) -> str:
+    """``unknown key farm.contrl (did you mean farm.control?)``"""
+    close = difflib.get_close_matches(name.rsplit(".", 1)[-1], list(known), n=1)
+    prefix = name.rsplit(".", 1)[0] + "." if "." in name else ""
+    hint = f" (did you mean {prefix}{close[0]}?)" if close else ""
+    return f"unknown {what} {name}{hint}"
+
+
+def _build_section(name: str, cls: type, table: Any, source: str,
+                   problems: list[ConfigError]) -> Any:
+    """The section's dataclass from ``table``; each bad key adds to ``problems``."""
     if not isinstance(table, dict):
-        raise ConfigError(f"{source}: [{name}] must be a table")
+        problems.append(ConfigError(f"{source}: [{name}] must be a table", key=name))
+        return cls()
     hints = typing.get_type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls)}
     values: dict[str, Any] = {}
     for key, value in table.items():
+        where = f"{name}.{key}"
         if key not in fields:
-            raise ConfigError(f"{source}: unknown key {name}.{key}", key=f"{name}.{key}")
+            problems.append(ConfigError(f"{source}: {_unknown('key', where, fields)}",
+                                        key=where))
+            continue
         annotation = hints[key]
         if typing.get_origin(annotation) is tuple and isinstance(value, list):
             value = tuple(value)
         if not _type_ok(value, annotation):
-            raise ConfigError(f"{source}: {name}.{key} must be {_describe(annotation)}, "
-                              f"got {value!r}", key=f"{name}.{key}")
+            problems.append(ConfigError(f"{source}: {where} must be {_describe(annotation)}, "
+                                        f"got {_toml_value(value)}", key=where))
+            continue
         meta = fields[key].metadata
         minimum = meta.get("minimum")
         if minimum is not None and isinstance(value, (int, float)) and value < minimum:
-            raise ConfigError(f"{source}: {name}.{key} must be >= {minimum}, got {value!r}",
-                              key=f"{name}.{key}")
+            problems.append(ConfigError(f"{source}: {where} must be >= {minimum}, got "
+                                        f"{_toml_value(value)}", key=where))
+            continue
         check = meta.get("check")
         if check is not None:
             try:
                 check(value)
             except ValueError as exc:
-                raise ConfigError(f"{source}: {name}.{key} {exc}", key=f"{name}.{key}") from exc
+                problems.append(ConfigError(f"{source}: {where} {exc}", key=where))
+                continue
         values[key] = value
     return cls(**values)
 
 
-def build(data: dict[str, Any], source: str = "<config>") -> Config:
-    """Validate a parsed TOML document; missing sections and keys take their defaults."""
+def validate(data: dict[str, Any], source: str = "<config>"
+             ) -> tuple[Config, list[ConfigError]]:
+    """Every problem of a parsed TOML document, and the config its good keys make."""
+    problems: list[ConfigError] = []
     for name in data:
         if name not in SECTIONS:
-            raise ConfigError(f"{source}: unknown section [{name}]", key=name)
-    sections = {name: _build_section(name, cls, data.get(name, {}), source)
+            problems.append(ConfigError(f"{source}: {_unknown('section', name, SECTIONS)}",
+                                        key=name))
+    sections = {name: _build_section(name, cls, data.get(name, {}), source, problems)
                 for name, cls in SECTIONS.items()}
-    return Config(sections)
+    return Config(sections), problems
+
+
+def build(data: dict[str, Any], source: str = "<config>") -> Config:
+    """Validate a parsed TOML document; missing sections and keys take their defaults."""
+    config, problems = validate(data, source)
+    if problems:
+        raise problems[0]
+    return config
+
+
+def read(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """The parsed TOML document at ``path``; a missing or invalid file is a ConfigError."""
+    try:
+        with open(path, "rb") as fh:
+            return tomllib.load(fh)
+    except FileNotFoundError as exc:
+        raise ConfigError(f"config file not found: {path}") from exc
+    except IsADirectoryError as exc:
+        raise ConfigError(f"{path}: is a directory, not a config file") from exc
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: invalid TOML: {exc}") from exc
+
+
+def check(path: str | os.PathLike[str]) -> list[ConfigError]:
+    """Every problem of the file at ``path`` (``kernelfarm config --check``)."""
+    try:
+        data = read(path)
+    except ConfigError as exc:
+        return [exc]
+    return validate(data, str(path))[1]
 
 
 def load(path: str | os.PathLike[str] | None = None,
@@ -202,13 +264,7 @@ def load(path: str | os.PathLike[str] | None = None,
     source = "<defaults>"
     if path is not None:
         source = str(path)
-        try:
-            with open(path, "rb") as fh:
-                data = tomllib.load(fh)
-        except FileNotFoundError as exc:
-            raise ConfigError(f"config file not found: {path}") from exc
-        except tomllib.TOMLDecodeError as exc:
-            raise ConfigError(f"{path}: invalid TOML: {exc}") from exc
+        data = read(path)
     for section, values in (overrides or {}).items():
         merged = dict(data.get(section, {}))
         merged.update({k: v for k, v in values.items() if v is not None})

@@ -1,22 +1,33 @@
-"""``kernelfarm config``: print the documented default config, or check a config file."""
+"""``kernelfarm config``: print the documented default config, or check config files."""
 
 from __future__ import annotations
 
 import argparse
+import sys
 
 from kernelfarm import config as configuration
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
-    parser = sub.add_parser("config", help="print the default config, or check a file")
-    parser.add_argument("--check", metavar="FILE", help="validate FILE and report errors")
+    parser = sub.add_parser("config", help="print the default config, or check files",
+                            description="Print the documented default config (what "
+                                        "config/kernelfarm.toml holds), or check files.")
+    parser.add_argument("--check", metavar="FILE", nargs="+",
+                        help="validate each FILE and report every error in it")
     parser.set_defaults(handler=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    if args.check:
-        configuration.load(args.check)  # raises ConfigError naming the key
-        print(f"{args.check}: ok")
-    else:
+    if not args.check:
         print(configuration.render_defaults(), end="")
-    return 0
+        return 0
+    status = 0
+    for path in args.check:
+        problems = configuration.check(path)
+        for problem in problems:
+            print(f"kernelfarm config: {problem.message}", file=sys.stderr)
+        if problems:
+            status = 2
+        else:
+            print(f"{path}: ok")
+    return status
