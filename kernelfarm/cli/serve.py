@@ -36,7 +36,8 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
                         help="locked mode: one big lock, or per-volume/per-namespace locks")
     parser.add_argument("--data-dir", metavar="DIR", help="where the kernels keep their data")
     parser.add_argument("--control", metavar="HOST:PORT", type=hostport_arg,
-                        default=argparse.SUPPRESS, help="address of the control API (port 0: any free port)")
+                        default=argparse.SUPPRESS,
+                        help="address of the control API (port 0: any free port)")
     parser.add_argument("--metrics", metavar="HOST:PORT|off", type=_metrics_arg,
                         help="address of the Prometheus endpoint, or off")
     parser.add_argument("--log-level", type=str.upper, choices=LOG_LEVELS, metavar="LEVEL",

@@ -40,7 +40,7 @@ def p99(bounds: list[float], counts: list[int]) -> float | None:
         return None
     rank = 0.99 * total
     seen = 0
-    for bound, count in zip([*bounds, float("inf")], counts):
+    for bound, count in zip([*bounds, float("inf")], counts, strict=True):
         seen += count
         if seen >= rank:
             return bound
@@ -82,9 +82,10 @@ class Rates:
                 cpu = max(_cpu(stats) - _cpu(before[1]), 0.0) / dt * 100
                 bounds = stats["latency"]["bounds"]
                 counts = [a - b for a, b in zip(stats["latency"]["counts"],
-                                                before[1]["latency"]["counts"])]
+                                                before[1]["latency"]["counts"], strict=True)]
                 latency = p99(bounds, counts)
-                all_counts = [a + b for a, b in zip(all_counts or [0] * len(counts), counts)]
+                all_counts = [a + b for a, b in
+                              zip(all_counts or [0] * len(counts), counts, strict=True)]
                 total_ops += ops
                 total_cpu += cpu
             total_rss += stats.get("memory_rss", 0)

@@ -18,6 +18,7 @@ import socket
 from typing import TYPE_CHECKING, Any, Iterator
 
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client.registry import Collector
 from prometheus_client.metrics_core import (
     CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric,
 )
@@ -34,11 +35,11 @@ REQUEST_TIMEOUT_S = 10.0
 NS = "kernelfarm"
 
 
-class FarmSnapshot:
+class FarmSnapshot(Collector):
     """One ``cluster.status`` answer, seen as Prometheus metric families.
 
-    prometheus-client's exposition needs only an object with ``collect()``: the families
-    are built from the snapshot and thrown away, so the endpoint keeps no registry.
+    prometheus-client's exposition takes any collector: the families are built from the
+    snapshot and thrown away, so the endpoint keeps no registry.
     """
 
     def __init__(self, status: dict[str, Any], scaling: dict[str, float]) -> None:
@@ -83,7 +84,7 @@ def kernel_families(rows: list[dict[str, Any]]) -> Iterator[Metric]:
         "requests read together (no queueing, no fsync wait)", labels=k)
     cpu = CounterMetricFamily(f"{NS}_kernel_cpu_seconds", "CPU time of the kernel process",
                               labels=k + ["mode"])
-    gauges = {
+    gauges: dict[str, GaugeMetricFamily | CounterMetricFamily] = {
         "memory_rss": GaugeMetricFamily(f"{NS}_kernel_resident_memory_bytes",
                                         "resident memory of the kernel process", labels=k),
         "fds": GaugeMetricFamily(f"{NS}_kernel_open_fds", "open file descriptors",
@@ -93,7 +94,7 @@ def kernel_families(rows: list[dict[str, Any]]) -> Iterator[Metric]:
         "connections": GaugeMetricFamily(f"{NS}_kernel_connections",
                                          "client connections open", labels=k),
     }
-    counters = {
+    counters: dict[str, GaugeMetricFamily | CounterMetricFamily] = {
         "bytes_in": CounterMetricFamily(f"{NS}_kernel_rpc_received_bytes",
                                         "msgpack-rpc bytes read from clients", labels=k),
         "bytes_out": CounterMetricFamily(f"{NS}_kernel_rpc_sent_bytes",
@@ -105,7 +106,7 @@ def kernel_families(rows: list[dict[str, Any]]) -> Iterator[Metric]:
             f"{NS}_kernel_group_commit_seconds", "seconds spent flushing group commits",
             labels=k),
     }
-    subsystem = {
+    subsystem: dict[tuple[str, str], GaugeMetricFamily | CounterMetricFamily] = {
         ("fs", "volumes"): GaugeMetricFamily(f"{NS}_fs_volumes", "volumes held", labels=k),
         ("fs", "files"): GaugeMetricFamily(f"{NS}_fs_files", "files held", labels=k),
         ("fs", "bytes"): GaugeMetricFamily(f"{NS}_fs_bytes", "file bytes held", labels=k),
@@ -159,9 +160,9 @@ def _gauge(name: str, help_text: str, value: float) -> GaugeMetricFamily:
 
 def _buckets(bounds: list[float], counts: list[int]) -> list[tuple[str, float]]:
     """Per-bucket counts -> Prometheus's cumulative ``le`` buckets, ending at +Inf."""
-    cumulative = 0
-    buckets = []
-    for bound, count in zip([*map(repr, bounds), "+Inf"], counts):
+    cumulative = 0.0
+    buckets: list[tuple[str, float]] = []
+    for bound, count in zip([*map(repr, bounds), "+Inf"], counts, strict=True):
         cumulative += count
         buckets.append((bound, cumulative))
     return buckets
@@ -170,8 +171,9 @@ def _buckets(bounds: list[float], counts: list[int]) -> list[tuple[str, float]]:
 async def render(supervisor: Supervisor) -> bytes:
     status = await supervisor.cluster_status()
     scaler = supervisor.scaler
-    return generate_latest(FarmSnapshot(status, {  # type: ignore[arg-type]
-        "done": scaler.done, "seconds": scaler.done_seconds, "slots": scaler.slots_moved}))
+    snapshot = FarmSnapshot(status, {"done": scaler.done, "seconds": scaler.done_seconds,
+                                     "slots": scaler.slots_moved})
+    return generate_latest(snapshot)
 
 
 class MetricsEndpoint:
