@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import socket
 import subprocess
 import sys
@@ -11,6 +12,7 @@ import pytest
 from farmctl import start_farm
 
 import kernelfarm
+import kernelfarm.aio
 from kernelfarm.cli import main
 from kernelfarm.cli.status import render
 from kernelfarm.cli.top_cmd import Rates, p99, view
@@ -59,6 +61,12 @@ def test_connection_refused_names_the_address(capsys: pytest.CaptureFixture[str]
     assert err.strip() == f"kernelfarm: cannot connect to 127.0.0.1:{port}: Connection refused"
     with pytest.raises(ConnectionRefusedError, match=f"127.0.0.1:{port}"):
         kernelfarm.Client(f"127.0.0.1:{port}")
+
+    async def connect() -> None:
+        async with kernelfarm.aio.Client(f"127.0.0.1:{port}"):
+            pass
+    with pytest.raises(ConnectionRefusedError, match=f"127.0.0.1:{port}"):
+        asyncio.run(connect())
 
 
 def test_options_go_before_or_after_the_verb_and_come_from_the_environment(
