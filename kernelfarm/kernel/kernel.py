@@ -183,7 +183,7 @@ class Kernel:
     # A slot moves from kernel S to kernel D in four steps, each a control call:
     # S.freeze (its writes get TRYAGAIN, reads go on) -> S.release (state made durable and
     # dropped; every request gets TRYAGAIN) -> D.acquire (state loaded from the shared
-    # data dir) -> set_table on every kernel (the owner flips with a new epoch; S answers
+    # data dir) -> S.hand_over (open connections follow) -> set_table on every kernel (the owner flips with a new epoch; S answers
     # MOVED from then on).  Only the moving slots ever pause.
 
     def freeze(self, slots: list[int]) -> int:
@@ -219,6 +219,11 @@ class Kernel:
             self.owned[slot] = 1
         self.frozen.difference_update(slots)
         return len(new)
+
+    def hand_over(self, slots: list[int], target: str) -> int:
+        """Between a move's acquire and its new table: the released slots' open
+        connections go to the new owner (``target``: its hand-off socket)."""
+        return sum(subsystem.hand_over(slots, target) for subsystem in self.subsystems)
 
     def set_table(self, epoch: int, ranges: list[list[int]],
                   addrs: list[list[Any]]) -> dict[str, Any]:

@@ -31,6 +31,7 @@ from kernelfarm.boot import BOOT_NOTIFICATION, EXIT_BOOT_FAILED, READY_NOTIFICAT
 from kernelfarm.config import Config
 from kernelfarm.errors import to_wire
 from kernelfarm.kernel.kernel import Kernel
+from kernelfarm.net.subsystem import NetSubsystem
 from kernelfarm.rpc.protocol import make_unpacker
 from kernelfarm.rpc.server import ServerConnection, connection_factory
 
@@ -85,6 +86,7 @@ class AdminService:
             "kernel.thaw": kernel.thaw,
             "kernel.release": kernel.release,
             "kernel.acquire": kernel.acquire,
+            "kernel.hand_over": kernel.hand_over,
             "kernel.stop": self._stop,
         }
 
@@ -142,7 +144,7 @@ def pin(boot: BootInfo) -> None:
 
 
 async def serve(boot: BootInfo, config: Config, control: socket.socket,
-                listen: socket.socket) -> int:
+                listen: socket.socket, handoff: socket.socket | None = None) -> int:
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     kernel = make_kernel(boot, config, loop)
@@ -151,6 +153,9 @@ async def serve(boot: BootInfo, config: Config, control: socket.socket,
     kernel.load_slots(kernel.table.slots_of(kernel.kernel_id))
     factory = connection_factory(kernel, config.rpc, kernel.meter)
     server = await loop.create_server(factory, sock=listen)
+    if handoff is not None:
+        net = next(s for s in kernel.subsystems if isinstance(s, NetSubsystem))
+        net.handoff.serve(handoff, enabled=boot.mode != "locked")
     workers = None
     if boot.mode == "locked" and boot.threads > 1:
         from kernelfarm.kernel.locked import WorkerThreads
@@ -186,11 +191,13 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="kernelfarm-kernel")
     parser.add_argument("--control-fd", type=int, required=True)
     parser.add_argument("--listen-fd", type=int, required=True)
+    parser.add_argument("--handoff-fd", type=int, help="Unix socket for fd hand-offs")
     args = parser.parse_args(argv)
     die_with_parent()
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the supervisor's to handle
     control = socket.socket(fileno=args.control_fd)
     listen = socket.socket(fileno=args.listen_fd)
+    handoff = None if args.handoff_fd is None else socket.socket(fileno=args.handoff_fd)
     setup_logging("?")
     try:
         boot = read_boot(control)
@@ -204,7 +211,7 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_BOOT_FAILED
     started = time.monotonic()
     try:
-        return uvloop.run(serve(boot, config, control, listen))
+        return uvloop.run(serve(boot, config, control, listen, handoff))
     except Exception:
         # The supervisor knows whether we reported ready, so it tells a failed boot from
         # a crash by itself.

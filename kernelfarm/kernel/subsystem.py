@@ -88,6 +88,12 @@ class Subsystem:
     def release_slot(self, slot: int) -> None:
         """Give ``slot`` up: make its state durable on disk, then drop it from memory."""
 
+    def hand_over(self, slots: list[int], target: str) -> int:
+        """After a move's ``acquire``: give the released slots' live resources that can
+        travel (open connections) to the kernel serving hand-offs at ``target``; returns
+        how many went."""
+        return 0
+
     def stats(self) -> dict[str, Any]:
         return {}
 

@@ -16,6 +16,7 @@ from typing import Any, Awaitable
 
 from kernelfarm.errors import posix
 from kernelfarm.net.policy import IPAddress, Policy, parse_address
+from kernelfarm.net.relay import Relay
 from kernelfarm.net.sockets import FarmSocket, wire_address
 
 
@@ -31,8 +32,15 @@ class Counters:
     denied: int = 0
     errors: int = 0
 
-    def report(self, sockets_open: int) -> dict[str, Any]:
-        return {"sockets_open": sockets_open, **asdict(self)}
+    def report(self, sockets_open: int, relays: int = 0) -> dict[str, Any]:
+        return {"sockets_open": sockets_open, "relays": relays, **asdict(self)}
+
+    def count_failure(self, exc: OSError) -> None:
+        """``denied`` for a policy refusal, ``errors`` for anything else."""
+        if exc.errno == errno.EACCES:
+            self.denied += 1
+        else:
+            self.errors += 1
 
 
 SID_SPACE = 2**31
@@ -48,13 +56,16 @@ class Namespace:
         self.policy = policy
         self.max_sockets = max_sockets
         self.sockets: dict[int, FarmSocket] = {}
+        self.relays: dict[int, Relay] = {}
+        """Connections handed to this kernel and relayed in its loop (see ``relay``); each
+        counts as one socket of the namespace."""
         self.counters = Counters()
         # A namespace that moves to another kernel starts afresh there; a random first
         # sid keeps a client's stale sid from naming someone else's new socket.
         self._next_sid = secrets.randbelow(SID_SPACE) * SID_STRIDE + 1
 
     def _check_room(self) -> None:
-        if len(self.sockets) >= self.max_sockets:
+        if len(self.sockets) + len(self.relays) >= self.max_sockets:
             raise posix(errno.EMFILE, f"namespace {self.name!r} holds net.max_sockets="
                         f"{self.max_sockets} sockets")
 
@@ -159,12 +170,36 @@ class Namespace:
         for farm_sock in self.sockets.values():
             farm_sock.close()
         self.sockets.clear()
+        for relay in list(self.relays.values()):
+            relay.close()
+
+    def adopt_relay(self, relay: Relay) -> None:
+        """Make ``relay`` one of this namespace's sockets, counted and listed."""
+        if relay.sid in self.sockets or relay.sid in self.relays:
+            relay.sid = self._next_sid
+            self._next_sid += 1
+        self.relays[relay.sid] = relay
+        relay.counters = self.counters
+        relay.on_close = self._relay_closed
+
+    def _relay_closed(self, relay: Relay) -> None:
+        self.relays.pop(relay.sid, None)
+
+    def take_relays(self) -> list[Relay]:
+        """Park and detach every relay (its namespace is leaving this kernel)."""
+        relays = list(self.relays.values())
+        self.relays.clear()
+        for relay in relays:
+            relay.park()
+            relay.on_close = None
+        return relays
 
     def stats(self) -> dict[str, Any]:
-        return self.counters.report(len(self.sockets))
+        return self.counters.report(len(self.sockets) + len(self.relays), len(self.relays))
 
     def list(self) -> list[dict[str, Any]]:
-        return [farm_sock.describe() for farm_sock in self.sockets.values()]
+        return [farm_sock.describe() for farm_sock in self.sockets.values()] + \
+            [relay.describe() for relay in self.relays.values()]
 
     def _bind_for_sending(self, farm_sock: FarmSocket, destination: IPAddress) -> None:
         """Bind an unbound UDP socket before its first datagram, as policy allows.

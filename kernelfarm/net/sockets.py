@@ -83,6 +83,12 @@ class FarmSocket:
             raise posix(errno.ENOTCONN, f"socket {self.sid} is neither bound nor connected")
         return self.sock
 
+    def detach(self) -> socket.socket:
+        """Give the host socket away (to a relay); this farm socket is then empty."""
+        sock = self.opened()
+        self.sock = None
+        return sock
+
     def is_bound(self) -> bool:
         return self.sock is not None and self.sock.getsockname()[1] != 0
 

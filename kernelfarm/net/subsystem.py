@@ -23,6 +23,7 @@ from kernelfarm.errors import posix
 from kernelfarm.kernel.subsystem import Connection, KernelContext, Method, Subsystem
 from kernelfarm.keys import namespace_key
 from kernelfarm.net.config import NetConfig
+from kernelfarm.net.handoff_service import HandoffService
 from kernelfarm.net.namespace import Counters, Namespace
 from kernelfarm.net.policy import Policy
 from kernelfarm.net.sockets import KINDS, FarmSocket
@@ -56,6 +57,7 @@ class NetSubsystem(Subsystem):
         self._by_slot: dict[int, set[str]] = {}  # so releasing a slot is not a full scan
         # id(connection) -> the (namespace, sid) it owns; one close callback per connection.
         self._owned: dict[int, set[tuple[str, int]]] = {}
+        self.handoff = HandoffService(self)
 
     def methods(self) -> list[Method]:
         key = namespace_key
@@ -83,16 +85,13 @@ class NetSubsystem(Subsystem):
     def socket(self, conn: Connection, ns: str, kind: Any) -> int:
         if kind not in KINDS:
             raise ValueError(f'kind must be "tcp" or "udp", got {kind!r}')
-        namespace = self.namespaces.get(ns)
-        if namespace is None:
-            namespace = self._create(ns)
-        farm_sock = namespace.open(kind)
+        farm_sock = self.open_namespace(ns).open(kind)
         self._tie(conn, ns, farm_sock)
         return farm_sock.sid
 
     async def connect(self, ns: str, sid: Any, host: Any, port: Any,
                       timeout: Any = None) -> None:
-        await self._get(ns).connect(sid, host, port, self._timeout(timeout))
+        await self._get(ns).connect(sid, host, port, self.timeout(timeout))
 
     def bind(self, ns: str, sid: Any, host: Any, port: Any) -> list[Any]:
         return self._get(ns).bind(sid, host, port)
@@ -102,25 +101,25 @@ class NetSubsystem(Subsystem):
 
     async def accept(self, conn: Connection, ns: str, sid: Any,
                      timeout: Any = None) -> list[Any]:
-        farm_sock, address = await self._get(ns).accept(sid, self._timeout(timeout))
+        farm_sock, address = await self._get(ns).accept(sid, self.timeout(timeout))
         self._tie(conn, ns, farm_sock)
         return [farm_sock.sid, address]
 
     def send(self, ns: str, sid: Any, data: Any, timeout: Any = None) -> int | Awaitable[int]:
         """The data path answers at once when the host does (see ``Method.is_async``)."""
-        return self._get(ns).send(sid, _data(data), self._timeout(timeout))
+        return self._get(ns).send(sid, _data(data), self.timeout(timeout))
 
     def recv(self, ns: str, sid: Any, size: Any,
              timeout: Any = None) -> bytes | Awaitable[bytes]:
-        return self._get(ns).recv(sid, self._size(size), self._timeout(timeout))
+        return self._get(ns).recv(sid, self._size(size), self.timeout(timeout))
 
     async def sendto(self, ns: str, sid: Any, data: Any, host: Any, port: Any) -> int:
-        return await self._get(ns).sendto(sid, _data(data), host, port, self._timeout(None))
+        return await self._get(ns).sendto(sid, _data(data), host, port, self.timeout(None))
 
     async def recvfrom(self, ns: str, sid: Any, size: Any,
                        timeout: Any = None) -> list[Any]:
         data, address = await self._get(ns).recvfrom(sid, self._size(size),
-                                                     self._timeout(timeout))
+                                                     self.timeout(timeout))
         return [data, address]
 
     def shutdown(self, ns: str, sid: Any, how: Any) -> None:
@@ -148,25 +147,41 @@ class NetSubsystem(Subsystem):
 
     # -- Subsystem ----------------------------------------------------------------------------
 
+    def load_slot(self, slot: int) -> None:
+        self.handoff.resume(slot)
+
     def release_slot(self, slot: int) -> None:
-        """Close the sockets of the slot's namespaces: host sockets cannot move to another
-        kernel (yet), so their clients get ``EBADF`` on next use."""
+        """Park the relays of the slot's namespaces (``hand_over`` moves them to the new
+        owner) and close their other sockets: a client's sockets are tied to its
+        connection to this kernel, so their clients get ``EBADF`` on next use."""
         for name in self._by_slot.pop(slot, ()):
+            self.handoff.park(slot, self.namespaces[name])
             self._drop(name)
+
+    def hand_over(self, slots: list[int], target: str) -> int:
+        return self.handoff.hand_over(slots, target)
 
     def stats(self) -> dict[str, Any]:
         namespaces = self.namespaces.values()
+        relays = sum(len(ns.relays) for ns in namespaces)
         return {
             "namespaces": len(self.namespaces),
-            "sockets": sum(len(ns.sockets) for ns in namespaces),
+            "sockets": sum(len(ns.sockets) for ns in namespaces) + relays,
+            "relays": relays,
             "bytes_in": sum(ns.counters.bytes_in for ns in namespaces),
             "bytes_out": sum(ns.counters.bytes_out for ns in namespaces),
         }
 
     def close(self) -> None:
+        self.handoff.close()
         for name in list(self.namespaces):
             self._drop(name)
         self._by_slot.clear()
+
+    def open_namespace(self, name: str) -> Namespace:
+        """The namespace, created on first use."""
+        namespace = self.namespaces.get(name)
+        return namespace if namespace is not None else self._create(name)
 
     # -- internals ----------------------------------------------------------------------------
 
@@ -190,7 +205,8 @@ class NetSubsystem(Subsystem):
             self._untie(name, farm_sock)
         namespace.close_all()
 
-    def _timeout(self, timeout: Any) -> float:
+    def timeout(self, timeout: Any) -> float:
+        """A caller's timeout bounded by ``max_timeout``; none = ``default_timeout``."""
         if timeout is None:
             return min(self.config.default_timeout, self.config.max_timeout)
         if not isinstance(timeout, (int, float)) or isinstance(timeout, bool):
@@ -235,12 +251,8 @@ class NetSubsystem(Subsystem):
         def count(params: tuple[Any, ...], exc: OSError) -> None:
             name = next((p for p in params if isinstance(p, str)), None)
             namespace = self.namespaces.get(name) if name is not None else None
-            if namespace is None:
-                return
-            if exc.errno == errno.EACCES:
-                namespace.counters.denied += 1
-            else:
-                namespace.counters.errors += 1
+            if namespace is not None:
+                namespace.counters.count_failure(exc)
 
         if inspect.iscoroutinefunction(handler):
             async def run_async(*params: Any) -> Any:

@@ -16,6 +16,7 @@ import socket
 import subprocess
 import sys
 import time
+from pathlib import Path
 from typing import Any, Callable
 
 import msgpack
@@ -63,12 +64,41 @@ def bind_listener(host: str, port: int = 0) -> socket.socket:
     return sock
 
 
+UNIX_PATH_MAX = 107
+
+
+def bind_handoff(path: Path) -> socket.socket | None:
+    """The kernel's hand-off socket (see :mod:`kernelfarm.net.handoff`), owner-only.
+
+    Bound here, like the RPC listener, so a front-end's connection waits in the backlog
+    while a kernel restarts.  A data dir too deep for a Unix socket path leaves the kernel
+    without one: everything but ``kernelfarm socks`` still works, and the log says why.
+    """
+    if len(os.fsencode(path)) > UNIX_PATH_MAX:
+        log.warning("no fd hand-off socket: %s is longer than a Unix socket path may be",
+                    path)
+        return None
+    path.unlink(missing_ok=True)  # a stale one of a dead supervisor (we hold the lock)
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    try:
+        sock.bind(str(path))
+        os.chmod(path, 0o600)
+        sock.listen(1024)
+    except OSError:
+        sock.close()
+        raise
+    sock.set_inheritable(True)
+    return sock
+
+
 class KernelHandle:
-    def __init__(self, kernel_id: int, core: int, host: str) -> None:
+    def __init__(self, kernel_id: int, core: int, host: str, data_dir: Path) -> None:
         self.kernel_id = kernel_id
         self.core = core
         self.listener = bind_listener(host)
         self.addr: list[Any] = list(self.listener.getsockname()[:2])
+        self.handoff_path = data_dir / f"handoff-{kernel_id}.sock"
+        self.handoff = bind_handoff(self.handoff_path)
         self.state = KernelState.STARTING
         self.proc: subprocess.Popen[bytes] | None = None
         self.control: ControlChannel | None = None
@@ -85,7 +115,8 @@ class KernelHandle:
 
     def describe(self) -> dict[str, Any]:
         return {"id": self.kernel_id, "addr": self.addr, "core": self.core, "pid": self.pid,
-                "state": self.state.value}
+                "state": self.state.value,
+                "handoff": str(self.handoff_path) if self.handoff is not None else None}
 
     async def spawn(self, boot: BootInfo, boot_timeout: float) -> None:
         """Start a kernel process and wait for its ready notification.
@@ -95,13 +126,15 @@ class KernelHandle:
         """
         loop = asyncio.get_running_loop()
         parent, child = socket.socketpair()
+        argv = [sys.executable, "-m", "kernelfarm.kernel",
+                "--control-fd", str(child.fileno()),
+                "--listen-fd", str(self.listener.fileno())]
+        fds = [child.fileno(), self.listener.fileno()]
+        if self.handoff is not None:
+            argv += ["--handoff-fd", str(self.handoff.fileno())]
+            fds.append(self.handoff.fileno())
         try:
-            self.proc = subprocess.Popen(
-                [sys.executable, "-m", "kernelfarm.kernel",
-                 "--control-fd", str(child.fileno()),
-                 "--listen-fd", str(self.listener.fileno())],
-                pass_fds=(child.fileno(), self.listener.fileno()),
-                stdin=subprocess.DEVNULL)
+            self.proc = subprocess.Popen(argv, pass_fds=fds, stdin=subprocess.DEVNULL)
         finally:
             child.close()
         self.ready_at = None
@@ -183,3 +216,7 @@ class KernelHandle:
 
     def close(self) -> None:
         self.listener.close()
+        if self.handoff is not None:
+            self.handoff.close()
+            self.handoff = None
+            self.handoff_path.unlink(missing_ok=True)

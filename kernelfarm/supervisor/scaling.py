@@ -167,6 +167,8 @@ class Scaler:
         await source.call("kernel.freeze", slots)
         await source.call("kernel.release", slots)
         await target.call("kernel.acquire", slots)
+        if target.handoff is not None:
+            await source.call("kernel.hand_over", slots, str(target.handoff_path))
         await sup.publish(sup.table.with_moves(batch, sup.table.epoch + 1))
         self.record.end()
 

@@ -105,7 +105,7 @@ class Supervisor:
             self.table = initial_assignment(ids)
             for kid in ids:
                 self.kernels[kid] = KernelHandle(kid, self.cores[kid % len(self.cores)],
-                                                 farm.host)
+                                                 farm.host, self.data_dir)
             booted = [asyncio.Event() for _ in ids]
             for kid in ids:
                 self._spawn_task(self._lifecycle(self.kernels[kid], booted[kid]))
@@ -173,7 +173,8 @@ class Supervisor:
 
     async def add_kernel(self, kid: int) -> KernelHandle:
         """Start kernel ``kid`` owning no slot yet, and tell every kernel its address."""
-        handle = KernelHandle(kid, self.cores[kid % len(self.cores)], self.config.farm.host)
+        handle = KernelHandle(kid, self.cores[kid % len(self.cores)], self.config.farm.host,
+                              self.data_dir)
         self.kernels[kid] = handle
         booted = asyncio.Event()
         self._spawn_task(self._lifecycle(handle, booted))

@@ -1,0 +1,356 @@
+"""The kernel's end of the fd hand-off: take connections, check them, relay them, move them.
+
+A front-end (``kernelfarm socks``) hands over a client connection with a destination and
+the caller's token (wire in :mod:`kernelfarm.net.handoff`).  The kernel trusts none of it:
+it checks that it owns the namespace, that the token may use it (``credentials``), and the
+namespace's policy and socket limit (the same code as ``net.connect``), connects out, then
+relays in its own loop (:mod:`kernelfarm.net.relay`).  Nothing here knows what protocol
+the front-end speaks: the bytes to write first and the bytes that arrived early come with
+the request.
+
+Relays move with their namespace during live scaling: releasing a slot parks its relays
+(no byte moves, every read byte is held), ``hand_over`` sends their descriptors and held
+bytes to the kernel that acquired the slot, which resumes them; a rolled-back move resumes
+them here.  Only a sibling kernel (a child of the same supervisor) may hand relays over.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import logging
+import os
+import socket
+import struct
+from typing import TYPE_CHECKING, Any, Callable
+
+import psutil
+
+from kernelfarm.errors import Moved, posix, to_wire
+from kernelfarm.net import handoff
+from kernelfarm.net.relay import CHUNK, Relay, RelayState
+from kernelfarm.partition import key_slot
+
+if TYPE_CHECKING:
+    from kernelfarm.net.namespace import Namespace
+    from kernelfarm.net.subsystem import NetSubsystem
+
+log = logging.getLogger(__name__)
+
+Credentials = Callable[[str, Any], None]
+"""``check(namespace, token)``: returns if the token may use the namespace, else raises
+``EACCES``."""
+
+PARK_TIMEOUT = 60.0
+"""Parked relays that no ``hand_over`` took and no rollback resumed are closed then."""
+
+HANDOVER_TIMEOUT = 5.0
+
+
+def allow_any(ns: str, token: Any) -> None:
+    """The check of a farm without tenants: every caller may use every namespace."""
+
+
+def _field(message: dict[str, Any], name: str, kind: type) -> Any:
+    value = message.get(name)
+    if not isinstance(value, kind) or isinstance(value, bool) and kind is int:
+        raise TypeError(f"hand-off field {name!r} must be {kind.__name__}")
+    return value
+
+
+def _chunk(message: dict[str, Any], name: str) -> bytes:
+    value = message.get(name, b"")
+    if not isinstance(value, bytes) or len(value) > CHUNK:
+        raise ValueError(f"hand-off field {name!r} must be bytes of at most {CHUNK}")
+    return value
+
+
+class HandoffService:
+    """Serves the kernel's hand-off socket; one per kernel, owned by its net subsystem."""
+
+    def __init__(self, net: NetSubsystem) -> None:
+        self.net = net
+        self.loop = net.ctx.loop
+        self.credentials: Credentials = allow_any
+        self.listener: socket.socket | None = None
+        self.enabled = True
+        self.peers: set[HandoffPeer] = set()
+        self.parked: dict[int, list[tuple[str, Relay]]] = {}
+
+    # -- serving --------------------------------------------------------------------------
+
+    def serve(self, listener: socket.socket, enabled: bool = True) -> None:
+        """Accept on ``listener``; a disabled service answers every request with an error
+        (the locked baseline shares namespaces between threads, so it relays nothing)."""
+        self.enabled = enabled
+        listener.setblocking(False)
+        self.listener = listener
+        self.loop.add_reader(listener.fileno(), self._accept)
+
+    def _accept(self) -> None:
+        assert self.listener is not None
+        try:
+            conn, _ = self.listener.accept()
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError as exc:
+            log.warning("hand-off accept failed: %s", exc)
+            return
+        self.peers.add(HandoffPeer(self, conn))
+
+    def close(self) -> None:
+        if self.listener is not None:
+            self.loop.remove_reader(self.listener.fileno())
+            self.listener = None  # the supervisor's socket: a restarted kernel serves it
+        for peer in list(self.peers):
+            peer.close()
+        for slot in list(self.parked):
+            for _, relay in self.parked.pop(slot):
+                relay.close()
+
+    # -- requests -------------------------------------------------------------------------
+
+    def check(self, ns: Any) -> str:
+        """The namespace, if this kernel owns it (else ``MOVED``: ask the current map)."""
+        if not isinstance(ns, str) or not ns:
+            raise TypeError("hand-off field 'ns' must be a non-empty str")
+        if not self.enabled:
+            raise posix(errno.EOPNOTSUPP, "a locked-mode farm does not relay connections")
+        slot = key_slot(ns)
+        if not self.net.ctx.owns(slot):
+            raise Moved(f"slot {slot} is not served here", slot=slot)
+        return ns
+
+    def authorize(self, message: dict[str, Any]) -> str:
+        ns = self.check(message.get("ns"))
+        self.credentials(ns, message.get("token"))
+        return ns
+
+    async def relay(self, message: dict[str, Any], fd: int) -> dict[str, Any]:
+        """Connect out from the namespace and relay the handed-over connection ``fd``."""
+        client = socket.socket(fileno=fd)
+        namespace: Namespace | None = None
+        try:
+            ns = self.authorize(message)
+            host, port = message.get("host"), message.get("port")
+            first, early = _chunk(message, "first"), _chunk(message, "early")
+            namespace = self.net.open_namespace(ns)
+            farm_sock = namespace.open("tcp")
+            try:
+                await namespace.connect(farm_sock.sid, host, port, self.net.timeout(None))
+                upstream = farm_sock.detach()
+            finally:
+                if farm_sock.sid in namespace.sockets:
+                    namespace.close(farm_sock.sid)
+            if self.net.namespaces.get(ns) is not namespace:
+                upstream.close()
+                raise Moved(f"namespace {ns!r} moved while connecting", slot=key_slot(ns))
+        except BaseException as exc:
+            client.close()
+            if namespace is not None and isinstance(exc, OSError):
+                namespace.counters.count_failure(exc)
+            raise
+        relay = Relay(self.loop, client, upstream,
+                      RelayState(farm_sock.sid, to_upstream=early, to_client=first),
+                      namespace.counters)
+        namespace.adopt_relay(relay)
+        relay.start()
+        return {"sid": relay.sid, "local": list(upstream.getsockname()[:2])}
+
+    def adopt(self, message: dict[str, Any], fds: list[int]) -> None:
+        """Resume a relay another kernel handed over with its namespace."""
+        ns = _field(message, "ns", str)
+        client, upstream = (socket.socket(fileno=fd) for fd in fds)
+        try:
+            state = RelayState.from_wire(_field(message, "relay", dict))
+            self.check(ns)
+        except BaseException:
+            client.close()
+            upstream.close()
+            raise
+        namespace = self.net.open_namespace(ns)
+        relay = Relay(self.loop, client, upstream, state, namespace.counters)
+        namespace.adopt_relay(relay)
+        relay.start()
+
+    # -- moving with the namespace --------------------------------------------------------
+
+    def park(self, slot: int, namespace: Namespace) -> None:
+        """The namespace leaves this kernel: hold its relays still until ``hand_over``."""
+        relays = [(namespace.name, relay) for relay in namespace.take_relays()]
+        if not relays:
+            return
+        self.parked.setdefault(slot, []).extend(relays)
+        self.loop.call_later(PARK_TIMEOUT, self._expire, slot, relays)
+
+    def resume(self, slot: int) -> None:
+        """The slot came back (a rolled-back move): its parked relays run here again."""
+        for name, relay in self.parked.pop(slot, ()):
+            self.net.open_namespace(name).adopt_relay(relay)
+            relay.start()
+
+    def hand_over(self, slots: list[int], target: str) -> int:
+        """Send the parked relays of ``slots`` to the kernel serving hand-offs at ``target``.
+
+        Blocking, with a deadline: the supervisor calls this between two steps of a move,
+        when only the moving slots wait.  Each relay's descriptors are duplicated into the
+        packet by the host, so closing ours afterwards leaves the connections open.
+        """
+        moving = [(slot, item) for slot in slots for item in self.parked.get(slot, ())]
+        if not moving:
+            return 0
+        with socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET) as sock:
+            sock.settimeout(HANDOVER_TIMEOUT)
+            sock.connect(target)
+            for slot, (name, relay) in moving:
+                packet = handoff.pack({"op": "adopt", "ns": name,
+                                       "relay": relay.state().to_wire()})
+                socket.send_fds(sock, [packet], [relay.client.fileno(),
+                                                 relay.upstream.fileno()])
+                self.parked[slot].remove((name, relay))
+                relay.let_go()
+        for slot in slots:
+            if not self.parked.get(slot, True):
+                del self.parked[slot]
+        return len(moving)
+
+    def _expire(self, slot: int, relays: list[tuple[str, Relay]]) -> None:
+        parked = self.parked.get(slot)
+        if parked is None:
+            return
+        for item in relays:
+            if item in parked:
+                parked.remove(item)
+                item[1].close()
+        if not parked:
+            del self.parked[slot]
+
+
+class HandoffPeer:
+    """One connection to the hand-off socket: a front-end, or a sibling kernel."""
+
+    def __init__(self, service: HandoffService, conn: socket.socket) -> None:
+        self.service = service
+        self.loop = service.loop
+        self.conn = conn
+        self.closed = False
+        self._sibling: bool | None = None
+        self._replies: list[bytes] = []
+        conn.setblocking(False)
+        self.loop.add_reader(conn.fileno(), self._readable)
+
+    def _readable(self) -> None:
+        while not self.closed:
+            try:
+                packet, fds = handoff.receive(self.conn)
+            except (BlockingIOError, InterruptedError):
+                return
+            except ValueError as exc:
+                self._reply({"id": None, "error": to_wire(exc)})
+                continue
+            except OSError:
+                self.close()
+                return
+            if not packet and not fds:
+                self.close()
+                return
+            self._request(packet, fds)
+
+    def _request(self, packet: bytes, fds: list[int]) -> None:
+        msgid: Any = None
+        try:
+            message = handoff.unpack(packet)
+            msgid = message.get("id")
+            op = message.get("op")
+            wanted = {"check": 0, "relay": 1, "adopt": 2}.get(op)  # type: ignore[arg-type]
+            if wanted is None:
+                raise ValueError(f"unknown hand-off op {op!r}")
+            if len(fds) != wanted:
+                raise ValueError(f"hand-off op {op!r} takes {wanted} descriptors, "
+                                 f"got {len(fds)}")
+        except Exception as exc:
+            for fd in fds:
+                os.close(fd)
+            self._reply({"id": msgid, "error": to_wire(exc)})
+            return
+        if op == "check":
+            self._answer(msgid, lambda: self._authorized(message))
+        elif op == "relay":
+            task = self.loop.create_task(self.service.relay(message, fds[0]))
+            task.add_done_callback(lambda done: self._finished(msgid, done))
+        else:
+            self._adopt(message, fds)
+
+    def _authorized(self, message: dict[str, Any]) -> dict[str, Any]:
+        return {"ns": self.service.authorize(message)}
+
+    def _adopt(self, message: dict[str, Any], fds: list[int]) -> None:
+        try:
+            if not self.is_sibling():
+                raise posix(errno.EPERM, "only a kernel of this farm may hand relays over")
+            self.service.adopt(message, fds)
+        except Exception as exc:
+            log.warning("could not adopt a relay of %r: %s", message.get("ns"), exc)
+            for fd in fds:
+                try:
+                    os.close(fd)
+                except OSError:
+                    pass
+
+    def is_sibling(self) -> bool:
+        """Is the peer process another child of our supervisor?"""
+        if self._sibling is None:
+            creds = self.conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED,
+                                         struct.calcsize("3i"))
+            pid, uid, _ = struct.unpack("3i", creds)
+            try:
+                self._sibling = uid == os.getuid() and \
+                    psutil.Process(pid).ppid() == os.getppid()
+            except psutil.Error:
+                self._sibling = False
+        return self._sibling
+
+    def _answer(self, msgid: Any, call: Callable[[], Any]) -> None:
+        try:
+            self._reply({"id": msgid, "error": None, **(call() or {})})
+        except Exception as exc:
+            self._reply({"id": msgid, "error": to_wire(exc)})
+
+    def _finished(self, msgid: Any, task: asyncio.Task[dict[str, Any]]) -> None:
+        if task.cancelled():
+            self._reply({"id": msgid, "error": to_wire(posix(errno.ECANCELED))})
+            return
+        self._answer(msgid, task.result)
+
+    def _reply(self, message: dict[str, Any]) -> None:
+        if self.closed:
+            return
+        self._replies.append(handoff.pack(message))
+        if len(self._replies) == 1:
+            self._flush()
+
+    def _flush(self) -> None:
+        while self._replies:
+            try:
+                self.conn.send(self._replies[0])
+            except (BlockingIOError, InterruptedError):
+                self.loop.add_writer(self.conn.fileno(), self._drained)
+                return
+            except OSError:
+                self.close()
+                return
+            self._replies.pop(0)
+
+    def _drained(self) -> None:
+        self.loop.remove_writer(self.conn.fileno())
+        self._flush()
+
+    def close(self) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        self.loop.remove_reader(self.conn.fileno())
+        if self._replies:
+            self.loop.remove_writer(self.conn.fileno())
+        self.conn.close()
+        self.service.peers.discard(self)

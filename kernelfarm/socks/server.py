@@ -1,0 +1,138 @@
+"""The SOCKS5 front-end: handshake here, bytes in the kernels.
+
+For each client connection: the RFC 1928 greeting, RFC 1929 username/password (username =
+net namespace, password = tenant token, checked by the kernel that owns the namespace),
+then the request.  A name to connect to is resolved here (a kernel never resolves); the
+connection is then handed to the owning kernel with the destination, the token, the
+success reply to write first and any bytes the client sent early, and this process
+closes its copy: from then on it is out of the data path.  An error the kernel reports
+(policy, refused, unreachable...) becomes the matching SOCKS reply.
+
+The success reply's bound address is ``0.0.0.0:0``: the kernel writes the reply before it
+relays, and nothing in a kernel knows how a SOCKS reply is built.  Clients do not use the
+bound address of a CONNECT.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+from typing import Any, Callable, TypeVar
+
+from kernelfarm.errors import KernelfarmError
+from kernelfarm.socks import protocol
+from kernelfarm.socks.kernels import Kernels
+from kernelfarm.socks.protocol import AddressType, Command, Reply, SocksError
+
+log = logging.getLogger("kernelfarm.socks")
+
+HANDSHAKE_TIMEOUT = 30.0
+MAX_HANDSHAKE_BYTES = 4096
+"""Far above the largest handshake message (513 bytes); more is not a SOCKS client."""
+
+T = TypeVar("T")
+
+
+class HandshakeReader:
+    """Collects the client's bytes until a ``parse_*`` function finds a whole message."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, conn: socket.socket) -> None:
+        self.loop = loop
+        self.conn = conn
+        self.buffer = bytearray()
+
+    async def read(self, parse: Callable[[bytearray], tuple[Any, ...] | None]) -> Any:
+        while True:
+            parsed = parse(self.buffer)
+            if parsed is not None:
+                *value, used = parsed
+                del self.buffer[:used]
+                return value[0] if len(value) == 1 else tuple(value)
+            if len(self.buffer) > MAX_HANDSHAKE_BYTES:
+                raise SocksError(Reply.GENERAL_FAILURE, "handshake too long")
+            data = await self.loop.sock_recv(self.conn, MAX_HANDSHAKE_BYTES)
+            if not data:
+                raise ConnectionResetError("client closed during the handshake")
+            self.buffer += data
+
+
+class SocksServer:
+    def __init__(self, kernels: Kernels, listener: socket.socket) -> None:
+        self.kernels = kernels
+        self.listener = listener
+        self._sessions: set[asyncio.Task[None]] = set()
+
+    async def serve_forever(self) -> None:
+        loop = asyncio.get_running_loop()
+        self.listener.setblocking(False)
+        while True:
+            conn, _ = await loop.sock_accept(self.listener)
+            task = loop.create_task(self._session(conn))
+            self._sessions.add(task)
+            task.add_done_callback(self._sessions.discard)
+
+    async def close(self) -> None:
+        for task in list(self._sessions):
+            task.cancel()
+        await asyncio.gather(*self._sessions, return_exceptions=True)
+        self.kernels.close()
+
+    async def _session(self, conn: socket.socket) -> None:
+        conn.setblocking(False)
+        try:
+            async with asyncio.timeout(HANDSHAKE_TIMEOUT):
+                await self._handshake(conn)
+        except (SocksError, OSError, TimeoutError, KernelfarmError) as exc:
+            log.debug("SOCKS session ended: %s", exc)
+        finally:
+            conn.close()  # after a hand-off the kernel holds its own copy
+
+    async def _handshake(self, conn: socket.socket) -> None:
+        loop = asyncio.get_running_loop()
+        reader = HandshakeReader(loop, conn)
+        methods = await reader.read(protocol.parse_greeting)
+        if protocol.METHOD_USERPASS not in methods:
+            await loop.sock_sendall(conn, bytes([protocol.VERSION,
+                                                 protocol.METHOD_NONE_ACCEPTABLE]))
+            return
+        await loop.sock_sendall(conn, bytes([protocol.VERSION, protocol.METHOD_USERPASS]))
+        ns, token = await reader.read(protocol.parse_auth)
+        try:
+            await self.kernels.request(ns, {"op": "check", "token": token})
+        except (OSError, KernelfarmError) as exc:
+            log.info("SOCKS login to namespace %r refused: %s", ns, exc)
+            await loop.sock_sendall(conn, protocol.AUTH_FAILED)
+            return
+        await loop.sock_sendall(conn, protocol.AUTH_OK)
+        try:
+            request = await reader.read(protocol.parse_request)
+            if request.command != Command.CONNECT:
+                raise SocksError(Reply.COMMAND_NOT_SUPPORTED, f"command {request.command}")
+            host = await self._resolve(request)
+        except SocksError as exc:
+            await loop.sock_sendall(conn, protocol.reply(exc.reply))
+            raise
+        try:
+            await self.kernels.request(
+                ns, {"op": "relay", "token": token, "host": host, "port": request.port,
+                     "first": protocol.reply(Reply.SUCCEEDED), "early": bytes(reader.buffer)},
+                [conn.fileno()])
+        except OSError as exc:
+            await loop.sock_sendall(conn, protocol.reply(protocol.reply_for(exc.errno)))
+            raise
+        except KernelfarmError:
+            await loop.sock_sendall(conn, protocol.reply(Reply.GENERAL_FAILURE))
+            raise
+
+    async def _resolve(self, request: protocol.Request) -> str:
+        """A numeric address for the kernel (whose policy judges that address)."""
+        if request.address_type is not AddressType.DOMAIN:
+            return request.host
+        loop = asyncio.get_running_loop()
+        try:
+            infos = await loop.getaddrinfo(request.host, request.port,
+                                           type=socket.SOCK_STREAM, proto=socket.IPPROTO_TCP)
+        except socket.gaierror as exc:
+            raise SocksError(Reply.HOST_UNREACHABLE, f"{request.host}: {exc}") from None
+        return str(infos[0][4][0])
