@@ -182,8 +182,8 @@ async def test_stats_and_close_of_the_subsystem(make_net: Any) -> None:
         await sock.sendall(b"12345")
         udp = await net.socket("ivy", "udp")
         await udp.bind("127.0.0.1", 0)
-        assert harness.net.stats() == {"namespaces": 2, "sockets": 2, "bytes_in": 0,
-                                       "bytes_out": 5}
+        assert harness.net.stats() == {"namespaces": 2, "sockets": 2, "relays": 0,
+                                       "bytes_in": 0, "bytes_out": 5}
         assert threading.active_count() == threads_before  # one OS thread stays one
         peer, _ = server.accept()
         peer.settimeout(5)
