@@ -25,12 +25,13 @@ PACKAGE = Path(__file__).resolve().parents[1] / "kernelfarm"
 
 LEAVES = ("kernelfarm.errors", "kernelfarm.keys", "kernelfarm.hostport",
           "kernelfarm.settings", "kernelfarm.boot", "kernelfarm.partition",
-          "kernelfarm.rpc.protocol", "kernelfarm.rpc.meter")
+          "kernelfarm.rpc.protocol", "kernelfarm.rpc.meter", "kernelfarm.handoff")
 """Modules (and packages) both sides may use; they import only each other."""
 
 CLIENT = ("kernelfarm.client", "kernelfarm.aio", "kernelfarm.fs.client",
-          "kernelfarm.net.client", "kernelfarm.rpc.client", "kernelfarm.rpc.blocking")
-"""What a program that talks to the farm loads."""
+          "kernelfarm.net.client", "kernelfarm.rpc.client", "kernelfarm.rpc.blocking",
+          "kernelfarm.socks")
+"""What a program that talks to the farm loads (the SOCKS front-end is one)."""
 
 SECTIONS = ("kernelfarm.config", "kernelfarm.fs.config", "kernelfarm.net.config")
 """The config and the sections it lists: plain data, loaded by every process."""
@@ -182,6 +183,8 @@ def test_config_lists_its_sections_without_loading_subsystems() -> None:
                                    "kernelfarm.supervisor", "kernelfarm.cli")),
     ("kernelfarm.supervisor.supervisor", ("kernelfarm.kernel", "kernelfarm.client",
                                           "kernelfarm.fs.subsystem", "kernelfarm.net.subsystem")),
+    ("kernelfarm.socks.server", ("kernelfarm.kernel", "kernelfarm.supervisor",
+                                 "kernelfarm.net.subsystem", "kernelfarm.net.relay")),
     ("kernelfarm.aio", ("kernelfarm.kernel", "kernelfarm.supervisor", "kernelfarm.config",
                         "kernelfarm.fs.subsystem", "kernelfarm.net.subsystem", "uvloop")),
 ])

@@ -1,7 +1,7 @@
 """The kernel's end of the fd hand-off: take connections, check them, relay them, move them.
 
 A front-end (``kernelfarm socks``) hands over a client connection with a destination and
-the caller's token (wire in :mod:`kernelfarm.net.handoff`).  The kernel trusts none of it:
+the caller's token (wire in :mod:`kernelfarm.handoff`).  The kernel trusts none of it:
 it checks that it owns the namespace, that the token may use it (``credentials``), and the
 namespace's policy and socket limit (the same code as ``net.connect``), connects out, then
 relays in its own loop (:mod:`kernelfarm.net.relay`).  Nothing here knows what protocol
@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any, Callable
 import psutil
 
 from kernelfarm.errors import Moved, posix, to_wire
-from kernelfarm.net import handoff
+from kernelfarm import handoff
 from kernelfarm.net.relay import CHUNK, Relay, RelayState
 from kernelfarm.partition import key_slot
 

@@ -17,7 +17,7 @@ from typing import Any
 
 import kernelfarm.aio
 from kernelfarm.errors import ConnectionLost, KernelfarmError, from_wire
-from kernelfarm.net import handoff
+from kernelfarm import handoff
 from kernelfarm.partition import SlotTable, key_slot
 
 RETRY_DEADLINE = 10.0

@@ -68,7 +68,7 @@ UNIX_PATH_MAX = 107
 
 
 def bind_handoff(path: Path) -> socket.socket | None:
-    """The kernel's hand-off socket (see :mod:`kernelfarm.net.handoff`), owner-only.
+    """The kernel's hand-off socket (see :mod:`kernelfarm.handoff`), owner-only.
 
     Bound here, like the RPC listener, so a front-end's connection waits in the backlog
     while a kernel restarts.  A data dir too deep for a Unix socket path leaves the kernel

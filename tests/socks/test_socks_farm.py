@@ -312,7 +312,7 @@ def test_unsupported_requests_get_their_reply_codes(proxy: tuple[str, int],
 
 def test_only_a_kernel_of_the_farm_may_hand_relays_over(farm: Farm) -> None:
     """A stranger on the hand-off socket cannot plant connections in a namespace."""
-    from kernelfarm.net import handoff
+    from kernelfarm import handoff
 
     path = farm.cluster_map()["kernels"][0]["handoff"]
     ours, theirs = socket.socketpair()
