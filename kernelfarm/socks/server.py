@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import socket
+import time
 from typing import Any, Callable, TypeVar
 
 from kernelfarm.errors import KernelfarmError
@@ -28,6 +29,12 @@ from kernelfarm.socks.protocol import AddressType, Command, Reply, SocksError
 log = logging.getLogger("kernelfarm.socks")
 
 HANDSHAKE_TIMEOUT = 30.0
+CHECK_TTL = 2.0
+"""How long a login the kernel accepted is taken on trust at the handshake.  The kernel
+checks the token again on every hand-off, so a revoked token is refused (reply 0x02)
+from the first connection after its revocation either way; this only saves a round trip
+per connection of a busy client."""
+CHECK_CACHE_LIMIT = 4096
 MAX_HANDSHAKE_BYTES = 4096
 """Far above the largest handshake message (513 bytes); more is not a SOCKS client."""
 
@@ -62,6 +69,7 @@ class SocksServer:
         self.kernels = kernels
         self.listener = listener
         self._sessions: set[asyncio.Task[None]] = set()
+        self._accepted: dict[tuple[str, str], float] = {}
 
     async def serve_forever(self) -> None:
         loop = asyncio.get_running_loop()
@@ -98,10 +106,7 @@ class SocksServer:
             return
         await loop.sock_sendall(conn, bytes([protocol.VERSION, protocol.METHOD_USERPASS]))
         ns, token = await reader.read(protocol.parse_auth)
-        try:
-            await self.kernels.request(ns, {"op": "check", "token": token})
-        except (OSError, KernelfarmError) as exc:
-            log.info("SOCKS login to namespace %r refused: %s", ns, exc)
+        if not await self._login(ns, token):
             await loop.sock_sendall(conn, protocol.AUTH_FAILED)
             return
         await loop.sock_sendall(conn, protocol.AUTH_OK)
@@ -124,6 +129,21 @@ class SocksServer:
         except KernelfarmError:
             await loop.sock_sendall(conn, protocol.reply(Reply.GENERAL_FAILURE))
             raise
+
+    async def _login(self, ns: str, token: str) -> bool:
+        """Does the namespace's kernel accept this token for it?"""
+        now = time.monotonic()
+        if self._accepted.get((ns, token), 0.0) > now:
+            return True
+        try:
+            await self.kernels.request(ns, {"op": "check", "token": token})
+        except (OSError, KernelfarmError) as exc:
+            log.info("SOCKS login to namespace %r refused: %s", ns, exc)
+            return False
+        if len(self._accepted) >= CHECK_CACHE_LIMIT:
+            self._accepted.clear()
+        self._accepted[(ns, token)] = now + CHECK_TTL
+        return True
 
     async def _resolve(self, request: protocol.Request) -> str:
         """A numeric address for the kernel (whose policy judges that address)."""
