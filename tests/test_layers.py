@@ -29,9 +29,8 @@ LEAVES = ("kernelfarm.errors", "kernelfarm.keys", "kernelfarm.hostport",
 """Modules (and packages) both sides may use; they import only each other."""
 
 CLIENT = ("kernelfarm.client", "kernelfarm.aio", "kernelfarm.fs.client",
-          "kernelfarm.net.client", "kernelfarm.rpc.client", "kernelfarm.rpc.blocking",
-          "kernelfarm.socks")
-"""What a program that talks to the farm loads (the SOCKS front-end is one)."""
+          "kernelfarm.net.client", "kernelfarm.rpc.client", "kernelfarm.rpc.blocking")
+"""What a program that talks to the farm loads."""
 
 SECTIONS = ("kernelfarm.config", "kernelfarm.fs.config", "kernelfarm.net.config")
 """The config and the sections it lists: plain data, loaded by every process."""
@@ -132,8 +131,9 @@ def test_client_code_imports_only_rpc_partition_errors_and_leaves() -> None:
 
 
 def test_front_ends_are_clients_of_the_farm() -> None:
-    """The mount (and any front-end) talks to the farm only through the client library."""
-    front_ends = ("kernelfarm.mount",)
+    """The mount, the SOCKS proxy (and any front-end) talk to the farm only through the
+    client library (and the hand-off wire, a leaf)."""
+    front_ends = ("kernelfarm.mount", "kernelfarm.socks")
     assert offences("front-end", lambda src, dst: not within(src, front_ends)
                     or within(dst, front_ends + CLIENT + LEAVES) or dst == "kernelfarm") == []
 
