@@ -56,3 +56,20 @@ def control_address(args: argparse.Namespace) -> tuple[str, int]:
         except ValueError as exc:
             raise ConfigError(f"${CONTROL_ENV}: {exc}") from None
     return parse_hostport(configuration.load(config_path(args)).farm.control)
+
+
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+
+
+def add_log_level_option(parser: argparse.ArgumentParser) -> None:
+    """``--log-level`` of the commands that run as services (serve, socks)."""
+    parser.add_argument("--log-level", type=str.upper, choices=LOG_LEVELS, metavar="LEVEL",
+                        help=f"{', '.join(LOG_LEVELS)} (default: $KERNELFARM_LOG, else INFO)")
+
+
+def log_level(args: argparse.Namespace) -> str:
+    level = args.log_level or os.environ.get("KERNELFARM_LOG", "INFO").upper()
+    if level not in LOG_LEVELS:
+        raise ConfigError(f"KERNELFARM_LOG={level!r} is not a log level: choose from "
+                          f"{', '.join(LOG_LEVELS)}")
+    return str(level)

@@ -11,11 +11,12 @@ from typing import Any
 import uvloop
 
 from kernelfarm import config as configuration
-from kernelfarm.cli.common import CONFIG_ENV, config_path, hostport_arg
+from kernelfarm.cli.common import (
+    CONFIG_ENV, add_log_level_option, config_path, hostport_arg, log_level,
+)
 from kernelfarm.errors import ConfigError
 from kernelfarm.supervisor.supervisor import Supervisor, print_ready
 
-LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -40,8 +41,7 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
                         help="address of the control API (port 0: any free port)")
     parser.add_argument("--metrics", metavar="HOST:PORT|off", type=_metrics_arg,
                         help="address of the Prometheus endpoint, or off")
-    parser.add_argument("--log-level", type=str.upper, choices=LOG_LEVELS, metavar="LEVEL",
-                        help=f"{', '.join(LOG_LEVELS)} (default: $KERNELFARM_LOG, else INFO)")
+    add_log_level_option(parser)
     parser.set_defaults(handler=run)
 
 
@@ -86,13 +86,6 @@ def explain_mode(config: configuration.Config) -> None:
             "ignored (use --threads %s for %s threads)", farm.threads, farm.kernels,
             farm.kernels, farm.kernels)
 
-
-def log_level(args: argparse.Namespace) -> str:
-    level = args.log_level or os.environ.get("KERNELFARM_LOG", "INFO").upper()
-    if level not in LOG_LEVELS:
-        raise ConfigError(f"KERNELFARM_LOG={level!r} is not a log level: choose from "
-                          f"{', '.join(LOG_LEVELS)}")
-    return level
 
 
 def run(args: argparse.Namespace) -> int:

@@ -14,8 +14,10 @@ import sys
 import uvloop
 
 import kernelfarm.aio
-from kernelfarm.cli.common import add_client_options, control_address
-from kernelfarm.config import parse_hostport
+from kernelfarm.cli.common import (
+    add_client_options, add_log_level_option, control_address, log_level,
+)
+from kernelfarm.hostport import parse_hostport
 from kernelfarm.socks.kernels import Kernels
 from kernelfarm.socks.server import SocksServer
 
@@ -26,13 +28,13 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     parser.add_argument("--listen", default="127.0.0.1:1080", metavar="HOST:PORT",
                         help="where to accept SOCKS clients (default 127.0.0.1:1080; port 0 "
                              "= any free port, printed in the ready line)")
-    parser.add_argument("--log-level", default=os.environ.get("KERNELFARM_LOG", "INFO"))
+    add_log_level_option(parser)
     add_client_options(parser)
     parser.set_defaults(handler=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr,
+    logging.basicConfig(level=log_level(args), stream=sys.stderr,
                         format="%(asctime)s socks %(levelname)s %(message)s")
     return uvloop.run(serve(control_address(args), args.listen))
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 import enum
 import errno
 import ipaddress
-import socket
 import struct
 from dataclasses import dataclass
 
@@ -120,13 +119,25 @@ def parse_request(data: bytes | bytearray) -> tuple[Request, int] | None:
         return None
     if data[0] != VERSION:
         raise SocksError(Reply.GENERAL_FAILURE, f"not SOCKS5 (version byte {data[0]})")
-    command, kind = data[1], data[3]
+    parsed = _parse_address(data, 3)
+    if parsed is None:
+        return None
+    kind, host, port, end = parsed
+    return Request(data[1], kind, host, port), end
+
+
+def _parse_address(data: bytes | bytearray, at: int
+                   ) -> tuple[AddressType, str, int, int] | None:
+    """``ATYP ADDR PORT`` starting at ``at`` -> type, host, port, end offset."""
+    kind = data[at]
     if kind == AddressType.IPV4:
-        start, end = 4, 8
+        start, end = at + 1, at + 5
     elif kind == AddressType.IPV6:
-        start, end = 4, 20
+        start, end = at + 1, at + 17
     elif kind == AddressType.DOMAIN:
-        start, end = 5, 5 + data[4]
+        if len(data) < at + 2:
+            return None
+        start, end = at + 2, at + 2 + data[at + 1]
     else:
         raise SocksError(Reply.ADDRESS_TYPE_NOT_SUPPORTED, f"address type {kind}")
     if len(data) < end + 2:
@@ -140,7 +151,24 @@ def parse_request(data: bytes | bytearray) -> tuple[Request, int] | None:
     else:
         host = str(ipaddress.ip_address(raw))
     (port,) = struct.unpack("!H", data[end:end + 2])
-    return Request(command, AddressType(kind), host, port), end + 2
+    return AddressType(kind), host, port, end + 2
+
+
+def parse_datagram(datagram: bytes) -> tuple[AddressType, str, int, bytes]:
+    """A client's UDP datagram (``RSV RSV FRAG ATYP DST.ADDR DST.PORT DATA``) -> where it
+    goes and its payload.  Fragments are not supported (RFC 1928 allows dropping them)."""
+    if len(datagram) < 4 or datagram[2] != 0:
+        raise SocksError(Reply.GENERAL_FAILURE, "short or fragmented UDP datagram")
+    parsed = _parse_address(datagram, 3)
+    if parsed is None:
+        raise SocksError(Reply.GENERAL_FAILURE, "truncated UDP datagram header")
+    kind, host, port, end = parsed
+    return kind, host, port, datagram[end:]
+
+
+def datagram(host: str, port: int, payload: bytes) -> bytes:
+    """A datagram for the client, from ``host:port``."""
+    return b"\x00\x00\x00" + reply(Reply.SUCCEEDED, host, port)[3:] + payload
 
 
 def reply(code: Reply, host: str = "0.0.0.0", port: int = 0) -> bytes:
@@ -148,7 +176,3 @@ def reply(code: Reply, host: str = "0.0.0.0", port: int = 0) -> bytes:
     address = ipaddress.ip_address(host)
     kind = AddressType.IPV4 if address.version == 4 else AddressType.IPV6
     return bytes([VERSION, code, 0, kind]) + address.packed + struct.pack("!H", port)
-
-
-def family_of(host: str) -> socket.AddressFamily:
-    return socket.AF_INET6 if ipaddress.ip_address(host).version == 6 else socket.AF_INET

@@ -22,7 +22,7 @@ import time
 from typing import Any, Callable, TypeVar
 
 from kernelfarm.errors import KernelfarmError
-from kernelfarm.socks import protocol
+from kernelfarm.socks import protocol, udp
 from kernelfarm.socks.kernels import Kernels
 from kernelfarm.socks.protocol import AddressType, Command, Reply, SocksError
 
@@ -89,14 +89,14 @@ class SocksServer:
     async def _session(self, conn: socket.socket) -> None:
         conn.setblocking(False)
         try:
-            async with asyncio.timeout(HANDSHAKE_TIMEOUT):
-                await self._handshake(conn)
+            async with asyncio.timeout(HANDSHAKE_TIMEOUT) as deadline:
+                await self._handshake(conn, deadline)
         except (SocksError, OSError, TimeoutError, KernelfarmError) as exc:
             log.debug("SOCKS session ended: %s", exc)
         finally:
             conn.close()  # after a hand-off the kernel holds its own copy
 
-    async def _handshake(self, conn: socket.socket) -> None:
+    async def _handshake(self, conn: socket.socket, deadline: asyncio.Timeout) -> None:
         loop = asyncio.get_running_loop()
         reader = HandshakeReader(loop, conn)
         methods = await reader.read(protocol.parse_greeting)
@@ -112,6 +112,11 @@ class SocksServer:
         await loop.sock_sendall(conn, protocol.AUTH_OK)
         try:
             request = await reader.read(protocol.parse_request)
+            if request.command == Command.UDP_ASSOCIATE:
+                deadline.reschedule(None)  # lives as long as the client's connection
+                await udp.associate(conn, self.kernels.client.net, ns, request,
+                                    self._resolve_name)
+                return
             if request.command != Command.CONNECT:
                 raise SocksError(Reply.COMMAND_NOT_SUPPORTED, f"command {request.command}")
             host = await self._resolve(request)
@@ -149,10 +154,13 @@ class SocksServer:
         """A numeric address for the kernel (whose policy judges that address)."""
         if request.address_type is not AddressType.DOMAIN:
             return request.host
+        return await self._resolve_name(request.host, request.port)
+
+    @staticmethod
+    async def _resolve_name(host: str, port: int) -> str:
         loop = asyncio.get_running_loop()
         try:
-            infos = await loop.getaddrinfo(request.host, request.port,
-                                           type=socket.SOCK_STREAM, proto=socket.IPPROTO_TCP)
+            infos = await loop.getaddrinfo(host, port, proto=socket.IPPROTO_TCP)
         except socket.gaierror as exc:
-            raise SocksError(Reply.HOST_UNREACHABLE, f"{request.host}: {exc}") from None
+            raise SocksError(Reply.HOST_UNREACHABLE, f"{host}: {exc}") from None
         return str(infos[0][4][0])

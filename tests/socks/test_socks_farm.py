@@ -328,3 +328,46 @@ def test_only_a_kernel_of_the_farm_may_hand_relays_over(farm: Farm) -> None:
         ours.settimeout(DEADLINE)
         assert ours.recv(1) == b"", "the kernel kept a connection a stranger handed over"
     assert psutil.pid_exists(farm.proc.pid)
+
+
+# -- UDP ASSOCIATE ------------------------------------------------------------------------
+
+def test_udp_associate_sends_and_receives_from_the_namespace(
+        proxy: tuple[str, int], client: kernelfarm.Client) -> None:
+    echo = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    echo.bind(("127.0.0.1", 0))
+    echo.settimeout(DEADLINE)
+
+    def reflect() -> None:
+        try:
+            data, source = echo.recvfrom(65535)
+            echo.sendto(data.upper(), source)
+        except OSError:
+            pass
+
+    reflector = threading.Thread(target=reflect, daemon=True)
+    reflector.start()
+    mine = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    mine.bind(("127.0.0.1", 0))
+    mine.settimeout(DEADLINE)
+    try:
+        with raw_session(proxy, "udpns") as control:
+            control.sendall(b"\x05\x03\x00\x01" + socket.inet_aton("127.0.0.1")
+                            + struct.pack("!H", mine.getsockname()[1]))
+            answer = control.recv(10, socket.MSG_WAITALL)
+            assert answer[:2] == b"\x05\x00"
+            relay = (socket.inet_ntoa(answer[4:8]), struct.unpack("!H", answer[8:10])[0])
+            header = b"\x00\x00\x00\x01" + socket.inet_aton("127.0.0.1")
+            mine.sendto(header + struct.pack("!H", echo.getsockname()[1]) + b"ping", relay)
+            data, source = mine.recvfrom(65535)
+            assert source == relay
+            assert data == header + struct.pack("!H", echo.getsockname()[1]) + b"PING"
+            stats = client.net.stats("udpns")
+            assert stats["bytes_out"] == 4 and stats["bytes_in"] == 4
+            assert stats["sockets_open"] == 1
+        wait_until(lambda: relays_gone(client, "udpns"), DEADLINE,
+                   "the association's socket to close with its TCP connection")
+    finally:
+        mine.close()
+        echo.close()
+        reflector.join(DEADLINE)
