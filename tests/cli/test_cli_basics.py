@@ -149,3 +149,18 @@ def test_p99_is_the_bucket_holding_the_99th_percentile() -> None:
     assert p99(bounds, [99, 1, 0, 0]) == 0.001
     assert p99(bounds, [98, 1, 1, 0]) == 0.01
     assert p99(bounds, [0, 0, 0, 5]) == float("inf")
+
+
+def test_a_taken_metrics_port_is_one_line_naming_it(tmp_path: Path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = subprocess.run([sys.executable, "-m", "kernelfarm", "serve", "--control",
+                                 "127.0.0.1:0", "--metrics", f"127.0.0.1:{port}",
+                                 "--data-dir", str(tmp_path / "d")],
+                                capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2
+    assert result.stderr.strip().endswith(
+        f"kernelfarm: cannot serve metrics on 127.0.0.1:{port}: Address already in use")
+    assert "Traceback" not in result.stderr
