@@ -28,8 +28,8 @@ LEAVES = ("kernelfarm.errors", "kernelfarm.keys", "kernelfarm.hostport",
           "kernelfarm.rpc.protocol", "kernelfarm.rpc.meter", "kernelfarm.handoff")
 """Modules (and packages) both sides may use; they import only each other."""
 
-CLIENT = ("kernelfarm.client", "kernelfarm.aio", "kernelfarm.fs.client",
-          "kernelfarm.net.client", "kernelfarm.rpc.client", "kernelfarm.rpc.blocking")
+CLIENT = ("kernelfarm.client", "kernelfarm.aio", "kernelfarm.rpc.client",
+          "kernelfarm.rpc.blocking")
 """What a program that talks to the farm loads."""
 
 SECTIONS = ("kernelfarm.config", "kernelfarm.fs.config", "kernelfarm.net.config")

@@ -106,4 +106,4 @@ class RetryPolicy:
     max_delay_s: float = 0.25
 
     def delay(self, attempt: int) -> float:
-        return min(self.max_delay_s, self.first_delay_s * (2 ** attempt))
+        return min(self.max_delay_s, self.first_delay_s * 2.0 ** attempt)

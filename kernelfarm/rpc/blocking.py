@@ -13,24 +13,24 @@ import socket
 import time
 from typing import Any
 
-import msgpack
 
 from kernelfarm.errors import (
     ConnectionLost, KernelfarmError, Timeout, connect_failed, from_wire,
 )
 from kernelfarm.rpc.protocol import (
-    ERROR_NOTIFICATION, MSGID_MAX, Notification, Response, RpcStream, classify,
+    CLIENT_MAX_MESSAGE, ERROR_NOTIFICATION, MSGID_MAX, Notification, Response, RpcStream,
+    classify, encode_request,
 )
 
 READ_CHUNK = 256 * 1024
 
 
 class BlockingConnection:
-    def __init__(self, host: str, port: int, *, timeout: float | None = None,
-                 connect_timeout: float = 10.0,
-                 max_message_bytes: int = 64 * 1024 * 1024) -> None:
+    """One connection; the same ``call``/``closed``/``close`` as the asyncio one."""
+
+    def __init__(self, host: str, port: int, *, connect_timeout: float | None = 10.0,
+                 max_message_bytes: int = CLIENT_MAX_MESSAGE) -> None:
         self.addr = (host, port)
-        self.timeout = timeout
         try:
             self._sock = socket.create_connection((host, port), timeout=connect_timeout)
         except socket.timeout as exc:
@@ -42,28 +42,27 @@ class BlockingConnection:
         self._next_id = 0
         self._broken = False
 
-    def alive(self) -> bool:
-        """False when the peer closed or reset the connection while we were idle."""
+    @property
+    def closed(self) -> bool:
+        """True also when the peer closed or reset the connection while we were idle."""
         if self._broken:
-            return False
+            return True
         readable, _, _ = select.select([self._sock], [], [], 0)
         if not readable:
-            return True
-        try:
-            return self._sock.recv(1, socket.MSG_PEEK) != b""
-        except OSError:
             return False
+        try:
+            return self._sock.recv(1, socket.MSG_PEEK) == b""
+        except OSError:
+            return True
 
-    def call(self, method: str, params: list[Any] | tuple[Any, ...],
-             timeout: float | None = None) -> Any:
+    def call(self, method: str, *params: Any, timeout: float | None = None) -> Any:
         if self._broken:
             raise ConnectionLost(f"connection to {self.addr} is closed")
         msgid = self._next_id
         self._next_id = (msgid + 1) & MSGID_MAX
-        timeout = timeout if timeout is not None else self.timeout
         deadline = None if timeout is None else time.monotonic() + timeout
         try:
-            self._sock.sendall(msgpack.packb([0, msgid, method, list(params)]))
+            self._sock.sendall(encode_request(msgid, method, params))
             error, result = self._wait_reply(msgid, method, deadline)
         except KernelfarmError:  # first: Timeout and ConnectionLost are OSErrors too
             self.close()
@@ -102,3 +101,10 @@ class BlockingConnection:
     def close(self) -> None:
         self._broken = True
         self._sock.close()
+
+
+def connect(host: str, port: int, *, timeout: float | None = 10.0,
+            max_message_bytes: int = CLIENT_MAX_MESSAGE) -> BlockingConnection:
+    """Open a connection (``timeout`` bounds connecting only), as ``rpc.client.connect``."""
+    return BlockingConnection(host, port, connect_timeout=timeout,
+                              max_message_bytes=max_message_bytes)

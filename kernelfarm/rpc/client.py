@@ -12,20 +12,17 @@ import asyncio
 import socket
 from typing import Any
 
-import msgpack
-
 from kernelfarm.errors import (
     ConnectionLost, KernelfarmError, Timeout, connect_failed, from_wire,
 )
 from kernelfarm.rpc.protocol import (
-    ERROR_NOTIFICATION, MSGID_MAX, Notification, Response, RpcStream,
+    CLIENT_MAX_MESSAGE, ERROR_NOTIFICATION, MSGID_MAX, Notification, Response, RpcStream,
+    encode_request,
 )
-
-DEFAULT_MAX_MESSAGE = 64 * 1024 * 1024
 
 
 class RpcClientConnection(asyncio.Protocol):
-    def __init__(self, max_message_bytes: int = DEFAULT_MAX_MESSAGE) -> None:
+    def __init__(self, max_message_bytes: int = CLIENT_MAX_MESSAGE) -> None:
         self._stream = RpcStream(max_message_bytes)
         self._pending: dict[int, asyncio.Future[Any]] = {}
         self._next_id = 0
@@ -89,7 +86,7 @@ class RpcClientConnection(asyncio.Protocol):
         msgid = self._next_id
         self._next_id = (msgid + 1) & MSGID_MAX
         self._pending[msgid] = future
-        self.transport.write(msgpack.packb([0, msgid, method, list(params)]))
+        self.transport.write(encode_request(msgid, method, params))
         return future
 
     async def call(self, method: str, *params: Any, timeout: float | None = None) -> Any:
@@ -107,7 +104,7 @@ class RpcClientConnection(asyncio.Protocol):
 
 
 async def connect(host: str, port: int, *, timeout: float | None = 10.0,
-                  max_message_bytes: int = DEFAULT_MAX_MESSAGE) -> RpcClientConnection:
+                  max_message_bytes: int = CLIENT_MAX_MESSAGE) -> RpcClientConnection:
     """Open a connection to a numeric loopback or remote address (no name lookup)."""
     loop = asyncio.get_running_loop()
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
@@ -125,13 +122,3 @@ async def connect(host: str, port: int, *, timeout: float | None = 10.0,
         sock.close()
         raise
     return protocol
-
-
-async def attach(sock: socket.socket, *, max_message_bytes: int = DEFAULT_MAX_MESSAGE
-                 ) -> RpcClientConnection:
-    """Speak msgpack-rpc as a client over an already connected socket (a socketpair)."""
-    loop = asyncio.get_running_loop()
-    _, protocol = await loop.connect_accepted_socket(
-        lambda: RpcClientConnection(max_message_bytes), sock)
-    return protocol
-

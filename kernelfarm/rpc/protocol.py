@@ -60,6 +60,9 @@ Message = Request | Response | Notification | Malformed
 
 MSGID_MAX = 2**32 - 1
 
+CLIENT_MAX_MESSAGE = 64 * 1024 * 1024
+"""Largest reply a client takes; above any server's ``rpc.max_message_bytes`` default."""
+
 
 def make_unpacker(max_message_bytes: int) -> msgpack.Unpacker:
     """An unpacker that refuses any single object larger than ``max_message_bytes``."""

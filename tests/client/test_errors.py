@@ -30,8 +30,8 @@ def silent_peer() -> Iterator[socket.socket]:
 def test_a_call_past_its_deadline_raises_timeout_error(silent_peer: socket.socket) -> None:
     conn = BlockingConnection(*silent_peer.getsockname()[:2])
     with pytest.raises(TimeoutError):
-        conn.call("kernel.ping", [], timeout=0.05)
-    assert not conn.alive()  # its reply may still come: the connection is not reused
+        conn.call("kernel.ping", timeout=0.05)
+    assert conn.closed  # its reply may still come: the connection is not reused
 
 
 def test_a_peer_that_hangs_up_raises_connection_error(silent_peer: socket.socket) -> None:
@@ -39,4 +39,4 @@ def test_a_peer_that_hangs_up_raises_connection_error(silent_peer: socket.socket
     peer, _ = silent_peer.accept()
     peer.close()
     with pytest.raises(ConnectionError):
-        conn.call("kernel.ping", [], timeout=5)
+        conn.call("kernel.ping", timeout=5)

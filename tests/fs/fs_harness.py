@@ -19,7 +19,7 @@ import msgpack
 
 from kernelfarm.config import Config, build
 from kernelfarm.errors import from_wire, to_wire
-from kernelfarm.fs.client import FsApi
+from kernelfarm.client import FsApi
 from kernelfarm.fs.subsystem import FsSubsystem
 from kernelfarm.kernel.subsystem import Method
 

@@ -21,7 +21,7 @@ import msgpack
 
 from kernelfarm.config import Config
 from kernelfarm.errors import from_wire, to_wire
-from kernelfarm.net.client import AsyncNetApi
+from kernelfarm.aio import NetApi as AsyncNetApi
 from kernelfarm.net.subsystem import NetSubsystem
 
 PEER_SCRIPT = Path(__file__).with_name("net_echo_peer.py")

@@ -14,7 +14,8 @@ import uvloop
 
 from kernelfarm.config import build
 from kernelfarm.errors import posix
-from kernelfarm.net.client import SENDALL_CHUNK, NetApi
+from kernelfarm.client import NetApi
+from kernelfarm.client._sync.net import SENDALL_CHUNK
 from kernelfarm.net.subsystem import NetSubsystem
 from net_harness import FakeConnection, FakeKernel, NetHarness, plain_listener
 

@@ -27,7 +27,7 @@ import pytest
 import kernelfarm
 import kernelfarm.aio
 from farmctl import Farm, start_farm, wait_until
-from kernelfarm.net.client import Socket
+from kernelfarm.client import Socket
 from kernelfarm.partition import key_slot
 
 MAX_SOCKETS = 4

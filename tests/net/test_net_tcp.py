@@ -23,7 +23,7 @@ async def test_connect_send_recv_and_half_close_against_echo_peer(make_net: Any,
                                                                   echo_port: int) -> None:
     assert isinstance(asyncio.get_running_loop(), uvloop.Loop)  # as in a kernel
     net = make_net().client()
-    async with await net.socket(NS, "tcp") as sock:
+    async with net.socket(NS, "tcp") as sock:
         await sock.connect("127.0.0.1", echo_port)
         assert await sock.send(b"hello, farm") == 11
         await sock.shutdown(socket.SHUT_WR)

@@ -16,7 +16,7 @@ NS = "bob"
 @pytest.mark.asyncio
 async def test_udp_sendto_and_recvfrom_both_ways(make_net: Any) -> None:
     net = make_net().client()
-    async with await net.socket(NS, "udp") as farm:
+    async with net.socket(NS, "udp") as farm:
         farm_addr = await farm.bind("127.0.0.1", 0)
         with plain_listener("127.0.0.1", socket.SOCK_DGRAM) as plain:
             plain.sendto(b"to the farm", farm_addr)

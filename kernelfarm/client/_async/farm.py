@@ -1,0 +1,158 @@
+"""The farm client, built from the control address alone.
+
+It fetches the slot table, then sends each request straight to the owning kernel over one
+pooled connection per kernel.  ``MOVED`` refreshes the table and retries; ``TRYAGAIN`` and
+a kernel that cannot be reached (restarting) back off and retry until the deadline
+(:mod:`kernelfarm.client.routing` decides which).  A request that was already sent when its
+connection broke is not resent: it may have been applied, and only the caller knows
+whether repeating it is safe.
+
+``timeout`` bounds each call; by default there is none, because every kernel bounds its own
+waits (``net.max_timeout``) and a kernel that hangs is killed by its supervisor, which the
+client sees as a closed connection.  Connecting always has a deadline.
+"""
+
+from __future__ import annotations
+
+import functools
+import time
+from typing import Any
+
+from kernelfarm.client._async.fs import AsyncFsApi
+from kernelfarm.client._async.io import RpcClientConnection, connect, gather, sleep
+from kernelfarm.client._async.net import AsyncNetApi
+from kernelfarm.client.routing import RETRYABLE, RetryPolicy, Router, reaction_to
+from kernelfarm.hostport import Addr, as_addr
+
+CONTROL_TIMEOUT_S = 30.0
+"""Control calls always have a deadline: the supervisor answers them itself."""
+
+
+class AsyncClient:
+    def __init__(self, control: Addr | str, *, timeout: float | None = None,
+                 retry: RetryPolicy | None = None) -> None:
+        self.control = as_addr(control)
+        self.timeout = timeout
+        self.retry = retry or RetryPolicy()
+        self._conns: dict[Addr, RpcClientConnection] = {}
+        self._router: Router | None = None
+        # sync only: self.connect()
+
+    async def connect(self) -> AsyncClient:
+        """Fetch the slot table (the first call does it too)."""
+        self._router = Router(await self.cluster_map())
+        return self
+
+    @property
+    def router(self) -> Router:
+        if self._router is None:
+            raise RuntimeError("not connected: use the client as a context manager "
+                               "or call connect() first")
+        return self._router
+
+    # -- connections ----------------------------------------------------------------------
+
+    async def _open(self, addr: Addr) -> RpcClientConnection:
+        """A new connection to a kernel or the supervisor: the one place every connection
+        starts, so whatever a connection must say first is said here."""
+        return await connect(addr[0], addr[1])
+
+    async def _connection(self, addr: Addr) -> RpcClientConnection:
+        conn = self._conns.get(addr)
+        if conn is not None and not conn.closed:
+            return conn
+        fresh = await self._open(addr)
+        conn = self._conns.get(addr)
+        if conn is not None and not conn.closed:  # a concurrent call connected first
+            fresh.close()
+            return conn
+        if conn is not None:
+            conn.close()
+        self._conns[addr] = fresh
+        return fresh
+
+    # -- control API ----------------------------------------------------------------------
+
+    async def _control(self, method: str, *params: Any,
+                       timeout: float | None = CONTROL_TIMEOUT_S) -> Any:
+        conn = await self._connection(self.control)
+        return await conn.call(method, *params, timeout=self.timeout or timeout)
+
+    async def cluster_map(self) -> dict[str, Any]:
+        return dict(await self._control("cluster.map"))
+
+    async def status(self) -> dict[str, Any]:
+        return dict(await self._control("cluster.status"))
+
+    async def scale(self, n: int) -> dict[str, Any]:
+        # Moving many slots can take a while; the supervisor bounds each step itself.
+        return dict(await self._control("cluster.scale", n, timeout=None))
+
+    async def refresh(self) -> None:
+        self.router.update(await self.cluster_map())
+
+    async def _refresh_quietly(self) -> None:
+        try:
+            await self.refresh()
+        except OSError:
+            pass  # the supervisor is briefly away; the caller's deadline bounds this
+
+    # -- data path ------------------------------------------------------------------------
+
+    async def call(self, method: str, *params: Any) -> Any:
+        """Call ``method`` on the kernel that owns its partition key."""
+        if self._router is None:
+            await self.connect()
+        deadline = time.monotonic() + self.retry.deadline_s
+        attempt = 0
+        while True:
+            addr = self.router.route(method, list(params))
+            conn: RpcClientConnection | None = None
+            try:
+                conn = await self._connection(addr)
+                return await conn.call(method, *params, timeout=self.timeout)
+            except RETRYABLE as exc:
+                reaction = reaction_to(exc, reached=conn is not None)
+                if reaction is None or time.monotonic() >= deadline:
+                    raise
+                if reaction.backoff:
+                    await sleep(self.retry.delay(attempt))
+                if reaction.refresh:
+                    await self._refresh_quietly()
+                if reaction.only_if_removed and addr in self.router.all_addrs.values():
+                    raise
+            attempt += 1
+
+    async def call_kernel(self, addr: Addr, method: str, *params: Any) -> Any:
+        conn = await self._connection(addr)
+        return await conn.call(method, *params, timeout=self.timeout)
+
+    async def call_all(self, method: str, *params: Any) -> list[Any]:
+        """Call ``method`` on every kernel (``fs.listdir("/")`` merges their volumes)."""
+        if self._router is None:
+            await self.connect()
+        return list(await gather(
+            *(self.call_kernel(addr, method, *params) for addr in self.router.kernels())))
+
+    # -- the API groups -------------------------------------------------------------------
+
+    @functools.cached_property
+    def fs(self) -> AsyncFsApi:
+        return AsyncFsApi(self.call, self.call_all)
+
+    @functools.cached_property
+    def net(self) -> AsyncNetApi:
+        return AsyncNetApi(self.call)
+
+    async def close(self) -> None:
+        for conn in self._conns.values():
+            conn.close()
+        self._conns.clear()
+
+    async def __aenter__(self) -> AsyncClient:
+        if self._router is None:
+            await self.connect()
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.close()
