@@ -1,9 +1,10 @@
 """How long a live scale-out takes, and what the slots that do not move feel meanwhile.
 
 A 1-kernel farm gets ``--volumes`` volumes (one small file each), then an ``fs.stat``
-load runs against tenants whose slots stay on kernel 0 through the 1 -> 2 scale-out.  Two windows of the same length, side by side in one run: without
-scaling (the baseline) and with ``kernelfarm scale 2`` started at the window's start.
-The scale-out's own duration is timed from the control call.
+load runs against tenants whose slots stay on kernel 0 through the 1 -> 2 scale-out.  Two
+windows of the same length, side by side in one run: without scaling (the baseline) and
+with ``kernelfarm scale 2`` started at the window's start.  The scale-out's own duration is
+timed from the control call.
 
     python benchmarks/scale_bench.py [--volumes 10000] [--window 8] [--out DIR]
 """

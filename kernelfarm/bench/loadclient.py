@@ -20,6 +20,7 @@ parent goes away (stdin closes) while it waits for ``go``.
 from __future__ import annotations
 
 import asyncio
+import functools
 import itertools
 import os
 import select
@@ -166,7 +167,7 @@ async def _run(job: dict[str, Any], parent: Parent) -> dict[str, Any] | None:
 
     for host, port, slots in job["connections"]:
         _, connection = await asyncio.wait_for(
-            loop.create_connection(lambda: LoadConnection(slots, histogram, lost),
+            loop.create_connection(functools.partial(LoadConnection, slots, histogram, lost),
                                    host, port),
             CONNECT_TIMEOUT_S)
         connections.append(connection)

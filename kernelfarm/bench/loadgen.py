@@ -110,8 +110,8 @@ def encode_plan(plan: ConnectionPlan) -> list[Any]:
 
 def run_load(plans: Sequence[ConnectionPlan], *, duration_s: float, warmup_s: float = 0.5,
              processes: int = 2, cores: Sequence[int] | None = None,
-             on_window_start: Callable[[], None] | None = None,
-             on_window_end: Callable[[], None] | None = None,
+             on_window_start: Callable[[], object] | None = None,
+             on_window_end: Callable[[], object] | None = None,
              highest_ns: int = DEFAULT_HIGHEST) -> LoadResult:
     """Drive ``plans`` from ``processes`` client processes; return the measured window.
 

@@ -136,7 +136,7 @@ def plot(rows: Sequence[dict[str, Any]], out: Path) -> list[Path]:
         try:
             for system in _present(SYSTEMS, [r["system"] for r in mine]):
                 points = [(r["workers"], r["ops_per_s"]) for r in mine if r["system"] == system]
-                xs, ys = zip(*points)
+                xs, ys = zip(*points, strict=True)
                 axes.plot(xs, ys, marker="o", label=system, color=_color(system),
                           linestyle="--" if system == "echo" else "-")
             workers = sorted({r["workers"] for r in mine})

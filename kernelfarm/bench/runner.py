@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime
+import functools
 import math
 import platform
 import sys
@@ -173,13 +174,13 @@ def run_bench(options: BenchOptions, *, progress: Progress | None = None,
             if system in systems.INPROCESS:
                 for cell in group:
                     _measure_cell(cell, results, notify,
-                                  lambda c=cell: _inprocess_row(c, options, where))
+                                  functools.partial(_inprocess_row, cell, options, where))
                 continue
             try:
                 with systems.running_system(system, workers, where, options.fsync) as target:
                     for cell in group:
                         _measure_cell(cell, results, notify,
-                                      lambda c=cell: _rpc_row(c, options, target, peer))
+                                      functools.partial(_rpc_row, cell, options, target, peer))
             except (KernelfarmError, OSError) as exc:
                 done = {(r["system"], r["workers"], r["workload"]) for r in results.rows}
                 for cell in group:

@@ -15,7 +15,7 @@ from kernelfarm.cli.common import add_client_options
 from kernelfarm.errors import KernelfarmError
 
 
-def _commands() -> list[Callable[[argparse._SubParsersAction], None]]:  # type: ignore[type-arg]
+def _commands() -> list[Callable[[argparse._SubParsersAction[argparse.ArgumentParser]], None]]:
     from kernelfarm.cli import (
         bench_cmd, config_cmd, fs_cmd, mount_cmd, scale_cmd, serve, socks_cmd, status,
         top_cmd,

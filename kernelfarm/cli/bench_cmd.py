@@ -12,7 +12,7 @@ from __future__ import annotations
 import argparse
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Callable
 
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
@@ -30,7 +30,7 @@ QUICK_DURATION_S = 0.3
 QUICK_WARMUP_S = 0.15
 
 
-def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     parser = sub.add_parser(
         "bench", help="benchmark partitioned vs locked kernels against the echo floor",
         description=__doc__.split("\n\n")[0])
@@ -59,7 +59,7 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     parser.set_defaults(handler=run)
 
 
-def _names(allowed: tuple[str, ...]) -> type:
+def _names(allowed: tuple[str, ...]) -> Callable[[str], tuple[str, ...]]:
     def parse(text: str) -> tuple[str, ...]:
         names = tuple(name.strip() for name in text.split(",") if name.strip())
         unknown = [name for name in names if name not in allowed]
@@ -67,7 +67,7 @@ def _names(allowed: tuple[str, ...]) -> type:
             raise argparse.ArgumentTypeError(
                 f"unknown: {', '.join(unknown) or '(empty)'}; choose from {', '.join(allowed)}")
         return names
-    return parse  # type: ignore[return-value]
+    return parse
 
 
 def _counts(text: str) -> tuple[int, ...]:

@@ -8,7 +8,7 @@ import sys
 from kernelfarm import config as configuration
 
 
-def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     parser = sub.add_parser("config", help="print the default config, or check files",
                             description="Print the documented default config (what "
                                         "config/kernelfarm.toml holds), or check files.")

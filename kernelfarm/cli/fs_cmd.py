@@ -21,7 +21,7 @@ from kernelfarm.client import Client
 from kernelfarm.errors import KernelfarmError
 
 
-def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     parser = sub.add_parser("fs", help="use the farm's file systems from the shell")
     add_client_options(parser)
     verbs = parser.add_subparsers(dest="fs_command", required=True, metavar="VERB")

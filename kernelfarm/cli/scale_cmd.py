@@ -8,7 +8,7 @@ from kernelfarm.cli.common import add_client_options, control_address
 from kernelfarm.client import Client
 
 
-def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     parser = sub.add_parser("scale", help="grow or shrink the farm live")
     parser.add_argument("kernels", type=int, help="the number of kernels wanted")
     add_client_options(parser)

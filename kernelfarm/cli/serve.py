@@ -19,7 +19,7 @@ from kernelfarm.supervisor.supervisor import Supervisor, print_ready
 
 
 
-def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     parser = sub.add_parser("serve", help="run the daemon in the foreground",
                             description="Run the supervisor and its kernels until SIGTERM or "
                                         "Ctrl-C. Flags override the config file.")

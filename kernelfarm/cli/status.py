@@ -23,7 +23,7 @@ DROP_ORDER = ("restarts", "core", "pid", "sockets", "volumes")
 """Columns given up, in this order, when the terminal is too narrow for all of them."""
 
 
-def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     parser = sub.add_parser("status", help="show the kernels of a running farm")
     add_client_options(parser)
     parser.add_argument("--json", action="store_true", help="print the raw status as JSON")

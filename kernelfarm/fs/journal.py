@@ -62,7 +62,7 @@ def read_all(path: str) -> Iterator[Any]:
     with open(path, "rb") as fh:
         size = os.fstat(fh.fileno()).st_size
         good = 0
-        for record, good in read_records(fh, size):
+        for record, good in read_records(fh, size):  # noqa: B007 - read after the loop
             yield record
         if good != size:
             raise ValueError(f"{path}: damaged at byte {good} of {size}")
@@ -84,7 +84,7 @@ class Journal:
         with open(path, "r+b") as fh:
             size = os.fstat(fh.fileno()).st_size
             good = count = 0
-            for record, good in read_records(fh, size):
+            for record, good in read_records(fh, size):  # noqa: B007 - read after the loop
                 apply(record)
                 count += 1
             if good < size:

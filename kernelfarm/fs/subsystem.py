@@ -65,9 +65,10 @@ def _data(value: Any) -> bytes:
 
 
 def _mode(value: Any) -> int:
-    if _int(value, "mode") < 0:
+    mode = _int(value, "mode")
+    if mode < 0:
         raise ValueError("mode must not be negative")
-    return value
+    return mode
 
 
 def _str(value: Any, what: str) -> str:
@@ -257,7 +258,8 @@ class FsSubsystem(Subsystem):
         dst_name, dst_comps = parse(dst)
         if src_name != dst_name or not src_comps or not dst_comps:
             raise posix(errno.EXDEV, f"{src} -> {dst}: rename within one volume only")
-        volume = self._volume(src_name, src)  # type: ignore[arg-type]
+        assert src_name is not None  # "/" has no components: refused just above
+        volume = self._volume(src_name, src)
         volume.change(RENAME, src_comps, dst_comps, time_ns())
         self._changed(volume)
 

@@ -26,7 +26,7 @@ from __future__ import annotations
 import errno
 import stat as statmod
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 from kernelfarm.errors import posix
 
@@ -105,16 +105,16 @@ class Tree:
 
     def _dir_of(self, comps: tuple[str, ...]) -> Dir:
         """The directory that holds ``comps[-1]`` (``comps`` must not be empty)."""
-        node: Inode = self.root
+        node: Dir = self.root
         for depth in range(len(comps) - 1):
-            child = node.entries.get(comps[depth])  # type: ignore[attr-defined]
+            child = node.entries.get(comps[depth])
             if child is None:
                 raise posix(errno.ENOENT, self._where(comps[:depth + 1]))
             if not isinstance(child, Dir):
                 code = errno.ELOOP if isinstance(child, Symlink) else errno.ENOTDIR
                 raise posix(code, self._where(comps[:depth + 1]))
             node = child
-        return node  # type: ignore[return-value]
+        return node
 
     def lookup(self, comps: tuple[str, ...]) -> Inode:
         if not comps:
@@ -191,7 +191,7 @@ class Tree:
         if isinstance(node, Dir):
             raise posix(errno.EISDIR, self._where(comps))
         # Slicing clamps to the data: a huge size allocates only what the file holds.
-        return bytes(node.data[offset:offset + size])  # type: ignore[attr-defined]
+        return bytes(cast(File, node).data[offset:offset + size])  # neither dir nor symlink
 
     def readlink(self, comps: tuple[str, ...]) -> str:
         node = self.lookup(comps)
@@ -269,7 +269,7 @@ class Tree:
         end = offset + len(data)
         self._check_size(comps, old, max(old, end))
         buf = node.data
-        if type(buf) is bytes:
+        if isinstance(buf, bytes):
             buf = node.data = bytearray(buf)
         if offset > old:
             buf.extend(bytes(offset - old))
@@ -290,7 +290,7 @@ class Tree:
             node.data = node.data[:size]
         else:
             buf = node.data
-            if type(buf) is bytes:
+            if isinstance(buf, bytes):
                 buf = node.data = bytearray(buf)
             buf.extend(bytes(size - old))
         self.bytes_used += size - old

@@ -63,7 +63,7 @@ class LockedKernel(Kernel):
 
     # Subsystems read ``ctx.loop`` when they create loop-bound state: give them the loop
     # of the thread serving the request.
-    @property  # type: ignore[override]
+    @property
     def loop(self) -> asyncio.AbstractEventLoop:
         try:
             return asyncio.get_running_loop()
@@ -215,7 +215,8 @@ def _as_awaitable(handler: Callable[..., Any], args: tuple[Any, ...],
         future.set_exception(exc)
         return future
     if is_async and hasattr(result, "__await__"):
-        return result  # type: ignore[no-any-return]
+        awaitable: Awaitable[Any] = result
+        return awaitable
     future.set_result(result)
     return future
 
@@ -224,7 +225,7 @@ def _settle(future: concurrent.futures.Future[Any], task: asyncio.Task[Any]) -> 
     if task.cancelled():
         future.cancel()
     elif task.exception() is not None:
-        future.set_exception(task.exception())  # type: ignore[arg-type]
+        future.set_exception(task.exception())
     else:
         future.set_result(task.result())
 

@@ -158,10 +158,10 @@ async def serve(boot: BootInfo, config: Config, control: socket.socket,
         net.handoff.serve(handoff, enabled=boot.mode != "locked")
     workers = None
     if boot.mode == "locked" and boot.threads > 1:
-        from kernelfarm.kernel.locked import WorkerThreads
+        from kernelfarm.kernel.locked import LockedKernel, WorkerThreads
 
-        workers = WorkerThreads(kernel, listen, boot.threads - 1, factory,  # type: ignore
-                                STOP_GRACE_S)
+        assert isinstance(kernel, LockedKernel)  # make_kernel built one: boot.mode is locked
+        workers = WorkerThreads(kernel, listen, boot.threads - 1, factory, STOP_GRACE_S)
         workers.start()
     admin = AdminService(kernel, stop)
     await loop.connect_accepted_socket(connection_factory(admin, config.rpc), control)

@@ -209,6 +209,7 @@ class Namespace:
         loopback address for a loopback destination, else the wildcard — both through
         ``bind_allow``.
         """
+        local: ipaddress.IPv4Address | ipaddress.IPv6Address
         if destination.version == 4:
             local = ipaddress.IPv4Address("127.0.0.1" if destination.is_loopback else "0.0.0.0")
         else:

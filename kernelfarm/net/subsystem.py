@@ -33,9 +33,11 @@ MAX_NAMESPACE_LENGTH = 255
 
 
 def _data(data: Any) -> bytes:
-    if not isinstance(data, (bytes, bytearray)):
-        raise TypeError(f"data must be bytes (msgpack bin), got {type(data).__name__}")
-    return data
+    if isinstance(data, bytes):
+        return data
+    if isinstance(data, bytearray):
+        return bytes(data)
+    raise TypeError(f"data must be bytes (msgpack bin), got {type(data).__name__}")
 
 
 def _int(value: Any, what: str, low: int, high: int) -> int:

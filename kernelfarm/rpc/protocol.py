@@ -146,12 +146,15 @@ def stream_error(exc: Exception, max_message_bytes: int) -> ProtocolError:
 
 
 def encode_request(msgid: int, method: str, params: list[Any] | tuple[Any, ...]) -> bytes:
-    return msgpack.packb([MessageType.REQUEST, msgid, method, list(params)])
+    data: bytes = msgpack.packb([MessageType.REQUEST, msgid, method, list(params)])
+    return data
 
 
 def encode_response(msgid: int, error: Any, result: Any) -> bytes:
-    return msgpack.packb([MessageType.RESPONSE, msgid, error, result])
+    data: bytes = msgpack.packb([MessageType.RESPONSE, msgid, error, result])
+    return data
 
 
 def encode_notification(method: str, params: list[Any]) -> bytes:
-    return msgpack.packb([MessageType.NOTIFICATION, method, params])
+    data: bytes = msgpack.packb([MessageType.NOTIFICATION, method, params])
+    return data

@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from time import perf_counter
-from typing import TYPE_CHECKING, Any, Awaitable, Callable, Protocol
+from typing import TYPE_CHECKING, Any, Awaitable, Callable, Protocol, cast
 
 import msgpack
 
@@ -72,9 +72,9 @@ class ServerConnection(asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # uvloop's transports do not subclass asyncio.Transport; they have its API.
-        self.transport = transport  # type: ignore[assignment]
+        self.transport = cast(asyncio.Transport, transport)
         self.peer = transport.get_extra_info("peername")
-        transport.set_write_buffer_limits(high=self.write_buffer_bytes)
+        self.transport.set_write_buffer_limits(high=self.write_buffer_bytes)
         self.service.connection_made(self)
 
     def data_received(self, data: bytes) -> None:

@@ -6,7 +6,7 @@ is on the data path.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Awaitable, Callable
 
 from kernelfarm.errors import UnknownMethod, to_wire
 from kernelfarm.rpc.server import ServerConnection
@@ -18,9 +18,10 @@ if TYPE_CHECKING:
 class ControlService:
     def __init__(self, supervisor: Supervisor) -> None:
         self.supervisor = supervisor
-        self.sync_methods = {"cluster.map": supervisor.cluster_map}
-        self.async_methods = {"cluster.status": supervisor.cluster_status,
-                              "cluster.scale": supervisor.scaler.scale}
+        self.sync_methods: dict[str, Callable[..., Any]] = {
+            "cluster.map": supervisor.cluster_map}
+        self.async_methods: dict[str, Callable[..., Awaitable[Any]]] = {
+            "cluster.status": supervisor.cluster_status, "cluster.scale": supervisor.scaler.scale}
 
     def handle(self, conn: ServerConnection, msgid: int, method: str,
                params: list[Any]) -> list[Any] | None:

@@ -145,7 +145,7 @@ class KernelHandle:
             lambda: ControlChannel(self._set_ready), parent)
         assert self.control.transport is not None
         self.control.transport.write(msgpack.packb([2, BOOT_NOTIFICATION, [boot.to_wire()]]))
-        waiters = {self._ready, self.exited}
+        waiters: set[asyncio.Future[Any]] = {self._ready, self.exited}
         done, _ = await asyncio.wait(waiters, timeout=boot_timeout,
                                      return_when=asyncio.FIRST_COMPLETED)
         if self._ready in done:

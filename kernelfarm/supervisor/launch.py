@@ -66,7 +66,8 @@ def wait_ready(proc: subprocess.Popen[bytes], log_path: Path,
                     proc.wait(timeout=5)
                 raise _not_serving(f"exited with {proc.poll()}", log_path)
             buffer += chunk
-    return json.loads(buffer.split(b"\n", 1)[0])  # type: ignore[no-any-return]
+    ready: dict[str, Any] = json.loads(buffer.split(b"\n", 1)[0])
+    return ready
 
 
 def _not_serving(why: str, log_path: Path) -> LaunchError:

@@ -17,7 +17,7 @@ import signal
 import socket
 import sys
 import time
-from typing import Any, Callable
+from typing import Any, Awaitable, Callable
 
 from kernelfarm.boot import BootInfo
 from kernelfarm.config import Config, data_path
@@ -57,7 +57,7 @@ class Supervisor:
         self.table: SlotTable | None = None
         self.started = time.time()
         self._stop = asyncio.Event()
-        self._tasks: set[asyncio.Task[Any]] = set()
+        self._tasks: set[asyncio.Future[Any]] = set()
         self._ops: dict[int, tuple[float, int, float]] = {}
         """kernel id -> (monotonic time, ops total, ops/s) from the latest heartbeat."""
         self._lock_fd: int | None = None
@@ -143,7 +143,7 @@ class Supervisor:
             raise ConfigError(f"cannot serve {what} on {address}: {exc.strerror or exc}",
                               key=key) from exc
 
-    def _spawn_task(self, coro: Any) -> asyncio.Task[Any]:
+    def _spawn_task(self, coro: Awaitable[Any]) -> asyncio.Future[Any]:
         task = asyncio.ensure_future(coro)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
@@ -217,7 +217,7 @@ class Supervisor:
         results = await asyncio.gather(
             *(h.call("kernel.set_table", table.epoch, ranges, addrs) for h in running),
             return_exceptions=True)
-        for handle, result in zip(running, results):
+        for handle, result in zip(running, results, strict=True):
             if isinstance(result, Exception):
                 # It is restarting: it boots with the current table, so it catches up.
                 log.warning("kernel %d missed epoch %d: %s", handle.kernel_id, table.epoch,
@@ -340,7 +340,8 @@ class Supervisor:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             os.close(fd)
-            raise ConfigError(f"data dir {self.data_dir} is in use by another supervisor")
+            raise ConfigError(
+                f"data dir {self.data_dir} is in use by another supervisor") from None
         os.ftruncate(fd, 0)
         os.write(fd, f"{os.getpid()}\n".encode())
         self._lock_fd = fd
@@ -383,7 +384,7 @@ class Supervisor:
             *(h.call("kernel.stats", timeout=2.0) for h in handles), return_exceptions=True)
         counts = self.table.counts()
         rows = []
-        for handle, stat in zip(handles, stats):
+        for handle, stat in zip(handles, stats, strict=True):
             row = handle.describe()
             row.update(slots=counts.get(handle.kernel_id, 0), restarts=handle.restarts,
                        ops_per_s=self._ops.get(handle.kernel_id, (0, 0, 0.0))[2])
