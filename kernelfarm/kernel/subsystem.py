@@ -32,8 +32,12 @@ class Method:
     ``handler`` is called with the request's positional params (after ``conn`` when
     ``wants_conn``).  A synchronous handler returns the result; an ``is_async`` one
     returns an awaitable when it must wait (net I/O), or the result itself when it has
-    it at once, which costs no task (a ``net.recv`` of data already there).  ``writes`` marks methods that change
-    state: while a slot migrates its writes get ``TRYAGAIN`` and its reads keep serving.
+    it at once, which costs no task (a ``net.recv`` of data already there).
+
+    ``writes`` marks methods that change state a migrating slot must not race: fs writes,
+    and every net call that opens, moves data through or closes a socket (``net.recv``
+    too: it consumes what it reads).  While a slot migrates they get ``TRYAGAIN``; the
+    others (``fs.stat``, ``net.stats``...) keep serving.
     """
 
     name: str
