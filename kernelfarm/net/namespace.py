@@ -116,10 +116,10 @@ class Namespace:
     def send(self, sid: int, data: bytes, timeout: float) -> int | Awaitable[int]:
         """The count at once when the host took everything, else an awaitable of it."""
         sent = self.get(sid).send(data, timeout)
-        if type(sent) is int:
+        if isinstance(sent, int):
             self.counters.bytes_out += sent
             return sent
-        return self._count_out(sent)  # type: ignore[arg-type]
+        return self._count_out(sent)
 
     async def _count_out(self, sending: Awaitable[int]) -> int:
         sent = await sending
@@ -129,10 +129,10 @@ class Namespace:
     def recv(self, sid: int, size: int, timeout: float) -> bytes | asyncio.Future[bytes]:
         """The data at once when the host has some, else a future of it."""
         data = self.get(sid).recv(size, timeout)
-        if type(data) is bytes:
+        if isinstance(data, bytes):
             self.counters.bytes_in += len(data)
         else:
-            data.add_done_callback(self._count_in)  # type: ignore[union-attr]
+            data.add_done_callback(self._count_in)
         return data
 
     def _count_in(self, future: asyncio.Future[bytes]) -> None:
