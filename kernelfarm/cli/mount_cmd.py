@@ -21,7 +21,7 @@ from kernelfarm.mount.mtab import is_mounted
 UNMOUNT_DEADLINE_S = 10.0
 
 
-def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     parser = sub.add_parser("mount", help="mount the farm's volumes (FUSE)")
     parser.add_argument("mountpoint", metavar="MOUNTPOINT")
     add_client_options(parser)

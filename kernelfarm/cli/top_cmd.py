@@ -23,7 +23,7 @@ COLUMNS = ("id", "address", "ops/s", "p99", "cpu", "memory", "conns", "slots", "
 DROP_ORDER = ("address", "conns")
 
 
-def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     parser = sub.add_parser("top", help="live view of the kernels: ops/s, p99, CPU, memory")
     add_client_options(parser)
     parser.add_argument("--interval", type=float, default=1.0, metavar="S",

@@ -11,7 +11,7 @@ import errno
 import functools
 import logging
 from dataclasses import dataclass
-from typing import Any, Awaitable, Callable, ParamSpec, TypeVar
+from typing import Any, Awaitable, Callable, Coroutine, ParamSpec, TypeVar
 
 import pyfuse3
 
@@ -69,7 +69,7 @@ P = ParamSpec("P")
 R = TypeVar("R")
 
 
-def fuse_errors(handler: Callable[P, Awaitable[R]]) -> Callable[P, Awaitable[R]]:
+def fuse_errors(handler: Callable[P, Awaitable[R]]) -> Callable[P, Coroutine[Any, Any, R]]:
     """Answer every failure of a FUSE handler as an errno: pyfuse3 stops its main loop on
     any exception that is not a ``FUSEError``."""
 

@@ -56,7 +56,7 @@ class DirListing:
     names: list[str]
 
 
-class FarmOperations(pyfuse3.Operations):  # type: ignore[misc]
+class FarmOperations(pyfuse3.Operations):
     supports_dot_lookup = False
     enable_writeback_cache = False
 
@@ -372,7 +372,7 @@ class FarmOperations(pyfuse3.Operations):  # type: ignore[misc]
             batch = listing.names[index:index + READDIR_BATCH]
             stats = await asyncio.gather(*(self.fs.stat(prefix + name) for name in batch),
                                          return_exceptions=True)
-            for name, st in zip(batch, stats):
+            for name, st in zip(batch, stats, strict=True):
                 index += 1
                 if isinstance(st, BaseException):
                     continue  # removed since the listing was taken

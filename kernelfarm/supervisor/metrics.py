@@ -143,7 +143,9 @@ def kernel_families(rows: list[dict[str, Any]]) -> Iterator[Metric]:
                                sum_value=hist["sum"])
         cpu.add_metric([kid, "user"], stats["cpu_user"])
         cpu.add_metric([kid, "system"], stats["cpu_system"])
-        for key, family in [*gauges.items(), *counters.items()]:
+        families: list[tuple[str, GaugeMetricFamily | CounterMetricFamily]] = [
+            *gauges.items(), *counters.items()]
+        for key, family in families:
             if key in stats:
                 family.add_metric([kid], stats[key])
         for (name, key), family in subsystem.items():
