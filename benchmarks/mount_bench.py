@@ -12,8 +12,9 @@ side by side in one run (the machine is noisy), ``--repeat`` times, best of each
   system (seconds; lower is better).
 
 The farm runs 2 kernels with ``[fs] max_file_bytes`` raised to fit the 256 MiB file,
-``snapshot_journal_bytes`` raised past the run's writes, and the ``fsync`` policy given (default ``never``: the passthrough does not fsync either, so
-both stop at the page cache).  Results: ``results/mount_bench.json``, ``.md`` and ``.png``.
+``snapshot_journal_bytes`` raised past the run's writes, and the ``fsync`` policy given
+(default ``never``: the passthrough does not fsync either, so both stop at the page cache).
+Results: ``results/mount_bench.json``, ``.md`` and ``.png``.
 
     python benchmarks/mount_bench.py [--size-mib 256] [--files 10000] [--repeat 2]
                                      [--fsync never|batch|always] [--out DIR]
@@ -167,10 +168,10 @@ def run_all(roots: dict[str, Path], args: argparse.Namespace, source: Path,
     for round_ in range(args.repeat):
         for system, root in roots.items():
             steps: list[tuple[str, Callable[[], float]]] = [
-                ("seq-write", lambda: seq_write(root, size)),
-                ("seq-read", lambda: seq_read(root, size)),
-                ("small-files", lambda: small_files(root, args.files)),
-                ("cp-a", lambda: cp_tree(root, source))]
+                ("seq-write", lambda root=root: seq_write(root, size)),
+                ("seq-read", lambda root=root: seq_read(root, size)),
+                ("small-files", lambda root=root: small_files(root, args.files)),
+                ("cp-a", lambda root=root: cp_tree(root, source))]
             for workload, step in steps:
                 value = step()
                 console.print(f"round {round_ + 1} {system:<12} {workload:<12} {value:10.2f}")

@@ -22,7 +22,7 @@ from kernelfarm.socks.kernels import Kernels
 from kernelfarm.socks.server import SocksServer
 
 
-def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     parser = sub.add_parser(
         "socks", help="SOCKS5 proxy: username = net namespace, password = tenant token")
     parser.add_argument("--listen", default="127.0.0.1:1080", metavar="HOST:PORT",

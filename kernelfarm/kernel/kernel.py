@@ -183,8 +183,9 @@ class Kernel:
     # A slot moves from kernel S to kernel D in four steps, each a control call:
     # S.freeze (its writes get TRYAGAIN, reads go on) -> S.release (state made durable and
     # dropped; every request gets TRYAGAIN) -> D.acquire (state loaded from the shared
-    # data dir) -> S.hand_over (open connections follow) -> set_table on every kernel (the owner flips with a new epoch; S answers
-    # MOVED from then on).  Only the moving slots ever pause.
+    # data dir) -> S.hand_over (open connections follow) -> set_table on every kernel (the
+    # owner flips with a new epoch; S answers MOVED from then on).  Only the moving slots
+    # ever pause.
 
     def freeze(self, slots: list[int]) -> int:
         self.frozen.update(slots)

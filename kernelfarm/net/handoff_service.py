@@ -262,7 +262,7 @@ class HandoffPeer:
             message = handoff.unpack(packet)
             msgid = message.get("id")
             op = message.get("op")
-            wanted = {"check": 0, "relay": 1, "adopt": 2}.get(op)  # type: ignore[arg-type]
+            wanted = {"check": 0, "relay": 1, "adopt": 2}.get(op) if isinstance(op, str) else None
             if wanted is None:
                 raise ValueError(f"unknown hand-off op {op!r}")
             if len(fds) != wanted:

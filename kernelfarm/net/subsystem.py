@@ -14,6 +14,7 @@ Additions to DESIGN.md's methods, all backwards compatible: ``net.connect`` and
 from __future__ import annotations
 
 import asyncio
+import builtins
 import errno
 import inspect
 import math
@@ -160,7 +161,7 @@ class NetSubsystem(Subsystem):
             self.handoff.park(slot, self.namespaces[name])
             self._drop(name)
 
-    def hand_over(self, slots: list[int], target: str) -> int:
+    def hand_over(self, slots: builtins.list[int], target: str) -> int:  # .list: a method
         return self.handoff.hand_over(slots, target)
 
     def stats(self) -> dict[str, Any]:

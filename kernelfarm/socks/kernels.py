@@ -100,7 +100,8 @@ class HandoffConnection:
                 reply = handoff.unpack(packet)
             except ValueError:
                 continue
-            answer = self._waiting.get(reply.get("id"))  # type: ignore[arg-type]
+            msgid = reply.get("id")
+            answer = self._waiting.get(msgid) if isinstance(msgid, int) else None
             if answer is not None and not answer.done():
                 answer.set_result(reply)
 
