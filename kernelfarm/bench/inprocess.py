@@ -39,6 +39,7 @@ from kernelfarm.bench.loadgen import (
     READY_TIMEOUT_S, RESULT_GRACE_S, START_DELAY_S, LoadResult, WorkerProcess,
     collect_messages,
 )
+from kernelfarm.kernel.commit import Flush, GroupCommit, run_flushes
 from kernelfarm.kernel.locks import LockProvider
 
 MODULE = "kernelfarm.bench.inprocess"
@@ -146,28 +147,25 @@ class DirectContext:
         self.data_dir = data_dir
         self.loop = loop
         self._provider = provider
-        self._flushes: list[Callable[[], None]] = []
+        # Each driver ends its turn itself (commit), so nothing is scheduled.
+        self._group_commit = GroupCommit(lambda commit: None, run_flushes)
 
     def owns(self, slot: int) -> bool:
         return True
 
-    def request_flush(self, flush: Callable[[], None]) -> None:
-        if flush not in self._flushes:
-            self._flushes.append(flush)
+    def request_flush(self, flush: Flush) -> None:
+        self._group_commit.request(flush)
 
     def commit(self) -> None:
-        if not self._flushes:
+        """End a turn.  Threads share this commit: with every lock held no handler can be
+        requesting a flush meanwhile, and whichever thread commits flushes all writes."""
+        if not self._group_commit.pending:
             return
         if self._provider is None:
-            self._run_flushes()
+            self._group_commit.commit_now()
         else:
             with self._provider.everything():
-                self._run_flushes()
-
-    def _run_flushes(self) -> None:
-        flushes, self._flushes = self._flushes, []
-        for flush in flushes:
-            flush()
+                self._group_commit.commit_now()
 
 
 def error_code(exc: Exception) -> str:

@@ -110,7 +110,7 @@ def default_workers(cores: int | None = None, *, quick: bool = False) -> tuple[i
     return tuple(sorted(set(counts)))
 
 
-def plan(options: BenchOptions, *, fs_served: bool) -> tuple[list[Cell], list[dict[str, Any]]]:
+def plan(options: BenchOptions) -> tuple[list[Cell], list[dict[str, Any]]]:
     """The cells to run, grouped by (system, workers), and the ones skipped with why."""
     cells: list[Cell] = []
     skipped: list[dict[str, Any]] = []
@@ -118,7 +118,7 @@ def plan(options: BenchOptions, *, fs_served: bool) -> tuple[list[Cell], list[di
         for workers in sorted(options.workers):
             for workload in options.workloads:
                 cell = Cell(system, workers, workload)
-                reason = systems.skip_reason(system, workload, workers, fs_served=fs_served)
+                reason = systems.skip_reason(system, workload, workers)
                 if reason is None:
                     cells.append(cell)
                 elif not (system in systems.ONE_WORKER and workers != 1):
@@ -158,10 +158,8 @@ def _cpu_model() -> str:
 def run_bench(options: BenchOptions, *, progress: Progress | None = None,
               scratch: Path | None = None) -> BenchResults:
     """Measure every cell of ``options``; see the module docstring."""
-    fs_served = systems.fs_served()
-    cells, skipped = plan(options, fs_served=fs_served)
-    results = BenchResults(machine(), {**asdict(options), "fs_served": fs_served},
-                           skipped=skipped)
+    cells, skipped = plan(options)
+    results = BenchResults(machine(), asdict(options), skipped=skipped)
     notify = progress or (lambda cell, event: None)
     with contextlib.ExitStack() as stack:
         if scratch is None:

@@ -51,23 +51,13 @@ class SystemStartError(KernelfarmError):
     code = "EBENCHSYS"
 
 
-def skip_reason(system: str, workload: str, workers: int, *, fs_served: bool) -> str | None:
+def skip_reason(system: str, workload: str, workers: int) -> str | None:
     """Why ``system`` does not run ``workload`` at ``workers`` workers, or None if it does."""
     if system in ONE_WORKER and workers != 1:
         return "defined at one worker only"
     if not workload.startswith("fs-") and system in INPROCESS:
         return "net workloads need a peer over RPC; the in-process runs call fs handlers only"
-    if workload.startswith("fs-") or workload == "mixed":
-        if not fs_served and system != "echo":
-            return "this build's kernels carry no fs subsystem"
     return None
-
-
-def fs_served() -> bool:
-    """Whether the kernels of this build serve ``fs.*`` (its config accepts ``[fs]``)."""
-    from kernelfarm.kernel.components import SUBSYSTEMS
-
-    return any(cls.name == "fs" for cls in SUBSYSTEMS)
 
 
 def serve_args(system: str, workers: int) -> list[str]:
@@ -82,11 +72,11 @@ def serve_args(system: str, workers: int) -> list[str]:
     raise ValueError(f"{system!r} is not a farm system")
 
 
-def config_text(fsync: str, *, with_fs: bool) -> str:
-    """The farm's config file: the fsync policy (when the build has fs) and quiet logs."""
+def config_text(fsync: str) -> str:
+    """The farm's config file: the fsync policy."""
     if fsync not in FSYNC_POLICIES:
         raise ValueError(f"fsync must be one of {', '.join(FSYNC_POLICIES)}, not {fsync!r}")
-    return f'[fs]\nfsync = "{fsync}"\n' if with_fs else ""
+    return f'[fs]\nfsync = "{fsync}"\n'
 
 
 @dataclass
@@ -135,7 +125,7 @@ def running_farm(serve_flags: Sequence[str], scratch: Path, fsync: str) -> Itera
 
     scratch.mkdir(parents=True, exist_ok=True)
     config_path = scratch / "bench.toml"
-    config_path.write_text(config_text(fsync, with_fs=fs_served()))
+    config_path.write_text(config_text(fsync))
     log_path = scratch / "serve.log"
     process = launch.spawn(
         ["--data-dir", str(scratch / "data"), "--config", str(config_path),

@@ -108,7 +108,7 @@ def run(args: argparse.Namespace) -> int:
     options = options_from(args)
     out = args.out or (DEFAULT_OUT / "quick" if args.quick else DEFAULT_OUT)
     console = Console(stderr=True)
-    cells, _ = plan(options, fs_served=systems.fs_served())
+    cells, _ = plan(options)
     started = time.monotonic()
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                   TimeElapsedColumn(), console=console, transient=False) as progress:

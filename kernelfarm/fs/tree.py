@@ -168,9 +168,6 @@ class Tree:
 
     # -- reads -----------------------------------------------------------------------------
 
-    def stat(self, comps: tuple[str, ...]) -> dict[str, Any]:
-        return stat_of(self.lookup(comps))
-
     def listdir(self, comps: tuple[str, ...]) -> list[str]:
         node = self.lookup(comps)
         if isinstance(node, Dir):

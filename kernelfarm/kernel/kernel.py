@@ -11,18 +11,17 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import time
-from time import perf_counter
 from binascii import crc_hqx
 from pathlib import Path
 from typing import Any, Callable
 
 import psutil
 
-from kernelfarm.boot import EXIT_FLUSH_FAILED, BootInfo
+from kernelfarm.boot import BootInfo
 from kernelfarm.config import Config
 from kernelfarm.errors import KernelfarmError, Moved, TryAgain, UnknownMethod, to_wire
+from kernelfarm.kernel.commit import Flush, GroupCommit
 from kernelfarm.kernel.components import SUBSYSTEMS
 from kernelfarm.kernel.subsystem import Method, Subsystem
 from kernelfarm.partition import NSLOTS, SlotTable
@@ -33,16 +32,6 @@ log = logging.getLogger(__name__)
 SLOT_MASK = NSLOTS - 1  # NSLOTS is a power of two: % NSLOTS == & SLOT_MASK
 
 Wrapper = Callable[[Method], Method]
-
-
-def flush_or_exit(flushes: list[Callable[[], None]]) -> None:
-    """Run a group commit's flushes; if one fails, exit before any reply is sent."""
-    try:
-        for flush in flushes:
-            flush()
-    except Exception:
-        log.critical("flush failed; exiting without acknowledging the writes", exc_info=True)
-        os._exit(EXIT_FLUSH_FAILED)
 
 
 class Kernel:
@@ -68,14 +57,13 @@ class Kernel:
         self.ops: dict[str, int] = {}
         self.errors: dict[str, int] = {}
         """Failed requests by error code (the error path only: no cost on success)."""
+        self.redirected = 0
+        """Requests answered ``MOVED`` or ``TRYAGAIN``: routing, not errors."""
         self.meter = Meter()
-        self.commits = 0
-        self.commit_seconds = 0.0
         self.conns: set[Any] = set()
         self.started = time.time()
         self._process = psutil.Process()
-        self._flushes: list[Callable[[], None]] = []
-        self._held: list[tuple[Any, bytes]] = []
+        self.group_commit = GroupCommit(loop.call_soon)
         self.subsystems: list[Subsystem] = [cls(self) for cls in SUBSYSTEMS]
         self.methods: dict[str, Method] = {}
         core_methods = [
@@ -90,12 +78,8 @@ class Kernel:
     def owns(self, slot: int) -> bool:
         return bool(self.owned[slot])
 
-    def request_flush(self, flush: Callable[[], None]) -> None:
-        flushes = self._flushes
-        if not flushes:
-            self.loop.call_soon(self._commit)
-        if flush not in flushes:
-            flushes.append(flush)
+    def request_flush(self, flush: Flush) -> None:
+        self.group_commit.request(flush)
 
     # -- Service -------------------------------------------------------------------------
 
@@ -110,10 +94,12 @@ class Kernel:
                 if key is not None:
                     slot = crc_hqx(key.encode("utf-8", "surrogatepass"), 0) & SLOT_MASK
                     if not self.owned[slot]:
-                        return self._failed(msgid, self._not_here(slot))
+                        self.redirected += 1
+                        return [1, msgid, self._not_here(slot), None]
                     if entry.writes and slot in self.frozen:
-                        return self._failed(msgid, TryAgain(f"slot {slot} is moving",
-                                                            slot=slot).to_wire())
+                        self.redirected += 1
+                        return [1, msgid, TryAgain(f"slot {slot} is moving", slot=slot)
+                                .to_wire(), None]
             if entry.wants_conn:
                 result = entry.handler(conn, *params)
             else:
@@ -135,10 +121,7 @@ class Kernel:
         return [1, msgid, error, None]
 
     def send(self, conn: Any, data: bytes) -> None:
-        if self._flushes:
-            self._held.append((conn, data))
-        else:
-            conn.write(data)
+        self.group_commit.send(conn, data)
 
     def connection_made(self, conn: Any) -> None:
         self.conns.add(conn)
@@ -166,17 +149,6 @@ class Kernel:
         owner = self.table.owner(slot)
         return Moved(f"slot {slot} is served by kernel {owner}", slot=slot, kernel=owner,
                      addr=self.addrs.get(owner), epoch=self.table.epoch).to_wire()
-
-    def _commit(self) -> None:
-        """Group commit: one flush per subsystem for every write of this loop turn."""
-        flushes, self._flushes = self._flushes, []
-        started = perf_counter()
-        flush_or_exit(flushes)
-        self.commits += 1
-        self.commit_seconds += perf_counter() - started
-        held, self._held = self._held, []
-        for conn, data in held:
-            conn.write(data)
 
     # -- slot ownership (the supervisor drives these over the control channel) ----------
     #
@@ -255,8 +227,7 @@ class Kernel:
 
     def _commit_now(self) -> None:
         """Finish this turn's group commit before state leaves (release, stop)."""
-        if self._flushes:
-            self._commit()
+        self.group_commit.commit_now()
 
     def close(self) -> None:
         self._commit_now()
@@ -293,8 +264,9 @@ class Kernel:
             "ops_total": self.served(),
             "errors": sum(self.errors.values()),
             "errors_by_code": dict(self.errors),
-            "group_commits": self.commits,
-            "group_commit_seconds": self.commit_seconds,
+            "redirected": self.redirected,
+            "group_commits": self.group_commit.count,
+            "group_commit_seconds": self.group_commit.seconds,
             "fds": fds,
             **self.meter.snapshot(),
             "cpu_user": cpu.user,

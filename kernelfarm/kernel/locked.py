@@ -30,7 +30,8 @@ import uvloop
 
 from kernelfarm.boot import BootInfo
 from kernelfarm.config import Config
-from kernelfarm.kernel.kernel import Kernel, flush_or_exit
+from kernelfarm.kernel.commit import Flush, GroupCommit, flush_or_exit
+from kernelfarm.kernel.kernel import Kernel
 from kernelfarm.kernel.locks import LockProvider
 from kernelfarm.kernel.subsystem import Method
 
@@ -41,11 +42,10 @@ LOOP_BOUND = ("net.",)
 
 @dataclass
 class ThreadState:
-    """What each serving thread keeps to itself: its loop, commit and connections."""
+    """What each serving thread keeps to itself: its loop, group commit and connections."""
 
     loop: asyncio.AbstractEventLoop
-    dirty: bool = False
-    held: list[tuple[Any, bytes]] = field(default_factory=list)
+    group_commit: GroupCommit
     conns: set[Any] = field(default_factory=set)
 
 
@@ -77,7 +77,9 @@ class LockedKernel(Kernel):
     def _state(self) -> ThreadState:
         state: ThreadState | None = getattr(self._local, "state", None)
         if state is None:
-            state = self._local.state = ThreadState(asyncio.get_running_loop())
+            loop = asyncio.get_running_loop()
+            state = self._local.state = ThreadState(loop, GroupCommit(loop.call_soon,
+                                                                      self._flush_all))
         return state
 
     # -- registration: locks, then the hop to the state's home loop ------------------------
@@ -125,48 +127,38 @@ class LockedKernel(Kernel):
 
     # -- group commit across threads --------------------------------------------------------
 
-    def request_flush(self, flush: Callable[[], None]) -> None:
+    # Each thread runs the kernel's group commit on its own loop, for its own replies; a
+    # commit runs every subsystem flush ever requested, with every lock held, because a
+    # write on this thread may have been made dirty-and-requested by another thread.
+
+    def request_flush(self, flush: Flush) -> None:
         if flush not in self._flush_callables:
             owner = getattr(flush, "__self__", None)
             name = getattr(owner, "name", None)
             if name:
                 self._flush_prefixes.add(name + ".")
             self._flush_callables.append(flush)
-        self._mark_dirty()
-
-    def _mark_dirty(self) -> None:
-        state = self._state()
-        if not state.dirty:
-            state.dirty = True
-            state.loop.call_soon(self._commit_thread, state)
+        self._state().group_commit.request()
 
     def handle(self, conn: Any, msgid: int, method: str, params: list[Any]) -> list[Any] | None:
         reply = super().handle(conn, msgid, method, params)
         if self._flush_prefixes and method.startswith(tuple(self._flush_prefixes)):
             entry = self.methods.get(method)
             if entry is not None and entry.writes:
-                self._mark_dirty()  # another thread may have asked for the flush already
+                # another thread may have asked for the flush already
+                self._state().group_commit.request()
         return reply
 
     def send(self, conn: Any, data: bytes) -> None:
-        state = self._state()
-        if state.dirty:
-            state.held.append((conn, data))
-        else:
-            conn.write(data)
+        self._state().group_commit.send(conn, data)
 
-    def _commit_thread(self, state: ThreadState) -> None:
-        state.dirty = False
+    def _flush_all(self, _requested: list[Flush]) -> None:
         with self.provider.everything():
             flush_or_exit(self._flush_callables)
-        held, state.held = state.held, []
-        for conn, data in held:
-            conn.write(data)
 
     def _commit_now(self) -> None:
-        with self.provider.everything():
-            for flush in self._flush_callables:
-                flush()
+        """Before state leaves: flush everything now; a failure exits, as in a kernel."""
+        self._flush_all([])
 
     # -- connections belong to the thread that accepted them -------------------------------
 

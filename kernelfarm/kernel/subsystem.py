@@ -69,8 +69,9 @@ class KernelContext(Protocol):
 
         A subsystem that appended to a journal calls this; the kernel calls each flush
         callable once after the turn's requests were handled (one fsync for all of them),
-        then sends the held replies.  A flush that raises turns the held replies into
-        errors, so a write is never acknowledged that was not made durable.
+        then sends the held replies.  A flush that raises is fatal: the kernel exits
+        without sending them (:mod:`kernelfarm.kernel.commit`), so a write is never
+        acknowledged that was not made durable, and recovers from its journal.
         """
         ...
 

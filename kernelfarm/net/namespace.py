@@ -84,7 +84,7 @@ class Namespace:
                         "or its namespace moved to another kernel)")
         return farm_sock
 
-    # -- operations, in the order of DESIGN.md --------------------------------------------
+    # -- operations, in the order of the README's net methods ------------------------------
 
     def open(self, kind: str) -> FarmSocket:
         self._check_room()

@@ -7,8 +7,9 @@ crashed client leaks nothing, unless ``net.keep`` detached it — meant for list
 sockets that should outlive the process that set them up; a kept socket lives until
 ``net.close``, until its slot leaves this kernel, or until the kernel stops.
 
-Additions to DESIGN.md's methods, all backwards compatible: ``net.connect`` and
-``net.send`` take an optional trailing ``timeout``; ``net.keep(ns, sid)``.
+Beyond the first contract's methods, all backwards compatible and documented in the
+README: ``net.connect`` and ``net.send`` take an optional trailing ``timeout``;
+``net.keep(ns, sid)``.
 """
 
 from __future__ import annotations

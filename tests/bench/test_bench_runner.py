@@ -38,7 +38,7 @@ def test_plan_skips_what_a_system_cannot_run_and_says_why() -> None:
     options = BenchOptions(workloads=("fs-stat", "net-echo"),
                            systems=("inprocess-procs", "unicpu-locks", "partitioned"),
                            workers=(1, 2))
-    cells, skipped = plan(options, fs_served=True)
+    cells, skipped = plan(options)
     assert Cell("inprocess-procs", 2, "fs-stat") in cells
     assert Cell("partitioned", 2, "net-echo") in cells
     # unicpu-locks is one kernel, one thread: it exists at one worker only, silently.
@@ -49,16 +49,6 @@ def test_plan_skips_what_a_system_cannot_run_and_says_why() -> None:
     reasons = {(s["system"], s["workers"], s["workload"]): s["reason"] for s in skipped}
     assert set(reasons) == {("inprocess-procs", 1, "net-echo"), ("inprocess-procs", 2, "net-echo")}
     assert "net" in reasons[("inprocess-procs", 1, "net-echo")]
-
-
-def test_plan_without_fs_keeps_the_floor_and_net() -> None:
-    options = BenchOptions(workloads=("fs-stat", "mixed", "net-echo"),
-                           systems=("partitioned", "echo"), workers=(1,))
-    cells, skipped = plan(options, fs_served=False)
-    assert set(cells) == {Cell("partitioned", 1, "net-echo"), Cell("echo", 1, "fs-stat"),
-                          Cell("echo", 1, "mixed"), Cell("echo", 1, "net-echo")}
-    assert {(s["workload"], "fs subsystem" in s["reason"]) for s in skipped} == \
-        {("fs-stat", True), ("mixed", True)}
 
 
 def test_options_refuse_unknown_names_and_bad_numbers() -> None:
@@ -88,8 +78,7 @@ def test_serve_flags_per_system() -> None:
         "--mode", "locked", "--threads", "1", "--locking", "fine"]
     with pytest.raises(ValueError):
         systems.serve_args("echo", 1)
-    assert systems.config_text("batch", with_fs=True) == '[fs]\nfsync = "batch"\n'
-    assert systems.config_text("never", with_fs=False) == ""
+    assert systems.config_text("batch") == '[fs]\nfsync = "batch"\n'
 
 
 def test_balanced_tenants_give_every_server_the_same_share() -> None:

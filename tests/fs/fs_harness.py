@@ -13,7 +13,7 @@ import asyncio
 import errno
 import os
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import msgpack
 
@@ -21,6 +21,7 @@ from kernelfarm.config import Config, build
 from kernelfarm.errors import from_wire, to_wire
 from kernelfarm.client import FsApi
 from kernelfarm.fs.subsystem import FsSubsystem
+from kernelfarm.kernel.commit import Flush, GroupCommit, run_flushes
 from kernelfarm.kernel.subsystem import Method
 
 
@@ -39,7 +40,8 @@ class FakeKernel:
         self.loop = loop  # type: ignore[assignment]
         self.fs_settings = fs_settings
         self.config: Config = build({"fs": fs_settings})
-        self._flushes: list[Callable[[], None]] = []
+        # The kernel's group commit; turn() ends each turn itself, so nothing is scheduled.
+        self.group_commit = GroupCommit(lambda commit: None, self._run_flushes)
         self.flush_calls = 0
         self.start()
 
@@ -62,9 +64,8 @@ class FakeKernel:
     def owns(self, slot: int) -> bool:
         return self.slots is None or slot in self.slots
 
-    def request_flush(self, flush: Callable[[], None]) -> None:
-        if flush not in self._flushes:
-            self._flushes.append(flush)
+    def request_flush(self, flush: Flush) -> None:
+        self.group_commit.request(flush)
 
     # -- turns ----------------------------------------------------------------------------
 
@@ -97,10 +98,12 @@ class FakeKernel:
         return reply
 
     def commit(self) -> None:
-        flushes, self._flushes = self._flushes, []
-        for flush in flushes:
-            self.flush_calls += 1
-            flush()
+        self.group_commit.commit_now()
+
+    def _run_flushes(self, flushes: list[Flush]) -> None:
+        """As the kernel's, but a failure raises (the kernel would exit) and is counted."""
+        self.flush_calls += len(flushes)
+        run_flushes(flushes)
 
     def errno_of(self, method: str, *params: Any) -> int | None:
         """The errno a call fails with on the wire, or None when it succeeds."""

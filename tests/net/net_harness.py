@@ -12,7 +12,7 @@ import asyncio
 import socket
 import sys
 from contextlib import asynccontextmanager, contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 from typing import Any, AsyncIterator, Callable, Iterator
@@ -22,6 +22,7 @@ import msgpack
 from kernelfarm.config import Config
 from kernelfarm.errors import from_wire, to_wire
 from kernelfarm.aio import NetApi as AsyncNetApi
+from kernelfarm.kernel.commit import Flush, GroupCommit
 from kernelfarm.net.subsystem import NetSubsystem
 
 PEER_SCRIPT = Path(__file__).with_name("net_echo_peer.py")
@@ -54,13 +55,15 @@ class FakeKernel:
     data_dir: Path
     loop: asyncio.AbstractEventLoop
     kernel_id: int = 0
-    flushes: list[Callable[[], None]] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self.group_commit = GroupCommit(self.loop.call_soon)  # the kernel's, on the test's loop
 
     def owns(self, slot: int) -> bool:
         return True
 
-    def request_flush(self, flush: Callable[[], None]) -> None:
-        self.flushes.append(flush)
+    def request_flush(self, flush: Flush) -> None:
+        self.group_commit.request(flush)
 
 
 def wire(value: Any) -> Any:

@@ -1,0 +1,88 @@
+"""One group commit for the unicpu kernel, each thread of the locked one, the in-process
+bench and the harnesses: a turn's writes share a flush, and nothing they answer leaves
+before it.  A failed flush is fatal in both kernels: they exit without replying."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from kernelfarm.boot import EXIT_FLUSH_FAILED
+from kernelfarm.kernel.commit import GroupCommit
+
+
+class Conn:
+    def __init__(self) -> None:
+        self.sent: list[bytes] = []
+
+    def write(self, data: bytes) -> None:
+        self.sent.append(data)
+
+
+def test_replies_wait_for_one_flush_per_turn() -> None:
+    scheduled: list[object] = []
+    flushed: list[str] = []
+    commits = GroupCommit(scheduled.append)
+    conn = Conn()
+    commits.send(conn, b"before")  # nothing pending: straight out
+    flush = lambda: flushed.append("fsync")  # noqa: E731 - one name for two requests
+    commits.request(flush)
+    commits.request(flush)
+    commits.send(conn, b"held")
+    assert (conn.sent, flushed, len(scheduled)) == ([b"before"], [], 1)
+    commits.commit()
+    assert (conn.sent, flushed) == ([b"before", b"held"], ["fsync"])
+    commits.commit_now()  # nothing pending: no second flush
+    assert flushed == ["fsync"]
+
+
+SCRIPT = """
+import asyncio, sys
+from kernelfarm import config as configuration
+from kernelfarm.boot import BootInfo
+from kernelfarm.kernel.process import make_kernel
+
+class Conn:
+    inflight = 0
+    def write(self, data):
+        print("replied", flush=True)
+    def on_close(self, callback):
+        pass
+
+def boom():
+    raise OSError(5, "fsync failed")
+
+async def main(mode, when):
+    config = configuration.load()
+    boot = BootInfo(kernel_id=0, core=0, epoch=1, ranges=[[0, 16383, 0]],
+                    addrs={{0: ["127.0.0.1", 1]}}, config=config.to_dict(),
+                    data_dir={data_dir!r} + mode, supervisor_pid=0, mode=mode, threads=2)
+    kernel = make_kernel(boot, config, asyncio.get_running_loop())
+    kernel.handle(Conn(), 1, "fs.mkdir", ["/v", 0o755])
+    await asyncio.sleep(0.05)
+    kernel.subsystems[0]._flush = boom
+    kernel.handle(Conn(), 2, "fs.write_file", ["/v/f", b"data"])
+    kernel.send(Conn(), b"reply")
+    if when == "release":  # before the turn's own commit: release commits first
+        try:
+            kernel.release(list(range(16384)))
+        except Exception:
+            print("raised", flush=True)
+    await asyncio.sleep(0.1)
+    print("survived", flush=True)
+
+asyncio.run(main(sys.argv[1], sys.argv[2]))
+"""
+
+
+@pytest.mark.parametrize("mode", ["partitioned", "locked"])
+@pytest.mark.parametrize("when", ["turn", "release"])
+def test_a_failed_flush_exits_without_replying(tmp_path: Path, mode: str, when: str) -> None:
+    script = textwrap.dedent(SCRIPT).format(data_dir=str(tmp_path / "data-"))
+    done = subprocess.run([sys.executable, "-c", script, mode, when], capture_output=True,
+                          text=True, timeout=60)
+    assert (done.returncode, done.stdout) == (EXIT_FLUSH_FAILED, ""), done.stderr
