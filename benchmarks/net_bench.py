@@ -7,11 +7,13 @@ hash across the kernels.  Two phases, each warmed up and then timed:
 - setup: ``net.socket`` + ``net.connect`` + ``net.close`` to an echo peer, per connection;
 - echo: ``net.send`` + ``net.recv`` of a small message on an open socket, per round trip.
 
-The echo peer is one uvloop process listening on several ports (each connection the kernel
-closes sits in TIME_WAIT on the kernel's side; spreading over ports keeps the loopback
-4-tuples from running out).  Kernel CPU over the timed window tells whether the kernels or
-the machine's other processes were the limit: on a 2-core machine the clients and the echo
-peer share the cores with the kernels.
+The echo peer is the benchmarks' byte echo (``kernelfarm.bench.echo``), one process
+listening on several ports (each connection the kernel closes sits in TIME_WAIT on the
+kernel's side; spreading over ports keeps the loopback 4-tuples from running out).  The
+farm starts as ``kernelfarm bench`` starts it, kernel CPU is metered and latencies kept
+in the histogram of ``kernelfarm.bench``.  Kernel CPU over the timed window tells whether
+the kernels or the machine's other processes were the limit: on a 2-core machine the
+clients and the echo peer share the cores with the kernels.
 
     python benchmarks/net_bench.py [--duration 4] [--kernels 1,2] [--processes 3]
                                    [--concurrency 32] [--tenants 64] [--out DIR]
@@ -23,22 +25,24 @@ import argparse
 import asyncio
 import json
 import multiprocessing
-import socket
-import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
 
-import psutil
 from rich.console import Console
 from rich.table import Table
 
+from kernelfarm.bench.cpu import CpuMeter
+from kernelfarm.bench.echo import running_echo
+from kernelfarm.bench.histogram import Histogram
 from kernelfarm.bench.runner import machine
-from kernelfarm.supervisor import launch
+from kernelfarm.bench.systems import running_farm
+from kernelfarm.client import Client
+from kernelfarm.partition import key_slot
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 PHASES = ("setup", "echo")
@@ -48,74 +52,9 @@ MESSAGE = b"x" * 64
 START_DEADLINE_S = 30.0
 
 
-# -- the echo peer ------------------------------------------------------------------------------
-
-class _Echo(asyncio.Protocol):
-    def connection_made(self, transport: Any) -> None:
-        self.transport = transport  # uvloop's transports are not asyncio.Transport
-
-    def data_received(self, data: bytes) -> None:
-        self.transport.write(data)
-
-
-def echo_peer(ports_out: Connection, ports: int) -> None:
-    """Process body: echo on ``ports`` loopback ports until the parent closes the pipe."""
-    import uvloop
-
-    async def serve() -> None:
-        loop = asyncio.get_running_loop()
-        servers = []
-        for _ in range(ports):
-            sock = socket.create_server(("127.0.0.1", 0), backlog=1024)
-            servers.append(await loop.create_server(_Echo, sock=sock))
-        ports_out.send([s.sockets[0].getsockname()[1] for s in servers])
-        closed = loop.create_future()
-        loop.add_reader(ports_out.fileno(), lambda: closed.done() or closed.set_result(None))
-        await closed
-        for server in servers:
-            server.close()
-
-    uvloop.run(serve())
-
-
 # -- the farm -----------------------------------------------------------------------------------
 
-@dataclass
-class RunningFarm:
-    proc: subprocess.Popen[bytes]
-    control: tuple[str, int]
-
-    def cluster_map(self) -> dict[str, Any]:
-        from kernelfarm import Client
-
-        with Client(self.control) as client:
-            return client.cluster_map()
-
-    def stop(self) -> None:
-        launch.stop(self.proc)
-
-
-def start_farm(kernels: int, data_dir: Path) -> RunningFarm:
-    """``kernelfarm serve`` on 127.0.0.1, port 0; returns once its ready line arrives.
-    Its log goes to ``data_dir/serve.log`` (shown if it fails to start)."""
-    log_path = data_dir / "serve.log"
-    proc = launch.spawn(["--data-dir", str(data_dir / "farm"), "--kernels", str(kernels)],
-                        log_path=log_path)
-    try:
-        host, port = launch.wait_ready(proc, log_path, START_DEADLINE_S)["control"]
-    except BaseException:
-        launch.stop(proc)
-        raise
-    return RunningFarm(proc, (host, port))
-
-
-def kernel_pids(cluster_map: dict[str, Any]) -> list[int]:
-    return [kernel["pid"] for kernel in cluster_map["kernels"]]
-
-
 def tenants_per_kernel(cluster_map: dict[str, Any], tenants: list[str]) -> dict[int, int]:
-    from kernelfarm.partition import key_slot
-
     owners: dict[int, int] = {}
     for name in tenants:
         slot = key_slot(name)
@@ -142,7 +81,8 @@ class PhaseResult:
     ops: int = 0
     errors: int = 0
     first_error: str = ""
-    latencies_s: list[float] | None = None
+    latencies: dict[str, Any] = field(default_factory=dict)
+    """A :class:`Histogram` of the counted operations' latencies (ns), as a dict."""
 
 
 class _Window:
@@ -152,7 +92,8 @@ class _Window:
         now = time.monotonic()
         self.opens = now + plan.warmup_s
         self.closes = self.opens + plan.duration_s
-        self.result = PhaseResult(latencies_s=[])
+        self.result = PhaseResult()
+        self.histogram = Histogram()
 
     def running(self) -> bool:
         return time.monotonic() < self.closes
@@ -161,8 +102,11 @@ class _Window:
         now = time.monotonic()
         if self.opens <= now < self.closes:
             self.result.ops += 1
-            assert self.result.latencies_s is not None
-            self.result.latencies_s.append(now - started)
+            self.histogram.record(int((now - started) * 1e9))
+
+    def finished(self) -> PhaseResult:
+        self.result.latencies = self.histogram.to_dict()
+        return self.result
 
     def failed(self, exc: BaseException) -> None:
         self.result.errors += 1
@@ -187,7 +131,7 @@ async def _setup_phase(client: Any, plan: WorkerPlan, barrier: Any) -> PhaseResu
     barrier.wait()
     window = _Window(plan)
     await asyncio.gather(*(task(ns, port) for ns, port in _assignments(plan)))
-    return window.result
+    return window.finished()
 
 
 async def _echo_phase(client: Any, plan: WorkerPlan, barrier: Any) -> PhaseResult:
@@ -219,7 +163,7 @@ async def _echo_phase(client: Any, plan: WorkerPlan, barrier: Any) -> PhaseResul
     finally:
         for sock in sockets:
             await sock.close()
-    return window.result
+    return window.finished()
 
 
 def _assignments(plan: WorkerPlan) -> list[tuple[str, int]]:
@@ -251,34 +195,22 @@ def worker(plan: WorkerPlan, barrier: Any, results: Connection) -> None:
 
 # -- measuring ----------------------------------------------------------------------------------
 
-def cpu_seconds(pids: list[int]) -> float:
-    total = 0.0
-    for pid in pids:
-        times = psutil.Process(pid).cpu_times()
-        total += times.user + times.system
-    return total
-
-
-def percentile(sorted_values: list[float], fraction: float) -> float:
-    if not sorted_values:
-        return 0.0
-    return sorted_values[min(len(sorted_values) - 1, int(fraction * len(sorted_values)))]
-
-
 def measure_farm(kernels: int, args: argparse.Namespace, echo_ports: list[int],
                  tenants: list[str], console: Console) -> list[dict[str, Any]]:
     context = multiprocessing.get_context("spawn")
-    with tempfile.TemporaryDirectory(prefix="net-bench-") as data_dir:
-        farm = start_farm(kernels, Path(data_dir))
+    with tempfile.TemporaryDirectory(prefix="net-bench-") as scratch, \
+            running_farm(["--kernels", str(kernels)], Path(scratch), "never") as farm:
+        control = farm.details["control"]
         procs: list[multiprocessing.process.BaseProcess] = []
         try:
-            cmap = farm.cluster_map()
-            pids = kernel_pids(cmap)
+            with Client(control) as client:
+                cmap = client.cluster_map()
+            meter = CpuMeter([k["pid"] for k in cmap["kernels"]], include_descendants=False)
             barrier = context.Barrier(args.processes + 1)
             pipes = []
             for index in range(args.processes):
                 receive, send = context.Pipe(duplex=False)
-                plan = WorkerPlan(index, farm.control, echo_ports, tenants, args.concurrency,
+                plan = WorkerPlan(index, control, echo_ports, tenants, args.concurrency,
                                   args.warmup, args.duration)
                 proc = context.Process(target=worker, args=(plan, barrier, send), daemon=True)
                 proc.start()
@@ -291,9 +223,9 @@ def measure_farm(kernels: int, args: argparse.Namespace, echo_ports: list[int],
                                     f"{args.warmup:g}+{args.duration:g} s"):
                     barrier.wait(timeout=START_DEADLINE_S)
                     time.sleep(args.warmup)  # the workers count nothing before this
-                    before = cpu_seconds(pids)
+                    meter.start()
                     time.sleep(args.duration)
-                    cpu[phase] = cpu_seconds(pids) - before
+                    cpu[phase] = meter.stop()
             worker_results = [pipe.recv() for pipe in pipes]
             for proc in procs:
                 proc.join(START_DEADLINE_S)
@@ -302,19 +234,20 @@ def measure_farm(kernels: int, args: argparse.Namespace, echo_ports: list[int],
                 if proc.is_alive():
                     proc.terminate()
                     proc.join()
-            farm.stop()
     rows = []
     for phase in PHASES:
         parts = [PhaseResult(**result[phase]) for result in worker_results]
-        latencies = sorted(x for part in parts for x in part.latencies_s or [])
+        latencies = Histogram()
+        for part in parts:
+            latencies.merge(Histogram.from_dict(part.latencies))
         ops = sum(part.ops for part in parts)
         rows.append({
             "kernels": kernels,
             "phase": phase,
             "ops": ops,
             "ops_per_s": ops / args.duration,
-            "p50_ms": percentile(latencies, 0.50) * 1e3,
-            "p99_ms": percentile(latencies, 0.99) * 1e3,
+            "p50_ms": latencies.percentile(50) / 1e6 if ops else 0.0,
+            "p99_ms": latencies.percentile(99) / 1e6 if ops else 0.0,
             "errors": sum(part.errors for part in parts),
             "first_error": next((p.first_error for p in parts if p.first_error), ""),
             "kernel_cpu_s": cpu[phase],
@@ -376,24 +309,11 @@ def main(argv: list[str] | None = None) -> int:
     console = Console(width=max(120, Console().width))
     host = machine()
     tenants = [f"bench-tenant-{i}" for i in range(args.tenants)]
-    context = multiprocessing.get_context("spawn")
-    ports_in, ports_out = context.Pipe(duplex=False)
-    echo = context.Process(target=echo_peer, args=(ports_out, ECHO_PORTS), daemon=True)
-    echo.start()
-    ports_out.close()
     rows: list[dict[str, Any]] = []
-    try:
-        if not ports_in.poll(START_DEADLINE_S):
-            raise RuntimeError("the echo peer did not start")
-        echo_ports = ports_in.recv()
+    with running_echo("bytes", ports=ECHO_PORTS) as echo:
+        echo_ports = [port for _, port in echo.addresses]
         for kernels in args.kernels:
             rows += measure_farm(kernels, args, echo_ports, tenants, console)
-    finally:
-        ports_in.close()  # the echo peer stops when its pipe closes
-        echo.join(START_DEADLINE_S)
-        if echo.is_alive():
-            echo.terminate()
-            echo.join()
     console.print(table(rows))
 
     args.out.mkdir(parents=True, exist_ok=True)

@@ -6,8 +6,11 @@ into one ``Unpacker``; the replies of that read are packed into one
 ``Packer(autoreset=False)`` buffer and leave in a single ``write()``.  A request's reply
 is its first param, so the load generator's traffic shape is the kernels' shape.
 
-The byte echo is the far end of the ``net-echo`` workload: a host TCP peer that returns
-whatever it receives.
+The byte echo is the far end of the ``net-echo`` workload, of ``benchmarks/net_bench.py``
+and of the net tests: a host TCP peer that returns whatever it receives and, when the
+client half-closes, half-closes back.  One process may listen on several ports
+(``--ports``): a benchmark that opens and closes many connections spreads them over ports
+so the TIME_WAIT 4-tuples of loopback do not run out.
 
 Both bind their socket by hand (numeric 127.0.0.1, port 0) and hand it over as ``sock=``,
 which keeps the process at one OS thread (uvloop's ``start_server(host, ...)`` resolves the
@@ -25,7 +28,7 @@ import signal
 import socket
 import subprocess
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, cast
@@ -107,6 +110,12 @@ class ByteEchoProtocol(asyncio.Protocol):
         assert self._transport is not None
         self._transport.write(data)
 
+    def eof_received(self) -> bool:
+        """The client half-closed: everything is echoed (or queued), so half-close back."""
+        assert self._transport is not None
+        self._transport.write_eof()
+        return True  # keep the transport until the client closes its side too
+
     def pause_writing(self) -> None:
         assert self._transport is not None
         self._transport.pause_reading()
@@ -136,26 +145,29 @@ def bind_loopback(host: str = "127.0.0.1", port: int = 0) -> socket.socket:
     return sock
 
 
-async def serve_echo(sock: socket.socket, kind: str = "msgpack",
+async def serve_echo(socks: Sequence[socket.socket], kind: str = "msgpack",
                      stop: asyncio.Event | None = None,
                      started: Callable[[], None] | None = None) -> None:
-    """Serve the ``kind`` echo on a bound listening socket until ``stop`` is set.
+    """Serve the ``kind`` echo on bound listening sockets until ``stop`` is set.
 
     ``started`` is called once connections are being accepted.
     """
     protocol = PROTOCOLS[kind]
     loop = asyncio.get_running_loop()
-    server = await loop.create_server(protocol, sock=sock, backlog=1024)
+    servers = [await loop.create_server(protocol, sock=sock, backlog=1024) for sock in socks]
     try:
         if started is not None:
             started()
         await (stop or asyncio.Event()).wait()
     finally:
-        server.close()
-        await server.wait_closed()
+        for server in servers:
+            server.close()
+        for server in servers:
+            await server.wait_closed()
 
 
-async def _serve_process(sock: socket.socket, kind: str, started: Callable[[], None]) -> None:
+async def _serve_process(socks: Sequence[socket.socket], kind: str,
+                         started: Callable[[], None]) -> None:
     """The process body: serve until SIGTERM/SIGINT or until the parent goes away.
 
     The port is reported (``started``) only once the signal handlers are in place, so a
@@ -175,23 +187,27 @@ async def _serve_process(sock: socket.socket, kind: str, started: Callable[[], N
             loop.call_later(PARENT_POLL_S, watch_parent)
 
     loop.call_later(PARENT_POLL_S, watch_parent)
-    await serve_echo(sock, kind, stop, started)
+    await serve_echo(socks, kind, stop, started)
 
 
 @dataclass(frozen=True)
 class EchoProcess:
     """A running echo server process: where it listens and its pid (for the CPU meter)."""
 
-    address: tuple[str, int]
+    addresses: list[tuple[str, int]]
     pid: int
+
+    @property
+    def address(self) -> tuple[str, int]:
+        return self.addresses[0]
 
 
 @contextmanager
 def running_echo(kind: str = "msgpack", *, cpu: int | None = None,
-                 host: str = "127.0.0.1") -> Iterator[EchoProcess]:
+                 host: str = "127.0.0.1", ports: int = 1) -> Iterator[EchoProcess]:
     """Run an echo server in its own process for the duration of the ``with`` block."""
     command = [sys.executable, "-m", "kernelfarm.bench.echo", "--kind", kind, "--host", host,
-               "--print-port"]
+               "--ports", str(ports), "--print-port"]
     if cpu is not None:
         command += ["--cpu", str(cpu)]
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stdin=subprocess.DEVNULL)
@@ -199,9 +215,10 @@ def running_echo(kind: str = "msgpack", *, cpu: int | None = None,
         assert process.stdout is not None
         ready, _, _ = select.select([process.stdout], [], [], START_TIMEOUT_S)
         line = process.stdout.readline() if ready else b""
-        if not line.strip().isdigit():
+        numbers = line.split()
+        if len(numbers) != ports or not all(n.isdigit() for n in numbers):
             raise KernelfarmError(f"echo server did not start (exit code {process.poll()})")
-        yield EchoProcess((host, int(line)), process.pid)
+        yield EchoProcess([(host, int(n)) for n in numbers], process.pid)
     finally:
         end_process(process, timeout=START_TIMEOUT_S)
         if process.stdout is not None:
@@ -214,27 +231,29 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--kind", choices=sorted(PROTOCOLS), default="msgpack")
     parser.add_argument("--host", default="127.0.0.1", choices=["127.0.0.1", "::1"])
     parser.add_argument("--port", type=int, default=0)
+    parser.add_argument("--ports", type=int, default=1,
+                        help="listen on this many ports (the first is --port)")
     report = parser.add_mutually_exclusive_group(required=True)
     report.add_argument("--print-port", action="store_true",
-                        help="print the bound port on stdout once listening")
+                        help="print the bound ports on one line on stdout once listening")
     report.add_argument("--port-fd", type=int,
-                        help="write the bound port to this inherited fd, then close it")
+                        help="write the bound ports to this inherited fd, then close it")
     parser.add_argument("--cpu", type=int, help="pin the server to this core")
     args = parser.parse_args(argv)
 
     if args.cpu is not None:
         psutil.Process().cpu_affinity([args.cpu])
-    sock = bind_loopback(args.host, args.port)
-    port = sock.getsockname()[1]
+    socks = [bind_loopback(args.host, args.port if i == 0 else 0) for i in range(args.ports)]
+    line = " ".join(str(sock.getsockname()[1]) for sock in socks)
 
     def report_port() -> None:
         if args.print_port:
-            print(port, flush=True)
+            print(line, flush=True)
         else:
             with os.fdopen(args.port_fd, "w") as out:
-                out.write(f"{port}\n")
+                out.write(f"{line}\n")
 
-    uvloop.run(_serve_process(sock, args.kind, report_port))
+    uvloop.run(_serve_process(socks, args.kind, report_port))
 
 
 if __name__ == "__main__":

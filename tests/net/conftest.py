@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import asyncio
 from pathlib import Path
-from typing import Any, AsyncIterator
+from typing import Any, Iterator
 
 import pytest
-import pytest_asyncio
 
+from kernelfarm.bench.echo import running_echo
 from kernelfarm.config import build
 from kernelfarm.net.subsystem import NetSubsystem
-from net_harness import FakeKernel, NetHarness, echo_peer_process
+from net_harness import FakeKernel, NetHarness
 
 
 @pytest.fixture
@@ -30,7 +30,8 @@ def make_net(tmp_path: Path) -> Any:
         net.close()
 
 
-@pytest_asyncio.fixture
-async def echo_port() -> AsyncIterator[int]:
-    async with echo_peer_process() as port:
-        yield port
+@pytest.fixture
+def echo_port() -> Iterator[int]:
+    """The port of the byte echo peer (the benchmarks' own), a real process; reaped."""
+    with running_echo("bytes") as peer:
+        yield peer.address[1]

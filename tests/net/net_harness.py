@@ -10,12 +10,11 @@ from __future__ import annotations
 
 import asyncio
 import socket
-import sys
-from contextlib import asynccontextmanager, contextmanager
+from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
-from typing import Any, AsyncIterator, Callable, Iterator
+from typing import Any, Callable, Iterator
 
 import msgpack
 
@@ -25,7 +24,6 @@ from kernelfarm.aio import NetApi as AsyncNetApi
 from kernelfarm.kernel.commit import Flush, GroupCommit
 from kernelfarm.net.subsystem import NetSubsystem
 
-PEER_SCRIPT = Path(__file__).with_name("net_echo_peer.py")
 DEADLINE = 10.0
 
 
@@ -91,27 +89,6 @@ class NetHarness:
     def client(self, conn: FakeConnection | None = None) -> AsyncNetApi:
         """``client.net`` over one (fake) client connection."""
         return AsyncNetApi(partial(self.call, conn or FakeConnection()))
-
-
-@asynccontextmanager
-async def echo_peer_process() -> AsyncIterator[int]:
-    """Start ``net_echo_peer.py`` as a real process; yield its port; reap it."""
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable, str(PEER_SCRIPT), stdin=asyncio.subprocess.PIPE,
-        stdout=asyncio.subprocess.PIPE)
-    try:
-        assert proc.stdout is not None
-        line = await asyncio.wait_for(proc.stdout.readline(), DEADLINE)
-        yield int(line)
-    finally:
-        assert proc.stdin is not None
-        proc.stdin.close()
-        try:
-            await asyncio.wait_for(proc.wait(), DEADLINE)
-        except TimeoutError:
-            proc.kill()
-            await proc.wait()
-
 
 
 @contextmanager
