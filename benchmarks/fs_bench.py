@@ -7,10 +7,11 @@ Two parts, both on 127.0.0.1 with real processes:
    4 KiB pread against a one-kernel farm, then the same load generator, the same request
    chains, against a bare msgpack-rpc echo server (the floor) — via the benchmark runner,
    so the figures mean what ``kernelfarm bench``'s mean.
-2. Restart: a pipelined client creates N files (default 100,000) over a few volumes; then
-   the kernel is killed with SIGKILL (the supervisor restarts it) and, separately, the
-   whole farm is stopped and a new ``kernelfarm serve`` starts on the same data dir.  Each
-   is timed from the kill/spawn until every volume lists all its files again.
+2. Restart: the asyncio client (many calls in flight) creates N files (default 100,000)
+   over a few volumes; then the kernel is killed with SIGKILL (the supervisor restarts
+   it) and, separately, the whole farm is stopped and a new ``kernelfarm serve`` starts on
+   the same data dir.  Each is timed from the kill/spawn until every volume lists all its
+   files again.
 
     python benchmarks/fs_bench.py [--duration 3] [--files 100000] [--fsync never,always]
                                   [--out benchmarks/results]
@@ -19,18 +20,18 @@ Two parts, both on 127.0.0.1 with real processes:
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import os
 import signal
-import socket
 import sys
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
-import msgpack
 import psutil
+import uvloop
 from rich.console import Console
 from rich.table import Table
 
@@ -41,7 +42,7 @@ RESULTS_DIR = Path(__file__).resolve().parent / "results"
 WORKLOADS = ("fs-stat", "fs-create", "fs-write-4k", "fs-read-4k")
 RESTART_VOLUMES = 4
 PIPELINE = 1000
-"""Requests per batch of the file-creating client: one write, one wait for all replies."""
+"""Calls in flight at once while creating the files (one batch, then wait for it)."""
 SERVED_TIMEOUT_S = 300.0
 
 
@@ -54,31 +55,24 @@ def throughput(policy: str, args: argparse.Namespace) -> list[dict[str, Any]]:
     return results.rows
 
 
-def create_files(address: tuple[str, int], files: int) -> float:
-    """Create ``files`` empty files, PIPELINE requests in flight; returns the seconds taken."""
-    per_volume = -(-files // RESTART_VOLUMES)
+def create_files(control: tuple[str, int], files: int) -> float:
+    """Create ``files`` empty files, PIPELINE calls in flight on the asyncio client's one
+    pipelined connection; returns the seconds taken."""
+    import kernelfarm.aio
+
+    names = [f"/r{n % RESTART_VOLUMES}/f{n // RESTART_VOLUMES}"
+             for n in range(-(-files // RESTART_VOLUMES) * RESTART_VOLUMES)]
+
+    async def create() -> None:
+        async with kernelfarm.aio.Client(control) as client:
+            for volume in range(RESTART_VOLUMES):
+                await client.fs.mkdir(f"/r{volume}")
+            for first in range(0, len(names), PIPELINE):
+                await asyncio.gather(*(client.fs.write_file(name, b"")
+                                       for name in names[first:first + PIPELINE]))
+
     started = time.perf_counter()
-    with socket.create_connection(address, timeout=60) as sock:
-        unpacker = msgpack.Unpacker(raw=False, max_buffer_size=64 << 20)
-        msgid = 0
-        requests = [("fs.mkdir", [f"/r{v}"]) for v in range(RESTART_VOLUMES)]
-        requests += [("fs.write_file", [f"/r{n % RESTART_VOLUMES}/f{n // RESTART_VOLUMES}", b""])
-                     for n in range(per_volume * RESTART_VOLUMES)]
-        for first in range(0, len(requests), PIPELINE):
-            batch = requests[first:first + PIPELINE]
-            sock.sendall(b"".join(msgpack.packb([0, msgid + i, method, params])
-                                  for i, (method, params) in enumerate(batch)))
-            msgid += len(batch)
-            pending = len(batch)
-            while pending:
-                chunk = sock.recv(1 << 20)
-                if not chunk:
-                    raise ConnectionError("the kernel closed the connection")
-                unpacker.feed(chunk)
-                for _kind, _msgid, error, _result in unpacker:
-                    if error is not None:
-                        raise RuntimeError(f"create failed: {error}")
-                    pending -= 1
+    uvloop.run(create())
     return time.perf_counter() - started
 
 
@@ -110,7 +104,7 @@ def restart(policy: str, files: int) -> dict[str, Any]:
         scratch = Path(scratch_dir)
         with systems.running_farm(["--kernels", "1"], scratch, policy) as farm:
             control = farm.details["control"]
-            create_s = create_files(farm.addresses[0], files)
+            create_s = create_files(control, files)
             supervisor = psutil.Process(farm.server_pids[0])
             kernel = supervisor.children()[0]
             killed = time.monotonic()
