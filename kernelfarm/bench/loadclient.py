@@ -35,6 +35,7 @@ import psutil
 import uvloop
 
 from kernelfarm.bench.histogram import Histogram
+from kernelfarm.rpc.protocol import make_unpacker
 
 CONNECT_TIMEOUT_S = 10.0
 GO_TIMEOUT_S = 60.0
@@ -51,7 +52,7 @@ class LoadConnection(asyncio.Protocol):
         self._sent_ns = [0] * len(slots)
         self._histogram = histogram
         self._on_lost = on_lost
-        self._unpacker = msgpack.Unpacker(raw=False, max_buffer_size=MAX_BUFFER)
+        self._unpacker = make_unpacker(MAX_BUFFER)
         self._transport: asyncio.Transport | None = None
         self._running = False
         self._stopped = False

@@ -28,6 +28,7 @@ import msgpack
 
 from kernelfarm.bench.histogram import DEFAULT_HIGHEST, Histogram
 from kernelfarm.errors import KernelfarmError
+from kernelfarm.rpc.protocol import encode_request
 from kernelfarm.supervisor.launch import end_process
 
 Address = tuple[str, int]
@@ -102,8 +103,7 @@ class LoadResult:
 
 def encode_plan(plan: ConnectionPlan) -> list[Any]:
     """``[host, port, slots]``: slot ``s`` holds its chain's requests encoded with msgid ``s``."""
-    packb = msgpack.packb
-    slots = [[packb([0, slot, method, list(params)]) for method, params in chain]
+    slots = [[encode_request(slot, method, list(params)) for method, params in chain]
              for slot, chain in enumerate(plan.chains)]
     return [plan.address[0], plan.address[1], slots]
 

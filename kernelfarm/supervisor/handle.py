@@ -19,11 +19,10 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
-import msgpack
-
 from kernelfarm.boot import BOOT_NOTIFICATION, READY_NOTIFICATION, BootInfo
 from kernelfarm.errors import ConnectionLost, KernelfarmError, Timeout
 from kernelfarm.rpc.client import RpcClientConnection
+from kernelfarm.rpc.protocol import encode_notification
 
 log = logging.getLogger("kernelfarm.supervisor")
 
@@ -144,7 +143,7 @@ class KernelHandle:
         _, self.control = await loop.connect_accepted_socket(
             lambda: ControlChannel(self._set_ready), parent)
         assert self.control.transport is not None
-        self.control.transport.write(msgpack.packb([2, BOOT_NOTIFICATION, [boot.to_wire()]]))
+        self.control.transport.write(encode_notification(BOOT_NOTIFICATION, [boot.to_wire()]))
         waiters: set[asyncio.Future[Any]] = {self._ready, self.exited}
         done, _ = await asyncio.wait(waiters, timeout=boot_timeout,
                                      return_when=asyncio.FIRST_COMPLETED)
