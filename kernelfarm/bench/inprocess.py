@@ -36,8 +36,8 @@ from typing import Any, Callable
 from kernelfarm.bench.cpu import CpuMeter
 from kernelfarm.bench.histogram import DEFAULT_HIGHEST, Histogram
 from kernelfarm.bench.loadgen import (
-    READY_TIMEOUT_S, RESULT_GRACE_S, START_DELAY_S, LoadResult, WorkerProcess,
-    collect_messages,
+    READY_TIMEOUT_S, RESULT_GRACE_S, LoadResult, WorkerProcess, collect_messages, sleep_until,
+    start_together,
 )
 from kernelfarm.kernel.commit import Flush, GroupCommit, run_flushes
 from kernelfarm.kernel.locks import LockProvider
@@ -72,16 +72,11 @@ def run_inprocess(plan: InProcessPlan, *, duration_s: float, warmup_s: float
     try:
         for job in jobs:
             children.append(WorkerProcess.spawn(job, MODULE))
-        collect_messages(children, "ready", time.monotonic() + READY_TIMEOUT_S)
         meter = CpuMeter([child.process.pid for child in children], include_descendants=False)
-        t_start = time.monotonic() + START_DELAY_S
-        for child in children:
-            child.send(["go", t_start])
-        window_start = t_start + warmup_s
-        window_end = window_start + duration_s
-        _sleep_until(window_start)
+        window_start, window_end = start_together(children, warmup_s, duration_s)
+        sleep_until(window_start)
         meter.start()
-        _sleep_until(window_end)
+        sleep_until(window_end)
         meter.stop()
         results = collect_messages(children, "result", window_end + RESULT_GRACE_S)
     finally:
@@ -120,13 +115,6 @@ def _combine(results: list[dict[str, Any]]) -> LoadResult:
         window = max(window, result["window_s"])
     return LoadResult(ops=ops, errors=errors, duration_s=window, ops_per_s=ops_per_s,
                       histogram=histogram, client_cpu_s=0.0)
-
-
-def _sleep_until(instant: float) -> None:
-    """Wait for a fixed instant of the benchmark's own schedule (not for an event)."""
-    remaining = instant - time.monotonic()
-    if remaining > 0:
-        time.sleep(remaining)
 
 
 # -- the child process ------------------------------------------------------------------
@@ -250,7 +238,7 @@ class _Driver:
     def run(self, t_start: float, warmup_s: float, duration_s: float) -> None:
         window_start = t_start + warmup_s
         window_end = window_start + duration_s
-        _sleep_until(t_start)
+        sleep_until(t_start)
         cycles, commit, record = self._cycles, self._commit, self.histogram.record
         batch = len(cycles)
         clock, mono = time.perf_counter_ns, time.monotonic
@@ -281,20 +269,10 @@ class _Driver:
 
 
 def main() -> None:
-    from kernelfarm.bench.loadclient import Parent
+    from kernelfarm.bench.loadclient import serve_parent
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides, and reaps us
-    parent = Parent()
-    try:
-        job = parent.receive(READY_TIMEOUT_S)
-        result = _worker(job, parent)
-    except EOFError:
-        return
-    except Exception as exc:  # reported to the parent, which raises it there
-        parent.send(["failed", f"{type(exc).__name__}: {exc}"])
-        return
-    if result is not None:
-        parent.send(["result", result])
+    serve_parent(lambda parent: _worker(parent.receive(READY_TIMEOUT_S), parent))
 
 
 if __name__ == "__main__":

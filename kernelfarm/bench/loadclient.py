@@ -216,15 +216,12 @@ async def _run(job: dict[str, Any], parent: Parent) -> dict[str, Any] | None:
     return result
 
 
-def main() -> None:
-    # Ctrl-C reaches the whole process group; the parent decides, and reaps us.
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
+def serve_parent(work: Callable[[Parent], dict[str, Any] | None]) -> None:
+    """A worker process's body: ``work`` takes its job from the parent and returns the
+    result, which goes back up; a failure goes up as ``["failed", text]`` instead."""
     parent = Parent()
     try:
-        job = parent.receive(GO_TIMEOUT_S)
-        if job.get("core") is not None:
-            psutil.Process().cpu_affinity([job["core"]])
-        result = uvloop.run(_run(job, parent))
+        result = work(parent)
     except EOFError:
         return  # the parent is gone; nobody wants a result
     except Exception as exc:  # reported to the parent, which raises it there
@@ -232,6 +229,19 @@ def main() -> None:
         return
     if result is not None:
         parent.send(["result", result])
+
+
+def _load(parent: Parent) -> dict[str, Any] | None:
+    job = parent.receive(GO_TIMEOUT_S)
+    if job.get("core") is not None:
+        psutil.Process().cpu_affinity([job["core"]])
+    return uvloop.run(_run(job, parent))
+
+
+def main() -> None:
+    # Ctrl-C reaches the whole process group; the parent decides, and reaps us.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    serve_parent(_load)
 
 
 if __name__ == "__main__":

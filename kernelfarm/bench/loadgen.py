@@ -139,16 +139,11 @@ def run_load(plans: Sequence[ConnectionPlan], *, duration_s: float, warmup_s: fl
     try:
         for job in jobs:
             clients.append(WorkerProcess.spawn(job))
-        collect_messages(clients, "ready", time.monotonic() + READY_TIMEOUT_S)
-        t_start = time.monotonic() + START_DELAY_S
-        for client in clients:
-            client.send(["go", t_start])
-        window_start = t_start + warmup_s
-        window_end = window_start + duration_s
-        _sleep_until(window_start)
+        window_start, window_end = start_together(clients, warmup_s, duration_s)
+        sleep_until(window_start)
         if on_window_start is not None:
             on_window_start()
-        _sleep_until(window_end)
+        sleep_until(window_end)
         if on_window_end is not None:
             on_window_end()
         results = collect_messages(clients, "result", window_end + RESULT_GRACE_S)
@@ -181,7 +176,19 @@ def _combine(results: list[dict[str, Any]], highest_ns: int) -> LoadResult:
     )
 
 
-def _sleep_until(instant: float) -> None:
+def start_together(workers: list[WorkerProcess], warmup_s: float,
+                   duration_s: float) -> tuple[float, float]:
+    """Once every worker said "ready", give them one start instant; returns the timed
+    window (start, end) that follows the warm-up."""
+    collect_messages(workers, "ready", time.monotonic() + READY_TIMEOUT_S)
+    t_start = time.monotonic() + START_DELAY_S
+    for worker in workers:
+        worker.send(["go", t_start])
+    window_start = t_start + warmup_s
+    return window_start, window_start + duration_s
+
+
+def sleep_until(instant: float) -> None:
     """Wait for a fixed instant of the benchmark's own schedule (not for an event)."""
     remaining = instant - time.monotonic()
     if remaining > 0:
