@@ -88,6 +88,9 @@ class SocksServer:
 
     async def _session(self, conn: socket.socket) -> None:
         conn.setblocking(False)
+        # The handshake is several small replies in a row: without this, Nagle holds each
+        # one after the first until the client's delayed ACK (tens of ms per connection).
+        conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         try:
             async with asyncio.timeout(HANDSHAKE_TIMEOUT) as deadline:
                 await self._handshake(conn, deadline)
