@@ -8,6 +8,7 @@ the policy and limit tests need no farm of their own; every test uses its own na
 from __future__ import annotations
 
 import hashlib
+import os
 import socket
 import struct
 import subprocess
@@ -23,6 +24,7 @@ from python_socks.sync import Proxy
 
 import kernelfarm
 from farmctl import Farm, start_farm, wait_until
+from kernelfarm.partition import key_slot
 from socks_harness import http_server, random_file, socks_proxy
 
 MAX_SOCKETS = 3
@@ -371,3 +373,38 @@ def test_udp_associate_sends_and_receives_from_the_namespace(
         mine.close()
         echo.close()
         reflector.join(DEADLINE)
+
+
+# -- the hand-off socket against bad input --------------------------------------------------
+
+def test_the_hand_off_socket_answers_bad_packets_and_keeps_serving(farm: Farm) -> None:
+    from kernelfarm import handoff
+
+    cluster_map = farm.cluster_map()
+    kernel = cluster_map["kernels"][0]
+    owned = next(f"ns-{i}" for i in range(1000) if owner_id(cluster_map, f"ns-{i}") == 0)
+    elsewhere = next(f"ns-{i}" for i in range(1000) if owner_id(cluster_map, f"ns-{i}") != 0)
+    with socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET) as conn:
+        conn.settimeout(DEADLINE)
+        conn.connect(kernel["handoff"])
+
+        def ask(packet: bytes, fds: list[int] | None = None) -> dict[str, Any]:
+            socket.send_fds(conn, [packet], fds or [])
+            return handoff.unpack(conn.recv(handoff.MAX_PACKET))
+
+        assert ask(b"\xc1 not msgpack")["error"]["code"] == "EINVAL"
+        assert ask(handoff.pack({"op": "nope", "id": 1}))["error"]["code"] == "EINVAL"
+        reply = ask(handoff.pack({"op": "relay", "id": 2, "ns": owned}))
+        assert reply["id"] == 2 and "descriptors" in reply["error"]["message"]
+        with open(os.devnull) as stray:  # a descriptor where none belongs is closed, not kept
+            reply = ask(handoff.pack({"op": "check", "id": 3, "ns": owned}), [stray.fileno()])
+        assert reply["error"]["code"] == "EINVAL"
+        assert ask(handoff.pack({"op": "check", "id": 4, "ns": elsewhere}))["error"]["code"] \
+            == "MOVED"
+        assert ask(handoff.pack({"op": "check", "id": 5, "ns": owned}))["error"] is None
+    assert farm.client().call_kernel(tuple(kernel["addr"]), "kernel.ping")["kernel"] == 0
+
+
+def owner_id(cluster_map: dict[str, Any], ns: str) -> int:
+    slot = key_slot(ns)
+    return next(kid for first, last, kid in cluster_map["slots"] if first <= slot <= last)
