@@ -128,7 +128,6 @@ def transfer(target: dict[str, Any], peer: int, size: int) -> dict[str, Any]:
 
 
 async def setups_worker(target: dict[str, Any], peer: int, deadline: float) -> int:
-    loop = asyncio.get_running_loop()
     host, port = target["address"]
     hello, expected = greeting(target["auth"])
     prologue = (hello + socks_request(peer) if target["socks"] else b"") + HEADER.pack(1)
@@ -379,13 +378,15 @@ def run_all(args: argparse.Namespace) -> int:
     for column in ("system", "MiB/s", "set-ups/s", "MiB/s vs Dante", "set-ups vs Dante",
                    "CPU % / run-queue wait %"):
         table.add_column(column, justify="right")
+    dante_mib_s, dante_setups = (dante_row["throughput"]["mib_per_s"],
+                                 dante_row["setups"]["per_s"])
     for row in rows:
         waits = [row[part]["scheduling"] for part in ("throughput", "setups")] \
             if "pids" in row else []
         table.add_row(row["name"], f"{row['throughput']['mib_per_s']:,.0f}",
                       f"{row['setups']['per_s']:,.0f}",
-                      f"{row['throughput']['mib_per_s'] / dante_row['throughput']['mib_per_s']:.2f}",
-                      f"{row['setups']['per_s'] / dante_row['setups']['per_s']:.2f}",
+                      f"{row['throughput']['mib_per_s'] / dante_mib_s:.2f}",
+                      f"{row['setups']['per_s'] / dante_setups:.2f}",
                       " ; ".join(f"{w['cpu_pct']:.0f} / {w['runqueue_wait_pct']:.0f}"
                                  for w in waits))
     console.print(table)
