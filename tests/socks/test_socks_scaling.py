@@ -152,3 +152,26 @@ def test_bytes_held_by_a_parked_relay_travel_with_it(tmp_path: Path) -> None:
     assert len(data) == len(body) and hashlib.sha256(data).digest() == \
         hashlib.sha256(body).digest()
     assert peer.connections == 1
+
+
+def test_the_proxy_serves_again_after_its_kernel_is_killed(tmp_path: Path) -> None:
+    """The hand-off socket belongs to the supervisor: a restarted kernel serves it, and the
+    proxy's connection to the dead kernel is replaced on the next request."""
+    from python_socks.sync import Proxy
+
+    server = socket.create_server(("127.0.0.1", 0))
+    with start_farm(tmp_path, 1) as farm, \
+            socks_proxy(farm, tmp_path / "socks.log") as proxy, server:
+        via = Proxy.from_url(f"socks5://restart:token@{proxy[0]}:{proxy[1]}")
+        port = server.getsockname()[1]
+        via.connect("127.0.0.1", port, timeout=DEADLINE).close()
+        server.accept()[0].close()
+        old = farm.kernel_pids()[0]
+        os.kill(old, 9)
+        wait_until(lambda: farm.cluster_map()["kernels"][0]["state"] == "running"
+                   and farm.kernel_pids()[0] != old, DEADLINE, "the kernel to restart")
+        with via.connect("127.0.0.1", port, timeout=DEADLINE) as sock:
+            conn, _ = server.accept()
+            with conn:
+                conn.sendall(b"after the restart")
+                assert sock.recv(17, socket.MSG_WAITALL) == b"after the restart"
