@@ -5,6 +5,6 @@ the namespaces whose names hash to its slots.  ``config`` declares the ``[net]``
 ``policy`` decides what may be reached, ``sockets`` drives one host socket from the event
 loop, ``namespace`` holds a tenant's sockets and counters, ``subsystem`` serves ``net.*``,
 ``relay`` copies the bytes of a handed-over connection both ways and ``handoff_service``
-takes such connections (from ``kernelfarm socks``, or from a kernel during live scaling),
-and ``client`` is the ``client.net`` attribute group of both clients.
+takes such connections (from ``kernelfarm socks``, or from a kernel during live scaling).
+The ``client.net`` API is client code: :mod:`kernelfarm.client`.
 """
