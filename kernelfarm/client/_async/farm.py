@@ -19,7 +19,7 @@ import time
 from typing import Any
 
 from kernelfarm.client._async.fs import AsyncFsApi
-from kernelfarm.client._async.io import RpcClientConnection, connect, gather, sleep
+from kernelfarm.client._async.io import OpenOnce, RpcClientConnection, connect, gather, sleep
 from kernelfarm.client._async.net import AsyncNetApi
 from kernelfarm.client.routing import RETRYABLE, RetryPolicy, Router, reaction_to
 from kernelfarm.hostport import Addr, as_addr
@@ -35,6 +35,7 @@ class AsyncClient:
         self.timeout = timeout
         self.retry = retry or RetryPolicy()
         self._conns: dict[Addr, RpcClientConnection] = {}
+        self._opening: OpenOnce[Addr, RpcClientConnection] = OpenOnce()
         self._router: Router | None = None
         # sync only: self.connect()
 
@@ -59,17 +60,11 @@ class AsyncClient:
 
     async def _connection(self, addr: Addr) -> RpcClientConnection:
         conn = self._conns.get(addr)
-        if conn is not None and not conn.closed:
-            return conn
-        fresh = await self._open(addr)
-        conn = self._conns.get(addr)
-        if conn is not None and not conn.closed:  # a concurrent call connected first
-            fresh.close()
-            return conn
-        if conn is not None:
-            conn.close()
-        self._conns[addr] = fresh
-        return fresh
+        if conn is None or conn.closed:
+            if conn is not None:
+                conn.close()
+            conn = self._conns[addr] = await self._opening(addr, self._open)
+        return conn
 
     # -- control API ----------------------------------------------------------------------
 

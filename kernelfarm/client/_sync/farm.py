@@ -20,7 +20,7 @@ import time
 from typing import Any
 
 from kernelfarm.client._sync.fs import FsApi
-from kernelfarm.client._sync.io import BlockingConnection, connect, gather, sleep
+from kernelfarm.client._sync.io import OpenOnce, BlockingConnection, connect, gather, sleep
 from kernelfarm.client._sync.net import NetApi
 from kernelfarm.client.routing import RETRYABLE, RetryPolicy, Router, reaction_to
 from kernelfarm.hostport import Addr, as_addr
@@ -36,6 +36,7 @@ class Client:
         self.timeout = timeout
         self.retry = retry or RetryPolicy()
         self._conns: dict[Addr, BlockingConnection] = {}
+        self._opening: OpenOnce[Addr, BlockingConnection] = OpenOnce()
         self._router: Router | None = None
         self.connect()
 
@@ -60,17 +61,11 @@ class Client:
 
     def _connection(self, addr: Addr) -> BlockingConnection:
         conn = self._conns.get(addr)
-        if conn is not None and not conn.closed:
-            return conn
-        fresh = self._open(addr)
-        conn = self._conns.get(addr)
-        if conn is not None and not conn.closed:  # a concurrent call connected first
-            fresh.close()
-            return conn
-        if conn is not None:
-            conn.close()
-        self._conns[addr] = fresh
-        return fresh
+        if conn is None or conn.closed:
+            if conn is not None:
+                conn.close()
+            conn = self._conns[addr] = self._opening(addr, self._open)
+        return conn
 
     # -- control API ----------------------------------------------------------------------
 
