@@ -55,7 +55,8 @@ class AsyncClient:
 
     async def _open(self, addr: Addr) -> RpcClientConnection:
         """A new connection to a kernel or the supervisor: the one place every connection
-        starts, so whatever a connection must say first is said here."""
+        starts, so whatever a connection must say first (a tenant's ``auth.hello``) is
+        said here, once per connection, in both clients."""
         return await connect(addr[0], addr[1])
 
     async def _connection(self, addr: Addr) -> RpcClientConnection:

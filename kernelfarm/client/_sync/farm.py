@@ -56,7 +56,8 @@ class Client:
 
     def _open(self, addr: Addr) -> BlockingConnection:
         """A new connection to a kernel or the supervisor: the one place every connection
-        starts, so whatever a connection must say first is said here."""
+        starts, so whatever a connection must say first (a tenant's ``auth.hello``) is
+        said here, once per connection, in both clients."""
         return connect(addr[0], addr[1])
 
     def _connection(self, addr: Addr) -> BlockingConnection:
