@@ -78,6 +78,10 @@ class RpcConfig:
     write_buffer_bytes: int = setting(
         4 * 1024 * 1024, "unsent reply bytes per connection before the server stops "
         "reading it (a client that does not read its replies)", minimum=4096)
+    max_connections: int = setting(
+        2048, "client connections one kernel serves at once; one more is refused with "
+        "EMFILE (lowered at boot if the host's descriptor limit has no room for it)",
+        minimum=1)
 
 
 @dataclass(frozen=True)

@@ -11,7 +11,22 @@ from __future__ import annotations
 
 import errno
 import os
+import reprlib
 from typing import Any, ClassVar
+
+MAX_MESSAGE_CHARS = 512
+"""Longest error message sent on the wire: an error never echoes more than a short prefix
+of what a client sent (a 1 MB bad value must not come back as a 7 MB error)."""
+
+_PREVIEW = reprlib.Repr()
+_PREVIEW.maxlevel = 3
+_PREVIEW.maxstring = _PREVIEW.maxother = 60
+
+
+def preview(value: Any) -> str:
+    """A short, bounded ``repr`` of client data for error messages (depth- and size-limited,
+    so a 1,000-deep or 1 MB value costs nothing to describe)."""
+    return _PREVIEW.repr(value)
 
 
 class KernelfarmError(Exception):
@@ -128,15 +143,20 @@ def to_wire(exc: BaseException) -> dict[str, Any]:
     broke without the kernel going down.
     """
     if isinstance(exc, KernelfarmError):
-        return exc.to_wire()
-    if isinstance(exc, OSError) and exc.errno is not None:
+        wire = exc.to_wire()
+    elif isinstance(exc, OSError) and exc.errno is not None:
         message = exc.strerror or os.strerror(exc.errno)
         if exc.filename is not None:
-            message = f"{message}: {exc.filename!r}"
-        return {"code": errno_name(exc.errno), "message": message}
-    if isinstance(exc, (TypeError, ValueError, KeyError, IndexError, OverflowError)):
-        return {"code": "EINVAL", "message": f"invalid parameters: {exc}"}
-    return {"code": "EIO", "message": f"internal error: {type(exc).__name__}: {exc}"}
+            message = f"{message}: {preview(exc.filename)}"
+        wire = {"code": errno_name(exc.errno), "message": message}
+    elif isinstance(exc, (TypeError, ValueError, KeyError, IndexError, OverflowError)):
+        wire = {"code": "EINVAL", "message": f"invalid parameters: {exc}"}
+    else:
+        wire = {"code": "EIO", "message": f"internal error: {type(exc).__name__}: {exc}"}
+    message = wire.get("message")
+    if isinstance(message, str) and len(message) > MAX_MESSAGE_CHARS:
+        wire["message"] = message[:MAX_MESSAGE_CHARS] + "..."
+    return wire
 
 
 def from_wire(error: Any) -> Exception:

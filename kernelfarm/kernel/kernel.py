@@ -10,6 +10,7 @@ wrapping handlers at registration (:mod:`kernelfarm.kernel.locks`), never by cod
 from __future__ import annotations
 
 import asyncio
+import errno
 import logging
 import time
 from binascii import crc_hqx
@@ -20,14 +21,22 @@ import psutil
 
 from kernelfarm.boot import BootInfo
 from kernelfarm.config import Config
-from kernelfarm.errors import KernelfarmError, Moved, TryAgain, UnknownMethod, to_wire
+from kernelfarm.errors import (
+    KernelfarmError, Moved, TryAgain, UnknownMethod, posix, preview, to_wire,
+)
 from kernelfarm.kernel.commit import Flush, GroupCommit
 from kernelfarm.kernel.components import SUBSYSTEMS
+from kernelfarm.kernel.params import Params
 from kernelfarm.kernel.subsystem import Method, Subsystem
 from kernelfarm.partition import NSLOTS, SlotTable
+from kernelfarm.ratelog import RateLimitedLog
 from kernelfarm.rpc.meter import Meter
 
 log = logging.getLogger(__name__)
+mistakes = RateLimitedLog(log)
+"""One line per bad call (a client's mistake), rate-limited: never a traceback."""
+failures = RateLimitedLog(log)
+"""Handler failures that are not a client's mistake (bugs): with traceback, rate-limited."""
 
 SLOT_MASK = NSLOTS - 1  # NSLOTS is a power of two: % NSLOTS == & SLOT_MASK
 
@@ -66,11 +75,14 @@ class Kernel:
         self.group_commit = GroupCommit(loop.call_soon)
         self.subsystems: list[Subsystem] = [cls(self) for cls in SUBSYSTEMS]
         self.methods: dict[str, Method] = {}
+        self.params: dict[str, Params] = {}
+        """Each method's parameters, for answering a wrong call in the contract's words."""
         core_methods = [
             Method("kernel.ping", self.ping, None),
             Method("kernel.stats", self.stats, None),
         ]
         for method in core_methods + [m for s in self.subsystems for m in s.methods()]:
+            self.params[method.name] = Params.of(method)
             self.methods[method.name] = wrap(method) if wrap else method
 
     # -- KernelContext -------------------------------------------------------------------
@@ -86,7 +98,7 @@ class Kernel:
     def handle(self, conn: Any, msgid: int, method: str, params: list[Any]) -> list[Any] | None:
         entry = self.methods.get(method)
         if entry is None:
-            return self._failed(msgid, UnknownMethod(f"no method {method!r}").to_wire())
+            return self._failed(msgid, UnknownMethod(f"no method {preview(method)}").to_wire())
         try:
             keyfn = entry.key
             if keyfn is not None:
@@ -105,9 +117,7 @@ class Kernel:
             else:
                 result = entry.handler(*params)
         except Exception as exc:
-            if not isinstance(exc, (OSError, TypeError, ValueError, KernelfarmError)):
-                log.exception("%s failed", method)
-            return self._failed(msgid, to_wire(exc))
+            return self._failed(msgid, self.failure(method, params, exc))
         ops = self.ops
         ops[method] = ops.get(method, 0) + 1
         if entry.is_async and hasattr(result, "__await__"):
@@ -119,6 +129,35 @@ class Kernel:
         code = error.get("code", "EFARM")
         self.errors[code] = self.errors.get(code, 0) + 1
         return [1, msgid, error, None]
+
+    def failure(self, method: str, params: list[Any], exc: Exception) -> dict[str, Any]:
+        """The error a failed call answers with, and the one log line it is worth.
+
+        POSIX and farm errors are the contract working: nothing to log.  A wrong number
+        of parameters is ``EINVAL`` in the contract's words.  Handlers check their
+        parameters' types and values with ``TypeError``/``ValueError`` (``EINVAL`` too);
+        as a bug inside a handler raises the same, each is logged with where it was
+        raised (one line, rate-limited).  Anything else is a bug: ``EIO``, with its
+        traceback in the log (rate-limited, so a client cannot flood it).
+        """
+        if isinstance(exc, (OSError, KernelfarmError)):
+            return to_wire(exc)
+        shape = self.params[method]
+        if not shape.accepts(len(params)):
+            message = shape.mismatch(method, len(params))
+            mistakes.log(logging.INFO, "EINVAL: %s", message)
+            return to_wire(posix(errno.EINVAL, message))
+        if isinstance(exc, (TypeError, ValueError)):
+            frame = exc.__traceback__
+            while frame is not None and frame.tb_next is not None:
+                frame = frame.tb_next
+            where = (f"{frame.tb_frame.f_code.co_filename.rsplit('/', 2)[-1]}:"
+                     f"{frame.tb_lineno}") if frame is not None else "?"
+            mistakes.log(logging.WARNING, "EINVAL for %s: %s at %s: %.200s", method,
+                         type(exc).__name__, where, exc)
+            return to_wire(exc)
+        failures.log(logging.ERROR, "%s failed", method, exc_info=exc)
+        return to_wire(exc)
 
     def send(self, conn: Any, data: bytes) -> None:
         self.group_commit.send(conn, data)

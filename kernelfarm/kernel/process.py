@@ -3,9 +3,11 @@
 The supervisor spawns ``python -m kernelfarm.kernel --control-fd C --listen-fd L``.  The
 listening socket was bound once by the supervisor, so a restarted kernel serves the same
 address and connections made while it restarts wait in the backlog instead of failing.
-All set-up happens here, in the child (pinning, uvloop, the loop), as gunicorn and uvicorn
-do.  The kernel never outlives its supervisor: the control socketpair reaching EOF stops it,
-and ``PR_SET_PDEATHSIG`` covers a supervisor killed with SIGKILL.
+All set-up happens here, in the child (pinning, descriptors, uvloop, the loop), as gunicorn
+and uvicorn do.  The kernel never outlives its supervisor: the control socketpair reaching
+EOF stops it cleanly, and ``PR_SET_PDEATHSIG`` with SIGKILL covers a supervisor killed with
+SIGKILL — SIGKILL because it needs nothing from the kernel's loop, which may be busy (a
+handled SIGTERM waits for the loop to come round; acknowledged writes are already durable).
 """
 
 from __future__ import annotations
@@ -13,9 +15,11 @@ from __future__ import annotations
 import argparse
 import asyncio
 import ctypes
+import dataclasses
 import fcntl
 import logging
 import os
+import resource
 import signal
 import socket
 import sys
@@ -33,15 +37,18 @@ from kernelfarm.errors import to_wire
 from kernelfarm.kernel.kernel import Kernel
 from kernelfarm.net.subsystem import NetSubsystem
 from kernelfarm.rpc.protocol import make_unpacker
-from kernelfarm.rpc.server import ServerConnection, connection_factory
+from kernelfarm.rpc.server import ConnectionLimit, ServerConnection, connection_factory
 
 log = logging.getLogger("kernelfarm.kernel")
 
 PR_SET_PDEATHSIG = 1
 STOP_GRACE_S = 2.0
+FD_RESERVE = 64
+"""Descriptors kept for the kernel itself beyond connections, sockets and journals:
+listener, control channel, data-dir lock, snapshots being written, stdio, uvloop's own."""
 
 
-def die_with_parent(sig: int = signal.SIGTERM) -> None:
+def die_with_parent(sig: int = signal.SIGKILL) -> None:
     """Ask Linux to signal us when the supervisor dies, however it dies."""
     try:
         libc = ctypes.CDLL(None, use_errno=True)
@@ -123,6 +130,39 @@ def hold_data_dir(data_dir: Path) -> int:
     return fd
 
 
+def fit_descriptors(config: Config) -> Config:
+    """Raise the descriptor limit where the host allows, and fit the caps under it.
+
+    A kernel needs a descriptor per connection, per net socket and per open journal; if
+    they ran out, the next write needing a journal file would fail.  So the soft limit is
+    raised towards what ``rpc.max_connections + net.max_kernel_sockets + fs.open_journals``
+    need, and if the hard limit is lower, the connection and socket caps are lowered to
+    fit: running out is then a refused connection or ``EMFILE``, never a broken kernel.
+    """
+    rpc, net, fs = config.rpc, config.net, config.fs
+    need = rpc.max_connections + net.max_kernel_sockets + fs.open_journals + FD_RESERVE
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != resource.RLIM_INFINITY and soft < need:
+        wanted = need if hard == resource.RLIM_INFINITY else min(need, hard)
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
+            soft = wanted
+        except (ValueError, OSError) as exc:
+            log.warning("cannot raise the descriptor limit from %d: %s", soft, exc)
+    if soft == resource.RLIM_INFINITY or soft >= need:
+        return config
+    room = max(2, soft - fs.open_journals - FD_RESERVE)
+    connections = max(1, room * rpc.max_connections
+                      // (rpc.max_connections + net.max_kernel_sockets))
+    sockets = max(1, room - connections)
+    log.warning("descriptor limit %d < %d needed: serving at most %d connections and %d "
+                "net sockets", soft, need, connections, sockets)
+    return dataclasses.replace(config, sections={
+        **config.sections,
+        "rpc": dataclasses.replace(rpc, max_connections=connections),
+        "net": dataclasses.replace(net, max_kernel_sockets=sockets)})
+
+
 def make_kernel(boot: BootInfo, config: Config, loop: asyncio.AbstractEventLoop) -> Kernel:
     """A unicpu kernel, or in locked mode the baseline with its locks applied."""
     if boot.mode != "locked":
@@ -151,7 +191,8 @@ async def serve(boot: BootInfo, config: Config, control: socket.socket,
     kernel.data_dir.mkdir(parents=True, exist_ok=True)
     hold_data_dir(kernel.data_dir)
     kernel.load_slots(kernel.table.slots_of(kernel.kernel_id))
-    factory = connection_factory(kernel, config.rpc, kernel.meter)
+    factory = connection_factory(kernel, config.rpc, kernel.meter,
+                                 ConnectionLimit(config.rpc.max_connections))
     server = await loop.create_server(factory, sock=listen)
     if handoff is not None:
         net = next(s for s in kernel.subsystems if isinstance(s, NetSubsystem))
@@ -205,7 +246,7 @@ def main(argv: list[str] | None = None) -> int:
         if os.getppid() != boot.supervisor_pid:
             raise RuntimeError("the supervisor died before boot")
         pin(boot)
-        config = Config.from_dict(boot.config)
+        config = fit_descriptors(Config.from_dict(boot.config))
     except Exception as exc:
         log.error("boot failed: %s", exc)
         return EXIT_BOOT_FAILED

@@ -55,6 +55,9 @@ class NetConfig:
         '"0.0.0.0/32" or "::/128" to allow the wildcard address', check=parse_networks)
     max_sockets: int = setting(
         1024, "sockets one namespace may hold at once; one more is EMFILE", minimum=1)
+    max_kernel_sockets: int = setting(
+        4096, "sockets all namespaces of one kernel may hold at once; one more is EMFILE "
+        "(lowered at boot if the host's descriptor limit has no room for it)", minimum=1)
     max_recv_bytes: int = setting(
         1024 * 1024, "largest net.recv / net.recvfrom result; a larger max is cut to this",
         minimum=1)

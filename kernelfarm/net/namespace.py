@@ -43,6 +43,18 @@ class Counters:
             self.errors += 1
 
 
+class SocketCount:
+    """The sockets of every namespace of one kernel, against ``net.max_kernel_sockets``:
+    without it, three namespaces of ``net.max_sockets`` each could take a kernel's
+    descriptors.  Shared by the kernel's namespaces; a unicpu kernel's, so no lock."""
+
+    __slots__ = ("maximum", "open")
+
+    def __init__(self, maximum: int) -> None:
+        self.maximum = maximum
+        self.open = 0
+
+
 SID_SPACE = 2**31
 SID_STRIDE = 2**20
 """Sids stay below 2**51: exact as a double, for clients in languages without int64."""
@@ -50,16 +62,18 @@ SID_STRIDE = 2**20
 
 class Namespace:
     def __init__(self, name: str, loop: asyncio.AbstractEventLoop, policy: Policy,
-                 max_sockets: int) -> None:
+                 max_sockets: int, kernel_sockets: SocketCount,
+                 counters: Counters | None = None) -> None:
         self.name = name
         self.loop = loop
         self.policy = policy
         self.max_sockets = max_sockets
+        self.kernel_sockets = kernel_sockets
         self.sockets: dict[int, FarmSocket] = {}
         self.relays: dict[int, Relay] = {}
         """Connections handed to this kernel and relayed in its loop (see ``relay``); each
         counts as one socket of the namespace."""
-        self.counters = Counters()
+        self.counters = counters or Counters()
         # A namespace that moves to another kernel starts afresh there; a random first
         # sid keeps a client's stale sid from naming someone else's new socket.
         self._next_sid = secrets.randbelow(SID_SPACE) * SID_STRIDE + 1
@@ -68,9 +82,14 @@ class Namespace:
         if len(self.sockets) + len(self.relays) >= self.max_sockets:
             raise posix(errno.EMFILE, f"namespace {self.name!r} holds net.max_sockets="
                         f"{self.max_sockets} sockets")
+        kernel = self.kernel_sockets
+        if kernel.open >= kernel.maximum:
+            raise posix(errno.EMFILE, f"this kernel holds net.max_kernel_sockets="
+                        f"{kernel.maximum} sockets")
 
     def _add(self, farm_sock: FarmSocket) -> FarmSocket:
         self.sockets[farm_sock.sid] = farm_sock
+        self.kernel_sockets.open += 1
         self._next_sid += 1
         self.counters.sockets_opened += 1
         return farm_sock
@@ -165,10 +184,12 @@ class Namespace:
 
     def close(self, sid: int) -> None:
         self.sockets.pop(self.get(sid).sid).close()
+        self.kernel_sockets.open -= 1
 
     def close_all(self) -> None:
         for farm_sock in self.sockets.values():
             farm_sock.close()
+        self.kernel_sockets.open -= len(self.sockets)
         self.sockets.clear()
         for relay in list(self.relays.values()):
             relay.close()

@@ -10,6 +10,12 @@ sockets that should outlive the process that set them up; a kept socket lives un
 Beyond the first contract's methods, all backwards compatible and documented in the
 README: ``net.connect`` and ``net.send`` take an optional trailing ``timeout``;
 ``net.keep(ns, sid)``.
+
+Net state is bounded per kernel: a namespace exists only while it holds a socket, each
+holds at most ``net.max_sockets`` and all of them together ``net.max_kernel_sockets``.
+The counters of the last :data:`RETIRED_COUNTERS` namespaces that emptied are kept for
+``net.stats`` (and taken up again if the name comes back); older ones are forgotten, so
+50,000 names used once cost nothing afterwards.
 """
 
 from __future__ import annotations
@@ -17,21 +23,24 @@ from __future__ import annotations
 import asyncio
 import builtins
 import errno
+import functools
 import inspect
 import math
+from collections import OrderedDict
 from typing import Any, Awaitable, Callable
 
-from kernelfarm.errors import posix
+from kernelfarm.errors import posix, preview
 from kernelfarm.kernel.subsystem import Connection, KernelContext, Method, Subsystem
 from kernelfarm.keys import namespace_key
 from kernelfarm.net.config import NetConfig
 from kernelfarm.net.handoff_service import HandoffService
-from kernelfarm.net.namespace import Counters, Namespace
+from kernelfarm.net.namespace import Counters, Namespace, SocketCount
 from kernelfarm.net.policy import Policy
 from kernelfarm.net.sockets import KINDS, FarmSocket
 from kernelfarm.partition import key_slot
 
 MAX_NAMESPACE_LENGTH = 255
+RETIRED_COUNTERS = 1024
 
 
 def _data(data: Any) -> bytes:
@@ -58,6 +67,9 @@ class NetSubsystem(Subsystem):
         self.config: NetConfig = ctx.config.net
         self.policy = Policy(self.config)
         self.namespaces: dict[str, Namespace] = {}
+        self.kernel_sockets = SocketCount(self.config.max_kernel_sockets)
+        self._retired: OrderedDict[str, Counters] = OrderedDict()
+        """Counters of namespaces that emptied, most recent last; at most RETIRED_COUNTERS."""
         self._by_slot: dict[int, set[str]] = {}  # so releasing a slot is not a full scan
         # id(connection) -> the (namespace, sid) it owns; one close callback per connection.
         self._owned: dict[int, set[tuple[str, int]]] = {}
@@ -88,8 +100,13 @@ class NetSubsystem(Subsystem):
 
     def socket(self, conn: Connection, ns: str, kind: Any) -> int:
         if kind not in KINDS:
-            raise ValueError(f'kind must be "tcp" or "udp", got {kind!r}')
-        farm_sock = self.open_namespace(ns).open(kind)
+            raise ValueError(f'kind must be "tcp" or "udp", got {preview(kind)}')
+        namespace = self.open_namespace(ns)
+        try:
+            farm_sock = namespace.open(kind)
+        except OSError:
+            self._forget_if_empty(namespace)
+            raise
         self._tie(conn, ns, farm_sock)
         return farm_sock.sid
 
@@ -133,6 +150,7 @@ class NetSubsystem(Subsystem):
         namespace = self._get(ns)
         self._untie(ns, namespace.get(sid))
         namespace.close(sid)
+        self._forget_if_empty(namespace)
 
     def keep(self, ns: str, sid: Any) -> None:
         farm_sock = self._get(ns).get(sid)
@@ -142,7 +160,8 @@ class NetSubsystem(Subsystem):
     def namespace_stats(self, ns: str) -> dict[str, Any]:
         namespace = self.namespaces.get(ns)
         if namespace is None:
-            return Counters().report(sockets_open=0)
+            counters = self._retired.get(ns) if isinstance(ns, str) else None
+            return (counters or Counters()).report(sockets_open=0)
         return namespace.stats()
 
     def list(self, ns: str) -> list[dict[str, Any]]:
@@ -170,7 +189,7 @@ class NetSubsystem(Subsystem):
         relays = sum(len(ns.relays) for ns in namespaces)
         return {
             "namespaces": len(self.namespaces),
-            "sockets": sum(len(ns.sockets) for ns in namespaces) + relays,
+            "sockets": self.kernel_sockets.open + relays,
             "relays": relays,
             "bytes_in": sum(ns.counters.bytes_in for ns in namespaces),
             "bytes_out": sum(ns.counters.bytes_out for ns in namespaces),
@@ -181,6 +200,7 @@ class NetSubsystem(Subsystem):
         for name in list(self.namespaces):
             self._drop(name)
         self._by_slot.clear()
+        self._retired.clear()
 
     def open_namespace(self, name: str) -> Namespace:
         """The namespace, created on first use."""
@@ -192,19 +212,40 @@ class NetSubsystem(Subsystem):
     def _create(self, name: str) -> Namespace:
         if not name or len(name) > MAX_NAMESPACE_LENGTH:
             raise ValueError(f"namespace names are 1..{MAX_NAMESPACE_LENGTH} characters")
-        namespace = Namespace(name, self.ctx.loop, self.policy, self.config.max_sockets)
+        namespace = Namespace(name, self.ctx.loop, self.policy, self.config.max_sockets,
+                              self.kernel_sockets, self._retired.pop(name, None))
         self.namespaces[name] = namespace
         self._by_slot.setdefault(key_slot(name), set()).add(name)
         return namespace
 
+    def _forget_if_empty(self, namespace: Namespace) -> None:
+        """A namespace holding no socket is dropped, counters and all: net state stays
+        bounded by the sockets held, however many names clients use once."""
+        if namespace.sockets or namespace.relays \
+                or self.namespaces.get(namespace.name) is not namespace:
+            return
+        del self.namespaces[namespace.name]
+        retired = self._retired
+        retired[namespace.name] = namespace.counters
+        if len(retired) > RETIRED_COUNTERS:
+            retired.popitem(last=False)
+        slot = key_slot(namespace.name)
+        names = self._by_slot.get(slot)
+        if names is not None:
+            names.discard(namespace.name)
+            if not names:
+                del self._by_slot[slot]
+
     def _get(self, ns: Any) -> Namespace:
         namespace = self.namespaces.get(ns)
         if namespace is None:
-            raise posix(errno.EBADF, f"namespace {ns!r} holds no sockets")
+            raise posix(errno.EBADF, f"namespace {preview(ns)} holds no sockets")
         return namespace
 
     def _drop(self, name: str) -> None:
-        namespace = self.namespaces.pop(name)
+        namespace = self.namespaces.pop(name, None)
+        if namespace is None:
+            return
         for farm_sock in namespace.sockets.values():
             self._untie(name, farm_sock)
         namespace.close_all()
@@ -246,6 +287,7 @@ class NetSubsystem(Subsystem):
             if namespace is not None and sid in namespace.sockets:
                 namespace.sockets[sid].owner = None
                 namespace.close(sid)
+                self._forget_if_empty(namespace)
 
     def _accounted(self, handler: Callable[..., Any]) -> Callable[..., Any]:
         """Count each failed call in its namespace: ``denied`` for policy, else ``errors``.
@@ -258,15 +300,6 @@ class NetSubsystem(Subsystem):
             if namespace is not None:
                 namespace.counters.count_failure(exc)
 
-        if inspect.iscoroutinefunction(handler):
-            async def run_async(*params: Any) -> Any:
-                try:
-                    return await handler(*params)
-                except OSError as exc:
-                    count(params, exc)
-                    raise
-            return run_async
-
         async def later(awaitable: Awaitable[Any], params: tuple[Any, ...]) -> Any:
             try:
                 return await awaitable
@@ -274,12 +307,20 @@ class NetSubsystem(Subsystem):
                 count(params, exc)
                 raise
 
+        if inspect.iscoroutinefunction(handler):
+            @functools.wraps(handler)
+            def run_async(*params: Any) -> Any:
+                # Called now, not in the task: a wrong parameter count fails at the call.
+                return later(handler(*params), params)
+            return run_async
+
         def settled(future: asyncio.Future[Any], params: tuple[Any, ...]) -> None:
             if not future.cancelled():
                 exc = future.exception()
                 if isinstance(exc, OSError):
                     count(params, exc)
 
+        @functools.wraps(handler)
         def run(*params: Any) -> Any:
             try:
                 result = handler(*params)

@@ -16,11 +16,11 @@ reported per message, with its msgid when one can be found, and the stream goes 
 from __future__ import annotations
 
 import enum
-from typing import Any, Iterator, NamedTuple
+from typing import Any, Callable, Iterator, NamedTuple
 
 import msgpack
 
-from kernelfarm.errors import MessageTooBig, ProtocolError
+from kernelfarm.errors import MessageTooBig, ProtocolError, preview
 
 ERROR_NOTIFICATION = "rpc.error"
 """Notification a server sends before closing a stream it cannot decode (no msgid to answer)."""
@@ -94,7 +94,7 @@ def classify(obj: Any) -> Message:
         if len(obj) != 3 or type(obj[1]) is not str or type(obj[2]) is not list:
             return Malformed(None, "a notification is [2, method, params]")
         return Notification(obj[1], obj[2])
-    return Malformed(_msgid(obj), f"unknown message type {kind!r}")
+    return Malformed(_msgid(obj), f"unknown message type {preview(kind)}")
 
 
 def _msgid(obj: list[Any]) -> int | None:
@@ -158,3 +158,142 @@ def encode_response(msgid: int, error: Any, result: Any) -> bytes:
 def encode_notification(method: str, params: list[Any]) -> bytes:
     data: bytes = msgpack.packb([MessageType.NOTIFICATION, method, params])
     return data
+
+
+# -- the server side of a connection ----------------------------------------------------------
+
+MAX_PROTOCOL_ERRORS = 8
+"""Malformed messages answered on one connection; the next one closes it (a nil flood)."""
+
+READ_SLACK = 1024 * 1024
+"""Room above ``max_message_bytes`` in the unpacker for the next read (uvloop reads 256 KiB),
+so a message right at the limit followed by the start of the next one is not refused."""
+
+Handler = Callable[[Any, int, str, list[Any]], "list[Any] | None"]
+"""``handle(conn, msgid, method, params)``: a reply now, or ``None`` for a waiting call."""
+
+
+class Batch:
+    """What one :meth:`ServerStream.serve` produced: replies, notifications, and why it stopped."""
+
+    __slots__ = ("replies", "notices", "produced", "more", "fatal")
+
+    def __init__(self) -> None:
+        self.replies: list[list[Any]] = []
+        self.notices: list[list[Any]] = []
+        """Error notifications for malformed messages that carry no msgid."""
+        self.produced = 0
+        """Bytes of ``bytes`` results in ``replies``: the replies this batch is producing."""
+        self.more = False
+        """Complete or partial input is still buffered (a bound stopped the batch)."""
+        self.fatal: ProtocolError | None = None
+        """The stream cannot go on: send this as an error notification, then close."""
+
+
+class ServerStream:
+    """The server side of one connection without I/O: bytes in, requests dispatched.
+
+    Holds the bounds a connection enforces on its input: the exact message size
+    (``max_message_bytes``; one byte over is ``E2BIG``) and how many malformed messages
+    are answered before the stream is given up (:data:`MAX_PROTOCOL_ERRORS`).  The
+    request check is inlined in :meth:`serve` for speed (it is the kernel's fast path);
+    everything that fails it goes through :func:`classify`, the one definition of a
+    message's shape.
+    """
+
+    __slots__ = ("max_message_bytes", "errors", "_unpacker", "_fed", "_start")
+
+    def __init__(self, max_message_bytes: int) -> None:
+        self.max_message_bytes = max_message_bytes
+        self.errors = 0
+        self._fed = 0
+        self._start = 0
+        """Stream offset where the next message begins.  ``tell()`` cannot say: the
+        unpacker consumes the complete parts of a message it has not finished."""
+        self._unpacker = msgpack.Unpacker(
+            raw=False, strict_map_key=False, max_buffer_size=max_message_bytes + READ_SLACK,
+            max_str_len=max_message_bytes, max_bin_len=max_message_bytes,
+            max_array_len=max_message_bytes, max_map_len=max_message_bytes,
+            max_ext_len=max_message_bytes)
+
+    def feed(self, data: bytes) -> None:
+        """Buffer ``data``; :class:`MessageTooBig` if one message is already over the limit."""
+        try:
+            self._unpacker.feed(data)
+        except msgpack.BufferFull as exc:
+            raise MessageTooBig(f"message over the {self.max_message_bytes}-byte limit") \
+                from exc
+        self._fed += len(data)
+
+    def serve(self, handle: Handler, conn: Any, room: int, budget: int) -> Batch:
+        """Decode and dispatch buffered requests until input runs out or a bound is hit.
+
+        ``room`` is how many more calls may wait (``handle`` returned ``None``); ``budget``
+        how many bytes of results may still be produced before the batch stops.
+        """
+        batch = Batch()
+        replies = batch.replies
+        unpacker = self._unpacker
+        tell = unpacker.tell
+        limit = self.max_message_bytes
+        start = self._start
+        produced = 0
+        while room > 0 and produced < budget:
+            try:
+                obj = next(unpacker)
+            except StopIteration:
+                self._start = start
+                if self._fed - start > limit:
+                    batch.fatal = MessageTooBig(f"message over the {limit}-byte limit")
+                batch.produced = produced
+                return batch
+            except Exception as exc:
+                batch.fatal = stream_error(exc, limit)
+                break
+            end = tell()
+            if end - start > limit:
+                batch.fatal = MessageTooBig(f"message over the {limit}-byte limit")
+                break
+            start = end
+            if (type(obj) is list and len(obj) == 4 and obj[0] == 0
+                    and type(obj[1]) is int and type(obj[2]) is str
+                    and type(obj[3]) is list):
+                try:
+                    reply = handle(conn, obj[1], obj[2], obj[3])
+                except Exception as exc:  # a service bug must not drop the connection
+                    reply = [1, obj[1], {"code": "EIO", "message": "internal error: "
+                                         f"{type(exc).__name__}"}, None]
+                if reply is None:
+                    room -= 1
+                else:
+                    replies.append(reply)
+                    result = reply[3]
+                    if type(result) is bytes:
+                        produced += len(result)
+            elif not self._odd_message(obj, batch):
+                break
+        self._start = start
+        batch.produced = produced
+        batch.more = batch.fatal is None
+        return batch
+
+    def _odd_message(self, obj: Any, batch: Batch) -> bool:
+        """Answer a message that is not a request; ``False`` once the stream is given up."""
+        message = classify(obj)
+        if isinstance(message, Notification):
+            return True  # nothing to answer; servers define no client notifications
+        self.errors += 1
+        if self.errors > MAX_PROTOCOL_ERRORS:
+            batch.fatal = ProtocolError(f"{self.errors} malformed messages on this "
+                                        "connection; closing it")
+            return False
+        if isinstance(message, Malformed):
+            reason, msgid = message.reason, message.msgid
+        else:
+            reason, msgid = "a server does not take responses", None
+        error = ProtocolError(reason).to_wire()
+        if msgid is None:
+            batch.notices.append([2, ERROR_NOTIFICATION, [error]])
+        else:
+            batch.replies.append([1, msgid, error, None])
+        return True

@@ -1,32 +1,46 @@
 """The asyncio side of serving msgpack-rpc: one protocol object per connection.
 
-Per read, every complete request is decoded with the C unpacker and answered into one
-``Packer(autoreset=False)`` buffer written with a single ``write()``: on the kernel's fast
-path the per-request Python work is the budget, not the socket.  The service decides what a
-request means (:class:`Service`); this module only owns the stream: pipelining, out-of-order
-replies of waiting handlers, the per-connection in-flight limit and write-buffer limit that
-pause reading (backpressure), and closing a stream that cannot be decoded.
+Framing lives in :class:`~kernelfarm.rpc.protocol.ServerStream` (no I/O); this module only
+moves bytes.  Per read, every complete request is decoded with the C unpacker and answered
+into one ``Packer(autoreset=False)`` buffer written with a single ``write()``: on the
+kernel's fast path the per-request Python work is the budget, not the socket.  The service
+decides what a request means (:class:`Service`).
+
+Every resource a connection can make the server spend is bounded and accounted here:
+
+- reply bytes queued in the transport or being produced by the current batch: over
+  ``write_buffer_bytes`` the connection stops reading and starts no new request until the
+  client has read enough (a client that pipelines reads of big files and never reads);
+- requests in flight (``max_inflight``): reading stops until one finishes;
+- malformed messages: a few are answered, then one error notification and the connection
+  is closed (a flood of nil bytes costs a few replies, not one per byte);
+- connections per listener (``max_connections``): one more is refused with an error
+  notification, so descriptors stay for the journals and sockets the kernel needs.
 """
 
 from __future__ import annotations
 
 import asyncio
+import errno
 import logging
 from time import perf_counter
 from typing import TYPE_CHECKING, Any, Awaitable, Callable, Protocol, cast
 
 import msgpack
 
-from kernelfarm.errors import KernelfarmError, ProtocolError, to_wire
+from kernelfarm.errors import KernelfarmError, posix, to_wire
+from kernelfarm.ratelog import RateLimitedLog
 from kernelfarm.rpc.meter import Meter
-from kernelfarm.rpc.protocol import (
-    ERROR_NOTIFICATION, Malformed, Notification, classify, make_unpacker, stream_error,
-)
+from kernelfarm.rpc.protocol import ERROR_NOTIFICATION, ServerStream
 
 if TYPE_CHECKING:
     from kernelfarm.config import RpcConfig
 
 log = logging.getLogger(__name__)
+complaints = RateLimitedLog(log)
+"""Lines about what clients got wrong: rate-limited, one line each, never a traceback."""
+failures = RateLimitedLog(log)
+"""Waiting calls that failed with a bug: traceback logged, rate-limited."""
 
 
 class Service(Protocol):
@@ -47,11 +61,31 @@ class Service(Protocol):
     def connection_closed(self, conn: ServerConnection) -> None: ...
 
 
+class ConnectionLimit:
+    """How many connections one listener serves at once (``rpc.max_connections``)."""
+
+    __slots__ = ("maximum", "open")
+
+    def __init__(self, maximum: int) -> None:
+        self.maximum = maximum
+        self.open = 0
+
+    def take(self) -> bool:
+        if self.open >= self.maximum:
+            return False
+        self.open += 1
+        return True
+
+    def give_back(self) -> None:
+        self.open -= 1
+
+
 class ServerConnection(asyncio.Protocol):
     """One client connection: decode, dispatch, reply, and push back when overloaded."""
 
     def __init__(self, service: Service, *, max_message_bytes: int, max_inflight: int,
-                 write_buffer_bytes: int, meter: Meter | None = None) -> None:
+                 write_buffer_bytes: int, meter: Meter | None = None,
+                 connections: ConnectionLimit | None = None) -> None:
         self.service = service
         self.meter = meter if meter is not None else Meter()
         self.max_message_bytes = max_message_bytes
@@ -61,10 +95,15 @@ class ServerConnection(asyncio.Protocol):
         self.peer: Any = None
         self.inflight = 0
         self.closed = False
-        self._unpacker = make_unpacker(max_message_bytes)
+        self._stream = ServerStream(max_message_bytes)
         self._packer = msgpack.Packer(autoreset=False)
         self._tasks: set[asyncio.Task[Any]] = set()
         self._close_callbacks: list[Callable[[], None]] = []
+        self._connections = connections
+        self._admitted = False
+        self._done = False  # no more input is served: failed, refused or closing
+        self._backlog = False  # input left buffered when a bound stopped the last batch
+        self._scheduled = False
         self._reading_paused = False
         self._writing_paused = False
 
@@ -75,14 +114,25 @@ class ServerConnection(asyncio.Protocol):
         self.transport = cast(asyncio.Transport, transport)
         self.peer = transport.get_extra_info("peername")
         self.transport.set_write_buffer_limits(high=self.write_buffer_bytes)
+        limit = self._connections
+        if limit is not None and not limit.take():
+            complaints.log(logging.WARNING, "refused a connection from %s: %d connections "
+                           "open (rpc.max_connections)", self.peer, limit.open)
+            self._fail_stream(posix_error(errno.EMFILE, (
+                f"this kernel serves rpc.max_connections={limit.maximum} connections at "
+                "once; close one or try again later")))
+            return
+        self._admitted = True
         self.service.connection_made(self)
 
     def data_received(self, data: bytes) -> None:
         self.meter.bytes_in += len(data)
+        if self._done:
+            return
         try:
-            self._unpacker.feed(data)
-        except msgpack.BufferFull as exc:
-            self._fail_stream(stream_error(exc, self.max_message_bytes))
+            self._stream.feed(data)
+        except KernelfarmError as exc:
+            self._fail_stream(exc.to_wire())
             return
         self._process()
 
@@ -92,10 +142,15 @@ class ServerConnection(asyncio.Protocol):
 
     def resume_writing(self) -> None:
         self._writing_paused = False
-        self._update_reading()
+        self._process()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
+        self._done = True
+        if not self._admitted:
+            return
+        if self._connections is not None:
+            self._connections.give_back()
         for task in self._tasks:
             task.cancel()
         self._tasks.clear()
@@ -128,52 +183,40 @@ class ServerConnection(asyncio.Protocol):
             self.transport.write(data)
 
     def close(self) -> None:
+        self._done = True
         if self.transport is not None and not self.transport.is_closing():
             self.transport.close()
 
     # -- internals -----------------------------------------------------------------------
 
     def _process(self) -> None:
-        """Handle every complete message buffered, stopping at the in-flight limit."""
-        started = perf_counter()
-        handle = self.service.handle
-        unpacker = self._unpacker
-        replies: list[list[Any]] = []
-        while self.inflight < self.max_inflight:
-            try:
-                obj = next(unpacker)
-            except StopIteration:
-                break
-            except Exception as exc:
-                self._send_replies(replies)
-                self._fail_stream(stream_error(exc, self.max_message_bytes))
+        """Serve buffered requests within the connection's bounds, then set reading."""
+        self._scheduled = False
+        transport = self.transport
+        if self._done or transport is None:
+            return
+        room = self.max_inflight - self.inflight
+        if not self._writing_paused and room > 0:
+            # At least one byte of budget: a connection not paused always makes progress,
+            # and the transport pauses it as soon as its buffer goes over the bound.
+            budget = max(1, self.write_buffer_bytes - transport.get_write_buffer_size())
+            started = perf_counter()
+            batch = self._stream.serve(self.service.handle, self, room, budget)
+            if batch.replies:
+                self._send_replies(batch.replies)
+                self.meter.batch(len(batch.replies), perf_counter() - started)
+            for notice in batch.notices:
+                self.write(msgpack.packb(notice))
+            if batch.fatal is not None:
+                self._fail_stream(batch.fatal.to_wire())
                 return
-            if (type(obj) is list and len(obj) == 4 and obj[0] == 0
-                    and type(obj[1]) is int and type(obj[2]) is str
-                    and type(obj[3]) is list):
-                reply = handle(self, obj[1], obj[2], obj[3])
-                if reply is not None:
-                    replies.append(reply)
-            else:
-                self._odd_message(obj, replies)
-        if replies:
-            self._send_replies(replies)
-            self.meter.batch(len(replies), perf_counter() - started)
+            self._backlog = batch.more
+            if batch.more and batch.produced >= budget and not self._scheduled:
+                # Stopped on the reply bytes: go on once this turn's replies are written
+                # (after the group commit, which was scheduled before us).
+                self._scheduled = True
+                asyncio.get_running_loop().call_soon(self._process)
         self._update_reading()
-
-    def _odd_message(self, obj: Any, replies: list[list[Any]]) -> None:
-        message = classify(obj)
-        if isinstance(message, Notification):
-            return  # nothing to answer; kernels define no client notifications
-        if isinstance(message, Malformed):
-            reason, msgid = message.reason, message.msgid
-        else:
-            reason, msgid = "a server does not take responses", None
-        error = ProtocolError(reason).to_wire()
-        if msgid is None:
-            self.write(msgpack.packb([2, ERROR_NOTIFICATION, [error]]))
-        else:
-            replies.append([1, msgid, error, None])
 
     def _send_replies(self, replies: list[list[Any]]) -> None:
         if not replies:
@@ -206,16 +249,17 @@ class ServerConnection(asyncio.Protocol):
             reply = [1, msgid, None, task.result()]
         else:
             if not isinstance(exc, (OSError, KernelfarmError, TypeError, ValueError)):
-                log.error("handler failed", exc_info=exc)
+                failures.log(logging.ERROR, "handler failed", exc_info=exc)
             reply = [1, msgid, to_wire(exc), None]
         self._send_replies([reply])
-        if self._reading_paused and self.inflight < self.max_inflight:
+        if self._reading_paused:
             self._process()  # messages left buffered when the limit was hit
 
     def _update_reading(self) -> None:
         if self.transport is None or self.closed:
             return
-        want_pause = self._writing_paused or self.inflight >= self.max_inflight
+        want_pause = (self._writing_paused or self._backlog
+                      or self.inflight >= self.max_inflight)
         if want_pause and not self._reading_paused:
             self._reading_paused = True
             self.transport.pause_reading()
@@ -223,18 +267,24 @@ class ServerConnection(asyncio.Protocol):
             self._reading_paused = False
             self.transport.resume_reading()
 
-    def _fail_stream(self, error: KernelfarmError) -> None:
-        """The stream cannot be resynchronised: say why (no msgid to answer), then close."""
-        log.info("closing connection from %s: %s", self.peer, error.message)
-        self.write(msgpack.packb([2, ERROR_NOTIFICATION, [error.to_wire()]]))
+    def _fail_stream(self, error: dict[str, Any]) -> None:
+        """The stream cannot go on: say why (there is no msgid to answer), then close."""
+        complaints.log(logging.INFO, "closing connection from %s: %s", self.peer,
+                       error.get("message"))
+        self.write(msgpack.packb([2, ERROR_NOTIFICATION, [error]]))
         self.close()
 
 
-def connection_factory(service: Service, rpc: RpcConfig, meter: Meter | None = None
-                       ) -> Callable[[], ServerConnection]:
+def connection_factory(service: Service, rpc: RpcConfig, meter: Meter | None = None,
+                       limit: ConnectionLimit | None = None) -> Callable[[], ServerConnection]:
     """The protocol factory for ``create_server``/``connect_accepted_socket``, with the
     ``[rpc]`` limits; the supervisor's control port and every kernel serve through it.
-    Connections sharing ``meter`` count their traffic in it (a kernel's public listener)."""
+    Connections sharing ``meter`` count their traffic in it (a kernel's public listener);
+    ``limit`` is shared by every connection of one listener (``rpc.max_connections``)."""
     return lambda: ServerConnection(
         service, max_message_bytes=rpc.max_message_bytes, max_inflight=rpc.max_inflight,
-        write_buffer_bytes=rpc.write_buffer_bytes, meter=meter)
+        write_buffer_bytes=rpc.write_buffer_bytes, meter=meter, connections=limit)
+
+
+def posix_error(code: int, message: str) -> dict[str, Any]:
+    return to_wire(posix(code, message))

@@ -8,7 +8,9 @@ from typing import Any, Iterator
 import msgpack
 import pytest
 
+import rawpeer
 from farmctl import Farm, raw_call, start_farm
+from rawpeer import Peer
 
 LIMIT = 64 * 1024
 
@@ -21,40 +23,7 @@ def farm(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Farm]:
 
 
 def kernel_addr(farm: Farm) -> tuple[str, int]:
-    host, port = farm.cluster_map()["kernels"][0]["addr"]
-    return host, port
-
-
-class Peer:
-    """A raw msgpack-rpc peer: sends bytes, reads whatever comes back until EOF."""
-
-    def __init__(self, addr: tuple[str, int]) -> None:
-        self.sock = socket.create_connection(addr, timeout=10)
-        self.unpacker = msgpack.Unpacker(raw=False)
-
-    def send(self, data: bytes) -> None:
-        self.sock.sendall(data)
-
-    def next_message(self) -> Any:
-        while True:
-            for msg in self.unpacker:
-                return msg
-            data = self.sock.recv(65536)
-            if not data:
-                return None
-            self.unpacker.feed(data)
-
-    def closed_by_peer(self) -> bool:
-        while True:
-            try:
-                data = self.sock.recv(65536)
-            except ConnectionResetError:
-                return True
-            if not data:
-                return True
-
-    def close(self) -> None:
-        self.sock.close()
+    return rawpeer.kernel_addr(farm.cluster_map())
 
 
 @pytest.fixture
