@@ -101,6 +101,8 @@ class SupervisorConfig:
                                       "before SIGKILL", minimum=0.1)
     scale_batch_slots: int = setting(256, "slots moved per step when scaling live: each "
                                      "step pauses writes to its slots only", minimum=1)
+    max_kernels: int = setting(0, "most kernels `scale` may ask for; 0 = four per allowed "
+                               "core (never more than the 16384 slots)", minimum=0)
 
 
 @dataclass(frozen=True)

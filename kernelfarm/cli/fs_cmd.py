@@ -9,6 +9,7 @@ fails, reports each failure on one line, and exits 1, as coreutils do.
 from __future__ import annotations
 
 import argparse
+import posixpath
 import stat as statmod
 import sys
 import time
@@ -208,7 +209,21 @@ def run_mkdir(args: argparse.Namespace) -> int:
     return _each(args, args.paths, one)
 
 
+def is_root(path: str) -> bool:
+    """``/``, ``//``, ``/.``, ``/vol/..``: every spelling of the farm's root."""
+    return posixpath.normpath(path).strip("/") == ""
+
+
 def run_rm(args: argparse.Namespace) -> int:
+    if args.recursive:
+        roots = [path for path in args.paths if is_root(path)]
+        if roots:
+            # GNU rm's --preserve-root: '/' here is every volume of every kernel.
+            print(f"kernelfarm fs rm: refusing to remove '/' ({roots[0]} is every volume of "
+                  "the farm); remove volumes one at a time: kernelfarm fs rm -r /VOLUME",
+                  file=sys.stderr)
+            return 1
+
     def one(fs: Any, path: str) -> None:
         if args.recursive and fs.stat(path)["type"] == "dir":
             _remove_tree(fs, path)

@@ -21,7 +21,8 @@ class ControlService:
         self.sync_methods: dict[str, Callable[..., Any]] = {
             "cluster.map": supervisor.cluster_map}
         self.async_methods: dict[str, Callable[..., Awaitable[Any]]] = {
-            "cluster.status": supervisor.cluster_status, "cluster.scale": supervisor.scaler.scale}
+            "cluster.status": supervisor.cluster_status, "cluster.scale": supervisor.scaler.scale,
+            "cluster.scale_cancel": supervisor.scaler.cancel}
 
     def handle(self, conn: ServerConnection, msgid: int, method: str,
                params: list[Any]) -> list[Any] | None:

@@ -25,8 +25,8 @@ from collections import defaultdict
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from kernelfarm.errors import KernelfarmError
-from kernelfarm.partition import Move, rebalance_plan
+from kernelfarm.errors import KernelfarmError, preview
+from kernelfarm.partition import NSLOTS, Move, rebalance_plan
 
 if TYPE_CHECKING:
     from kernelfarm.supervisor.supervisor import Supervisor
@@ -86,7 +86,16 @@ def _fsync_dir(path: Path) -> None:
 
 
 class Scaler:
-    """Carries out one scale operation at a time for its supervisor."""
+    """Carries out scale operations for its supervisor, one at a time.
+
+    One driver task does the work, apart from the connections that asked for it: a client
+    that goes away does not stop a half-done step.  A new ``scale`` call while one runs
+    retargets it, and ``cancel`` stops it; either takes effect at the next checkpoint —
+    before a kernel is started, before a batch of slots moves — where the slot table is
+    consistent, so nothing is left half-moved.  Kernels a cancelled operation started that
+    own no slot yet are stopped again.  The supervisor aborts the driver first thing when
+    it stops, so SIGTERM during a scale does not wait for the scale.
+    """
 
     def __init__(self, supervisor: Supervisor) -> None:
         self.sup = supervisor
@@ -96,19 +105,81 @@ class Scaler:
         self.done_seconds = 0.0
         self.slots_moved = 0
         """Finished scale operations, their seconds and slots (the metrics export them)."""
-        self._busy = asyncio.Lock()
+        self.target: int | None = None
+        """What the running operation heads for; ``None`` once cancelled."""
+        self._driver: asyncio.Task[dict[str, Any]] | None = None
+
+    def max_kernels(self) -> int:
+        """``supervisor.max_kernels``, or four per allowed core; never above the slots."""
+        configured = self.sup.config.supervisor.max_kernels
+        return min(configured or 4 * len(self.sup.cores), NSLOTS)
 
     async def scale(self, n: int) -> dict[str, Any]:
         if type(n) is not int or n < 1:
-            raise ValueError(f"the farm needs at least one kernel, got {n!r}")
+            raise ValueError(f"the farm needs at least one kernel, got {preview(n)}")
         if self.sup.config.farm.mode == "locked":
             raise KernelfarmError("a locked-mode farm is one kernel; it does not scale")
-        async with self._busy:
-            return await self._scale(n)
+        most = self.max_kernels()
+        if n > most:
+            raise ValueError(f"cannot scale to {n} kernels: this farm allows at most {most} "
+                             f"(supervisor.max_kernels; 0 = four per allowed core, "
+                             f"{len(self.sup.cores)} allowed here)")
+        self.target = n
+        if self._driver is None or self._driver.done():
+            self._driver = self.sup.spawn_task(self._drive())
+        else:
+            log.info("scale retargeted to %d kernels", n)
+        return await asyncio.shield(self._driver)
 
-    async def _scale(self, n: int) -> dict[str, Any]:
+    async def cancel(self) -> dict[str, Any]:
+        """Stop the running operation at its next checkpoint; its summary, or ``None``."""
+        driver = self._driver
+        if driver is None or driver.done():
+            return {"cancelled": False, "kernels": len(self.sup.kernels)}
+        self.target = None
+        log.info("scale cancelled")
+        return await asyncio.shield(driver)
+
+    async def abort(self) -> None:
+        """The supervisor is stopping: end the operation now, wherever it is."""
+        driver = self._driver
+        if driver is not None and not driver.done():
+            driver.cancel()
+            await asyncio.gather(driver, return_exceptions=True)
+
+    async def _drive(self) -> dict[str, Any]:
         sup = self.sup
         started = time.monotonic()
+        original = sorted(sup.kernels)
+        moved = 0
+        try:
+            while self.target is not None:
+                n = self.target
+                moved += await self._scale(n)
+                if self.target == n:
+                    break
+            cancelled = self.target is None
+            if cancelled:
+                for kid in sorted(sup.kernels):
+                    if kid not in original and sup.table is not None \
+                            and not sup.table.counts().get(kid):
+                        await sup.remove_kernel(kid)
+        finally:
+            self.progress = None
+            self.target = None
+        elapsed = time.monotonic() - started
+        self.done += 1
+        self.done_seconds += elapsed
+        self.slots_moved += moved
+        assert sup.table is not None
+        log.info("scaled %d -> %d kernels in %.2f s (%d slots moved%s)", len(original),
+                 len(sup.kernels), elapsed, moved, ", cancelled" if cancelled else "")
+        return {"from": len(original), "to": len(sup.kernels), "moved": moved,
+                "seconds": elapsed, "epoch": sup.table.epoch, "cancelled": cancelled}
+
+    async def _scale(self, n: int) -> int:
+        """Head for ``n`` kernels; return the slots moved, early if the target changed."""
+        sup = self.sup
         before = len(sup.kernels)
         current = sorted(sup.kernels)
         if n > before:
@@ -116,32 +187,32 @@ class Scaler:
             wanted = current + list(range(first, first + n - before))
         else:
             wanted = current[:n]
-        for kid in wanted:
-            if kid not in sup.kernels:
-                await sup.add_kernel(kid)
+        new = [kid for kid in wanted if kid not in sup.kernels]
+        progress: dict[str, Any] = {
+            "from": before, "to": n, "phase": "starting kernels", "kernels_started": 0,
+            "kernels_to_start": len(new), "slots_total": 0, "slots_moved": 0,
+            "started": time.time()}
+        self.progress = progress
+        for kid in new:
+            if self.target != n:
+                return 0
+            await sup.add_kernel(kid)
+            progress["kernels_started"] += 1
         assert sup.table is not None
         plan = rebalance_plan(sup.table, wanted)
         steps = batches(plan, sup.config.supervisor.scale_batch_slots)
-        self.progress = {"from": before, "to": n, "slots_total": len(plan), "slots_moved": 0,
-                         "started": time.time()}
+        progress.update(phase="moving slots", slots_total=len(plan))
         log.info("scaling %d -> %d kernels: %d slots to move in %d steps", before, n,
                  len(plan), len(steps))
-        try:
-            for batch in steps:
-                await self._move(batch)
-                self.progress["slots_moved"] += len(batch)
-            for kid in [k for k in current if k not in wanted]:
-                await sup.remove_kernel(kid)
-        finally:
-            self.progress = None
-        elapsed = time.monotonic() - started
-        self.done += 1
-        self.done_seconds += elapsed
-        self.slots_moved += len(plan)
-        log.info("scaled %d -> %d kernels in %.2f s (%d slots moved)", before, n, elapsed,
-                 len(plan))
-        return {"from": before, "to": n, "moved": len(plan), "seconds": elapsed,
-                "epoch": sup.table.epoch}
+        for batch in steps:
+            if self.target != n:
+                return int(progress["slots_moved"])
+            await self._move(batch)
+            progress["slots_moved"] += len(batch)
+        progress["phase"] = "stopping kernels"
+        for kid in [k for k in current if k not in wanted]:
+            await sup.remove_kernel(kid)
+        return len(plan)
 
     async def _move(self, batch: list[Move]) -> None:
         last: Exception | None = None

@@ -108,9 +108,9 @@ class Supervisor:
                                                  farm.host, self.data_dir)
             booted = [asyncio.Event() for _ in ids]
             for kid in ids:
-                self._spawn_task(self._lifecycle(self.kernels[kid], booted[kid]))
-            all_booted = self._spawn_task(asyncio.gather(*(e.wait() for e in booted)))
-            stopped = self._spawn_task(self._stop.wait())
+                self.spawn_task(self._lifecycle(self.kernels[kid], booted[kid]))
+            all_booted = self.spawn_task(asyncio.gather(*(e.wait() for e in booted)))
+            stopped = self.spawn_task(self._stop.wait())
             await asyncio.wait({all_booted, stopped}, return_when=asyncio.FIRST_COMPLETED)
             if self._all_failed():
                 log.critical("every kernel failed to boot; giving up")
@@ -143,7 +143,8 @@ class Supervisor:
             raise ConfigError(f"cannot serve {what} on {address}: {exc.strerror or exc}",
                               key=key) from exc
 
-    def _spawn_task(self, coro: Awaitable[Any]) -> asyncio.Future[Any]:
+    def spawn_task(self, coro: Awaitable[Any]) -> asyncio.Future[Any]:
+        """Run ``coro`` as one of the supervisor's tasks (cancelled when it stops)."""
         task = asyncio.ensure_future(coro)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
@@ -161,7 +162,7 @@ class Supervisor:
             return
         log.info("received %s: scaling to %d kernels",
                  "SIGTTIN" if delta > 0 else "SIGTTOU", target)
-        self._spawn_task(self._scale_logged(target))
+        self.spawn_task(self._scale_logged(target))
 
     async def _scale_logged(self, n: int) -> None:
         try:
@@ -177,7 +178,7 @@ class Supervisor:
                               self.data_dir)
         self.kernels[kid] = handle
         booted = asyncio.Event()
-        self._spawn_task(self._lifecycle(handle, booted))
+        self.spawn_task(self._lifecycle(handle, booted))
         await booted.wait()
         if handle.state is not KernelState.RUNNING:
             del self.kernels[kid]
@@ -229,6 +230,7 @@ class Supervisor:
 
     async def _shutdown(self) -> None:
         self._stop.set()
+        await self.scaler.abort()  # do not start kernels while stopping them
         timeout = self.config.supervisor.shutdown_timeout
         for handle in self.kernels.values():
             if handle.state is not KernelState.FAILED:
@@ -270,7 +272,7 @@ class Supervisor:
             booted.set()
             log.info("kernel %d running: pid %s, core %d, %s", handle.kernel_id, handle.pid,
                      handle.core, handle.addr)
-            heartbeat = self._spawn_task(self._heartbeat(handle))
+            heartbeat = self.spawn_task(self._heartbeat(handle))
             assert handle.exited is not None
             code = await handle.exited
             heartbeat.cancel()

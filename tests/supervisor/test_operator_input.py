@@ -1,0 +1,110 @@
+"""What an operator types must not hurt the farm: sizes it cannot run are refused at once,
+a long scale shows progress and can be cancelled or retargeted, SIGTERM does not wait for
+it, and ``fs rm -r /`` is refused."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+
+from farmctl import Farm, start_farm, wait_until
+from kernelfarm.partition import NSLOTS
+
+
+def cli(farm: Farm, *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "kernelfarm", *args, "--control",
+                           farm.control_str], capture_output=True, text=True, timeout=timeout)
+
+
+def owners(cluster_map: dict[str, Any]) -> dict[int, int]:
+    counts: dict[int, int] = {}
+    for first, last, kid in cluster_map["slots"]:
+        counts[kid] = counts.get(kid, 0) + last - first + 1
+    return counts
+
+
+def test_scale_beyond_max_kernels_is_refused_at_once(tmp_path: Path) -> None:
+    with start_farm(tmp_path, 1) as farm:
+        started = time.monotonic()
+        result = cli(farm, "scale", "100000")
+        assert time.monotonic() - started < 10  # the CLI's start-up, not 100,000 kernels
+        assert result.returncode != 0
+        most = 4 * len(os.sched_getaffinity(0))  # the default: four per allowed core
+        assert f"at most {most}" in result.stderr, result.stderr
+        assert "supervisor.max_kernels" in result.stderr
+        assert "Traceback" not in result.stderr
+        result = cli(farm, "scale", "0")
+        assert result.returncode != 0 and "at least one kernel" in result.stderr
+        assert len(farm.cluster_map()["kernels"]) == 1
+
+
+def test_scale_prints_progress_and_ctrl_c_cancels_cleanly(tmp_path: Path) -> None:
+    # 7 kernels to boot and 896 batches to move: the first progress line comes long
+    # before the end, and Ctrl-C then lands in the middle.
+    config = "[supervisor]\nscale_batch_slots = 16\n"
+    with start_farm(tmp_path, 1, config_text=config) as farm:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "kernelfarm", "scale", "8", "--control", farm.control_str],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        assert proc.stdout is not None
+        first = proc.stdout.readline()  # progress arrives while the scale runs
+        assert first.startswith("scaling 1 -> 8 kernels:"), first
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=60)
+        assert proc.returncode == 0, err
+        assert "cancelling" in err and out.strip().endswith("cancelled"), (out, err)
+        # A consistent farm: every slot owned by a running kernel, no idle kernel left.
+        cluster = farm.cluster_map()
+        assert sum(owners(cluster).values()) == NSLOTS
+        assert set(owners(cluster)) == {k["id"] for k in cluster["kernels"]}
+        assert all(k["state"] == "running" for k in cluster["kernels"])
+        assert len(cluster["kernels"]) < 8
+        assert farm.client().status()["migration"] is None
+
+
+def test_a_new_scale_call_retargets_the_running_one(tmp_path: Path) -> None:
+    config = "[supervisor]\nscale_batch_slots = 1024\n"
+    with start_farm(tmp_path, 1, config_text=config) as farm:
+        outcome: list[dict[str, Any]] = []
+        grow = threading.Thread(target=lambda: outcome.append(farm.client().scale(4)))
+        grow.start()
+        wait_until(lambda: farm.client().status()["migration"], what="the scale to start")
+        result = farm.client().scale(2)
+        grow.join(timeout=120)
+        assert result["to"] == 2 and outcome[0]["to"] == 2
+        cluster = farm.cluster_map()
+        assert len(cluster["kernels"]) == 2
+        assert sorted(owners(cluster).values()) == [NSLOTS // 2, NSLOTS // 2]
+
+
+def test_sigterm_during_a_scale_stops_promptly(tmp_path: Path) -> None:
+    config = "[supervisor]\nscale_batch_slots = 1\nmax_kernels = 6\n"
+    with start_farm(tmp_path, 1, config_text=config) as farm:
+        assert "at most 6" in cli(farm, "scale", "7").stderr  # the configured limit
+        threading.Thread(target=lambda: cli(farm, "scale", "6"), daemon=True).start()
+        wait_until(lambda: farm.client().status()["migration"], what="the scale to start")
+        started = time.monotonic()
+        farm.proc.send_signal(signal.SIGTERM)
+        farm.proc.wait(timeout=30)
+        elapsed = time.monotonic() - started
+        assert elapsed < 8.0 and farm.proc.returncode == 0, (elapsed, farm.log()[-3000:])
+
+
+def test_rm_r_of_the_root_is_refused(tmp_path: Path) -> None:
+    with start_farm(tmp_path, 1) as farm:
+        client = farm.client()
+        client.fs.mkdir("/keep")
+        client.fs.write_file("/keep/f", b"precious")
+        for args in (["fs", "rm", "-r", "/"], ["fs", "rm", "-r", "//"],
+                     ["fs", "rm", "-r", "/keep/.."]):
+            result = cli(farm, *args)
+            assert result.returncode != 0, args
+            assert "refusing to remove '/'" in result.stderr, result.stderr
+        assert client.fs.read_file("/keep/f") == b"precious"
