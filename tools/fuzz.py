@@ -31,12 +31,14 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import msgpack
 import psutil
 
 from kernelfarm.supervisor import launch
+
+pack: Callable[[Any], bytes] = msgpack.packb
 
 METHODS = [
     "kernel.ping", "kernel.stats",
@@ -138,9 +140,9 @@ class Generator:
             self.usual_count(method)
         params = [self.param(method, i) for i in range(count)]
         try:
-            return msgpack.packb([0, msgid, method, params])
+            return pack([0, msgid, method, params])
         except (ValueError, OverflowError, TypeError):  # nesting past msgpack's limit
-            return msgpack.packb([0, msgid, method, []])
+            return pack([0, msgid, method, []])
 
     @staticmethod
     def usual_count(method: str) -> int:
@@ -180,7 +182,7 @@ class Generator:
         else:
             obj = [2, self.value(), self.value()]
         try:
-            return msgpack.packb(obj)
+            return pack(obj)
         except (ValueError, OverflowError, TypeError):
             return b"\xc0"
 

@@ -107,7 +107,7 @@ class Scaler:
         """Finished scale operations, their seconds and slots (the metrics export them)."""
         self.target: int | None = None
         """What the running operation heads for; ``None`` once cancelled."""
-        self._driver: asyncio.Task[dict[str, Any]] | None = None
+        self._driver: asyncio.Future[dict[str, Any]] | None = None
 
     def max_kernels(self) -> int:
         """``supervisor.max_kernels``, or four per allowed core; never above the slots."""
