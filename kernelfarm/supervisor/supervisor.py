@@ -24,7 +24,7 @@ from kernelfarm.config import Config, data_path
 from kernelfarm.errors import ConfigError, KernelfarmError, Timeout
 from kernelfarm.hostport import parse_hostport
 from kernelfarm.partition import NSLOTS, SlotTable, initial_assignment
-from kernelfarm.rpc.server import connection_factory
+from kernelfarm.rpc.server import ConnectionLimit, connection_factory
 from kernelfarm.supervisor.control import ControlService
 from kernelfarm.supervisor.handle import KernelHandle, KernelState, bind_listener
 from kernelfarm.supervisor.metrics import MetricsEndpoint
@@ -96,7 +96,9 @@ class Supervisor:
                 control_sock.close()
                 raise
         server = await loop.create_server(
-            connection_factory(ControlService(self), self.config.rpc), sock=control_sock)
+            connection_factory(ControlService(self), self.config.rpc,
+                               limit=ConnectionLimit(self.config.rpc.max_connections)),
+            sock=control_sock)
         metrics = MetricsEndpoint(self)
         if metrics_sock is not None:
             await metrics.start(metrics_sock)
