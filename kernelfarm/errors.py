@@ -153,9 +153,9 @@ def to_wire(exc: BaseException) -> dict[str, Any]:
         wire = {"code": "EINVAL", "message": f"invalid parameters: {exc}"}
     else:
         wire = {"code": "EIO", "message": f"internal error: {type(exc).__name__}: {exc}"}
-    message = wire.get("message")
-    if isinstance(message, str) and len(message) > MAX_MESSAGE_CHARS:
-        wire["message"] = message[:MAX_MESSAGE_CHARS] + "..."
+    text = wire.get("message")
+    if isinstance(text, str) and len(text) > MAX_MESSAGE_CHARS:
+        wire["message"] = text[:MAX_MESSAGE_CHARS] + "..."
     return wire
 
 

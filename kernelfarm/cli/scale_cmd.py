@@ -55,7 +55,7 @@ def run(args: argparse.Namespace) -> int:
             outcome["error"] = exc
 
     worker = threading.Thread(target=scale, name="scale", daemon=True)
-    watcher = BlockingConnection(*addr, timeout=STATUS_TIMEOUT_S)
+    watcher = BlockingConnection(*addr)
     try:
         worker.start()
         last = None
@@ -64,14 +64,15 @@ def run(args: argparse.Namespace) -> int:
                 worker.join(POLL_S)
                 if not worker.is_alive():
                     break
-                line = describe(watcher.call("cluster.status", [])["migration"])
+                status = watcher.call("cluster.status", timeout=STATUS_TIMEOUT_S)
+                line = describe(status["migration"])
                 if line is not None and line != last:
                     print(line, flush=True)
                     last = line
         except KeyboardInterrupt:
             print("kernelfarm: cancelling; the farm stops at its next consistent step",
                   file=sys.stderr, flush=True)
-            watcher.call("cluster.scale_cancel", [], None)
+            watcher.call("cluster.scale_cancel")
             worker.join()
     finally:
         watcher.close()
