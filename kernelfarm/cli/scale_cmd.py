@@ -10,6 +10,7 @@ the command prints where the farm ended up.  The supervisor refuses a size above
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
 import threading
 from typing import Any
@@ -55,27 +56,33 @@ def run(args: argparse.Namespace) -> int:
             outcome["error"] = exc
 
     worker = threading.Thread(target=scale, name="scale", daemon=True)
+    interrupted = threading.Event()
+    # Ctrl-C only sets a flag: a KeyboardInterrupt in the middle of a status call or of
+    # Thread.join() would leave either half-done.
+    previous = signal.signal(signal.SIGINT, lambda signum, frame: interrupted.set())
     watcher = BlockingConnection(*addr)
     try:
         worker.start()
         last = None
-        try:
-            while worker.is_alive():
-                worker.join(POLL_S)
-                if not worker.is_alive():
-                    break
-                status = watcher.call("cluster.status", timeout=STATUS_TIMEOUT_S)
-                line = describe(status["migration"])
-                if line is not None and line != last:
-                    print(line, flush=True)
-                    last = line
-        except KeyboardInterrupt:
-            print("kernelfarm: cancelling; the farm stops at its next consistent step",
-                  file=sys.stderr, flush=True)
-            watcher.call("cluster.scale_cancel")
-            worker.join()
+        cancelled = False
+        while worker.is_alive():
+            worker.join(POLL_S)
+            if not worker.is_alive():
+                break
+            if interrupted.is_set() and not cancelled:
+                print("kernelfarm: cancelling; the farm stops at its next consistent step",
+                      file=sys.stderr, flush=True)
+                watcher.call("cluster.scale_cancel")
+                cancelled = True
+                continue
+            status = watcher.call("cluster.status", timeout=STATUS_TIMEOUT_S)
+            line = describe(status["migration"])
+            if line is not None and line != last:
+                print(line, flush=True)
+                last = line
     finally:
         watcher.close()
+        signal.signal(signal.SIGINT, previous)
     if "error" in outcome:
         raise outcome["error"]
     result = outcome["result"]
