@@ -30,12 +30,15 @@ import pyfuse3
 
 from kernelfarm.mount.attrs import Caching, entry_attributes, fuse_errors
 from kernelfarm.mount.inodes import InodeTable
+from kernelfarm.mount.readahead import ReadAhead
 from kernelfarm.mount.writeback import InflightBudget, WriteBehind
 
 log = logging.getLogger(__name__)
 
 CHUNK_BYTES = 1024 * 1024
 INFLIGHT_BYTES = 64 * 1024 * 1024
+READAHEAD_BLOCK_BYTES = 1024 * 1024
+READAHEAD_DEPTH = 4
 READDIR_BATCH = 128
 HIDDEN_PREFIX = ".kfmount-unlinked-"
 """An unlinked file that is still open is renamed to this prefix + its inode number and
@@ -72,6 +75,7 @@ class FarmOperations(pyfuse3.Operations):
         self.uid, self.gid = os.getuid(), os.getgid()
         self.budget = InflightBudget(inflight_bytes)
         self.pending: dict[int, WriteBehind] = {}
+        self.ahead: dict[int, ReadAhead] = {}    # inode -> blocks read ahead
         self.handles: dict[int, int] = {}        # file handle -> inode
         self.opens: dict[int, int] = {}          # inode -> open handles
         self.unlinked: set[int] = set()          # open, unlinked, hidden until last close
@@ -159,6 +163,7 @@ class FarmOperations(pyfuse3.Operations):
             self._writable()
         path = self._path(inode)
         await self._drain(inode)
+        self._changed(inode)
         # One at a time, in order: a later change must not happen if an earlier one failed.
         if fields.update_size:
             await self.fs.truncate(path, attr.st_size)
@@ -296,6 +301,7 @@ class FarmOperations(pyfuse3.Operations):
         path = self._path(inode)
         if flags & os.O_TRUNC:
             await self._drain(inode)
+            self._changed(inode)
             await self.fs.truncate(path, 0)
         return self._open_handle(inode)
 
@@ -308,16 +314,34 @@ class FarmOperations(pyfuse3.Operations):
             behind = self.pending[ino] = WriteBehind(send, self.budget, self.chunk_bytes)
         return behind
 
+    def _ahead(self, ino: int) -> ReadAhead:
+        ahead = self.ahead.get(ino)
+        if ahead is None:
+            async def fetch(offset: int, size: int) -> bytes:
+                data: bytes = await self.fs.pread(self._path(ino), offset, size)
+                return data
+
+            ahead = self.ahead[ino] = ReadAhead(fetch, READAHEAD_BLOCK_BYTES,
+                                                READAHEAD_DEPTH)
+        return ahead
+
+    def _changed(self, ino: int) -> None:
+        """This mount changes the file: blocks read ahead are stale."""
+        ahead = self.ahead.get(ino)
+        if ahead is not None:
+            ahead.drop()
+
     @fuse_errors
     async def read(self, fh: int, off: int, size: int) -> bytes:
         ino = self.handles[fh]
         await self._drain(ino)
-        data: bytes = await self.fs.pread(self._path(ino), off, size)
-        return data
+        return await self._ahead(ino).read(off, size)
 
     @fuse_errors
     async def write(self, fh: int, off: int, buf: bytes) -> int:
-        await self._behind(self.handles[fh]).write(off, buf)
+        ino = self.handles[fh]
+        self._changed(ino)
+        await self._behind(ino).write(off, buf)
         return len(buf)
 
     @fuse_errors
@@ -340,6 +364,7 @@ class FarmOperations(pyfuse3.Operations):
             if not self.opens[ino]:
                 del self.opens[ino]
                 self.pending.pop(ino, None)
+                self.ahead.pop(ino, None)
                 if ino in self.unlinked:
                     self.unlinked.discard(ino)
                     await self._remove_hidden(ino)

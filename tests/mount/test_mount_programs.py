@@ -200,3 +200,19 @@ def test_an_unlinked_open_file_stays_readable(farm: Farm, mount: Mount) -> None:
         assert not (d / "f").exists()
         assert f.read() == b"still here"
     assert os.listdir(d) == [] and farm.client().fs.listdir("/unlinked") == []
+
+
+def test_read_ahead_never_serves_what_this_mount_overwrote(mount: Mount) -> None:
+    """Reading in order fetches blocks ahead; a write must make them stale at once."""
+    d = mount.path / "ahead"
+    d.mkdir()
+    (d / "f").write_bytes(b"a" * 4_000_000)
+    with open(d / "f", "r+b", buffering=0) as f:
+        assert f.read(131072) == b"a" * 131072       # sequential: blocks 0..4 on their way
+        assert f.read(131072) == b"a" * 131072
+        f.seek(2_500_000)
+        f.write(b"b" * 1000)                          # inside a block already fetched
+        f.seek(262144)
+        rest = f.read(4_000_000)
+    assert rest[2_500_000 - 262144:][:1000] == b"b" * 1000
+    assert rest.count(b"b") == 1000
