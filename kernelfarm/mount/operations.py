@@ -24,7 +24,7 @@ import logging
 import os
 import stat as statmod
 from dataclasses import dataclass
-from typing import Any, Awaitable, Sequence
+from typing import Any, Awaitable, Callable, Sequence
 
 import pyfuse3
 
@@ -164,13 +164,20 @@ class FarmOperations(pyfuse3.Operations):
         path = self._path(inode)
         await self._drain(inode)
         self._changed(inode)
-        # One at a time, in order: a later change must not happen if an earlier one failed.
+        calls: list[Callable[[], Awaitable[None]]] = []
         if fields.update_size:
-            await self.fs.truncate(path, attr.st_size)
+            calls.append(lambda: self.fs.truncate(path, attr.st_size))
         if fields.update_mode:
-            await self.fs.chmod(path, attr.st_mode & 0o7777)
+            calls.append(lambda: self.fs.chmod(path, attr.st_mode & 0o7777))
         if fields.update_mtime:
-            await self.fs.utime(path, attr.st_mtime_ns)
+            calls.append(lambda: self.fs.utime(path, attr.st_mtime_ns))
+        if len(calls) == 1:  # what programs send (truncate, chmod, utimensat): one trip
+            _, st = await self._together(calls[0](), self.fs.stat(path))
+            if isinstance(st, BaseException):
+                st = await self.fs.stat(path)
+            return self._attrs(inode, st)
+        for call in calls:  # in order: a later change must not happen if one failed
+            await call()
         return self._attrs(inode, await self.fs.stat(path))
 
     @fuse_errors
