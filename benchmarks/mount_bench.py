@@ -13,8 +13,8 @@ side by side in one run (the machine is noisy), ``--repeat`` times, best of each
 
 The farm runs 2 kernels with ``[fs] max_file_bytes`` raised to fit the 256 MiB file,
 ``snapshot_journal_bytes`` raised past the run's writes, and the ``fsync`` policy given
-(default ``never``: the passthrough does not fsync either, so both stop at the page cache).
-Results: ``results/mount_bench.json``, ``.md`` and ``.png``.
+(default ``never``: the passthrough does not fsync either, so both stop at the page
+cache).  Results: ``results/mount_bench.json``, ``.md`` and ``.png``.
 
     python benchmarks/mount_bench.py [--size-mib 256] [--files 10000] [--repeat 2]
                                      [--fsync never|batch|always] [--out DIR]
@@ -167,13 +167,13 @@ def run_all(roots: dict[str, Path], args: argparse.Namespace, source: Path,
 
     for round_ in range(args.repeat):
         for system, root in roots.items():
-            steps: list[tuple[str, Callable[[], float]]] = [
-                ("seq-write", lambda root=root: seq_write(root, size)),
-                ("seq-read", lambda root=root: seq_read(root, size)),
-                ("small-files", lambda root=root: small_files(root, args.files)),
-                ("cp-a", lambda root=root: cp_tree(root, source))]
+            steps: list[tuple[str, Callable[[Path], float]]] = [
+                ("seq-write", lambda r: seq_write(r, size)),
+                ("seq-read", lambda r: seq_read(r, size)),
+                ("small-files", lambda r: small_files(r, args.files)),
+                ("cp-a", lambda r: cp_tree(r, source))]
             for workload, step in steps:
-                value = step()
+                value = step(root)
                 console.print(f"round {round_ + 1} {system:<12} {workload:<12} {value:10.2f}")
                 keep(workload, system, value)
             clean(root)

@@ -25,7 +25,7 @@ import uvloop
 TIMEOUT_S = 1.0
 
 
-class Passthrough(pyfuse3.Operations):  # type: ignore[misc]
+class Passthrough(pyfuse3.Operations):
     supports_dot_lookup = False
     enable_writeback_cache = False
 
@@ -44,7 +44,7 @@ class Passthrough(pyfuse3.Operations):  # type: ignore[misc]
         try:
             st = os.lstat(path)
         except OSError as exc:
-            raise pyfuse3.FUSEError(exc.errno) from None
+            raise pyfuse3.FUSEError(exc.errno or errno.EIO) from None
         ino = pyfuse3.ROOT_INODE if path == self.paths[pyfuse3.ROOT_INODE] else st.st_ino
         self.paths[ino] = path
         attrs = pyfuse3.EntryAttributes()
@@ -78,7 +78,7 @@ class Passthrough(pyfuse3.Operations):  # type: ignore[misc]
                 os.utime(path, ns=(attr.st_atime_ns, attr.st_mtime_ns),
                          follow_symlinks=False)
         except OSError as exc:
-            raise pyfuse3.FUSEError(exc.errno) from None
+            raise pyfuse3.FUSEError(exc.errno or errno.EIO) from None
         return self._attrs(path)
 
     async def readlink(self, inode: int, ctx: Any = None) -> bytes:

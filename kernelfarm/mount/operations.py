@@ -63,13 +63,13 @@ class FarmOperations(pyfuse3.Operations):
     supports_dot_lookup = False
     enable_writeback_cache = False
 
-    def __init__(self, fs: Any, *, read_only: bool = False, caching: Caching = Caching(),
+    def __init__(self, fs: Any, *, read_only: bool = False, caching: Caching | None = None,
                  chunk_bytes: int = CHUNK_BYTES, inflight_bytes: int = INFLIGHT_BYTES
                  ) -> None:
         super().__init__()
         self.fs = fs
         self.read_only = read_only
-        self.caching = caching
+        self.caching = caching or Caching()
         self.chunk_bytes = chunk_bytes
         self.inodes = InodeTable()
         self.uid, self.gid = os.getuid(), os.getgid()

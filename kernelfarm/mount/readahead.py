@@ -53,7 +53,7 @@ class ReadAhead:
         except Exception:
             self.drop()
             raise
-        for index, part in zip(range(first, last + 1), parts):
+        for index, part in zip(range(first, last + 1), parts, strict=True):
             if len(part) < self._block:
                 self._end = index + 1
         start = offset - first * self._block
