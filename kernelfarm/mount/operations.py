@@ -76,6 +76,7 @@ class FarmOperations(pyfuse3.Operations):
         self.budget = InflightBudget(inflight_bytes)
         self.pending: dict[int, WriteBehind] = {}
         self.ahead: dict[int, ReadAhead] = {}    # inode -> blocks read ahead
+        self.seen: dict[int, dict[str, Any]] = {}  # inode -> the last stat answered for it
         self.handles: dict[int, int] = {}        # file handle -> inode
         self.opens: dict[int, int] = {}          # inode -> open handles
         self.unlinked: set[int] = set()          # open, unlinked, hidden until last close
@@ -85,6 +86,7 @@ class FarmOperations(pyfuse3.Operations):
     # -- helpers ------------------------------------------------------------------------
 
     def _attrs(self, ino: int, st: dict[str, Any]) -> pyfuse3.EntryAttributes:
+        self.seen[ino] = st
         return entry_attributes(ino, st, self.uid, self.gid, self.caching)
 
     def _path(self, ino: int) -> str:
@@ -140,16 +142,20 @@ class FarmOperations(pyfuse3.Operations):
     async def forget(self, inode_list: Sequence[tuple[int, int]]) -> None:
         for ino, count in inode_list:
             self.inodes.forget(ino, count)
+            self.seen.pop(ino, None)
 
     @fuse_errors
     async def getattr(self, inode: int, ctx: Any = None) -> pyfuse3.EntryAttributes:
-        st = await self.fs.stat(self._path(inode))
-        behind = self.pending.get(inode)
-        if behind is not None and not behind.idle:
-            # Not drained: the kernel asks after every write, which would make write-behind
-            # one round trip per write.  The size counts the writes still on their way.
-            st["size"] = max(st["size"], behind.end())
-        return self._attrs(inode, st)
+        # Not drained: the kernel asks after every write, which would make write-behind
+        # one round trip per write.  The size counts the writes still on their way.
+        return self._attrs(inode, self._with_pending(inode, await self.fs.stat(
+            self._path(inode))))
+
+    def _with_pending(self, ino: int, st: dict[str, Any]) -> dict[str, Any]:
+        behind = self.pending.get(ino)
+        if behind is not None and not behind.idle and behind.end() > st["size"]:
+            st = {**st, "size": behind.end()}
+        return st
 
     @fuse_errors
     async def setattr(self, inode: int, attr: pyfuse3.EntryAttributes,
@@ -159,6 +165,10 @@ class FarmOperations(pyfuse3.Operations):
                 (fields.update_gid and attr.st_gid != self.gid):
             raise _fail(errno.EPERM)  # the farm keeps no owner: only "no change" succeeds
         changes = fields.update_size or fields.update_mode or fields.update_mtime
+        if not changes and inode in self.seen:
+            # chown to the same owner (cp -a, rsync -a as root), atime alone: nothing to
+            # change, so no trip to the farm; the answer is as fresh as the kernel's cache.
+            return self._attrs(inode, self._with_pending(inode, self.seen[inode]))
         if changes:
             self._writable()
         path = self._path(inode)
