@@ -205,8 +205,9 @@ def report(best: dict[str, dict[str, float]], meta: dict[str, Any], out: Path,
         table.add_column(column, justify="left" if column == "workload" else "right")
     for row in rows:
         share = f"{row['mount_share_of_passthrough']:.2f}"
-        cells = [f"{row['workload']} ({row['unit']})", f"{row['mount']:,.1f}",
-                 f"{row['passthrough']:,.1f}", share]
+        digits = 2 if row["unit"] == "s" else 1
+        cells = [f"{row['workload']} ({row['unit']})", f"{row['mount']:,.{digits}f}",
+                 f"{row['passthrough']:,.{digits}f}", share]
         lines.append("| " + " | ".join(cells) + " |")
         table.add_row(*cells)
     (out / "mount_bench.md").write_text("\n".join(lines) + "\n")
