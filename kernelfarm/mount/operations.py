@@ -146,8 +146,12 @@ class FarmOperations(pyfuse3.Operations):
 
     @fuse_errors
     async def getattr(self, inode: int, ctx: Any = None) -> pyfuse3.EntryAttributes:
-        # Not drained: the kernel asks after every write, which would make write-behind
-        # one round trip per write.  The size counts the writes still on their way.
+        # The kernel asks after every write.  While writes are still on their way the farm
+        # has nothing newer to say than the last answer and the pending size (its mtime
+        # moves when they land): draining or asking would cost a round trip per write.
+        behind = self.pending.get(inode)
+        if behind is not None and not behind.idle and inode in self.seen:
+            return self._attrs(inode, self._with_pending(inode, self.seen[inode]))
         return self._attrs(inode, self._with_pending(inode, await self.fs.stat(
             self._path(inode))))
 
