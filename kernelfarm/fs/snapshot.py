@@ -22,6 +22,7 @@ from typing import Any, BinaryIO, Iterator
 
 import msgpack
 
+from kernelfarm import durable
 from kernelfarm.fs import journal
 from kernelfarm.fs.tree import ROOT_INO, Dir, File, Inode, Limits, Symlink, Tree
 
@@ -73,7 +74,7 @@ def write(path: str, tree: Tree, generation: int) -> int:
         except FileNotFoundError:
             pass
         raise
-    sync_dir(os.path.dirname(path))
+    durable.sync_dir(os.path.dirname(path))
     return size
 
 
@@ -140,12 +141,3 @@ def _attach(tree: Tree, parent: Dir, name: str, node: Inode) -> None:
     else:
         assert isinstance(node, Symlink)
         tree.bytes_used += node.size
-
-
-def sync_dir(path: str) -> None:
-    """fsync a directory, so that entries created, renamed or removed in it are durable."""
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

@@ -23,6 +23,7 @@ from typing import Any, Callable
 
 import msgpack
 
+from kernelfarm import durable
 from kernelfarm.errors import posix
 from kernelfarm.fs import snapshot, store
 from kernelfarm.fs.journal import Journal
@@ -67,19 +68,16 @@ class Volume:
     def create(cls, name: str, directory: str, perm: int, now: int, limits: Limits) -> Volume:
         """Create the volume's directory atomically and durably (built aside, renamed in)."""
         parent, base = os.path.split(directory)
-        os.makedirs(parent, exist_ok=True)
+        durable.makedirs(parent)
         building = os.path.join(parent, store.CREATING + base)
         store.clear(building)
         os.mkdir(building, 0o700)
-        with open(os.path.join(building, NAME_FILE), "wb") as fh:
-            fh.write(name.encode("utf-8"))
-            os.fsync(fh.fileno())
-        journal_path = os.path.join(building, JOURNAL_PREFIX + "0")
-        open(journal_path, "xb").close()
+        durable.create_file(os.path.join(building, NAME_FILE), name.encode("utf-8"))
+        durable.create_file(os.path.join(building, JOURNAL_PREFIX + "0"), b"")
         tree = Tree.new(name, perm, now, limits)
-        size = snapshot.write(os.path.join(building, SNAPSHOT), tree, 0)  # fsyncs the dir
+        size = snapshot.write(os.path.join(building, SNAPSHOT), tree, 0)  # fsyncs building
         os.rename(building, directory)
-        snapshot.sync_dir(parent)
+        durable.sync_dir(parent)
         journal = Journal(os.path.join(directory, JOURNAL_PREFIX + "0"), 0)
         return cls(name, directory, tree, journal, 0, size)
 
@@ -111,7 +109,7 @@ class Volume:
         removing = os.path.join(parent, store.REMOVING + base)
         store.clear(removing)
         os.rename(self.directory, removing)
-        snapshot.sync_dir(parent)
+        durable.sync_dir(parent)
         store.clear(removing)
 
     # -- changes -----------------------------------------------------------------------------
@@ -145,8 +143,8 @@ class Volume:
         """Write the whole tree, then restart the journal empty (the journal is flushed)."""
         generation = self.generation + 1
         new_path = os.path.join(self.directory, JOURNAL_PREFIX + str(generation))
-        open(new_path, "wb").close()
-        snapshot.sync_dir(self.directory)
+        durable.create_file(new_path, b"")
+        durable.sync_dir(self.directory)
         try:
             size = snapshot.write(os.path.join(self.directory, SNAPSHOT), self.tree,
                                   generation)

@@ -19,12 +19,12 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import os
 import time
 from collections import defaultdict
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from kernelfarm import durable
 from kernelfarm.errors import KernelfarmError, preview
 from kernelfarm.partition import NSLOTS, Move, rebalance_plan
 
@@ -54,16 +54,11 @@ class MigrationRecord:
     def begin(self, epoch: int, batch: list[Move]) -> None:
         record = {"epoch": epoch, "source": batch[0].source, "target": batch[0].target,
                   "slots": [m.slot for m in batch], "started": time.time()}
-        tmp = self.path.with_suffix(".tmp")
-        with open(tmp, "w") as fh:
-            json.dump(record, fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, self.path)
-        _fsync_dir(self.path.parent)
+        durable.write_file(self.path, json.dumps(record).encode(), 0o644)
 
     def end(self) -> None:
-        self.path.unlink(missing_ok=True)
+        """Forget the record durably: a stale one would report a finished batch as cut."""
+        durable.remove(self.path)
 
     def interrupted(self) -> dict[str, Any] | None:
         """The batch a previous supervisor did not finish, if any (then forgotten)."""
@@ -75,14 +70,6 @@ class MigrationRecord:
             record = {"unreadable": str(exc)}
         self.end()
         return record
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 class Scaler:

@@ -19,6 +19,7 @@ import sys
 import time
 from typing import Any, Awaitable, Callable
 
+from kernelfarm import durable
 from kernelfarm.boot import BootInfo
 from kernelfarm.config import Config, data_path
 from kernelfarm.errors import ConfigError, KernelfarmError, Timeout
@@ -334,7 +335,7 @@ class Supervisor:
 
     def _lock_data_dir(self) -> None:
         try:
-            self.data_dir.mkdir(parents=True, exist_ok=True)
+            durable.makedirs(self.data_dir)  # a power cut must not lose it under volumes
         except OSError as exc:
             raise ConfigError(f"data dir {self.data_dir} cannot be created: {exc}") from exc
         if not self.data_dir.is_dir():
