@@ -13,7 +13,7 @@ from typing import Iterator
 
 import pytest
 
-from farmctl import wait_until
+from farmctl import gone, wait_until
 
 HERE = Path(__file__).resolve().parent
 
@@ -80,6 +80,19 @@ class PowerCut:
     def cut(self) -> None:
         """Drop everything not durable (call after the writers are dead)."""
         self.command("cut")
+
+    def power_cut(self, pids: list[int]) -> None:
+        """The power goes (every call fails from now), every process in ``pids`` is
+        SIGKILLed and reaped, then what was not durable is dropped."""
+        self.command("freeze")
+        for pid in pids:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        for pid in pids:
+            wait_until(lambda: gone(pid), timeout=20, what=f"pid {pid} to die")
+        self.cut()
 
     def stop(self) -> None:
         proc, self.proc = self.proc, None

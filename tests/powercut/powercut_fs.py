@@ -20,7 +20,8 @@ too): it is the POSIX promise, and code that is durable here is durable there.  
 time changes pass straight through (recovery does not rely on them).
 
 The control socket CONTROL takes one line per connection and answers one line:
-``cut`` (drop everything not durable), ``fail-fsync on|off``, ``capacity BYTES|none``,
+``freeze`` (the power goes: every call fails with EIO), ``cut`` (drop everything not
+durable, and power comes back), ``fail-fsync on|off``, ``capacity BYTES|none``,
 ``stats`` (JSON).  Every FUSE handler here runs to completion without awaiting, so a
 command never interleaves with a half-done operation.
 """
@@ -135,6 +136,7 @@ class PowerCutFS(pyfuse3.Operations):
         self.handles = itertools.count(1)
         self.graves = itertools.count(1)
         self.fail_fsync = False
+        self.frozen = False  # power gone: every call fails until the cut is done
         self.capacity: int | None = None
         self.used = 0
         self.counts = {"cuts": 0, "writes_dropped": 0, "changes_undone": 0, "fsyncs": 0,
@@ -142,6 +144,10 @@ class PowerCutFS(pyfuse3.Operations):
         self.used = self._measure()
 
     # -- inodes ------------------------------------------------------------------------------
+
+    def _power(self) -> None:
+        if self.frozen:
+            raise fail(errno.EIO)
 
     def _ino(self, st: os.stat_result) -> int:
         return pyfuse3.ROOT_INODE if st.st_ino == self.root_ino else st.st_ino
@@ -210,6 +216,7 @@ class PowerCutFS(pyfuse3.Operations):
 
     async def lookup(self, parent_inode: int, name: bytes, ctx: Any
                      ) -> pyfuse3.EntryAttributes:
+        self._power()
         return self._entry(self._node(parent_inode).fd, name)
 
     async def forget(self, inode_list: Any) -> None:
@@ -223,10 +230,12 @@ class PowerCutFS(pyfuse3.Operations):
                 os.close(node.fd)
 
     async def getattr(self, inode: int, ctx: Any) -> pyfuse3.EntryAttributes:
+        self._power()
         return self._attrs(inode, self._stat(inode))
 
     async def setattr(self, inode: int, attr: Any, fields: Any, fh: Any, ctx: Any
                       ) -> pyfuse3.EntryAttributes:
+        self._power()
         path = self._proc(inode)
         try:
             if fields.update_size:
@@ -273,6 +282,7 @@ class PowerCutFS(pyfuse3.Operations):
     # -- files -------------------------------------------------------------------------------
 
     async def open(self, inode: int, flags: int, ctx: Any) -> pyfuse3.FileInfo:
+        self._power()
         try:
             fd = os.open(self._proc(inode), os.O_RDWR | os.O_CLOEXEC)
         except OSError as exc:
@@ -288,6 +298,7 @@ class PowerCutFS(pyfuse3.Operations):
 
     async def create(self, parent_inode: int, name: bytes, mode: int, flags: int, ctx: Any
                      ) -> tuple[pyfuse3.FileInfo, pyfuse3.EntryAttributes]:
+        self._power()
         parent = self._node(parent_inode).fd
         try:
             fd = os.open(name, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC,
@@ -304,6 +315,7 @@ class PowerCutFS(pyfuse3.Operations):
         return self._file(attrs.st_ino, fd, flags), attrs
 
     async def read(self, fh: int, off: int, size: int) -> bytes:
+        self._power()
         ino, fd, _ = self.files[fh]
         overlay = self.overlays.get(ino)
         if overlay is None:
@@ -311,6 +323,7 @@ class PowerCutFS(pyfuse3.Operations):
         return overlay.read(fd, off, size)
 
     async def write(self, fh: int, off: int, buf: bytes) -> int:
+        self._power()
         ino, _, append = self.files[fh]
         overlay = self._overlay(ino)
         if append:
@@ -327,6 +340,7 @@ class PowerCutFS(pyfuse3.Operations):
         os.close(fd)
 
     async def fsync(self, fh: int, datasync: bool) -> None:
+        self._power()
         if self.fail_fsync:
             self.counts["eio"] += 1
             raise fail(errno.EIO)
@@ -339,6 +353,7 @@ class PowerCutFS(pyfuse3.Operations):
     # -- directories -------------------------------------------------------------------------
 
     async def opendir(self, inode: int, ctx: Any) -> int:
+        self._power()
         try:
             names = sorted(os.fsencode(n) for n in os.listdir(self._proc(inode)))
         except OSError as exc:
@@ -363,6 +378,7 @@ class PowerCutFS(pyfuse3.Operations):
         del self.dirs[fh]
 
     async def fsyncdir(self, fh: int, datasync: bool) -> None:
+        self._power()
         if self.fail_fsync:
             self.counts["eio"] += 1
             raise fail(errno.EIO)
@@ -379,6 +395,7 @@ class PowerCutFS(pyfuse3.Operations):
 
     async def mkdir(self, parent_inode: int, name: bytes, mode: int, ctx: Any
                     ) -> pyfuse3.EntryAttributes:
+        self._power()
         parent = self._node(parent_inode).fd
         try:
             os.mkdir(name, statmod.S_IMODE(mode), dir_fd=parent)
@@ -389,6 +406,7 @@ class PowerCutFS(pyfuse3.Operations):
         return attrs
 
     async def unlink(self, parent_inode: int, name: bytes, ctx: Any) -> None:
+        self._power()
         parent = self._node(parent_inode).fd
         st = self._lstat(parent, name)
         if statmod.S_ISDIR(st.st_mode):
@@ -397,6 +415,7 @@ class PowerCutFS(pyfuse3.Operations):
         self._bury(parent_inode, name)
 
     async def rmdir(self, parent_inode: int, name: bytes, ctx: Any) -> None:
+        self._power()
         parent = self._node(parent_inode).fd
         st = self._lstat(parent, name)
         if not statmod.S_ISDIR(st.st_mode):
@@ -411,6 +430,7 @@ class PowerCutFS(pyfuse3.Operations):
 
     async def rename(self, parent_inode_old: int, name_old: bytes, parent_inode_new: int,
                      name_new: bytes, flags: int, ctx: Any) -> None:
+        self._power()
         if flags & RENAME_EXCHANGE:
             raise fail(errno.EINVAL)
         old = self._node(parent_inode_old).fd
@@ -554,6 +574,9 @@ class PowerCutFS(pyfuse3.Operations):
         words = line.split()
         if words == ["cut"]:
             self.cut()
+            self.frozen = False
+        elif words == ["freeze"]:
+            self.frozen = True
         elif words[:1] == ["fail-fsync"] and len(words) == 2 and words[1] in ("on", "off"):
             self.fail_fsync = words[1] == "on"
         elif words[:1] == ["capacity"] and len(words) == 2:
