@@ -3,7 +3,7 @@
 Grouping volumes by hash slot is what lets a slot change kernels: every kernel of a farm
 shares the data dir, so handing a slot over is "the old owner flushes and forgets it, the
 new owner loads the slot's directory" (:meth:`FsSubsystem.release_slot` and
-:meth:`FsSubsystem.load_slot`), with no data copied.
+:meth:`FsSubsystem.load_slots`), with no data copied.
 
 A volume name is never used as a host path.  Its directory is named by a hash of the
 name (with a short prefix of its plainest characters, for people reading the tree), and
@@ -32,6 +32,15 @@ CREATING, REMOVING = ".tmp-", ".del-"
 
 def slot_dir(data_dir: Path | str, slot: int) -> str:
     return os.path.join(data_dir, "fs", f"{slot:05d}")
+
+
+def slot_numbers(data_dir: Path | str) -> set[int]:
+    """The slots that have a directory (and so may hold volumes)."""
+    try:
+        names = os.listdir(os.path.join(data_dir, "fs"))
+    except FileNotFoundError:
+        return set()
+    return {int(name) for name in names if len(name) == 5 and name.isdigit()}
 
 
 def volume_dirname(name: str) -> str:

@@ -405,7 +405,16 @@ class FsSubsystem(Subsystem):
 
     # -- slots -------------------------------------------------------------------------------
 
-    def load_slot(self, slot: int) -> None:
+    def load_slots(self, slots: list[int]) -> None:
+        """Load the volumes of ``slots``: only those with a directory are looked at (one
+        listing of ``data_dir/fs``, not one lookup per slot: a kernel boots with thousands
+        of slots, most of them empty)."""
+        present = store.slot_numbers(self.ctx.data_dir)
+        for slot in slots:
+            if slot in present:
+                self._load_slot(slot)
+
+    def _load_slot(self, slot: int) -> None:
         """Load the volumes of ``slot``.  A damaged volume comes up out of service (EIO)
         and the rest are served; but a slot directory that cannot be listed raises: its
         volumes are unknown, and serving the slot as empty would hide them and refuse

@@ -261,8 +261,7 @@ class Kernel:
 
     def load_slots(self, slots: list[int]) -> None:
         for subsystem in self.subsystems:
-            for slot in slots:
-                subsystem.load_slot(slot)
+            subsystem.load_slots(slots)
 
     def _commit_now(self) -> None:
         """Finish this turn's group commit before state leaves (release, stop)."""

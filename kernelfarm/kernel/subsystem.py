@@ -87,8 +87,9 @@ class Subsystem:
     def methods(self) -> list[Method]:
         raise NotImplementedError
 
-    def load_slot(self, slot: int) -> None:
-        """Take ownership of ``slot``: recover its state from ``ctx.data_dir``."""
+    def load_slots(self, slots: list[int]) -> None:
+        """Take ownership of ``slots``: recover their state from ``ctx.data_dir`` (all at
+        once, so a subsystem can look at the data dir once instead of once per slot)."""
 
     def release_slot(self, slot: int) -> None:
         """Give ``slot`` up: make its state durable on disk, then drop it from memory."""

@@ -50,7 +50,7 @@ class FakeKernel:
         self.methods: dict[str, Method] = {m.name: m for m in self.fs.methods()}
         for slot in self.slots_on_disk():
             if self.owns(slot):
-                self.fs.load_slot(slot)
+                self.fs.load_slots([slot])
         self.api = FsApi(self.call, lambda method, *params: [self.call(method, *params)])
 
     def slots_on_disk(self) -> list[int]:

@@ -148,12 +148,12 @@ def test_release_and_load_hand_a_slot_to_another_kernel(tmp_path: Path) -> None:
     second = FakeKernel(tmp_path, slots=set())  # the farm's kernels share the data dir
     assert second.api.listdir("/") == []
     second.slots = {slot}
-    second.fs.load_slot(slot)
+    second.fs.load_slots([slot])
     assert second.api.listdir("/") == ["v"]
     assert whole_tree(second, "v") == before
     second.api.write_file("/v/new", b"n")
     second.fs.release_slot(slot)
-    first.fs.load_slot(slot)
+    first.fs.load_slots([slot])
     assert first.api.read_file("/v/new") == b"n"
     first.close()
     second.close()
