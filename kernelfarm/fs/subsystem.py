@@ -24,6 +24,7 @@ import errno
 import logging
 import os
 import stat as statmod
+import time
 from collections import OrderedDict
 from time import perf_counter, time_ns
 from typing import Any
@@ -48,6 +49,37 @@ ROOT_STAT = {"type": "dir", "size": 0, "mode": statmod.S_IFDIR | 0o755, "nlink":
 """``stat("/")``: the same on every kernel, since ``/`` belongs to none of them."""
 
 INT64 = 2**63
+RECORD_OVERHEAD = 256
+"""Bytes a journal record takes beyond the data it carries (a generous bound)."""
+VOLUME_BYTES = 64 * 1024
+"""Bytes a new volume takes on disk (name file, empty journal, first snapshot, dirs)."""
+SPACE_TTL_S = 0.5
+"""How long a statvfs reading of free space is trusted (minus what was written since)."""
+
+
+class FreeSpace:
+    """A cached estimate of free space on the data dir: statvfs every ``SPACE_TTL_S`` or
+    when the estimate nears the reserve, minus the bytes taken since.  Another process
+    filling the disk between readings is caught by the journal write itself (ENOSPC:
+    the kernel exits without acknowledging and recovers)."""
+
+    def __init__(self, path: str, reserve: int) -> None:
+        self.path = path
+        self.reserve = reserve
+        self.free = 0
+        self.read_at = -SPACE_TTL_S
+
+    def take(self, need: int) -> None:
+        if self.reserve == 0:
+            return
+        now = time.monotonic()
+        if now - self.read_at >= SPACE_TTL_S or self.free - need < 2 * self.reserve:
+            st = os.statvfs(self.path)
+            self.free, self.read_at = st.f_bavail * st.f_frsize, now
+        if self.free - need < self.reserve:
+            raise posix(errno.ENOSPC, f"the data dir has {self.free} bytes free and keeps "
+                        f"{self.reserve} (fs.reserve_bytes) in reserve")
+        self.free -= need
 
 
 def _int(value: Any, what: str) -> int:
@@ -97,6 +129,7 @@ class FsSubsystem(Subsystem):
         self._batch_timer: asyncio.TimerHandle | None = None
         self.snapshots = 0
         self.snapshot_seconds = 0.0
+        self._space = FreeSpace(str(ctx.data_dir), config.reserve_bytes)
 
     def methods(self) -> list[Method]:
         def m(name: str, handler: Any, writes: bool = False) -> Method:
@@ -205,7 +238,7 @@ class FsSubsystem(Subsystem):
             self._create_volume(name, perm)
             return
         volume = self._volume(name, path)
-        volume.change(MKDIR, comps, perm, volume.tree.next_ino, time_ns())
+        self._change(volume, MKDIR, comps, perm, volume.tree.next_ino, time_ns())
         self._changed(volume)
 
     def rmdir(self, path: str) -> None:
@@ -215,7 +248,7 @@ class FsSubsystem(Subsystem):
         if not comps:
             self._remove_volume(volume)
             return
-        volume.change(RMDIR, comps, time_ns())
+        self._change(volume, RMDIR, comps, time_ns())
         self._changed(volume)
 
     def write_file(self, path: str, data: bytes) -> None:
@@ -223,7 +256,7 @@ class FsSubsystem(Subsystem):
         volume, comps = self._resolve_for_create(path)
         if volume is None:
             raise posix(errno.EISDIR, "/")
-        volume.change(WRITE_FILE, comps, data, volume.tree.next_ino, time_ns())
+        self._change(volume, WRITE_FILE, comps, data, volume.tree.next_ino, time_ns())
         self._changed(volume)
 
     def pwrite(self, path: str, offset: int, data: bytes) -> int:
@@ -232,7 +265,7 @@ class FsSubsystem(Subsystem):
         volume, comps = self._resolve(path)
         if volume is None:
             raise posix(errno.EISDIR, "/")
-        count: int = volume.change(PWRITE, comps, offset, data, time_ns())
+        count: int = self._change(volume, PWRITE, comps, offset, data, time_ns())
         self._changed(volume)
         return count
 
@@ -242,14 +275,14 @@ class FsSubsystem(Subsystem):
         volume, comps = self._resolve(path)
         if volume is None:
             raise posix(errno.EISDIR, "/")
-        volume.change(TRUNCATE, comps, size, time_ns())
+        self._change(volume, TRUNCATE, comps, size, time_ns())
         self._changed(volume)
 
     def unlink(self, path: str) -> None:
         volume, comps = self._resolve(path)
         if volume is None:
             raise posix(errno.EISDIR, "/")
-        volume.change(UNLINK, comps, time_ns())
+        self._change(volume, UNLINK, comps, time_ns())
         self._changed(volume)
 
     def rename(self, src: str, dst: str) -> None:
@@ -260,7 +293,7 @@ class FsSubsystem(Subsystem):
             raise posix(errno.EXDEV, f"{src} -> {dst}: rename within one volume only")
         assert src_name is not None  # "/" has no components: refused just above
         volume = self._volume(src_name, src)
-        volume.change(RENAME, src_comps, dst_comps, time_ns())
+        self._change(volume, RENAME, src_comps, dst_comps, time_ns())
         self._changed(volume)
 
     def symlink(self, path: str, target: str) -> None:
@@ -273,7 +306,7 @@ class FsSubsystem(Subsystem):
         volume, comps = self._resolve_for_create(path)
         if volume is None:
             raise posix(errno.EEXIST, "/")
-        volume.change(SYMLINK, target, comps, volume.tree.next_ino, time_ns())
+        self._change(volume, SYMLINK, target, comps, volume.tree.next_ino, time_ns())
         self._changed(volume)
 
     def chmod(self, path: str, mode: int) -> None:
@@ -281,7 +314,7 @@ class FsSubsystem(Subsystem):
         volume, comps = self._resolve(path)
         if volume is None:
             raise posix(errno.EPERM, "/ is virtual")
-        volume.change(CHMOD, comps, perm, time_ns())
+        self._change(volume, CHMOD, comps, perm, time_ns())
         self._changed(volume)
 
     def utime(self, path: str, mtime_ns: int) -> None:
@@ -291,8 +324,15 @@ class FsSubsystem(Subsystem):
         volume, comps = self._resolve(path)
         if volume is None:
             raise posix(errno.EPERM, "/ is virtual")
-        volume.change(UTIME, comps, mtime_ns, time_ns())
+        self._change(volume, UTIME, comps, mtime_ns, time_ns())
         self._changed(volume)
+
+    def _change(self, volume: Volume, kind: int, *args: Any) -> Any:
+        """Every change goes through here: refused with ENOSPC while the disk is nearly
+        full, so a journal write never has to fail for want of space."""
+        need = RECORD_OVERHEAD + sum(len(a) for a in args if type(a) is bytes)
+        self._space.take(need)
+        return volume.change(kind, *args)
 
     # -- volumes -----------------------------------------------------------------------------
 
@@ -305,6 +345,7 @@ class FsSubsystem(Subsystem):
         if os.path.lexists(directory):
             log.error("volume %r is not loaded but its directory %s exists", name, directory)
             raise posix(errno.EEXIST, f"/{name}")
+        self._space.take(VOLUME_BYTES)
         volume = Volume.create(name, directory, perm, time_ns(), self.limits)
         self._add(slot, volume)
 
