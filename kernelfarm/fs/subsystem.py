@@ -74,7 +74,10 @@ class FreeSpace:
             return
         now = time.monotonic()
         if now - self.read_at >= SPACE_TTL_S or self.free - need < 2 * self.reserve:
-            st = os.statvfs(self.path)
+            where = self.path
+            while not os.path.isdir(where):  # no volume yet: the dir it will be made in
+                where = os.path.dirname(where)
+            st = os.statvfs(where)
             self.free, self.read_at = st.f_bavail * st.f_frsize, now
         if self.free - need < self.reserve:
             raise posix(errno.ENOSPC, f"the data dir has {self.free} bytes free and keeps "
