@@ -115,6 +115,11 @@ def run(args: argparse.Namespace) -> int:
         return 0
     out = console()
     out.print(render(status, out.width))
+    for row in status["kernels"]:
+        damaged = row.get("stats", {}).get("subsystems", {}).get("fs", {}).get("damaged", {})
+        for volume, why in sorted(damaged.items()):
+            out.print(f"kernel {row['id']}: damaged volume {volume!r}: {why}",
+                      style="bold red", markup=False)
     migration = status.get("migration")
     if migration:
         out.print(f"scaling {migration['from']} -> {migration['to']} kernels: "

@@ -19,7 +19,7 @@ Volume create (:meth:`.volume.Volume.create`)
   2. ``.tmp-<dir>/VOLUME`` and ``journal.0`` written and fsynced (the name file through
      ``os.write``, never a buffered ``open()`` whose bytes are still in user space when
      it is fsynced: that lost every volume of issue 9).
-  3. ``snapshot`` written to ``snapshot.tmp``, fsynced, renamed, and ``.tmp-<dir>``
+  3. ``snapshot`` written to ``snapshot.tmp.0``, fsynced, renamed, and ``.tmp-<dir>``
      fsynced: the three names inside are now durable.
   4. ``.tmp-<dir>`` renamed to ``<dir>``, the slot directory fsynced: only now is the
      create acknowledged.  A cut before this leaves ``.tmp-*``, cleared at load.
@@ -29,18 +29,26 @@ Journal append (:meth:`.journal.Journal.flush`)
   the turn; ``batch``: within ``batch_interval_ms``; ``never``: not at all).  fdatasync
   also makes the file's new size durable, so appends need no directory fsync.
 
-Snapshot (:meth:`.volume.Volume.snapshot`)
-  1. ``journal.G+1`` created empty, fsynced, and the volume directory fsynced: the
-     snapshot that names generation G+1 must never be durable without its journal.
-  2. ``snapshot.tmp`` written and fsynced, renamed over ``snapshot``, directory fsynced:
-     the rename installs a whole snapshot or none.
-  3. ``journal.G`` unlinked (no fsync needed: load deletes journals of other generations).
+Snapshot (:mod:`.snapshotter`, :meth:`.volume.Volume.begin_snapshot`)
+  1. ``journal.G`` fdatasynced (recovery replays it before the next one, so it must be
+     whole under every policy); ``journal.G+1`` created empty and fsynced, the volume
+     directory fsynced; later writes go to ``journal.G+1``.
+  2. A forked child writes the tree as of step 1 to ``snapshot.tmp.G+1`` and fsyncs it;
+     the loop goes on serving.
+  3. When the child has exited 0, the kernel renames it over ``snapshot`` and fsyncs the
+     directory: the rename installs a whole snapshot or none.
+  4. Journals older than G+1 unlinked (no fsync needed: load deletes journals older than
+     the snapshot's generation, and replays G, G+1, ... in order if they are not).
 
 Volume destroy (:meth:`.volume.Volume.destroy`)
   ``<dir>`` renamed to ``.del-<dir>``, the slot directory fsynced (the destroy is then
   acknowledged), then the tree deleted; a leftover ``.del-*`` is cleared at load.
 
 Recovery truncates a torn journal tail and fsyncs the file before appending after it.
+A volume that cannot be recovered whole is served read-only from what can be read (or,
+if nothing can, refuses every call with EIO naming the damage), and is listed under
+``fs.damaged`` in ``kernel.stats`` and by ``kernelfarm status``: one bad file never hides
+a volume, nor stops the kernel's other volumes.
 The supervisor's ``migration.json`` is written with :func:`kernelfarm.durable.write_file`
 and removed with :func:`kernelfarm.durable.remove`.
 """

@@ -6,10 +6,11 @@ the inode count.  It is written to a temporary file, fsynced and renamed into pl
 snapshot on disk is always whole; a missing end record or a bad checksum means damage and
 the load fails loudly instead of serving a partial volume.
 
-The header carries the *generation*: the number of the journal file to replay on top of
-this snapshot.  Taking a snapshot creates the next generation's empty journal first,
-then renames the snapshot into place, then deletes the old journal, so a crash at any
-step leaves a snapshot and the one journal that goes with it (see :mod:`.volume`).
+The header carries the *generation*: the first journal file to replay on top of this
+snapshot.  Taking a snapshot switches writes to the next generation's empty journal
+first, writes the tree as of that switch (in a forked child, see :mod:`.snapshotter`),
+renames it into place, then deletes the older journals, so a crash at any step leaves a
+snapshot and the journals that go with it (see :mod:`.volume`).
 
 Deep trees are walked with an explicit stack: a path can nest about 2000 directories,
 beyond Python's recursion limit and msgpack's nesting limit.
@@ -51,9 +52,21 @@ def _entries(tree: Tree) -> Iterator[tuple[Any, ...]]:
                    node.ctime_ns, payload)
 
 
+def temp_path(path: str, generation: int) -> str:
+    """Where the snapshot of ``generation`` is written before it is installed."""
+    return f"{path}.tmp.{generation}"
+
+
 def write(path: str, tree: Tree, generation: int) -> int:
     """Write ``tree`` durably to ``path`` (temp file, fsync, rename, fsync dir); its size."""
-    tmp = path + ".tmp"
+    tmp = temp_path(path, generation)
+    size = write_temp(tmp, tree, generation)
+    install(tmp, path)
+    return size
+
+
+def write_temp(tmp: str, tree: Tree, generation: int) -> int:
+    """Write ``tree`` to the file ``tmp`` and fsync it; its size.  Removed on failure."""
     packer = msgpack.Packer(use_bin_type=True)
     count = 0
     try:
@@ -66,16 +79,19 @@ def write(path: str, tree: Tree, generation: int) -> int:
             _put(fh, packer, ("end", count))
             fh.flush()
             os.fsync(fh.fileno())
-            size = fh.tell()
-        os.replace(tmp, path)
+            return fh.tell()
     except BaseException:
         try:
             os.unlink(tmp)
         except FileNotFoundError:
             pass
         raise
+
+
+def install(tmp: str, path: str) -> None:
+    """Rename a written snapshot into place, durably (the directory is fsynced)."""
+    os.replace(tmp, path)
     durable.sync_dir(os.path.dirname(path))
-    return size
 
 
 def _put(fh: BinaryIO, packer: msgpack.Packer, obj: Any) -> None:
@@ -84,34 +100,68 @@ def _put(fh: BinaryIO, packer: msgpack.Packer, obj: Any) -> None:
 
 def load(path: str, limits: Limits) -> tuple[Tree, int]:
     """Rebuild the tree from a snapshot file; returns it and the journal generation."""
-    records = journal.read_all(path)
+    tree, generation, damage = _read(path, journal.read_all(path))
+    if damage is not None:
+        raise ValueError(damage)
+    tree.limits = limits
+    return tree, generation
+
+
+def load_partial(path: str) -> tuple[Tree, int, str | None]:
+    """As :func:`load`, but damage after the root ends the load early instead of failing
+    it: the tree holds every inode read before, and the third value says what was wrong
+    (``None`` when the snapshot is whole)."""
+    return _read(path, journal.read_all(path))
+
+
+def peek_name(path: str) -> str | None:
+    """The volume named in a snapshot's header, if the header can be read."""
+    try:
+        header = next(journal.read_all(path), None)
+    except (OSError, ValueError):
+        return None
+    if isinstance(header, dict) and isinstance(header.get("volume"), str):
+        return header["volume"]
+    return None
+
+
+def _read(path: str, records: Iterator[Any]) -> tuple[Tree, int, str | None]:
     header = next(records, None)
     if not isinstance(header, dict) or header.get("format") != FORMAT:
         raise ValueError(f"{path}: not a snapshot of format {FORMAT}: {header!r:.100}")
     tree: Tree | None = None
     dirs: dict[int, Dir] = {}
     count = 0
-    for record in records:
-        if record[0] == "end":
-            if record[1] != count or tree is None:
-                raise ValueError(f"{path}: {count} inodes, end record says {record[1]}")
-            if next(records, None) is not None:  # also runs read_all's damage check
-                raise ValueError(f"{path}: records after the end record")
-            tree.next_ino = max(tree.next_ino, header["next_ino"])
-            tree.limits = limits
-            return tree, header["generation"]
-        node = _inode(record)
-        count += 1
-        parent_ino, name = record[0], record[1]
+    try:
+        for record in records:
+            if record[0] == "end":
+                if record[1] != count or tree is None:
+                    raise ValueError(f"{path}: {count} inodes, end record says {record[1]}")
+                if next(records, None) is not None:  # also runs read_all's damage check
+                    raise ValueError(f"{path}: records after the end record")
+                tree.next_ino = max(tree.next_ino, header["next_ino"])
+                return tree, header["generation"], None
+            node = _inode(record)
+            count += 1
+            parent_ino, name = record[0], record[1]
+            if tree is None:
+                if parent_ino != 0 or node.ino != ROOT_INO or not isinstance(node, Dir):
+                    raise ValueError(f"{path}: the first inode is not the root")
+                tree = Tree(header["volume"], node)
+            else:
+                parent = dirs.get(parent_ino)
+                if parent is None:
+                    raise ValueError(f"{path}: inode {node.ino} in unknown directory "
+                                     f"{parent_ino}")
+                _attach(tree, parent, name, node)
+            if isinstance(node, Dir):
+                dirs[node.ino] = node
+        raise ValueError(f"{path}: no end record (truncated snapshot)")
+    except (ValueError, TypeError, IndexError) as exc:
         if tree is None:
-            if parent_ino != 0 or node.ino != ROOT_INO or not isinstance(node, Dir):
-                raise ValueError(f"{path}: the first inode is not the root")
-            tree = Tree(header["volume"], node)
-        else:
-            _attach(tree, dirs[parent_ino], name, node)
-        if isinstance(node, Dir):
-            dirs[node.ino] = node
-    raise ValueError(f"{path}: no end record (truncated snapshot)")
+            raise ValueError(f"{path}: {exc}") from None
+        tree.next_ino = max(tree.next_ino, header["next_ino"])
+        return tree, header["generation"], str(exc)
 
 
 def _inode(record: tuple[Any, ...]) -> Inode:

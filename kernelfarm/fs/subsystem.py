@@ -34,10 +34,11 @@ from kernelfarm.fs import store
 from kernelfarm.fs.config import FsConfig
 from kernelfarm.fs.journal import Journal
 from kernelfarm.fs.paths import parse, routing_key
+from kernelfarm.fs.snapshotter import Snapshotter
 from kernelfarm.fs.tree import Limits, Tree, stat_of
 from kernelfarm.fs.volume import (
     CHMOD, MKDIR, PWRITE, RENAME, RMDIR, SYMLINK, TRUNCATE, UNLINK, UTIME, WRITE_FILE,
-    NAME_FILE, Volume,
+    Volume, find_name,
 )
 from kernelfarm.kernel.subsystem import KernelContext, Method, Subsystem
 from kernelfarm.partition import key_slot
@@ -53,6 +54,8 @@ RECORD_OVERHEAD = 256
 """Bytes a journal record takes beyond the data it carries (a generous bound)."""
 VOLUME_BYTES = 64 * 1024
 """Bytes a new volume takes on disk (name file, empty journal, first snapshot, dirs)."""
+SNAPSHOT_INODE_BYTES = 64
+"""Bytes a snapshot record takes per inode beyond its data (a generous bound)."""
 SPACE_TTL_S = 0.5
 """How long a statvfs reading of free space is trusted (minus what was written since)."""
 
@@ -68,21 +71,40 @@ class FreeSpace:
         self.reserve = reserve
         self.free = 0
         self.read_at = -SPACE_TTL_S
+        self.held = 0  # promised to a snapshot being written: not free at any reading
 
     def take(self, need: int) -> None:
+        """Count ``need`` bytes as used, or raise ENOSPC if that would eat the reserve."""
+        if not self.try_take(need):
+            raise posix(errno.ENOSPC, f"the data dir has {self.free} bytes free and keeps "
+                        f"{self.reserve} (fs.reserve_bytes) in reserve")
+
+    def try_take(self, need: int) -> bool:
         if self.reserve == 0:
-            return
+            return True
         now = time.monotonic()
         if now - self.read_at >= SPACE_TTL_S or self.free - need < 2 * self.reserve:
             where = self.path
             while not os.path.isdir(where):  # no volume yet: the dir it will be made in
                 where = os.path.dirname(where)
             st = os.statvfs(where)
-            self.free, self.read_at = st.f_bavail * st.f_frsize, now
+            self.free, self.read_at = st.f_bavail * st.f_frsize - self.held, now
         if self.free - need < self.reserve:
-            raise posix(errno.ENOSPC, f"the data dir has {self.free} bytes free and keeps "
-                        f"{self.reserve} (fs.reserve_bytes) in reserve")
+            return False
         self.free -= need
+        return True
+
+    def hold(self, need: int) -> bool:
+        """Promise ``need`` bytes to a snapshot until :meth:`release`; False if no room."""
+        if not self.try_take(need):
+            return False
+        self.held += need
+        return True
+
+    def release(self, need: int) -> None:
+        """The snapshot is written (or given up): read statvfs afresh next time."""
+        self.held -= need
+        self.read_at = -SPACE_TTL_S
 
 
 def _int(value: Any, what: str) -> int:
@@ -130,8 +152,13 @@ class FsSubsystem(Subsystem):
         self._flush_requested = False
         self._pending_error: OSError | None = None
         self._batch_timer: asyncio.TimerHandle | None = None
-        self.snapshots = 0
+        self.snapshots = self.snapshot_failures = 0
         self.snapshot_seconds = 0.0
+        self._snapshotter = Snapshotter(ctx.loop, self._snapshot_done)
+        self._held: dict[Volume, tuple[int, float]] = {}  # snapshots being written:
+        # bytes of disk held for each, and when it started
+        self.unnamed: dict[str, str] = {}
+        """Volume directories that could not be loaded, not even their name: why."""
         self._space = FreeSpace(str(ctx.data_dir), config.reserve_bytes)
 
     def methods(self) -> list[Method]:
@@ -353,6 +380,7 @@ class FsSubsystem(Subsystem):
         self._add(slot, volume)
 
     def _remove_volume(self, volume: Volume) -> None:
+        volume.check_writable()
         if volume.tree.root.entries:
             raise posix(errno.ENOTEMPTY, f"/{volume.name}")
         self._drop(volume)
@@ -372,6 +400,8 @@ class FsSubsystem(Subsystem):
         self._dirty.pop(volume, None)
         self._unsynced.discard(volume)
         self._open.pop(volume, None)
+        self._snapshotter.cancel(volume)
+        self._space.release(self._held.pop(volume, (0, 0.0))[0])
 
     # -- group commit ------------------------------------------------------------------------
 
@@ -421,17 +451,42 @@ class FsSubsystem(Subsystem):
                     pass  # the volume took itself out of service and logged why
 
     def _snapshot(self, volume: Volume) -> None:
-        started = perf_counter()
+        """Restart the volume's journal from a snapshot: written by a forked child where
+        the kernel is one thread (:mod:`.snapshotter`), inline otherwise."""
+        snapshotter = self._snapshotter
+        if snapshotter.busy(volume):
+            return
+        need = volume.tree.bytes_used + SNAPSHOT_INODE_BYTES * volume.tree.inodes
+        if not self._space.hold(need):
+            # No room for it: the journal goes on growing (and ENOSPC refuses changes
+            # before it runs out).  Retry once the journal has grown as much again.
+            volume.snapshot_bytes = max(volume.snapshot_bytes, volume.journal.size)
+            return
+        self._held[volume] = (need, perf_counter())
         try:
-            volume.snapshot()
+            if snapshotter.can_fork():
+                if not snapshotter.start(volume):
+                    self._space.release(self._held.pop(volume)[0])
+                    return  # another volume's snapshot is being written: next flush
+            else:
+                volume.snapshot()
+                self._snapshot_done(volume, None)
+        except OSError as exc:
+            self._snapshot_done(volume, exc)
+        self._open.pop(volume, None)
+
+    def _snapshot_done(self, volume: Volume, error: Exception | None) -> None:
+        need, started = self._held.pop(volume, (0, perf_counter()))
+        self._space.release(need)
+        if error is None:
             self.snapshots += 1
             self.snapshot_seconds += perf_counter() - started
-        except OSError as exc:
-            # The journal is whole and durable; only restart time suffers.  Retry once the
-            # journal has grown as much again.
-            log.error("volume %r: snapshot failed: %s", volume.name, exc)
-            volume.snapshot_bytes = volume.journal.size
-        self._open.pop(volume, None)
+            return
+        # The journals are whole and durable; only restart time suffers.  Retry once the
+        # journal has grown as much again.
+        self.snapshot_failures += 1
+        log.error("volume %r: snapshot failed: %s", volume.name, error)
+        volume.snapshot_bytes = max(volume.snapshot_bytes, volume.journal.size)
 
     def _keep_open(self, volume: Volume) -> None:
         """Bound open journal descriptors: close the least recently written beyond the cap."""
@@ -477,22 +532,36 @@ class FsSubsystem(Subsystem):
             self._add(slot, volume)
 
     def _load_volume(self, directory: str) -> Volume | None:
+        """Load one volume; one bad file never hides the whole volume.  A volume that
+        cannot be fully recovered is served read-only from what can be read (EROFS on
+        changes), or, if even that fails, refuses every call with EIO naming the damage;
+        either way it is reported in ``kernel.stats`` (``fs.damaged``) and the log."""
         try:
             return Volume.load(directory, self.limits)
         except Exception as exc:  # damage must neither stop the kernel nor hide the volume
             log.exception("%s: cannot recover this volume", directory)
-            try:
-                with open(os.path.join(directory, NAME_FILE), "rb") as fh:
-                    name = fh.read().decode("utf-8")
-            except (OSError, ValueError):
-                log.error("%s: no readable volume name; skipped", directory)
-                return None
+            why = f"recovery failed: {exc}"
+        name = find_name(directory)
+        if name is None:
+            log.error("%s: no readable volume name (name file and snapshot damaged); "
+                      "not served", directory)
+            self.unnamed[directory] = why
+            return None
+        try:
+            volume = Volume.salvage(directory, name, why)
+            log.error("volume %r: serving read-only what could be read: %s", name,
+                      volume.read_only)
+        except Exception as exc:
+            log.error("volume %r: nothing can be read (%s); every call gets EIO", name, exc)
             volume = Volume(name, directory, Tree.new(name, 0, 0), Journal(os.devnull, 0),
                             -1, 0)
-            volume.failed = f"recovery failed: {exc}"
-            return volume
+            volume.failed = f"{why}; salvage failed: {exc}"
+        return volume
 
     def release_slot(self, slot: int) -> None:
+        prefix = store.slot_dir(self.ctx.data_dir, slot) + os.sep
+        for directory in [d for d in self.unnamed if d.startswith(prefix)]:
+            del self.unnamed[directory]
         for volume in list(self.by_slot.get(slot, {}).values()):
             self._drop(volume)
             try:
@@ -505,6 +574,7 @@ class FsSubsystem(Subsystem):
                 self.ctx.request_flush(self._flush)
 
     def close(self) -> None:
+        self._snapshotter.close()
         if self._batch_timer is not None:
             self._batch_timer.cancel()
             self._batch_timer = None
@@ -531,6 +601,12 @@ class FsSubsystem(Subsystem):
             "bytes": sum(v.tree.bytes_used for v in volumes),
             "journal_bytes": sum(v.journal.size + v.journal.pending for v in volumes),
             "failed": sum(1 for v in volumes if v.failed is not None),
+            "read_only": sum(1 for v in volumes if v.read_only is not None),
             "snapshots": self.snapshots,
             "snapshot_seconds": self.snapshot_seconds,
+            "snapshot_failures": self.snapshot_failures,
+            "snapshots_running": len(self._snapshotter.jobs),
+            "damaged": {**{v.name: v.failed or v.read_only for v in volumes
+                           if v.failed is not None or v.read_only is not None},
+                        **self.unnamed},
         }

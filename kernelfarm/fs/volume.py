@@ -26,7 +26,7 @@ import msgpack
 from kernelfarm import durable
 from kernelfarm.errors import posix
 from kernelfarm.fs import snapshot, store
-from kernelfarm.fs.journal import Journal
+from kernelfarm.fs.journal import Journal, read_all, read_records
 from kernelfarm.fs.tree import UNLIMITED, Limits, Tree
 
 log = logging.getLogger(__name__)
@@ -50,6 +50,57 @@ def replay(tree: Tree, record: Any) -> None:
     CHANGES[record[0]](tree, *record[1:])
 
 
+def journal_path(directory: str, generation: int) -> str:
+    return os.path.join(directory, JOURNAL_PREFIX + str(generation))
+
+
+def journal_generations(directory: str) -> list[int]:
+    """The generations of the journal files in ``directory``, oldest first."""
+    found = []
+    for entry in os.listdir(directory):
+        if entry.startswith(JOURNAL_PREFIX) and entry[len(JOURNAL_PREFIX):].isdigit():
+            found.append(int(entry[len(JOURNAL_PREFIX):]))
+    return sorted(found)
+
+
+def read_name(directory: str) -> str | None:
+    """The name in the volume's name file, if it is readable and names this directory."""
+    try:
+        with open(os.path.join(directory, NAME_FILE), "rb") as fh:
+            name = fh.read().decode("utf-8")
+    except (OSError, UnicodeDecodeError):
+        return None
+    return name if store.volume_dirname(name) == os.path.basename(directory) else None
+
+
+def checked_name(directory: str, snapshot_name: str) -> str:
+    """The volume's name: the name file's, or else the snapshot's (then the name file is
+    rewritten), but only a name whose hash is the directory's name."""
+    name = read_name(directory)
+    if name is not None:
+        if snapshot_name != name:
+            raise ValueError(f"{directory}: snapshot of volume {snapshot_name!r}, "
+                             f"not {name!r}")
+        return name
+    if store.volume_dirname(snapshot_name) != os.path.basename(directory):
+        raise ValueError(f"{directory}: neither the name file nor the snapshot (of "
+                         f"{snapshot_name!r}) names this directory")
+    log.warning("%s: the name file is damaged; the snapshot names the volume %r: repaired",
+                directory, snapshot_name)
+    durable.write_file(os.path.join(directory, NAME_FILE), snapshot_name.encode("utf-8"))
+    return snapshot_name
+
+
+def find_name(directory: str) -> str | None:
+    """The name of a volume that cannot be loaded: from its name file or its snapshot."""
+    name = read_name(directory)
+    if name is None:
+        name = snapshot.peek_name(os.path.join(directory, SNAPSHOT))
+        if name is not None and store.volume_dirname(name) != os.path.basename(directory):
+            name = None
+    return name
+
+
 class Volume:
     def __init__(self, name: str, directory: str, tree: Tree, journal: Journal,
                  generation: int, snapshot_bytes: int) -> None:
@@ -61,6 +112,8 @@ class Volume:
         self.snapshot_bytes = snapshot_bytes
         self.failed: str | None = None
         """Why this volume refuses every operation (a flush failed, recovery failed)."""
+        self.read_only: str | None = None
+        """Why this volume refuses changes (it was salvaged from a damaged copy)."""
 
     # -- life cycle --------------------------------------------------------------------------
 
@@ -73,34 +126,75 @@ class Volume:
         store.clear(building)
         os.mkdir(building, 0o700)
         durable.create_file(os.path.join(building, NAME_FILE), name.encode("utf-8"))
-        durable.create_file(os.path.join(building, JOURNAL_PREFIX + "0"), b"")
+        durable.create_file(journal_path(building, 0), b"")
         tree = Tree.new(name, perm, now, limits)
         size = snapshot.write(os.path.join(building, SNAPSHOT), tree, 0)  # fsyncs building
         os.rename(building, directory)
         durable.sync_dir(parent)
-        journal = Journal(os.path.join(directory, JOURNAL_PREFIX + "0"), 0)
+        journal = Journal(journal_path(directory, 0), 0)
         return cls(name, directory, tree, journal, 0, size)
 
     @classmethod
     def load(cls, directory: str, limits: Limits) -> Volume:
-        """Recover from disk: snapshot, then the journal of its generation."""
-        with open(os.path.join(directory, NAME_FILE), "rb") as fh:
-            name = fh.read().decode("utf-8")
+        """Recover from disk: the snapshot, then every journal of its generation or later.
+
+        A snapshot of generation G holds everything journals older than G did, so those
+        are deleted (left by a crash while a snapshot was installed).  Journals G, G+1, ...
+        are replayed in order (a snapshot still being written lets writes go on in the
+        next generation); every one but the last must be whole, and the last is cut at a
+        torn tail and appended to.
+        """
         snapshot_path = os.path.join(directory, SNAPSHOT)
-        tree, generation = snapshot.load(snapshot_path, UNLIMITED)
-        if tree.name != name:
-            raise ValueError(f"{directory}: snapshot of volume {tree.name!r}, not {name!r}")
-        current = JOURNAL_PREFIX + str(generation)
         for entry in os.listdir(directory):
-            if entry.startswith(JOURNAL_PREFIX) and entry != current:
-                # Left by a crash in the middle of taking a snapshot: the snapshot of
-                # generation G already holds everything the older journals did.
+            if entry.startswith(SNAPSHOT + ".tmp"):  # a snapshot never installed
                 os.unlink(os.path.join(directory, entry))
-        journal = Journal.recover(os.path.join(directory, current),
+        tree, generation = snapshot.load(snapshot_path, UNLIMITED)
+        name = checked_name(directory, tree.name)
+        later = []
+        for gen in journal_generations(directory):
+            if gen < generation:
+                os.unlink(journal_path(directory, gen))
+            else:
+                later.append(gen)
+        if not later or later[0] != generation:
+            raise ValueError(f"{directory}: no journal.{generation} for its snapshot")
+        for gen in later[:-1]:
+            for record in read_all(journal_path(directory, gen)):
+                replay(tree, record)
+        journal = Journal.recover(journal_path(directory, later[-1]),
                                   lambda record: replay(tree, record))
         tree.limits = limits
-        return cls(name, directory, tree, journal, generation,
+        return cls(name, directory, tree, journal, later[-1],
                    os.path.getsize(snapshot_path))
+
+    @classmethod
+    def salvage(cls, directory: str, name: str, why: str) -> Volume:
+        """What can still be read of a volume that failed to load, served read-only.
+
+        The snapshot up to its first damaged record; if the snapshot is whole, then the
+        journals' records in order up to the first that cannot be read or applied.
+        Nothing on disk is changed, so a later fix (or a better version of this code)
+        still finds everything that was there.
+        """
+        tree, generation, damage = snapshot.load_partial(os.path.join(directory, SNAPSHOT))
+        problems = [why]
+        if damage is not None:
+            problems.append(f"snapshot: {damage}")
+        else:
+            for gen in journal_generations(directory):
+                if gen < generation:
+                    continue
+                path = journal_path(directory, gen)
+                try:
+                    with open(path, "rb") as fh:
+                        for record, _end in read_records(fh, os.fstat(fh.fileno()).st_size):
+                            replay(tree, record)
+                except Exception as exc:  # a record that cannot apply ends the replay
+                    problems.append(f"journal.{gen}: {exc}")
+                    break
+        volume = cls(name, directory, tree, Journal(os.devnull, 0), generation, 0)
+        volume.read_only = "; ".join(problems)
+        return volume
 
     def destroy(self) -> None:
         """Remove the volume from disk, atomically (renamed aside, then deleted)."""
@@ -118,8 +212,13 @@ class Volume:
         if self.failed is not None:
             raise posix(errno.EIO, f"volume {self.name!r} is out of service: {self.failed}")
 
+    def check_writable(self) -> None:
+        if self.read_only is not None:
+            raise posix(errno.EROFS, f"volume {self.name!r} is read-only: {self.read_only}")
+
     def change(self, kind: int, *args: Any) -> Any:
         """Apply one change to the tree and buffer its journal record."""
+        self.check_writable()
         payload = _pack((kind, *args))
         result = CHANGES[kind](self.tree, *args)
         self.journal.append(payload)
@@ -140,22 +239,37 @@ class Volume:
         self.journal.discard()
 
     def snapshot(self) -> None:
-        """Write the whole tree, then restart the journal empty (the journal is flushed)."""
+        """Snapshot in this process: switch journals, write the tree, install it."""
+        generation = self.begin_snapshot()
+        path = os.path.join(self.directory, SNAPSHOT)
+        size = snapshot.write_temp(snapshot.temp_path(path, generation), self.tree,
+                                   generation)
+        self.install_snapshot(generation, size)
+
+    def begin_snapshot(self) -> int:
+        """Send later changes to a new, empty journal; the generation whose snapshot must
+        now be written from the tree as it is (the journal must be flushed).
+
+        The old journal is fdatasynced first: recovery replays it before the new one,
+        so it must be whole, under every fsync policy.
+        """
         generation = self.generation + 1
-        new_path = os.path.join(self.directory, JOURNAL_PREFIX + str(generation))
+        new_path = journal_path(self.directory, generation)
+        self.journal.flush(True)
         durable.create_file(new_path, b"")
         durable.sync_dir(self.directory)
-        try:
-            size = snapshot.write(os.path.join(self.directory, SNAPSHOT), self.tree,
-                                  generation)
-        except BaseException:
-            os.unlink(new_path)
-            raise
-        old = self.journal
-        old.discard()
-        os.unlink(old.path)
+        self.journal.close_fd()
         self.journal = Journal(new_path, 0)
         self.generation = generation
+        return generation
+
+    def install_snapshot(self, generation: int, size: int) -> None:
+        """Put the written snapshot of ``generation`` in place; drop the journals it holds."""
+        path = os.path.join(self.directory, SNAPSHOT)
+        snapshot.install(snapshot.temp_path(path, generation), path)
+        for gen in journal_generations(self.directory):
+            if gen < generation:
+                os.unlink(journal_path(self.directory, gen))
         self.snapshot_bytes = size
 
     def close(self, fsync: bool = True) -> None:

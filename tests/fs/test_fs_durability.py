@@ -229,20 +229,24 @@ def test_a_failed_flush_acknowledges_nothing_and_stops_the_volume(
     kernel.close()
 
 
-def test_a_damaged_snapshot_fails_its_volume_loudly_not_the_kernel(tmp_path: Path) -> None:
+def test_an_unreadable_snapshot_fails_its_volume_loudly_not_the_kernel(tmp_path: Path) -> None:
+    """Nothing of ``v`` can be read (its snapshot's header is gone): every call on it is
+    EIO naming the damage; a snapshot damaged further in is salvaged read-only instead
+    (test_fs_salvage)."""
     kernel = FakeKernel(tmp_path)
     kernel.api.mkdir("/v")
     kernel.api.mkdir("/w")
     kernel.api.write_file("/w/f", b"fine")
     kernel.close()
     snapshot = volume_dir(tmp_path, "v") / "snapshot"
-    snapshot.write_bytes(snapshot.read_bytes()[:-3])
+    snapshot.write_bytes(b"\0" * 3 + snapshot.read_bytes()[3:])
     kernel.start()
     assert kernel.api.listdir("/") == ["v", "w"]  # still there: not silently empty
     assert kernel.errno_of("fs.listdir", "/v") == errno.EIO
     assert kernel.errno_of("fs.mkdir", "/v") == errno.EEXIST
     assert kernel.api.read_file("/w/f") == b"fine"
     assert kernel.fs.stats()["failed"] == 1
+    assert "recovery failed" in kernel.fs.stats()["damaged"]["v"]
     kernel.close()
 
 

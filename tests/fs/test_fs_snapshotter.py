@@ -1,0 +1,91 @@
+"""Snapshots written by a forked child: the loop goes on, the tree as of the switch is
+what the snapshot holds, and every crash point recovers every acknowledged change."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from pathlib import Path
+
+import pytest
+from fs_harness import FakeKernel
+
+from kernelfarm.fs import snapshot, store
+from kernelfarm.partition import key_slot
+
+MIB = 1024 * 1024
+
+
+def volume_dir(data_dir: Path, name: str) -> Path:
+    return Path(store.slot_dir(data_dir, key_slot(name))) / store.volume_dirname(name)
+
+
+def files_of(directory: Path) -> list[str]:
+    return sorted(p.name for p in directory.iterdir())
+
+
+async def until(predicate: object, timeout: float = 30.0) -> None:
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while not predicate():  # type: ignore[operator]
+        assert loop.time() < deadline, "timed out"
+        await asyncio.sleep(0.01)
+
+
+@pytest.mark.asyncio
+async def test_a_snapshot_is_written_by_a_child_while_the_kernel_goes_on(
+        tmp_path: Path) -> None:
+    kernel = FakeKernel(tmp_path, loop=asyncio.get_running_loop(),
+                        snapshot_journal_bytes=MIB)
+    fs, directory = kernel.api, volume_dir(tmp_path, "v")
+    fs.mkdir("/v")
+    fs.write_file("/v/big", b"b" * (2 * MIB))   # the journal passes 1 MiB: a snapshot
+    jobs = kernel.fs._snapshotter.jobs
+    assert len(jobs) == 1                        # the flush returned; a child writes it
+    (job,) = jobs.values()
+    assert job.pid != os.getpid()
+    fs.write_file("/v/after", b"during the snapshot")  # served meanwhile, next journal
+    await until(lambda: not jobs)
+    assert kernel.fs.stats()["snapshots"] == 1
+    assert files_of(directory) == ["VOLUME", "journal.1", "snapshot"]
+    tree, generation = snapshot.load(str(directory / "snapshot"), kernel.fs.limits)
+    assert generation == 1 and sorted(tree.root.entries) == ["big"]  # as of the switch
+    kernel.crash()
+    assert kernel.api.read_file("/v/big") == b"b" * (2 * MIB)
+    assert kernel.api.read_file("/v/after") == b"during the snapshot"
+    kernel.close()
+
+
+@pytest.mark.asyncio
+async def test_a_crash_while_the_child_writes_loses_nothing(tmp_path: Path) -> None:
+    kernel = FakeKernel(tmp_path, loop=asyncio.get_running_loop(),
+                        snapshot_journal_bytes=MIB)
+    fs, directory = kernel.api, volume_dir(tmp_path, "v")
+    fs.mkdir("/v")
+    fs.write_file("/v/big", b"b" * (2 * MIB))
+    fs.write_file("/v/after", b"in journal.1")
+    kernel.fs._snapshotter.close()  # the kernel dies: its child is killed with it
+    assert "journal.0" in files_of(directory) and "journal.1" in files_of(directory)
+    kernel.crash()                   # recovery replays journal.0, then journal.1
+    assert kernel.api.read_file("/v/big") == b"b" * (2 * MIB)
+    assert kernel.api.read_file("/v/after") == b"in journal.1"
+    assert not any(name.startswith("snapshot.tmp") for name in files_of(directory))
+    kernel.close()
+
+
+@pytest.mark.asyncio
+async def test_a_failed_child_leaves_the_journals_whole(tmp_path: Path) -> None:
+    kernel = FakeKernel(tmp_path, loop=asyncio.get_running_loop(),
+                        snapshot_journal_bytes=MIB)
+    fs, directory = kernel.api, volume_dir(tmp_path, "v")
+    fs.mkdir("/v")
+    os.mkdir(directory / "snapshot.tmp.1")  # where the child must write: it fails
+    fs.write_file("/v/big", b"b" * (2 * MIB))
+    await until(lambda: not kernel.fs._snapshotter.jobs)
+    os.rmdir(directory / "snapshot.tmp.1")
+    assert kernel.fs.stats()["snapshot_failures"] == 1
+    fs.write_file("/v/after", b"still written")
+    kernel.crash()
+    assert kernel.api.read_file("/v/big") == b"b" * (2 * MIB)
+    assert kernel.api.read_file("/v/after") == b"still written"
+    kernel.close()
