@@ -50,5 +50,6 @@ if nothing can, refuses every call with EIO naming the damage), and is listed un
 ``fs.damaged`` in ``kernel.stats`` and by ``kernelfarm status``: one bad file never hides
 a volume, nor stops the kernel's other volumes.
 The supervisor's ``migration.json`` is written with :func:`kernelfarm.durable.write_file`
-and removed with :func:`kernelfarm.durable.remove`.
+(whole or absent after a cut); its removal is not fsynced, since a record a cut brings
+back only reports a finished batch as interrupted.
 """

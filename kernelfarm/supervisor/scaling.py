@@ -57,8 +57,10 @@ class MigrationRecord:
         durable.write_file(self.path, json.dumps(record).encode(), 0o644)
 
     def end(self) -> None:
-        """Forget the record durably: a stale one would report a finished batch as cut."""
-        durable.remove(self.path)
+        """Forget the record.  Not fsynced: a record that a power cut brings back only
+        reports a finished batch as interrupted, and the next supervisor assigns every
+        slot afresh from disk either way."""
+        self.path.unlink(missing_ok=True)
 
     def interrupted(self) -> dict[str, Any] | None:
         """The batch a previous supervisor did not finish, if any (then forgotten)."""
