@@ -50,6 +50,8 @@ ROOT_STAT = {"type": "dir", "size": 0, "mode": statmod.S_IFDIR | 0o755, "nlink":
 """``stat("/")``: the same on every kernel, since ``/`` belongs to none of them."""
 
 INT64 = 2**63
+REPLY_OVERHEAD = 64
+"""Bytes of a ``read_file``/``pread`` reply beyond the data (``[1, msgid, nil, bin32]``)."""
 RECORD_OVERHEAD = 256
 """Bytes a journal record takes beyond the data it carries (a generous bound)."""
 VOLUME_BYTES = 64 * 1024
@@ -160,6 +162,7 @@ class FsSubsystem(Subsystem):
         self.unnamed: dict[str, str] = {}
         """Volume directories that could not be loaded, not even their name: why."""
         self._space = FreeSpace(str(ctx.data_dir), config.reserve_bytes)
+        self._max_reply = ctx.config.rpc.max_message_bytes - REPLY_OVERHEAD
 
     def methods(self) -> list[Method]:
         def m(name: str, handler: Any, writes: bool = False) -> Method:
@@ -223,7 +226,7 @@ class FsSubsystem(Subsystem):
         volume, comps = self._resolve(path)
         if volume is None:
             raise posix(errno.EISDIR, "/")
-        return volume.tree.read_file(comps)
+        return volume.tree.read_file(comps, self._max_reply)
 
     def pread(self, path: str, offset: int, size: int) -> bytes:
         _int(offset, "offset")
@@ -231,7 +234,7 @@ class FsSubsystem(Subsystem):
         volume, comps = self._resolve(path)
         if volume is None:
             raise posix(errno.EISDIR, "/")
-        return volume.tree.pread(comps, offset, size)
+        return volume.tree.pread(comps, offset, size, self._max_reply)
 
     def readlink(self, path: str) -> str:
         volume, comps = self._resolve(path)

@@ -28,7 +28,7 @@ import stat as statmod
 from dataclasses import dataclass
 from typing import Any, cast
 
-from kernelfarm.errors import posix
+from kernelfarm.errors import MessageTooBig, posix
 
 ROOT_INO = 1
 
@@ -175,11 +175,14 @@ class Tree:
         code = errno.ELOOP if isinstance(node, Symlink) else errno.ENOTDIR
         raise posix(code, self._where(comps))
 
-    def read_file(self, comps: tuple[str, ...]) -> bytes:
+    def read_file(self, comps: tuple[str, ...], max_bytes: int = 2**63) -> bytes:
+        """The whole file; ``E2BIG`` (before a byte is copied) if over ``max_bytes``."""
         data = self._file(comps).data
+        self._fits(comps, len(data), max_bytes)
         return data if type(data) is bytes else bytes(data)
 
-    def pread(self, comps: tuple[str, ...], offset: int, size: int) -> bytes:
+    def pread(self, comps: tuple[str, ...], offset: int, size: int,
+              max_bytes: int = 2**63) -> bytes:
         node = self.lookup(comps)
         if isinstance(node, Symlink):
             raise posix(errno.ELOOP, self._where(comps))
@@ -187,8 +190,16 @@ class Tree:
             raise posix(errno.EINVAL, f"negative offset or size for {self._where(comps)}")
         if isinstance(node, Dir):
             raise posix(errno.EISDIR, self._where(comps))
+        data = cast(File, node).data  # neither dir nor symlink
+        self._fits(comps, max(0, min(size, len(data) - offset)), max_bytes)
         # Slicing clamps to the data: a huge size allocates only what the file holds.
-        return bytes(cast(File, node).data[offset:offset + size])  # neither dir nor symlink
+        return bytes(data[offset:offset + size])
+
+    def _fits(self, comps: tuple[str, ...], size: int, max_bytes: int) -> None:
+        if size > max_bytes:
+            raise MessageTooBig(f"{self._where(comps)}: a {size}-byte reply is over the "
+                                f"{max_bytes}-byte limit (rpc.max_message_bytes); read it "
+                                f"with fs.pread in smaller pieces")
 
     def readlink(self, comps: tuple[str, ...]) -> str:
         node = self.lookup(comps)

@@ -32,6 +32,10 @@ in_v = st.sampled_from([p for p in PATHS if p.startswith("/v/")])
 renames = st.one_of(st.tuples(in_v, in_v), st.tuples(in_v, in_v), st.tuples(paths, paths))
 data = st.binary(max_size=24)
 offsets = st.integers(min_value=-1, max_value=30)
+targets = st.sampled_from(["a", "../b", "/etc/passwd", "v/a/c", "."])
+"""Symlink targets: stored text, never followed (relative, absolute, up and out)."""
+modes = st.sampled_from([0o700, 0o644, 0o4755, 0o1777, 0o000])
+times = st.integers(min_value=-2**40, max_value=2**62)
 
 ops = st.one_of(
     st.tuples(st.just("mkdir"), paths),
@@ -48,6 +52,11 @@ ops = st.one_of(
     st.tuples(st.just("unlink"), paths),
     renames.map(lambda pair: ("rename", *pair)),
     renames.map(lambda pair: ("rename", *pair)),
+    st.tuples(st.just("symlink"), paths, targets),
+    st.tuples(st.just("readlink"), paths),
+    st.tuples(st.just("chmod"), paths, modes),
+    st.tuples(st.just("utime"), paths, times),
+    st.tuples(st.just("fsync"), paths),
 )
 
 SEED: list[tuple[Any, ...]] = [
@@ -66,13 +75,14 @@ def comparable_stat(st_: os.stat_result | dict[str, Any]) -> dict[str, Any]:
     by design: ext4 reports 4096 for a directory, and clocks are not shared)."""
     if isinstance(st_, os.stat_result):
         mode = st_.st_mode
-        kind = "dir" if statmod.S_ISDIR(mode) else "file"
+        kind = ("dir" if statmod.S_ISDIR(mode) else
+                "symlink" if statmod.S_ISLNK(mode) else "file")
         out = {"type": kind, "mode": mode, "nlink": st_.st_nlink}
-        if kind == "file":
+        if kind != "dir":
             out["size"] = st_.st_size
         return out
     out = {"type": st_["type"], "mode": st_["mode"], "nlink": st_["nlink"]}
-    if st_["type"] == "file":
+    if st_["type"] != "dir":
         out["size"] = st_["size"]
     return out
 
@@ -84,7 +94,23 @@ class Host:
         self.root = root
 
     def real(self, path: str) -> str:
+        """The host path; a symlink as an intermediate component is ``ELOOP``, as in
+        kernelfarm (which never follows one), where the host would follow it."""
+        parts = path.split("/")[1:]
+        for depth in range(1, len(parts)):
+            prefix = self.root + "/" + "/".join(parts[:depth])
+            if os.path.islink(prefix):
+                raise OSError(errno.ELOOP, prefix)
+            if not os.path.isdir(prefix):
+                break  # the host's own call reports ENOENT or ENOTDIR
         return self.root + path
+
+    def _not_a_link(self, path: str) -> str:
+        """The host path of an operation kernelfarm never applies through a symlink."""
+        real = self.real(path)
+        if os.path.islink(real):
+            raise OSError(errno.ELOOP, real)
+        return real
 
     def run(self, op: str, *args: Any) -> Any:
         return getattr(self, op)(*args)
@@ -97,7 +123,7 @@ class Host:
         os.rmdir(self.real(path))
 
     def listdir(self, path: str) -> list[str]:
-        return sorted(os.listdir(self.real(path)))
+        return sorted(os.listdir(self._not_a_link(path)))
 
     def stat(self, path: str) -> dict[str, Any]:
         return comparable_stat(os.lstat(self.real(path)))
@@ -140,7 +166,9 @@ class Host:
             os.close(fd)
 
     def truncate(self, path: str, size: int) -> None:
-        os.truncate(self.real(path), size)
+        if size < 0:
+            raise OSError(errno.EINVAL, "negative size")  # before the lookup, as Linux
+        os.truncate(self._not_a_link(path), size)
 
     def unlink(self, path: str) -> None:
         os.unlink(self.real(path))
@@ -150,6 +178,27 @@ class Host:
         if src_vol != dst_vol or src.count("/") == 1 or dst.count("/") == 1:
             raise OSError(errno.EXDEV, "volumes are separate mounts")
         os.rename(self.real(src), self.real(dst))
+
+
+    def symlink(self, path: str, target: str) -> None:
+        real = self.real(path)
+        if path.count("/") == 1 and not os.path.lexists(real):
+            raise OSError(errno.EPERM, "only volumes in /")
+        os.symlink(target, real)
+
+    def readlink(self, path: str) -> str:
+        return os.readlink(self.real(path))
+
+    def chmod(self, path: str, mode: int) -> None:
+        os.chmod(self._not_a_link(path), mode & 0o7777)
+
+    def utime(self, path: str, mtime_ns: int) -> None:
+        os.utime(self.real(path), ns=(mtime_ns, mtime_ns), follow_symlinks=False)
+
+    def fsync(self, path: str) -> None:
+        """kernelfarm's ``fs.fsync`` makes the path's volume durable; it needs the path to
+        exist (any type, a symlink too), as an ``open`` + ``fsync`` of it would."""
+        os.lstat(self.real(path))
 
 
 def outcome(fn: Callable[..., Any], *args: Any) -> tuple[str, Any]:
@@ -171,6 +220,8 @@ def host_tree(root: str) -> dict[str, Any]:
             if entry["type"] == "file":
                 with open(real, "rb") as fh:
                     entry["data"] = fh.read()
+            elif entry["type"] == "symlink":
+                entry["target"] = os.readlink(real)
             tree[path] = entry
     return tree
 
@@ -189,5 +240,7 @@ def fs_tree(call: Callable[..., Any], volumes: list[str],
             todo.extend(f"{path}/{name}" for name in call("fs.listdir", path))
         elif raw["type"] == "file":
             entry["data"] = call("fs.read_file", path)
+        else:
+            entry["target"] = call("fs.readlink", path)
         tree[path] = entry
     return tree
