@@ -405,6 +405,19 @@ class PowerCutFS(pyfuse3.Operations):
         self._log_created(parent_inode, name, attrs.st_ino)
         return attrs
 
+    async def mknod(self, parent_inode: int, name: bytes, mode: int, rdev: int, ctx: Any
+                    ) -> pyfuse3.EntryAttributes:
+        """Sockets and FIFOs (a farm binds unix sockets in its data dir)."""
+        self._power()
+        parent = self._node(parent_inode).fd
+        try:
+            os.mknod(name, mode, rdev, dir_fd=parent)
+        except OSError as exc:
+            raise fail(exc.errno or errno.EIO) from None
+        attrs = self._entry(parent, name)
+        self._log_created(parent_inode, name, attrs.st_ino)
+        return attrs
+
     async def unlink(self, parent_inode: int, name: bytes, ctx: Any) -> None:
         self._power()
         parent = self._node(parent_inode).fd
