@@ -25,6 +25,7 @@ import msgpack
 
 from kernelfarm import durable
 from kernelfarm.fs import journal
+from kernelfarm.fs.sparse import Sparse
 from kernelfarm.fs.tree import ROOT_INO, Dir, File, Inode, Limits, Symlink, Tree
 
 FORMAT = 1
@@ -44,7 +45,10 @@ def _entries(tree: Tree) -> Iterator[tuple[Any, ...]]:
                 kind, payload = DIR, None
                 stack.append(node)
             elif isinstance(node, File):
-                kind, payload = FILE, bytes(node.data)
+                data = node.data
+                kind = FILE
+                payload = ((data.size, list(data.extents())) if isinstance(data, Sparse)
+                           else bytes(data))
             else:
                 assert isinstance(node, Symlink)
                 kind, payload = SYMLINK, node.target
@@ -170,7 +174,9 @@ def _inode(record: tuple[Any, ...]) -> Inode:
     if kind == DIR:
         node = Dir(ino, perm, 0)
     elif kind == FILE:
-        node = File(ino, perm, 0, payload)
+        # bytes, or a sparse file's [size, [[offset, bytes], ...]]
+        node = File(ino, perm, 0, payload if isinstance(payload, bytes)
+                    else Sparse.from_extents(payload[0], [tuple(e) for e in payload[1]]))
     elif kind == SYMLINK:
         node = Symlink(ino, 0, payload)
     else:

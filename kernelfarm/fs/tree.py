@@ -29,6 +29,7 @@ from dataclasses import dataclass
 from typing import Any, cast
 
 from kernelfarm.errors import MessageTooBig, posix
+from kernelfarm.fs.sparse import Sparse
 
 ROOT_INO = 1
 
@@ -55,9 +56,11 @@ class Dir(Inode):
 class File(Inode):
     __slots__ = ("data",)
 
-    def __init__(self, ino: int, perm: int, now: int, data: bytes | bytearray) -> None:
+    def __init__(self, ino: int, perm: int, now: int,
+                 data: bytes | bytearray | Sparse) -> None:
         super().__init__(ino, perm, now)
-        # bytes until the first in-place change: write_file then read_file copies nothing.
+        # bytes until the first in-place change: write_file then read_file copies nothing;
+        # Sparse once a change leaves a hole (truncate or pwrite past the end).
         self.data = data
 
 
@@ -277,11 +280,14 @@ class Tree:
         end = offset + len(data)
         self._check_size(comps, old, max(old, end))
         buf = node.data
-        if isinstance(buf, bytes):
-            buf = node.data = bytearray(buf)
-        if offset > old:
-            buf.extend(bytes(offset - old))
-        buf[offset:end] = data
+        if offset > old and not isinstance(buf, Sparse):
+            buf = node.data = Sparse.from_bytes(buf)  # a hole: never zeros in memory
+        if isinstance(buf, Sparse):
+            buf.write(offset, data)
+        else:
+            if type(buf) is bytes:
+                buf = node.data = bytearray(buf)
+            buf[offset:end] = data
         self.bytes_used += len(buf) - old
         self._touch(node, now)
         return len(data)
@@ -294,13 +300,14 @@ class Tree:
         if size == old:
             return  # POSIX: times move only when the size changes
         self._check_size(comps, old, size)
-        if size < old:
-            node.data = node.data[:size]
+        buf = node.data
+        if isinstance(buf, Sparse):
+            buf.truncate(size)
+        elif size < old:
+            node.data = buf[:size]
         else:
-            buf = node.data
-            if isinstance(buf, bytes):
-                buf = node.data = bytearray(buf)
-            buf.extend(bytes(size - old))
+            sparse = node.data = Sparse.from_bytes(buf)  # a hole: never zeros in memory
+            sparse.truncate(size)
         self.bytes_used += size - old
         self._touch(node, now)
 
