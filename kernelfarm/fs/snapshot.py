@@ -35,6 +35,7 @@ DIR, FILE, SYMLINK = 0, 1, 2
 def _entries(tree: Tree) -> Iterator[tuple[Any, ...]]:
     """``(parent_ino, name, kind, ino, perm, mtime_ns, ctime_ns, payload)`` in pre-order."""
     root = tree.root
+    payload: Any
     yield (0, "", DIR, root.ino, root.perm, root.mtime_ns, root.ctime_ns, None)
     stack: list[Dir] = [root]
     while stack:
@@ -124,9 +125,8 @@ def peek_name(path: str) -> str | None:
         header = next(journal.read_all(path), None)
     except (OSError, ValueError):
         return None
-    if isinstance(header, dict) and isinstance(header.get("volume"), str):
-        return header["volume"]
-    return None
+    name = header.get("volume") if isinstance(header, dict) else None
+    return name if isinstance(name, str) else None
 
 
 def _read(path: str, records: Iterator[Any]) -> tuple[Tree, int, str | None]:

@@ -285,7 +285,7 @@ class Tree:
         if isinstance(buf, Sparse):
             buf.write(offset, data)
         else:
-            if type(buf) is bytes:
+            if not isinstance(buf, bytearray):
                 buf = node.data = bytearray(buf)
             buf[offset:end] = data
         self.bytes_used += len(buf) - old
