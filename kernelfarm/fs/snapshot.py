@@ -41,7 +41,6 @@ def _entries(tree: Tree) -> Iterator[tuple[Any, ...]]:
     while stack:
         parent = stack.pop()
         for name, node in parent.entries.items():
-            payload: bytes | str | None
             if isinstance(node, Dir):
                 kind, payload = DIR, None
                 stack.append(node)

@@ -156,7 +156,8 @@ def test_fsync_never_loses_acknowledged_writes_in_a_power_cut(tmp_path: Path,
 def test_fsync_batch_loses_at_most_the_last_interval(tmp_path: Path, pc: PowerCut) -> None:
     losses, cut_times, _, unloadable = rounds(tmp_path, pc, PARTITIONED, "batch", 4,
                                               migrate=False, seed=5)
-    old = [(loss, cut - loss.acked_at) for per_round, cut in zip(losses, cut_times)
+    old = [(loss, cut - loss.acked_at)
+           for per_round, cut in zip(losses, cut_times, strict=True)
            for loss in per_round if loss.acked_at < cut - BATCH_WINDOW_S]
     assert old == []
     assert unloadable == 0
