@@ -95,7 +95,7 @@ def window(control: tuple[str, int], client: Client, trigger: bool,
     end = time.perf_counter()
     reader.stop.set()
     reader.join()
-    return [d * 1000 for s, d in reader.samples if start <= s < end], end - start
+    return [round(d * 1000, 3) for s, d in reader.samples if start <= s < end], end - start
 
 
 def summary(latencies: list[float], seconds: float) -> dict[str, Any]:
@@ -182,7 +182,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     result = run(args.mib)
     args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "snapshot_bench.json").write_text(json.dumps(result, indent=1) + "\n")
+    (args.out / "snapshot_bench.json").write_text(json.dumps(result, separators=(",", ":"))
+                                                  + "\n")
     (args.out / "snapshot_bench.md").write_text(markdown(result))
     plot(result, args.out / "snapshot_bench.png")
     Console().print(table(result))
