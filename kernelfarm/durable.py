@@ -18,6 +18,7 @@ file that must be whole or absent; :func:`makedirs` (fsync each parent whose ent
 from __future__ import annotations
 
 import os
+import stat
 from pathlib import Path
 
 PathLike = str | Path
@@ -94,15 +95,24 @@ def makedirs(path: PathLike, mode: int = 0o755) -> None:
     its name fsynced into its parent, so a directory that a later durable write relies on
     cannot vanish in a power cut.  The leaf's parent is fsynced even when the leaf exists:
     a process that crashed between its ``mkdir`` and that fsync leaves a directory that is
-    visible but not yet durable."""
+    visible but not yet durable.  An error looking a directory up (EIO) is raised, never
+    taken for "missing" (``os.path.isdir`` would, and climb to mkdir an existing parent)."""
     path = os.path.abspath(os.fspath(path))
     parent = os.path.dirname(path)
-    if not os.path.isdir(path):
-        if parent != path and not os.path.isdir(parent):
+    if not is_dir(path):
+        if parent != path and not is_dir(parent):
             makedirs(parent, mode)
         try:
             os.mkdir(path, mode)
         except FileExistsError:
-            if not os.path.isdir(path):
+            if not is_dir(path):
                 raise
     sync_dir(parent)
+
+
+def is_dir(path: PathLike) -> bool:
+    """``os.path.isdir`` that raises every error but "no such file"."""
+    try:
+        return stat.S_ISDIR(os.stat(path).st_mode)
+    except FileNotFoundError:
+        return False

@@ -23,6 +23,8 @@ import shutil
 import string
 from pathlib import Path
 
+from kernelfarm import durable
+
 log = logging.getLogger(__name__)
 
 SAFE_CHARS = frozenset(string.ascii_letters + string.digits + "_-")
@@ -66,7 +68,7 @@ def volume_dirs(slot_path: str) -> list[str]:
         if name.startswith((CREATING, REMOVING)):
             log.info("removing %s, left by an interrupted volume create or remove", path)
             shutil.rmtree(path, ignore_errors=True)
-        elif os.path.isdir(path):
+        elif durable.is_dir(path):  # an I/O error is raised, not taken for "no volume"
             found.append(path)
     return found
 
