@@ -87,8 +87,26 @@ class LockedKernel(Kernel):
     def _wrap(self, method: Method) -> Method:
         locked = self.provider.wrap(method)
         if method.name.startswith(LOOP_BOUND):
-            return self._homed(locked)
+            locked = self._homed(locked)
+        if method.writes:
+            locked = self._holds_replies(locked)
         return locked
+
+    def _holds_replies(self, method: Method) -> Method:
+        """A write makes its thread hold replies until the next commit, if its subsystem
+        flushes: another thread may have asked for the flush already, so this thread
+        would not know.  Decided here, at registration, not per request."""
+        handler, prefixes, state = method.handler, self._flush_prefixes, self._state
+        prefix = method.name.partition(".")[0] + "."
+
+        def holding(*args: Any) -> Any:
+            try:
+                return handler(*args)
+            finally:
+                if prefix in prefixes:
+                    state().group_commit.request()
+
+        return replace(method, handler=holding)
 
     def _homed(self, method: Method) -> Method:
         handler, keyfn, homes = method.handler, method.key, self._homes
@@ -139,15 +157,6 @@ class LockedKernel(Kernel):
                 self._flush_prefixes.add(name + ".")
             self._flush_callables.append(flush)
         self._state().group_commit.request()
-
-    def handle(self, conn: Any, msgid: int, method: str, params: list[Any]) -> list[Any] | None:
-        reply = super().handle(conn, msgid, method, params)
-        if self._flush_prefixes and method.startswith(tuple(self._flush_prefixes)):
-            entry = self.methods.get(method)
-            if entry is not None and entry.writes:
-                # another thread may have asked for the flush already
-                self._state().group_commit.request()
-        return reply
 
     def send(self, conn: Any, data: bytes) -> None:
         self._state().group_commit.send(conn, data)

@@ -164,13 +164,23 @@ def fit_descriptors(config: Config) -> Config:
 
 
 def make_kernel(boot: BootInfo, config: Config, loop: asyncio.AbstractEventLoop) -> Kernel:
-    """A unicpu kernel, or in locked mode the baseline with its locks applied."""
+    """A unicpu kernel, or in locked mode the baseline with its locks applied.
+
+    Locked with one thread is the unicpu kernel itself with its handlers wrapped in
+    locks, and nothing else: the thread bookkeeping of :class:`LockedKernel` (per-thread
+    commits, loop hops) is for several threads, so leaving it out makes the difference
+    to a partitioned kernel the locks alone (``unicpu-locks`` in the benchmarks).
+    """
     if boot.mode != "locked":
         return Kernel(boot, config, loop)
-    from kernelfarm.kernel.locked import LockedKernel
     from kernelfarm.kernel.locks import LockProvider
 
-    return LockedKernel(boot, config, loop, LockProvider(config.farm.locking))
+    provider = LockProvider(config.farm.locking)
+    if boot.threads == 1:
+        return Kernel(boot, config, loop, wrap=provider.wrap)
+    from kernelfarm.kernel.locked import LockedKernel
+
+    return LockedKernel(boot, config, loop, provider)
 
 
 def pin(boot: BootInfo) -> None:

@@ -172,3 +172,33 @@ async def test_the_unicpu_path_takes_no_lock_and_the_locked_one_does(
         kernel.close()
     assert taken["partitioned"] == 0
     assert taken["locked"] >= len(requests) - 1  # every fs request took its lock
+
+
+@pytest.mark.asyncio
+async def test_one_locked_thread_is_the_unicpu_kernel_plus_the_lock_wrapper(
+        tmp_path: Path) -> None:
+    """``unicpu-locks`` differs from a partitioned kernel by the wrapped handlers alone."""
+    from kernelfarm import config as configuration
+    from kernelfarm.boot import BootInfo
+    from kernelfarm.kernel.kernel import Kernel
+    from kernelfarm.kernel.process import make_kernel
+
+    loop = asyncio.get_running_loop()
+    config = configuration.load()
+    kernels = {}
+    for mode in ("partitioned", "locked"):
+        boot = BootInfo(kernel_id=0, core=0, epoch=1, ranges=[[0, 16383, 0]],
+                        addrs={0: ["127.0.0.1", 1]}, config=config.to_dict(),
+                        data_dir=str(tmp_path / mode), supervisor_pid=0, mode=mode,
+                        threads=1)
+        kernels[mode] = make_kernel(boot, config, loop)
+    assert type(kernels["locked"]) is Kernel is type(kernels["partitioned"])
+    for name, method in kernels["partitioned"].methods.items():
+        locked = kernels["locked"].methods[name]
+        if name.startswith("kernel."):
+            continue
+        assert locked.handler.__module__ == "kernelfarm.kernel.locks"
+        assert (locked.key, locked.is_async, locked.writes, locked.wants_conn) == \
+            (method.key, method.is_async, method.writes, method.wants_conn)
+    for kernel in kernels.values():
+        kernel.close()
