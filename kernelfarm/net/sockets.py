@@ -51,6 +51,9 @@ class FarmSocket:
         self.bytes_out = 0
         self._readers: list[Waiter] = []
         self._writers: list[Waiter] = []
+        self._watched: set[int] = set()
+        """``id()`` of the waiter lists whose direction the loop watches: a watch outlives
+        its waiters until the next readiness finds nobody (no add/remove per wait)."""
 
     # -- set-up -----------------------------------------------------------------------------
 
@@ -212,10 +215,8 @@ class FarmSocket:
             return
         self.closed = True
         if self.sock is not None:
-            if self._readers:
-                self.loop.remove_reader(self.sock.fileno())
-            if self._writers:
-                self.loop.remove_writer(self.sock.fileno())
+            self._unwatch(self._readers)
+            self._unwatch(self._writers)
             self.sock.close()
         for waiter in self._readers + self._writers:
             waiter.fail(posix(errno.EBADF, f"socket {self.sid} was closed"))
@@ -271,17 +272,23 @@ class FarmSocket:
         if timeout <= 0:
             raise posix(errno.ETIMEDOUT, f"socket {self.sid}")
         sock = self.opened()
-        if not waiters:
+        if id(waiters) not in self._watched:
             watch = self.loop.add_reader if waiters is self._readers else self.loop.add_writer
             watch(sock.fileno(), self._wake, waiters)
+            self._watched.add(id(waiters))
         waiters.append(waiter)
         waiter.timer = self.loop.call_later(timeout, self._expire, waiters, waiter)
 
     def _wake(self, waiters: list[Waiter]) -> None:
-        """The host says ready: settle every waiter whose call no longer blocks."""
-        waiters[:] = [waiter for waiter in waiters if not waiter.try_settle()]
+        """The host says ready: settle every waiter whose call no longer blocks.
+
+        The watch stays after the last waiter is settled, since the next request on this
+        socket usually waits too; a readiness that finds nobody waiting ends it (the
+        loop's watch is level-triggered, so it would fire again and again)."""
         if not waiters:
             self._unwatch(waiters)
+            return
+        waiters[:] = [waiter for waiter in waiters if not waiter.try_settle()]
 
     def _expire(self, waiters: list[Waiter], waiter: Waiter) -> None:
         self._drop(waiters, waiter)
@@ -292,12 +299,12 @@ class FarmSocket:
             waiters.remove(waiter)
             if waiter.timer is not None:
                 waiter.timer.cancel()
-            if not waiters:
-                self._unwatch(waiters)
 
     def _unwatch(self, waiters: list[Waiter]) -> None:
-        if self.sock is None or self.closed:
+        if id(waiters) not in self._watched:
             return
+        self._watched.discard(id(waiters))
+        assert self.sock is not None
         if waiters is self._readers:
             self.loop.remove_reader(self.sock.fileno())
         else:
