@@ -104,6 +104,8 @@ class ServerConnection(asyncio.Protocol):
         self._done = False  # no more input is served: failed, refused or closing
         self._backlog = False  # input left buffered when a bound stopped the last batch
         self._scheduled = False
+        self._finished: list[list[Any]] = []
+        """Replies of waiting calls that ended in this loop turn: they leave in one write."""
         self._reading_paused = False
         self._writing_paused = False
 
@@ -251,9 +253,17 @@ class ServerConnection(asyncio.Protocol):
             if not isinstance(exc, (OSError, KernelfarmError, TypeError, ValueError)):
                 failures.log(logging.ERROR, "handler failed", exc_info=exc)
             reply = [1, msgid, to_wire(exc), None]
-        self._send_replies([reply])
+        finished = self._finished
+        finished.append(reply)
+        if len(finished) == 1:
+            asyncio.get_running_loop().call_soon(self._send_finished)
         if self._reading_paused:
             self._process()  # messages left buffered when the limit was hit
+
+    def _send_finished(self) -> None:
+        finished, self._finished = self._finished, []
+        if not self.closed:
+            self._send_replies(finished)
 
     def _update_reading(self) -> None:
         if self.transport is None or self.closed:

@@ -20,6 +20,7 @@ class GateService:
         self.gates: dict[str, asyncio.Event] = {}
         self.started: list[str] = []
         self.closed = 0
+        self.writes = 0
 
     def handle(self, conn: ServerConnection, msgid: int, method: str,
                params: list[Any]) -> list[Any] | None:
@@ -39,6 +40,7 @@ class GateService:
         self.gates.setdefault(name, asyncio.Event()).set()
 
     def send(self, conn: ServerConnection, data: bytes) -> None:
+        self.writes += 1
         conn.write(data)
 
     def connection_made(self, conn: ServerConnection) -> None:
@@ -83,6 +85,19 @@ async def test_replies_come_back_out_of_order(
     assert not slow.done()
     service.open("slow")
     assert await slow == "slow"
+
+
+@pytest.mark.asyncio
+async def test_replies_of_calls_that_end_in_one_turn_leave_in_one_write(
+        served: tuple[GateService, RpcClientConnection]) -> None:
+    service, client = served
+    calls = [asyncio.ensure_future(client.call("wait", name)) for name in ("a", "b")]
+    await until(lambda: len(service.started) == 2)
+    writes = service.writes
+    service.open("a")
+    service.open("b")  # both calls end in the same loop turn
+    assert await asyncio.gather(*calls) == ["a", "b"]
+    assert service.writes == writes + 1
 
 
 @pytest.mark.asyncio
