@@ -1,0 +1,49 @@
+"""The kernel's request path: what it remembers between requests stays right and bounded."""
+
+from __future__ import annotations
+
+import asyncio
+from binascii import crc_hqx
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from kernelfarm import config as configuration
+from kernelfarm.boot import BootInfo
+from kernelfarm.kernel import kernel as kernel_module
+from kernelfarm.kernel.kernel import Kernel
+from kernelfarm.partition import NSLOTS
+
+
+def slot(key: str) -> int:
+    return crc_hqx(key.encode("utf-8"), 0) % NSLOTS
+
+
+def make(tmp_path: Path, ranges: list[list[int]]) -> Kernel:
+    config = configuration.load()
+    boot = BootInfo(kernel_id=0, core=0, epoch=1, ranges=ranges,
+                    addrs={0: ["127.0.0.1", 1], 1: ["127.0.0.1", 2]},
+                    config=config.to_dict(), data_dir=str(tmp_path), supervisor_pid=0)
+    return Kernel(boot, config, asyncio.get_running_loop())
+
+
+def call(kernel: Kernel, method: str, *params: Any) -> Any:
+    return kernel.handle(None, 7, method, list(params))
+
+
+@pytest.mark.asyncio
+async def test_remembered_slots_follow_ownership_and_stay_bounded(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(kernel_module, "SLOTS_REMEMBERED", 8)
+    mine, theirs = "alice", next(f"v{i}" for i in range(1000) if slot(f"v{i}") != slot("alice"))
+    ranges = [[s, s, 0 if s == slot(mine) else 1] for s in range(NSLOTS)]
+    kernel = make(tmp_path, ranges)
+    kernel.load_slots([slot(mine)])
+    assert call(kernel, "fs.stat", f"/{theirs}")[2]["code"] == "MOVED"
+    assert call(kernel, "fs.stat", f"/{mine}")[2]["code"] == "ENOENT"
+    for index in range(50):  # many keys: the memory starts afresh instead of growing
+        call(kernel, "fs.stat", f"/k{index}/f")
+    assert len(kernel._slot_of) <= 8
+    assert call(kernel, "fs.stat", f"/{theirs}")[2]["code"] == "MOVED"
+    kernel.close()
