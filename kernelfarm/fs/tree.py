@@ -120,6 +120,10 @@ class Tree:
         return node
 
     def lookup(self, comps: tuple[str, ...]) -> Inode:
+        if len(comps) == 1:  # a file at the volume root: no walk, no extra frame
+            node = self.root.entries.get(comps[0])
+            if node is not None:
+                return node
         if not comps:
             return self.root
         node = self._dir_of(comps).entries.get(comps[-1])
