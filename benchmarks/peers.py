@@ -33,7 +33,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -46,7 +46,7 @@ from kernelfarm.bench.cpu import CpuMeter
 from kernelfarm.bench.echo import running_echo
 from kernelfarm.bench.loadgen import Address, ConnectionPlan, run_load
 from kernelfarm.bench.runner import machine
-from kernelfarm.bench.systems import running_farm
+from kernelfarm.bench.systems import Target, running_farm
 from kernelfarm.supervisor.launch import end_process
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
@@ -90,36 +90,47 @@ def echo_row(args: argparse.Namespace) -> dict[str, Any]:
         return measure("echo", plans, [echo.pid], args)
 
 
+def workload(name: str, farm: Target, peer: Address,
+             args: argparse.Namespace) -> tuple[list[ConnectionPlan], int, Callable[[], None]]:
+    """The plans of ``name`` on a one-kernel farm, requests per counted op, and a cleanup."""
+    address = farm.addresses[0]
+    call = farm.call
+    if name != "net-echo":
+        try:
+            call("fs.mkdir", f"/{VOLUME}")
+        except FileExistsError:
+            pass  # made for an earlier workload of this farm
+        call("fs.write_file", STAT_PATH, b"kernelfarm")
+    if name == "fs.stat":
+        return uniform(address, args.connections, args.depth,
+                       lambda c, s: [("fs.stat", [STAT_PATH])]), 1, lambda: None
+    if name == "fs.write_file":
+        return uniform(address, args.connections, args.depth, lambda c, s: [
+            ("fs.write_file", [f"/{VOLUME}/w{c}-{s}", PAYLOAD])]), 1, lambda: None
+    streams = -(-args.connections * args.depth // NET_TENANTS)
+    tenants = [f"{VOLUME}-net{i}" for i in range(NET_TENANTS)]
+    prepared = workloads.prepare("net-echo", call, dict.fromkeys(tenants, streams),
+                                 echo_address=peer)
+    plans = uniform(address, args.connections, args.depth, lambda c, s: prepared.chain(
+        tenants[(c * args.depth + s) % NET_TENANTS], (c * args.depth + s) // NET_TENANTS))
+    return plans, 2, lambda: prepared.cleanup(call)
+
+
 def farm_rows(args: argparse.Namespace, scratch: Path) -> list[dict[str, Any]]:
     """fs.stat, 16-byte write_file (fsync always) and net-echo on a one-kernel farm."""
+    rows = []
     with running_farm(["--kernels", "1"], scratch, "always") as farm, \
             running_echo("bytes", cpu=args.load_core) as peer:
         kernel = psutil.Process(farm.server_pids[0]).children()[0]
         if kernel.cpu_affinity() != [args.server_core]:
             raise SystemExit(f"the kernel runs on {kernel.cpu_affinity()}, not core "
                              f"{args.server_core}")
-        address = farm.addresses[0]
-        call = farm.call
-        call("fs.mkdir", f"/{VOLUME}")
-        call("fs.write_file", STAT_PATH, b"kernelfarm")
-        rows = [measure("fs.stat", uniform(address, args.connections, args.depth,
-                                           lambda c, s: [("fs.stat", [STAT_PATH])]),
-                        [kernel.pid], args)]
-        rows.append(measure("fs.write_file", uniform(
-            address, args.connections, args.depth,
-            lambda c, s: [("fs.write_file", [f"/{VOLUME}/w{c}-{s}", PAYLOAD])]),
-            [kernel.pid], args))
-        streams = -(-args.connections * args.depth // NET_TENANTS)
-        tenants = [f"{VOLUME}-net{i}" for i in range(NET_TENANTS)]
-        prepared = workloads.prepare("net-echo", call, dict.fromkeys(tenants, streams),
-                                     echo_address=peer.address)
-        try:
-            plans = uniform(address, args.connections, args.depth, lambda c, s: prepared.chain(
-                tenants[(c * args.depth + s) % NET_TENANTS],
-                (c * args.depth + s) // NET_TENANTS))
-            rows.append(measure("net-echo", plans, [kernel.pid], args, per=2))
-        finally:
-            prepared.cleanup(call)
+        for name in ("fs.stat", "fs.write_file", "net-echo"):
+            plans, per, cleanup = workload(name, farm, peer.address, args)
+            try:
+                rows.append(measure(name, plans, [kernel.pid], args, per=per))
+            finally:
+                cleanup()
     return rows
 
 
