@@ -204,9 +204,12 @@ class FsSubsystem(Subsystem):
         name, comps = parse(path)
         if name is None:
             return None, comps
-        if not comps and name not in self.volumes:
-            raise posix(errno.EPERM, f"only volumes (directories) can be made in /: {path}")
-        return self._volume(name, path), comps
+        volume = self.volumes.get(name)
+        if volume is None or volume.failed is not None:
+            if not comps and volume is None:
+                raise posix(errno.EPERM, f"only volumes (directories) can be made in /: {path}")
+            volume = self._volume(name, path)  # raises the proper error
+        return volume, comps
 
     # -- reads -------------------------------------------------------------------------------
 

@@ -253,7 +253,7 @@ class Tree:
         """Create or replace a file's whole content (``O_CREAT|O_TRUNC`` + write, atomic)."""
         if not comps:
             raise posix(errno.EISDIR, self._where(comps))
-        parent = self._dir_of(comps)
+        parent = self.root if len(comps) == 1 else self._dir_of(comps)
         node = parent.entries.get(comps[-1])
         if node is None:
             self._check_new_inode(comps)
