@@ -7,7 +7,8 @@ data dir, every slot owned), one without a wrapper and one per locking mode, and
 :meth:`Kernel.handle` on the same requests, rounds interleaved so drift hits every
 variant alike.  The difference to the unwrapped kernel is the wrapper and its lock, per
 request, measured on its own.  Replies are not packed or sent; group commits run once
-per batch of ``--depth`` requests (a loop turn), as in a kernel.
+per batch of ``--depth`` requests (a loop turn), as in a kernel.  Times are this thread's
+CPU time (``thread_time_ns``), so other work on a shared machine does not count.
 
     python benchmarks/handler_cost.py [--requests 200000] [--rounds 5] [--out DIR]
 """
@@ -76,12 +77,12 @@ async def time_requests(kernel: Kernel, method: str, count: int, depth: int) -> 
     elapsed = 0
     for first in range(0, count, depth):
         batch = params[first:first + depth]
-        started = time.perf_counter_ns()
+        started = time.thread_time_ns()
         for msgid, request in enumerate(batch):
             reply = handle(conn, msgid, method, request)
             if reply is None or reply[2] is not None:
                 raise RuntimeError(f"{method} failed: {reply}")
-        elapsed += time.perf_counter_ns() - started
+        elapsed += time.thread_time_ns() - started
         await asyncio.sleep(0)  # the loop turn: the group commit runs here, untimed
     return elapsed / count
 
@@ -89,11 +90,11 @@ async def time_requests(kernel: Kernel, method: str, count: int, depth: int) -> 
 def bare_lock_ns(count: int = 1_000_000) -> float:
     """``with lock:`` around nothing, for scale."""
     lock = threading.Lock()
-    started = time.perf_counter_ns()
+    started = time.thread_time_ns()
     for _ in range(count):
         with lock:
             pass
-    return (time.perf_counter_ns() - started) / count
+    return (time.thread_time_ns() - started) / count
 
 
 async def measure(args: argparse.Namespace, scratch: Path) -> dict[str, Any]:

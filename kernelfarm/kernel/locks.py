@@ -72,22 +72,30 @@ class LockProvider:
         return lock
 
     def wrap(self, method: Method) -> Method:
-        """The same method, its handler running under the lock its request needs."""
-        handler, keyfn = method.handler, method.key
-        lock_for = self.lock_for
-        offset = 1 if method.wants_conn else 0
+        """The same method, its handler running under the lock its request needs.
 
-        def key_of(args: tuple[Any, ...]) -> str | None:
-            if keyfn is None:
-                return None
-            try:
-                return keyfn(list(args[offset:]))
+        The wrapper is one frame: it finds the lock (in fine locking, the request's key
+        and a dict lookup) and runs the handler under it, so what a locked kernel pays
+        over a unicpu one is the lock and the least code that finds it
+        (``benchmarks/handler_cost.py`` measures it).
+        """
+        handler, keyfn = method.handler, method.key
+        offset = 1 if method.wants_conn else 0
+        one_lock = self.locking == "global" or keyfn is None
+        table_lock, locks, lock_for = self.table_lock, self._locks, self.lock_for
+
+        def lock_of(args: tuple[Any, ...]) -> Lock:
+            if one_lock:
+                return table_lock
+            try:  # a tuple of params reads like the list the key function takes
+                key = keyfn(args[offset:] if offset else args)  # type: ignore[arg-type,misc]
             except Exception:
-                return None  # bad params: the handler raises the proper error under a lock
+                key = None  # bad params: the handler raises the proper error under a lock
+            return locks.get(key) or lock_for(key)  # type: ignore[arg-type]
 
         if method.is_async:
             def locked_async(*args: Any) -> Any:
-                lock = lock_for(key_of(args))
+                lock = lock_of(args)
                 with lock:
                     result = handler(*args)
                 if not hasattr(result, "__await__"):
@@ -96,8 +104,20 @@ class LockProvider:
 
             return replace(method, handler=locked_async)
 
+        if one_lock:
+            def locked_globally(*args: Any) -> Any:
+                with table_lock:
+                    return handler(*args)
+
+            return replace(method, handler=locked_globally)
+
         def locked(*args: Any) -> Any:
-            with lock_for(key_of(args)):
+            # lock_of inlined: on this path every frame is part of the measured lock cost
+            try:
+                key = keyfn(args[offset:] if offset else args)  # type: ignore[arg-type,misc]
+            except Exception:
+                key = None
+            with locks.get(key) or lock_for(key):  # type: ignore[arg-type]
                 return handler(*args)
 
         return replace(method, handler=locked)
