@@ -31,8 +31,8 @@ from rich.console import Console
 from rich.table import Table
 
 from kernelfarm.bench.runner import machine
-from kernelfarm.config import Config
 from kernelfarm.boot import BootInfo
+from kernelfarm.config import Config
 from kernelfarm.kernel.kernel import Kernel
 from kernelfarm.kernel.locks import LockProvider
 from kernelfarm.partition import NSLOTS

@@ -218,7 +218,7 @@ def markdown(rounds: list[dict[str, Any]]) -> str:
         for name, value in result["ratios"].items():
             goal = GOALS.get(name)
             lines.append(f"| {index} | {name} | {value:.2f} | "
-                         f"{'>= %.1f' % goal if goal else '-'} |")
+                         f"{f'>= {goal:.1f}' if goal else '-'} |")
     return "\n".join(lines) + "\n"
 
 

@@ -36,7 +36,7 @@ from kernelfarm.bench.runner import machine
 from kernelfarm.bench.systems import running_farm
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import peers  # noqa: E402  (the sibling script: its workloads and measurement)
+import peers
 
 WORKLOADS = ("fs.stat", "fs.write_file", "net-echo")
 SAMPLE_RATE = 500
