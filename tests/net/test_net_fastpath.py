@@ -87,3 +87,23 @@ async def test_a_waiting_recv_times_out_and_fails_on_close(
     with pytest.raises(OSError) as info:
         await asyncio.wait_for(pending, DEADLINE_S)
     assert info.value.errno == errno.EBADF
+
+
+@pytest.mark.asyncio
+async def test_the_readiness_watch_outlives_a_wait_until_nobody_waits(
+        pair: tuple[socket.socket, socket.socket]) -> None:
+    """Request/response traffic keeps its epoll registration from one wait to the next;
+    data that arrives with nobody waiting ends the watch (it would fire forever)."""
+    ours, peer = pair
+    loop = asyncio.get_running_loop()
+    farm = FarmSocket.accepted(loop, 1, ours)
+    pending = farm.recv(10, DEADLINE_S)
+    peer.sendall(b"one")
+    assert await asyncio.wait_for(pending, DEADLINE_S) == b"one"
+    assert id(farm._readers) in farm._watched  # still watched: the next wait adds nothing
+    peer.sendall(b"two")  # nobody waits for this one
+    async with asyncio.timeout(DEADLINE_S):
+        while id(farm._readers) in farm._watched:
+            await asyncio.sleep(0.001)
+    assert farm.recv(10, DEADLINE_S) == b"two"  # the data is still there for the next call
+    farm.close()
