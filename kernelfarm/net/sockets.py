@@ -89,6 +89,8 @@ class FarmSocket:
     def detach(self) -> socket.socket:
         """Give the host socket away (to a relay); this farm socket is then empty."""
         sock = self.opened()
+        self._unwatch(self._readers)  # a watch may outlive its waiters: end it here
+        self._unwatch(self._writers)
         self.sock = None
         return sock
 

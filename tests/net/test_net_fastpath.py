@@ -107,3 +107,23 @@ async def test_the_readiness_watch_outlives_a_wait_until_nobody_waits(
             await asyncio.sleep(0.001)
     assert farm.recv(10, DEADLINE_S) == b"two"  # the data is still there for the next call
     farm.close()
+
+
+@pytest.mark.asyncio
+async def test_detaching_a_socket_ends_a_watch_that_outlived_its_waiters(
+        pair: tuple[socket.socket, socket.socket]) -> None:
+    """A socket given to a relay after a wait must not stay watched by its farm socket."""
+    ours, peer = pair
+    loop = asyncio.get_running_loop()
+    farm = FarmSocket.accepted(loop, 1, ours)
+    pending = farm.recv(10, DEADLINE_S)
+    peer.sendall(b"one")
+    assert await asyncio.wait_for(pending, DEADLINE_S) == b"one"
+    sock = farm.detach()
+    assert farm._watched == set()
+    got: asyncio.Future[bytes] = loop.create_future()
+    loop.add_reader(sock.fileno(), lambda: got.done() or got.set_result(sock.recv(10)))
+    peer.sendall(b"two")
+    assert await asyncio.wait_for(got, DEADLINE_S) == b"two"  # the new owner reads it
+    loop.remove_reader(sock.fileno())
+    farm.close()
