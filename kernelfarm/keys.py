@@ -12,6 +12,7 @@ request refuses it with the proper error.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any, Callable
 
 
@@ -23,12 +24,12 @@ def volume_of(path: object) -> str | None:
     return path[1:] if end < 0 else (path[1:end] or None)
 
 
-def fs_key(params: list[Any]) -> str | None:
+def fs_key(params: Sequence[Any]) -> str | None:
     """The partition key of every ``fs.*`` call: the volume of its first parameter."""
     return volume_of(params[0]) if params else None
 
 
-def namespace_key(params: list[Any]) -> str:
+def namespace_key(params: Sequence[Any]) -> str:
     """The partition key of every ``net.*`` call: its first parameter, the namespace."""
     name = params[0]
     if not isinstance(name, str):

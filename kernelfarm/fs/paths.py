@@ -19,6 +19,7 @@ name, and everything below the volume lives inside its journal and snapshot.
 from __future__ import annotations
 
 import errno
+from collections.abc import Sequence
 from typing import Any
 
 from kernelfarm.errors import posix
@@ -54,7 +55,7 @@ def parse(path: object) -> Parsed:
     return parsed
 
 
-def routing_key(params: list[Any]) -> str | None:
+def routing_key(params: Sequence[Any]) -> str | None:
     """The kernel's partition key of an fs request: the volume of its first parameter.
 
     Unlike the client's :func:`volume_of` it parses the whole path, once, so the handler

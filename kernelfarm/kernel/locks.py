@@ -87,11 +87,11 @@ class LockProvider:
         def lock_of(args: tuple[Any, ...]) -> Lock:
             if one_lock:
                 return table_lock
-            try:  # a tuple of params reads like the list the key function takes
-                key = keyfn(args[offset:] if offset else args)  # type: ignore[arg-type,misc]
+            try:
+                key = keyfn(args[offset:] if offset else args)  # type: ignore[misc]  # one_lock when None
             except Exception:
                 key = None  # bad params: the handler raises the proper error under a lock
-            return locks.get(key) or lock_for(key)  # type: ignore[arg-type]
+            return table_lock if key is None else locks.get(key) or lock_for(key)
 
         if method.is_async:
             def locked_async(*args: Any) -> Any:
@@ -114,10 +114,10 @@ class LockProvider:
         def locked(*args: Any) -> Any:
             # lock_of inlined: on this path every frame is part of the measured lock cost
             try:
-                key = keyfn(args[offset:] if offset else args)  # type: ignore[arg-type,misc]
+                key = keyfn(args[offset:] if offset else args)  # type: ignore[misc]  # not None here
             except Exception:
                 key = None
-            with locks.get(key) or lock_for(key):  # type: ignore[arg-type]
+            with table_lock if key is None else locks.get(key) or lock_for(key):
                 return handler(*args)
 
         return replace(method, handler=locked)

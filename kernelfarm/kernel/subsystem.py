@@ -15,14 +15,16 @@ from __future__ import annotations
 import asyncio
 from dataclasses import dataclass
 from pathlib import Path
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, Callable, ClassVar, Protocol
 
 if TYPE_CHECKING:
     from kernelfarm.config import Config
 
 
-KeyOf = Callable[[list[Any]], "str | None"]
-"""Finds a request's partition key from its positional params; ``None`` = any kernel."""
+KeyOf = Callable[[Sequence[Any]], "str | None"]
+"""Finds a request's partition key from its positional params (a list, or a tuple in a
+lock wrapper); ``None`` = any kernel."""
 
 
 @dataclass(frozen=True, slots=True)
