@@ -7,7 +7,7 @@ file descriptor numbers and nothing secret lands in ``ps`` output.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 BOOT_NOTIFICATION = "kernel.boot"
@@ -34,6 +34,10 @@ class BootInfo:
     supervisor_pid: int
     mode: str = "partitioned"
     threads: int = 1
+    supervisor_addrs: list[list[Any]] = field(default_factory=list)
+    """The supervisor's listeners (control, metrics): farm ports no namespace may reach."""
+    tenants: dict[str, Any] = field(default_factory=dict)
+    """The tenant table (:meth:`kernelfarm.auth.table.TenantTable.to_wire`)."""
 
     def to_wire(self) -> dict[str, Any]:
         data = asdict(self)

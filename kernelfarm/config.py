@@ -20,6 +20,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
+from kernelfarm.auth.config import AuthConfig
+from kernelfarm.auth.tokens import DEFAULT_DATA_DIR
 from kernelfarm.errors import ConfigError
 from kernelfarm.fs.config import FsConfig
 from kernelfarm.hostport import parse_hostport
@@ -60,7 +62,7 @@ class FarmConfig:
         check=_check_kernels)
     locking: Literal["global", "fine"] = setting(
         "fine", "locked mode only: one big lock, or per-volume/per-namespace locks")
-    data_dir: str = setting("~/.local/state/kernelfarm", "where kernels keep their data")
+    data_dir: str = setting(DEFAULT_DATA_DIR, "where kernels keep their data")
     control: str = setting(DEFAULT_CONTROL, "supervisor control address HOST:PORT (port 0 = "
                            "any free port)", check=_check_hostport)
     host: str = setting("127.0.0.1", "numeric address the kernels listen on (loopback by "
@@ -117,6 +119,7 @@ SECTIONS: dict[str, type] = {
     "farm": FarmConfig,
     "rpc": RpcConfig,
     "supervisor": SupervisorConfig,
+    "auth": AuthConfig,
     "fs": FsConfig,
     "net": NetConfig,
     "metrics": MetricsConfig,

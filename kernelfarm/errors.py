@@ -70,6 +70,12 @@ class MessageTooBig(ProtocolError):
     code = "E2BIG"
 
 
+class NotAuthenticated(KernelfarmError):
+    """The connection has not said who it is (``auth.hello``) and the method needs it."""
+
+    code = "NOAUTH"
+
+
 class UnknownMethod(KernelfarmError):
     """The method is not served here."""
 
@@ -128,7 +134,7 @@ def _register(*classes: type[KernelfarmError]) -> None:
 
 
 _register(ConfigError, ProtocolError, MessageTooBig, UnknownMethod, Moved, TryAgain,
-          ConnectionLost, Timeout)
+          ConnectionLost, Timeout, NotAuthenticated)
 
 
 def errno_name(number: int) -> str:

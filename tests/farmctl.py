@@ -1,7 +1,9 @@
 """Start real farms for tests: ``kernelfarm serve`` as a process on 127.0.0.1, port 0.
 
 The daemon prints one JSON line when it serves; tests wait for that line (with a deadline),
-never for a fixed time.  The test process makes itself a child subreaper, so kernels
+never for a fixed time.  Auth is on, as by default: every farm a test starts gets the test
+session's admin token (:data:`ADMIN_TOKEN`, written to its data dir before the first serve
+and exported as ``$KERNELFARM_TOKEN``), so clients and CLI commands find it as users do.  The test process makes itself a child subreaper, so kernels
 orphaned by a killed supervisor are re-parented to it and reaped here: no test leaves a
 process behind.
 """
@@ -22,9 +24,12 @@ import msgpack
 import psutil
 
 import kernelfarm
+from kernelfarm import durable
+from kernelfarm.auth.tokens import ADMIN_TOKEN_FILE, TOKEN_ENV, new_token
 from kernelfarm.supervisor import launch
 
 DEADLINE = 30.0
+ADMIN_TOKEN = new_token()
 PR_SET_CHILD_SUBREAPER = 36
 
 
@@ -105,12 +110,15 @@ class Farm:
         return self.log_path.read_text(errors="replace")
 
 
-def raw_call(addr: tuple[str, int], method: str, *params: Any, timeout: float = 10.0) -> Any:
-    """One msgpack-rpc call with a plain socket: not the project's client."""
+def raw_call(addr: tuple[str, int], method: str, *params: Any, timeout: float = 10.0,
+             token: str | None = ADMIN_TOKEN) -> Any:
+    """One msgpack-rpc call with a plain socket: not the project's client.  With a
+    ``token``, ``auth.hello`` goes first on the same connection."""
     import socket
 
     with socket.create_connection(addr, timeout=timeout) as sock:
-        sock.sendall(msgpack.packb([0, 1, method, list(params)]))
+        hello = msgpack.packb([0, 0, "auth.hello", [token]]) if token is not None else b""
+        sock.sendall(hello + msgpack.packb([0, 1, method, list(params)]))
         unpacker = msgpack.Unpacker(raw=False)
         while True:
             data = sock.recv(65536)
@@ -118,16 +126,26 @@ def raw_call(addr: tuple[str, int], method: str, *params: Any, timeout: float = 
                 raise ConnectionError("closed before the reply")
             unpacker.feed(data)
             for msg in unpacker:
-                assert msg[0] == 1 and msg[1] == 1, msg
+                assert msg[0] == 1 and msg[1] in (0, 1), msg
                 if msg[2] is not None:
                     raise RuntimeError(msg[2])
-                return msg[3]
+                if msg[1] == 1:
+                    return msg[3]
+
+
+def give_admin_token(data_dir: Path) -> None:
+    """The test session's admin token for a farm's data dir, before its first serve."""
+    os.environ[TOKEN_ENV] = ADMIN_TOKEN
+    data_dir.mkdir(parents=True, exist_ok=True)
+    if not (data_dir / ADMIN_TOKEN_FILE).exists():
+        durable.write_file(data_dir / ADMIN_TOKEN_FILE, f"{ADMIN_TOKEN}\n".encode())
 
 
 def spawn_serve(tmp_path: Path, *args: str, config_text: str | None = None,
                 data_dir: Path | None = None, name: str = "farm"
                 ) -> tuple[subprocess.Popen[bytes], Path, Path]:
     data_dir = data_dir or tmp_path / f"{name}-data"
+    give_admin_token(data_dir)
     log_path = tmp_path / f"{name}.log"
     serve_args = ["--data-dir", str(data_dir), *args]
     if config_text is not None:

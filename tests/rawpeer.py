@@ -10,13 +10,19 @@ from typing import Any
 
 import msgpack
 
+from farmctl import ADMIN_TOKEN
+
 
 class Peer:
     """One TCP connection to a kernel: send bytes, read messages until EOF."""
 
-    def __init__(self, addr: tuple[str, int], timeout: float = 10.0) -> None:
+    def __init__(self, addr: tuple[str, int], timeout: float = 10.0,
+                 token: str | None = ADMIN_TOKEN) -> None:
         self.sock = socket.create_connection(addr, timeout=timeout)
         self.unpacker = msgpack.Unpacker(raw=False, max_buffer_size=256 * 1024 * 1024)
+        if token is not None:  # says who it is first, as every client does (an admin gone bad)
+            reply = self.call(0, "auth.hello", token)
+            assert reply[:3] == [1, 0, None], reply
 
     def send(self, data: bytes) -> None:
         self.sock.sendall(data)

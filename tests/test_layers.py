@@ -26,14 +26,15 @@ PACKAGE = Path(__file__).resolve().parents[1] / "kernelfarm"
 LEAVES = ("kernelfarm.errors", "kernelfarm.keys", "kernelfarm.hostport",
           "kernelfarm.settings", "kernelfarm.boot", "kernelfarm.partition",
           "kernelfarm.rpc.protocol", "kernelfarm.rpc.meter", "kernelfarm.handoff",
-          "kernelfarm.ratelog", "kernelfarm.durable")
+          "kernelfarm.ratelog", "kernelfarm.durable", "kernelfarm.auth.tokens")
 """Modules (and packages) both sides may use; they import only each other."""
 
 CLIENT = ("kernelfarm.client", "kernelfarm.aio", "kernelfarm.rpc.client",
           "kernelfarm.rpc.blocking")
 """What a program that talks to the farm loads."""
 
-SECTIONS = ("kernelfarm.config", "kernelfarm.fs.config", "kernelfarm.net.config")
+SECTIONS = ("kernelfarm.config", "kernelfarm.fs.config", "kernelfarm.net.config",
+            "kernelfarm.auth.config")
 """The config and the sections it lists: plain data, loaded by every process."""
 
 KERNEL = ("kernelfarm.kernel", "kernelfarm.fs", "kernelfarm.net")

@@ -128,6 +128,7 @@ class DirectContext:
     """
 
     kernel_id = 0
+    farm_endpoints: tuple[tuple[str, int], ...] = ()
 
     def __init__(self, config: Any, data_dir: Path, loop: asyncio.AbstractEventLoop,
                  provider: LockProvider | None = None) -> None:

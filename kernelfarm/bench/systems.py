@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from kernelfarm.auth.tokens import TOKEN_ENV, admin_token_of
 from kernelfarm.bench.echo import running_echo
 from kernelfarm.bench.loadgen import Address
 from kernelfarm.bench.workloads import NEEDS_ECHO, Call
@@ -73,10 +74,14 @@ def serve_args(system: str, workers: int) -> list[str]:
 
 
 def config_text(fsync: str) -> str:
-    """The farm's config file: the fsync policy."""
+    """The farm's config file: the fsync policy, and auth off.
+
+    The load generator's connections send pre-encoded requests and no ``auth.hello``;
+    auth costs once per connection, measured on its own by ``benchmarks/auth_bench.py``.
+    """
     if fsync not in FSYNC_POLICIES:
         raise ValueError(f"fsync must be one of {', '.join(FSYNC_POLICIES)}, not {fsync!r}")
-    return f'[fs]\nfsync = "{fsync}"\n'
+    return f'[auth]\nrequired = false\n[fs]\nfsync = "{fsync}"\n'
 
 
 @dataclass
@@ -132,11 +137,15 @@ def running_farm(serve_flags: Sequence[str], scratch: Path, fsync: str) -> Itera
          "--log-level", "WARNING", *serve_flags],
         log_path=log_path, env=dict(os.environ, KERNELFARM_LOG="WARNING"))
     client = None
+    token_before = os.environ.get(TOKEN_ENV)
     try:
         try:
             ready = launch.wait_ready(process, log_path)
         except launch.LaunchError as exc:
             raise SystemStartError(exc.message) from exc
+        # Auth is off, but a client's hello must still be right: every client of this
+        # run (scripts' worker processes too) finds this farm's admin token.
+        os.environ[TOKEN_ENV] = admin_token_of(scratch / "data")
         client = Client(tuple(ready["control"]))
         cluster = client.cluster_map()
         table = SlotTable.from_ranges(cluster["epoch"], cluster["slots"])
@@ -153,6 +162,10 @@ def running_farm(serve_flags: Sequence[str], scratch: Path, fsync: str) -> Itera
         if client is not None:
             client.close()
         launch.stop(process)
+        if token_before is None:
+            os.environ.pop(TOKEN_ENV, None)
+        else:
+            os.environ[TOKEN_ENV] = token_before
 
 
 # -- the echo floor -----------------------------------------------------------------------

@@ -18,12 +18,12 @@ from kernelfarm.errors import KernelfarmError
 def _commands() -> list[Callable[[argparse._SubParsersAction[argparse.ArgumentParser]], None]]:
     from kernelfarm.cli import (
         bench_cmd, config_cmd, fs_cmd, mount_cmd, scale_cmd, serve, socks_cmd, status,
-        top_cmd,
+        tenant_cmd, top_cmd,
     )
 
     return [serve.register, status.register, top_cmd.register, scale_cmd.register,
-            fs_cmd.register, socks_cmd.register, bench_cmd.register, config_cmd.register,
-            mount_cmd.register]
+            fs_cmd.register, tenant_cmd.register, socks_cmd.register, bench_cmd.register,
+            config_cmd.register, mount_cmd.register]
 
 
 def version() -> str:

@@ -5,7 +5,9 @@
 them leaves them unset unless given (``SUPPRESS``), so a later parser never overwrites an
 earlier one's value with its default.  Precedence: ``--control``, then
 ``$KERNELFARM_CONTROL``, then ``farm.control`` of ``--config`` / ``$KERNELFARM_CONFIG`` (the
-file a systemd unit uses), then the built-in default.
+file a systemd unit uses), then the built-in default.  The token sent with ``auth.hello`` is
+the first of: ``--token-file``, ``$KERNELFARM_TOKEN``, the admin token of the config's data
+dir.
 """
 
 from __future__ import annotations
@@ -14,6 +16,8 @@ import argparse
 import os
 
 from kernelfarm import config as configuration
+from kernelfarm.auth.tokens import TOKEN_ENV, find_token
+from kernelfarm.client import Client
 from kernelfarm.errors import ConfigError
 from kernelfarm.hostport import parse_hostport
 
@@ -39,6 +43,9 @@ def add_client_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", metavar="FILE", default=argparse.SUPPRESS,
                         help=f"config file to take farm.control from (default: "
                              f"${CONFIG_ENV})")
+    parser.add_argument("--token-file", metavar="FILE", default=argparse.SUPPRESS,
+                        help=f"file holding the token to send (default: ${TOKEN_ENV}, else "
+                             "the admin token of the config's data dir)")
 
 
 def config_path(args: argparse.Namespace) -> str | None:
@@ -73,3 +80,17 @@ def log_level(args: argparse.Namespace) -> str:
         raise ConfigError(f"KERNELFARM_LOG={level!r} is not a log level: choose from "
                           f"{', '.join(LOG_LEVELS)}")
     return str(level)
+
+
+def client_token(args: argparse.Namespace) -> str | None:
+    """``--token-file``, else ``$KERNELFARM_TOKEN``, else ``<data_dir>/admin.token``."""
+    data_dir = configuration.load(config_path(args)).farm.data_dir
+    try:
+        return find_token(getattr(args, "token_file", None), data_dir)
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"--token-file: {exc}") from None
+
+
+def connect(args: argparse.Namespace) -> Client:
+    """A client for the farm the command's options name, sending their token."""
+    return Client(control_address(args), token=client_token(args))

@@ -16,9 +16,8 @@ import time
 from typing import Any, Callable
 
 from kernelfarm.cli import transfer
-from kernelfarm.cli.common import add_client_options, control_address
+from kernelfarm.cli.common import add_client_options, connect
 from kernelfarm.cli.transfer import join, remote_path
-from kernelfarm.client import Client
 from kernelfarm.errors import KernelfarmError
 
 
@@ -79,7 +78,7 @@ def _report(args: argparse.Namespace, exc: Exception) -> None:
 def _run(args: argparse.Namespace, work: Callable[[Any], None]) -> int:
     """Run ``work(client.fs)``; a failure is one line on stderr and exit status 1."""
     try:
-        with Client(control_address(args)) as client:
+        with connect(args) as client:
             work(client.fs)
     except (OSError, KernelfarmError, ValueError) as exc:
         _report(args, exc)

@@ -15,7 +15,7 @@ import subprocess
 import sys
 import time
 
-from kernelfarm.cli.common import add_client_options, control_address
+from kernelfarm.cli.common import add_client_options, client_token, control_address
 from kernelfarm.mount.mtab import is_mounted
 
 UNMOUNT_DEADLINE_S = 10.0
@@ -46,7 +46,8 @@ def run_mount(args: argparse.Namespace) -> int:
     if not os.path.isdir(mountpoint):
         print(f"kernelfarm mount: {args.mountpoint}: not a directory", file=sys.stderr)
         return 2
-    options = runner.MountOptions(mountpoint, control_address(args), args.read_only)
+    options = runner.MountOptions(mountpoint, control_address(args), args.read_only,
+                                  token=client_token(args))
     if not args.foreground:
         return runner.run_daemon(options)
     logging.basicConfig(level=logging.WARNING, format="kernelfarm mount: %(message)s")

@@ -15,7 +15,7 @@ import sys
 import threading
 from typing import Any
 
-from kernelfarm.cli.common import add_client_options, control_address
+from kernelfarm.cli.common import add_client_options, client_token, control_address
 from kernelfarm.client import Client
 from kernelfarm.rpc.blocking import BlockingConnection
 
@@ -46,11 +46,12 @@ def describe(progress: dict[str, Any] | None) -> str | None:
 
 def run(args: argparse.Namespace) -> int:
     addr = control_address(args)
+    token = client_token(args)
     outcome: dict[str, Any] = {}
 
     def scale() -> None:
         try:
-            with Client(addr) as client:
+            with Client(addr, token=token) as client:
                 outcome["result"] = client.scale(args.kernels)
         except BaseException as exc:  # handed to the main thread, which reports it
             outcome["error"] = exc
@@ -62,6 +63,8 @@ def run(args: argparse.Namespace) -> int:
     previous = signal.signal(signal.SIGINT, lambda signum, frame: interrupted.set())
     watcher = BlockingConnection(*addr)
     try:
+        if token is not None:
+            watcher.call("auth.hello", token, timeout=STATUS_TIMEOUT_S)
         worker.start()
         last = None
         cancelled = False

@@ -14,8 +14,7 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from kernelfarm.cli.common import add_client_options, control_address
-from kernelfarm.client import Client
+from kernelfarm.cli.common import add_client_options, connect
 
 COLUMNS = ("id", "address", "pid", "core", "slots", "volumes", "sockets", "ops/s", "memory",
            "restarts", "state")
@@ -108,7 +107,7 @@ def run(args: argparse.Namespace) -> int:
         from kernelfarm.cli import top_cmd
 
         return top_cmd.run(args)
-    with Client(control_address(args)) as client:
+    with connect(args) as client:
         status = client.status()
     if args.json:
         print(json.dumps(status, indent=2))

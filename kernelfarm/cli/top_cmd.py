@@ -15,9 +15,8 @@ from rich.console import Console, Group
 from rich.live import Live
 from rich.text import Text
 
-from kernelfarm.cli.common import add_client_options, control_address
+from kernelfarm.cli.common import add_client_options, connect
 from kernelfarm.cli.status import address, fit, mib, state_of, title_of
-from kernelfarm.client import Client
 
 COLUMNS = ("id", "address", "ops/s", "p99", "cpu", "memory", "conns", "slots", "state")
 DROP_ORDER = ("address", "conns")
@@ -127,7 +126,7 @@ def run(args: argparse.Namespace) -> int:
     console = Console()
     rates = Rates()
     count = getattr(args, "count", 0)
-    with Client(control_address(args)) as client:
+    with connect(args) as client:
         rates.rows(client.status(), time.monotonic())  # the baseline for the first rates
         with Live(console=console, auto_refresh=False, transient=False) as live:
             shown = 0

@@ -14,20 +14,23 @@ import errno
 import logging
 import time
 from binascii import crc_hqx
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Callable
 
 import psutil
 
+from kernelfarm.auth.gate import HELLO, Gate
+from kernelfarm.auth.table import TenantTable
 from kernelfarm.boot import BootInfo
 from kernelfarm.config import Config
 from kernelfarm.errors import (
-    KernelfarmError, Moved, TryAgain, UnknownMethod, posix, preview, to_wire,
+    KernelfarmError, Moved, TryAgain, posix, preview, to_wire,
 )
 from kernelfarm.kernel.commit import Flush, GroupCommit
 from kernelfarm.kernel.components import SUBSYSTEMS
 from kernelfarm.kernel.params import Params
-from kernelfarm.kernel.subsystem import Method, Subsystem
+from kernelfarm.kernel.subsystem import Method, Subsystem, with_conn_first
 from kernelfarm.partition import NSLOTS, SlotTable
 from kernelfarm.ratelog import RateLimitedLog
 from kernelfarm.rpc.meter import Meter
@@ -43,6 +46,22 @@ SLOTS_REMEMBERED = 65536
 """Partition keys whose slot a kernel keeps (a dict lookup instead of UTF-8 + CRC16)."""
 
 Wrapper = Callable[[Method], Method]
+
+
+def scoped_root_listing(method: Method) -> Method:
+    """``fs.listdir("/")`` lists only the volumes the caller's tenant is granted."""
+    if method.name != "fs.listdir":
+        return method
+    handler = method.handler
+
+    def listdir(conn: Any, path: Any, *rest: Any) -> Any:
+        names = handler(path, *rest)
+        grants = conn.session.grants
+        if path != "/" or grants is None:
+            return names
+        return [name for name in names if grants.allows("fs.listdir", name)]
+
+    return replace(method, handler=with_conn_first(listdir, handler), wants_conn=True)
 
 
 class Kernel:
@@ -62,6 +81,8 @@ class Kernel:
         self.mode = boot.mode
         self.table = SlotTable.from_ranges(boot.epoch, boot.ranges)
         self.addrs = dict(boot.addrs)
+        self.supervisor_addrs = [list(addr) for addr in boot.supervisor_addrs]
+        self.farm_endpoints = self._endpoints()
         self.owned = self.table.owned_mask(self.kernel_id)
         self.frozen: set[int] = set()
         """Slots being handed over: their writes get TRYAGAIN, their reads still serve."""
@@ -83,10 +104,19 @@ class Kernel:
         core_methods = [
             Method("kernel.ping", self.ping, None),
             Method("kernel.stats", self.stats, None),
+            Method(HELLO, lambda conn, token: self.gate.hello(conn, token), None,
+                   is_async=True, wants_conn=True),
         ]
         for method in core_methods + [m for s in self.subsystems for m in s.methods()]:
+            method = scoped_root_listing(method)
             self.params[method.name] = Params.of(method)
             self.methods[method.name] = wrap(method) if wrap else method
+        self.gate: Gate[Method] = Gate(
+            config.auth.required, TenantTable.from_wire(boot.tenants),
+            public={name: self.methods[name] for name in (HELLO, "kernel.ping")},
+            tenant=self.methods, admin=self.methods)
+        for subsystem in self.subsystems:
+            subsystem.use_credentials(self.gate.credentials)
 
     # -- KernelContext -------------------------------------------------------------------
 
@@ -99,14 +129,18 @@ class Kernel:
     # -- Service -------------------------------------------------------------------------
 
     def handle(self, conn: Any, msgid: int, method: str, params: list[Any]) -> list[Any] | None:
-        entry = self.methods.get(method)
+        session = conn.session
+        entry = session.methods.get(method)
         if entry is None:
-            return self._failed(msgid, UnknownMethod(f"no method {preview(method)}").to_wire())
+            return self._failed(msgid, self.gate.refuse(session, method))
         try:
             keyfn = entry.key
             if keyfn is not None:
                 key = keyfn(params)
                 if key is not None:
+                    grants = session.grants
+                    if grants is not None and not grants.allows(method, key):
+                        return self._failed(msgid, self.gate.denied(method, key))
                     slot = self._slot_of.get(key)
                     if slot is None:
                         slot = self._remember_slot(key)
@@ -176,6 +210,7 @@ class Kernel:
         self.group_commit.send(conn, data)
 
     def connection_made(self, conn: Any) -> None:
+        conn.session = self.gate.first_session()
         self.conns.add(conn)
 
     def connection_closed(self, conn: Any) -> None:
@@ -263,6 +298,7 @@ class Kernel:
         table = SlotTable.from_ranges(epoch, ranges)
         owned = table.owned_mask(self.kernel_id)
         self.addrs = {int(kid): list(addr) for kid, addr in addrs}
+        self.farm_endpoints = self._endpoints()
         lost = [s for s in range(NSLOTS) if self.owned[s] and not owned[s]]
         gained = [s for s in range(NSLOTS) if owned[s] and not self.owned[s]]
         self.release(lost)
@@ -271,6 +307,18 @@ class Kernel:
         self.frozen.clear()
         return {"kernel": self.kernel_id, "epoch": epoch, "gained": len(gained),
                 "lost": len(lost)}
+
+    def set_tenants(self, table: dict[str, Any]) -> dict[str, Any]:
+        """Adopt the supervisor's tenant table; connections of a removed tenant are cut."""
+        tenants = TenantTable.from_wire(table)
+        applied = self.gate.update(tenants, self.conns)
+        return {"kernel": self.kernel_id, "version": self.gate.table.version,
+                "applied": applied}
+
+    def _endpoints(self) -> tuple[tuple[str, int], ...]:
+        """The farm's own listeners, which no namespace may reach (the net policy)."""
+        addrs = [*self.addrs.values(), *self.supervisor_addrs]
+        return tuple((str(host), int(port)) for host, port in addrs)
 
     def load_slots(self, slots: list[int]) -> None:
         for subsystem in self.subsystems:

@@ -173,7 +173,7 @@ class LockedKernel(Kernel):
 
     def connection_made(self, conn: Any) -> None:
         self._state().conns.add(conn)
-        self.conns.add(conn)
+        super().connection_made(conn)
 
     def connection_closed(self, conn: Any) -> None:
         self._state().conns.discard(conn)
@@ -190,6 +190,10 @@ class HomeConnection:
     def __init__(self, conn: Any, home: asyncio.AbstractEventLoop) -> None:
         self.conn = conn
         self.home = home
+
+    @property
+    def session(self) -> Any:
+        return self.conn.session
 
     @classmethod
     def of(cls, conn: Any, home: asyncio.AbstractEventLoop,

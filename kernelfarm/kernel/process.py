@@ -89,6 +89,7 @@ class AdminService:
         self.conn: ServerConnection | None = None
         self.methods: dict[str, Any] = {
             "kernel.set_table": kernel.set_table,
+            "kernel.set_tenants": kernel.set_tenants,
             "kernel.freeze": kernel.freeze,
             "kernel.thaw": kernel.thaw,
             "kernel.release": kernel.release,
@@ -116,6 +117,7 @@ class AdminService:
         self.kernel.send(conn, data)
 
     def connection_made(self, conn: ServerConnection) -> None:
+        conn.session = self.kernel.gate.trusted
         self.conn = conn
 
     def connection_closed(self, conn: ServerConnection) -> None:

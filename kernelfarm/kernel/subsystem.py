@@ -13,6 +13,7 @@ locked baseline, where the lock provider wraps the handlers at registration.
 from __future__ import annotations
 
 import asyncio
+import inspect
 from dataclasses import dataclass
 from pathlib import Path
 from collections.abc import Sequence
@@ -50,8 +51,22 @@ class Method:
     wants_conn: bool = False
 
 
+def with_conn_first(wrapper: Callable[..., Any], handler: Callable[..., Any]
+                    ) -> Callable[..., Any]:
+    """Give ``wrapper(conn, *args)`` the signature of ``handler(*args)`` with ``conn``
+    first, so the parameter count a client is told (``Params``) stays the handler's."""
+    signature = inspect.signature(handler)
+    conn = inspect.Parameter("conn", inspect.Parameter.POSITIONAL_ONLY)
+    wrapper.__signature__ = signature.replace(  # type: ignore[attr-defined]  # inspect's hook
+        parameters=[conn, *signature.parameters.values()])
+    return wrapper
+
+
 class Connection(Protocol):
     """The client connection a request came in on, for state tied to it (net sockets)."""
+
+    session: Any
+    """Who is calling (:class:`kernelfarm.auth.gate.Session`): its tenant and grants."""
 
     def on_close(self, callback: Callable[[], None]) -> None: ...
 
@@ -63,6 +78,8 @@ class KernelContext(Protocol):
     config: Config
     data_dir: Path
     loop: asyncio.AbstractEventLoop
+    farm_endpoints: tuple[tuple[str, int], ...]
+    """The farm's own listeners (control port, every kernel's port): off limits to net."""
 
     def owns(self, slot: int) -> bool: ...
 
@@ -104,6 +121,10 @@ class Subsystem:
 
     def stats(self) -> dict[str, Any]:
         return {}
+
+    def use_credentials(self, check: Callable[[str, str, Any], str | None]) -> None:
+        """For requests that carry a token rather than arriving on a connection that said
+        hello: ``check(method, key, token)`` gives the tenant or raises ``EACCES``."""
 
     def close(self) -> None:
         """Clean shutdown: make everything durable and release every resource."""

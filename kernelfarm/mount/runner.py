@@ -33,6 +33,8 @@ class MountOptions:
     control: tuple[str, int]
     read_only: bool = False
     caching: Caching = field(default_factory=Caching)
+    token: str | None = field(default=None, repr=False)
+    """Sent with auth.hello; ``None``: the client's default ($KERNELFARM_TOKEN, ...)."""
 
 
 def fuse_options(options: MountOptions) -> set[str]:
@@ -45,7 +47,7 @@ def fuse_options(options: MountOptions) -> set[str]:
 
 async def serve(options: MountOptions, ready: Callable[[], None]) -> None:
     pyfuse3.asyncio.enable()
-    client = aio.Client(options.control)
+    client = aio.Client(options.control, token=options.token)
     await client.connect()  # no farm, no mount: fail before touching the mount point
     ops = FarmOperations(client.fs, read_only=options.read_only, caching=options.caching)
     pyfuse3.init(ops, options.mountpoint, fuse_options(options))

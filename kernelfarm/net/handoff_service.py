@@ -37,9 +37,9 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-Credentials = Callable[[str, Any], None]
-"""``check(namespace, token)``: returns if the token may use the namespace, else raises
-``EACCES``."""
+Credentials = Callable[[str, Any], "str | None"]
+"""``check(namespace, token)``: the token's tenant if it may use the namespace (``None``
+when auth is off), else raises ``EACCES``."""
 
 PARK_TIMEOUT = 60.0
 """Parked relays that no ``hand_over`` took and no rollback resumed are closed then."""
@@ -47,8 +47,9 @@ PARK_TIMEOUT = 60.0
 HANDOVER_TIMEOUT = 5.0
 
 
-def allow_any(ns: str, token: Any) -> None:
+def allow_any(ns: str, token: Any) -> str | None:
     """The check of a farm without tenants: every caller may use every namespace."""
+    return None
 
 
 def _field(message: dict[str, Any], name: str, kind: type) -> Any:
@@ -121,17 +122,17 @@ class HandoffService:
             raise Moved(f"slot {slot} is not served here", slot=slot)
         return ns
 
-    def authorize(self, message: dict[str, Any]) -> str:
+    def authorize(self, message: dict[str, Any]) -> tuple[str, str | None]:
+        """The namespace and the tenant whose token came with the request."""
         ns = self.check(message.get("ns"))
-        self.credentials(ns, message.get("token"))
-        return ns
+        return ns, self.credentials(ns, message.get("token"))
 
     async def relay(self, message: dict[str, Any], fd: int) -> dict[str, Any]:
         """Connect out from the namespace and relay the handed-over connection ``fd``."""
         client = socket.socket(fileno=fd)
         namespace: Namespace | None = None
         try:
-            ns = self.authorize(message)
+            ns, tenant = self.authorize(message)
             host, port = message.get("host"), message.get("port")
             first, early = _chunk(message, "first"), _chunk(message, "early")
             namespace = self.net.open_namespace(ns)
@@ -151,7 +152,8 @@ class HandoffService:
                 namespace.counters.count_failure(exc)
             raise
         relay = Relay(self.loop, client, upstream,
-                      RelayState(farm_sock.sid, to_upstream=early, to_client=first),
+                      RelayState(farm_sock.sid, to_upstream=early, to_client=first,
+                                 tenant=tenant),
                       namespace.counters)
         namespace.adopt_relay(relay)
         relay.start()
@@ -282,7 +284,7 @@ class HandoffPeer:
             self._adopt(message, fds)
 
     def _authorized(self, message: dict[str, Any]) -> dict[str, Any]:
-        return {"ns": self.service.authorize(message)}
+        return {"ns": self.service.authorize(message)[0]}
 
     def _adopt(self, message: dict[str, Any], fds: list[int]) -> None:
         try:

@@ -1,7 +1,8 @@
 """A namespace: the sockets one tenant holds in this kernel, its limits and its counters.
 
-Socket ids are never reused within a namespace, so a client holding a stale id gets
-``EBADF`` instead of someone else's socket.  Every check of the policy happens here,
+Socket ids are random (unguessable: another client cannot name a socket it was not
+given) and never reused while open, so a client holding a stale id gets ``EBADF`` instead
+of someone else's socket, with odds of 2**-51 per try.  Every check of the policy happens here,
 before the host socket is asked to do anything.
 """
 
@@ -55,8 +56,7 @@ class SocketCount:
         self.open = 0
 
 
-SID_SPACE = 2**31
-SID_STRIDE = 2**20
+SID_LIMIT = 2**51
 """Sids stay below 2**51: exact as a double, for clients in languages without int64."""
 
 
@@ -74,9 +74,6 @@ class Namespace:
         """Connections handed to this kernel and relayed in its loop (see ``relay``); each
         counts as one socket of the namespace."""
         self.counters = counters or Counters()
-        # A namespace that moves to another kernel starts afresh there; a random first
-        # sid keeps a client's stale sid from naming someone else's new socket.
-        self._next_sid = secrets.randbelow(SID_SPACE) * SID_STRIDE + 1
 
     def _check_room(self) -> None:
         if len(self.sockets) + len(self.relays) >= self.max_sockets:
@@ -87,10 +84,15 @@ class Namespace:
             raise posix(errno.EMFILE, f"this kernel holds net.max_kernel_sockets="
                         f"{kernel.maximum} sockets")
 
+    def _new_sid(self) -> int:
+        while True:
+            sid = secrets.randbelow(SID_LIMIT - 1) + 1
+            if sid not in self.sockets:
+                return sid
+
     def _add(self, farm_sock: FarmSocket) -> FarmSocket:
         self.sockets[farm_sock.sid] = farm_sock
         self.kernel_sockets.open += 1
-        self._next_sid += 1
         self.counters.sockets_opened += 1
         return farm_sock
 
@@ -99,15 +101,19 @@ class Namespace:
             raise TypeError(f"socket id must be an int, got {type(sid).__name__}")
         farm_sock = self.sockets.get(sid)
         if farm_sock is None:
-            raise posix(errno.EBADF, f"no socket {sid} in namespace {self.name!r} (closed, "
-                        "or its namespace moved to another kernel)")
+            raise self.missing(sid)
         return farm_sock
+
+    def missing(self, sid: Any) -> OSError:
+        """The one answer for a sid the caller may not use: closed, moved, or not its."""
+        return posix(errno.EBADF, f"no socket {sid} in namespace {self.name!r} (closed, or "
+                     "its namespace moved to another kernel)")
 
     # -- operations, in the order of the README's net methods ------------------------------
 
     def open(self, kind: str) -> FarmSocket:
         self._check_room()
-        return self._add(FarmSocket(self.loop, self._next_sid, kind))
+        return self._add(FarmSocket(self.loop, self._new_sid(), kind))
 
     def bind(self, sid: int, host: Any, port: Any) -> list[Any]:
         farm_sock = self.get(sid)
@@ -129,7 +135,7 @@ class Namespace:
         listener = self.get(sid)
         sock, address = await listener.accept(timeout, self._check_room)
         self.counters.accepts += 1
-        return self._add(FarmSocket.accepted(self.loop, self._next_sid, sock)), \
+        return self._add(FarmSocket.accepted(self.loop, self._new_sid(), sock)), \
             wire_address(address)
 
     def send(self, sid: int, data: bytes, timeout: float) -> int | Awaitable[int]:
@@ -197,8 +203,7 @@ class Namespace:
     def adopt_relay(self, relay: Relay) -> None:
         """Make ``relay`` one of this namespace's sockets, counted and listed."""
         if relay.sid in self.sockets or relay.sid in self.relays:
-            relay.sid = self._next_sid
-            self._next_sid += 1
+            relay.sid = self._new_sid()
         self.relays[relay.sid] = relay
         relay.counters = self.counters
         relay.on_close = self._relay_closed
@@ -218,9 +223,10 @@ class Namespace:
     def stats(self) -> dict[str, Any]:
         return self.counters.report(len(self.sockets) + len(self.relays), len(self.relays))
 
-    def list(self) -> list[dict[str, Any]]:
-        return [farm_sock.describe() for farm_sock in self.sockets.values()] + \
-            [relay.describe() for relay in self.relays.values()]
+    def list(self, owner: str | None = None) -> list[dict[str, Any]]:
+        """Open sockets and relays: all of them, or those of tenant ``owner``."""
+        return [s.describe() for s in [*self.sockets.values(), *self.relays.values()]
+                if owner is None or s.tenant == owner]
 
     def _bind_for_sending(self, farm_sock: FarmSocket, destination: IPAddress) -> None:
         """Bind an unbound UDP socket before its first datagram, as policy allows.

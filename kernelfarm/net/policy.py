@@ -5,13 +5,18 @@ Addresses must be numeric (``127.0.0.1``, ``::1``).  A host name would need
 OS thread — so names are ``EINVAL``; resolve them on the client.  The parsed address, not
 the caller's text, is what reaches the host socket, so lenient spellings that the C
 library would accept (``127.1``) can never slip past a check made on a different reading.
+
+Whatever ``net.allow`` says, a namespace never reaches the farm itself: the supervisor's
+control port and every kernel's RPC port (the kernel keeps that list current as kernels
+come and go) are refused before any packet leaves, so a tenant cannot use a socket to
+call the farm with someone else's connection, or the control API.
 """
 
 from __future__ import annotations
 
 import errno
 import ipaddress
-from typing import Any
+from typing import Any, Callable, Sequence
 
 from kernelfarm.errors import posix
 from kernelfarm.net.config import NetConfig, parse_networks, parse_port_ranges
@@ -44,17 +49,45 @@ def _effective(address: IPAddress) -> IPAddress:
     return address
 
 
-class Policy:
-    """The ``[net]`` limits, parsed once; every check raises ``EACCES`` or returns."""
+Endpoints = Sequence[tuple[str, int]]
 
-    def __init__(self, config: NetConfig) -> None:
+
+class Policy:
+    """The ``[net]`` limits, parsed once; every check raises ``EACCES`` or returns.
+
+    ``farm`` returns the farm's own listeners as ``(host, port)``; a new sequence object
+    whenever they change, so they are parsed again only then.
+    """
+
+    def __init__(self, config: NetConfig, farm: Callable[[], Endpoints] = tuple) -> None:
         self._allow = parse_networks(config.allow)
         self._ports = parse_port_ranges(config.allow_ports)
         self._bind_allow = parse_networks(config.bind_allow)
+        self._farm = farm
+        self._farm_seen: Endpoints | None = None
+        self._farm_ports: dict[int, set[IPAddress | None]] = {}
+
+    def _farm_listeners(self) -> dict[int, set[IPAddress | None]]:
+        """port -> the addresses it listens on (``None``: every address, a wildcard)."""
+        endpoints = self._farm()
+        if endpoints is not self._farm_seen:
+            ports: dict[int, set[IPAddress | None]] = {}
+            for host, port in endpoints:
+                address = _effective(ipaddress.ip_address(host))
+                ports.setdefault(port, set()).add(None if address.is_unspecified
+                                                  else address)
+            self._farm_seen, self._farm_ports = endpoints, ports
+        return self._farm_ports
 
     def check_destination(self, address: IPAddress, port: int) -> None:
         """May a namespace connect or send to ``address:port``?"""
         target = _effective(address)
+        listening = self._farm_listeners().get(port)
+        # Connecting to 0.0.0.0 or :: reaches this host, as loopback does.
+        if listening is not None and (None in listening or target in listening
+                                      or target.is_unspecified):
+            raise posix(errno.EACCES, f"destination {address} port {port} is the farm's "
+                        "own (control or kernel RPC port)")
         if not any(target in network for network in self._allow):
             raise posix(errno.EACCES, f"destination {address} is not in net.allow")
         if self._ports and not any(lo <= port <= hi for lo, hi in self._ports):

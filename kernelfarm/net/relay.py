@@ -46,19 +46,22 @@ class RelayState:
     to_client: bytes = b""
     upstream_ended: bool = False
     client_ended: bool = False
+    tenant: str | None = None
+    """Whose relay it is: other tenants do not see it in ``net.list``."""
 
     def to_wire(self) -> dict[str, Any]:
         return {"sid": self.sid, "to_upstream": self.to_upstream, "to_client": self.to_client,
-                "upstream_ended": self.upstream_ended, "client_ended": self.client_ended}
+                "upstream_ended": self.upstream_ended, "client_ended": self.client_ended,
+                "tenant": self.tenant}
 
     @classmethod
     def from_wire(cls, data: dict[str, Any]) -> RelayState:
         state = cls(sid=data["sid"], to_upstream=bytes(data["to_upstream"]),
                     to_client=bytes(data["to_client"]),
                     upstream_ended=bool(data["upstream_ended"]),
-                    client_ended=bool(data["client_ended"]))
+                    client_ended=bool(data["client_ended"]), tenant=data.get("tenant"))
         if not isinstance(state.sid, int) or len(state.to_upstream) > CHUNK or \
-                len(state.to_client) > CHUNK:
+                len(state.to_client) > CHUNK or not isinstance(state.tenant, (str, type(None))):
             raise ValueError("relay state out of bounds")
         return state
 
@@ -159,6 +162,7 @@ class Relay:
                  upstream: socket.socket, state: RelayState, counters: Counters) -> None:
         self.loop = loop
         self.sid = state.sid
+        self.tenant = state.tenant
         self.client = client
         self.upstream = upstream
         self.counters = counters
@@ -192,7 +196,8 @@ class Relay:
 
     def state(self) -> RelayState:
         return RelayState(self.sid, self._out.pending, self._in.pending,
-                          upstream_ended=self._in.ended, client_ended=self._out.ended)
+                          upstream_ended=self._in.ended, client_ended=self._out.ended,
+                          tenant=self.tenant)
 
     def direction_ended(self) -> None:
         if self._out.ended and self._in.ended and not (self._out.pending or

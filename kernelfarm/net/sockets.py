@@ -46,6 +46,7 @@ class FarmSocket:
         self.listening = False
         self.kept = False
         self.owner: int | None = None  # id() of the client connection that holds it
+        self.tenant: str | None = None  # the tenant it belongs to; others get EBADF
         self.closed = False
         self.bytes_in = 0
         self.bytes_out = 0

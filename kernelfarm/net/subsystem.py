@@ -7,6 +7,10 @@ crashed client leaks nothing, unless ``net.keep`` detached it — meant for list
 sockets that should outlive the process that set them up; a kept socket lives until
 ``net.close``, until its slot leaves this kernel, or until the kernel stops.
 
+A socket belongs to the tenant that opened (or accepted) it: to every other tenant it
+does not exist (``EBADF``, absent from ``net.list``), even in a namespace both are granted.
+The admin, and everyone when auth is off, sees every socket.
+
 Beyond the first contract's methods, all backwards compatible and documented in the
 README: ``net.connect`` and ``net.send`` take an optional trailing ``timeout``;
 ``net.keep(ns, sid)``.
@@ -30,7 +34,9 @@ from collections import OrderedDict
 from typing import Any, Awaitable, Callable
 
 from kernelfarm.errors import posix, preview
-from kernelfarm.kernel.subsystem import Connection, KernelContext, Method, Subsystem
+from kernelfarm.kernel.subsystem import (
+    Connection, KernelContext, Method, Subsystem, with_conn_first,
+)
 from kernelfarm.keys import namespace_key
 from kernelfarm.net.config import NetConfig
 from kernelfarm.net.handoff_service import HandoffService
@@ -65,7 +71,7 @@ class NetSubsystem(Subsystem):
     def __init__(self, ctx: KernelContext) -> None:
         super().__init__(ctx)
         self.config: NetConfig = ctx.config.net
-        self.policy = Policy(self.config)
+        self.policy = Policy(self.config, lambda: ctx.farm_endpoints)
         self.namespaces: dict[str, Namespace] = {}
         self.kernel_sockets = SocketCount(self.config.max_kernel_sockets)
         self._retired: OrderedDict[str, Counters] = OrderedDict()
@@ -77,23 +83,33 @@ class NetSubsystem(Subsystem):
 
     def methods(self) -> list[Method]:
         key = namespace_key
-        wrap = self._accounted
+
+        def wrap(handler: Callable[..., Any], *, takes_conn: bool = False
+                 ) -> Callable[..., Any]:
+            return self._callers_socket(self._accounted(handler), takes_conn)
+
         return [
-            Method("net.socket", wrap(self.socket), key, writes=True, wants_conn=True),
-            Method("net.connect", wrap(self.connect), key, is_async=True, writes=True),
-            Method("net.bind", wrap(self.bind), key, writes=True),
-            Method("net.listen", wrap(self.listen), key, writes=True),
-            Method("net.accept", wrap(self.accept), key, is_async=True, writes=True,
+            Method("net.socket", self._accounted(self.socket), key, writes=True,
                    wants_conn=True),
-            Method("net.send", wrap(self.send), key, is_async=True, writes=True),
-            Method("net.recv", wrap(self.recv), key, is_async=True, writes=True),
-            Method("net.sendto", wrap(self.sendto), key, is_async=True, writes=True),
-            Method("net.recvfrom", wrap(self.recvfrom), key, is_async=True, writes=True),
-            Method("net.shutdown", wrap(self.shutdown), key, writes=True),
-            Method("net.close", wrap(self.close_socket), key, writes=True),
-            Method("net.keep", wrap(self.keep), key, writes=True),
+            Method("net.connect", wrap(self.connect), key, is_async=True, writes=True,
+                   wants_conn=True),
+            Method("net.bind", wrap(self.bind), key, writes=True, wants_conn=True),
+            Method("net.listen", wrap(self.listen), key, writes=True, wants_conn=True),
+            Method("net.accept", wrap(self.accept, takes_conn=True), key, is_async=True,
+                   writes=True, wants_conn=True),
+            Method("net.send", wrap(self.send), key, is_async=True, writes=True,
+                   wants_conn=True),
+            Method("net.recv", wrap(self.recv), key, is_async=True, writes=True,
+                   wants_conn=True),
+            Method("net.sendto", wrap(self.sendto), key, is_async=True, writes=True,
+                   wants_conn=True),
+            Method("net.recvfrom", wrap(self.recvfrom), key, is_async=True, writes=True,
+                   wants_conn=True),
+            Method("net.shutdown", wrap(self.shutdown), key, writes=True, wants_conn=True),
+            Method("net.close", wrap(self.close_socket), key, writes=True, wants_conn=True),
+            Method("net.keep", wrap(self.keep), key, writes=True, wants_conn=True),
             Method("net.stats", self.namespace_stats, key),
-            Method("net.list", self.list, key),
+            Method("net.list", self.list, key, wants_conn=True),
         ]
 
     # -- handlers -----------------------------------------------------------------------------
@@ -107,6 +123,7 @@ class NetSubsystem(Subsystem):
         except OSError:
             self._forget_if_empty(namespace)
             raise
+        farm_sock.tenant = conn.session.tenant
         self._tie(conn, ns, farm_sock)
         return farm_sock.sid
 
@@ -123,6 +140,7 @@ class NetSubsystem(Subsystem):
     async def accept(self, conn: Connection, ns: str, sid: Any,
                      timeout: Any = None) -> list[Any]:
         farm_sock, address = await self._get(ns).accept(sid, self.timeout(timeout))
+        farm_sock.tenant = conn.session.tenant
         self._tie(conn, ns, farm_sock)
         return [farm_sock.sid, address]
 
@@ -164,9 +182,9 @@ class NetSubsystem(Subsystem):
             return (counters or Counters()).report(sockets_open=0)
         return namespace.stats()
 
-    def list(self, ns: str) -> list[dict[str, Any]]:
+    def list(self, conn: Connection, ns: str) -> list[dict[str, Any]]:
         namespace = self.namespaces.get(ns)
-        return [] if namespace is None else namespace.list()
+        return [] if namespace is None else namespace.list(conn.session.owner)
 
     # -- Subsystem ----------------------------------------------------------------------------
 
@@ -183,6 +201,9 @@ class NetSubsystem(Subsystem):
 
     def hand_over(self, slots: builtins.list[int], target: str) -> int:  # .list: a method
         return self.handoff.hand_over(slots, target)
+
+    def use_credentials(self, check: Callable[[str, str, Any], str | None]) -> None:
+        self.handoff.credentials = lambda ns, token: check("net.relay", ns, token)
 
     def stats(self) -> dict[str, Any]:
         namespaces = self.namespaces.values()
@@ -288,6 +309,24 @@ class NetSubsystem(Subsystem):
                 namespace.sockets[sid].owner = None
                 namespace.close(sid)
                 self._forget_if_empty(namespace)
+
+    def _callers_socket(self, handler: Callable[..., Any], takes_conn: bool
+                        ) -> Callable[..., Any]:
+        """Run ``handler(ns, sid, ...)`` only on a socket of the caller's tenant: another
+        tenant's socket is ``EBADF``, the same answer as for a socket that does not exist."""
+        def run(conn: Connection, ns: Any, sid: Any, *rest: Any) -> Any:
+            owner = conn.session.owner
+            if owner is not None:
+                namespace = self.namespaces.get(ns)
+                farm_sock = namespace.sockets.get(sid) if namespace is not None else None
+                if farm_sock is not None and farm_sock.tenant != owner:
+                    raise namespace.missing(sid)  # type: ignore[union-attr]
+            if takes_conn:
+                return handler(conn, ns, sid, *rest)
+            return handler(ns, sid, *rest)
+        if takes_conn:
+            return functools.wraps(handler)(run)
+        return with_conn_first(run, handler)
 
     def _accounted(self, handler: Callable[..., Any]) -> Callable[..., Any]:
         """Count each failed call in its namespace: ``denied`` for policy, else ``errors``.

@@ -96,6 +96,9 @@ class ServerConnection(asyncio.Protocol):
         self.inflight = 0
         self.closed = False
         self._stream = ServerStream(max_message_bytes)
+        self.session: Any = None
+        """Who the peer is and what it may call (:mod:`kernelfarm.auth.gate`); the service
+        sets it when the connection is made."""
         self._packer = msgpack.Packer(autoreset=False)
         self._tasks: set[asyncio.Task[Any]] = set()
         self._close_callbacks: list[Callable[[], None]] = []

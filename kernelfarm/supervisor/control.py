@@ -1,39 +1,73 @@
-"""The control API the supervisor serves: ``cluster.*``, for clients and the CLI.
+"""The control API the supervisor serves: ``cluster.*`` and ``tenant.*``, for clients and
+the CLI.
 
 Clients ask it once for the slot table and then talk to kernels directly; nothing here
-is on the data path.
+is on the data path.  Who may call what is the connection's session
+(:mod:`kernelfarm.auth.gate`): anyone may ``cluster.map`` and ``auth.hello``; a tenant
+also ``cluster.status``; the admin also what changes the farm (``cluster.scale``,
+``tenant.*``).
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Awaitable, Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Callable
 
-from kernelfarm.errors import UnknownMethod, to_wire
+from kernelfarm.auth.gate import HELLO, Gate
+from kernelfarm.auth.table import TenantTable
+from kernelfarm.errors import to_wire
 from kernelfarm.rpc.server import ServerConnection
 
 if TYPE_CHECKING:
     from kernelfarm.supervisor.supervisor import Supervisor
 
 
+@dataclass(frozen=True)
+class ControlMethod:
+    handler: Callable[..., Any]
+    is_async: bool = False
+    wants_conn: bool = False
+
+
 class ControlService:
     def __init__(self, supervisor: Supervisor) -> None:
         self.supervisor = supervisor
-        self.sync_methods: dict[str, Callable[..., Any]] = {
-            "cluster.map": supervisor.cluster_map}
-        self.async_methods: dict[str, Callable[..., Awaitable[Any]]] = {
-            "cluster.status": supervisor.cluster_status, "cluster.scale": supervisor.scaler.scale,
-            "cluster.scale_cancel": supervisor.scaler.cancel}
+        tenants = supervisor.tenants
+        public = {
+            "cluster.map": ControlMethod(supervisor.cluster_map),
+            HELLO: ControlMethod(lambda conn, token: self.gate.hello(conn, token),
+                                 is_async=True, wants_conn=True),
+        }
+        tenant = {**public, "cluster.status": ControlMethod(supervisor.cluster_status, True)}
+        admin = {
+            **tenant,
+            "cluster.scale": ControlMethod(supervisor.scaler.scale, True),
+            "cluster.scale_cancel": ControlMethod(supervisor.scaler.cancel, True),
+            "tenant.add": ControlMethod(tenants.add, True),
+            "tenant.remove": ControlMethod(tenants.remove, True),
+            "tenant.rotate": ControlMethod(tenants.rotate, True),
+            "tenant.list": ControlMethod(tenants.list),
+        }
+        self.gate: Gate[ControlMethod] = Gate(
+            supervisor.config.auth.required, tenants.table, public=public, tenant=tenant,
+            admin=admin)
+        self.conns: set[ServerConnection] = set()
+
+    def tenants_changed(self, table: TenantTable) -> None:
+        self.gate.update(table, self.conns)
 
     def handle(self, conn: ServerConnection, msgid: int, method: str,
                params: list[Any]) -> list[Any] | None:
+        session = conn.session
+        entry = session.methods.get(method)
+        if entry is None:
+            return [1, msgid, self.gate.refuse(session, method), None]
         try:
-            if method in self.async_methods:
-                conn.start_call(msgid, self.async_methods[method](*params))
+            args = (conn, *params) if entry.wants_conn else params
+            if entry.is_async:
+                conn.start_call(msgid, entry.handler(*args))
                 return None
-            handler = self.sync_methods.get(method)
-            if handler is None:
-                raise UnknownMethod(f"no control method {method!r}")
-            return [1, msgid, None, handler(*params)]
+            return [1, msgid, None, entry.handler(*args)]
         except Exception as exc:
             return [1, msgid, to_wire(exc), None]
 
@@ -41,7 +75,8 @@ class ControlService:
         conn.write(data)
 
     def connection_made(self, conn: ServerConnection) -> None:
-        pass
+        conn.session = self.gate.first_session()
+        self.conns.add(conn)
 
     def connection_closed(self, conn: ServerConnection) -> None:
-        pass
+        self.conns.discard(conn)

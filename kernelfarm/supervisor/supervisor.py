@@ -20,6 +20,8 @@ import time
 from typing import Any, Awaitable, Callable
 
 from kernelfarm import durable
+from kernelfarm.auth.store import TenantStore
+from kernelfarm.auth.table import TenantTable
 from kernelfarm.boot import BootInfo
 from kernelfarm.config import Config, data_path
 from kernelfarm.errors import ConfigError, KernelfarmError, Timeout
@@ -31,6 +33,7 @@ from kernelfarm.supervisor.handle import KernelHandle, KernelState, bind_listene
 from kernelfarm.supervisor.metrics import MetricsEndpoint
 from kernelfarm.supervisor.notify import notify
 from kernelfarm.supervisor.scaling import Scaler
+from kernelfarm.supervisor.tenants import TenantRegistry
 
 log = logging.getLogger("kernelfarm.supervisor")
 
@@ -63,6 +66,10 @@ class Supervisor:
         """kernel id -> (monotonic time, ops total, ops/s) from the latest heartbeat."""
         self._lock_fd: int | None = None
         self.scaler = Scaler(self)
+        self.tenants = TenantRegistry(TenantStore(self.data_dir), self._tenants_changed)
+        self.control: ControlService | None = None
+        self.supervisor_addrs: list[list[Any]] = []
+        """Our listeners (control, metrics): the kernels keep namespaces off them."""
 
     # -- lifecycle ------------------------------------------------------------------------
 
@@ -70,6 +77,14 @@ class Supervisor:
         """Serve until SIGTERM/SIGINT; return the process exit code."""
         loop = asyncio.get_running_loop()
         self._lock_data_dir()
+        try:
+            self.tenants.open()
+        except BaseException:
+            self._unlock_data_dir()
+            raise
+        if not self.config.auth.required:
+            log.warning("[auth] required = false: anyone who can reach the farm's ports "
+                        "may use every volume, every namespace and the control methods")
         await self._wait_for_old_kernels()
         farm = self.config.farm
         count = resolve_count(farm.kernels, self.cores)
@@ -77,9 +92,7 @@ class Supervisor:
             count = 1
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self._on_stop_signal, sig)
-        loop.add_signal_handler(signal.SIGHUP, log.warning,
-                                "SIGHUP: config reload is not supported; restart to apply "
-                                "a new config (the farm keeps serving)")
+        loop.add_signal_handler(signal.SIGHUP, self._on_reload_signal)
         loop.add_signal_handler(signal.SIGTTIN, self._on_scale_signal, +1)
         loop.add_signal_handler(signal.SIGTTOU, self._on_scale_signal, -1)
         interrupted = self.scaler.record.interrupted()
@@ -96,8 +109,11 @@ class Supervisor:
             except ConfigError:
                 control_sock.close()
                 raise
+        self.supervisor_addrs = [list(s.getsockname()[:2])
+                                 for s in (control_sock, metrics_sock) if s is not None]
+        self.control = ControlService(self)
         server = await loop.create_server(
-            connection_factory(ControlService(self), self.config.rpc,
+            connection_factory(self.control, self.config.rpc,
                                limit=ConnectionLimit(self.config.rpc.max_connections)),
             sock=control_sock)
         metrics = MetricsEndpoint(self)
@@ -157,6 +173,26 @@ class Supervisor:
         log.info("received %s: stopping", signal.Signals(sig).name)
         self._stop.set()
 
+    def _on_reload_signal(self) -> None:
+        log.warning("SIGHUP: reloading the tenants; the config is not reloaded (restart to "
+                    "apply a new config; the farm keeps serving)")
+        self.spawn_task(self.tenants.reload())
+
+    async def _tenants_changed(self, table: TenantTable) -> None:
+        """Every server adopts ``table`` before the change is answered."""
+        if self.control is not None:
+            self.control.tenants_changed(table)
+        running = [h for h in self.kernels.values() if h.state is KernelState.RUNNING]
+        await asyncio.gather(*(self._push_tenants(h, table) for h in running))
+
+    async def _push_tenants(self, handle: KernelHandle, table: TenantTable) -> None:
+        try:
+            await handle.call("kernel.set_tenants", table.to_wire())
+        except KernelfarmError as exc:
+            # It is restarting: it boots with the current table, so it catches up.
+            log.warning("kernel %d missed tenant table %d: %s", handle.kernel_id,
+                        table.version, exc)
+
     def _on_scale_signal(self, delta: int) -> None:
         """SIGTTIN adds a kernel, SIGTTOU removes one (gunicorn's vocabulary)."""
         target = len(self.kernels) + delta
@@ -180,6 +216,10 @@ class Supervisor:
         handle = KernelHandle(kid, self.cores[kid % len(self.cores)], self.config.farm.host,
                               self.data_dir)
         self.kernels[kid] = handle
+        assert self.table is not None
+        # Its port is bound already: every namespace must be kept off it before the new
+        # kernel serves what arrives there.
+        await self.publish(self.table.with_moves([], self.table.epoch + 1))
         booted = asyncio.Event()
         self.spawn_task(self._lifecycle(handle, booted))
         await booted.wait()
@@ -253,8 +293,9 @@ class Supervisor:
         cfg = self.config.supervisor
         crash_streak = 0
         while not self._stop.is_set():
+            boot = self._boot_info(handle)
             try:
-                await handle.spawn(self._boot_info(handle), cfg.boot_timeout)
+                await handle.spawn(boot, cfg.boot_timeout)
             except Exception as exc:  # whatever stops a boot counts toward failing
                 handle.boot_failures += 1
                 log.error("kernel %d boot failed (%d/%d): %s", handle.kernel_id,
@@ -275,6 +316,8 @@ class Supervisor:
             booted.set()
             log.info("kernel %d running: pid %s, core %d, %s", handle.kernel_id, handle.pid,
                      handle.core, handle.addr)
+            if boot.tenants.get("version") != self.tenants.table.version:
+                self.spawn_task(self._push_tenants(handle, self.tenants.table))
             heartbeat = self.spawn_task(self._heartbeat(handle))
             assert handle.exited is not None
             code = await handle.exited
@@ -329,7 +372,8 @@ class Supervisor:
             addrs={kid: h.addr for kid, h in self.kernels.items()},
             config=self.config.to_dict(), data_dir=str(self.data_dir),
             supervisor_pid=os.getpid(), mode=farm.mode,
-            threads=resolve_count(farm.threads, self.cores))
+            threads=resolve_count(farm.threads, self.cores), supervisor_addrs=self.supervisor_addrs,
+            tenants=self.tenants.table.to_wire())
 
     # -- the data dir belongs to one supervisor at a time ---------------------------------
 

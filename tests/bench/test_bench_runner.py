@@ -78,7 +78,7 @@ def test_serve_flags_per_system() -> None:
         "--mode", "locked", "--threads", "1", "--locking", "fine"]
     with pytest.raises(ValueError):
         systems.serve_args("echo", 1)
-    assert systems.config_text("batch") == '[fs]\nfsync = "batch"\n'
+    assert systems.config_text("batch") == '[auth]\nrequired = false\n[fs]\nfsync = "batch"\n'
 
 
 def test_balanced_tenants_give_every_server_the_same_share() -> None:

@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 from fs_harness import FakeKernel
 
-from kernelfarm.cli import fs_cmd, main, transfer
+from kernelfarm.cli import common, fs_cmd, main, transfer
 
 
 @pytest.fixture
@@ -20,7 +20,7 @@ def kernel(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> FakeKernel:
     seen: list[Any] = []
 
     class FakeClient:
-        def __init__(self, control: Any) -> None:
+        def __init__(self, control: Any, token: str | None = None) -> None:
             seen.append(control)
             self.fs = kernel.api
 
@@ -30,7 +30,7 @@ def kernel(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> FakeKernel:
         def __exit__(self, *exc: Any) -> None:
             pass
 
-    monkeypatch.setattr(fs_cmd, "Client", FakeClient)
+    monkeypatch.setattr(common, "Client", FakeClient)
     kernel.controls = seen  # type: ignore[attr-defined]
     yield kernel
     kernel.close()

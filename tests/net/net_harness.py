@@ -18,6 +18,7 @@ from typing import Any, Callable, Iterator
 
 import msgpack
 
+from kernelfarm.auth.gate import Session
 from kernelfarm.config import Config
 from kernelfarm.errors import from_wire, to_wire
 from kernelfarm.aio import NetApi as AsyncNetApi
@@ -30,8 +31,9 @@ DEADLINE = 10.0
 class FakeConnection:
     """A client connection: runs its close callbacks when the test drops it."""
 
-    def __init__(self) -> None:
+    def __init__(self, session: Session[Any] | None = None) -> None:
         self.closed = False
+        self.session = session or Session(None, True, {})  # auth off: every socket
         self._callbacks: list[Callable[[], None]] = []
 
     def on_close(self, callback: Callable[[], None]) -> None:
@@ -53,6 +55,7 @@ class FakeKernel:
     data_dir: Path
     loop: asyncio.AbstractEventLoop
     kernel_id: int = 0
+    farm_endpoints: tuple[tuple[str, int], ...] = ()
 
     def __post_init__(self) -> None:
         self.group_commit = GroupCommit(self.loop.call_soon)  # the kernel's, on the test's loop

@@ -7,6 +7,10 @@ a kernel that cannot be reached (restarting) back off and retry until the deadli
 connection broke is not resent: it may have been applied, and only the caller knows
 whether repeating it is safe.
 
+``token`` is sent with ``auth.hello`` on every new connection (the control port and each
+kernel, after ``MOVED`` or a reconnect too); without it the client sends
+``$KERNELFARM_TOKEN``, else the admin token of the default data dir if it can read it.
+
 ``timeout`` bounds each call; by default there is none, because every kernel bounds its own
 waits (``net.max_timeout``) and a kernel that hangs is killed by its supervisor, which the
 client sees as a closed connection.  Connecting always has a deadline.
@@ -18,6 +22,7 @@ import functools
 import time
 from typing import Any
 
+from kernelfarm.auth.tokens import DEFAULT_DATA_DIR, find_token
 from kernelfarm.client._async.fs import AsyncFsApi
 from kernelfarm.client._async.io import OpenOnce, RpcClientConnection, connect, gather, sleep
 from kernelfarm.client._async.net import AsyncNetApi
@@ -29,9 +34,10 @@ CONTROL_TIMEOUT_S = 30.0
 
 
 class AsyncClient:
-    def __init__(self, control: Addr | str, *, timeout: float | None = None,
-                 retry: RetryPolicy | None = None) -> None:
+    def __init__(self, control: Addr | str, *, token: str | None = None,
+                 timeout: float | None = None, retry: RetryPolicy | None = None) -> None:
         self.control = as_addr(control)
+        self.token = token if token is not None else find_token(data_dir=DEFAULT_DATA_DIR)
         self.timeout = timeout
         self.retry = retry or RetryPolicy()
         self._conns: dict[Addr, RpcClientConnection] = {}
@@ -57,7 +63,15 @@ class AsyncClient:
         """A new connection to a kernel or the supervisor: the one place every connection
         starts, so whatever a connection must say first (a tenant's ``auth.hello``) is
         said here, once per connection, in both clients."""
-        return await connect(addr[0], addr[1])
+        conn = await connect(addr[0], addr[1])
+        if self.token is not None:
+            deadline = self.timeout or CONTROL_TIMEOUT_S
+            try:
+                await conn.call("auth.hello", self.token, timeout=deadline)
+            except BaseException:
+                conn.close()
+                raise
+        return conn
 
     async def _connection(self, addr: Addr) -> RpcClientConnection:
         conn = self._conns.get(addr)
@@ -83,6 +97,10 @@ class AsyncClient:
     async def scale(self, n: int) -> dict[str, Any]:
         # Moving many slots can take a while; the supervisor bounds each step itself.
         return dict(await self._control("cluster.scale", n, timeout=None))
+
+    async def control_call(self, method: str, *params: Any) -> Any:
+        """Any control method (``tenant.add``, ...), with the control deadline."""
+        return await self._control(method, *params)
 
     async def refresh(self) -> None:
         self.router.update(await self.cluster_map())

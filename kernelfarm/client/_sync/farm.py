@@ -8,6 +8,10 @@ a kernel that cannot be reached (restarting) back off and retry until the deadli
 connection broke is not resent: it may have been applied, and only the caller knows
 whether repeating it is safe.
 
+``token`` is sent with ``auth.hello`` on every new connection (the control port and each
+kernel, after ``MOVED`` or a reconnect too); without it the client sends
+``$KERNELFARM_TOKEN``, else the admin token of the default data dir if it can read it.
+
 ``timeout`` bounds each call; by default there is none, because every kernel bounds its own
 waits (``net.max_timeout``) and a kernel that hangs is killed by its supervisor, which the
 client sees as a closed connection.  Connecting always has a deadline.
@@ -19,6 +23,7 @@ import functools
 import time
 from typing import Any
 
+from kernelfarm.auth.tokens import DEFAULT_DATA_DIR, find_token
 from kernelfarm.client._sync.fs import FsApi
 from kernelfarm.client._sync.io import OpenOnce, BlockingConnection, connect, gather, sleep
 from kernelfarm.client._sync.net import NetApi
@@ -30,9 +35,10 @@ CONTROL_TIMEOUT_S = 30.0
 
 
 class Client:
-    def __init__(self, control: Addr | str, *, timeout: float | None = None,
-                 retry: RetryPolicy | None = None) -> None:
+    def __init__(self, control: Addr | str, *, token: str | None = None,
+                 timeout: float | None = None, retry: RetryPolicy | None = None) -> None:
         self.control = as_addr(control)
+        self.token = token if token is not None else find_token(data_dir=DEFAULT_DATA_DIR)
         self.timeout = timeout
         self.retry = retry or RetryPolicy()
         self._conns: dict[Addr, BlockingConnection] = {}
@@ -58,7 +64,15 @@ class Client:
         """A new connection to a kernel or the supervisor: the one place every connection
         starts, so whatever a connection must say first (a tenant's ``auth.hello``) is
         said here, once per connection, in both clients."""
-        return connect(addr[0], addr[1])
+        conn = connect(addr[0], addr[1])
+        if self.token is not None:
+            deadline = self.timeout or CONTROL_TIMEOUT_S
+            try:
+                conn.call("auth.hello", self.token, timeout=deadline)
+            except BaseException:
+                conn.close()
+                raise
+        return conn
 
     def _connection(self, addr: Addr) -> BlockingConnection:
         conn = self._conns.get(addr)
@@ -84,6 +98,10 @@ class Client:
     def scale(self, n: int) -> dict[str, Any]:
         # Moving many slots can take a while; the supervisor bounds each step itself.
         return dict(self._control("cluster.scale", n, timeout=None))
+
+    def control_call(self, method: str, *params: Any) -> Any:
+        """Any control method (``tenant.add``, ...), with the control deadline."""
+        return self._control(method, *params)
 
     def refresh(self) -> None:
         self.router.update(self.cluster_map())
