@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 from fs_harness import FakeKernel
 
-from kernelfarm.cli import common, fs_cmd, main, transfer
+from kernelfarm.cli import common, main, transfer
 
 
 @pytest.fixture
@@ -210,7 +210,7 @@ def test_a_too_large_upload_is_refused_before_its_data_is_sent(
                         pwrite(p, o, d))
 
     class FakeClient:
-        def __init__(self, control: Any) -> None:
+        def __init__(self, control: Any, token: str | None = None) -> None:
             self.fs = small.api
 
         def __enter__(self) -> FakeClient:
@@ -219,7 +219,7 @@ def test_a_too_large_upload_is_refused_before_its_data_is_sent(
         def __exit__(self, *exc: Any) -> None:
             pass
 
-    monkeypatch.setattr(fs_cmd, "Client", FakeClient)
+    monkeypatch.setattr(common, "Client", FakeClient)
     monkeypatch.setattr(transfer, "CHUNK", 1000)
     try:
         local = tmp_path / "big"

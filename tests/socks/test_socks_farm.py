@@ -23,7 +23,7 @@ from python_socks import ProxyError
 from python_socks.sync import Proxy
 
 import kernelfarm
-from farmctl import Farm, start_farm, wait_until
+from farmctl import ADMIN_TOKEN, Farm, start_farm, wait_until
 from kernelfarm.partition import key_slot
 from socks_harness import http_server, random_file, socks_proxy
 
@@ -31,7 +31,7 @@ MAX_SOCKETS = 3
 FARM_CONFIG = f'[net]\nallow = ["127.0.0.1/32"]\nmax_sockets = {MAX_SOCKETS}\n'
 BIG = 64 * 2**20
 DEADLINE = 30.0
-TOKEN = "any-token"
+TOKEN = ADMIN_TOKEN  # the SOCKS password is a tenant token
 
 
 @pytest.fixture(scope="module")

@@ -16,7 +16,7 @@ import threading
 from pathlib import Path
 from typing import Any
 
-from farmctl import start_farm, wait_until
+from farmctl import ADMIN_TOKEN, start_farm, wait_until
 from kernelfarm.partition import initial_assignment, key_slot, rebalance_plan
 from socks_harness import socks_proxy
 
@@ -79,7 +79,7 @@ def test_a_download_survives_scale_1_2_1(tmp_path: Path) -> None:
         client = farm.client()
         curl = subprocess.Popen(
             ["curl", "-sS", "--max-time", str(DEADLINE), "--limit-rate", "8M",
-             "--socks5", f"{proxy[0]}:{proxy[1]}", "-U", f"{ns}:token",
+             "--socks5", f"{proxy[0]}:{proxy[1]}", "-U", f"{ns}:{ADMIN_TOKEN}",
              "-o", str(out), f"http://127.0.0.1:{peer.port}/file"],
             stderr=subprocess.PIPE, env={"PATH": "/usr/bin:/bin"})
         try:
@@ -126,7 +126,8 @@ def test_bytes_held_by_a_parked_relay_travel_with_it(tmp_path: Path) -> None:
             sock.connect(proxy)
             sock.sendall(b"\x05\x01\x02")
             assert sock.recv(2) == b"\x05\x02"
-            sock.sendall(bytes([1, len(ns)]) + ns.encode() + b"\x05token")
+            sock.sendall(bytes([1, len(ns)]) + ns.encode() + bytes([len(ADMIN_TOKEN)])
+                         + ADMIN_TOKEN.encode())
             assert sock.recv(2) == b"\x01\x00"
             sock.sendall(b"\x05\x01\x00\x01" + socket.inet_aton("127.0.0.1")
                          + peer.port.to_bytes(2, "big") + b"GET / HTTP/1.0\r\n\r\n")
