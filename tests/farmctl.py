@@ -3,9 +3,9 @@
 The daemon prints one JSON line when it serves; tests wait for that line (with a deadline),
 never for a fixed time.  Auth is on, as by default: every farm a test starts gets the test
 session's admin token (:data:`ADMIN_TOKEN`, written to its data dir before the first serve
-and exported as ``$KERNELFARM_TOKEN``), so clients and CLI commands find it as users do.  The test process makes itself a child subreaper, so kernels
-orphaned by a killed supervisor are re-parented to it and reaped here: no test leaves a
-process behind.
+and exported as ``$KERNELFARM_TOKEN``), so clients and CLI commands find it as users do.
+The test process makes itself a child subreaper, so kernels orphaned by a killed supervisor
+are re-parented to it and reaped here: no test leaves a process behind.
 """
 
 from __future__ import annotations

@@ -225,8 +225,10 @@ class Namespace:
 
     def list(self, owner: str | None = None) -> list[dict[str, Any]]:
         """Open sockets and relays: all of them, or those of tenant ``owner``."""
-        return [s.describe() for s in [*self.sockets.values(), *self.relays.values()]
+        rows = [s.describe() for s in self.sockets.values()
                 if owner is None or s.tenant == owner]
+        return rows + [r.describe() for r in self.relays.values()
+                       if owner is None or r.tenant == owner]
 
     def _bind_for_sending(self, farm_sock: FarmSocket, destination: IPAddress) -> None:
         """Bind an unbound UDP socket before its first datagram, as policy allows.

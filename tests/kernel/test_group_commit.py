@@ -62,11 +62,14 @@ async def main(mode, when):
                     addrs={{0: ["127.0.0.1", 1]}}, config=config.to_dict(),
                     data_dir={data_dir!r} + mode, supervisor_pid=0, mode=mode, threads=2)
     kernel = make_kernel(boot, config, asyncio.get_running_loop())
-    kernel.handle(Conn(), 1, "fs.mkdir", ["/v", 0o755])
+    conn = Conn()
+    kernel.connection_made(conn)
+    conn.session = kernel.gate.trusted  # as the supervisor's channel: no hello needed
+    kernel.handle(conn, 1, "fs.mkdir", ["/v", 0o755])
     await asyncio.sleep(0.05)
     kernel.subsystems[0]._flush = boom
-    kernel.handle(Conn(), 2, "fs.write_file", ["/v/f", b"data"])
-    kernel.send(Conn(), b"reply")
+    kernel.handle(conn, 2, "fs.write_file", ["/v/f", b"data"])
+    kernel.send(conn, b"reply")
     if when == "release":  # before the turn's own commit: release commits first
         try:
             kernel.release(list(range(16384)))

@@ -132,6 +132,7 @@ class Sink:
     """A client connection that takes replies and close callbacks."""
 
     inflight = 0
+    session: object = None
 
     def write(self, data: bytes) -> None:
         pass
@@ -164,8 +165,10 @@ async def test_the_unicpu_path_takes_no_lock_and_the_locked_one_does(
                         threads=2)
         kernel = make_kernel(boot, config, loop)
         CountingLock.taken = 0
+        sink = Sink()
+        sink.session = kernel.gate.trusted  # the supervisor's channel: no hello, every key
         for msgid, (method, params) in enumerate(requests):
-            reply = kernel.handle(Sink(), msgid, method, params)
+            reply = kernel.handle(sink, msgid, method, params)
             assert reply is not None and reply[2] is None, reply
             await asyncio.sleep(0)  # the turn ends: its group commit runs
         taken[mode] = CountingLock.taken
