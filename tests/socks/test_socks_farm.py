@@ -401,7 +401,10 @@ def test_the_hand_off_socket_answers_bad_packets_and_keeps_serving(farm: Farm) -
         assert reply["error"]["code"] == "EINVAL"
         assert ask(handoff.pack({"op": "check", "id": 4, "ns": elsewhere}))["error"]["code"] \
             == "MOVED"
-        assert ask(handoff.pack({"op": "check", "id": 5, "ns": owned}))["error"] is None
+        assert ask(handoff.pack({"op": "check", "id": 5, "ns": owned, "token": "guess"})
+                   )["error"]["code"] == "EACCES"
+        assert ask(handoff.pack({"op": "check", "id": 6, "ns": owned,
+                                 "token": ADMIN_TOKEN}))["error"] is None
     assert farm.client().call_kernel(tuple(kernel["addr"]), "kernel.ping")["kernel"] == 0
 
 

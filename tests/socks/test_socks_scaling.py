@@ -163,7 +163,7 @@ def test_the_proxy_serves_again_after_its_kernel_is_killed(tmp_path: Path) -> No
     server = socket.create_server(("127.0.0.1", 0))
     with start_farm(tmp_path, 1) as farm, \
             socks_proxy(farm, tmp_path / "socks.log") as proxy, server:
-        via = Proxy.from_url(f"socks5://restart:token@{proxy[0]}:{proxy[1]}")
+        via = Proxy.from_url(f"socks5://restart:{ADMIN_TOKEN}@{proxy[0]}:{proxy[1]}")
         port = server.getsockname()[1]
         via.connect("127.0.0.1", port, timeout=DEADLINE).close()
         server.accept()[0].close()
