@@ -13,7 +13,7 @@ from typing import Any
 from kernelfarm.cli.common import add_client_options, connect
 
 
-def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     parser = sub.add_parser("tenant", help="add, list, remove tenants or rotate a token")
     verbs = parser.add_subparsers(dest="tenant_command", required=True, metavar="VERB")
     p = verbs.add_parser("add", help="add a tenant; prints its token on the last line")

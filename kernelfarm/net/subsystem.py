@@ -318,9 +318,10 @@ class NetSubsystem(Subsystem):
             owner = conn.session.owner
             if owner is not None:
                 namespace = self.namespaces.get(ns)
-                farm_sock = namespace.sockets.get(sid) if namespace is not None else None
-                if farm_sock is not None and farm_sock.tenant != owner:
-                    raise namespace.missing(sid)  # type: ignore[union-attr]
+                if namespace is not None:
+                    farm_sock = namespace.sockets.get(sid)
+                    if farm_sock is not None and farm_sock.tenant != owner:
+                        raise namespace.missing(sid)
             if takes_conn:
                 return handler(conn, ns, sid, *rest)
             return handler(ns, sid, *rest)
