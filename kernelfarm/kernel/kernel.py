@@ -25,7 +25,7 @@ from kernelfarm.auth.table import TenantTable
 from kernelfarm.boot import BootInfo
 from kernelfarm.config import Config
 from kernelfarm.errors import (
-    KernelfarmError, Moved, TryAgain, posix, preview, to_wire,
+    KernelfarmError, Moved, TryAgain, posix, to_wire,
 )
 from kernelfarm.kernel.commit import Flush, GroupCommit
 from kernelfarm.kernel.components import SUBSYSTEMS
