@@ -36,6 +36,7 @@ from typing import Any, Callable
 import msgpack
 import psutil
 
+from kernelfarm.auth.tokens import admin_token_of
 from kernelfarm.supervisor import launch
 
 pack: Callable[[Any], bytes] = msgpack.packb
@@ -203,12 +204,20 @@ class Generator:
 
 
 class Connection:
-    """A plain socket with a msgpack unpacker: the fuzzer must not trust any client code."""
+    """A plain socket with a msgpack unpacker: the fuzzer must not trust any client code.
+    With ``token`` set (the farm's admin token) it says ``auth.hello`` first, so the
+    fuzz reaches every method, as a tenant gone bad would."""
+
+    token: str | None = None
 
     def __init__(self, addr: tuple[str, int]) -> None:
         self.sock = socket.create_connection(addr, timeout=30)
         self.unpacker = msgpack.Unpacker(raw=False, max_buffer_size=256 * 1024 * 1024,
                                          strict_map_key=False)
+        if self.token is not None:
+            self.send(msgpack.packb([0, 0, "auth.hello", [self.token]]))
+            if not self.replies({0}, time.monotonic() + 30):
+                raise ConnectionError("no answer to auth.hello")
 
     def send(self, data: bytes) -> bool:
         try:
@@ -259,6 +268,7 @@ class Farm:
                                   str(workdir / "data"), "--config", str(config)],
                                  log_path=self.log_path)
         ready = launch.wait_ready(self.proc, self.log_path, 60.0)
+        Connection.token = admin_token_of(workdir / "data")
         self.control = (ready["control"][0], ready["control"][1])
         self.pids = {k["id"]: k["pid"] for k in ready["kernels"]}
 
@@ -272,7 +282,8 @@ class Farm:
                     raise ConnectionError("the supervisor closed the control connection")
                 conn.unpacker.feed(data)
                 for message in conn.unpacker:
-                    return message[3]
+                    if message[1] == 1:
+                        return message[3]
         finally:
             conn.close()
 
