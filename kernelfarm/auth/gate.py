@@ -22,7 +22,7 @@ from fnmatch import fnmatchcase
 from typing import Any, Awaitable, Generic, Iterable, Mapping, TypeVar
 
 from kernelfarm.auth.table import Tenant, TenantTable
-from kernelfarm.errors import NotAuthenticated, UnknownMethod, posix, to_wire
+from kernelfarm.errors import NotAuthenticated, UnknownMethod, posix, preview, to_wire
 
 T = TypeVar("T")
 
@@ -123,7 +123,7 @@ class Gate(Generic[T]):
     def refuse(self, session: Session[T], method: str) -> dict[str, Any]:
         """The error for a method ``session`` may not call: NOAUTH, EACCES or ENOSYS."""
         if method not in self.known:
-            return UnknownMethod(f"no method {method!r}").to_wire()
+            return UnknownMethod(f"no method {preview(method)}").to_wire()
         if session.refusal is not None:
             return session.refusal
         return to_wire(posix(errno.EACCES, f"{method} needs the admin token"))
@@ -131,7 +131,7 @@ class Gate(Generic[T]):
     @staticmethod
     def denied(method: str, key: str) -> dict[str, Any]:
         space = GRANT_SPACES.get(method.partition(".")[0], "keys")
-        return to_wire(posix(errno.EACCES, f"{key!r} is not in this tenant's {space}"))
+        return to_wire(posix(errno.EACCES, f"{preview(key)} is not in this tenant's {space}"))
 
     def update(self, table: TenantTable, conns: Iterable[Any]) -> bool:
         """Adopt ``table`` (unless older) and re-point every connection in ``conns``."""
@@ -161,7 +161,7 @@ class Gate(Generic[T]):
         if session is None:
             raise posix(errno.EACCES, "no tenant has this token")
         if session.grants is not None and not session.grants.allows(method, key):
-            raise posix(errno.EACCES, f"{key!r} is not in this tenant's "
+            raise posix(errno.EACCES, f"{preview(key)} is not in this tenant's "
                         f"{GRANT_SPACES.get(method.partition('.')[0], 'keys')}")
         return session.tenant
 
