@@ -118,3 +118,22 @@ def test_a_crashed_mount_loses_nothing_closed(farm: Farm, tmp_path: Path) -> Non
         assert result.returncode == 0, result.stderr
     with mounted(farm, tmp_path / "mp", name="again") as mount:
         assert (mount.path / "crashvol" / "f").read_bytes() == b"closed before the crash"
+
+
+def test_a_tenant_token_file_mounts_only_its_volumes(farm: Farm, tmp_path: Path) -> None:
+    admin = farm.client()
+    token = admin.control_call("tenant.add", "mounter", ["mnt-*"], [])["token"]
+    admin.fs.mkdir("/mnt-a")
+    admin.fs.mkdir("/not-mine")
+    token_file = tmp_path / "token"
+    token_file.write_text(token + "\n")
+    with mounted(farm, tmp_path / "mp", "--token-file", str(token_file), name="tenant") as mount:
+        names = os.listdir(mount.path)
+        assert "mnt-a" in names and "not-mine" not in names
+        (mount.path / "mnt-a" / "f").write_bytes(b"the tenant's")
+        (mount.path / "mnt-b").mkdir()                     # a volume its grants allow
+        with pytest.raises(PermissionError):
+            (mount.path / "other").mkdir()                  # one they do not: EACCES
+        with pytest.raises(PermissionError):
+            os.listdir(mount.path / "not-mine")
+    assert admin.fs.read_file("/mnt-a/f") == b"the tenant's"
