@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
-import select
 import signal
 import socket
 import subprocess
@@ -38,6 +37,7 @@ import psutil
 import uvloop
 
 from kernelfarm.errors import KernelfarmError
+from kernelfarm.rpc.blocking import readable
 from kernelfarm.supervisor.launch import end_process
 
 MAX_BUFFER = 64 * 1024 * 1024
@@ -213,8 +213,7 @@ def running_echo(kind: str = "msgpack", *, cpu: int | None = None,
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stdin=subprocess.DEVNULL)
     try:
         assert process.stdout is not None
-        ready, _, _ = select.select([process.stdout], [], [], START_TIMEOUT_S)
-        line = process.stdout.readline() if ready else b""
+        line = process.stdout.readline() if readable(process.stdout, START_TIMEOUT_S) else b""
         numbers = line.split()
         if len(numbers) != ports or not all(n.isdigit() for n in numbers):
             raise KernelfarmError(f"echo server did not start (exit code {process.poll()})")

@@ -25,6 +25,17 @@ from kernelfarm.rpc.protocol import (
 READ_CHUNK = 256 * 1024
 
 
+def readable(source: Any, timeout: float) -> bool:
+    """Whether ``source`` (a socket, file or descriptor) has data within ``timeout`` s.
+
+    poll, not select: select() refuses descriptors of 1024 and above, which a process
+    holding many connections (or a raised fd limit) reaches.
+    """
+    poller = select.poll()
+    poller.register(source, select.POLLIN)
+    return bool(poller.poll(max(timeout, 0.0) * 1000))
+
+
 class BlockingConnection:
     """One connection; the same ``call``/``closed``/``close`` as the asyncio one."""
 
@@ -47,8 +58,7 @@ class BlockingConnection:
         """True also when the peer closed or reset the connection while we were idle."""
         if self._broken:
             return True
-        readable, _, _ = select.select([self._sock], [], [], 0)
-        if not readable:
+        if not readable(self._sock, 0):
             return False
         try:
             return self._sock.recv(1, socket.MSG_PEEK) == b""

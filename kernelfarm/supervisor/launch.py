@@ -12,7 +12,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import select
 import signal
 import subprocess
 import sys
@@ -24,6 +23,7 @@ from typing import Any
 import psutil
 
 from kernelfarm.errors import KernelfarmError
+from kernelfarm.rpc.blocking import readable
 
 READY_TIMEOUT_S = 60.0
 """Booting a supervisor and its kernels on a loaded 2-core machine."""
@@ -58,8 +58,7 @@ def wait_ready(proc: subprocess.Popen[bytes], log_path: Path,
         remaining = deadline - time.monotonic()
         if remaining <= 0:
             raise _not_serving(f"said nothing for {timeout:g} s", log_path)
-        readable, _, _ = select.select([proc.stdout], [], [], min(remaining, 0.5))
-        if readable:
+        if readable(proc.stdout, min(remaining, 0.5)):
             chunk = os.read(proc.stdout.fileno(), 65536)
             if not chunk:  # stdout closed: it is exiting
                 with contextlib.suppress(subprocess.TimeoutExpired):
