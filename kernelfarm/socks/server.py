@@ -21,6 +21,7 @@ import socket
 import time
 from typing import Any, Callable, TypeVar
 
+import kernelfarm.aio
 from kernelfarm.errors import KernelfarmError
 from kernelfarm.socks import protocol, udp
 from kernelfarm.socks.kernels import Kernels
@@ -117,8 +118,10 @@ class SocksServer:
             request = await reader.read(protocol.parse_request)
             if request.command == Command.UDP_ASSOCIATE:
                 deadline.reschedule(None)  # lives as long as the client's connection
-                await udp.associate(conn, self.kernels.client.net, ns, request,
-                                    self._resolve_name)
+                # The namespace's UDP socket is the user's: opened with the user's token.
+                async with kernelfarm.aio.Client(self.kernels.client.control,
+                                                 token=token) as user:
+                    await udp.associate(conn, user.net, ns, request, self._resolve_name)
                 return
             if request.command != Command.CONNECT:
                 raise SocksError(Reply.COMMAND_NOT_SUPPORTED, f"command {request.command}")

@@ -411,3 +411,26 @@ def test_the_hand_off_socket_answers_bad_packets_and_keeps_serving(farm: Farm) -
 def owner_id(cluster_map: dict[str, Any], ns: str) -> int:
     slot = key_slot(ns)
     return next(kid for first, last, kid in cluster_map["slots"] if first <= slot <= last)
+
+
+# -- tenants: the password is a tenant token, checked by the kernel -----------------------
+
+def test_a_wrong_password_is_refused_at_the_handshake(proxy: tuple[str, int], web: int) -> None:
+    result = curl(proxy, "--socks5", f"{proxy[0]}:{proxy[1]}", "-U", "wrongpw:not-a-token",
+                  f"http://127.0.0.1:{web}/")
+    assert result.returncode == 97, result
+
+
+def test_a_tenant_reaches_its_own_namespaces_only(proxy: tuple[str, int], echo: EchoPeer,
+                                                  client: kernelfarm.Client) -> None:
+    token = client.control_call("tenant.add", "sockstenant", [], ["bob-*"])["token"]
+
+    def as_bob(ns: str) -> Proxy:
+        return Proxy.from_url(f"socks5://{ns}:{token}@{proxy[0]}:{proxy[1]}")
+
+    with as_bob("bob-1").connect("127.0.0.1", echo.port, timeout=DEADLINE) as sock:
+        sock.sendall(b"mine")
+        sock.shutdown(socket.SHUT_WR)
+        assert receive_all(sock) == b"mine"
+    with pytest.raises(ProxyError):
+        as_bob("alice-1").connect("127.0.0.1", echo.port, timeout=DEADLINE)
