@@ -91,6 +91,7 @@ class Journal:
                 log.warning("journal %s: cutting %d damaged bytes after %d good records",
                             path, size - good, count)
                 fh.truncate(good)
+                fh.flush()  # truncate flushes too; said here so the fsync is plainly safe
                 os.fsync(fh.fileno())
         return cls(path, good)
 
