@@ -28,6 +28,7 @@ command never interleaves with a half-done operation.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import itertools
 import json
@@ -605,8 +606,14 @@ class PowerCutFS(pyfuse3.Operations):
 
 async def serve_control(fs: PowerCutFS, path: str) -> None:
     listener = trio.socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    await listener.bind(path)
+    # Bound aside and renamed into place once listening: the tests take the path's
+    # existence as "ready", and a bound socket that does not listen yet refuses connects.
+    building = path + ".building"
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(building)
+    await listener.bind(building)
     listener.listen(8)
+    os.rename(building, path)
     while True:
         conn, _ = await listener.accept()
         with conn:
