@@ -70,7 +70,10 @@ def test_scale_prints_progress_and_ctrl_c_cancels_cleanly(tmp_path: Path) -> Non
 
 
 def test_a_new_scale_call_retargets_the_running_one(tmp_path: Path) -> None:
-    config = "[supervisor]\nscale_batch_slots = 1024\n"
+    # Small batches keep the scale running for seconds: with 1024-slot batches a quiet machine
+    # finished 1 -> 4 before one status call (which asks every kernel) came back, and the
+    # test never saw the scale it meant to retarget.
+    config = "[supervisor]\nscale_batch_slots = 16\n"
     with start_farm(tmp_path, 1, config_text=config) as farm:
         outcome: list[dict[str, Any]] = []
         grow = threading.Thread(target=lambda: outcome.append(farm.client().scale(4)))
