@@ -133,6 +133,9 @@ class Scaler:
         """The supervisor is stopping: end the operation now, wherever it is."""
         driver = self._driver
         if driver is not None and not driver.done():
+            # Also the checkpoint's way: Python 3.11's wait_for can swallow a cancellation
+            # that arrives as its call completes, and the driver would go on moving slots.
+            self.target = None
             driver.cancel()
             await asyncio.gather(driver, return_exceptions=True)
 
