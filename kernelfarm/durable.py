@@ -64,27 +64,28 @@ def write_file(path: PathLike, data: bytes, mode: int = 0o600) -> None:
     """
     path = os.fspath(path)
     tmp = path + ".tmp"
-    try:
-        os.unlink(tmp)
-    except FileNotFoundError:
-        pass
+    discard(tmp)
     try:
         create_file(tmp, data, mode)
         os.replace(tmp, path)
     except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
+        discard(tmp)
         raise
     sync_dir(os.path.dirname(path) or ".")
 
 
-def remove(path: PathLike) -> bool:
-    """Unlink ``path`` durably (fsync its directory); False if it did not exist."""
+def discard(path: PathLike) -> bool:
+    """Unlink ``path`` if it exists (not durably: a leftover or a temporary file)."""
     try:
         os.unlink(path)
     except FileNotFoundError:
+        return False
+    return True
+
+
+def remove(path: PathLike) -> bool:
+    """Unlink ``path`` durably (fsync its directory); False if it did not exist."""
+    if not discard(path):
         return False
     sync_dir(os.path.dirname(os.fspath(path)) or ".")
     return True

@@ -85,10 +85,7 @@ def write_temp(tmp: str, tree: Tree, generation: int) -> int:
             os.fsync(fh.fileno())
             return fh.tell()
     except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
+        durable.discard(tmp)
         raise
 
 
