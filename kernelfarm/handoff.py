@@ -17,6 +17,13 @@ Requests (``op``):
   ``sid`` and ``local`` (the outgoing socket's address).
 - ``adopt`` (kernel to kernel only, during live scaling) + two fds: a relay whose namespace
   moved, with the bytes it held in flight; no reply (the sender has already let go).
+- ``adopt_socket`` (kernel to kernel only) + its host socket's fd, or none for a socket
+  neither bound nor connected: a socket made over RPC whose namespace moved, with its
+  ``socket`` state (``sid``, ``kind``, ``listening``, ``kept``, ``tenant``,
+  ``connecting``, counters); its unread bytes and pending connections are in the fd.
+  No reply.
+- ``barrier``: answered once every packet before it on the connection was handled; the
+  kernel handing sockets over waits for it before the new slot table sends clients on.
 
 This module is the leaf both sides share: the front-end never imports the kernel's code.
 """

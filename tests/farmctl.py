@@ -26,6 +26,7 @@ import psutil
 import kernelfarm
 from kernelfarm import durable
 from kernelfarm.auth.tokens import ADMIN_TOKEN_FILE, TOKEN_ENV, new_token
+from kernelfarm.partition import initial_assignment, key_slot, rebalance_plan
 from kernelfarm.supervisor import launch
 
 DEADLINE = 30.0
@@ -108,6 +109,14 @@ class Farm:
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
+
+
+def moving_namespace(prefix: str = "mover") -> str:
+    """A namespace (and volume) name whose slot goes to the new kernel when one kernel
+    becomes two, and back when two become one."""
+    moved = {move.slot for move in rebalance_plan(initial_assignment([0]), [0, 1])}
+    return next(name for name in (f"{prefix}-{i}" for i in range(1000))
+                if key_slot(name) in moved)
 
 
 def raw_call(addr: tuple[str, int], method: str, *params: Any, timeout: float = 10.0,

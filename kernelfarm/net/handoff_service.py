@@ -8,10 +8,13 @@ relays in its own loop (:mod:`kernelfarm.net.relay`).  Nothing here knows what p
 the front-end speaks: the bytes to write first and the bytes that arrived early come with
 the request.
 
-Relays move with their namespace during live scaling: releasing a slot parks its relays
-(no byte moves, every read byte is held), ``hand_over`` sends their descriptors and held
-bytes to the kernel that acquired the slot, which resumes them; a rolled-back move resumes
-them here.  Only a sibling kernel (a child of the same supervisor) may hand relays over.
+Sockets and relays move with their namespace during live scaling: releasing a slot parks
+them (no byte moves: a relay holds what it read, a socket's unread bytes and pending
+connections stay in the host socket), ``hand_over`` sends their descriptors and state to
+the kernel that acquired the slot, which takes them under the same ids; a rolled-back
+move resumes them here.  Only a sibling kernel (a child of the same supervisor) may hand
+them over, and the handing kernel waits until the new owner has taken every one (a
+``barrier``), so a client sent there by the new slot table finds its sockets.
 """
 
 from __future__ import annotations
@@ -26,9 +29,10 @@ from typing import TYPE_CHECKING, Any, Callable
 
 import psutil
 
-from kernelfarm.errors import Moved, posix, to_wire
+from kernelfarm.errors import Moved, from_wire, posix, to_wire
 from kernelfarm import handoff
 from kernelfarm.net.relay import CHUNK, Relay, RelayState
+from kernelfarm.net.sockets import FarmSocket
 from kernelfarm.partition import key_slot
 
 if TYPE_CHECKING:
@@ -42,7 +46,9 @@ Credentials = Callable[[str, Any], "str | None"]
 when auth is off), else raises ``EACCES``."""
 
 PARK_TIMEOUT = 60.0
-"""Parked relays that no ``hand_over`` took and no rollback resumed are closed then."""
+"""Parked sockets and relays that no ``hand_over`` took and no rollback resumed are
+closed then."""
+
 
 HANDOVER_TIMEOUT = 5.0
 
@@ -76,7 +82,7 @@ class HandoffService:
         self.listener: socket.socket | None = None
         self.enabled = True
         self.peers: set[HandoffPeer] = set()
-        self.parked: dict[int, list[tuple[str, Relay]]] = {}
+        self.parked: dict[int, list[tuple[str, Relay | FarmSocket]]] = {}
 
     # -- serving --------------------------------------------------------------------------
 
@@ -106,8 +112,8 @@ class HandoffService:
         for peer in list(self.peers):
             peer.close()
         for slot in list(self.parked):
-            for _, relay in self.parked.pop(slot):
-                relay.close()
+            for _, item in self.parked.pop(slot):
+                item.close()
 
     # -- requests -------------------------------------------------------------------------
 
@@ -161,42 +167,65 @@ class HandoffService:
 
     def adopt(self, message: dict[str, Any], fds: list[int]) -> None:
         """Resume a relay another kernel handed over with its namespace."""
-        ns = _field(message, "ns", str)
         client, upstream = (socket.socket(fileno=fd) for fd in fds)
         try:
+            ns = self.check(_field(message, "ns", str))
             state = RelayState.from_wire(_field(message, "relay", dict))
-            self.check(ns)
+            namespace = self.net.open_namespace(ns)
         except BaseException:
             client.close()
             upstream.close()
             raise
-        namespace = self.net.open_namespace(ns)
         relay = Relay(self.loop, client, upstream, state, namespace.counters)
         namespace.adopt_relay(relay)
         relay.start()
 
+    def adopt_socket(self, message: dict[str, Any], fds: list[int]) -> None:
+        """Take a socket another kernel handed over with its namespace (``fds``: its host
+        socket, none if it was neither bound nor connected)."""
+        sock = socket.socket(fileno=fds[0]) if fds else None
+        try:
+            ns = self.check(_field(message, "ns", str))
+            farm_sock = FarmSocket.moved_in(self.loop, _field(message, "socket", dict), sock)
+        except BaseException:
+            if sock is not None:
+                sock.close()
+            raise
+        try:
+            self.net.adopt_socket(ns, farm_sock)
+        except BaseException:
+            farm_sock.close()
+            raise
+
     # -- moving with the namespace --------------------------------------------------------
 
     def park(self, slot: int, namespace: Namespace) -> None:
-        """The namespace leaves this kernel: hold its relays still until ``hand_over``."""
-        relays = [(namespace.name, relay) for relay in namespace.take_relays()]
-        if not relays:
+        """The namespace leaves this kernel: hold its sockets and relays still until
+        ``hand_over``."""
+        items: list[tuple[str, Relay | FarmSocket]] = [
+            (namespace.name, relay) for relay in namespace.take_relays()]
+        items += [(namespace.name, farm_sock) for farm_sock in namespace.take_sockets()]
+        if not items:
             return
-        self.parked.setdefault(slot, []).extend(relays)
-        self.loop.call_later(PARK_TIMEOUT, self._expire, slot, relays)
+        self.parked.setdefault(slot, []).extend(items)
+        self.loop.call_later(PARK_TIMEOUT, self._expire, slot, items)
 
     def resume(self, slot: int) -> None:
-        """The slot came back (a rolled-back move): its parked relays run here again."""
-        for name, relay in self.parked.pop(slot, ()):
-            self.net.open_namespace(name).adopt_relay(relay)
-            relay.start()
+        """The slot came back (a rolled-back move): its parked sockets run here again."""
+        for name, item in self.parked.pop(slot, ()):
+            if isinstance(item, Relay):
+                self.net.open_namespace(name).adopt_relay(item)
+                item.start()
+            else:
+                self.net.adopt_socket(name, item)
 
     def hand_over(self, slots: list[int], target: str) -> int:
-        """Send the parked relays of ``slots`` to the kernel serving hand-offs at ``target``.
+        """Send the parked sockets and relays of ``slots`` to the kernel serving hand-offs
+        at ``target``; return once it has taken them all.
 
         Blocking, with a deadline: the supervisor calls this between two steps of a move,
-        when only the moving slots wait.  Each relay's descriptors are duplicated into the
-        packet by the host, so closing ours afterwards leaves the connections open.
+        when only the moving slots wait.  Descriptors are duplicated into the packet by
+        the host, so closing ours afterwards leaves the connections open.
         """
         moving = [(slot, item) for slot in slots for item in self.parked.get(slot, ())]
         if not moving:
@@ -204,28 +233,42 @@ class HandoffService:
         with socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET) as sock:
             sock.settimeout(HANDOVER_TIMEOUT)
             sock.connect(target)
-            for slot, (name, relay) in moving:
-                packet = handoff.pack({"op": "adopt", "ns": name,
-                                       "relay": relay.state().to_wire()})
-                socket.send_fds(sock, [packet], [relay.client.fileno(),
-                                                 relay.upstream.fileno()])
-                self.parked[slot].remove((name, relay))
-                relay.let_go()
+            for slot, (name, item) in moving:
+                if isinstance(item, Relay):
+                    packet = handoff.pack({"op": "adopt", "ns": name,
+                                           "relay": item.state().to_wire()})
+                    fds = [item.client.fileno(), item.upstream.fileno()]
+                else:
+                    packet = handoff.pack({"op": "adopt_socket", "ns": name,
+                                           "socket": item.state()})
+                    fds = [] if item.sock is None else [item.sock.fileno()]
+                socket.send_fds(sock, [packet], fds)
+                self.parked[slot].remove((name, item))
+                item.let_go()
+            sock.send(handoff.pack({"op": "barrier", "id": 0}))
+            reply = handoff.unpack(handoff.receive(sock)[0])
+            if reply.get("error") is not None:
+                raise from_wire(reply["error"])
         for slot in slots:
             if not self.parked.get(slot, True):
                 del self.parked[slot]
         return len(moving)
 
-    def _expire(self, slot: int, relays: list[tuple[str, Relay]]) -> None:
+    def _expire(self, slot: int, items: list[tuple[str, Relay | FarmSocket]]) -> None:
         parked = self.parked.get(slot)
         if parked is None:
             return
-        for item in relays:
+        for item in items:
             if item in parked:
                 parked.remove(item)
                 item[1].close()
         if not parked:
             del self.parked[slot]
+
+
+DESCRIPTORS = {"check": (0,), "relay": (1,), "adopt": (2,), "adopt_socket": (0, 1),
+               "barrier": (0,)}
+"""How many descriptors come with each op."""
 
 
 class HandoffPeer:
@@ -264,12 +307,12 @@ class HandoffPeer:
             message = handoff.unpack(packet)
             msgid = message.get("id")
             op = message.get("op")
-            wanted = {"check": 0, "relay": 1, "adopt": 2}.get(op) if isinstance(op, str) else None
+            wanted = DESCRIPTORS.get(op) if isinstance(op, str) else None
             if wanted is None:
                 raise ValueError(f"unknown hand-off op {op!r}")
-            if len(fds) != wanted:
-                raise ValueError(f"hand-off op {op!r} takes {wanted} descriptors, "
-                                 f"got {len(fds)}")
+            if len(fds) not in wanted:
+                raise ValueError(f"hand-off op {op!r} takes {' or '.join(map(str, wanted))}"
+                                 f" descriptors, got {len(fds)}")
         except Exception as exc:
             for fd in fds:
                 os.close(fd)
@@ -280,24 +323,30 @@ class HandoffPeer:
         elif op == "relay":
             task = self.loop.create_task(self.service.relay(message, fds[0]))
             task.add_done_callback(lambda done: self._finished(msgid, done))
+        elif op == "barrier":
+            self._reply({"id": msgid, "error": None})  # every packet before it was handled
         else:
-            self._adopt(message, fds)
+            self._adopt(op, message, fds)
 
     def _authorized(self, message: dict[str, Any]) -> dict[str, Any]:
         return {"ns": self.service.authorize(message)[0]}
 
-    def _adopt(self, message: dict[str, Any], fds: list[int]) -> None:
-        try:
-            if not self.is_sibling():
-                raise posix(errno.EPERM, "only a kernel of this farm may hand relays over")
-            self.service.adopt(message, fds)
-        except Exception as exc:
-            log.warning("could not adopt a relay of %r: %s", message.get("ns"), exc)
+    def _adopt(self, op: str, message: dict[str, Any], fds: list[int]) -> None:
+        """``adopt`` / ``adopt_socket``: no reply, the sender let go already (its
+        ``barrier`` learns that every one was handled, taken or not)."""
+        if not self.is_sibling():
             for fd in fds:
-                try:
-                    os.close(fd)
-                except OSError:
-                    pass
+                os.close(fd)
+            log.warning("refused sockets of %r from a process not of this farm",
+                        message.get("ns"))
+            return
+        try:  # from here the service owns the descriptors, and closes them if it fails
+            if op == "adopt":
+                self.service.adopt(message, fds)
+            else:
+                self.service.adopt_socket(message, fds)
+        except Exception as exc:
+            log.warning("could not take a socket of %r: %s", message.get("ns"), exc)
 
     def is_sibling(self) -> bool:
         """Is the peer process another child of our supervisor?"""

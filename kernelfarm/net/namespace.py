@@ -220,6 +220,25 @@ class Namespace:
             relay.on_close = None
         return relays
 
+    def take_sockets(self) -> list[FarmSocket]:
+        """Park and detach every socket (its namespace is leaving this kernel)."""
+        sockets = list(self.sockets.values())
+        self.sockets.clear()
+        self.kernel_sockets.open -= len(sockets)
+        for farm_sock in sockets:
+            farm_sock.park()
+        return sockets
+
+    def adopt_socket(self, farm_sock: FarmSocket) -> None:
+        """Take a socket that moved here with this namespace, under its own sid (its
+        client goes on naming it so).  It is counted but not refused: the limits were
+        checked when it was made, and refusing it now would close a client's socket."""
+        if farm_sock.sid in self.sockets or farm_sock.sid in self.relays:
+            # A clash of two random 51-bit sids: no way to tell them apart.
+            raise posix(errno.EEXIST, f"socket {farm_sock.sid} of {self.name!r} exists here")
+        self.sockets[farm_sock.sid] = farm_sock
+        self.kernel_sockets.open += 1
+
     def stats(self) -> dict[str, Any]:
         return self.counters.report(len(self.sockets) + len(self.relays), len(self.relays))
 

@@ -22,7 +22,7 @@ import errno
 import socket
 from typing import Any, Awaitable, Callable, TypeVar
 
-from kernelfarm.errors import posix
+from kernelfarm.errors import TryAgain, posix
 from kernelfarm.net.policy import IPAddress
 
 T = TypeVar("T")
@@ -48,6 +48,8 @@ class FarmSocket:
         self.owner: int | None = None  # id() of the client connection that holds it
         self.tenant: str | None = None  # the tenant it belongs to; others get EBADF
         self.closed = False
+        self.connecting = False
+        """A ``connect`` began and has not finished: its namespace may move meanwhile."""
         self.bytes_in = 0
         self.bytes_out = 0
         self._readers: list[Waiter] = []
@@ -120,9 +122,14 @@ class FarmSocket:
     async def connect(self, address: IPAddress, port: int, timeout: float) -> None:
         sock = self.host_socket(address)
         code = sock.connect_ex((str(address), port))
-        if code in (errno.EINPROGRESS, errno.EAGAIN):
+        if self.connecting and code == errno.EISCONN:
+            code = 0  # finished while its namespace moved: the retried call succeeds
+        elif code in (errno.EINPROGRESS, errno.EAGAIN) or \
+                self.connecting and code == errno.EALREADY:
+            self.connecting = True
             await self._wait(self._writers, timeout)
             code = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+        self.connecting = False
         if code:
             raise posix(code, f"connect to {address} port {port}")
         if self.kind == "tcp":
@@ -177,7 +184,7 @@ class FarmSocket:
                 raise
             try:
                 await self._wait(self._writers, deadline - self.loop.time())
-            except TimeoutError:
+            except (TimeoutError, TryAgain):  # TryAgain: the socket is moving
                 if sent:
                     break
                 raise
@@ -225,6 +232,57 @@ class FarmSocket:
             waiter.fail(posix(errno.EBADF, f"socket {self.sid} was closed"))
         self._readers.clear()
         self._writers.clear()
+
+    # -- moving with the namespace ---------------------------------------------------------
+
+    def park(self) -> None:
+        """Its namespace leaves this kernel: stop watching the host socket and answer every
+        waiting request ``TRYAGAIN``, which its client retries at the new owner.  Nothing
+        was read for them, so nothing is lost; a send that got part of its data out
+        answers that count instead (``sendall`` goes on with the rest)."""
+        if self.sock is not None:
+            self._unwatch(self._readers)
+            self._unwatch(self._writers)
+        for waiter in self._readers + self._writers:
+            waiter.fail(TryAgain(f"socket {self.sid} is moving with its namespace"))
+        self._readers.clear()
+        self._writers.clear()
+
+    def state(self) -> dict[str, Any]:
+        """What travels with the descriptor to the kernel that takes the namespace."""
+        return {"sid": self.sid, "kind": self.kind, "listening": self.listening,
+                "kept": self.kept, "tenant": self.tenant, "connecting": self.connecting,
+                "bytes_in": self.bytes_in, "bytes_out": self.bytes_out}
+
+    @classmethod
+    def moved_in(cls, loop: asyncio.AbstractEventLoop, state: dict[str, Any],
+                 sock: socket.socket | None) -> FarmSocket:
+        """The socket another kernel parked, from its ``state`` and host socket."""
+        sid, kind, tenant = state.get("sid"), state.get("kind"), state.get("tenant")
+        if not isinstance(sid, int) or isinstance(sid, bool) or kind not in KINDS or \
+                not isinstance(tenant, (str, type(None))) or \
+                sock is not None and sock.type != KINDS[kind]:
+            raise ValueError("moved socket state out of bounds")
+        farm_sock = cls(loop, sid, kind)
+        farm_sock.tenant = tenant
+        farm_sock.listening = bool(state.get("listening"))
+        farm_sock.kept = bool(state.get("kept"))
+        farm_sock.connecting = bool(state.get("connecting"))
+        for counter in ("bytes_in", "bytes_out"):
+            value = state.get(counter)
+            if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
+                setattr(farm_sock, counter, value)
+        if sock is not None:
+            sock.setblocking(False)
+            farm_sock.sock = sock
+        return farm_sock
+
+    def let_go(self) -> None:
+        """Close our descriptor after a copy of it went to another kernel: the connection
+        lives on there, so its peer sees nothing."""
+        self.closed = True
+        if self.sock is not None:
+            self.sock.close()
 
     def describe(self) -> dict[str, Any]:
         """One row of ``net.list``."""

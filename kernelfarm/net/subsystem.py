@@ -5,7 +5,8 @@ parameter types, turns caller timeouts into bounded ones, and ties sockets to th
 connection that made them.  A socket dies with its connection (the peer sees EOF) so a
 crashed client leaks nothing, unless ``net.keep`` detached it — meant for listening
 sockets that should outlive the process that set them up; a kept socket lives until
-``net.close``, until its slot leaves this kernel, or until the kernel stops.
+``net.close`` or until the kernel stops.  A namespace that moves to another kernel takes
+its sockets along (``release_slot``, :mod:`kernelfarm.net.handoff_service`).
 
 A socket belongs to the tenant that opened (or accepted) it: to every other tenant it
 does not exist (``EBADF``, absent from ``net.list``), even in a namespace both are granted.
@@ -79,6 +80,8 @@ class NetSubsystem(Subsystem):
         self._by_slot: dict[int, set[str]] = {}  # so releasing a slot is not a full scan
         # id(connection) -> the (namespace, sid) it owns; one close callback per connection.
         self._owned: dict[int, set[tuple[str, int]]] = {}
+        self._unclaimed: dict[tuple[str, int], FarmSocket] = {}
+        """Sockets that moved here and no connection has named yet (``adopt_socket``)."""
         self.handoff = HandoffService(self)
 
     def methods(self) -> list[Method]:
@@ -188,16 +191,36 @@ class NetSubsystem(Subsystem):
 
     # -- Subsystem ----------------------------------------------------------------------------
 
-    def load_slot(self, slot: int) -> None:
-        self.handoff.resume(slot)
+    def load_slots(self, slots: builtins.list[int]) -> None:
+        """Slots coming back after a rolled-back move: their parked sockets run again."""
+        for slot in slots:
+            self.handoff.resume(slot)
 
     def release_slot(self, slot: int) -> None:
-        """Park the relays of the slot's namespaces (``hand_over`` moves them to the new
-        owner) and close their other sockets: a client's sockets are tied to its
-        connection to this kernel, so their clients get ``EBADF`` on next use."""
+        """Park the sockets and relays of the slot's namespaces: ``hand_over`` moves them
+        to the new owner, a rolled-back move resumes them here (``load_slots``)."""
         for name in self._by_slot.pop(slot, ()):
-            self.handoff.park(slot, self.namespaces[name])
+            namespace = self.namespaces[name]
+            for farm_sock in namespace.sockets.values():
+                self._untie(name, farm_sock)
+                self._unclaimed.pop((name, farm_sock.sid), None)
+            self.handoff.park(slot, namespace)
             self._drop(name)
+
+    def adopt_socket(self, ns: str, farm_sock: FarmSocket) -> None:
+        """A socket that moved here with its namespace (or came back after a rollback).
+
+        Its client's connection was to the old kernel, so it arrives tied to nobody: the
+        first call that names it from a connection of its tenant claims it (it dies with
+        that connection from then on).  One nobody claims within ``net.max_timeout`` —
+        its client died during the move — is closed, as its connection's end would have.
+        A kept socket stays kept.
+        """
+        self.open_namespace(ns).adopt_socket(farm_sock)
+        if not farm_sock.kept:
+            self._unclaimed[(ns, farm_sock.sid)] = farm_sock
+            self.ctx.loop.call_later(self.config.max_timeout, self._unclaimed_expired,
+                                     ns, farm_sock)
 
     def hand_over(self, slots: builtins.list[int], target: str) -> int:  # .list: a method
         return self.handoff.hand_over(slots, target)
@@ -222,6 +245,7 @@ class NetSubsystem(Subsystem):
             self._drop(name)
         self._by_slot.clear()
         self._retired.clear()
+        self._unclaimed.clear()
 
     def open_namespace(self, name: str) -> Namespace:
         """The namespace, created on first use."""
@@ -310,11 +334,34 @@ class NetSubsystem(Subsystem):
                 namespace.close(sid)
                 self._forget_if_empty(namespace)
 
+    def _claim(self, conn: Connection, ns: Any, sid: Any) -> None:
+        """Tie a moved socket to the first connection of its tenant that names it."""
+        try:
+            farm_sock = self._unclaimed.get((ns, sid))
+        except TypeError:
+            return  # an unhashable parameter: the handler says what is wrong with it
+        owner = conn.session.owner
+        if farm_sock is None or owner is not None and farm_sock.tenant != owner:
+            return
+        del self._unclaimed[(ns, sid)]
+        self._tie(conn, ns, farm_sock)
+
+    def _unclaimed_expired(self, ns: str, farm_sock: FarmSocket) -> None:
+        if self._unclaimed.get((ns, farm_sock.sid)) is not farm_sock:
+            return  # claimed, closed, or moved on
+        del self._unclaimed[(ns, farm_sock.sid)]
+        namespace = self.namespaces.get(ns)
+        if namespace is not None and namespace.sockets.get(farm_sock.sid) is farm_sock:
+            namespace.close(farm_sock.sid)
+            self._forget_if_empty(namespace)
+
     def _callers_socket(self, handler: Callable[..., Any], takes_conn: bool
                         ) -> Callable[..., Any]:
         """Run ``handler(ns, sid, ...)`` only on a socket of the caller's tenant: another
         tenant's socket is ``EBADF``, the same answer as for a socket that does not exist."""
         def run(conn: Connection, ns: Any, sid: Any, *rest: Any) -> Any:
+            if self._unclaimed:  # sockets moved here during live scaling, rarely
+                self._claim(conn, ns, sid)
             owner = conn.session.owner
             if owner is not None:
                 namespace = self.namespaces.get(ns)

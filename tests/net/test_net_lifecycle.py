@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 
+from kernelfarm.errors import TryAgain
 from kernelfarm.partition import key_slot
 from net_harness import FakeConnection, plain_listener
 
@@ -141,9 +142,15 @@ async def test_accepted_sockets_belong_to_the_accepting_connection(make_net: Any
 
 
 @pytest.mark.asyncio
-async def test_release_slot_closes_only_that_slots_namespaces(make_net: Any) -> None:
+async def test_release_slot_parks_only_that_slots_sockets_and_a_rollback_resumes_them(
+        make_net: Any) -> None:
+    """Releasing a slot (its namespace moves to another kernel) closes nothing: the
+    sockets are parked, a request waiting on one is answered TRYAGAIN (its client retries
+    at the new owner), unread bytes stay in the host socket, and a rolled-back move
+    (``load_slots``) gives the same socket back under the same sid."""
     harness = make_net()
-    net = harness.client()
+    owner = FakeConnection()
+    net = harness.client(owner)
     names = ["alice", "bob"]
     assert key_slot(names[0]) != key_slot(names[1])
     with plain_listener("127.0.0.1") as server:
@@ -153,22 +160,43 @@ async def test_release_slot_closes_only_that_slots_namespaces(make_net: Any) -> 
             socks[name] = await net.socket(name, "tcp")
             await socks[name].connect(*server.getsockname())
             peers[name], _ = server.accept()
+        waiting = asyncio.ensure_future(socks["alice"].recv(10, timeout=5))
+        await asyncio.sleep(0)  # the recv waits on the host socket now
         harness.net.release_slot(key_slot("alice"))
-        assert await peer_sees_eof(peers["alice"])
-        with pytest.raises(OSError) as info:
-            await socks["alice"].recv(10, timeout=0)
-        assert info.value.errno == errno.EBADF
+        with pytest.raises(TryAgain):
+            await waiting
+        peers["alice"].sendall(b"while away")
+        assert await net.list("alice") == []
         assert len(await net.list("bob")) == 1
         assert harness.net.stats()["namespaces"] == 1
-        # The namespace starts afresh (as on the kernel it moved to): a stale sid never
-        # names the new socket.
-        again = await net.socket("alice", "tcp")
-        assert again.sid != socks["alice"].sid
-        with pytest.raises(OSError) as info:
-            await socks["alice"].recv(10, timeout=0)
-        assert info.value.errno == errno.EBADF and "moved" in str(info.value)
+        harness.net.load_slots([key_slot("alice")])
+        other = FakeConnection()  # the connection to the new owner is another one
+        back = harness.client(other)
+        assert await back.list("alice") != []
+        assert await harness.call(other, "net.recv", "alice", socks["alice"].sid, 100,
+                                  5) == b"while away"
+        owner.close()  # the first connection that named it claimed it: not this one
+        assert await peer_sees_eof(peers["bob"])
+        peers["alice"].sendall(b"still here")
+        assert await harness.call(other, "net.recv", "alice", socks["alice"].sid, 100,
+                                  5) == b"still here"
+        other.close()
+        assert await peer_sees_eof(peers["alice"])
         for peer in peers.values():
             peer.close()
+
+
+@pytest.mark.asyncio
+async def test_parked_sockets_close_with_the_subsystem(make_net: Any) -> None:
+    harness = make_net()
+    with plain_listener("127.0.0.1") as server:
+        sock = await harness.client().socket("alice", "tcp")
+        await sock.connect(*server.getsockname())
+        peer, _ = server.accept()
+        with peer:
+            harness.net.release_slot(key_slot("alice"))
+            harness.net.close()
+            assert await peer_sees_eof(peer)
 
 
 @pytest.mark.asyncio

@@ -16,8 +16,7 @@ import threading
 from pathlib import Path
 from typing import Any
 
-from farmctl import ADMIN_TOKEN, start_farm, wait_until
-from kernelfarm.partition import initial_assignment, key_slot, rebalance_plan
+from farmctl import ADMIN_TOKEN, moving_namespace, start_farm, wait_until
 from socks_harness import socks_proxy
 
 DEADLINE = 60.0
@@ -56,13 +55,6 @@ class HeldDownload:
         self.release.set()
         self.listener.close()
         self.thread.join(DEADLINE)
-
-
-def moving_namespace() -> str:
-    """A namespace whose slot goes to the new kernel when one kernel becomes two."""
-    moved = {move.slot for move in rebalance_plan(initial_assignment([0]), [0, 1])}
-    return next(name for name in (f"mover-{i}" for i in range(1000))
-                if key_slot(name) in moved)
 
 
 def relay_rows(client: Any, ns: str) -> list[dict[str, Any]]:
