@@ -1,8 +1,9 @@
 """The type checker and the linter, run by the test command (``./kf test``).
 
-``mypy`` checks the whole package strictly (``[tool.mypy]`` in pyproject.toml) and ``ruff``
-lints the package, the tests and the benchmarks (``[tool.ruff]``); both must report
-nothing.  A ``type: ignore`` that remains must name its error code and say why.
+``mypy`` checks the whole package and ``tools/`` strictly (``[tool.mypy]`` in
+pyproject.toml) and ``ruff`` lints the package, the tools, the tests and the benchmarks
+(``[tool.ruff]``); both must report nothing.  A ``type: ignore`` that remains must name
+its error code and say why.
 
 Both start when this module is collected, so they run on the spare core while the rest of
 the suite waits on its servers, and do not add their time to the suite's; whatever
@@ -36,7 +37,7 @@ def reap(process: subprocess.Popen[str]) -> None:
 
 
 MYPY = start("mypy")
-RUFF = start("ruff", "check", "--no-cache", "kernelfarm", "tests", "benchmarks")
+RUFF = start("ruff", "check", "--no-cache", "kernelfarm", "tools", "tests", "benchmarks")
 
 
 def report(process: subprocess.Popen[str]) -> tuple[int, str]:
@@ -59,7 +60,7 @@ IGNORE = re.compile(r"#\s*type:\s*ignore(?P<codes>\[[^\]]+\])?(?P<rest>.*)$")
 
 def test_every_type_ignore_names_its_code_and_its_reason() -> None:
     bare = []
-    for path in sorted((ROOT / "kernelfarm").rglob("*.py")):
+    for path in sorted([*(ROOT / "kernelfarm").rglob("*.py"), *(ROOT / "tools").rglob("*.py")]):
         for number, line in enumerate(path.read_text().splitlines(), 1):
             match = IGNORE.search(line)
             if match and (not match["codes"] or not match["rest"].strip().startswith("#")):

@@ -17,7 +17,8 @@ malformed messages); after each, a ``kernel.ping`` on a fresh connection must be
 
 Reported: crashes (a kernel process that changed pid), restarts (the supervisor's count),
 dropped connections (a structured connection closed, or a request left unanswered), the
-kernels' peak RSS, and the failures the farm logged at ERROR (bugs inside handlers).  Exit status 0 only with no crash, no restart and no drop.
+kernels' peak RSS, and the failures the farm logged at ERROR (bugs inside handlers).
+Exit status 0 only with no crash, no restart and no drop.
 """
 
 from __future__ import annotations
@@ -288,7 +289,8 @@ class Farm:
             conn.close()
 
     def kernels(self) -> list[dict[str, Any]]:
-        return self.call("cluster.map")["kernels"]  # type: ignore[no-any-return]
+        kernels: list[dict[str, Any]] = self.call("cluster.map")["kernels"]
+        return kernels
 
     def restarts(self) -> int:
         return sum(int(k.get("restarts", 0)) for k in self.call("cluster.status")["kernels"])
