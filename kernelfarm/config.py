@@ -233,7 +233,16 @@ def validate(data: dict[str, Any], source: str = "<config>"
                                         key=name))
     sections = {name: _build_section(name, cls, data.get(name, {}), source, problems)
                 for name, cls in SECTIONS.items()}
-    return Config(sections), problems
+    config = Config(sections)
+    farm = config.farm
+    if farm.mode == "locked" and farm.kernels not in ("auto", 1):
+        # Refused, not ignored: a locked farm is one kernel, so "--kernels 3" asked for
+        # something it cannot be, and a warning in a log is easy to miss.
+        problems.append(ConfigError(
+            f"{source}: farm.kernels = {_toml_value(farm.kernels)} does not apply in locked "
+            "mode, which runs ONE kernel with farm.threads threads (use --threads "
+            f"{farm.kernels}, with --kernels 1 or auto)", key="farm.kernels"))
+    return config, problems
 
 
 def build(data: dict[str, Any], source: str = "<config>") -> Config:

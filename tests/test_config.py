@@ -51,10 +51,10 @@ def test_invalid_toml_and_missing_file_are_config_errors(tmp_path: Path) -> None
 
 
 def test_flags_override_the_file_and_the_file_overrides_defaults(tmp_path: Path) -> None:
-    path = write(tmp_path, "[farm]\nkernels = 3\nmode = \"locked\"\n")
-    loaded = configuration.load(path, {"farm": {"kernels": 5, "mode": None}})
+    path = write(tmp_path, "[farm]\nkernels = 3\nthreads = 4\n")
+    loaded = configuration.load(path, {"farm": {"kernels": 5, "threads": None}})
     assert loaded.farm.kernels == 5          # flag beats file
-    assert loaded.farm.mode == "locked"      # file beats default; an unset flag is no override
+    assert loaded.farm.threads == 4          # file beats default; an unset flag is no override
     assert loaded.rpc.max_inflight == configuration.RpcConfig().max_inflight
 
 

@@ -74,25 +74,10 @@ def overrides(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
     }
 
 
-def explain_mode(config: configuration.Config) -> None:
-    """A locked farm is one kernel with threads: say so when N kernels were asked for.
-
-    A warning, not a refusal: scripts run both modes with the same ``--kernels N``.
-    """
-    farm = config.farm
-    if farm.mode == "locked" and farm.kernels not in ("auto", 1):
-        logging.getLogger("kernelfarm.supervisor").warning(
-            "locked mode runs ONE kernel with farm.threads threads (%s); kernels = %s is "
-            "ignored (use --threads %s for %s threads)", farm.threads, farm.kernels,
-            farm.kernels, farm.kernels)
-
-
-
 def run(args: argparse.Namespace) -> int:
     level = log_level(args)
     config = configuration.load(config_path(args), overrides(args))
     logging.basicConfig(level=level, stream=sys.stderr,
                         format="%(asctime)s supervisor %(levelname)s %(message)s")
-    explain_mode(config)
     os.environ["KERNELFARM_LOG"] = level  # kernels log at the same level
     return uvloop.run(Supervisor(config).run(print_ready))

@@ -109,11 +109,26 @@ def test_version_and_help_for_every_option(capsys: pytest.CaptureFixture[str]) -
     assert unhelped == []
 
 
-def test_locked_mode_with_several_kernels_is_explained(tmp_path: Path) -> None:
-    with start_farm(tmp_path, 3, "--mode", "locked", "--threads", "2") as farm:
-        assert len(farm.ready["kernels"]) == 1
-        assert "locked mode runs ONE kernel with farm.threads threads (2); kernels = 3 is " \
-               "ignored (use --threads 3 for 3 threads)" in farm.log()
+def test_locked_mode_with_several_kernels_is_refused_in_one_line(tmp_path: Path) -> None:
+    """``serve --mode locked --kernels 3`` asks for what a locked farm cannot be: refused
+    before anything starts (no data dir made), in one line; ``config --check`` agrees."""
+    data_dir = tmp_path / "data"
+    result = subprocess.run(
+        [sys.executable, "-m", "kernelfarm", "serve", "--mode", "locked", "--kernels", "3",
+         "--data-dir", str(data_dir), "--control", "127.0.0.1:0", "--metrics", "off"],
+        capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2 and result.stdout == ""
+    assert result.stderr == (
+        "kernelfarm: <defaults>: farm.kernels = 3 does not apply in locked mode, which runs "
+        "ONE kernel with farm.threads threads (use --threads 3, with --kernels 1 or auto)\n")
+    assert not data_dir.exists()
+    path = tmp_path / "locked.toml"
+    path.write_text('[farm]\nmode = "locked"\nkernels = 2\n')
+    code = main(["config", "--check", str(path)])
+    assert code == 2
+    for fine in ('[farm]\nmode = "locked"\nkernels = 1\n', '[farm]\nmode = "locked"\n'):
+        path.write_text(fine)
+        assert main(["config", "--check", str(path)]) == 0
 
 
 def test_a_bare_kernelfarm_prints_usage() -> None:

@@ -36,7 +36,7 @@ def partitioned_farm(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Farm]
 
 @pytest.fixture(scope="module")
 def locked_farm(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Farm]:
-    with start_farm(tmp_path_factory.mktemp("fslocked"), 2, *MODES["locked"]) as farm:
+    with start_farm(tmp_path_factory.mktemp("fslocked"), 1, *MODES["locked"]) as farm:
         yield farm
 
 

@@ -238,7 +238,7 @@ def mode_mount(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPath
                ) -> Iterator[tuple[Farm, Mount]]:
     mode = request.param
     base = tmp_path_factory.mktemp(f"conf-{mode}")
-    with start_farm(base, 2, *MODES[mode]) as farm:
+    with start_farm(base, 1 if mode == "locked" else 2, *MODES[mode]) as farm:
         farm.client().fs.mkdir("/conf")
         with mounted(farm, base / "mp") as mount:
             yield farm, mount

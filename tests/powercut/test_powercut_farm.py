@@ -89,8 +89,9 @@ def rounds(tmp_path: Path, pc: PowerCut, mode: tuple[str, ...], policy: str, cou
     cut_times: list[float] = []
     acked = unloadable = 0
     for round_no in range(count + 1):
-        with start_farm(tmp_path, 2, *mode, config_text=config(policy), data_dir=data_dir,
-                        name=f"round{round_no}") as farm:
+        kernels = 1 if mode == LOCKED else 2  # a locked farm is one kernel
+        with start_farm(tmp_path, kernels, *mode, config_text=config(policy),
+                        data_dir=data_dir, name=f"round{round_no}") as farm:
             client = farm.client(retry=RETRY)
             if round_no > 0:
                 stats = client.call_all("kernel.stats")
