@@ -70,6 +70,19 @@ class MessageTooBig(ProtocolError):
     code = "E2BIG"
 
 
+class InvalidParameter(KernelfarmError, TypeError, ValueError):
+    """A parameter of the wrong type or value: the client's mistake, answered ``EINVAL``.
+
+    Handlers check their parameters with this, never with a bare ``TypeError`` or
+    ``ValueError``: a bug inside a handler raises those too, and a kernel answers a bug
+    as its own fault (:func:`internal_error`), logged with its traceback.  It is also a
+    ``TypeError`` and a ``ValueError`` so local callers catch it as they always did; on
+    the wire it is ``EINVAL``, which clients raise as ``OSError`` like every POSIX code.
+    """
+
+    code = "EINVAL"
+
+
 class NotAuthenticated(KernelfarmError):
     """The connection has not said who it is (``auth.hello``) and the method needs it."""
 
@@ -144,9 +157,11 @@ def errno_name(number: int) -> str:
 def to_wire(exc: BaseException) -> dict[str, Any]:
     """Encode any exception raised by a handler as a wire error map.
 
-    ``TypeError``/``ValueError`` come from bad parameters (wrong types, wrong count) and
-    become ``EINVAL``; anything else unexpected is ``EIO`` so the peer learns something
-    broke without the kernel going down.
+    ``TypeError``/``ValueError`` become ``EINVAL``: the supervisor's control methods check
+    their parameters with them.  A kernel tells a client's mistake from a bug before it
+    gets here (:meth:`kernelfarm.kernel.kernel.Kernel.fault`).  Anything else unexpected
+    is :func:`internal_error`, so the peer learns something broke without the server
+    going down.
     """
     if isinstance(exc, KernelfarmError):
         wire = exc.to_wire()
@@ -158,11 +173,17 @@ def to_wire(exc: BaseException) -> dict[str, Any]:
     elif isinstance(exc, (TypeError, ValueError, KeyError, IndexError, OverflowError)):
         wire = {"code": "EINVAL", "message": f"invalid parameters: {exc}"}
     else:
-        wire = {"code": "EIO", "message": f"internal error: {type(exc).__name__}: {exc}"}
+        return internal_error(exc)
     text = wire.get("message")
     if isinstance(text, str) and len(text) > MAX_MESSAGE_CHARS:
         wire["message"] = text[:MAX_MESSAGE_CHARS] + "..."
     return wire
+
+
+def internal_error(exc: BaseException) -> dict[str, Any]:
+    """The server's own fault (a bug), as the contract says it: ``EIO``, "internal error",
+    naming the exception's type only (its text may quote client data; the log has it)."""
+    return {"code": "EIO", "message": f"internal error: {type(exc).__name__}"}
 
 
 def from_wire(error: Any) -> Exception:

@@ -2,8 +2,8 @@
 
 A leaf shared by both sides, so that the client routes exactly as the kernel checks: the
 client computes a request's key to pick the owning kernel, the kernel recomputes it to
-refuse a slot it does not own (``MOVED``).  It imports nothing of kernelfarm, so the
-client never loads server code for a key function.
+refuse a slot it does not own (``MOVED``).  It imports only :mod:`kernelfarm.errors` (a
+leaf both sides use), so the client never loads server code for a key function.
 
 Both run for every request on both sides: they only slice and check types; a key that
 the handler would refuse still gets a key (or ``None``), and the handler that receives the
@@ -14,6 +14,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from typing import Any, Callable
+
+from kernelfarm.errors import InvalidParameter
 
 
 def volume_of(path: object) -> str | None:
@@ -33,7 +35,7 @@ def namespace_key(params: Sequence[Any]) -> str:
     """The partition key of every ``net.*`` call: its first parameter, the namespace."""
     name = params[0]
     if not isinstance(name, str):
-        raise TypeError(f"namespace must be a str, got {type(name).__name__}")
+        raise InvalidParameter(f"namespace must be a str, got {type(name).__name__}")
     return name
 
 

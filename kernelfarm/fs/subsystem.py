@@ -29,7 +29,7 @@ from collections import OrderedDict
 from time import perf_counter, time_ns
 from typing import Any
 
-from kernelfarm.errors import posix
+from kernelfarm.errors import InvalidParameter, posix
 from kernelfarm.fs import store
 from kernelfarm.fs.config import FsConfig
 from kernelfarm.fs.journal import Journal
@@ -111,7 +111,7 @@ class FreeSpace:
 
 def _int(value: Any, what: str) -> int:
     if type(value) is not int:
-        raise TypeError(f"{what} must be an integer, not {type(value).__name__}")
+        raise InvalidParameter(f"{what} must be an integer, not {type(value).__name__}")
     return value
 
 
@@ -120,19 +120,19 @@ def _data(value: Any) -> bytes:
         return value
     if type(value) is bytearray:
         return bytes(value)
-    raise TypeError(f"data must be bytes, not {type(value).__name__}")
+    raise InvalidParameter(f"data must be bytes, not {type(value).__name__}")
 
 
 def _mode(value: Any) -> int:
     mode = _int(value, "mode")
     if mode < 0:
-        raise ValueError("mode must not be negative")
+        raise InvalidParameter("mode must not be negative")
     return mode
 
 
 def _str(value: Any, what: str) -> str:
     if type(value) is not str:
-        raise TypeError(f"{what} must be a string, not {type(value).__name__}")
+        raise InvalidParameter(f"{what} must be a string, not {type(value).__name__}")
     return value
 
 

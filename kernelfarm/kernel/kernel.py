@@ -25,7 +25,7 @@ from kernelfarm.auth.table import TenantTable
 from kernelfarm.boot import BootInfo
 from kernelfarm.config import Config
 from kernelfarm.errors import (
-    KernelfarmError, Moved, TryAgain, posix, to_wire,
+    KernelfarmError, Moved, TryAgain, internal_error, posix, to_wire,
 )
 from kernelfarm.kernel.commit import Flush, GroupCommit
 from kernelfarm.kernel.components import SUBSYSTEMS
@@ -169,34 +169,31 @@ class Kernel:
         self.errors[code] = self.errors.get(code, 0) + 1
         return [1, msgid, error, None]
 
-    def failure(self, method: str, params: list[Any], exc: Exception) -> dict[str, Any]:
-        """The error a failed call answers with, and the one log line it is worth.
+    def failure(self, method: str, params: list[Any], exc: BaseException) -> dict[str, Any]:
+        """The error a failed call answers with: a wrong number of parameters is
+        ``EINVAL`` in the contract's words (one line in the log, rate-limited); the rest
+        is :meth:`fault`'s to say."""
+        if not isinstance(exc, (OSError, KernelfarmError)):
+            shape = self.params[method]
+            if not shape.accepts(len(params)):
+                message = shape.mismatch(method, len(params))
+                mistakes.log(logging.INFO, "EINVAL: %s", message)
+                return to_wire(posix(errno.EINVAL, message))
+        return self.fault(exc)
 
-        POSIX and farm errors are the contract working: nothing to log.  A wrong number
-        of parameters is ``EINVAL`` in the contract's words.  Handlers check their
-        parameters' types and values with ``TypeError``/``ValueError`` (``EINVAL`` too);
-        as a bug inside a handler raises the same, each is logged with where it was
-        raised (one line, rate-limited).  Anything else is a bug: ``EIO``, with its
-        traceback in the log (rate-limited, so a client cannot flood it).
+    def fault(self, exc: BaseException) -> dict[str, Any]:
+        """Tell a client's mistake from a bug (also for waiting calls that failed).
+
+        POSIX and farm errors are the contract working (``InvalidParameter`` is how
+        handlers refuse a parameter, ``EINVAL``): nothing to log.  Anything else is a bug
+        in the kernel -- a ``TypeError`` or ``ValueError`` too, since those are what
+        broken code raises: ``EIO`` "internal error", logged once with its traceback
+        (rate-limited, so a client that hits the bug again and again cannot flood the log).
         """
         if isinstance(exc, (OSError, KernelfarmError)):
             return to_wire(exc)
-        shape = self.params[method]
-        if not shape.accepts(len(params)):
-            message = shape.mismatch(method, len(params))
-            mistakes.log(logging.INFO, "EINVAL: %s", message)
-            return to_wire(posix(errno.EINVAL, message))
-        if isinstance(exc, (TypeError, ValueError)):
-            frame = exc.__traceback__
-            while frame is not None and frame.tb_next is not None:
-                frame = frame.tb_next
-            where = (f"{frame.tb_frame.f_code.co_filename.rsplit('/', 2)[-1]}:"
-                     f"{frame.tb_lineno}") if frame is not None else "?"
-            mistakes.log(logging.WARNING, "EINVAL for %s: %s at %s: %.200s", method,
-                         type(exc).__name__, where, exc)
-            return to_wire(exc)
-        failures.log(logging.ERROR, "%s failed", method, exc_info=exc)
-        return to_wire(exc)
+        failures.log(logging.ERROR, "internal error answered EIO", exc_info=exc)
+        return internal_error(exc)
 
     def _remember_slot(self, key: str) -> int:
         """A key's slot, kept for its next request (a key's slot never changes)."""

@@ -116,6 +116,9 @@ class AdminService:
     def send(self, conn: ServerConnection, data: bytes) -> None:
         self.kernel.send(conn, data)
 
+    def fault(self, exc: BaseException) -> dict[str, Any]:
+        return self.kernel.fault(exc)
+
     def connection_made(self, conn: ServerConnection) -> None:
         conn.session = self.kernel.gate.trusted
         self.conn = conn

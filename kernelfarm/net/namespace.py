@@ -15,7 +15,7 @@ import secrets
 from dataclasses import asdict, dataclass
 from typing import Any, Awaitable
 
-from kernelfarm.errors import posix
+from kernelfarm.errors import InvalidParameter, posix
 from kernelfarm.net.policy import IPAddress, Policy, parse_address
 from kernelfarm.net.relay import Relay
 from kernelfarm.net.sockets import FarmSocket, wire_address
@@ -98,7 +98,7 @@ class Namespace:
 
     def get(self, sid: Any) -> FarmSocket:
         if not isinstance(sid, int) or isinstance(sid, bool):
-            raise TypeError(f"socket id must be an int, got {type(sid).__name__}")
+            raise InvalidParameter(f"socket id must be an int, got {type(sid).__name__}")
         farm_sock = self.sockets.get(sid)
         if farm_sock is None:
             raise self.missing(sid)

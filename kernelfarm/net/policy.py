@@ -18,7 +18,7 @@ import errno
 import ipaddress
 from typing import Any, Callable, Sequence
 
-from kernelfarm.errors import posix
+from kernelfarm.errors import InvalidParameter, posix
 from kernelfarm.net.config import NetConfig, parse_networks, parse_port_ranges
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
@@ -27,9 +27,9 @@ IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 def parse_address(host: Any, port: Any, *, bind: bool = False) -> tuple[IPAddress, int]:
     """Validate a wire ``(host, port)``; ``port`` 0 (any free port) only for ``bind``."""
     if not isinstance(host, str):
-        raise TypeError(f"host must be a str, got {type(host).__name__}")
+        raise InvalidParameter(f"host must be a str, got {type(host).__name__}")
     if not isinstance(port, int) or isinstance(port, bool):
-        raise TypeError(f"port must be an int, got {type(port).__name__}")
+        raise InvalidParameter(f"port must be an int, got {type(port).__name__}")
     try:
         address = ipaddress.ip_address(host)
     except ValueError:

@@ -34,7 +34,7 @@ import math
 from collections import OrderedDict
 from typing import Any, Awaitable, Callable
 
-from kernelfarm.errors import posix, preview
+from kernelfarm.errors import InvalidParameter, posix, preview
 from kernelfarm.kernel.subsystem import (
     Connection, KernelContext, Method, Subsystem, with_conn_first,
 )
@@ -55,14 +55,14 @@ def _data(data: Any) -> bytes:
         return data
     if isinstance(data, bytearray):
         return bytes(data)
-    raise TypeError(f"data must be bytes (msgpack bin), got {type(data).__name__}")
+    raise InvalidParameter(f"data must be bytes (msgpack bin), got {type(data).__name__}")
 
 
 def _int(value: Any, what: str, low: int, high: int) -> int:
     if not isinstance(value, int) or isinstance(value, bool):
-        raise TypeError(f"{what} must be an int, got {type(value).__name__}")
+        raise InvalidParameter(f"{what} must be an int, got {type(value).__name__}")
     if not low <= value <= high:
-        raise ValueError(f"{what} must be in {low}..{high}, got {value}")
+        raise InvalidParameter(f"{what} must be in {low}..{high}, got {value}")
     return value
 
 
@@ -118,8 +118,8 @@ class NetSubsystem(Subsystem):
     # -- handlers -----------------------------------------------------------------------------
 
     def socket(self, conn: Connection, ns: str, kind: Any) -> int:
-        if kind not in KINDS:
-            raise ValueError(f'kind must be "tcp" or "udp", got {preview(kind)}')
+        if type(kind) is not str or kind not in KINDS:  # a list is not even hashable
+            raise InvalidParameter(f'kind must be "tcp" or "udp", got {preview(kind)}')
         namespace = self.open_namespace(ns)
         try:
             farm_sock = namespace.open(kind)
@@ -256,7 +256,7 @@ class NetSubsystem(Subsystem):
 
     def _create(self, name: str) -> Namespace:
         if not name or len(name) > MAX_NAMESPACE_LENGTH:
-            raise ValueError(f"namespace names are 1..{MAX_NAMESPACE_LENGTH} characters")
+            raise InvalidParameter(f"namespace names are 1..{MAX_NAMESPACE_LENGTH} characters")
         namespace = Namespace(name, self.ctx.loop, self.policy, self.config.max_sockets,
                               self.kernel_sockets, self._retired.pop(name, None))
         self.namespaces[name] = namespace
@@ -300,10 +300,10 @@ class NetSubsystem(Subsystem):
         if timeout is None:
             return min(self.config.default_timeout, self.config.max_timeout)
         if not isinstance(timeout, (int, float)) or isinstance(timeout, bool):
-            raise TypeError(f"timeout must be a number of seconds, got "
+            raise InvalidParameter(f"timeout must be a number of seconds, got "
                             f"{type(timeout).__name__}")
         if not timeout >= 0 or math.isinf(timeout):
-            raise ValueError(f"timeout must be finite and >= 0, got {timeout}")
+            raise InvalidParameter(f"timeout must be finite and >= 0, got {timeout}")
         return min(float(timeout), self.config.max_timeout)
 
     def _size(self, size: Any) -> int:

@@ -20,7 +20,7 @@ from typing import Any, Callable, Iterator, NamedTuple
 
 import msgpack
 
-from kernelfarm.errors import MessageTooBig, ProtocolError, preview
+from kernelfarm.errors import MessageTooBig, ProtocolError, internal_error, preview
 
 ERROR_NOTIFICATION = "rpc.error"
 """Notification a server sends before closing a stream it cannot decode (no msgid to answer)."""
@@ -261,8 +261,7 @@ class ServerStream:
                 try:
                     reply = handle(conn, obj[1], obj[2], obj[3])
                 except Exception as exc:  # a service bug must not drop the connection
-                    reply = [1, obj[1], {"code": "EIO", "message": "internal error: "
-                                         f"{type(exc).__name__}"}, None]
+                    reply = [1, obj[1], internal_error(exc), None]
                 if reply is None:
                     room -= 1
                 else:

@@ -39,8 +39,6 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 complaints = RateLimitedLog(log)
 """Lines about what clients got wrong: rate-limited, one line each, never a traceback."""
-failures = RateLimitedLog(log)
-"""Waiting calls that failed with a bug: traceback logged, rate-limited."""
 
 
 class Service(Protocol):
@@ -54,6 +52,10 @@ class Service(Protocol):
 
     def send(self, conn: ServerConnection, data: bytes) -> None:
         """Write replies; a kernel holds them here until a group commit is durable."""
+        ...
+
+    def fault(self, exc: BaseException) -> dict[str, Any]:
+        """The error a waiting call that raised ``exc`` answers with (logged if a bug)."""
         ...
 
     def connection_made(self, conn: ServerConnection) -> None: ...
@@ -253,9 +255,7 @@ class ServerConnection(asyncio.Protocol):
         if exc is None:
             reply = [1, msgid, None, task.result()]
         else:
-            if not isinstance(exc, (OSError, KernelfarmError, TypeError, ValueError)):
-                failures.log(logging.ERROR, "handler failed", exc_info=exc)
-            reply = [1, msgid, to_wire(exc), None]
+            reply = [1, msgid, self.service.fault(exc), None]
         finished = self._finished
         finished.append(reply)
         if len(finished) == 1:

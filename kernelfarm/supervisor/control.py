@@ -10,16 +10,21 @@ also ``cluster.status``; the admin also what changes the farm (``cluster.scale``
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Callable
 
 from kernelfarm.auth.gate import HELLO, Gate
 from kernelfarm.auth.table import TenantTable
-from kernelfarm.errors import to_wire
+from kernelfarm.errors import KernelfarmError, to_wire
+from kernelfarm.ratelog import RateLimitedLog
 from kernelfarm.rpc.server import ServerConnection
 
 if TYPE_CHECKING:
     from kernelfarm.supervisor.supervisor import Supervisor
+
+failures = RateLimitedLog(logging.getLogger("kernelfarm.supervisor"))
+"""Control calls that failed with a bug: traceback logged, rate-limited."""
 
 
 @dataclass(frozen=True)
@@ -73,6 +78,13 @@ class ControlService:
 
     def send(self, conn: ServerConnection, data: bytes) -> None:
         conn.write(data)
+
+    def fault(self, exc: BaseException) -> dict[str, Any]:
+        """Control methods check their parameters with ``TypeError``/``ValueError``
+        (``EINVAL``); anything else that escapes one is a bug, logged with its traceback."""
+        if not isinstance(exc, (OSError, KernelfarmError, TypeError, ValueError)):
+            failures.log(logging.ERROR, "control call failed", exc_info=exc)
+        return to_wire(exc)
 
     def connection_made(self, conn: ServerConnection) -> None:
         conn.session = self.gate.first_session()

@@ -44,16 +44,6 @@ def test_a_wrong_parameter_count_is_einval_in_the_contracts_words(
     assert "positional" not in reply[2]["message"]
 
 
-def test_a_value_error_inside_a_handler_is_logged_with_where_it_came_from(
-        farm: Farm, peer: Peer) -> None:
-    """Handlers check values with ValueError, and a bug raises the same: it gets EINVAL but
-    never silently — the log line names the file and line it was raised at."""
-    reply = peer.call(1, "net.socket", "ns", "sctp")
-    assert reply[2]["code"] == "EINVAL" and "sctp" in reply[2]["message"]
-    wait_until(lambda: "EINVAL for net.socket: ValueError at subsystem.py:" in farm.log(),
-               what="the log line naming where the TypeError was raised")
-
-
 def test_a_flood_of_bad_calls_logs_a_few_lines_and_no_traceback(
         farm: Farm, peer: Peer) -> None:
     """(Runs last in this module: it fills the rate-limited log's window.)"""
