@@ -8,7 +8,7 @@ import msgpack
 import pytest
 
 import rawpeer
-from farmctl import Farm, start_farm, wait_until
+from farmctl import Farm, start_farm
 from rawpeer import Peer
 
 
