@@ -259,7 +259,9 @@ def main() -> None:
         local.mkdir()
         with farm(scratch, args.fsync, args.size_mib * MIB) as control, \
                 mounted([sys.executable, "-m", "kernelfarm", "mount", "--foreground",
-                         "--control", control, str(scratch / "farm-mnt")],
+                         "--control", control,
+                         "--token-file", str(scratch / "data" / "admin.token"),
+                         str(scratch / "farm-mnt")],
                         scratch / "farm-mnt", scratch / "mount.log") as farm_root, \
                 mounted([sys.executable, str(HERE / "passthrough_fs.py"), str(local),
                          str(scratch / "pt-mnt")], scratch / "pt-mnt",

@@ -35,7 +35,7 @@ from kernelfarm.fs.config import FsConfig
 from kernelfarm.fs.journal import Journal
 from kernelfarm.fs.paths import parse, routing_key
 from kernelfarm.fs.snapshotter import Snapshotter
-from kernelfarm.fs.tree import Limits, Tree, stat_of
+from kernelfarm.fs.tree import FILE_PERM, Dir, File, Limits, Tree, stat_of
 from kernelfarm.fs.volume import (
     CHMOD, MKDIR, PWRITE, RENAME, RMDIR, SYMLINK, TRUNCATE, UNLINK, UTIME, WRITE_FILE,
     Volume, find_name,
@@ -130,6 +130,12 @@ def _mode(value: Any) -> int:
     return mode
 
 
+def _bool(value: Any, what: str) -> bool:
+    if type(value) is not bool:
+        raise InvalidParameter(f"{what} must be true or false, not {type(value).__name__}")
+    return value
+
+
 def _str(value: Any, what: str) -> str:
     if type(value) is not str:
         raise InvalidParameter(f"{what} must be a string, not {type(value).__name__}")
@@ -171,7 +177,8 @@ class FsSubsystem(Subsystem):
         return [
             m("mkdir", self.mkdir, True), m("rmdir", self.rmdir, True),
             m("listdir", self.listdir), m("stat", self.stat),
-            m("write_file", self.write_file, True), m("read_file", self.read_file),
+            m("write_file", self.write_file, True), m("create", self.create, True),
+            m("read_file", self.read_file),
             m("pread", self.pread), m("pwrite", self.pwrite, True),
             m("truncate", self.truncate, True), m("unlink", self.unlink, True),
             m("rename", self.rename, True), m("fsync", self.fsync),
@@ -294,6 +301,37 @@ class FsSubsystem(Subsystem):
             raise posix(errno.EISDIR, "/")
         self._change(volume, WRITE_FILE, comps, data, volume.tree.next_ino, time_ns())
         self._changed(volume)
+
+    def create(self, path: str, mode: int = FILE_PERM, exclusive: bool = False
+               ) -> dict[str, Any]:
+        """``open(path, O_CREAT[|O_EXCL], mode)``: make an empty file with ``mode``, or
+        leave the file already there as it is (``EEXIST`` if ``exclusive``); its stat.
+
+        The check and the creation happen in one request, and a kernel serves one request
+        at a time, so ``exclusive`` holds against every other client (``write_file``
+        would replace the other client's file)."""
+        perm = _mode(mode) & 0o7777
+        _bool(exclusive, "exclusive")
+        volume, comps = self._resolve_for_create(path)
+        if volume is None:
+            raise posix(errno.EISDIR, "/")
+        try:
+            node = volume.tree.lookup(comps)
+        except FileNotFoundError:  # the name, or its directory (write_file then says so)
+            now = time_ns()
+            self._space.take(2 * RECORD_OVERHEAD)  # both records, or neither
+            volume.change(WRITE_FILE, comps, b"", volume.tree.next_ino, now)
+            if perm != FILE_PERM:
+                volume.change(CHMOD, comps, perm, now)
+            self._changed(volume)
+            return stat_of(volume.tree.lookup(comps))
+        if exclusive:
+            raise posix(errno.EEXIST, path)
+        elif isinstance(node, Dir):
+            raise posix(errno.EISDIR, path)
+        elif not isinstance(node, File):
+            raise posix(errno.ELOOP, path)  # a symlink: never followed
+        return stat_of(node)
 
     def pwrite(self, path: str, offset: int, data: bytes) -> int:
         _int(offset, "offset")

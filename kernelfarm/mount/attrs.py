@@ -32,12 +32,14 @@ class Caching:
 
 
 def entry_attributes(ino: int, st: dict[str, Any], uid: int, gid: int,
-                     caching: Caching) -> pyfuse3.EntryAttributes:
+                     caching: Caching, attr_timeout: float | None = None
+                     ) -> pyfuse3.EntryAttributes:
+    """``attr_timeout``: for an answer from the mount's cache, the rest of its freshness."""
     attrs = pyfuse3.EntryAttributes()
     attrs.st_ino = ino
     attrs.generation = 0
     attrs.entry_timeout = caching.entry_timeout
-    attrs.attr_timeout = caching.attr_timeout
+    attrs.attr_timeout = caching.attr_timeout if attr_timeout is None else attr_timeout
     attrs.st_mode = st["mode"]
     attrs.st_nlink = st["nlink"]
     attrs.st_uid = uid

@@ -28,6 +28,7 @@ from typing import Any, Awaitable, Callable, Sequence
 
 import pyfuse3
 
+from kernelfarm.mount.attrcache import AttrCache, Stat
 from kernelfarm.mount.attrs import Caching, entry_attributes, fuse_errors
 from kernelfarm.mount.inodes import InodeTable
 from kernelfarm.mount.readahead import ReadAhead
@@ -76,7 +77,7 @@ class FarmOperations(pyfuse3.Operations):
         self.budget = InflightBudget(inflight_bytes)
         self.pending: dict[int, WriteBehind] = {}
         self.ahead: dict[int, ReadAhead] = {}    # inode -> blocks read ahead
-        self.seen: dict[int, dict[str, Any]] = {}  # inode -> the last stat answered for it
+        self.cache = AttrCache(self.caching.attr_timeout)
         self.handles: dict[int, int] = {}        # file handle -> inode
         self.opens: dict[int, int] = {}          # inode -> open handles
         self.unlinked: set[int] = set()          # open, unlinked, hidden until last close
@@ -85,9 +86,39 @@ class FarmOperations(pyfuse3.Operations):
 
     # -- helpers ------------------------------------------------------------------------
 
-    def _attrs(self, ino: int, st: dict[str, Any]) -> pyfuse3.EntryAttributes:
-        self.seen[ino] = st
+    def _attrs(self, ino: int, st: Stat, version: int | None = None
+               ) -> pyfuse3.EntryAttributes:
+        """The answer for ``ino``, kept as its last stat (fresh if ``version``, read
+        before the stat was sent, is still current: see :mod:`.attrcache`)."""
+        self.cache.put(ino, st, version)
         return entry_attributes(ino, st, self.uid, self.gid, self.caching)
+
+    async def _change_in(self, parent: int, change: Awaitable[Any], *then: Awaitable[Any]
+                         ) -> list[Any]:
+        """``change`` to a name in directory ``parent`` and the calls ``then``, with the
+        directory's stat sent right behind them (one round trip): the kernel drops its
+        copy of a directory's attributes at every change in it and asks again before the
+        next path walk through it; that ``getattr`` is answered from this stat.  It is
+        taken as fresh only if every call was answered before it (a retried call may
+        have landed after it)."""
+        self.cache.changed(parent)
+        version = self.cache.version(parent)
+        calls = (change, *then)
+        answered: list[Any] = []
+
+        async def in_order(call: Awaitable[Any]) -> Any:
+            result = await call
+            answered.append(result)
+            return result
+
+        async def parent_stat() -> tuple[Stat, bool]:
+            st = await self.fs.stat(self._path(parent))
+            return st, len(answered) == len(calls)
+
+        *results, stat = await self._together(*map(in_order, calls), parent_stat())
+        if not isinstance(stat, BaseException) and stat[1]:
+            self.cache.put(parent, stat[0], version)
+        return results
 
     def _path(self, ino: int) -> str:
         return self.inodes.path(ino)
@@ -142,7 +173,7 @@ class FarmOperations(pyfuse3.Operations):
     async def forget(self, inode_list: Sequence[tuple[int, int]]) -> None:
         for ino, count in inode_list:
             self.inodes.forget(ino, count)
-            self.seen.pop(ino, None)
+            self.cache.forget(ino)
 
     @fuse_errors
     async def getattr(self, inode: int, ctx: Any = None) -> pyfuse3.EntryAttributes:
@@ -150,10 +181,22 @@ class FarmOperations(pyfuse3.Operations):
         # has nothing newer to say than the last answer and the pending size (its mtime
         # moves when they land): draining or asking would cost a round trip per write.
         behind = self.pending.get(inode)
-        if behind is not None and not behind.idle and inode in self.seen:
-            return self._attrs(inode, self._with_pending(inode, self.seen[inode]))
-        return self._attrs(inode, self._with_pending(inode, await self.fs.stat(
-            self._path(inode))))
+        last = self.cache.last(inode)
+        if behind is not None and not behind.idle and last is not None:
+            return self._attrs(inode, self._with_pending(inode, last))
+        fresh = self.cache.fresh(inode)
+        if fresh is not None:
+            st, left = fresh
+            return entry_attributes(inode, st, self.uid, self.gid, self.caching, left)
+        version = self._settled_version(inode)
+        st = await self.fs.stat(self._path(inode))
+        return self._attrs(inode, self._with_pending(inode, st), version)
+
+    def _settled_version(self, ino: int) -> int | None:
+        """The cache version for a stat about to be sent; ``None`` (the answer is never
+        fresh) while writes are on their way: they move the file's mtime when they land."""
+        behind = self.pending.get(ino)
+        return self.cache.version(ino) if behind is None or behind.idle else None
 
     def _with_pending(self, ino: int, st: dict[str, Any]) -> dict[str, Any]:
         behind = self.pending.get(ino)
@@ -169,13 +212,20 @@ class FarmOperations(pyfuse3.Operations):
                 (fields.update_gid and attr.st_gid != self.gid):
             raise _fail(errno.EPERM)  # the farm keeps no owner: only "no change" succeeds
         changes = fields.update_size or fields.update_mode or fields.update_mtime
-        if not changes and inode in self.seen:
+        last = self.cache.last(inode)
+        if not changes and last is not None:
             # chown to the same owner (cp -a, rsync -a as root), atime alone: nothing to
             # change, so no trip to the farm; the answer is as fresh as the kernel's cache.
-            return self._attrs(inode, self._with_pending(inode, self.seen[inode]))
+            return self._attrs(inode, self._with_pending(inode, last))
         if changes:
             self._writable()
         path = self._path(inode)
+        if fields.update_mode and not (fields.update_size or fields.update_mtime):
+            return await self._set_beside_writes(inode, path, lambda: self.fs.chmod(
+                path, attr.st_mode & 0o7777), ordered=False)
+        if fields.update_mtime and not (fields.update_size or fields.update_mode):
+            return await self._set_beside_writes(inode, path, lambda: self.fs.utime(
+                path, attr.st_mtime_ns), ordered=True)
         await self._drain(inode)
         self._changed(inode)
         calls: list[Callable[[], Awaitable[None]]] = []
@@ -186,13 +236,40 @@ class FarmOperations(pyfuse3.Operations):
         if fields.update_mtime:
             calls.append(lambda: self.fs.utime(path, attr.st_mtime_ns))
         if len(calls) == 1:  # what programs send (truncate, chmod, utimensat): one trip
+            version = self.cache.version(inode)
             _, st = await self._together(calls[0](), self.fs.stat(path))
             if isinstance(st, BaseException):
                 st = await self.fs.stat(path)
-            return self._attrs(inode, st)
+            return self._attrs(inode, st, version)
         for call in calls:  # in order: a later change must not happen if one failed
             await call()
         return self._attrs(inode, await self.fs.stat(path))
+
+    async def _set_beside_writes(self, inode: int, path: str,
+                                 change: Callable[[], Awaitable[None]], ordered: bool
+                                 ) -> pyfuse3.EntryAttributes:
+        """A ``chmod`` or ``utime`` sent right behind the file's pending writes with a
+        ``stat``, one round trip for all, instead of after them.  A mode does not meet
+        the data; an mtime must be set after the writes (each moves it), so if one was
+        answered after it (a retried write), it is set again (``ordered``)."""
+        behind = self.pending.get(inode)
+        writes = await behind.start() if behind is not None else frozenset()
+        self._changed(inode)
+        version = self._settled_version(inode)
+
+        async def send() -> bool:
+            await change()
+            return behind is None or behind.answered(writes)
+
+        after_writes, st = await self._together(send(), self.fs.stat(path))
+        if ordered and not after_writes:
+            assert behind is not None  # without writes, nothing comes after
+            await behind.settle()
+            self._changed(inode)
+            _, st = await self._together(change(), self.fs.stat(path))
+        if isinstance(st, BaseException):
+            st = await self.fs.stat(path)
+        return self._attrs(inode, self._with_pending(inode, st), version)
 
     @fuse_errors
     async def readlink(self, inode: int, ctx: Any = None) -> bytes:
@@ -213,7 +290,8 @@ class FarmOperations(pyfuse3.Operations):
         self._writable()
         text = _name(name)
         path = self.inodes.child_path(parent_inode, text)
-        _, st = await self._together(self.fs.mkdir(path, mode & 0o7777), self.fs.stat(path))
+        _, st = await self._change_in(parent_inode, self.fs.mkdir(path, mode & 0o7777),
+                                      self.fs.stat(path))
         return await self._entry(parent_inode, text, path, st)
 
     @fuse_errors
@@ -222,31 +300,33 @@ class FarmOperations(pyfuse3.Operations):
         self._writable()
         text = _name(name)
         path = self.inodes.child_path(parent_inode, text)
-        _, st = await self._together(self.fs.symlink(path, os.fsdecode(target)),
-                                     self.fs.stat(path))
+        _, st = await self._change_in(parent_inode, self.fs.symlink(path, os.fsdecode(target)),
+                                      self.fs.stat(path))
         return await self._entry(parent_inode, text, path, st)
 
-    async def _make_file(self, parent: int, name: bytes, mode: int
+    async def _make_file(self, parent: int, name: bytes, mode: int, flags: int
                          ) -> pyfuse3.EntryAttributes:
-        """An empty file with ``mode``: ``write_file`` + ``chmod`` + ``stat``, one round trip.
-
-        The farm has no exclusive create: a name another client makes between the kernel's
-        lookup and this call is replaced (the window of NFSv2's create)."""
+        """``open(O_CREAT)`` on the farm: ``fs.create`` makes the file with its mode, or
+        (without ``O_EXCL``) opens the one another client made since the kernel's lookup,
+        which ``O_TRUNC`` then empties; ``O_EXCL`` holds against every client."""
         self._writable()
         text = _name(name)
         path = self.inodes.child_path(parent, text)
-        _, chmodded, st = await self._together(
-            self.fs.write_file(path, b""), self.fs.chmod(path, mode & 0o7777),
-            self.fs.stat(path))
-        if isinstance(chmodded, BaseException):
-            await self.fs.chmod(path, mode & 0o7777)
-            st = chmodded  # the stat may predate the chmod: _entry stats again
-        return await self._entry(parent, text, path, st)
+        (st,) = await self._change_in(parent, self.fs.create(
+            path, mode & 0o7777, bool(flags & os.O_EXCL)))
+        ino = self.inodes.lookup(parent, text)
+        if flags & os.O_TRUNC and st["size"]:
+            await self._drain(ino)
+            self._changed(ino)
+            st = (await self._together(self.fs.truncate(path, 0), self.fs.stat(path)))[1]
+            if isinstance(st, BaseException):
+                st = await self.fs.stat(path)
+        return self._attrs(ino, st)
 
     @fuse_errors
     async def create(self, parent_inode: int, name: bytes, mode: int, flags: int, ctx: Any
                      ) -> tuple[pyfuse3.FileInfo, pyfuse3.EntryAttributes]:
-        attrs = await self._make_file(parent_inode, name, mode)
+        attrs = await self._make_file(parent_inode, name, mode, flags)
         return self._open_handle(attrs.st_ino), attrs
 
     @fuse_errors
@@ -254,7 +334,7 @@ class FarmOperations(pyfuse3.Operations):
                     ) -> pyfuse3.EntryAttributes:
         if not statmod.S_ISREG(mode):
             raise _fail(errno.EPERM)  # no device files, FIFOs or sockets in the farm
-        return await self._make_file(parent_inode, name, mode)
+        return await self._make_file(parent_inode, name, mode, os.O_EXCL)
 
     @fuse_errors
     async def link(self, inode: int, new_parent_inode: int, new_name: bytes, ctx: Any
@@ -270,11 +350,12 @@ class FarmOperations(pyfuse3.Operations):
         ino = self.inodes.known(parent_inode, text)
         if ino is not None and self.opens.get(ino):
             hidden = f"{HIDDEN_PREFIX}{ino}"
-            await self.fs.rename(path, self.inodes.child_path(parent_inode, hidden))
+            await self._change_in(parent_inode, self.fs.rename(
+                path, self.inodes.child_path(parent_inode, hidden)))
             self.inodes.move(parent_inode, text, parent_inode, hidden)
             self.unlinked.add(ino)
             return
-        await self.fs.unlink(path)
+        await self._change_in(parent_inode, self.fs.unlink(path))
         self.inodes.detach(parent_inode, text)
 
     @fuse_errors
@@ -282,7 +363,8 @@ class FarmOperations(pyfuse3.Operations):
         self._writable()
         text = _name(name)
         await self.drain_all()
-        await self.fs.rmdir(self.inodes.child_path(parent_inode, text))
+        await self._change_in(parent_inode, self.fs.rmdir(
+            self.inodes.child_path(parent_inode, text)))
         self.inodes.detach(parent_inode, text)
 
     @fuse_errors
@@ -302,7 +384,9 @@ class FarmOperations(pyfuse3.Operations):
                 pass
             else:
                 raise _fail(errno.EEXIST)
-        await self.fs.rename(src, dst)
+        moved = self.inodes.known(parent_inode_old, old)
+        self.cache.changed(parent_inode_old, *(() if moved is None else (moved,)))
+        await self._change_in(parent_inode_new, self.fs.rename(src, dst))
         self.inodes.move(parent_inode_old, old, parent_inode_new, new)
 
     # -- files --------------------------------------------------------------------------
@@ -347,7 +431,8 @@ class FarmOperations(pyfuse3.Operations):
         return ahead
 
     def _changed(self, ino: int) -> None:
-        """This mount changes the file: blocks read ahead are stale."""
+        """This mount changes the file: its attributes and blocks read ahead are stale."""
+        self.cache.changed(ino)
         ahead = self.ahead.get(ino)
         if ahead is not None:
             ahead.drop()
@@ -394,7 +479,7 @@ class FarmOperations(pyfuse3.Operations):
         where = self.inodes.where(ino)
         if where is None:
             return
-        await self.fs.unlink(self._path(ino))
+        await self._change_in(where[0], self.fs.unlink(self._path(ino)))
         self.inodes.detach(*where)
 
     # -- directories --------------------------------------------------------------------

@@ -7,8 +7,12 @@ retried call (``TRYAGAIN`` during a slot move) can never land after a later writ
 same bytes.  The bytes in flight over the whole mount are bounded, which holds back the
 writing program instead of growing memory.  ``drain`` sends what is buffered and waits
 for everything: ``flush`` (close), ``fsync``, and every operation that must see the
-file's data on the farm call it.  A failed chunk's error is reported once, by the next
-``write``, ``flush`` or ``fsync`` of the file, as NFS reports a failed write-behind.
+file's data on the farm call it.  ``start`` sends the buffer without waiting and names
+the writes on their way, and ``answered`` says whether the farm answered them: a call
+sent right behind them (on the same connection, so served after them) can tell whether
+it was served after them after all (a retry may reorder).  A failed chunk's error is
+reported once, by the next ``write``, ``flush`` or ``fsync`` of the file, as NFS reports
+a failed write-behind.
 """
 
 from __future__ import annotations
@@ -49,6 +53,8 @@ class WriteBehind:
         self._offset = 0
         self._buffer = bytearray()
         self._inflight: list[tuple[int, int, asyncio.Task[None]]] = []
+        self._unanswered: set[int] = set()
+        self._tickets = 0
         self._error: Exception | None = None
 
     @property
@@ -73,11 +79,24 @@ class WriteBehind:
         if len(self._buffer) >= self._chunk:
             await self._send_buffer()
 
-    async def drain(self) -> None:
-        """Send the buffer and wait until every write of this file reached the farm."""
+    async def start(self) -> frozenset[int]:
+        """Send the buffer now; the writes on their way (for :meth:`answered`)."""
+        await self._send_buffer()
+        return frozenset(self._unanswered)
+
+    def answered(self, writes: frozenset[int]) -> bool:
+        return not writes & self._unanswered
+
+    async def settle(self) -> None:
+        """Send the buffer and wait until every write of this file was answered; a failed
+        one's error stays for the next ``write``, ``flush`` or ``fsync``."""
         await self._send_buffer()
         while self._inflight:
             await asyncio.wait([task for _, _, task in self._inflight])
+
+    async def drain(self) -> None:
+        """Send the buffer and wait until every write of this file reached the farm."""
+        await self.settle()
         self._raise_error()
 
     def _raise_error(self) -> None:
@@ -93,12 +112,15 @@ class WriteBehind:
         stop = start + len(data)
         await self._budget.take(len(data))
         before = [task for first, last, task in self._inflight if first < stop and start < last]
-        task = asyncio.ensure_future(self._ship(start, data, before))
+        self._tickets += 1
+        self._unanswered.add(self._tickets)
+        task = asyncio.ensure_future(self._ship(self._tickets, start, data, before))
         entry = (start, stop, task)
         self._inflight.append(entry)
         task.add_done_callback(lambda _: self._inflight.remove(entry))
 
-    async def _ship(self, offset: int, data: bytes, before: list[asyncio.Task[None]]) -> None:
+    async def _ship(self, ticket: int, offset: int, data: bytes,
+                    before: list[asyncio.Task[None]]) -> None:
         try:
             if before:
                 await asyncio.wait(before)
@@ -106,4 +128,5 @@ class WriteBehind:
         except Exception as exc:  # reported to the program by the next write/flush/fsync
             self._error = self._error or exc
         finally:
+            self._unanswered.discard(ticket)  # in the step that took the answer
             await self._budget.give(len(data))

@@ -1,0 +1,160 @@
+"""The mount's FUSE handlers called directly against a real farm, as the kernel calls them,
+for what a program cannot time on purpose: a name another client makes between the
+kernel's lookup and its create, a pending write answered after a ``utime`` sent behind
+it, and which ``getattr`` needs the farm at all (the calls are counted)."""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import os
+import stat as statmod
+from collections import Counter
+from types import SimpleNamespace
+from typing import Any, AsyncIterator, Awaitable, Callable
+
+import pyfuse3
+import pytest
+import pytest_asyncio
+
+from farmctl import Farm
+from kernelfarm import aio
+from kernelfarm.mount.attrs import Caching
+from kernelfarm.mount.inodes import ROOT_INO
+from kernelfarm.mount.operations import FarmOperations
+
+CREATE = os.O_CREAT | os.O_WRONLY
+
+
+class CountingFs:
+    """The client's fs methods, counted; ``hold`` makes one method wait for an event."""
+
+    def __init__(self, fs: Any) -> None:
+        self._fs = fs
+        self.calls: Counter[str] = Counter()
+        self.held: dict[str, asyncio.Event] = {}
+
+    def __getattr__(self, name: str) -> Callable[..., Awaitable[Any]]:
+        method = getattr(self._fs, name)
+
+        async def call(*args: Any) -> Any:
+            self.calls[name] += 1
+            if name in self.held:
+                await self.held[name].wait()
+            return await method(*args)
+
+        return call
+
+
+@pytest_asyncio.fixture
+async def client(farm: Farm) -> AsyncIterator[aio.Client]:
+    async with aio.Client(farm.control) as client:
+        yield client
+
+
+async def volume(client: aio.Client, ops: FarmOperations, name: str) -> int:
+    """A fresh volume, looked up as the kernel would: its inode number."""
+    await client.fs.mkdir(f"/{name}")
+    return ops.inodes.lookup(ROOT_INO, name)
+
+
+async def errno_of(call: Awaitable[Any]) -> int:
+    with pytest.raises(pyfuse3.FUSEError) as failure:
+        await call
+    return failure.value.errno
+
+
+@pytest.mark.asyncio
+async def test_exclusive_create_loses_to_another_clients_create(client: aio.Client) -> None:
+    ops = FarmOperations(client.fs)
+    parent = await volume(client, ops, "excl")
+    # The kernel looked "f" up and found nothing; then another client made it.
+    await client.fs.write_file("/excl/f", b"theirs")
+    assert await errno_of(ops.create(parent, b"f", 0o644, CREATE | os.O_EXCL, None)) \
+        == errno.EEXIST
+    assert await client.fs.read_file("/excl/f") == b"theirs"
+    # Without O_EXCL, open(O_CREAT) opens their file as it is; O_TRUNC empties it.
+    info, attrs = await ops.create(parent, b"f", 0o600, CREATE, None)
+    assert (attrs.st_size, attrs.st_mode) == (6, statmod.S_IFREG | 0o644)
+    await ops.release(info.fh)
+    assert await client.fs.read_file("/excl/f") == b"theirs"
+    info, attrs = await ops.create(parent, b"f", 0o600, CREATE | os.O_TRUNC, None)
+    assert attrs.st_size == 0 and await client.fs.read_file("/excl/f") == b""
+    await ops.release(info.fh)
+    # mknod is exclusive too; a new name gets the mode asked for.
+    assert await errno_of(ops.mknod(parent, b"f", statmod.S_IFREG | 0o600, 0, None)) \
+        == errno.EEXIST
+    info, attrs = await ops.create(parent, b"new", 0o4750, CREATE | os.O_EXCL, None)
+    assert attrs.st_mode == statmod.S_IFREG | 0o4750
+    await ops.release(info.fh)
+
+
+@pytest.mark.asyncio
+async def test_a_directory_changed_here_is_not_asked_for_again(client: aio.Client) -> None:
+    counting = CountingFs(client.fs)
+    ops = FarmOperations(counting, caching=Caching(attr_timeout=0.5, entry_timeout=0.5))
+    parent = await volume(client, ops, "attrs")
+    info, _ = await ops.create(parent, b"f", 0o644, CREATE, None)
+    await ops.release(info.fh)
+    counting.calls.clear()
+    attrs = await ops.getattr(parent)  # the kernel asks after every change in the dir
+    assert counting.calls["stat"] == 0
+    assert attrs.st_size == 1 and 0 < attrs.attr_timeout <= 0.5
+    assert attrs.st_mtime_ns == (await client.fs.stat("/attrs"))["mtime_ns"]
+    # Another client's change shows once the timeout is over, never later.
+    await client.fs.write_file("/attrs/g", b"")
+    await asyncio.sleep(0.5)
+    assert (await ops.getattr(parent)).st_size == 2
+    assert counting.calls["stat"] == 1
+    # This mount's own changes are answered as they are, with the stat sent with them.
+    ops.inodes.lookup(parent, "g")
+    await ops.unlink(parent, b"g", None)
+    await ops.setattr(parent, _mode_attrs(0o700), _fields(mode=True), None, None)
+    attrs = await ops.getattr(parent)
+    assert (attrs.st_size, attrs.st_mode) == (1, statmod.S_IFDIR | 0o700)
+    assert counting.calls["stat"] == 3
+
+
+@pytest.mark.asyncio
+async def test_a_utime_answered_before_a_pending_write_is_set_again(
+        client: aio.Client) -> None:
+    counting = CountingFs(client.fs)
+    ops = FarmOperations(counting)
+    parent = await volume(client, ops, "utime")
+    info, attrs = await ops.create(parent, b"f", 0o644, CREATE, None)
+    await ops.write(info.fh, 0, b"data")
+    # The write is held back, as a retry during a slot move would hold it: it lands
+    # after the utime sent behind it, and moves the mtime when it does.
+    counting.held["pwrite"] = asyncio.Event()
+    when = 1_600_000_000_123_456_789
+    setting = asyncio.ensure_future(ops.setattr(
+        attrs.st_ino, _mtime_attrs(when), _fields(mtime=True), info.fh, None))
+    while counting.calls["utime"] == 0:
+        await asyncio.sleep(0.01)
+    await asyncio.sleep(0.05)  # the utime is answered while the write waits
+    counting.held.pop("pwrite").set()
+    assert (await setting).st_mtime_ns == when
+    await ops.flush(info.fh)
+    await ops.release(info.fh)
+    st = await client.fs.stat("/utime/f")
+    assert (st["mtime_ns"], st["size"]) == (when, 4)
+    assert counting.calls["utime"] == 2  # set again once the write had landed
+
+
+def _fields(mode: bool = False, mtime: bool = False) -> Any:
+    """What ``pyfuse3.SetattrFields`` says (its fields are read-only from Python)."""
+    return SimpleNamespace(update_atime=False, update_mtime=mtime, update_ctime=False,
+                           update_mode=mode, update_uid=False, update_gid=False,
+                           update_size=False)
+
+
+def _mode_attrs(mode: int) -> pyfuse3.EntryAttributes:
+    attrs = pyfuse3.EntryAttributes()
+    attrs.st_mode = mode
+    return attrs
+
+
+def _mtime_attrs(mtime_ns: int) -> pyfuse3.EntryAttributes:
+    attrs = pyfuse3.EntryAttributes()
+    attrs.st_mtime_ns = mtime_ns
+    return attrs
