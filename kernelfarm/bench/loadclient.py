@@ -159,10 +159,15 @@ async def _run(job: dict[str, Any], parent: Parent) -> dict[str, Any] | None:
     all_lost = asyncio.Event()
     connections: list[LoadConnection] = []
     live = 0
+    # When each loss was seen, by the host's monotonic clock: a connection killed just after
+    # the window opened may be reported by the loop before this process's own window-start
+    # code runs, so a loss is placed in the window by its time, not by when we looked.
+    lost_at: list[float] = []
 
     def lost() -> None:
         nonlocal live
         live -= 1
+        lost_at.append(time.monotonic())
         if live == 0:
             all_lost.set()
 
@@ -188,7 +193,6 @@ async def _run(job: dict[str, Any], parent: Parent) -> dict[str, Any] | None:
     for connection in connections:
         connection.reset_counts()
     histogram.reset()
-    lost_before = len(connections) - live
     cpu_start = time.process_time()
     began = time.perf_counter()
     try:
@@ -207,7 +211,7 @@ async def _run(job: dict[str, Any], parent: Parent) -> dict[str, Any] | None:
         "errors": errors,
         "window_s": window_s,
         "client_cpu_s": client_cpu_s,
-        "lost_connections": len(connections) - live - lost_before,
+        "lost_connections": sum(1 for at in lost_at if at >= window_start),
         "protocol_errors": sum(connection.protocol_errors for connection in connections),
         "histogram": histogram.to_dict(),
     }

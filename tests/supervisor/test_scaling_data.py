@@ -9,11 +9,13 @@ import threading
 from pathlib import Path
 from typing import Any
 
+import psutil
 import pytest
 
 import kernelfarm
 from farmctl import Farm, gone, start_farm, wait_until
 from kernelfarm.partition import NSLOTS
+from kernelfarm.supervisor.scaling import MIGRATION_FILE
 
 VOLUMES = [f"tenant{i}" for i in range(24)]
 
@@ -144,6 +146,7 @@ def test_kill_9_of_the_supervisor_mid_migration_loses_nothing(tmp_path: Path) ->
                              daemon=True).start()
             wait_until(lambda: migrating(farm), what="the migration to start")
             pids = farm.kernel_pids()
+            wait_until(lambda: frozen_mid_batch(farm), what="the supervisor caught mid-batch")
             farm.proc.kill()
             farm.proc.wait()
         wait_until(lambda: all(gone(pid) for pid in pids), what="old kernels to exit")
@@ -151,6 +154,20 @@ def test_kill_9_of_the_supervisor_mid_migration_loses_nothing(tmp_path: Path) ->
         writers.verify(farm)
         assert_one_owner_per_slot(farm)
         assert "in the middle of moving slots" in farm.log()
+
+
+def frozen_mid_batch(farm: Farm) -> bool:
+    """Stop the supervisor (SIGSTOP) and keep it stopped if a batch of slots is in flight
+    (its ``migration.json`` exists); otherwise let it run on.  Between two batches -- while
+    the scale starts its next kernel -- there is no batch to interrupt, and a kill there
+    would leave nothing for the next supervisor to report."""
+    supervisor = psutil.Process(farm.proc.pid)
+    supervisor.suspend()
+    wait_until(lambda: supervisor.status() == psutil.STATUS_STOPPED, what="SIGSTOP to land")
+    if (farm.data_dir / MIGRATION_FILE).exists():
+        return True
+    supervisor.resume()
+    return False
 
 
 def _ignore_errors(fn: Any, *args: Any) -> None:
