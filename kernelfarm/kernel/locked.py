@@ -12,7 +12,7 @@ What sharing costs beyond the locks themselves, and how it is paid here:
   append), so nothing is acknowledged before it is written;
 - state tied to an event loop (the net subsystem's sockets) lives on the loop of the thread
   that created it; calls for it from other threads hop to that loop and back, as a
-  cross-CPU wake-up does;
+  cross-CPU wake-up does, and so do fd hand-offs (``run_keyed``: SOCKS relays);
 - counters (``kernel.stats`` ops) are updated without a lock and may undercount.
 """
 
@@ -24,7 +24,7 @@ import os
 import socket
 import threading
 from dataclasses import dataclass, field, replace
-from typing import Any, Awaitable, Callable
+from typing import Any, Awaitable, Callable, TypeVar
 
 import uvloop
 
@@ -32,9 +32,11 @@ from kernelfarm.boot import BootInfo
 from kernelfarm.config import Config
 from kernelfarm.kernel.commit import Flush, GroupCommit, flush_or_exit
 from kernelfarm.kernel.kernel import Kernel
-from kernelfarm.kernel.locks import LockProvider
+from kernelfarm.kernel.locks import LockedSteps, LockProvider
 from kernelfarm.kernel.subsystem import Method
 
+
+T = TypeVar("T")
 
 LOOP_BOUND = ("net.",)
 """Methods whose state belongs to the event loop that created it (host sockets)."""
@@ -142,6 +144,20 @@ class LockedKernel(Kernel):
             return asyncio.wrap_future(future)
 
         return replace(method, handler=on_home_loop, is_async=True)
+
+    def run_keyed(self, key: str, work: Callable[[], Awaitable[T]]) -> Awaitable[T]:
+        """``work()`` on the loop that holds ``key``'s state (made its home if it has
+        none), each of its steps under ``key``'s lock, as a homed handler runs."""
+        home = self._homes.setdefault(key, asyncio.get_running_loop())
+        lock = self.provider.lock_for(key)
+
+        async def locked() -> T:
+            result: T = await LockedSteps(work(), lock)
+            return result
+
+        if home is asyncio.get_running_loop():
+            return locked()
+        return asyncio.wrap_future(asyncio.run_coroutine_threadsafe(locked(), home))
 
     # -- group commit across threads --------------------------------------------------------
 

@@ -209,16 +209,17 @@ async def serve(boot: BootInfo, config: Config, control: socket.socket,
     factory = connection_factory(kernel, config.rpc, kernel.meter,
                                  ConnectionLimit(config.rpc.max_connections))
     server = await loop.create_server(factory, sock=listen)
-    if handoff is not None:
-        net = next(s for s in kernel.subsystems if isinstance(s, NetSubsystem))
-        net.handoff.serve(handoff, enabled=boot.mode != "locked")
+    net = next(s for s in kernel.subsystems if isinstance(s, NetSubsystem))
     workers = None
     if boot.mode == "locked" and boot.threads > 1:
         from kernelfarm.kernel.locked import LockedKernel, WorkerThreads
 
         assert isinstance(kernel, LockedKernel)  # make_kernel built one: boot.mode is locked
+        net.handoff.run_keyed = kernel.run_keyed  # namespaces live on every thread's loop
         workers = WorkerThreads(kernel, listen, boot.threads - 1, factory, STOP_GRACE_S)
         workers.start()
+    if handoff is not None:
+        net.handoff.serve(handoff)
     admin = AdminService(kernel, stop)
     await loop.connect_accepted_socket(connection_factory(admin, config.rpc), control)
     loop.add_signal_handler(signal.SIGTERM, stop.set)

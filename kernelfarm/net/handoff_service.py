@@ -25,7 +25,7 @@ import logging
 import os
 import socket
 import struct
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any, Awaitable, Callable
 
 import psutil
 
@@ -51,6 +51,15 @@ closed then."""
 
 
 HANDOVER_TIMEOUT = 5.0
+
+
+RunKeyed = Callable[[str, Callable[[], Awaitable[Any]]], Awaitable[Any]]
+"""``run_keyed(key, work)``: ``work()`` run as a handler of partition key ``key`` runs."""
+
+
+def run_here(key: str, work: Callable[[], Awaitable[Any]]) -> Awaitable[Any]:
+    """A unicpu kernel's: its one loop holds every namespace, and nothing is locked."""
+    return work()
 
 
 def allow_any(ns: str, token: Any) -> str | None:
@@ -80,16 +89,17 @@ class HandoffService:
         self.loop = net.ctx.loop
         self.credentials: Credentials = allow_any
         self.listener: socket.socket | None = None
-        self.enabled = True
+        self.run_keyed: RunKeyed = run_here
+        """Runs the part of a hand-off that changes a namespace where that namespace's
+        handlers run: the locked baseline serves hand-offs on its main thread for
+        namespaces living on every thread's loop, under their locks."""
         self.peers: set[HandoffPeer] = set()
         self.parked: dict[int, list[tuple[str, Relay | FarmSocket]]] = {}
 
     # -- serving --------------------------------------------------------------------------
 
-    def serve(self, listener: socket.socket, enabled: bool = True) -> None:
-        """Accept on ``listener``; a disabled service answers every request with an error
-        (the locked baseline shares namespaces between threads, so it relays nothing)."""
-        self.enabled = enabled
+    def serve(self, listener: socket.socket) -> None:
+        """Accept on ``listener``, on this kernel's loop."""
         listener.setblocking(False)
         self.listener = listener
         self.loop.add_reader(listener.fileno(), self._accept)
@@ -121,8 +131,6 @@ class HandoffService:
         """The namespace, if this kernel owns it (else ``MOVED``: ask the current map)."""
         if not isinstance(ns, str) or not ns:
             raise TypeError("hand-off field 'ns' must be a non-empty str")
-        if not self.enabled:
-            raise posix(errno.EOPNOTSUPP, "a locked-mode farm does not relay connections")
         slot = key_slot(ns)
         if not self.net.ctx.owns(slot):
             raise Moved(f"slot {slot} is not served here", slot=slot)
@@ -136,11 +144,21 @@ class HandoffService:
     async def relay(self, message: dict[str, Any], fd: int) -> dict[str, Any]:
         """Connect out from the namespace and relay the handed-over connection ``fd``."""
         client = socket.socket(fileno=fd)
-        namespace: Namespace | None = None
         try:
             ns, tenant = self.authorize(message)
-            host, port = message.get("host"), message.get("port")
             first, early = _chunk(message, "first"), _chunk(message, "early")
+        except BaseException:
+            client.close()
+            raise
+        reply: dict[str, Any] = await self.run_keyed(ns, lambda: self._relay(
+            ns, tenant, message.get("host"), message.get("port"), client, first, early))
+        return reply
+
+    async def _relay(self, ns: str, tenant: str | None, host: Any, port: Any,
+                     client: socket.socket, first: bytes, early: bytes) -> dict[str, Any]:
+        """The namespace's part of ``relay``, where its state lives."""
+        namespace: Namespace | None = None
+        try:
             namespace = self.net.open_namespace(ns)
             farm_sock = namespace.open("tcp")
             try:
@@ -149,6 +167,8 @@ class HandoffService:
             finally:
                 if farm_sock.sid in namespace.sockets:
                     namespace.close(farm_sock.sid)
+                else:  # parked by a move while connecting: no client of ours to follow it
+                    self._unpark(farm_sock)
             if self.net.namespaces.get(ns) is not namespace:
                 upstream.close()
                 raise Moved(f"namespace {ns!r} moved while connecting", slot=key_slot(ns))
@@ -157,7 +177,7 @@ class HandoffService:
             if namespace is not None and isinstance(exc, OSError):
                 namespace.counters.count_failure(exc)
             raise
-        relay = Relay(self.loop, client, upstream,
+        relay = Relay(namespace.loop, client, upstream,
                       RelayState(farm_sock.sid, to_upstream=early, to_client=first,
                                  tenant=tenant),
                       namespace.counters)
@@ -254,6 +274,14 @@ class HandoffService:
                 del self.parked[slot]
         return len(moving)
 
+    def _unpark(self, farm_sock: FarmSocket) -> None:
+        for items in self.parked.values():
+            for item in items:
+                if item[1] is farm_sock:
+                    items.remove(item)
+                    farm_sock.close()
+                    return
+
     def _expire(self, slot: int, items: list[tuple[str, Relay | FarmSocket]]) -> None:
         parked = self.parked.get(slot)
         if parked is None:
@@ -326,12 +354,12 @@ class HandoffPeer:
         elif op == "barrier":
             self._reply({"id": msgid, "error": None})  # every packet before it was handled
         else:
-            self._adopt(op, message, fds)
+            self._adopt(message, fds, is_relay=op == "adopt")
 
     def _authorized(self, message: dict[str, Any]) -> dict[str, Any]:
         return {"ns": self.service.authorize(message)[0]}
 
-    def _adopt(self, op: str, message: dict[str, Any], fds: list[int]) -> None:
+    def _adopt(self, message: dict[str, Any], fds: list[int], is_relay: bool) -> None:
         """``adopt`` / ``adopt_socket``: no reply, the sender let go already (its
         ``barrier`` learns that every one was handled, taken or not)."""
         if not self.is_sibling():
@@ -341,7 +369,7 @@ class HandoffPeer:
                         message.get("ns"))
             return
         try:  # from here the service owns the descriptors, and closes them if it fails
-            if op == "adopt":
+            if is_relay:
                 self.service.adopt(message, fds)
             else:
                 self.service.adopt_socket(message, fds)
