@@ -12,36 +12,13 @@ import asyncio
 import errno
 import ipaddress
 import secrets
-from dataclasses import asdict, dataclass
-from typing import Any, Awaitable
+from typing import Any
 
 from kernelfarm.errors import InvalidParameter, posix
+from kernelfarm.net.counters import Counters
 from kernelfarm.net.policy import IPAddress, Policy, parse_address
 from kernelfarm.net.relay import Relay
 from kernelfarm.net.sockets import FarmSocket, wire_address
-
-
-@dataclass(slots=True)
-class Counters:
-    """Totals since the namespace appeared in this kernel (``net.stats``)."""
-
-    bytes_in: int = 0
-    bytes_out: int = 0
-    connects: int = 0
-    accepts: int = 0
-    sockets_opened: int = 0
-    denied: int = 0
-    errors: int = 0
-
-    def report(self, sockets_open: int, relays: int = 0) -> dict[str, Any]:
-        return {"sockets_open": sockets_open, "relays": relays, **asdict(self)}
-
-    def count_failure(self, exc: OSError) -> None:
-        """``denied`` for a policy refusal, ``errors`` for anything else."""
-        if exc.errno == errno.EACCES:
-            self.denied += 1
-        else:
-            self.errors += 1
 
 
 class SocketCount:
@@ -113,7 +90,7 @@ class Namespace:
 
     def open(self, kind: str) -> FarmSocket:
         self._check_room()
-        return self._add(FarmSocket(self.loop, self._new_sid(), kind))
+        return self._add(FarmSocket(self.loop, self._new_sid(), kind, self.counters))
 
     def bind(self, sid: int, host: Any, port: Any) -> list[Any]:
         farm_sock = self.get(sid)
@@ -135,34 +112,9 @@ class Namespace:
         listener = self.get(sid)
         sock, address = await listener.accept(timeout, self._check_room)
         self.counters.accepts += 1
-        return self._add(FarmSocket.accepted(self.loop, self._new_sid(), sock)), \
+        return self._add(FarmSocket.accepted(self.loop, self._new_sid(), sock,
+                                             self.counters)), \
             wire_address(address)
-
-    def send(self, sid: int, data: bytes, timeout: float) -> int | Awaitable[int]:
-        """The count at once when the host took everything, else an awaitable of it."""
-        sent = self.get(sid).send(data, timeout)
-        if isinstance(sent, int):
-            self.counters.bytes_out += sent
-            return sent
-        return self._count_out(sent)
-
-    async def _count_out(self, sending: Awaitable[int]) -> int:
-        sent = await sending
-        self.counters.bytes_out += sent
-        return sent
-
-    def recv(self, sid: int, size: int, timeout: float) -> bytes | asyncio.Future[bytes]:
-        """The data at once when the host has some, else a future of it."""
-        data = self.get(sid).recv(size, timeout)
-        if isinstance(data, bytes):
-            self.counters.bytes_in += len(data)
-        else:
-            data.add_done_callback(self._count_in)
-        return data
-
-    def _count_in(self, future: asyncio.Future[bytes]) -> None:
-        if not future.cancelled() and future.exception() is None:
-            self.counters.bytes_in += len(future.result())
 
     async def sendto(self, sid: int, data: bytes, host: Any, port: Any,
                      timeout: float) -> int:
@@ -173,16 +125,13 @@ class Namespace:
         self.policy.check_destination(address, port)
         if not farm_sock.is_bound():
             self._bind_for_sending(farm_sock, address)
-        sent = await farm_sock.sendto(data, address, port, timeout)
-        self.counters.bytes_out += sent
-        return sent
+        return await farm_sock.sendto(data, address, port, timeout)
 
     async def recvfrom(self, sid: int, size: int, timeout: float) -> tuple[bytes, list[Any]]:
         farm_sock = self.get(sid)
         if farm_sock.kind != "udp":
             raise posix(errno.EOPNOTSUPP, f"socket {sid} is TCP: use net.recv")
         data, address = await farm_sock.recvfrom(size, timeout)
-        self.counters.bytes_in += len(data)
         return data, wire_address(address)
 
     def shutdown(self, sid: int, how: int) -> None:
@@ -236,6 +185,7 @@ class Namespace:
         if farm_sock.sid in self.sockets or farm_sock.sid in self.relays:
             # A clash of two random 51-bit sids: no way to tell them apart.
             raise posix(errno.EEXIST, f"socket {farm_sock.sid} of {self.name!r} exists here")
+        farm_sock.counters = self.counters
         self.sockets[farm_sock.sid] = farm_sock
         self.kernel_sockets.open += 1
 

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Callable
 
 if TYPE_CHECKING:
-    from kernelfarm.net.namespace import Counters
+    from kernelfarm.net.counters import Counters
 
 CHUNK = 64 * 1024
 """Largest read, so the most a relay holds per direction."""

@@ -7,9 +7,15 @@ helpers with our own readiness waits on one descriptor would fight over the watc
 all operations share this one path.  Several requests may wait on one socket (pipelined
 ``recv`` calls, say): each readiness event wakes them all and each retries its call.
 
-``send`` and ``recv`` are the data path, so they answer at once when the host call does
-(no coroutine, no task), and when it must wait, ``recv`` waits with one future that the
-readiness callback itself settles by retrying the call (no task, no second future).
+``send`` and ``recv`` are the data path, so they cost what a plain program pays for the
+same traffic (``benchmarks/net_floor.py``): one host call each, answered at once when the
+host does (no coroutine, no task).  A ``recv`` that must wait is one future that the
+readiness callback settles by retrying the call (no task, no second future).  The watch
+on a stream socket's readable side stays on between requests (no epoll add/remove per
+wait), and data that arrives while nobody waits is read then, once, and kept for the
+next ``recv`` (``pending``): so a request/response exchange makes one ``recv`` system call
+per response, never one that says ``EAGAIN``.  A socket keeps one timer per direction,
+for its earliest deadline, instead of one per wait.
 
 The host socket is made lazily, by the first ``bind``, ``connect`` or ``sendto``: only the
 address tells whether it is IPv4 or IPv6, and ``net.socket`` takes no family.
@@ -23,11 +29,17 @@ import socket
 from typing import Any, Awaitable, Callable, TypeVar
 
 from kernelfarm.errors import TryAgain, posix
+from kernelfarm.net.counters import Counters
 from kernelfarm.net.policy import IPAddress
 
 T = TypeVar("T")
 
 KINDS = {"tcp": socket.SOCK_STREAM, "udp": socket.SOCK_DGRAM}
+TIMER_SLACK_S = 0.001
+"""A deadline this close is due: the loop's timers have millisecond resolution."""
+READ_AHEAD_BYTES = 65536
+"""The most a readiness nobody waits for reads (the last ``recv``'s size if smaller): a
+bound on what a kernel holds per socket, and on what travels when the socket moves."""
 
 
 def wire_address(address: Any) -> list[Any]:
@@ -35,10 +47,38 @@ def wire_address(address: Any) -> list[Any]:
     return [address[0], address[1]]
 
 
+class Waiter:
+    """One request waiting for a socket to be ready: a future, the host call that settles
+    it (``None``: readiness alone settles it, for a coroutine that retries) and when it
+    gives up."""
+
+    __slots__ = ("future", "call", "deadline")
+
+    def __init__(self, future: asyncio.Future[Any], call: Callable[[], Any] | None,
+                 deadline: float) -> None:
+        self.future = future
+        self.call = call
+        self.deadline = deadline
+
+
+class Direction:
+    """One side of a socket (readable or writable): who waits on it, whether the loop
+    watches it, and the one timer that fires at the earliest waiter's deadline."""
+
+    __slots__ = ("reads", "waiters", "watched", "timer")
+
+    def __init__(self, reads: bool) -> None:
+        self.reads = reads
+        self.waiters: list[Waiter] = []
+        self.watched = False
+        self.timer: asyncio.TimerHandle | None = None
+
+
 class FarmSocket:
     """A TCP or UDP socket of a namespace; ``sid`` is its number there."""
 
-    def __init__(self, loop: asyncio.AbstractEventLoop, sid: int, kind: str) -> None:
+    def __init__(self, loop: asyncio.AbstractEventLoop, sid: int, kind: str,
+                 counters: Counters | None = None) -> None:
         self.loop = loop
         self.sid = sid
         self.kind = kind
@@ -52,18 +92,22 @@ class FarmSocket:
         """A ``connect`` began and has not finished: its namespace may move meanwhile."""
         self.bytes_in = 0
         self.bytes_out = 0
-        self._readers: list[Waiter] = []
-        self._writers: list[Waiter] = []
-        self._watched: set[int] = set()
-        """``id()`` of the waiter lists whose direction the loop watches: a watch outlives
-        its waiters until the next readiness finds nobody (no add/remove per wait)."""
+        self.counters = counters if counters is not None else Counters()
+        """Its namespace's counters: traffic and failed waits are counted there too."""
+        self.pending: bytes | OSError | None = None
+        """What a readiness nobody waited for read (``b""``: end of stream), or the error
+        it got; the next ``recv`` answers with it.  At most one read, and the watch stops
+        while it is held, so a client that never reads makes the kernel hold no more."""
+        self._read_size = READ_AHEAD_BYTES
+        self._readable = Direction(reads=True)
+        self._writable = Direction(reads=False)
 
     # -- set-up -----------------------------------------------------------------------------
 
     @classmethod
-    def accepted(cls, loop: asyncio.AbstractEventLoop, sid: int,
-                 sock: socket.socket) -> FarmSocket:
-        farm_sock = cls(loop, sid, "tcp")
+    def accepted(cls, loop: asyncio.AbstractEventLoop, sid: int, sock: socket.socket,
+                 counters: Counters | None = None) -> FarmSocket:
+        farm_sock = cls(loop, sid, "tcp", counters)
         sock.setblocking(False)
         _no_delay(sock)
         farm_sock.sock = sock
@@ -92,8 +136,10 @@ class FarmSocket:
     def detach(self) -> socket.socket:
         """Give the host socket away (to a relay); this farm socket is then empty."""
         sock = self.opened()
-        self._unwatch(self._readers)  # a watch may outlive its waiters: end it here
-        self._unwatch(self._writers)
+        if self.pending is not None:
+            raise posix(errno.EBUSY, f"socket {self.sid} holds data no recv took yet")
+        self._stop(self._readable)  # a watch may outlive its waiters: end it here
+        self._stop(self._writable)
         self.sock = None
         return sock
 
@@ -127,7 +173,7 @@ class FarmSocket:
         elif code in (errno.EINPROGRESS, errno.EAGAIN) or \
                 self.connecting and code == errno.EALREADY:
             self.connecting = True
-            await self._wait(self._writers, timeout)
+            await self._wait(self._writable, timeout)
             code = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
         self.connecting = False
         if code:
@@ -147,7 +193,7 @@ class FarmSocket:
             admit()
             return sock.accept()
 
-        return await self._retry(admit_and_accept, self._readers, timeout)
+        return await self._retry(admit_and_accept, self._readable, timeout)
 
     def send(self, data: bytes, timeout: float) -> int | Awaitable[int]:
         """Send all of ``data``, or as much as the host took when the timeout passed.
@@ -157,7 +203,9 @@ class FarmSocket:
         count comes back at once when the host takes everything in one call (the usual
         case), else an awaitable of it.
         """
-        sock = self.opened()
+        sock = self.sock
+        if sock is None or self.closed:
+            sock = self.opened()
         if not data:
             return 0
         try:
@@ -166,54 +214,96 @@ class FarmSocket:
             sent = 0
         if sent == len(data):
             self.bytes_out += sent
+            self.counters.bytes_out += sent
             return sent
         return self._send_rest(data, sent, self.loop.time() + timeout)
 
     async def _send_rest(self, data: bytes, sent: int, deadline: float) -> int:
-        sock = self.opened()
-        view = memoryview(data)
-        while sent < len(view):
-            try:
-                sent += sock.send(view[sent:])
-                continue
-            except (BlockingIOError, InterruptedError):
-                pass
-            except OSError:
-                if sent:
-                    break  # report what went out; the error comes back on the next call
-                raise
-            try:
-                await self._wait(self._writers, deadline - self.loop.time())
-            except (TimeoutError, TryAgain):  # TryAgain: the socket is moving
-                if sent:
-                    break
-                raise
+        try:
             sock = self.opened()
+            view = memoryview(data)
+            while sent < len(view):
+                try:
+                    sent += sock.send(view[sent:])
+                    continue
+                except (BlockingIOError, InterruptedError):
+                    pass
+                except OSError:
+                    if sent:
+                        break  # report what went out; the error comes back on the next call
+                    raise
+                try:
+                    await self._wait(self._writable, deadline - self.loop.time())
+                except (TimeoutError, TryAgain):  # TryAgain: the socket is moving
+                    if sent:
+                        break
+                    raise
+                sock = self.opened()
+        except OSError as exc:
+            self.counters.count_failure(exc)
+            raise
         self.bytes_out += sent
+        self.counters.bytes_out += sent
         return sent
 
     def recv(self, size: int, timeout: float) -> bytes | asyncio.Future[bytes]:
-        """What the host has (``b""`` at end of stream) at once, else a future of it."""
-        sock = self.opened()
-        try:
-            data = sock.recv(size)
-        except (BlockingIOError, InterruptedError):
-            return self._settle_when_ready(self._readers, lambda: sock.recv(size), timeout)
+        """What the host has (``b""`` at end of stream) at once, else a future of it.
+
+        What a readiness already read comes first, with no system call.  While the
+        readable side is watched and nothing is pending, the host has nothing either
+        (the watch would have read it), so the call waits without asking."""
+        if self.pending is not None:
+            return self._take_pending(size)
+        sock = self.sock
+        if sock is None or self.closed:
+            sock = self.opened()
+        if not self._readable.watched:
+            try:
+                data = sock.recv(size)
+            except (BlockingIOError, InterruptedError):
+                pass
+            else:
+                self.bytes_in += len(data)
+                self.counters.bytes_in += len(data)
+                return data
+        self._read_size = min(size, READ_AHEAD_BYTES)
+        return self._settle_when_ready(self._readable, lambda: self._recv_ready(sock, size),
+                                       timeout)
+
+    def _recv_ready(self, sock: socket.socket, size: int) -> bytes:
+        data = sock.recv(size)
         self.bytes_in += len(data)
+        self.counters.bytes_in += len(data)
+        return data
+
+    def _take_pending(self, size: int) -> bytes:
+        pending = self.pending
+        if isinstance(pending, OSError):
+            self.pending = None
+            raise pending
+        assert pending is not None
+        if len(pending) > size:
+            data, self.pending = pending[:size], pending[size:]
+        else:
+            data, self.pending = pending, None
+        self.bytes_in += len(data)
+        self.counters.bytes_in += len(data)
         return data
 
     async def sendto(self, data: bytes, address: IPAddress, port: int, timeout: float) -> int:
         sock = self.host_socket(address)
         target = (str(address), port)
-        sent = await self._retry(lambda: sock.sendto(data, target), self._writers, timeout)
+        sent = await self._retry(lambda: sock.sendto(data, target), self._writable, timeout)
         self.bytes_out += sent
+        self.counters.bytes_out += sent
         return sent
 
     async def recvfrom(self, size: int, timeout: float) -> tuple[bytes, Any]:
         sock = self.opened()
-        data, address = await self._retry(lambda: sock.recvfrom(size), self._readers,
+        data, address = await self._retry(lambda: sock.recvfrom(size), self._readable,
                                           timeout)
         self.bytes_in += len(data)
+        self.counters.bytes_in += len(data)
         return data, address
 
     def shutdown(self, how: int) -> None:
@@ -224,50 +314,59 @@ class FarmSocket:
         if self.closed:
             return
         self.closed = True
+        self.pending = None
         if self.sock is not None:
-            self._unwatch(self._readers)
-            self._unwatch(self._writers)
+            self._stop(self._readable)
+            self._stop(self._writable)
             self.sock.close()
-        for waiter in self._readers + self._writers:
-            waiter.fail(posix(errno.EBADF, f"socket {self.sid} was closed"))
-        self._readers.clear()
-        self._writers.clear()
+        for direction in (self._readable, self._writable):
+            waiters, direction.waiters = direction.waiters, []
+            for waiter in waiters:
+                self._fail(waiter, posix(errno.EBADF, f"socket {self.sid} was closed"))
 
     # -- moving with the namespace ---------------------------------------------------------
 
     def park(self) -> None:
         """Its namespace leaves this kernel: stop watching the host socket and answer every
         waiting request ``TRYAGAIN``, which its client retries at the new owner.  Nothing
-        was read for them, so nothing is lost; a send that got part of its data out
-        answers that count instead (``sendall`` goes on with the rest)."""
+        was read for them, and what a readiness read ahead travels in ``state``, so nothing
+        is lost; a send that got part of its data out answers that count instead
+        (``sendall`` goes on with the rest)."""
         if self.sock is not None:
-            self._unwatch(self._readers)
-            self._unwatch(self._writers)
-        for waiter in self._readers + self._writers:
-            waiter.fail(TryAgain(f"socket {self.sid} is moving with its namespace"))
-        self._readers.clear()
-        self._writers.clear()
+            self._stop(self._readable)
+            self._stop(self._writable)
+        for direction in (self._readable, self._writable):
+            waiters, direction.waiters = direction.waiters, []
+            for waiter in waiters:
+                self._fail(waiter, TryAgain(f"socket {self.sid} is moving with its namespace"))
 
     def state(self) -> dict[str, Any]:
         """What travels with the descriptor to the kernel that takes the namespace."""
+        pending = self.pending
         return {"sid": self.sid, "kind": self.kind, "listening": self.listening,
                 "kept": self.kept, "tenant": self.tenant, "connecting": self.connecting,
-                "bytes_in": self.bytes_in, "bytes_out": self.bytes_out}
+                "bytes_in": self.bytes_in, "bytes_out": self.bytes_out,
+                "pending": pending if isinstance(pending, bytes) else None,
+                "pending_errno": pending.errno if isinstance(pending, OSError) else None}
 
     @classmethod
     def moved_in(cls, loop: asyncio.AbstractEventLoop, state: dict[str, Any],
                  sock: socket.socket | None) -> FarmSocket:
         """The socket another kernel parked, from its ``state`` and host socket."""
         sid, kind, tenant = state.get("sid"), state.get("kind"), state.get("tenant")
+        pending, pending_errno = state.get("pending"), state.get("pending_errno")
         if not isinstance(sid, int) or isinstance(sid, bool) or kind not in KINDS or \
                 not isinstance(tenant, (str, type(None))) or \
-                sock is not None and sock.type != KINDS[kind]:
+                sock is not None and sock.type != KINDS[kind] or \
+                not isinstance(pending, (bytes, type(None))) or \
+                not isinstance(pending_errno, (int, type(None))):
             raise ValueError("moved socket state out of bounds")
         farm_sock = cls(loop, sid, kind)
         farm_sock.tenant = tenant
         farm_sock.listening = bool(state.get("listening"))
         farm_sock.kept = bool(state.get("kept"))
         farm_sock.connecting = bool(state.get("connecting"))
+        farm_sock.pending = pending if pending_errno is None else posix(pending_errno)
         for counter in ("bytes_in", "bytes_out"):
             value = state.get(counter)
             if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
@@ -299,7 +398,7 @@ class FarmSocket:
 
     # -- waiting ----------------------------------------------------------------------------
 
-    async def _retry(self, call: Callable[[], T], waiters: list[Waiter],
+    async def _retry(self, call: Callable[[], T], direction: Direction,
                      timeout: float) -> T:
         deadline = self.loop.time() + timeout
         while True:
@@ -308,106 +407,131 @@ class FarmSocket:
                 return call()
             except (BlockingIOError, InterruptedError):
                 pass
-            await self._wait(waiters, deadline - self.loop.time())
+            await self._wait(direction, deadline - self.loop.time())
 
-    async def _wait(self, waiters: list[Waiter], timeout: float) -> None:
-        """Until the socket is ready in ``waiters``' direction; ``ETIMEDOUT`` after
-        ``timeout`` seconds, ``EBADF`` if it is closed meanwhile."""
+    async def _wait(self, direction: Direction, timeout: float) -> None:
+        """Until the socket is ready in ``direction``; ``ETIMEDOUT`` after ``timeout``
+        seconds, ``EBADF`` if it is closed meanwhile."""
         future: asyncio.Future[Any] = self.loop.create_future()
-        waiter = Waiter(future, None)
-        self._add_waiter(waiters, waiter, timeout)
+        waiter = self._add_waiter(direction, future, None, timeout)
         try:
             await future
         finally:
-            self._drop(waiters, waiter)  # cancelled, say: stop watching for it now
+            if waiter in direction.waiters:  # cancelled, say: stop waiting for it now
+                direction.waiters.remove(waiter)
 
-    def _settle_when_ready(self, waiters: list[Waiter], call: Callable[[], T],
+    def _settle_when_ready(self, direction: Direction, call: Callable[[], T],
                            timeout: float) -> asyncio.Future[T]:
         """A future of ``call()``, retried by the readiness callback until it stops
         saying ``EAGAIN``; ``ETIMEDOUT`` after ``timeout`` s, ``EBADF`` on close."""
         future: asyncio.Future[T] = self.loop.create_future()
-        self._add_waiter(waiters, Waiter(future, call), timeout)
+        self._add_waiter(direction, future, call, timeout)
         return future
 
-    def _add_waiter(self, waiters: list[Waiter], waiter: Waiter, timeout: float) -> None:
+    def _add_waiter(self, direction: Direction, future: asyncio.Future[Any],
+                    call: Callable[[], Any] | None, timeout: float) -> Waiter:
         if timeout <= 0:
             raise posix(errno.ETIMEDOUT, f"socket {self.sid}")
-        sock = self.opened()
-        if id(waiters) not in self._watched:
-            watch = self.loop.add_reader if waiters is self._readers else self.loop.add_writer
-            watch(sock.fileno(), self._wake, waiters)
-            self._watched.add(id(waiters))
-        waiters.append(waiter)
-        waiter.timer = self.loop.call_later(timeout, self._expire, waiters, waiter)
+        loop = self.loop
+        if not direction.watched:
+            watch = loop.add_reader if direction.reads else loop.add_writer
+            watch(self.opened().fileno(), self._wake, direction)
+            direction.watched = True
+        waiter = Waiter(future, call, loop.time() + timeout)
+        direction.waiters.append(waiter)
+        timer = direction.timer
+        if timer is None or timer.when() > waiter.deadline:
+            if timer is not None:
+                timer.cancel()
+            direction.timer = loop.call_at(waiter.deadline, self._expire, direction)
+        return waiter
 
-    def _wake(self, waiters: list[Waiter]) -> None:
+    def _wake(self, direction: Direction) -> None:
         """The host says ready: settle every waiter whose call no longer blocks.
 
         The watch stays after the last waiter is settled, since the next request on this
-        socket usually waits too; a readiness that finds nobody waiting ends it (the
-        loop's watch is level-triggered, so it would fire again and again)."""
-        if not waiters:
-            self._unwatch(waiters)
-            return
-        waiters[:] = [waiter for waiter in waiters if not waiter.try_settle()]
+        socket usually waits too.  A readiness that finds nobody waiting reads what came
+        on a connected stream socket into ``pending``, once; any other such readiness
+        ends the watch (the loop's watch is level-triggered: it would fire again and
+        again)."""
+        waiters = direction.waiters
+        if waiters:
+            direction.waiters = [waiter for waiter in waiters if not self._settle(waiter)]
+        elif direction.reads and self.pending is None and self.kind == "tcp" \
+                and not self.listening:
+            self._read_ahead()
+        else:
+            self._unwatch(direction)
 
-    def _expire(self, waiters: list[Waiter], waiter: Waiter) -> None:
-        self._drop(waiters, waiter)
-        waiter.fail(posix(errno.ETIMEDOUT, f"socket {self.sid}"))
-
-    def _drop(self, waiters: list[Waiter], waiter: Waiter) -> None:
-        if waiter in waiters:
-            waiters.remove(waiter)
-            if waiter.timer is not None:
-                waiter.timer.cancel()
-
-    def _unwatch(self, waiters: list[Waiter]) -> None:
-        if id(waiters) not in self._watched:
-            return
-        self._watched.discard(id(waiters))
+    def _read_ahead(self) -> None:
         assert self.sock is not None
-        if waiters is self._readers:
+        try:
+            self.pending = self.sock.recv(self._read_size)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError as exc:
+            self.pending = exc
+        if not self.pending or isinstance(self.pending, OSError):
+            self._unwatch(self._readable)  # end of stream or an error: readable for ever
+
+    def _settle(self, waiter: Waiter) -> bool:
+        """Settle ``waiter`` if the socket is ready for it; False if it must wait on."""
+        future = waiter.future
+        if future.done():
+            return True  # cancelled: nothing to answer
+        if waiter.call is None:
+            future.set_result(None)
+            return True
+        try:
+            future.set_result(waiter.call())
+        except (BlockingIOError, InterruptedError):
+            return False
+        except Exception as exc:  # the request's answer: its error, or a bug's (EIO)
+            self._fail(waiter, exc)
+        return True
+
+    def _fail(self, waiter: Waiter, exc: Exception) -> None:
+        """Fail a waiter.  A future that is a request's answer (``call`` set) counts its
+        failure here; a coroutine's wait fails the coroutine, whose caller counts it."""
+        if not waiter.future.done():
+            if waiter.call is not None and isinstance(exc, OSError):
+                self.counters.count_failure(exc)
+            waiter.future.set_exception(exc)
+
+    def _expire(self, direction: Direction) -> None:
+        """The direction's timer: fail the waiters whose deadline passed, then set the
+        timer for the earliest of the others."""
+        direction.timer = None
+        now = self.loop.time() + TIMER_SLACK_S
+        waiters = direction.waiters
+        if any(waiter.deadline <= now for waiter in waiters):
+            direction.waiters = [waiter for waiter in waiters if waiter.deadline > now]
+            for waiter in waiters:
+                if waiter.deadline <= now:
+                    self._fail(waiter, posix(errno.ETIMEDOUT, f"socket {self.sid}"))
+        if direction.waiters:
+            earliest = min(waiter.deadline for waiter in direction.waiters)
+            direction.timer = self.loop.call_at(earliest, self._expire, direction)
+
+    def _unwatch(self, direction: Direction) -> None:
+        if not direction.watched:
+            return
+        direction.watched = False
+        assert self.sock is not None
+        if direction.reads:
             self.loop.remove_reader(self.sock.fileno())
         else:
             self.loop.remove_writer(self.sock.fileno())
+
+    def _stop(self, direction: Direction) -> None:
+        """No watch and no timer left on ``direction`` (the socket closes or leaves)."""
+        self._unwatch(direction)
+        if direction.timer is not None:
+            direction.timer.cancel()
+            direction.timer = None
 
 
 def _no_delay(sock: socket.socket) -> None:
     """Each ``net.send`` is a whole application write, already batched by the caller:
     Nagle's delay would only add a round trip to request/response traffic."""
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-
-
-class Waiter:
-    """One request waiting for a socket to be ready: a future, and the host call that
-    settles it (``None``: readiness alone settles it, for a coroutine that retries)."""
-
-    __slots__ = ("future", "call", "timer")
-
-    def __init__(self, future: asyncio.Future[Any], call: Callable[[], Any] | None) -> None:
-        self.future = future
-        self.call = call
-        self.timer: asyncio.TimerHandle | None = None
-
-    def try_settle(self) -> bool:
-        """Settle the future if the socket is ready for it; False if it must wait on."""
-        future = self.future
-        if not future.done():
-            if self.call is None:
-                future.set_result(None)
-            else:
-                try:
-                    future.set_result(self.call())
-                except (BlockingIOError, InterruptedError):
-                    return False
-                except Exception as exc:
-                    future.set_exception(exc)
-        if self.timer is not None:
-            self.timer.cancel()
-        return True
-
-    def fail(self, exc: BaseException) -> None:
-        if self.timer is not None:
-            self.timer.cancel()
-        if not self.future.done():
-            self.future.set_exception(exc)

@@ -25,7 +25,6 @@ The counters of the last :data:`RETIRED_COUNTERS` namespaces that emptied are ke
 
 from __future__ import annotations
 
-import asyncio
 import builtins
 import errno
 import functools
@@ -41,7 +40,8 @@ from kernelfarm.kernel.subsystem import (
 from kernelfarm.keys import namespace_key
 from kernelfarm.net.config import NetConfig
 from kernelfarm.net.handoff_service import HandoffService
-from kernelfarm.net.namespace import Counters, Namespace, SocketCount
+from kernelfarm.net.counters import Counters
+from kernelfarm.net.namespace import Namespace, SocketCount
 from kernelfarm.net.policy import Policy
 from kernelfarm.net.sockets import KINDS, FarmSocket
 from kernelfarm.partition import key_slot
@@ -100,10 +100,8 @@ class NetSubsystem(Subsystem):
             Method("net.listen", wrap(self.listen), key, writes=True, wants_conn=True),
             Method("net.accept", wrap(self.accept, takes_conn=True), key, is_async=True,
                    writes=True, wants_conn=True),
-            Method("net.send", wrap(self.send), key, is_async=True, writes=True,
-                   wants_conn=True),
-            Method("net.recv", wrap(self.recv), key, is_async=True, writes=True,
-                   wants_conn=True),
+            Method("net.send", self.send, key, is_async=True, writes=True, wants_conn=True),
+            Method("net.recv", self.recv, key, is_async=True, writes=True, wants_conn=True),
             Method("net.sendto", wrap(self.sendto), key, is_async=True, writes=True,
                    wants_conn=True),
             Method("net.recvfrom", wrap(self.recvfrom), key, is_async=True, writes=True,
@@ -147,13 +145,33 @@ class NetSubsystem(Subsystem):
         self._tie(conn, ns, farm_sock)
         return [farm_sock.sid, address]
 
-    def send(self, ns: str, sid: Any, data: Any, timeout: Any = None) -> int | Awaitable[int]:
-        """The data path answers at once when the host does (see ``Method.is_async``)."""
-        return self._get(ns).send(sid, _data(data), self.timeout(timeout))
+    # net.send and net.recv are the data path: each is one frame from the kernel's
+    # dispatch to the host call (the caller's socket, parameters, failures counted
+    # inline), where the other methods go through ``_accounted`` and ``_callers_socket``.
 
-    def recv(self, ns: str, sid: Any, size: Any,
+    def send(self, conn: Connection, ns: str, sid: Any, data: Any,
+             timeout: Any = None) -> int | Awaitable[int]:
+        """The count at once when the host takes everything (see ``Method.is_async``)."""
+        try:
+            if type(data) is not bytes:
+                data = _data(data)
+            wait = self.timeout(timeout)  # parameters first: EINVAL before EBADF
+            return self._callers(conn, ns, sid).send(data, wait)
+        except OSError as exc:
+            self._count_failure(ns, exc)
+            raise
+
+    def recv(self, conn: Connection, ns: str, sid: Any, size: Any,
              timeout: Any = None) -> bytes | Awaitable[bytes]:
-        return self._get(ns).recv(sid, self._size(size), self.timeout(timeout))
+        """The data at once when there is some, else a future the readiness settles."""
+        try:
+            size = min(size, self.config.max_recv_bytes) if type(size) is int and size > 0 \
+                else self._size(size)
+            wait = self.timeout(timeout)  # parameters first: EINVAL before EBADF
+            return self._callers(conn, ns, sid).recv(size, wait)
+        except OSError as exc:
+            self._count_failure(ns, exc)
+            raise
 
     async def sendto(self, ns: str, sid: Any, data: Any, host: Any, port: Any) -> int:
         return await self._get(ns).sendto(sid, _data(data), host, port, self.timeout(None))
@@ -299,6 +317,8 @@ class NetSubsystem(Subsystem):
         """A caller's timeout bounded by ``max_timeout``; none = ``default_timeout``."""
         if timeout is None:
             return min(self.config.default_timeout, self.config.max_timeout)
+        if type(timeout) is float and 0.0 <= timeout <= self.config.max_timeout:
+            return timeout  # the usual case, in one test (a NaN fails it)
         if not isinstance(timeout, (int, float)) or isinstance(timeout, bool):
             raise InvalidParameter(f"timeout must be a number of seconds, got "
                             f"{type(timeout).__name__}")
@@ -355,6 +375,26 @@ class NetSubsystem(Subsystem):
             namespace.close(farm_sock.sid)
             self._forget_if_empty(namespace)
 
+    def _callers(self, conn: Connection, ns: str, sid: Any) -> FarmSocket:
+        """Socket ``sid`` of namespace ``ns`` if the caller's tenant may use it: the
+        check of ``_callers_socket`` and the lookup, in one frame for the data path."""
+        if self._unclaimed:  # sockets moved here during live scaling, rarely
+            self._claim(conn, ns, sid)
+        namespace = self.namespaces.get(ns)
+        if namespace is not None and type(sid) is int:
+            farm_sock = namespace.sockets.get(sid)
+            if farm_sock is not None:
+                session = conn.session
+                if session.grants is None or farm_sock.tenant == session.tenant:
+                    return farm_sock
+                raise namespace.missing(sid)
+        return self._get(ns).get(sid)  # the precise error: no namespace, no such socket
+
+    def _count_failure(self, ns: Any, exc: OSError) -> None:
+        namespace = self.namespaces.get(ns) if isinstance(ns, str) else None
+        if namespace is not None:
+            namespace.counters.count_failure(exc)
+
     def _callers_socket(self, handler: Callable[..., Any], takes_conn: bool
                         ) -> Callable[..., Any]:
         """Run ``handler(ns, sid, ...)`` only on a socket of the caller's tenant: another
@@ -382,10 +422,7 @@ class NetSubsystem(Subsystem):
         The namespace is the first ``str`` parameter (``conn`` may come before it).
         """
         def count(params: tuple[Any, ...], exc: OSError) -> None:
-            name = next((p for p in params if isinstance(p, str)), None)
-            namespace = self.namespaces.get(name) if name is not None else None
-            if namespace is not None:
-                namespace.counters.count_failure(exc)
+            self._count_failure(next((p for p in params if isinstance(p, str)), None), exc)
 
         async def later(awaitable: Awaitable[Any], params: tuple[Any, ...]) -> Any:
             try:
@@ -401,22 +438,11 @@ class NetSubsystem(Subsystem):
                 return later(handler(*params), params)
             return run_async
 
-        def settled(future: asyncio.Future[Any], params: tuple[Any, ...]) -> None:
-            if not future.cancelled():
-                exc = future.exception()
-                if isinstance(exc, OSError):
-                    count(params, exc)
-
         @functools.wraps(handler)
         def run(*params: Any) -> Any:
             try:
-                result = handler(*params)
+                return handler(*params)
             except OSError as exc:
                 count(params, exc)
                 raise
-            if isinstance(result, asyncio.Future):  # a wait: count its failure when it ends
-                result.add_done_callback(lambda future: settled(future, params))
-            elif hasattr(result, "__await__"):
-                return later(result, params)
-            return result
         return run

@@ -2,8 +2,11 @@
 
 A ``net.recv`` of data already there and a ``net.send`` the host takes whole are answered
 by the handler itself (the kernel replies in the same turn, no coroutine, no task); a
-``net.recv`` that must wait gets one future that the readiness callback settles.  These
-tests use real TCP sockets on 127.0.0.1.
+``net.recv`` that must wait gets one future that the readiness callback settles.  A
+request/response exchange costs one ``recv`` system call per response: the readable
+watch stays on, data that came while nobody waited is read once and kept (``pending``),
+and a recv never asks the host while the watch says it has nothing.  These tests use
+real TCP sockets on 127.0.0.1.
 """
 
 from __future__ import annotations
@@ -12,7 +15,8 @@ import asyncio
 import errno
 import select
 import socket
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from typing import Any
 
 import pytest
 
@@ -35,6 +39,34 @@ def pair() -> Iterator[tuple[socket.socket, socket.socket]]:
 def readable(sock: socket.socket) -> None:
     ready, _, _ = select.select([sock], [], [], DEADLINE_S)
     assert ready, "no data within the deadline"
+
+
+class CountingSocket:
+    """A host socket that counts the ``recv`` system calls made on it."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+        self.recvs = 0
+
+    def recv(self, size: int) -> bytes:
+        self.recvs += 1
+        return self.sock.recv(size)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.sock, name)
+
+
+def counted(farm: FarmSocket) -> CountingSocket:
+    assert farm.sock is not None
+    counting = CountingSocket(farm.sock)
+    farm.sock = counting  # type: ignore[assignment]  # a stand-in that counts host calls
+    return counting
+
+
+async def until(condition: Callable[[], object]) -> None:
+    async with asyncio.timeout(DEADLINE_S):
+        while not condition():
+            await asyncio.sleep(0.001)
 
 
 @pytest.mark.asyncio
@@ -66,7 +98,7 @@ async def test_a_waiting_recv_is_one_future_settled_by_readiness(
     assert not second.done()  # the data went to the first waiter; the second waits on
     peer.sendall(b"two")
     assert await asyncio.wait_for(second, DEADLINE_S) == b"two"
-    assert farm._readers == []  # nobody waits: the descriptor is no longer watched
+    assert farm._readable.waiters == []
     farm.close()
 
 
@@ -80,7 +112,7 @@ async def test_a_waiting_recv_times_out_and_fails_on_close(
     assert not isinstance(late, bytes)
     with pytest.raises(TimeoutError):
         await asyncio.wait_for(late, DEADLINE_S)
-    assert farm._readers == []
+    assert farm._readable.waiters == []
     pending = farm.recv(10, DEADLINE_S)
     assert not isinstance(pending, bytes)
     farm.close()
@@ -90,23 +122,108 @@ async def test_a_waiting_recv_times_out_and_fails_on_close(
 
 
 @pytest.mark.asyncio
-async def test_the_readiness_watch_outlives_a_wait_until_nobody_waits(
+async def test_a_request_response_exchange_costs_one_recv_call_per_response(
         pair: tuple[socket.socket, socket.socket]) -> None:
-    """Request/response traffic keeps its epoll registration from one wait to the next;
-    data that arrives with nobody waiting ends the watch (it would fire forever)."""
+    """The readable watch stays on between waits, and while it is on a recv does not ask
+    the host first (which would say EAGAIN): only the first wait of the socket does."""
     ours, peer = pair
-    loop = asyncio.get_running_loop()
-    farm = FarmSocket.accepted(loop, 1, ours)
-    pending = farm.recv(10, DEADLINE_S)
-    peer.sendall(b"one")
-    assert await asyncio.wait_for(pending, DEADLINE_S) == b"one"
-    assert id(farm._readers) in farm._watched  # still watched: the next wait adds nothing
-    peer.sendall(b"two")  # nobody waits for this one
-    async with asyncio.timeout(DEADLINE_S):
-        while id(farm._readers) in farm._watched:
-            await asyncio.sleep(0.001)
-    assert farm.recv(10, DEADLINE_S) == b"two"  # the data is still there for the next call
+    farm = FarmSocket.accepted(asyncio.get_running_loop(), 1, ours)
+    host = counted(farm)
+    exchanges = 20
+    for n in range(exchanges):
+        answer = farm.recv(10, DEADLINE_S)  # asked before the peer answers: it waits
+        assert not isinstance(answer, bytes)
+        peer.sendall(b"%02d" % n)
+        assert await asyncio.wait_for(answer, DEADLINE_S) == b"%02d" % n
+    assert farm._readable.watched
+    assert host.recvs == exchanges + 1  # one per answer, and the first wait's EAGAIN
+    assert farm.bytes_in == farm.counters.bytes_in == 2 * exchanges
     farm.close()
+
+
+@pytest.mark.asyncio
+async def test_data_that_comes_while_nobody_waits_is_read_once_and_kept(
+        pair: tuple[socket.socket, socket.socket]) -> None:
+    ours, peer = pair
+    farm = FarmSocket.accepted(asyncio.get_running_loop(), 1, ours)
+    host = counted(farm)
+    waiting = farm.recv(100, DEADLINE_S)
+    peer.sendall(b"one")
+    assert await asyncio.wait_for(waiting, DEADLINE_S) == b"one"
+    calls = host.recvs
+    peer.sendall(b"hello world")  # nobody waits for this one
+    await until(lambda: farm.pending is not None)
+    assert farm.pending == b"hello world" and host.recvs == calls + 1
+    assert farm._readable.watched  # still watched: the next wait adds nothing
+    assert farm.recv(5, DEADLINE_S) == b"hello"  # a smaller recv leaves the rest
+    assert farm.recv(100, DEADLINE_S) == b" world"
+    assert host.recvs == calls + 1  # both answered from what was read: no system call
+    assert farm.bytes_in == farm.counters.bytes_in == len(b"onehello world")
+    farm.close()
+
+
+@pytest.mark.asyncio
+async def test_a_client_that_does_not_read_makes_the_kernel_hold_one_read(
+        pair: tuple[socket.socket, socket.socket]) -> None:
+    """More data while something is pending stops the watch: it stays in the host's
+    buffer (the peer's backpressure), nothing is lost and all of it comes in order."""
+    ours, peer = pair
+    farm = FarmSocket.accepted(asyncio.get_running_loop(), 1, ours)
+    waiting = farm.recv(4, DEADLINE_S)
+    peer.sendall(b"0000")
+    assert await asyncio.wait_for(waiting, DEADLINE_S) == b"0000"
+    peer.sendall(b"1111")
+    await until(lambda: farm.pending is not None)
+    peer.sendall(b"2222")
+    await until(lambda: not farm._readable.watched)
+    assert farm.pending == b"1111"  # one read of the last recv's size, no more
+    got = b""
+    while len(got) < 8:
+        part = farm.recv(4, DEADLINE_S)
+        got += part if isinstance(part, bytes) else await asyncio.wait_for(part, DEADLINE_S)
+    assert got == b"11112222"
+    farm.close()
+
+
+@pytest.mark.asyncio
+async def test_end_of_stream_while_nobody_waits_is_kept_and_ends_the_watch(
+        pair: tuple[socket.socket, socket.socket]) -> None:
+    ours, peer = pair
+    farm = FarmSocket.accepted(asyncio.get_running_loop(), 1, ours)
+    waiting = farm.recv(10, DEADLINE_S)
+    peer.sendall(b"last")
+    assert await asyncio.wait_for(waiting, DEADLINE_S) == b"last"
+    peer.shutdown(socket.SHUT_WR)
+    await until(lambda: not farm._readable.watched)  # a readable EOF would fire for ever
+    assert farm.pending == b""
+    assert farm.recv(10, DEADLINE_S) == b""
+    assert farm.recv(10, DEADLINE_S) == b""  # and the host says so again
+    farm.close()
+
+
+@pytest.mark.asyncio
+async def test_a_socket_keeps_one_timer_for_its_earliest_deadline(
+        pair: tuple[socket.socket, socket.socket]) -> None:
+    ours, peer = pair
+    farm = FarmSocket.accepted(asyncio.get_running_loop(), 1, ours)
+    patient = farm.recv(10, DEADLINE_S)
+    timer = farm._readable.timer
+    hasty = farm.recv(10, 0.05)
+    assert farm._readable.timer is not timer  # an earlier deadline: the timer moved up
+    with pytest.raises(TimeoutError):
+        await asyncio.wait_for(hasty, DEADLINE_S)
+    assert not isinstance(patient, bytes) and not patient.done()  # its deadline is later
+    assert farm._readable.timer is not None  # set again, for the patient one
+    timer = farm._readable.timer
+    peer.sendall(b"late")
+    assert await asyncio.wait_for(patient, DEADLINE_S) == b"late"
+    again = farm.recv(10, DEADLINE_S)  # a later deadline than the timer's: no new timer
+    assert farm._readable.timer is timer
+    assert farm.counters.errors == 1  # the one that timed out
+    farm.close()
+    assert farm._readable.timer is None
+    with pytest.raises(OSError):
+        await asyncio.wait_for(again, DEADLINE_S)
 
 
 @pytest.mark.asyncio
@@ -120,10 +237,28 @@ async def test_detaching_a_socket_ends_a_watch_that_outlived_its_waiters(
     peer.sendall(b"one")
     assert await asyncio.wait_for(pending, DEADLINE_S) == b"one"
     sock = farm.detach()
-    assert farm._watched == set()
+    assert not farm._readable.watched and farm._readable.timer is None
     got: asyncio.Future[bytes] = loop.create_future()
     loop.add_reader(sock.fileno(), lambda: got.done() or got.set_result(sock.recv(10)))
     peer.sendall(b"two")
     assert await asyncio.wait_for(got, DEADLINE_S) == b"two"  # the new owner reads it
     loop.remove_reader(sock.fileno())
+    farm.close()
+
+
+@pytest.mark.asyncio
+async def test_a_socket_holding_data_no_recv_took_is_not_detached(
+        pair: tuple[socket.socket, socket.socket]) -> None:
+    """A relay would never forward what the kernel already read: refuse, lose nothing."""
+    ours, peer = pair
+    farm = FarmSocket.accepted(asyncio.get_running_loop(), 1, ours)
+    waiting = farm.recv(10, DEADLINE_S)
+    peer.sendall(b"one")
+    assert await asyncio.wait_for(waiting, DEADLINE_S) == b"one"
+    peer.sendall(b"two")
+    await until(lambda: farm.pending is not None)
+    with pytest.raises(OSError) as info:
+        farm.detach()
+    assert info.value.errno == errno.EBUSY
+    assert farm.recv(10, DEADLINE_S) == b"two"
     farm.close()

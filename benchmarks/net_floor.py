@@ -1,0 +1,215 @@
+"""The floor of a net-echo round trip: what a plain Python process pays for send + recv.
+
+A kernel's ``net.send`` + ``net.recv`` round trip makes two host socket calls, and on
+loopback the ``send`` also runs the peer's TCP receive path on the sender's core (system
+time).  This script measures that floor on this machine, side by side in one run with the
+kernel (issue 14's goal is <= 8 us of kernel CPU per round trip):
+
+    floor-sock      plain uvloop, ``add_reader`` per socket; readiness -> ``sock.recv`` then
+                    ``sock.send`` of the next 64 bytes: the kernel's two system calls and
+                    nothing else (no RPC, no namespaces)
+    floor-transport uvloop's C transports (``Protocol.data_received`` -> ``write``): the
+                    same system calls driven from C, the least Python can pay
+    kernel          one kernel (``serve --kernels 1``), the load generator's net-echo
+                    (``net.send`` + ``net.recv``, :mod:`benchmarks.peers`'s shape)
+
+Every row has the same number of sockets open to the same host byte echo, one round trip
+in flight each; the server (floor process or kernel) is pinned to ``--server-core``, the
+echo peer and the load to ``--load-core``.  CPU per round trip is user and system time of
+the server process over the window (``getrusage`` in the floor, psutil for the kernel).
+
+    python benchmarks/net_floor.py [--duration 3] [--rounds 2] [--sockets 800] [--out DIR]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import resource
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, cast
+
+import psutil
+import uvloop
+from rich.console import Console
+from rich.table import Table
+
+from kernelfarm.bench.echo import running_echo
+from kernelfarm.bench.loadgen import run_load
+from kernelfarm.bench.runner import machine
+from kernelfarm.bench.systems import running_farm
+from kernelfarm.bench.workloads import ECHO_PAYLOAD
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import peers  # noqa: E402  # the kernel row is peers.py's net-echo, shape and all
+
+RESULTS_DIR = Path(__file__).resolve().parent / "results"
+FLOORS = ("floor-sock", "floor-transport")
+CHILD_TIMEOUT_S = 120.0
+
+
+# -- the floor process ----------------------------------------------------------------------
+
+class Counter:
+    def __init__(self) -> None:
+        self.round_trips = 0
+
+
+def _sock_floor(loop: asyncio.AbstractEventLoop, socks: list[socket.socket],
+                counter: Counter) -> None:
+    """Readiness -> recv -> send, per socket: the kernel's two calls, nothing else."""
+    payload = ECHO_PAYLOAD
+    size = 2 * len(payload)
+
+    def ready(sock: socket.socket) -> None:
+        try:
+            sock.recv(size)
+        except BlockingIOError:
+            return
+        counter.round_trips += 1
+        sock.send(payload)
+
+    for sock in socks:
+        loop.add_reader(sock.fileno(), ready, sock)
+        sock.send(payload)
+
+
+class _EchoClient(asyncio.Protocol):
+    def __init__(self, counter: Counter) -> None:
+        self.counter = counter
+        self.transport: asyncio.Transport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.Transport, transport)
+
+    def data_received(self, data: bytes) -> None:
+        self.counter.round_trips += 1
+        assert self.transport is not None
+        self.transport.write(ECHO_PAYLOAD)
+
+
+async def _floor(kind: str, port: int, sockets: int, warmup: float,
+                 duration: float) -> dict[str, Any]:
+    loop = asyncio.get_running_loop()
+    counter = Counter()
+    socks = []
+    for _ in range(sockets):
+        sock = socket.create_connection(("127.0.0.1", port))
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        sock.setblocking(False)
+        socks.append(sock)
+    if kind == "floor-sock":
+        _sock_floor(loop, socks, counter)
+    else:
+        for sock in socks:
+            _, protocol = await loop.connect_accepted_socket(lambda: _EchoClient(counter),
+                                                             sock)
+            cast(_EchoClient, protocol).data_received(b"")  # the first request
+    await asyncio.sleep(warmup)
+    before, start, began = counter.round_trips, resource.getrusage(resource.RUSAGE_SELF), \
+        time.perf_counter()
+    await asyncio.sleep(duration)
+    end, elapsed = resource.getrusage(resource.RUSAGE_SELF), time.perf_counter() - began
+    trips = counter.round_trips - before
+    return {"name": kind, "round_trips": trips, "round_trips_per_s": trips / elapsed,
+            "user_us": (end.ru_utime - start.ru_utime) / max(trips, 1) * 1e6,
+            "system_us": (end.ru_stime - start.ru_stime) / max(trips, 1) * 1e6}
+
+
+def floor_row(kind: str, port: int, args: argparse.Namespace) -> dict[str, Any]:
+    """One floor process, pinned to the server core, for warm-up + duration."""
+    out = subprocess.run(
+        [sys.executable, __file__, "--child", kind, "--port", str(port),
+         "--sockets", str(args.sockets), "--warmup", str(args.warmup),
+         "--duration", str(args.duration), "--server-core", str(args.server_core)],
+        check=True, capture_output=True, text=True, timeout=CHILD_TIMEOUT_S).stdout
+    row: dict[str, Any] = json.loads(out)
+    row["cpu_us"] = row["user_us"] + row["system_us"]
+    return row
+
+
+# -- the kernel ------------------------------------------------------------------------------
+
+def kernel_row(farm: Any, peer: Any, kernel: psutil.Process,
+               args: argparse.Namespace) -> dict[str, Any]:
+    """peers.py's net-echo, with the kernel's user and system time kept apart."""
+    plans, per, cleanup = peers.workload("net-echo", farm, peer.address, args)
+    times: list[Any] = []
+    try:
+        result = run_load(plans, duration_s=args.duration, warmup_s=args.warmup,
+                          processes=args.load_processes, cores=[args.load_core],
+                          on_window_start=lambda: times.append(kernel.cpu_times()),
+                          on_window_end=lambda: times.append(kernel.cpu_times()))
+    finally:
+        cleanup()
+    trips = max(result.ops // per, 1)
+    user = (times[1].user - times[0].user) / trips * 1e6
+    system = (times[1].system - times[0].system) / trips * 1e6
+    return {"name": "kernel", "round_trips": trips,
+            "round_trips_per_s": result.ops_per_s / per, "user_us": user,
+            "system_us": system, "cpu_us": user + system, "errors": result.errors}
+
+
+def one_round(args: argparse.Namespace) -> list[dict[str, Any]]:
+    with tempfile.TemporaryDirectory(prefix="kernelfarm-netfloor-") as where, \
+            running_echo("bytes", cpu=args.load_core) as peer:
+        rows = [floor_row(kind, peer.address[1], args) for kind in FLOORS]
+        with running_farm(["--kernels", "1"], Path(where), "always") as farm:
+            kernel = psutil.Process(farm.server_pids[0]).children()[0]
+            rows.append(kernel_row(farm, peer, kernel, args))
+    return rows
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--duration", type=float, default=3.0)
+    parser.add_argument("--warmup", type=float, default=0.5)
+    parser.add_argument("--rounds", type=int, default=1)
+    parser.add_argument("--sockets", type=int, default=800,
+                        help="open sockets, one round trip in flight each (peers: 50 x 16)")
+    parser.add_argument("--load-processes", type=int, default=2)
+    parser.add_argument("--server-core", type=int, default=0)
+    parser.add_argument("--load-core", type=int, default=1)
+    parser.add_argument("--out", type=Path, default=RESULTS_DIR)
+    parser.add_argument("--child", choices=FLOORS, help=argparse.SUPPRESS)
+    parser.add_argument("--port", type=int, help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.child:
+        psutil.Process().cpu_affinity([args.server_core])
+        print(json.dumps(uvloop.run(_floor(args.child, args.port, args.sockets,
+                                           args.warmup, args.duration))))
+        return 0
+    # peers.workload spreads the sockets as connections x depth
+    args.connections, args.depth = args.sockets // 16, 16
+    host = machine()
+    rounds = [one_round(args) for _ in range(args.rounds)]
+    host["load_average_at_end"] = [round(x, 2) for x in psutil.getloadavg()]
+    table = Table(title=f"net-echo round trip, {args.sockets} sockets, CPU µs per round trip")
+    for column in ("round", "server", "round trips/s", "user µs", "system µs", "CPU µs",
+                   "÷ floor-sock"):
+        table.add_column(column, justify="left" if column == "server" else "right")
+    for index, rows in enumerate(rounds, 1):
+        floor = rows[0]["cpu_us"]
+        for row in rows:
+            row["vs_floor_sock"] = row["cpu_us"] / floor
+            table.add_row(str(index), row["name"], f"{row['round_trips_per_s']:,.0f}",
+                          f"{row['user_us']:.2f}", f"{row['system_us']:.2f}",
+                          f"{row['cpu_us']:.2f}", f"{row['vs_floor_sock']:.2f}")
+    Console(width=120).print(table)
+    args.out.mkdir(parents=True, exist_ok=True)
+    options = {k: v for k, v in vars(args).items() if k not in ("out", "child", "port")}
+    (args.out / "net_floor.json").write_text(json.dumps(
+        {"benchmark": "net_floor", "machine": host, "options": options, "rounds": rounds},
+        indent=2) + "\n")
+    print(f"results: {args.out}/net_floor.json")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
