@@ -174,8 +174,10 @@ class HandoffService:
                 raise Moved(f"namespace {ns!r} moved while connecting", slot=key_slot(ns))
         except BaseException as exc:
             client.close()
-            if namespace is not None and isinstance(exc, OSError):
-                namespace.counters.count_failure(exc)
+            if namespace is not None:
+                if isinstance(exc, OSError):
+                    namespace.counters.count_failure(exc)
+                self.net.forget_if_empty(namespace)  # opened for this hand-off alone
             raise
         relay = Relay(namespace.loop, client, upstream,
                       RelayState(farm_sock.sid, to_upstream=early, to_client=first,

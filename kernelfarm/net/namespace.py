@@ -12,7 +12,7 @@ import asyncio
 import errno
 import ipaddress
 import secrets
-from typing import Any
+from typing import Any, Callable
 
 from kernelfarm.errors import InvalidParameter, posix
 from kernelfarm.net.counters import Counters
@@ -51,6 +51,9 @@ class Namespace:
         """Connections handed to this kernel and relayed in its loop (see ``relay``); each
         counts as one socket of the namespace."""
         self.counters = counters or Counters()
+        self.on_empty: Callable[[Namespace], None] | None = None
+        """Told when the last relay ends and no socket is left (a namespace made by a
+        SOCKS hand-off holds only relays): the subsystem then frees the namespace."""
 
     def _check_room(self) -> None:
         if len(self.sockets) + len(self.relays) >= self.max_sockets:
@@ -159,6 +162,8 @@ class Namespace:
 
     def _relay_closed(self, relay: Relay) -> None:
         self.relays.pop(relay.sid, None)
+        if self.on_empty is not None and not self.relays and not self.sockets:
+            self.on_empty(self)
 
     def take_relays(self) -> list[Relay]:
         """Park and detach every relay (its namespace is leaving this kernel)."""

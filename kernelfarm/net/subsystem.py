@@ -122,7 +122,7 @@ class NetSubsystem(Subsystem):
         try:
             farm_sock = namespace.open(kind)
         except OSError:
-            self._forget_if_empty(namespace)
+            self.forget_if_empty(namespace)
             raise
         farm_sock.tenant = conn.session.tenant
         self._tie(conn, ns, farm_sock)
@@ -189,7 +189,7 @@ class NetSubsystem(Subsystem):
         namespace = self._get(ns)
         self._untie(ns, namespace.get(sid))
         namespace.close(sid)
-        self._forget_if_empty(namespace)
+        self.forget_if_empty(namespace)
 
     def keep(self, ns: str, sid: Any) -> None:
         farm_sock = self._get(ns).get(sid)
@@ -277,13 +277,16 @@ class NetSubsystem(Subsystem):
             raise InvalidParameter(f"namespace names are 1..{MAX_NAMESPACE_LENGTH} characters")
         namespace = Namespace(name, self.ctx.loop, self.policy, self.config.max_sockets,
                               self.kernel_sockets, self._retired.pop(name, None))
+        namespace.on_empty = self.forget_if_empty
         self.namespaces[name] = namespace
         self._by_slot.setdefault(key_slot(name), set()).add(name)
         return namespace
 
-    def _forget_if_empty(self, namespace: Namespace) -> None:
-        """A namespace holding no socket is dropped, counters and all: net state stays
-        bounded by the sockets held, however many names clients use once."""
+    def forget_if_empty(self, namespace: Namespace) -> None:
+        """A namespace holding no socket and no relay is dropped, counters and all: net
+        state stays bounded by the sockets held, however many names clients use once.
+        Called when a socket closes, when a relay ends (``Namespace.on_empty``), and when
+        a hand-off fails to connect."""
         if namespace.sockets or namespace.relays \
                 or self.namespaces.get(namespace.name) is not namespace:
             return
@@ -352,7 +355,7 @@ class NetSubsystem(Subsystem):
             if namespace is not None and sid in namespace.sockets:
                 namespace.sockets[sid].owner = None
                 namespace.close(sid)
-                self._forget_if_empty(namespace)
+                self.forget_if_empty(namespace)
 
     def _claim(self, conn: Connection, ns: Any, sid: Any) -> None:
         """Tie a moved socket to the first connection of its tenant that names it."""
@@ -373,7 +376,7 @@ class NetSubsystem(Subsystem):
         namespace = self.namespaces.get(ns)
         if namespace is not None and namespace.sockets.get(farm_sock.sid) is farm_sock:
             namespace.close(farm_sock.sid)
-            self._forget_if_empty(namespace)
+            self.forget_if_empty(namespace)
 
     def _callers(self, conn: Connection, ns: str, sid: Any) -> FarmSocket:
         """Socket ``sid`` of namespace ``ns`` if the caller's tenant may use it: the

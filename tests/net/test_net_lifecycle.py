@@ -221,3 +221,33 @@ async def test_stats_and_close_of_the_subsystem(make_net: Any) -> None:
         peer.close()
     assert harness.net.stats()["sockets"] == 0
     assert (await net.stats("nobody"))["sockets_open"] == 0
+
+
+@pytest.mark.asyncio
+async def test_a_namespace_of_relays_only_is_freed_with_its_last_relay(make_net: Any) -> None:
+    """A SOCKS hand-off leaves a namespace holding a relay and no socket: when the relay
+    ends, the namespace goes too (as one whose last socket closed).  A hand-off whose
+    connect fails leaves nothing behind either."""
+    harness = make_net()
+    net = harness.net
+    with plain_listener("127.0.0.1") as server:
+        host, port = server.getsockname()
+        front, handed = socket.socketpair()
+        await net.handoff.relay({"ns": "relayed", "host": host, "port": port},
+                                handed.detach())
+        upstream, _ = server.accept()  # connected before relay() returned
+        assert set(net.namespaces) == {"relayed"}
+        assert net.stats()["relays"] == 1 and net.kernel_sockets.open == 0
+        front.close()
+        upstream.close()
+        async with asyncio.timeout(5):
+            while net.namespaces:
+                await asyncio.sleep(0.005)
+        assert net.stats()["namespaces"] == net.stats()["relays"] == 0
+        assert (await harness.client().stats("relayed"))["sockets_open"] == 0
+    front, handed = socket.socketpair()
+    with pytest.raises(ConnectionRefusedError):
+        await net.handoff.relay({"ns": "refused", "host": host, "port": port},
+                                handed.detach())  # the listener is closed: refused
+    front.close()
+    assert net.namespaces == {}
