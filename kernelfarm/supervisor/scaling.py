@@ -156,6 +156,14 @@ class Scaler:
                     if kid not in original and sup.table is not None \
                             and not sup.table.counts().get(kid):
                         await sup.remove_kernel(kid)
+        except asyncio.CancelledError:
+            # Only abort() cancels the driver (and, last of all, the supervisor's exit):
+            # say where the scale stopped, before any kernel is asked to stop.
+            progress = self.progress or {}
+            log.info("scale stopped: the supervisor is stopping (%d kernels, %d of %d slots "
+                     "moved in this step)", len(sup.kernels), progress.get("slots_moved", 0),
+                     progress.get("slots_total", 0))
+            raise
         finally:
             self.progress = None
             self.target = None

@@ -5,6 +5,7 @@ it, and ``fs rm -r /`` is refused."""
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -87,7 +88,11 @@ def test_a_new_scale_call_retargets_the_running_one(tmp_path: Path) -> None:
         assert sorted(owners(cluster).values()) == [NSLOTS // 2, NSLOTS // 2]
 
 
-def test_sigterm_during_a_scale_stops_promptly(tmp_path: Path) -> None:
+def test_sigterm_during_a_scale_stops_the_scale_first(tmp_path: Path) -> None:
+    """SIGTERM ends the scale before anything else stops: its driver is aborted (and says
+    so) before the first kernel is asked to stop.  The process exiting promptly is not
+    enough to show it: the supervisor's tasks are all cancelled at the very end anyway,
+    so without the abort the scale ran on while its kernels were being stopped."""
     config = "[supervisor]\nscale_batch_slots = 1\nmax_kernels = 6\n"
     with start_farm(tmp_path, 1, config_text=config) as farm:
         assert "at most 6" in cli(farm, "scale", "7").stderr  # the configured limit
@@ -97,7 +102,17 @@ def test_sigterm_during_a_scale_stops_promptly(tmp_path: Path) -> None:
         farm.proc.send_signal(signal.SIGTERM)
         farm.proc.wait(timeout=30)
         elapsed = time.monotonic() - started
-        assert elapsed < 8.0 and farm.proc.returncode == 0, (elapsed, farm.log()[-3000:])
+        log = farm.log()
+        assert elapsed < 8.0 and farm.proc.returncode == 0, (elapsed, log[-3000:])
+    lines = log.splitlines()
+    signalled = next(i for i, line in enumerate(lines) if "received SIGTERM" in line)
+    stopped = [i for i, line in enumerate(lines) if "scale stopped: the supervisor is "
+               "stopping" in line]
+    kernels_stopping = [i for i, line in enumerate(lines) if i > signalled
+                        and re.search(r"kernel \d+ stopping", line)]
+    assert len(stopped) == 1 and kernels_stopping, log[-3000:]
+    assert signalled < stopped[0] < kernels_stopping[0], log[-3000:]
+    assert "scaled 1 -> " not in log  # the scale never finished
 
 
 def test_rm_r_of_the_root_is_refused(tmp_path: Path) -> None:
