@@ -160,7 +160,8 @@ class Kernel:
         ops = self.ops
         ops[method] = ops.get(method, 0) + 1
         if entry.is_async and hasattr(result, "__await__"):
-            conn.start_call(msgid, result)
+            bound = entry.reply_bytes
+            conn.start_call(msgid, result, bound(params) if bound is not None else 0)
             return None
         return [1, msgid, None, result]
 

@@ -41,6 +41,11 @@ class Method:
     and every net call that opens, moves data through or closes a socket (``net.recv``
     too: it consumes what it reads).  While a slot migrates they get ``TRYAGAIN``; the
     others (``fs.stat``, ``net.stats``...) keep serving.
+
+    ``reply_bytes`` gives, from a waiting call's params, the most bytes of data its reply
+    may carry (a ``net.recv``'s max).  The connection reserves them in its write buffer
+    from when the call starts waiting until its reply is written, so replies still being
+    produced count against ``rpc.write_buffer_bytes`` like those already queued.
     """
 
     name: str
@@ -49,6 +54,7 @@ class Method:
     is_async: bool = False
     writes: bool = False
     wants_conn: bool = False
+    reply_bytes: Callable[[Sequence[Any]], int] | None = None
 
 
 def with_conn_first(wrapper: Callable[..., Any], handler: Callable[..., Any]

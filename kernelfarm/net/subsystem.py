@@ -31,6 +31,7 @@ import functools
 import inspect
 import math
 from collections import OrderedDict
+from collections.abc import Sequence
 from typing import Any, Awaitable, Callable
 
 from kernelfarm.errors import InvalidParameter, posix, preview
@@ -101,11 +102,12 @@ class NetSubsystem(Subsystem):
             Method("net.accept", wrap(self.accept, takes_conn=True), key, is_async=True,
                    writes=True, wants_conn=True),
             Method("net.send", self.send, key, is_async=True, writes=True, wants_conn=True),
-            Method("net.recv", self.recv, key, is_async=True, writes=True, wants_conn=True),
+            Method("net.recv", self.recv, key, is_async=True, writes=True, wants_conn=True,
+                   reply_bytes=self.reply_bound),
             Method("net.sendto", wrap(self.sendto), key, is_async=True, writes=True,
                    wants_conn=True),
             Method("net.recvfrom", wrap(self.recvfrom), key, is_async=True, writes=True,
-                   wants_conn=True),
+                   wants_conn=True, reply_bytes=self.reply_bound),
             Method("net.shutdown", wrap(self.shutdown), key, writes=True, wants_conn=True),
             Method("net.close", wrap(self.close_socket), key, writes=True, wants_conn=True),
             Method("net.keep", wrap(self.keep), key, writes=True, wants_conn=True),
@@ -328,6 +330,14 @@ class NetSubsystem(Subsystem):
         if not timeout >= 0 or math.isinf(timeout):
             raise InvalidParameter(f"timeout must be finite and >= 0, got {timeout}")
         return min(float(timeout), self.config.max_timeout)
+
+    def reply_bound(self, params: Sequence[Any]) -> int:
+        """The most data a waiting ``net.recv``/``net.recvfrom`` may answer with: its max
+        (``params[2]``), cut to ``net.max_recv_bytes`` (0 for a max it will refuse)."""
+        size = params[2] if len(params) > 2 else None
+        if type(size) is not int or size < 1:
+            return 0
+        return min(size, self.config.max_recv_bytes)
 
     def _size(self, size: Any) -> int:
         return min(_int(size, "max", 1, 2**63 - 1), self.config.max_recv_bytes)

@@ -229,7 +229,9 @@ class ServerStream:
         """Decode and dispatch buffered requests until input runs out or a bound is hit.
 
         ``room`` is how many more calls may wait (``handle`` returned ``None``); ``budget``
-        how many bytes of results may still be produced before the batch stops.
+        how many bytes of results may still be produced before the batch stops.  A call
+        that starts waiting counts what it reserved for its reply (``conn.reserved``
+        grows by it, see ``ServerConnection.start_call``) as produced.
         """
         batch = Batch()
         replies = batch.replies
@@ -238,6 +240,7 @@ class ServerStream:
         limit = self.max_message_bytes
         start = self._start
         produced = 0
+        reserved = conn.reserved
         while room > 0 and produced < budget:
             try:
                 obj = next(unpacker)
@@ -264,6 +267,8 @@ class ServerStream:
                     reply = [1, obj[1], internal_error(exc), None]
                 if reply is None:
                     room -= 1
+                    produced += conn.reserved - reserved
+                    reserved = conn.reserved
                 else:
                     replies.append(reply)
                     result = reply[3]

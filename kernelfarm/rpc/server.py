@@ -8,9 +8,11 @@ decides what a request means (:class:`Service`).
 
 Every resource a connection can make the server spend is bounded and accounted here:
 
-- reply bytes queued in the transport or being produced by the current batch: over
+- reply bytes queued in the transport, being produced by the current batch, or reserved
+  by waiting calls (a ``net.recv`` reserves its max until its reply is written): over
   ``write_buffer_bytes`` the connection stops reading and starts no new request until the
-  client has read enough (a client that pipelines reads of big files and never reads);
+  client has read enough or the waiting calls answered (a client that pipelines reads of
+  big files, or recvs of big sockets, and never reads);
 - requests in flight (``max_inflight``): reading stops until one finishes;
 - malformed messages: a few are answered, then one error notification and the connection
   is closed (a flood of nil bytes costs a few replies, not one per byte);
@@ -96,6 +98,10 @@ class ServerConnection(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self.peer: Any = None
         self.inflight = 0
+        self.reserved = 0
+        """Reply bytes promised to waiting calls (:meth:`start_call`) until their replies
+        are written; :class:`ServerStream` counts a new one as produced by its batch."""
+        self._releasing = 0
         self.closed = False
         self._stream = ServerStream(max_message_bytes)
         self.session: Any = None
@@ -178,12 +184,15 @@ class ServerConnection(asyncio.Protocol):
         else:
             self._close_callbacks.append(callback)
 
-    def start_call(self, msgid: int, awaitable: Awaitable[Any]) -> None:
-        """Serve a waiting call in its own task; its reply may overtake earlier ones."""
+    def start_call(self, msgid: int, awaitable: Awaitable[Any], reserve: int = 0) -> None:
+        """Serve a waiting call in its own task; its reply may overtake earlier ones.
+        ``reserve``: the most bytes its reply may carry, held in the write buffer's
+        account until the reply is written."""
         task = asyncio.ensure_future(awaitable)
         self.inflight += 1
+        self.reserved += reserve
         self._tasks.add(task)
-        task.add_done_callback(lambda t: self._finish_call(msgid, t))
+        task.add_done_callback(lambda t: self._finish_call(msgid, reserve, t))
 
     def write(self, data: bytes) -> None:
         if not self.closed and self.transport is not None:
@@ -203,10 +212,15 @@ class ServerConnection(asyncio.Protocol):
         if self._done or transport is None:
             return
         room = self.max_inflight - self.inflight
-        if not self._writing_paused and room > 0:
+        budget = self.write_buffer_bytes - transport.get_write_buffer_size() - self.reserved
+        if budget <= 0 and self.reserved:
+            # Waiting calls hold the room; each gives its share back when its reply is
+            # written (_send_finished), and serving resumes then.
+            self._backlog = True
+        elif not self._writing_paused and room > 0:
             # At least one byte of budget: a connection not paused always makes progress,
             # and the transport pauses it as soon as its buffer goes over the bound.
-            budget = max(1, self.write_buffer_bytes - transport.get_write_buffer_size())
+            budget = max(1, budget)
             started = perf_counter()
             batch = self._stream.serve(self.service.handle, self, room, budget)
             if batch.replies:
@@ -246,10 +260,11 @@ class ServerConnection(asyncio.Protocol):
         self.meter.bytes_out += len(data)
         self.service.send(self, data)
 
-    def _finish_call(self, msgid: int, task: asyncio.Task[Any]) -> None:
+    def _finish_call(self, msgid: int, reserve: int, task: asyncio.Task[Any]) -> None:
         self._tasks.discard(task)
         self.inflight -= 1
         if self.closed or task.cancelled():
+            self.reserved -= reserve
             return
         exc = task.exception()
         if exc is None:
@@ -258,15 +273,20 @@ class ServerConnection(asyncio.Protocol):
             reply = [1, msgid, self.service.fault(exc), None]
         finished = self._finished
         finished.append(reply)
+        self._releasing += reserve
         if len(finished) == 1:
             asyncio.get_running_loop().call_soon(self._send_finished)
-        if self._reading_paused:
-            self._process()  # messages left buffered when the limit was hit
 
     def _send_finished(self) -> None:
         finished, self._finished = self._finished, []
         if not self.closed:
             self._send_replies(finished)
+        # Written (or held for the group commit, one turn): the transport's buffer
+        # counts these replies now, so their reservations go.
+        self.reserved -= self._releasing
+        self._releasing = 0
+        if self._reading_paused:
+            self._process()  # messages left buffered when a bound was hit
 
     def _update_reading(self) -> None:
         if self.transport is None or self.closed:

@@ -7,6 +7,7 @@ nested a thousand deep.  After each, the same kernel (same pid) still serves oth
 
 from __future__ import annotations
 
+import contextlib
 import socket
 from typing import Iterator
 
@@ -95,6 +96,66 @@ def test_unread_pipelined_reads_stop_at_the_write_buffer(
     assert all(r[2] is None and len(r[3]) == MiB for r in replies)
     victim.close()
     writer.close()
+
+
+def test_unread_waiting_recvs_reserve_their_replies_in_the_write_buffer(
+        farm: Farm, addr: tuple[str, int]) -> None:
+    """256 pipelined ``net.recv`` of up to 1 MiB, all waiting for data, on a connection
+    that never reads: each reserves its max in the write buffer when it starts waiting,
+    so only the few that fit start, and the kernel stops reading the socket once their
+    replies fill the buffer -- instead of 256 waiting recvs turning 256 MiB of incoming
+    data into replies nobody reads (measured without the reservation: all 256 started,
+    about 200 MiB taken in, the kernel 180-200 MiB larger)."""
+    writer, victim = Peer(addr), Peer(addr)
+    victim.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 64 * 1024)
+    with contextlib.ExitStack() as closing:
+        closing.callback(writer.close)
+        closing.callback(victim.close)
+        with socket.create_server(("127.0.0.1", 0)) as server:
+            sid = victim.call(1, "net.socket", "waits", "tcp")[3]
+            reply = victim.call(2, "net.connect", "waits", sid, *server.getsockname())
+            assert reply[2] is None, reply
+            upstream, _ = server.accept()
+        closing.callback(upstream.close)
+        kernel = kernel_process(farm)
+        before = kernel.memory_info().rss
+        victim.send(b"".join(msgpack.packb([0, 100 + i, "net.recv", ["waits", sid, MiB, 60]])
+                             for i in range(256)))
+        upstream.setblocking(False)
+        chunk = b"d" * MiB
+        pumped = [0]
+
+        def pump() -> int:
+            """Push data at the kernel until its socket takes no more (320 MiB at most)."""
+            while pumped[0] < 320 * MiB:
+                try:
+                    pumped[0] += upstream.send(chunk)
+                except BlockingIOError:
+                    break
+            return pumped[0]
+
+        def recvs_started() -> int:
+            return int(writer.call(3, "kernel.stats")[3]["ops"].get("net.recv", 0))
+
+        # Settled: three looks in a row with no more data taken and no recv started.
+        looks = [(pump(), recvs_started())] * 2
+
+        def settled() -> bool:
+            looks.append((pump(), recvs_started()))
+            return looks[-1][1] > 0 and looks[-1] == looks[-2] == looks[-3]
+        wait_until(settled, what="the kernel to stop reading the upstream socket")
+        grown = kernel.memory_info().rss - before
+        started = looks[-1][1]
+        assert started < 32, looks  # 4 MiB of room for 1 MiB replies, and those answered
+        assert grown < 48 * MiB, (grown, looks)
+        assert pumped[0] < 64 * MiB, looks
+        # Nothing was lost: at end of stream every recv answers, and together the
+        # replies carry every byte that went in.
+        upstream.shutdown(socket.SHUT_WR)
+        replies = [victim.next_message() for _ in range(256)]
+        assert sorted(r[1] for r in replies) == list(range(100, 356))
+        assert all(r[2] is None for r in replies), [r[2] for r in replies if r[2]][:3]
+        assert sum(len(r[3]) for r in replies) == pumped[0]
 
 
 def test_connections_over_the_limit_are_refused_and_writes_go_on(
