@@ -14,7 +14,10 @@ Requests (``op``):
 - ``relay`` ``ns, token, host, port, first, early`` + one fd: connect out from the
   namespace (after the kernel's own credential and policy checks), write ``first`` to the
   handed-over connection, send ``early`` upstream, then relay both ways.  The reply carries
-  ``sid`` and ``local`` (the outgoing socket's address).
+  ``sid`` and ``local`` (the outgoing socket's address).  ``first`` is bytes, or a map
+  ``{"ipv4": prefix, "ipv6": prefix}``: the prefix of the outgoing socket's family
+  followed by its local address and port in network byte order (4 or 16 bytes, then 2),
+  for a front-end whose first answer names the bound address (SOCKS's BND.ADDR).
 - ``adopt`` (kernel to kernel only, during live scaling) + two fds: a relay whose namespace
   moved, with the bytes it held in flight; no reply (the sender has already let go).
 - ``adopt_socket`` (kernel to kernel only) + its host socket's fd, or none for a socket
@@ -39,6 +42,9 @@ MAX_PACKET = 1024 * 1024
 """Largest hand-off packet; an ``adopt`` carries at most two relay chunks of data."""
 
 MAX_FDS = 2
+
+MAX_PREFIX = 64
+"""Longest prefix of a ``first`` that names the bound address."""
 
 RELAY_ERRORS_RETRYABLE = frozenset({"MOVED", "TRYAGAIN"})
 """Reply codes that mean "ask the current owner": refresh ``cluster.map`` and retry."""

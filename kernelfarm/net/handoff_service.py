@@ -74,6 +74,28 @@ def _field(message: dict[str, Any], name: str, kind: type) -> Any:
     return value
 
 
+def _first(message: dict[str, Any]) -> bytes | dict[str, bytes]:
+    """``first``: bytes, or the prefixes of an answer naming the bound address."""
+    value = message.get("first", b"")
+    if not isinstance(value, dict):
+        return _chunk(message, "first")
+    if set(value) != {"ipv4", "ipv6"} or not all(
+            isinstance(v, bytes) and len(v) <= handoff.MAX_PREFIX for v in value.values()):
+        raise ValueError("hand-off field 'first' must be bytes or a map of 'ipv4' and "
+                         f"'ipv6' prefixes of at most {handoff.MAX_PREFIX} bytes")
+    return value
+
+
+def first_to_write(first: bytes | dict[str, bytes], sock: socket.socket) -> bytes:
+    """``first`` as written: a prefix gets the local address and port appended."""
+    if isinstance(first, bytes):
+        return first
+    host, port = sock.getsockname()[:2]
+    prefix = first["ipv6" if sock.family == socket.AF_INET6 else "ipv4"]
+    return prefix + socket.inet_pton(sock.family, host.partition("%")[0]) + \
+        port.to_bytes(2, "big")
+
+
 def _chunk(message: dict[str, Any], name: str) -> bytes:
     value = message.get(name, b"")
     if not isinstance(value, bytes) or len(value) > CHUNK:
@@ -146,7 +168,7 @@ class HandoffService:
         client = socket.socket(fileno=fd)
         try:
             ns, tenant = self.authorize(message)
-            first, early = _chunk(message, "first"), _chunk(message, "early")
+            first, early = _first(message), _chunk(message, "early")
         except BaseException:
             client.close()
             raise
@@ -155,7 +177,8 @@ class HandoffService:
         return reply
 
     async def _relay(self, ns: str, tenant: str | None, host: Any, port: Any,
-                     client: socket.socket, first: bytes, early: bytes) -> dict[str, Any]:
+                     client: socket.socket, first: bytes | dict[str, bytes],
+                     early: bytes) -> dict[str, Any]:
         """The namespace's part of ``relay``, where its state lives."""
         namespace: Namespace | None = None
         try:
@@ -180,8 +203,8 @@ class HandoffService:
                 self.net.forget_if_empty(namespace)  # opened for this hand-off alone
             raise
         relay = Relay(namespace.loop, client, upstream,
-                      RelayState(farm_sock.sid, to_upstream=early, to_client=first,
-                                 tenant=tenant),
+                      RelayState(farm_sock.sid, to_upstream=early,
+                                 to_client=first_to_write(first, upstream), tenant=tenant),
                       namespace.counters)
         namespace.adopt_relay(relay)
         relay.start()

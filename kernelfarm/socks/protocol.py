@@ -171,6 +171,13 @@ def datagram(host: str, port: int, payload: bytes) -> bytes:
     return b"\x00\x00\x00" + reply(Reply.SUCCEEDED, host, port)[3:] + payload
 
 
+def reply_prefixes(code: Reply) -> dict[str, bytes]:
+    """A reply's bytes before BND.ADDR, by address family, for the kernel that knows the
+    bound address to complete (the hand-off's ``first``)."""
+    return {"ipv4": bytes([VERSION, code, 0, AddressType.IPV4]),
+            "ipv6": bytes([VERSION, code, 0, AddressType.IPV6])}
+
+
 def reply(code: Reply, host: str = "0.0.0.0", port: int = 0) -> bytes:
     """``VER REP RSV ATYP BND.ADDR BND.PORT`` with a numeric bound address."""
     address = ipaddress.ip_address(host)

@@ -8,9 +8,9 @@ success reply to write first and any bytes the client sent early, and this proce
 closes its copy: from then on it is out of the data path.  An error the kernel reports
 (policy, refused, unreachable...) becomes the matching SOCKS reply.
 
-The success reply's bound address is ``0.0.0.0:0``: the kernel writes the reply before it
-relays, and nothing in a kernel knows how a SOCKS reply is built.  Clients do not use the
-bound address of a CONNECT.
+The success reply names the outgoing connection's local address (BND.ADDR, BND.PORT):
+the kernel writes it before it relays, completing the reply's prefix this process sends
+along (nothing in a kernel knows how a SOCKS reply is built).
 """
 
 from __future__ import annotations
@@ -132,7 +132,8 @@ class SocksServer:
         try:
             await self.kernels.request(
                 ns, {"op": "relay", "token": token, "host": host, "port": request.port,
-                     "first": protocol.reply(Reply.SUCCEEDED), "early": bytes(reader.buffer)},
+                     "first": protocol.reply_prefixes(Reply.SUCCEEDED),
+                     "early": bytes(reader.buffer)},
                 [conn.fileno()])
         except OSError as exc:
             await loop.sock_sendall(conn, protocol.reply(protocol.reply_for(exc.errno)))

@@ -301,6 +301,33 @@ def test_bytes_sent_with_the_request_are_not_lost(proxy: tuple[str, int],
         assert receive_all(sock) == b"early bytes"
 
 
+def test_a_connect_reply_names_the_outgoing_connections_address(
+        proxy: tuple[str, int], echo: EchoPeer, client: kernelfarm.Client) -> None:
+    """BND.ADDR and BND.PORT of a CONNECT's reply are where the relay connects from."""
+    with raw_session(proxy, "bound") as sock:
+        sock.sendall(b"\x05\x01\x00\x01" + socket.inet_aton("127.0.0.1") +
+                     struct.pack("!H", echo.port))
+        answer = sock.recv(10, socket.MSG_WAITALL)
+        assert answer[:4] == b"\x05\x00\x00\x01"
+        bound = [socket.inet_ntoa(answer[4:8]), struct.unpack("!H", answer[8:10])[0]]
+        assert bound[1] != 0
+        assert [row["local"] for row in client.net.list("bound") if row.get("relay")] \
+            == [bound]
+
+
+def test_the_kernel_completes_a_reply_with_an_ipv6_local_address() -> None:
+    from kernelfarm.net.handoff_service import first_to_write
+    from kernelfarm.socks.protocol import Reply, reply, reply_prefixes
+
+    with socket.create_server(("::1", 0), family=socket.AF_INET6) as server, \
+            socket.create_connection(server.getsockname()[:2], timeout=DEADLINE) as sock:
+        server.accept()[0].close()
+        host, port = sock.getsockname()[:2]
+        assert first_to_write(reply_prefixes(Reply.SUCCEEDED), sock) == \
+            reply(Reply.SUCCEEDED, host, port)
+        assert first_to_write(b"as is", sock) == b"as is"
+
+
 @pytest.mark.parametrize("request_bytes,code", [
     (b"\x05\x02\x00\x01\x7f\x00\x00\x01\x00\x50", 7),   # BIND: not supported
     (b"\x05\x01\x00\x09\x7f\x00\x00\x01\x00\x50", 8),   # address type 9
