@@ -25,6 +25,7 @@ import logging
 import os
 import socket
 import struct
+import time
 from typing import TYPE_CHECKING, Any, Awaitable, Callable
 
 import psutil
@@ -52,6 +53,15 @@ closed then."""
 
 HANDOVER_TIMEOUT = 5.0
 
+FAILURE_BURST = 10
+FAILURE_RATE = 2.0
+"""Failed token checks one peer process may make: ``FAILURE_BURST`` at once, then
+``FAILURE_RATE`` per second; past that its requests carrying a token are refused
+``EAGAIN`` unchecked, so a guesser learns nothing faster, however it asks."""
+
+PEERS_REMEMBERED = 256
+"""Peer processes whose failure budget is kept; full budgets are forgotten first."""
+
 
 RunKeyed = Callable[[str, Callable[[], Awaitable[Any]]], Awaitable[Any]]
 """``run_keyed(key, work)``: ``work()`` run as a handler of partition key ``key`` runs."""
@@ -60,6 +70,32 @@ RunKeyed = Callable[[str, Callable[[], Awaitable[Any]]], Awaitable[Any]]
 def run_here(key: str, work: Callable[[], Awaitable[Any]]) -> Awaitable[Any]:
     """A unicpu kernel's: its one loop holds every namespace, and nothing is locked."""
     return work()
+
+
+class FailureBudget:
+    """A token bucket of failed token checks for one peer process."""
+
+    __slots__ = ("left", "stamp")
+
+    def __init__(self) -> None:
+        self.left = float(FAILURE_BURST)
+        self.stamp = time.monotonic()
+
+    def refill(self) -> float:
+        now = time.monotonic()
+        self.left = min(float(FAILURE_BURST), self.left + (now - self.stamp) * FAILURE_RATE)
+        self.stamp = now
+        return self.left
+
+    def admit(self) -> None:
+        """Refuse (``EAGAIN``) while no failure is left to spend."""
+        left = self.refill()
+        if left < 1:
+            raise posix(errno.EAGAIN, f"too many failed token checks from this process: "
+                        f"retry in {(1 - left) / FAILURE_RATE:.1f} s")
+
+    def spend(self) -> None:
+        self.left -= 1
 
 
 def allow_any(ns: str, token: Any) -> str | None:
@@ -92,8 +128,8 @@ def first_to_write(first: bytes | dict[str, bytes], sock: socket.socket) -> byte
         return first
     host, port = sock.getsockname()[:2]
     prefix = first["ipv6" if sock.family == socket.AF_INET6 else "ipv4"]
-    return prefix + socket.inet_pton(sock.family, host.partition("%")[0]) + \
-        port.to_bytes(2, "big")
+    address = socket.inet_pton(sock.family, str(host).partition("%")[0])
+    return prefix + address + int(port).to_bytes(2, "big")
 
 
 def _chunk(message: dict[str, Any], name: str) -> bytes:
@@ -116,6 +152,7 @@ class HandoffService:
         handlers run: the locked baseline serves hand-offs on its main thread for
         namespaces living on every thread's loop, under their locks."""
         self.peers: set[HandoffPeer] = set()
+        self.budgets: dict[int, FailureBudget] = {}
         self.parked: dict[int, list[tuple[str, Relay | FarmSocket]]] = {}
 
     # -- serving --------------------------------------------------------------------------
@@ -158,16 +195,35 @@ class HandoffService:
             raise Moved(f"slot {slot} is not served here", slot=slot)
         return ns
 
-    def authorize(self, message: dict[str, Any]) -> tuple[str, str | None]:
-        """The namespace and the tenant whose token came with the request."""
+    def authorize(self, message: dict[str, Any], budget: FailureBudget
+                  ) -> tuple[str, str | None]:
+        """The namespace and the tenant whose token came with the request; a refused
+        token spends one of the peer's ``budget`` of failures."""
         ns = self.check(message.get("ns"))
-        return ns, self.credentials(ns, message.get("token"))
+        budget.admit()
+        try:
+            return ns, self.credentials(ns, message.get("token"))
+        except OSError as exc:
+            if exc.errno == errno.EACCES:
+                budget.spend()
+            raise
 
-    async def relay(self, message: dict[str, Any], fd: int) -> dict[str, Any]:
+    def budget(self, pid: int) -> FailureBudget:
+        """The failure budget of peer process ``pid`` (shared by its connections)."""
+        budget = self.budgets.get(pid)
+        if budget is None:
+            if len(self.budgets) >= PEERS_REMEMBERED:
+                self.budgets = {p: b for p, b in self.budgets.items()
+                                if b.refill() < FAILURE_BURST}
+            budget = self.budgets[pid] = FailureBudget()
+        return budget
+
+    async def relay(self, message: dict[str, Any], fd: int,
+                    budget: FailureBudget) -> dict[str, Any]:
         """Connect out from the namespace and relay the handed-over connection ``fd``."""
         client = socket.socket(fileno=fd)
         try:
-            ns, tenant = self.authorize(message)
+            ns, tenant = self.authorize(message, budget)
             first, early = _first(message), _chunk(message, "early")
         except BaseException:
             client.close()
@@ -334,6 +390,9 @@ class HandoffPeer:
         self.closed = False
         self._sibling: bool | None = None
         self._replies: list[bytes] = []
+        creds = conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
+        self.pid, self.uid, _ = struct.unpack("3i", creds)
+        self.budget = service.budget(self.pid)
         conn.setblocking(False)
         self.loop.add_reader(conn.fileno(), self._readable)
 
@@ -374,7 +433,7 @@ class HandoffPeer:
         if op == "check":
             self._answer(msgid, lambda: self._authorized(message))
         elif op == "relay":
-            task = self.loop.create_task(self.service.relay(message, fds[0]))
+            task = self.loop.create_task(self.service.relay(message, fds[0], self.budget))
             task.add_done_callback(lambda done: self._finished(msgid, done))
         elif op == "barrier":
             self._reply({"id": msgid, "error": None})  # every packet before it was handled
@@ -382,7 +441,7 @@ class HandoffPeer:
             self._adopt(message, fds, is_relay=op == "adopt")
 
     def _authorized(self, message: dict[str, Any]) -> dict[str, Any]:
-        return {"ns": self.service.authorize(message)[0]}
+        return {"ns": self.service.authorize(message, self.budget)[0]}
 
     def _adopt(self, message: dict[str, Any], fds: list[int], is_relay: bool) -> None:
         """``adopt`` / ``adopt_socket``: no reply, the sender let go already (its
@@ -404,12 +463,9 @@ class HandoffPeer:
     def is_sibling(self) -> bool:
         """Is the peer process another child of our supervisor?"""
         if self._sibling is None:
-            creds = self.conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED,
-                                         struct.calcsize("3i"))
-            pid, uid, _ = struct.unpack("3i", creds)
             try:
-                self._sibling = uid == os.getuid() and \
-                    psutil.Process(pid).ppid() == os.getppid()
+                self._sibling = self.uid == os.getuid() and \
+                    psutil.Process(self.pid).ppid() == os.getppid()
             except psutil.Error:
                 self._sibling = False
         return self._sibling

@@ -435,6 +435,46 @@ def test_the_hand_off_socket_answers_bad_packets_and_keeps_serving(farm: Farm) -
     assert farm.client().call_kernel(tuple(kernel["addr"]), "kernel.ping")["kernel"] == 0
 
 
+def test_failed_token_checks_are_bounded_per_process(farm: Farm) -> None:
+    """A peer process gets FAILURE_BURST wrong tokens, then EAGAIN without its token being
+    looked at (even the right one), on every connection it has, until its budget refills.
+    Kernel 1: the other tests' own hand-off connections go to kernel 0."""
+    from kernelfarm import handoff
+    from kernelfarm.net.handoff_service import FAILURE_BURST
+
+    cluster_map = farm.cluster_map()
+    path = cluster_map["kernels"][1]["handoff"]
+    ns = next(f"ns-{i}" for i in range(1000) if owner_id(cluster_map, f"ns-{i}") == 1)
+    with socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET) as first, \
+            socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET) as second:
+        for conn in (first, second):
+            conn.settimeout(DEADLINE)
+            conn.connect(path)
+
+        def check(conn: socket.socket, msgid: int, token: str) -> None:
+            conn.send(handoff.pack({"op": "check", "id": msgid, "ns": ns, "token": token}))
+
+        def code(conn: socket.socket) -> str | None:
+            error = handoff.unpack(conn.recv(handoff.MAX_PACKET))["error"]
+            return None if error is None else str(error["code"])
+
+        guesses = FAILURE_BURST + 5  # all sent at once: the kernel answers them in a burst
+        for msgid in range(guesses):
+            check(first, msgid, f"guess-{msgid}")
+        check(second, guesses, ADMIN_TOKEN)
+        codes = [code(first) for _ in range(guesses)]
+        refused = codes.count("EACCES")
+        assert FAILURE_BURST <= refused <= FAILURE_BURST + 1, codes
+        assert codes == ["EACCES"] * refused + ["EAGAIN"] * (guesses - refused)
+        assert code(second) == "EAGAIN"  # the right token, not looked at
+
+        def admitted() -> bool:
+            check(second, 0, ADMIN_TOKEN)
+            return code(second) is None
+
+        wait_until(admitted, DEADLINE, "the budget to refill")
+
+
 def owner_id(cluster_map: dict[str, Any], ns: str) -> int:
     slot = key_slot(ns)
     return next(kid for first, last, kid in cluster_map["slots"] if first <= slot <= last)
