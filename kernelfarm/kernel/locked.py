@@ -113,19 +113,19 @@ class LockedKernel(Kernel):
     def _homed(self, method: Method) -> Method:
         handler, keyfn, homes = method.handler, method.key, self._homes
         offset = 1 if method.wants_conn else 0
-        is_async, proxies = method.is_async, self._conn_proxies
+        proxies = self._conn_proxies
 
-        def on_home_loop(*args: Any) -> Awaitable[Any]:
+        def on_home_loop(*args: Any) -> Any:
             here = asyncio.get_running_loop()
             try:
                 key = keyfn(list(args[offset:])) if keyfn is not None else None
             except Exception:
                 key = None
             home = homes.setdefault(key, here) if key is not None else here
+            if home is here:
+                return handler(*args)  # the state lives on this loop: no hop, no future
             if offset:
                 args = (HomeConnection.of(args[0], home, proxies),) + args[1:]
-            if home is here:
-                return _as_awaitable(handler, args, is_async)
             future: concurrent.futures.Future[Any] = concurrent.futures.Future()
 
             def run() -> None:
@@ -225,21 +225,6 @@ class HomeConnection:
     def on_close(self, callback: Callable[[], None]) -> None:
         home = self.home
         self.conn.on_close(lambda: home.call_soon_threadsafe(callback))
-
-
-def _as_awaitable(handler: Callable[..., Any], args: tuple[Any, ...],
-                  is_async: bool) -> Awaitable[Any]:
-    future = asyncio.get_running_loop().create_future()
-    try:
-        result = handler(*args)
-    except Exception as exc:
-        future.set_exception(exc)
-        return future
-    if is_async and hasattr(result, "__await__"):
-        awaitable: Awaitable[Any] = result
-        return awaitable
-    future.set_result(result)
-    return future
 
 
 def _settle(future: concurrent.futures.Future[Any], task: asyncio.Task[Any]) -> None:

@@ -12,11 +12,16 @@ when it is registered, so the same subsystem code runs in both.
 
 A waiting handler (a coroutine) holds its lock only while it runs, never across a wait:
 each step between two suspensions runs under the lock, as kernel code sleeping on a
-condition releases its mutex.
+condition releases its mutex.  A handler that answers with a plain future (a ``net.recv``
+that waits) has no later step of its own to lock: the readiness callback that settles it
+runs on the loop its socket belongs to, which is the only thread that touches that socket
+(:mod:`kernelfarm.kernel.locked`), so the future is passed on as it is, as in a unicpu
+kernel.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import threading
 from dataclasses import replace
@@ -98,8 +103,8 @@ class LockProvider:
                 lock = lock_of(args)
                 with lock:
                     result = handler(*args)
-                if not hasattr(result, "__await__"):
-                    return result  # answered at once: nothing left to lock
+                if not hasattr(result, "__await__") or isinstance(result, asyncio.Future):
+                    return result  # answered at once, or settled by its loop: no steps
                 return LockedSteps(result, lock)
 
             return replace(method, handler=locked_async)
