@@ -11,7 +11,11 @@ talks to its parent in msgpack frames over stdin/stdout:
 
 The hot loop is why this is its own process and module: a response costs one C-unpacker
 step, one latency record and one ``next()`` on a pre-encoded request cycle; the next
-requests of a read leave in one ``write()``.  Slot ``s`` of a connection always uses msgid
+requests of a read leave in one ``write()``.  A connection whose replies carry maps (an
+``fs.stat`` result: building its dict costs the client more than the kernel spends
+packing it) stops building results: it reads each reply's header, msgid and error and
+skips the result in C, so what it still checks (a response, a msgid it sent, the error)
+costs the same whatever the result.  Slot ``s`` of a connection always uses msgid
 ``s``, so a reply names the slot whose next request goes out, and the send time of that
 slot is the request's start.  The process ends by itself after its window, and when its
 parent goes away (stdin closes) while it waits for ``go``.
@@ -54,6 +58,11 @@ class LoadConnection(asyncio.Protocol):
         self._on_lost = on_lost
         self._unpacker = make_unpacker(MAX_BUFFER)
         self._transport: asyncio.Transport | None = None
+        self._skipping = False
+        """Results are skipped, not built (see the module docstring)."""
+        self._step = 0
+        """Where a skipped reply cut by the end of a read stopped: 0 = at its start."""
+        self._msgid = 0
         self._running = False
         self._stopped = False
         self.ops = 0
@@ -94,12 +103,18 @@ class LoadConnection(asyncio.Protocol):
         unpacker = self._unpacker
         try:
             unpacker.feed(data)
-            for _kind, msgid, error, _result in unpacker:
-                stamp(sent[msgid])
-                if error is not None:
-                    self._count_error(error)
-                send(next(cycles[msgid]))
-                sent[msgid] = now
+            if not self._skipping:
+                for _kind, msgid, error, result in unpacker:
+                    stamp(sent[msgid])
+                    if error is not None:
+                        self._count_error(error)
+                    send(next(cycles[msgid]))
+                    sent[msgid] = now
+                    if type(result) is dict:
+                        self._skipping = True
+                        break
+            if self._skipping:
+                self._skip_replies(stamp, send, now)
         except (ValueError, TypeError, IndexError, msgpack.UnpackException):
             # Not a response this connection could have caused: the server is broken.
             self.protocol_errors += 1
@@ -116,6 +131,41 @@ class LoadConnection(asyncio.Protocol):
         if self._running and out:
             assert self._transport is not None
             self._transport.write(b"".join(out))
+
+    def _skip_replies(self, stamp: Callable[[int], None], send: Callable[[bytes], None],
+                      now: int) -> None:
+        """The rest of the buffer, reply by reply without building results; a reply the
+        read cut short is taken up where it stopped (``_step``) by the next read."""
+        unpacker = self._unpacker
+        header, unpack, skip = unpacker.read_array_header, unpacker.unpack, unpacker.skip
+        sent, cycles = self._sent_ns, self._cycles
+        step = self._step
+        try:
+            while True:
+                if step == 0:
+                    if header() != 4:
+                        raise ValueError("a response is an array of 4")
+                    step = 1
+                if step == 1:
+                    if unpack() != 1:
+                        raise ValueError("not a response")
+                    step = 2
+                if step == 2:
+                    self._msgid = unpack()
+                    step = 3
+                if step == 3:
+                    error = unpack()
+                    if error is not None:
+                        self._count_error(error)
+                    step = 4
+                skip()
+                step = 0
+                msgid = self._msgid
+                stamp(sent[msgid])
+                send(next(cycles[msgid]))
+                sent[msgid] = now
+        except msgpack.OutOfData:
+            self._step = step
 
     def _count_error(self, error: Any) -> None:
         code = error.get("code") if isinstance(error, dict) else None

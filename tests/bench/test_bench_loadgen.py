@@ -158,3 +158,37 @@ def test_plans_need_requests() -> None:
         ConnectionPlan(("127.0.0.1", 9), [])
     with pytest.raises(ValueError):
         ConnectionPlan(("127.0.0.1", 9), [[]])
+
+
+STAT = {"type": "file", "size": 10, "mode": 0o644, "nlink": 1, "ino": 7, "mtime_ns": 1,
+        "ctime_ns": 1}
+
+
+def test_replies_with_maps_are_counted_without_building_them_even_cut_anywhere() -> None:
+    """After the first map result the connection skips results; a reply cut at any byte
+    by a read is taken up where it stopped, and msgids and errors are still checked."""
+    replies = b"".join(msgpack.packb([1, msgid % 2, error, STAT]) for msgid, error in
+                       enumerate([None, None, {"code": "ENOENT"}, None, None, None]))
+    for cut in range(1, 40):
+        connection, transport, histogram = make_connection([[b"A"], [b"B"]])
+        connection.start()
+        for start in range(0, len(replies), cut):
+            connection.data_received(replies[start:start + cut])
+        assert connection.ops == 6 and histogram.count == 6
+        assert connection.errors == {"ENOENT": 1}
+        assert b"".join(transport.written[1:]) == b"AB" * 3
+        assert connection._skipping and connection.protocol_errors == 0
+
+
+@pytest.mark.parametrize("garbage", [
+    msgpack.packb([1, 99, None, None]),   # a msgid no slot sent
+    msgpack.packb([1, 0, None]),          # not a 4-element response
+    msgpack.packb([0, 0, None, None]),    # a request, not a response
+    msgpack.packb("text"),
+])
+def test_a_broken_server_aborts_a_connection_that_skips_results(garbage: bytes) -> None:
+    connection, transport, _ = make_connection([[b"r"]])
+    connection.start()
+    connection.data_received(msgpack.packb([1, 0, None, STAT]) + garbage)
+    assert connection._skipping and transport.aborted
+    assert connection.protocol_errors == 1
