@@ -17,6 +17,8 @@ from typing import Any
 from kernelfarm.bench.systems import SYSTEMS
 from kernelfarm.bench.workloads import WORKLOADS
 
+LOCKED = ("locked-global", "locked-fine")
+"""The locked baselines; partitioned is compared with the better of them."""
 COLUMNS = ("system", "workers", "ops/s", "p50 µs", "p99 µs", "p99.9 µs", "CPU µs/op",
            "efficiency", "of floor", "errors")
 
@@ -95,6 +97,7 @@ def markdown(results: dict[str, Any]) -> str:
         "same worker count. Compare rows of one run only.",
     ]
     rows = ordered(results["rows"])
+    lines += summary(rows)
     for workload in _present(WORKLOADS, [r["workload"] for r in rows]):
         lines += ["", f"## {workload}", "",
                   "| " + " | ".join(COLUMNS) + " |",
@@ -109,6 +112,37 @@ def markdown(results: dict[str, Any]) -> str:
                 lines.append(f"- not run: {note['system']} x{note['workers']} — "
                              f"{note['reason']}")
     return "\n".join(lines) + "\n"
+
+
+def summary(rows: Sequence[dict[str, Any]]) -> list[str]:
+    """The run's two questions, per workload: how partitioned compares with the better
+    locked baseline at each worker count, and what switching the locks on costs one
+    kernel (``unicpu-locks`` vs ``partitioned`` at one worker, by CPU per request)."""
+    by = {(r["system"], r["workers"], r["workload"]): r for r in rows}
+    workers = sorted({r["workers"] for r in rows if r["system"] == "partitioned"})
+    lines = ["", "## Summary", "",
+             "| workload | " + " | ".join(f"partitioned ÷ best locked at {w}"
+                                          for w in workers)
+             + " | CPU µs/op, 1 kernel without vs with locks |",
+             "|---|" + "---:|" * (len(workers) + 1)]
+    for workload in _present(WORKLOADS, [r["workload"] for r in rows]):
+        cells = []
+        for count in workers:
+            ours = by.get(("partitioned", count, workload))
+            locked = [by[key]["ops_per_s"] for key in
+                      ((system, count, workload) for system in LOCKED) if key in by]
+            cells.append(f"{ours['ops_per_s'] / max(locked):.2f}"
+                         if ours and locked and max(locked) > 0 else "-")
+        bare, with_locks = by.get(("partitioned", 1, workload)), \
+            by.get(("unicpu-locks", 1, workload))
+        if bare and with_locks and bare.get("cpu_s_per_op") and with_locks.get("cpu_s_per_op"):
+            cells.append(f"{bare['cpu_s_per_op'] * 1e6:.2f} vs "
+                         f"{with_locks['cpu_s_per_op'] * 1e6:.2f}")
+        else:
+            cells.append("-")
+        if any(cell != "-" for cell in cells):
+            lines.append(f"| {workload} | " + " | ".join(cells) + " |")
+    return lines
 
 
 def _loadavg(values: Any) -> str:

@@ -139,6 +139,18 @@ def test_report_tables_and_plots_from_canned_rows(tmp_path: Path) -> None:
     assert "not run: inprocess-procs x1 — no peer" in md.split("## net-echo")[1]
 
 
+def test_the_summary_compares_partitioned_with_the_better_locked_baseline() -> None:
+    rows = [row("partitioned", 1, "fs-stat", 100.0, cpu_s_per_op=2e-6),
+            row("partitioned", 2, "fs-stat", 150.0),
+            row("locked-global", 2, "fs-stat", 50.0), row("locked-fine", 2, "fs-stat", 60.0),
+            row("unicpu-locks", 1, "fs-stat", 90.0, cpu_s_per_op=2.5e-6),
+            row("partitioned", 2, "net-echo", 80.0), row("echo", 2, "net-echo", 400.0)]
+    lines = report.summary(rows)
+    assert "partitioned ÷ best locked at 2" in lines[3]
+    assert "| fs-stat | - | 2.50 | 2.00 vs 2.50 |" in lines  # 150 / max(50, 60)
+    assert not any(line.startswith("| net-echo") for line in lines)  # nothing to compare
+
+
 # -- real runs --------------------------------------------------------------------------------
 
 
