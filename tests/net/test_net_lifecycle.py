@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 
 from kernelfarm.errors import TryAgain
+from kernelfarm.net.handoff_service import FailureBudget
 from kernelfarm.partition import key_slot
 from net_harness import FakeConnection, plain_listener
 
@@ -234,7 +235,7 @@ async def test_a_namespace_of_relays_only_is_freed_with_its_last_relay(make_net:
         host, port = server.getsockname()
         front, handed = socket.socketpair()
         await net.handoff.relay({"ns": "relayed", "host": host, "port": port},
-                                handed.detach())
+                                handed.detach(), FailureBudget())
         upstream, _ = server.accept()  # connected before relay() returned
         assert set(net.namespaces) == {"relayed"}
         assert net.stats()["relays"] == 1 and net.kernel_sockets.open == 0
@@ -248,6 +249,6 @@ async def test_a_namespace_of_relays_only_is_freed_with_its_last_relay(make_net:
     front, handed = socket.socketpair()
     with pytest.raises(ConnectionRefusedError):
         await net.handoff.relay({"ns": "refused", "host": host, "port": port},
-                                handed.detach())  # the listener is closed: refused
+                                handed.detach(), FailureBudget())  # listener closed: refused
     front.close()
     assert net.namespaces == {}
