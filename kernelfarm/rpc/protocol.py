@@ -19,6 +19,7 @@ import enum
 from typing import Any, Callable, Iterator, NamedTuple
 
 import msgpack
+import msgspec
 
 from kernelfarm.errors import MessageTooBig, ProtocolError, internal_error, preview
 
@@ -158,6 +159,36 @@ def encode_response(msgid: int, error: Any, result: Any) -> bytes:
 def encode_notification(method: str, params: list[Any]) -> bytes:
     data: bytes = msgpack.packb([MessageType.NOTIFICATION, method, params])
     return data
+
+
+def _plain(obj: Any) -> Any:
+    """What msgpack's packer does with a subclass of ``str`` or ``bytes``: its plain value
+    (msgspec takes the other subclasses msgpack takes: enums, dicts, lists, tuples)."""
+    for base in (str, bytes):
+        if isinstance(obj, base):
+            return base(obj)
+    raise TypeError(f"cannot encode objects of type {type(obj).__name__}")
+
+
+_encode_into = msgspec.msgpack.Encoder(enc_hook=_plain).encode_into
+
+
+def encode_replies(replies: list[list[Any]]) -> bytes:
+    """The replies, one msgpack object each, back to back: the bytes one write sends.
+
+    A server's replies are encoded with msgspec, in one call for the whole batch: the
+    list is encoded as one array and its header cut off (what is left is the replies,
+    each exactly the object msgpack would pack; same wire).  For a batch of ``fs.stat``
+    replies that is about a third of msgpack's ``Packer.pack`` per reply, and a result
+    that is already encoded (a ``msgspec.Raw``, such as a cached stat) is copied as is.
+    Raises what the encoder raises if one result cannot be encoded (the batch is lost:
+    encode each reply alone to find it).
+    """
+    out = bytearray()
+    _encode_into(replies, out)
+    count = len(replies)
+    del out[:1 if count < 16 else 3 if count < 0x10000 else 5]  # fixarray/array16/array32
+    return bytes(out)
 
 
 # -- the server side of a connection ----------------------------------------------------------

@@ -1,8 +1,9 @@
 """The asyncio side of serving msgpack-rpc: one protocol object per connection.
 
 Framing lives in :class:`~kernelfarm.rpc.protocol.ServerStream` (no I/O); this module only
-moves bytes.  Per read, every complete request is decoded with the C unpacker and answered
-into one ``Packer(autoreset=False)`` buffer written with a single ``write()``: on the
+moves bytes.  Per read, every complete request is decoded with the C unpacker and the
+replies are encoded in one call (:func:`~kernelfarm.rpc.protocol.encode_replies`) and
+written with a single ``write()``: on the
 kernel's fast path the per-request Python work is the budget, not the socket.  The service
 decides what a request means (:class:`Service`).
 
@@ -33,7 +34,7 @@ import msgpack
 from kernelfarm.errors import KernelfarmError, posix, to_wire
 from kernelfarm.ratelog import RateLimitedLog
 from kernelfarm.rpc.meter import Meter
-from kernelfarm.rpc.protocol import ERROR_NOTIFICATION, ServerStream
+from kernelfarm.rpc.protocol import ERROR_NOTIFICATION, ServerStream, encode_replies
 
 if TYPE_CHECKING:
     from kernelfarm.config import RpcConfig
@@ -107,7 +108,6 @@ class ServerConnection(asyncio.Protocol):
         self.session: Any = None
         """Who the peer is and what it may call (:mod:`kernelfarm.auth.gate`); the service
         sets it when the connection is made."""
-        self._packer = msgpack.Packer(autoreset=False)
         self._tasks: set[asyncio.Task[Any]] = set()
         self._close_callbacks: list[Callable[[], None]] = []
         self._connections = connections
@@ -242,23 +242,22 @@ class ServerConnection(asyncio.Protocol):
     def _send_replies(self, replies: list[list[Any]]) -> None:
         if not replies:
             return
-        packer = self._packer
         try:
-            for reply in replies:
-                packer.pack(reply)
+            data = encode_replies(replies)
         except Exception:
-            # The packer discards its whole buffer when one object fails: pack again,
-            # turning each unpackable result into an error instead.
-            for reply in replies:
-                try:
-                    packer.pack(reply)
-                except Exception as exc:
-                    error = to_wire(TypeError(f"result cannot be encoded: {exc}"))
-                    packer.pack([1, reply[1], error, None])
-        data = packer.bytes()
-        packer.reset()
+            # One result cannot be encoded: encode the replies one by one, turning each
+            # such result into an error instead.
+            data = b"".join([self._encode_alone(reply) for reply in replies])
         self.meter.bytes_out += len(data)
         self.service.send(self, data)
+
+    @staticmethod
+    def _encode_alone(reply: list[Any]) -> bytes:
+        try:
+            return encode_replies([reply])
+        except Exception as exc:
+            error = to_wire(TypeError(f"result cannot be encoded: {exc}"))
+            return encode_replies([[1, reply[1], error, None]])
 
     def _finish_call(self, msgid: int, reserve: int, task: asyncio.Task[Any]) -> None:
         self._tasks.discard(task)

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import enum
+
+import msgpack
+import msgspec
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -9,7 +13,7 @@ from hypothesis import strategies as st
 from kernelfarm.errors import MessageTooBig, ProtocolError
 from kernelfarm.rpc.protocol import (
     Malformed, MessageType, Notification, Request, Response, RpcStream, classify,
-    encode_notification, encode_request, encode_response,
+    encode_notification, encode_replies, encode_request, encode_response,
 )
 
 
@@ -82,3 +86,35 @@ def test_arbitrary_bytes_never_raise_anything_else(data: bytes) -> None:
         return
     for message in messages:
         assert isinstance(message, (Request, Response, Notification, Malformed))
+
+
+class Text(str):
+    pass
+
+
+class State(str, enum.Enum):
+    RUNNING = "running"
+
+
+@pytest.mark.parametrize("count", [1, 15, 16, 17, 0xFFFF, 0x10000])
+def test_a_batch_of_replies_is_what_msgpack_packs_one_by_one(count: int) -> None:
+    # Batches around the array header sizes (fixarray, array16, array32) cut exactly.
+    results = [None, "é", b"\x00bin", {"size": 2**63, "mode": -1}, [1.5, True],
+               (1, 2), bytearray(b"ba"), Text("sub"), State.RUNNING]
+    replies = [[1, i, None, results[i % len(results)]] for i in range(count)]
+    packer = msgpack.Packer(autoreset=False)
+    for reply in replies:
+        packer.pack(reply)
+    assert encode_replies(replies) == packer.bytes()
+
+
+def test_an_encoded_result_is_sent_as_it_is() -> None:
+    stat = {"type": "file", "size": 3}
+    assert (encode_replies([[1, 5, None, msgspec.Raw(msgpack.packb(stat))]])
+            == msgpack.packb([1, 5, None, stat]))
+
+
+@pytest.mark.parametrize("result", [object(), 2**64])
+def test_a_result_that_cannot_be_encoded_raises(result: object) -> None:
+    with pytest.raises((TypeError, OverflowError)):
+        encode_replies([[1, 1, None, "fine"], [1, 2, None, result]])

@@ -26,6 +26,8 @@ class GateService:
                params: list[Any]) -> list[Any] | None:
         if method == "echo":
             return [1, msgid, None, params[0]]
+        if method == "unencodable":
+            return [1, msgid, None, object()]
         name = params[0]
         gate = self.gates.setdefault(name, asyncio.Event())
         self.started.append(name)
@@ -98,6 +100,17 @@ async def test_replies_of_calls_that_end_in_one_turn_leave_in_one_write(
     service.open("b")  # both calls end in the same loop turn
     assert await asyncio.gather(*calls) == ["a", "b"]
     assert service.writes == writes + 1
+
+
+@pytest.mark.asyncio
+async def test_a_result_that_cannot_be_encoded_is_an_error_and_the_batch_goes_on(
+        served: tuple[GateService, RpcClientConnection]) -> None:
+    service, client = served
+    calls = [client.call("echo", "before"), client.call("unencodable"),
+             client.call("echo", "after")]
+    before, failed, after = await asyncio.gather(*calls, return_exceptions=True)
+    assert (before, after) == ("before", "after")
+    assert isinstance(failed, OSError) and "cannot be encoded" in str(failed)
 
 
 @pytest.mark.asyncio
