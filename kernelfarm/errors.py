@@ -174,6 +174,10 @@ def to_wire(exc: BaseException) -> dict[str, Any]:
         wire = {"code": "EINVAL", "message": f"invalid parameters: {exc}"}
     else:
         return internal_error(exc)
+    return _bounded(wire)
+
+
+def _bounded(wire: dict[str, Any]) -> dict[str, Any]:
     text = wire.get("message")
     if isinstance(text, str) and len(text) > MAX_MESSAGE_CHARS:
         wire["message"] = text[:MAX_MESSAGE_CHARS] + "..."
@@ -184,6 +188,19 @@ def internal_error(exc: BaseException) -> dict[str, Any]:
     """The server's own fault (a bug), as the contract says it: ``EIO``, "internal error",
     naming the exception's type only (its text may quote client data; the log has it)."""
     return {"code": "EIO", "message": f"internal error: {type(exc).__name__}"}
+
+
+class Refusal:
+    """An expected failure that a handler returns instead of raising (``fs.stat`` of a
+    missing path): the kernel answers with :attr:`error` as if the handler had raised
+    ``posix(code, detail)``, the same wire map, but no exception is made, raised and
+    formatted twice on the way (a miss costs about what a hit does)."""
+
+    __slots__ = ("error",)
+
+    def __init__(self, code: int, detail: str) -> None:
+        self.error = _bounded({"code": errno_name(code),
+                               "message": f"{os.strerror(code)}: {detail}"})
 
 
 def from_wire(error: Any) -> Exception:

@@ -29,7 +29,9 @@ from collections import OrderedDict
 from time import perf_counter, time_ns
 from typing import Any
 
-from kernelfarm.errors import InvalidParameter, posix
+import msgspec
+
+from kernelfarm.errors import InvalidParameter, Refusal, posix
 from kernelfarm.fs import store
 from kernelfarm.fs.config import FsConfig
 from kernelfarm.fs.journal import Journal
@@ -45,9 +47,14 @@ from kernelfarm.partition import key_slot
 
 log = logging.getLogger(__name__)
 
-ROOT_STAT = {"type": "dir", "size": 0, "mode": statmod.S_IFDIR | 0o755, "nlink": 2,
-             "ino": 0, "mtime_ns": 0, "ctime_ns": 0}
+_encode = msgspec.msgpack.Encoder().encode
+
+ROOT_STAT = msgspec.Raw(_encode({
+    "type": "dir", "size": 0, "mode": statmod.S_IFDIR | 0o755, "nlink": 2, "ino": 0,
+    "mtime_ns": 0, "ctime_ns": 0}))
 """``stat("/")``: the same on every kernel, since ``/`` belongs to none of them."""
+STATS_KEPT = 4096
+"""Encoded stat results a volume keeps; past this its memory starts afresh (bounded)."""
 
 INT64 = 2**63
 REPLY_OVERHEAD = 64
@@ -226,11 +233,23 @@ class FsSubsystem(Subsystem):
             return sorted(self.volumes)
         return volume.tree.listdir(comps)
 
-    def stat(self, path: str) -> dict[str, Any]:
+    def stat(self, path: str) -> msgspec.Raw | Refusal:
+        """The stat map, encoded once and kept by the volume until its next change (a
+        stat reply is then a dict lookup and a copy); a missing path is a refusal, not
+        an exception."""
         volume, comps = self._resolve(path)
         if volume is None:
-            return dict(ROOT_STAT)
-        return stat_of(volume.tree.lookup(comps))
+            return ROOT_STAT
+        stats = volume.stats
+        stat = stats.get(path)
+        if stat is None:
+            node = volume.tree.find(comps)
+            if node is None:
+                return Refusal(errno.ENOENT, path)
+            if len(stats) >= STATS_KEPT:
+                stats.clear()
+            stat = stats[path] = msgspec.Raw(_encode(stat_of(node)))
+        return stat
 
     def read_file(self, path: str) -> bytes:
         volume, comps = self._resolve(path)

@@ -120,16 +120,20 @@ class Tree:
         return node
 
     def lookup(self, comps: tuple[str, ...]) -> Inode:
-        if len(comps) == 1:  # a file at the volume root: no walk, no extra frame
-            node = self.root.entries.get(comps[0])
-            if node is not None:
-                return node
-        if not comps:
-            return self.root
-        node = self._dir_of(comps).entries.get(comps[-1])
+        node = self.find(comps)
         if node is None:
             raise posix(errno.ENOENT, self._where(comps))
         return node
+
+    def find(self, comps: tuple[str, ...]) -> Inode | None:
+        """As :meth:`lookup`, but ``None`` when the last component's directory exists and
+        does not hold it: the expected miss, answered without an exception.  Every other
+        failure (a missing or non-directory component on the way) raises as in lookup."""
+        if len(comps) == 1:  # a file at the volume root: no walk, no extra frame
+            return self.root.entries.get(comps[0])
+        if not comps:
+            return self.root
+        return self._dir_of(comps).entries.get(comps[-1])
 
     def _file(self, comps: tuple[str, ...]) -> File:
         """A regular file to open: ``EISDIR`` for a directory, ``ELOOP`` for a symlink."""

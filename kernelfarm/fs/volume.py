@@ -22,6 +22,7 @@ import os
 from typing import Any, Callable
 
 import msgpack
+import msgspec
 
 from kernelfarm import durable
 from kernelfarm.errors import posix
@@ -114,6 +115,9 @@ class Volume:
         """Why this volume refuses every operation (a flush failed, recovery failed)."""
         self.read_only: str | None = None
         """Why this volume refuses changes (it was salvaged from a damaged copy)."""
+        self.stats: dict[str, msgspec.Raw] = {}
+        """``fs.stat`` results of this volume's paths, encoded, by path: valid until the
+        next change of the volume, which clears them all (:meth:`change`)."""
 
     # -- life cycle --------------------------------------------------------------------------
 
@@ -219,6 +223,7 @@ class Volume:
     def change(self, kind: int, *args: Any) -> Any:
         """Apply one change to the tree and buffer its journal record."""
         self.check_writable()
+        self.stats.clear()  # any change may change any stat of the volume
         payload = _pack((kind, *args))
         result = CHANGES[kind](self.tree, *args)
         self.journal.append(payload)

@@ -25,7 +25,7 @@ from kernelfarm.auth.table import TenantTable
 from kernelfarm.boot import BootInfo
 from kernelfarm.config import Config
 from kernelfarm.errors import (
-    KernelfarmError, Moved, TryAgain, internal_error, posix, to_wire,
+    KernelfarmError, Moved, Refusal, TryAgain, internal_error, posix, to_wire,
 )
 from kernelfarm.kernel.commit import Flush, GroupCommit
 from kernelfarm.kernel.components import SUBSYSTEMS
@@ -157,6 +157,8 @@ class Kernel:
                 result = entry.handler(*params)
         except Exception as exc:
             return self._failed(msgid, self.failure(method, params, exc))
+        if type(result) is Refusal:
+            return self._failed(msgid, result.error)
         ops = self.ops
         ops[method] = ops.get(method, 0) + 1
         if entry.is_async and hasattr(result, "__await__"):

@@ -164,9 +164,10 @@ def encode_notification(method: str, params: list[Any]) -> bytes:
 def _plain(obj: Any) -> Any:
     """What msgpack's packer does with a subclass of ``str`` or ``bytes``: its plain value
     (msgspec takes the other subclasses msgpack takes: enums, dicts, lists, tuples)."""
-    for base in (str, bytes):
-        if isinstance(obj, base):
-            return base(obj)
+    if isinstance(obj, str):
+        return str(obj)
+    if isinstance(obj, bytes):
+        return bytes(obj)
     raise TypeError(f"cannot encode objects of type {type(obj).__name__}")
 
 

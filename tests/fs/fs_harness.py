@@ -16,9 +16,10 @@ from pathlib import Path
 from typing import Any
 
 import msgpack
+import msgspec
 
 from kernelfarm.config import Config, build
-from kernelfarm.errors import from_wire, to_wire
+from kernelfarm.errors import Refusal, from_wire, to_wire
 from kernelfarm.client import FsApi
 from kernelfarm.fs.subsystem import FsSubsystem
 from kernelfarm.kernel.commit import Flush, GroupCommit, run_flushes
@@ -26,7 +27,9 @@ from kernelfarm.kernel.subsystem import Method
 
 
 def wire(obj: Any) -> Any:
-    return msgpack.unpackb(msgpack.packb(obj, use_bin_type=True), raw=False)
+    """``obj`` as a client gets it: encoded as a kernel's replies are (results may be
+    already encoded), decoded as a client decodes."""
+    return msgpack.unpackb(msgspec.msgpack.encode(obj), raw=False)
 
 
 class FakeKernel:
@@ -81,7 +84,11 @@ class FakeKernel:
             try:
                 if entry.key is not None:
                     entry.key(params)
-                replies.append(("ok", entry.handler(*params)))
+                result = entry.handler(*params)
+                if type(result) is Refusal:  # an expected miss, answered without raising
+                    replies.append(("error", result.error))
+                else:
+                    replies.append(("ok", result))
             except Exception as exc:
                 replies.append(("error", to_wire(exc)))
         try:

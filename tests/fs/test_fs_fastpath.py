@@ -1,0 +1,94 @@
+"""The fs fast path: encoded stat results kept per volume stay right and bounded, and a
+stat of a missing path is answered without an exception."""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from fs_harness import FakeKernel, wire
+
+from kernelfarm import config as configuration
+from kernelfarm.boot import BootInfo
+from kernelfarm.errors import posix, to_wire
+from kernelfarm.fs import subsystem
+from kernelfarm.fs.paths import parse
+from kernelfarm.fs.tree import stat_of
+from kernelfarm.kernel.kernel import Kernel
+from kernelfarm.partition import NSLOTS
+
+
+@pytest.fixture
+def kernel(tmp_path: Path) -> Iterator[FakeKernel]:
+    kernel = FakeKernel(tmp_path / "data")
+    kernel.api.mkdir("/v")
+    yield kernel
+    kernel.close()
+
+
+def computed(kernel: FakeKernel, path: str) -> Any:
+    """The stat map built afresh from the tree, as it was before any result was kept."""
+    name, comps = parse(path)
+    assert name is not None
+    return wire(stat_of(kernel.fs.volumes[name].tree.lookup(comps)))
+
+
+def test_a_kept_stat_is_dropped_by_every_change_of_its_volume(kernel: FakeKernel) -> None:
+    fs = kernel.api
+    fs.mkdir("/v/d")
+    fs.write_file("/v/d/f", b"one")
+    changes: list[tuple[str, tuple[Any, ...]]] = [
+        ("write_file", ("/v/d/f", b"longer")), ("pwrite", ("/v/d/f", 10, b"x")),
+        ("truncate", ("/v/d/f", 2)), ("chmod", ("/v/d/f", 0o600)), ("utime", ("/v/d/f", 5)),
+        ("symlink", ("/v/d/l", "f")), ("mkdir", ("/v/d/e",)), ("rename", ("/v/d/f", "/v/g")),
+        ("rmdir", ("/v/d/e",)), ("unlink", ("/v/d/l",)), ("write_file", ("/v/d/f", b"")),
+    ]
+    paths = ["/v", "/v/d", "/v/d/f", "/v/g", "/v/d/l", "/v/d/e"]
+    for method, args in changes:
+        kept = {p: fs.stat(p) for p in paths if kernel.errno_of("fs.stat", p) is None}
+        assert kernel.fs.volumes["v"].stats  # the results above are kept...
+        getattr(fs, method)(*args)
+        for path in paths:  # ...and none outlives the change
+            if kernel.errno_of("fs.stat", path) is None:
+                assert fs.stat(path) == computed(kernel, path), (method, path)
+        assert any(fs.stat(p) != was for p, was in kept.items()
+                   if kernel.errno_of("fs.stat", p) is None) or method == "unlink"
+
+
+def test_kept_stats_are_bounded(kernel: FakeKernel, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(subsystem, "STATS_KEPT", 4)
+    for index in range(10):
+        kernel.api.write_file(f"/v/f{index}", b"x" * index)
+    for index in range(10):
+        assert kernel.api.stat(f"/v/f{index}")["size"] == index
+        assert len(kernel.fs.volumes["v"].stats) <= 4
+
+
+@pytest.mark.asyncio
+async def test_a_stat_of_a_missing_path_is_answered_without_an_exception(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    config = configuration.load()
+    boot = BootInfo(kernel_id=0, core=0, epoch=1, ranges=[[0, NSLOTS - 1, 0]],
+                    addrs={0: ["127.0.0.1", 1]}, config=config.to_dict(),
+                    data_dir=str(tmp_path), supervisor_pid=0)
+    kernel = Kernel(boot, config, asyncio.get_running_loop())
+    conn = type("Trusted", (), {"session": kernel.gate.trusted})()
+    try:
+        deep = "/v/" + "/".join(["d" * 200] * 3)  # a long path: the message is cut
+        for path in ("/v", "/v/" + "d" * 200, "/v/" + "/".join(["d" * 200] * 2), deep):
+            assert kernel.handle(conn, 1, "fs.mkdir", [path])[2] is None
+
+        def raised(*args: Any) -> Any:
+            raise AssertionError("the miss went through an exception")
+
+        monkeypatch.setattr(kernel, "failure", raised)
+        for path in ("/v/missing", deep + "/missing"):
+            reply = kernel.handle(conn, 2, "fs.stat", [path])
+            assert reply == [1, 2, to_wire(posix(errno.ENOENT, path)), None]
+        assert kernel.errors == {"ENOENT": 2}
+    finally:
+        kernel.close()
