@@ -33,7 +33,9 @@ Parsed = tuple[str | None, tuple[str, ...]]
 
 REMEMBERED_MAX = 8192
 """Parsed paths a process keeps; past this the memory starts afresh (bounded, O(1))."""
-_remembered: dict[str, Parsed] = {}
+remembered: dict[str, Parsed] = {}
+"""Every path :func:`parse` accepted, parsed: hot handlers look a ``str`` path up here
+themselves (one frame less) and call :func:`parse` when it is not there."""
 
 
 def parse(path: object) -> Parsed:
@@ -45,13 +47,13 @@ def parse(path: object) -> Parsed:
     function of the string, so a remembered result is always the right one.
     """
     if type(path) is str:
-        parsed = _remembered.get(path)
+        parsed = remembered.get(path)
         if parsed is not None:
             return parsed
     parsed = _parse(path)
-    if len(_remembered) >= REMEMBERED_MAX:
-        _remembered.clear()
-    _remembered[path] = parsed  # type: ignore[index]  # _parse accepts only str
+    if len(remembered) >= REMEMBERED_MAX:
+        remembered.clear()
+    remembered[path] = parsed  # type: ignore[index]  # _parse accepts only str
     return parsed
 
 
@@ -66,7 +68,7 @@ def routing_key(params: Sequence[Any]) -> str | None:
         return None
     path = params[0]
     if type(path) is str:
-        parsed = _remembered.get(path)
+        parsed = remembered.get(path)
         if parsed is not None:
             return parsed[0]
     try:

@@ -35,7 +35,7 @@ from kernelfarm.errors import InvalidParameter, Refusal, posix
 from kernelfarm.fs import store
 from kernelfarm.fs.config import FsConfig
 from kernelfarm.fs.journal import Journal
-from kernelfarm.fs.paths import parse, routing_key
+from kernelfarm.fs.paths import parse, remembered, routing_key
 from kernelfarm.fs.snapshotter import Snapshotter
 from kernelfarm.fs.tree import FILE_PERM, Dir, File, Limits, Tree, stat_of
 from kernelfarm.fs.volume import (
@@ -85,8 +85,11 @@ class FreeSpace:
     def take(self, need: int) -> None:
         """Count ``need`` bytes as used, or raise ENOSPC if that would eat the reserve."""
         if not self.try_take(need):
-            raise posix(errno.ENOSPC, f"the data dir has {self.free} bytes free and keeps "
-                        f"{self.reserve} (fs.reserve_bytes) in reserve")
+            raise self.full()
+
+    def full(self) -> OSError:
+        return posix(errno.ENOSPC, f"the data dir has {self.free} bytes free and keeps "
+                     f"{self.reserve} (fs.reserve_bytes) in reserve")
 
     def try_take(self, need: int) -> bool:
         if self.reserve == 0:
@@ -205,7 +208,8 @@ class FsSubsystem(Subsystem):
 
     def _resolve(self, path: Any) -> tuple[Volume | None, tuple[str, ...]]:
         """``(volume, components)``; ``(None, ())`` for ``/`` itself."""
-        name, comps = parse(path)
+        parsed = remembered.get(path) if type(path) is str else None
+        name, comps = parse(path) if parsed is None else parsed
         if name is None:
             return None, comps
         volume = self.volumes.get(name)
@@ -215,7 +219,8 @@ class FsSubsystem(Subsystem):
 
     def _resolve_for_create(self, path: Any) -> tuple[Volume | None, tuple[str, ...]]:
         """As :meth:`_resolve`, but a missing ``/name`` is ``EPERM``: only mkdir makes one."""
-        name, comps = parse(path)
+        parsed = remembered.get(path) if type(path) is str else None
+        name, comps = parse(path) if parsed is None else parsed
         if name is None:
             return None, comps
         volume = self.volumes.get(name)
@@ -300,8 +305,7 @@ class FsSubsystem(Subsystem):
             self._create_volume(name, perm)
             return
         volume = self._volume(name, path)
-        self._change(volume, MKDIR, comps, perm, volume.tree.next_ino, time_ns())
-        self._changed(volume)
+        self._change(volume, 0, MKDIR, comps, perm, volume.tree.next_ino, time_ns())
 
     def rmdir(self, path: str) -> None:
         volume, comps = self._resolve(path)
@@ -310,16 +314,15 @@ class FsSubsystem(Subsystem):
         if not comps:
             self._remove_volume(volume)
             return
-        self._change(volume, RMDIR, comps, time_ns())
-        self._changed(volume)
+        self._change(volume, 0, RMDIR, comps, time_ns())
 
     def write_file(self, path: str, data: bytes) -> None:
-        data = _data(data)
+        if type(data) is not bytes:
+            data = _data(data)
         volume, comps = self._resolve_for_create(path)
         if volume is None:
             raise posix(errno.EISDIR, "/")
-        self._change(volume, WRITE_FILE, comps, data, volume.tree.next_ino, time_ns())
-        self._changed(volume)
+        self._change(volume, len(data), WRITE_FILE, comps, data, volume.tree.next_ino, time_ns())
 
     def create(self, path: str, mode: int = FILE_PERM, exclusive: bool = False
                ) -> dict[str, Any]:
@@ -358,8 +361,7 @@ class FsSubsystem(Subsystem):
         volume, comps = self._resolve(path)
         if volume is None:
             raise posix(errno.EISDIR, "/")
-        count: int = self._change(volume, PWRITE, comps, offset, data, time_ns())
-        self._changed(volume)
+        count: int = self._change(volume, len(data), PWRITE, comps, offset, data, time_ns())
         return count
 
     def truncate(self, path: str, size: int) -> None:
@@ -368,15 +370,13 @@ class FsSubsystem(Subsystem):
         volume, comps = self._resolve(path)
         if volume is None:
             raise posix(errno.EISDIR, "/")
-        self._change(volume, TRUNCATE, comps, size, time_ns())
-        self._changed(volume)
+        self._change(volume, 0, TRUNCATE, comps, size, time_ns())
 
     def unlink(self, path: str) -> None:
         volume, comps = self._resolve(path)
         if volume is None:
             raise posix(errno.EISDIR, "/")
-        self._change(volume, UNLINK, comps, time_ns())
-        self._changed(volume)
+        self._change(volume, 0, UNLINK, comps, time_ns())
 
     def rename(self, src: str, dst: str) -> None:
         """Within one volume only: another volume, ``/`` or a volume root is ``EXDEV``."""
@@ -386,8 +386,7 @@ class FsSubsystem(Subsystem):
             raise posix(errno.EXDEV, f"{src} -> {dst}: rename within one volume only")
         assert src_name is not None  # "/" has no components: refused just above
         volume = self._volume(src_name, src)
-        self._change(volume, RENAME, src_comps, dst_comps, time_ns())
-        self._changed(volume)
+        self._change(volume, 0, RENAME, src_comps, dst_comps, time_ns())
 
     def symlink(self, path: str, target: str) -> None:
         """Create the symlink ``path`` holding ``target`` (stored, never followed)."""
@@ -399,16 +398,14 @@ class FsSubsystem(Subsystem):
         volume, comps = self._resolve_for_create(path)
         if volume is None:
             raise posix(errno.EEXIST, "/")
-        self._change(volume, SYMLINK, target, comps, volume.tree.next_ino, time_ns())
-        self._changed(volume)
+        self._change(volume, 0, SYMLINK, target, comps, volume.tree.next_ino, time_ns())
 
     def chmod(self, path: str, mode: int) -> None:
         perm = _mode(mode) & 0o7777
         volume, comps = self._resolve(path)
         if volume is None:
             raise posix(errno.EPERM, "/ is virtual")
-        self._change(volume, CHMOD, comps, perm, time_ns())
-        self._changed(volume)
+        self._change(volume, 0, CHMOD, comps, perm, time_ns())
 
     def utime(self, path: str, mtime_ns: int) -> None:
         """Set the modification time (ctime moves to now, as Linux's utimensat)."""
@@ -417,15 +414,19 @@ class FsSubsystem(Subsystem):
         volume, comps = self._resolve(path)
         if volume is None:
             raise posix(errno.EPERM, "/ is virtual")
-        self._change(volume, UTIME, comps, mtime_ns, time_ns())
-        self._changed(volume)
+        self._change(volume, 0, UTIME, comps, mtime_ns, time_ns())
 
-    def _change(self, volume: Volume, kind: int, *args: Any) -> Any:
+    def _change(self, volume: Volume, size: int, kind: int, *args: Any) -> Any:
         """Every change goes through here: refused with ENOSPC while the disk is nearly
-        full, so a journal write never has to fail for want of space."""
-        need = RECORD_OVERHEAD + sum(len(a) for a in args if type(a) is bytes)
-        self._space.take(need)
-        return volume.change(kind, *args)
+        full (so a journal write never has to fail for want of space; ``size`` is the
+        bytes of data it carries), made, and its volume marked for the group commit."""
+        space = self._space
+        if not space.try_take(RECORD_OVERHEAD + size):
+            raise space.full()
+        result = volume.change(kind, *args)
+        if not self._flush_requested or volume not in self._dirty:
+            self._changed(volume)
+        return result
 
     # -- volumes -----------------------------------------------------------------------------
 

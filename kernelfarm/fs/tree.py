@@ -271,7 +271,7 @@ class Tree:
             self._check_size(comps, len(node.data), len(data))
             self.bytes_used += len(data) - len(node.data)
             node.data = data
-            self._touch(node, now)
+            node.mtime_ns = node.ctime_ns = now
         elif isinstance(node, Dir):
             raise posix(errno.EISDIR, self._where(comps))
         else:

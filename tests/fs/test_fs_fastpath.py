@@ -1,5 +1,6 @@
-"""The fs fast path: encoded stat results kept per volume stay right and bounded, and a
-stat of a missing path is answered without an exception."""
+"""The fs fast path: encoded stat results kept per volume stay right and bounded, a stat
+of a missing path is answered without an exception, and journal records (encoded with
+msgspec) are the msgpack the journal reader takes."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import msgpack
 import pytest
 from fs_harness import FakeKernel, wire
 
@@ -16,8 +18,10 @@ from kernelfarm import config as configuration
 from kernelfarm.boot import BootInfo
 from kernelfarm.errors import posix, to_wire
 from kernelfarm.fs import subsystem
+from kernelfarm.fs.journal import frame
 from kernelfarm.fs.paths import parse
 from kernelfarm.fs.tree import stat_of
+from kernelfarm.fs.volume import WRITE_FILE
 from kernelfarm.kernel.kernel import Kernel
 from kernelfarm.partition import NSLOTS
 
@@ -92,3 +96,19 @@ async def test_a_stat_of_a_missing_path_is_answered_without_an_exception(
         assert kernel.errors == {"ENOENT": 2}
     finally:
         kernel.close()
+
+
+def test_a_change_is_journaled_as_msgpack_and_a_refused_one_not_at_all(
+        kernel: FakeKernel) -> None:
+    kernel.api.mkdir("/v/d")
+    volume = kernel.fs.volumes["v"]
+    journaled = volume.journal.size + volume.journal.pending
+    for refused in (("write_file", "/v/d", b"x"), ("unlink", "/v/d"), ("rmdir", "/v/none")):
+        assert kernel.errno_of(f"fs.{refused[0]}", *refused[1:]) is not None
+        # no record of what did not happen, buffered or written
+        assert volume.journal.size + volume.journal.pending == journaled, refused
+    kernel.api.write_file("/v/d/f", b"\x00data")
+    node = volume.tree.lookup(("d", "f"))
+    record = (WRITE_FILE, ("d", "f"), b"\x00data", node.ino, node.mtime_ns)
+    with open(volume.journal.path, "rb") as fh:
+        assert fh.read()[journaled:] == frame(msgpack.packb(record))

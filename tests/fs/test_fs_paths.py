@@ -99,7 +99,7 @@ def test_a_path_is_parsed_once_for_the_key_and_the_handler(
         return real(path)
 
     monkeypatch.setattr(paths, "_parse", counting)
-    monkeypatch.setattr(paths, "_remembered", {})
+    monkeypatch.setattr(paths, "remembered", {})
     assert routing_key(["/once/a/b"]) == "once"
     assert calls == ["/once/a/b"]  # the kernel's key function parsed it ...
     assert parse("/once/a/b") == ("once", ("a", "b"))
@@ -117,10 +117,10 @@ def test_the_routing_key_of_a_refused_path_is_the_clients_key() -> None:
 
 
 def test_remembered_paths_are_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(paths, "_remembered", {})
+    monkeypatch.setattr(paths, "remembered", {})
     for index in range(paths.REMEMBERED_MAX * 2 + 3):
         parse(f"/v/f{index}")
-    assert 0 < len(paths._remembered) <= paths.REMEMBERED_MAX
+    assert 0 < len(paths.remembered) <= paths.REMEMBERED_MAX
 
 
 def test_every_method_refuses_every_hostile_path_and_touches_nothing(tmp_path: Path) -> None:
