@@ -23,6 +23,7 @@ import errno
 import logging
 import os
 import stat as statmod
+import time
 from dataclasses import dataclass
 from typing import Any, Awaitable, Callable, Sequence
 
@@ -30,7 +31,8 @@ import pyfuse3
 
 from kernelfarm.mount.attrcache import AttrCache, Stat
 from kernelfarm.mount.attrs import Caching, entry_attributes, fuse_errors
-from kernelfarm.mount.inodes import InodeTable
+from kernelfarm.mount.inodes import ROOT_INO, InodeTable
+from kernelfarm.mount.listings import Listings
 from kernelfarm.mount.readahead import ReadAhead
 from kernelfarm.mount.writeback import InflightBudget, WriteBehind
 
@@ -41,6 +43,8 @@ INFLIGHT_BYTES = 64 * 1024 * 1024
 READAHEAD_BLOCK_BYTES = 1024 * 1024
 READAHEAD_DEPTH = 4
 READDIR_BATCH = 128
+NAME_MAX = 255
+INT64 = 2**63
 HIDDEN_PREFIX = ".kfmount-unlinked-"
 """An unlinked file that is still open is renamed to this prefix + its inode number and
 removed at its last close (as NFS clients do with ``.nfsXXXX``)."""
@@ -48,6 +52,17 @@ removed at its last close (as NFS clients do with ``.nfsXXXX``)."""
 
 def _name(raw: bytes) -> str:
     return os.fsdecode(raw)  # undecodable bytes become lone surrogates: the farm's EINVAL
+
+
+def _valid(raw: bytes) -> bool:
+    """A name the farm can hold (else only the farm says which errno: ENAMETOOLONG...)."""
+    if len(raw) > NAME_MAX:
+        return False
+    try:
+        raw.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return True
 
 
 def _fail(code: int) -> pyfuse3.FUSEError:
@@ -78,6 +93,7 @@ class FarmOperations(pyfuse3.Operations):
         self.pending: dict[int, WriteBehind] = {}
         self.ahead: dict[int, ReadAhead] = {}    # inode -> blocks read ahead
         self.cache = AttrCache(self.caching.attr_timeout)
+        self.names = Listings(self.caching.entry_timeout)
         self.handles: dict[int, int] = {}        # file handle -> inode
         self.opens: dict[int, int] = {}          # inode -> open handles
         self.unlinked: set[int] = set()          # open, unlinked, hidden until last close
@@ -163,17 +179,40 @@ class FarmOperations(pyfuse3.Operations):
     async def lookup(self, parent_inode: int, name: bytes, ctx: Any = None
                      ) -> pyfuse3.EntryAttributes:
         text = _name(name)
+        left = self.names.absent(parent_inode, text) if _valid(name) else None
+        if left is not None:
+            return self._no_entry(left)
         path = self.inodes.child_path(parent_inode, text)
         known = self.inodes.known(parent_inode, text)
         if known is not None:
             await self._drain(known)
-        return await self._entry(parent_inode, text, path, await self.fs.stat(path))
+        if not self.names.worth_taking(parent_inode):
+            return await self._entry(parent_inode, text, path, await self.fs.stat(path))
+        version = self.names.version(parent_inode)
+        answers: tuple[Any, Any] = await asyncio.gather(  # one round trip, names with it
+            self.fs.stat(path), self.fs.listdir(self._path(parent_inode)),
+            return_exceptions=True)
+        st, names = answers
+        if not isinstance(names, BaseException):
+            self.names.put(parent_inode, names, version)
+        if isinstance(st, BaseException):
+            raise st
+        return await self._entry(parent_inode, text, path, st)
+
+    @staticmethod
+    def _no_entry(left: float) -> pyfuse3.EntryAttributes:
+        """"No such name", which the kernel may keep for ``left`` seconds (inode 0)."""
+        attrs = pyfuse3.EntryAttributes()
+        attrs.st_ino = 0
+        attrs.entry_timeout = left
+        return attrs
 
     @fuse_errors
     async def forget(self, inode_list: Sequence[tuple[int, int]]) -> None:
         for ino, count in inode_list:
             self.inodes.forget(ino, count)
             self.cache.forget(ino)
+            self.names.forget(ino)
 
     @fuse_errors
     async def getattr(self, inode: int, ctx: Any = None) -> pyfuse3.EntryAttributes:
@@ -220,12 +259,12 @@ class FarmOperations(pyfuse3.Operations):
         if changes:
             self._writable()
         path = self._path(inode)
-        if fields.update_mode and not (fields.update_size or fields.update_mtime):
-            return await self._set_beside_writes(inode, path, lambda: self.fs.chmod(
-                path, attr.st_mode & 0o7777), ordered=False)
-        if fields.update_mtime and not (fields.update_size or fields.update_mode):
-            return await self._set_beside_writes(inode, path, lambda: self.fs.utime(
-                path, attr.st_mtime_ns), ordered=True)
+        if self.opens.get(inode) and last is not None and not fields.update_size:
+            if fields.update_mode and not fields.update_mtime:
+                return self._set_behind_writes(inode, last, mode=attr.st_mode & 0o7777)
+            if fields.update_mtime and not fields.update_mode \
+                    and -INT64 <= attr.st_mtime_ns < INT64:
+                return self._set_behind_writes(inode, last, mtime_ns=attr.st_mtime_ns)
         await self._drain(inode)
         self._changed(inode)
         calls: list[Callable[[], Awaitable[None]]] = []
@@ -245,31 +284,22 @@ class FarmOperations(pyfuse3.Operations):
             await call()
         return self._attrs(inode, await self.fs.stat(path))
 
-    async def _set_beside_writes(self, inode: int, path: str,
-                                 change: Callable[[], Awaitable[None]], ordered: bool
-                                 ) -> pyfuse3.EntryAttributes:
-        """A ``chmod`` or ``utime`` sent right behind the file's pending writes with a
-        ``stat``, one round trip for all, instead of after them.  A mode does not meet
-        the data; an mtime must be set after the writes (each moves it), so if one was
-        answered after it (a retried write), it is set again (``ordered``)."""
-        behind = self.pending.get(inode)
-        writes = await behind.start() if behind is not None else frozenset()
+    def _set_behind_writes(self, inode: int, last: Stat, *, mode: int | None = None,
+                           mtime_ns: int | None = None) -> pyfuse3.EntryAttributes:
+        """``fchmod``/``futimens`` (or a chmod by path) of a file open in this mount: sent
+        behind its writes like one (:meth:`WriteBehind.then`) and answered at once, so
+        ``cp -a`` and ``rsync`` do not wait a round trip for each; ``close`` and
+        ``fsync`` wait for it, and its error is reported as a write's."""
+        behind = self._behind(inode)
         self._changed(inode)
-        version = self._settled_version(inode)
-
-        async def send() -> bool:
-            await change()
-            return behind is None or behind.answered(writes)
-
-        after_writes, st = await self._together(send(), self.fs.stat(path))
-        if ordered and not after_writes:
-            assert behind is not None  # without writes, nothing comes after
-            await behind.settle()
-            self._changed(inode)
-            _, st = await self._together(change(), self.fs.stat(path))
-        if isinstance(st, BaseException):
-            st = await self.fs.stat(path)
-        return self._attrs(inode, self._with_pending(inode, st), version)
+        st = {**last, "ctime_ns": time.time_ns()}
+        if mode is not None:
+            behind.then(lambda: self.fs.chmod(self._path(inode), mode), ordered=False)
+            st["mode"] = statmod.S_IFMT(last["mode"]) | mode
+        if mtime_ns is not None:
+            behind.then(lambda: self.fs.utime(self._path(inode), mtime_ns), ordered=True)
+            st["mtime_ns"] = mtime_ns
+        return self._attrs(inode, self._with_pending(inode, st))
 
     @fuse_errors
     async def readlink(self, inode: int, ctx: Any = None) -> bytes:
@@ -292,7 +322,10 @@ class FarmOperations(pyfuse3.Operations):
         path = self.inodes.child_path(parent_inode, text)
         _, st = await self._change_in(parent_inode, self.fs.mkdir(path, mode & 0o7777),
                                       self.fs.stat(path))
-        return await self._entry(parent_inode, text, path, st)
+        self.names.added(parent_inode, text)
+        attrs = await self._entry(parent_inode, text, path, st)
+        self.names.put(attrs.st_ino, (), self.names.version(attrs.st_ino))  # empty: made here
+        return attrs
 
     @fuse_errors
     async def symlink(self, parent_inode: int, name: bytes, target: bytes, ctx: Any
@@ -302,6 +335,7 @@ class FarmOperations(pyfuse3.Operations):
         path = self.inodes.child_path(parent_inode, text)
         _, st = await self._change_in(parent_inode, self.fs.symlink(path, os.fsdecode(target)),
                                       self.fs.stat(path))
+        self.names.added(parent_inode, text)
         return await self._entry(parent_inode, text, path, st)
 
     async def _make_file(self, parent: int, name: bytes, mode: int, flags: int
@@ -312,8 +346,11 @@ class FarmOperations(pyfuse3.Operations):
         self._writable()
         text = _name(name)
         path = self.inodes.child_path(parent, text)
-        (st,) = await self._change_in(parent, self.fs.create(
-            path, mode & 0o7777, bool(flags & os.O_EXCL)))
+        try:
+            (st,) = await self._change_in(parent, self.fs.create(
+                path, mode & 0o7777, bool(flags & os.O_EXCL)))
+        finally:  # made, or there after all (EEXIST): either way the name is there
+            self.names.added(parent, text)
         ino = self.inodes.lookup(parent, text)
         if flags & os.O_TRUNC and st["size"]:
             await self._drain(ino)
@@ -352,10 +389,13 @@ class FarmOperations(pyfuse3.Operations):
             hidden = f"{HIDDEN_PREFIX}{ino}"
             await self._change_in(parent_inode, self.fs.rename(
                 path, self.inodes.child_path(parent_inode, hidden)))
+            self.names.removed(parent_inode, text)
+            self.names.added(parent_inode, hidden)
             self.inodes.move(parent_inode, text, parent_inode, hidden)
             self.unlinked.add(ino)
             return
         await self._change_in(parent_inode, self.fs.unlink(path))
+        self.names.removed(parent_inode, text)
         self.inodes.detach(parent_inode, text)
 
     @fuse_errors
@@ -365,6 +405,10 @@ class FarmOperations(pyfuse3.Operations):
         await self.drain_all()
         await self._change_in(parent_inode, self.fs.rmdir(
             self.inodes.child_path(parent_inode, text)))
+        self.names.removed(parent_inode, text)
+        gone = self.inodes.known(parent_inode, text)
+        if gone is not None:
+            self.names.forget(gone)
         self.inodes.detach(parent_inode, text)
 
     @fuse_errors
@@ -387,6 +431,8 @@ class FarmOperations(pyfuse3.Operations):
         moved = self.inodes.known(parent_inode_old, old)
         self.cache.changed(parent_inode_old, *(() if moved is None else (moved,)))
         await self._change_in(parent_inode_new, self.fs.rename(src, dst))
+        self.names.removed(parent_inode_old, old)
+        self.names.added(parent_inode_new, new)
         self.inodes.move(parent_inode_old, old, parent_inode_new, new)
 
     # -- files --------------------------------------------------------------------------
@@ -480,13 +526,17 @@ class FarmOperations(pyfuse3.Operations):
         if where is None:
             return
         await self._change_in(where[0], self.fs.unlink(self._path(ino)))
+        self.names.removed(*where)
         self.inodes.detach(*where)
 
     # -- directories --------------------------------------------------------------------
 
     @fuse_errors
     async def opendir(self, inode: int, ctx: Any) -> int:
+        version = self.names.version(inode)
         names = await self.fs.listdir(self._path(inode))
+        if inode != ROOT_INO:  # "/" lists only the volumes granted, lookups see others
+            self.names.put(inode, names, version)
         fh = self._handle()
         self.listings[fh] = DirListing(inode, names)
         return fh

@@ -7,12 +7,14 @@ retried call (``TRYAGAIN`` during a slot move) can never land after a later writ
 same bytes.  The bytes in flight over the whole mount are bounded, which holds back the
 writing program instead of growing memory.  ``drain`` sends what is buffered and waits
 for everything: ``flush`` (close), ``fsync``, and every operation that must see the
-file's data on the farm call it.  ``start`` sends the buffer without waiting and names
-the writes on their way, and ``answered`` says whether the farm answered them: a call
-sent right behind them (on the same connection, so served after them) can tell whether
-it was served after them after all (a retry may reorder).  A failed chunk's error is
-reported once, by the next ``write``, ``flush`` or ``fsync`` of the file, as NFS reports
-a failed write-behind.
+file's data on the farm call it.  A failed chunk's error is reported once, by the next
+``write``, ``flush`` or ``fsync`` of the file, as NFS reports a failed write-behind.
+
+A change of the file's mode or mtime made while it is open goes the same way (``then``):
+sent at once, right behind the writes, and waited for by ``drain``.  An mtime must land
+after the writes (each moves it): they are on the same connection, so the kernel serves
+them first, unless a retry reordered them; if a write was answered after the ``utime``,
+it is sent again once every write is in.
 """
 
 from __future__ import annotations
@@ -55,11 +57,13 @@ class WriteBehind:
         self._inflight: list[tuple[int, int, asyncio.Task[None]]] = []
         self._unanswered: set[int] = set()
         self._tickets = 0
+        self._calls: list[asyncio.Task[None]] = []   # changes sent by ``then``
+        self._ordered: asyncio.Task[None] | None = None  # the last ordered one
         self._error: Exception | None = None
 
     @property
     def idle(self) -> bool:
-        return not self._buffer and not self._inflight
+        return not self._buffer and not self._inflight and not self._calls
 
     def end(self) -> int:
         """One past the last byte written but perhaps not on the farm yet (0 if none)."""
@@ -79,20 +83,41 @@ class WriteBehind:
         if len(self._buffer) >= self._chunk:
             await self._send_buffer()
 
-    async def start(self) -> frozenset[int]:
-        """Send the buffer now; the writes on their way (for :meth:`answered`)."""
-        await self._send_buffer()
-        return frozenset(self._unanswered)
+    def then(self, change: Callable[[], Awaitable[object]], ordered: bool) -> None:
+        """Send ``change`` behind the writes so far without waiting for it; ``ordered``:
+        it must be served after them (a ``utime``), and after the previous ordered one."""
+        task = asyncio.ensure_future(self._follow(change, ordered, self._ordered))
+        self._calls.append(task)
+        task.add_done_callback(self._calls.remove)
+        if ordered:
+            self._ordered = task
 
-    def answered(self, writes: frozenset[int]) -> bool:
-        return not writes & self._unanswered
+    async def _follow(self, change: Callable[[], Awaitable[object]], ordered: bool,
+                      previous: asyncio.Task[None] | None) -> None:
+        try:
+            if previous is not None:
+                await asyncio.wait([previous])
+            await self._send_buffer()
+            await asyncio.sleep(0)  # the chunks' tasks send them first: one loop turn
+            writes = frozenset(self._unanswered)
+            await change()
+            if ordered and writes & self._unanswered:  # checked in the step of its answer
+                await self._writes_in()
+                await change()
+        except Exception as exc:  # reported to the program by the next write/flush/fsync
+            self._error = self._error or exc
 
-    async def settle(self) -> None:
-        """Send the buffer and wait until every write of this file was answered; a failed
-        one's error stays for the next ``write``, ``flush`` or ``fsync``."""
-        await self._send_buffer()
+    async def _writes_in(self) -> None:
         while self._inflight:
             await asyncio.wait([task for _, _, task in self._inflight])
+
+    async def settle(self) -> None:
+        """Send the buffer and wait until every write and change of this file was
+        answered; a failed one's error stays for the next ``write``, ``flush`` or
+        ``fsync``."""
+        await self._send_buffer()
+        while self._inflight or self._calls:
+            await asyncio.wait([task for _, _, task in self._inflight] + self._calls)
 
     async def drain(self) -> None:
         """Send the buffer and wait until every write of this file reached the farm."""

@@ -67,19 +67,19 @@ async def errno_of(call: Awaitable[Any]) -> int:
 @pytest.mark.asyncio
 async def test_exclusive_create_loses_to_another_clients_create(client: aio.Client) -> None:
     ops = FarmOperations(client.fs)
-    parent = await volume(client, ops, "excl")
+    parent = await volume(client, ops, "h-excl")
     # The kernel looked "f" up and found nothing; then another client made it.
-    await client.fs.write_file("/excl/f", b"theirs")
+    await client.fs.write_file("/h-excl/f", b"theirs")
     assert await errno_of(ops.create(parent, b"f", 0o644, CREATE | os.O_EXCL, None)) \
         == errno.EEXIST
-    assert await client.fs.read_file("/excl/f") == b"theirs"
+    assert await client.fs.read_file("/h-excl/f") == b"theirs"
     # Without O_EXCL, open(O_CREAT) opens their file as it is; O_TRUNC empties it.
     info, attrs = await ops.create(parent, b"f", 0o600, CREATE, None)
     assert (attrs.st_size, attrs.st_mode) == (6, statmod.S_IFREG | 0o644)
     await ops.release(info.fh)
-    assert await client.fs.read_file("/excl/f") == b"theirs"
+    assert await client.fs.read_file("/h-excl/f") == b"theirs"
     info, attrs = await ops.create(parent, b"f", 0o600, CREATE | os.O_TRUNC, None)
-    assert attrs.st_size == 0 and await client.fs.read_file("/excl/f") == b""
+    assert attrs.st_size == 0 and await client.fs.read_file("/h-excl/f") == b""
     await ops.release(info.fh)
     # mknod is exclusive too; a new name gets the mode asked for.
     assert await errno_of(ops.mknod(parent, b"f", statmod.S_IFREG | 0o600, 0, None)) \
@@ -93,16 +93,16 @@ async def test_exclusive_create_loses_to_another_clients_create(client: aio.Clie
 async def test_a_directory_changed_here_is_not_asked_for_again(client: aio.Client) -> None:
     counting = CountingFs(client.fs)
     ops = FarmOperations(counting, caching=Caching(attr_timeout=0.5, entry_timeout=0.5))
-    parent = await volume(client, ops, "attrs")
+    parent = await volume(client, ops, "h-attrs")
     info, _ = await ops.create(parent, b"f", 0o644, CREATE, None)
     await ops.release(info.fh)
     counting.calls.clear()
     attrs = await ops.getattr(parent)  # the kernel asks after every change in the dir
     assert counting.calls["stat"] == 0
     assert attrs.st_size == 1 and 0 < attrs.attr_timeout <= 0.5
-    assert attrs.st_mtime_ns == (await client.fs.stat("/attrs"))["mtime_ns"]
+    assert attrs.st_mtime_ns == (await client.fs.stat("/h-attrs"))["mtime_ns"]
     # Another client's change shows once the timeout is over, never later.
-    await client.fs.write_file("/attrs/g", b"")
+    await client.fs.write_file("/h-attrs/g", b"")
     await asyncio.sleep(0.5)
     assert (await ops.getattr(parent)).st_size == 2
     assert counting.calls["stat"] == 1
@@ -120,7 +120,7 @@ async def test_a_utime_answered_before_a_pending_write_is_set_again(
         client: aio.Client) -> None:
     counting = CountingFs(client.fs)
     ops = FarmOperations(counting)
-    parent = await volume(client, ops, "utime")
+    parent = await volume(client, ops, "h-utime")
     info, attrs = await ops.create(parent, b"f", 0o644, CREATE, None)
     await ops.write(info.fh, 0, b"data")
     # The write is held back, as a retry during a slot move would hold it: it lands
@@ -136,7 +136,7 @@ async def test_a_utime_answered_before_a_pending_write_is_set_again(
     assert (await setting).st_mtime_ns == when
     await ops.flush(info.fh)
     await ops.release(info.fh)
-    st = await client.fs.stat("/utime/f")
+    st = await client.fs.stat("/h-utime/f")
     assert (st["mtime_ns"], st["size"]) == (when, 4)
     assert counting.calls["utime"] == 2  # set again once the write had landed
 
@@ -158,3 +158,63 @@ def _mtime_attrs(mtime_ns: int) -> pyfuse3.EntryAttributes:
     attrs = pyfuse3.EntryAttributes()
     attrs.st_mtime_ns = mtime_ns
     return attrs
+
+
+@pytest.mark.asyncio
+async def test_a_directory_made_or_listed_here_answers_missing_names(
+        client: aio.Client) -> None:
+    counting = CountingFs(client.fs)
+    ops = FarmOperations(counting, caching=Caching(attr_timeout=0.5, entry_timeout=0.5))
+    parent = await volume(client, ops, "h-names")
+    made = await ops.mkdir(parent, b"d", 0o755, None)
+    counting.calls.clear()
+    missing = await ops.lookup(made.st_ino, b"f")  # what create asks first
+    assert missing.st_ino == 0 and 0 < missing.entry_timeout <= 0.5
+    info, attrs = await ops.create(made.st_ino, b"f", 0o644, CREATE, None)
+    await ops.release(info.fh)
+    assert (await ops.lookup(made.st_ino, b"f")).st_ino == attrs.st_ino  # made here
+    assert counting.calls["stat"] == 2  # the directory's behind the create, and f's
+    # A name another client makes shows once the names are older than the timeout.
+    await client.fs.write_file("/h-names/d/g", b"theirs")
+    assert (await ops.lookup(made.st_ino, b"g")).st_ino == 0
+    await asyncio.sleep(0.5)
+    assert (await ops.lookup(made.st_ino, b"g")).st_size == 6
+    assert counting.calls["listdir"] == 1  # the names were worth taking again
+    # Names the farm must judge are never answered from the listing.
+    assert await errno_of(ops.lookup(made.st_ino, b"x" * 256)) == errno.ENAMETOOLONG
+    # Removing here is seen here at once.
+    await ops.unlink(made.st_ino, b"f", None)
+    stats = counting.calls["stat"]
+    assert (await ops.lookup(made.st_ino, b"f")).st_ino == 0
+    assert counting.calls["stat"] == stats
+
+
+@pytest.mark.asyncio
+async def test_a_mode_and_mtime_set_on_an_open_file_land_by_close(
+        client: aio.Client) -> None:
+    counting = CountingFs(client.fs)
+    ops = FarmOperations(counting)
+    parent = await volume(client, ops, "h-later")
+    info, attrs = await ops.create(parent, b"f", 0o600, CREATE, None)
+    await ops.write(info.fh, 0, b"data")
+    when = 1_500_000_000_000_000_000
+    counting.held["chmod"] = asyncio.Event()  # the farm is slow to answer the chmod
+    answer = await ops.setattr(attrs.st_ino, _mode_attrs(0o640), _fields(mode=True),
+                               None, None)  # fchmod: answered without waiting
+    assert answer.st_mode == statmod.S_IFREG | 0o640
+    answer = await ops.setattr(attrs.st_ino, _mtime_attrs(when), _fields(mtime=True),
+                               None, None)
+    assert (answer.st_mtime_ns, answer.st_size) == (when, 4)
+    assert (await ops.getattr(attrs.st_ino)).st_mode == statmod.S_IFREG | 0o640
+    closing = asyncio.ensure_future(ops.flush(info.fh))
+    await asyncio.sleep(0.05)
+    assert not closing.done()  # close waits for them, as for the writes
+    counting.held.pop("chmod").set()
+    await closing
+    st = await client.fs.stat("/h-later/f")
+    assert (st["mode"], st["mtime_ns"], st["size"]) == (statmod.S_IFREG | 0o640, when, 4)
+    # A change the farm refuses is reported by the next close, as a failed write.
+    await client.fs.unlink("/h-later/f")
+    await ops.setattr(attrs.st_ino, _mode_attrs(0o600), _fields(mode=True), None, None)
+    assert await errno_of(ops.flush(info.fh)) == errno.ENOENT
+    await ops.release(info.fh)

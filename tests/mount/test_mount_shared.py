@@ -4,6 +4,7 @@ the client's retries of MOVED and TRYAGAIN stay below the FUSE requests."""
 
 from __future__ import annotations
 
+import errno
 import os
 import threading
 from pathlib import Path
@@ -44,6 +45,50 @@ def test_two_mounts_see_each_others_closed_files(two_mounts: tuple[Mount, Mount]
     (b.path / "shared" / "g").unlink()
     wait_until(lambda: os.listdir(a.path / "shared") == [],
                timeout=ATTR_TIMEOUT_S * 5, what="a to see the unlink")
+
+
+def excl_create(path: Path) -> bool:
+    try:
+        os.close(os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644))
+    except FileExistsError:
+        return False
+    return True
+
+
+def test_o_excl_is_exclusive_across_mounts(two_mounts: tuple[Mount, Mount]) -> None:
+    """Each mount keeps the names of a directory it made or listed for up to 1 s, so its
+    kernel sends the create of a name the other mount has just made: the farm refuses
+    it (one exclusive ``fs.create``), and a create without O_EXCL opens the other file."""
+    a, b = two_mounts
+    (a.path / "excl").mkdir()
+    assert os.listdir(b.path / "excl") == []
+    (b.path / "excl" / "x").write_bytes(b"from b")
+    assert not excl_create(a.path / "excl" / "x")
+    os.close(os.open(a.path / "excl" / "x", os.O_CREAT | os.O_WRONLY))
+    assert (b.path / "excl" / "x").read_bytes() == b"from b"
+    wait_until(lambda: (a.path / "excl" / "x").exists(),
+               timeout=ATTR_TIMEOUT_S * 5, what="a to see b's new name")
+    # Both mounts race for the same names, each sure (for 1 s) that none exists yet.
+    names = [f"n{i}" for i in range(40)]
+    os.listdir(a.path / "excl")
+    os.listdir(b.path / "excl")
+    won: dict[str, list[Path]] = {name: [] for name in names}
+
+    def race(mount: Mount) -> None:
+        for name in names:
+            if excl_create(mount.path / "excl" / name):
+                won[name].append(mount.path)
+
+    threads = [threading.Thread(target=race, args=(mount,)) for mount in (b, a)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert all(len(winners) == 1 for winners in won.values()), won
+    assert sorted(os.listdir(a.path / "excl")) == sorted(["x", *names])
+    with pytest.raises(OSError) as failure:
+        os.open(b.path / "excl" / "n0", os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+    assert failure.value.errno == errno.EEXIST
 
 
 def test_a_live_scale_out_is_invisible_through_the_mount(tmp_path: Path) -> None:
