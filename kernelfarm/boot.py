@@ -12,6 +12,9 @@ from typing import Any
 
 BOOT_NOTIFICATION = "kernel.boot"
 READY_NOTIFICATION = "kernel.ready"
+LOADING_NOTIFICATION = "kernel.loading"
+"""Sent during boot while the kernel loads its slots' state: proof of progress, which
+extends the supervisor's boot deadline (``supervisor.boot_timeout`` between reports)."""
 
 EXIT_BOOT_FAILED = 3
 """Reserved exit code (gunicorn's idea): the kernel could not start; restarting at once

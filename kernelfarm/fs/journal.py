@@ -3,7 +3,7 @@
 A record is framed as ``<u32 length><u32 CRC-32 of payload><payload>`` (little endian),
 the payload a msgpack object.  A crash can leave the last record half written (a torn
 tail) or garbage after it; :func:`read_records` reads records up to the first frame that
-does not check out, so :meth:`Journal.recover` can cut the file there.  Everything after
+does not check out, so :meth:`Journal.recovering` can cut the file there.  Everything after
 a bad frame is discarded: once one frame is unreadable nothing behind it can be trusted.
 
 :meth:`Journal.append` only encodes into a buffer; :meth:`Journal.flush` writes the
@@ -23,6 +23,8 @@ import zlib
 from typing import Any, BinaryIO, Callable, Iterator
 
 import msgpack
+
+from kernelfarm.steps import STEP_BYTES, STEP_ITEMS, Steps
 
 log = logging.getLogger(__name__)
 
@@ -68,6 +70,30 @@ def read_all(path: str) -> Iterator[Any]:
             raise ValueError(f"{path}: damaged at byte {good} of {size}")
 
 
+def replaying(fh: BinaryIO, size: int, apply: Callable[[Any], None]) -> Steps[int]:
+    """Feed every good record from the position of ``fh`` to ``apply``, a step at a
+    time (see :mod:`kernelfarm.steps`); the offset after the last good record."""
+    good = step_start = fh.tell()
+    count = 0
+    for record, good in read_records(fh, size):  # noqa: B007 - read after the loop
+        apply(record)
+        count += 1
+        if count % STEP_ITEMS == 0 or good - step_start >= STEP_BYTES:
+            step_start = good
+            yield
+    return good
+
+
+def replaying_whole(path: str, apply: Callable[[Any], None]) -> Steps[None]:
+    """Replay a journal that must be whole (one a later generation follows); raises at
+    any damage."""
+    with open(path, "rb") as fh:
+        size = os.fstat(fh.fileno()).st_size
+        good = yield from replaying(fh, size, apply)
+    if good != size:
+        raise ValueError(f"{path}: damaged at byte {good} of {size}")
+
+
 class Journal:
     """One volume's journal file: buffered appends, one write (and fsync) per flush."""
 
@@ -79,17 +105,15 @@ class Journal:
         self.unsynced = False       # written but not yet fsynced
 
     @classmethod
-    def recover(cls, path: str, apply: Callable[[Any], None]) -> Journal:
-        """Feed every good record to ``apply``, then cut a torn or corrupt tail off."""
+    def recovering(cls, path: str, apply: Callable[[Any], None]) -> Steps[Journal]:
+        """Feed every good record to ``apply`` (a step at a time), then cut a torn or
+        corrupt tail off."""
         with open(path, "r+b") as fh:
             size = os.fstat(fh.fileno()).st_size
-            good = count = 0
-            for record, good in read_records(fh, size):  # noqa: B007 - read after the loop
-                apply(record)
-                count += 1
+            good = yield from replaying(fh, size, apply)
             if good < size:
-                log.warning("journal %s: cutting %d damaged bytes after %d good records",
-                            path, size - good, count)
+                log.warning("journal %s: cutting %d damaged bytes after byte %d",
+                            path, size - good, good)
                 fh.truncate(good)
                 fh.flush()  # truncate flushes too; said here so the fsync is plainly safe
                 os.fsync(fh.fileno())

@@ -27,6 +27,7 @@ from kernelfarm import durable
 from kernelfarm.fs import journal
 from kernelfarm.fs.sparse import Sparse
 from kernelfarm.fs.tree import ROOT_INO, Dir, File, Inode, Limits, Symlink, Tree
+from kernelfarm.steps import STEP_BYTES, STEP_ITEMS, Steps, finish
 
 FORMAT = 1
 DIR, FILE, SYMLINK = 0, 1, 2
@@ -101,7 +102,12 @@ def _put(fh: BinaryIO, packer: msgpack.Packer, obj: Any) -> None:
 
 def load(path: str, limits: Limits) -> tuple[Tree, int]:
     """Rebuild the tree from a snapshot file; returns it and the journal generation."""
-    tree, generation, damage = _read(path, journal.read_all(path))
+    return finish(loading(path, limits))
+
+
+def loading(path: str, limits: Limits) -> Steps[tuple[Tree, int]]:
+    """:func:`load` a step at a time (see :mod:`kernelfarm.steps`)."""
+    tree, generation, damage = yield from _read(path, journal.read_all(path))
     if damage is not None:
         raise ValueError(damage)
     tree.limits = limits
@@ -112,7 +118,7 @@ def load_partial(path: str) -> tuple[Tree, int, str | None]:
     """As :func:`load`, but damage after the root ends the load early instead of failing
     it: the tree holds every inode read before, and the third value says what was wrong
     (``None`` when the snapshot is whole)."""
-    return _read(path, journal.read_all(path))
+    return finish(_read(path, journal.read_all(path)))
 
 
 def peek_name(path: str) -> str | None:
@@ -125,7 +131,7 @@ def peek_name(path: str) -> str | None:
     return name if isinstance(name, str) else None
 
 
-def _read(path: str, records: Iterator[Any]) -> tuple[Tree, int, str | None]:
+def _read(path: str, records: Iterator[Any]) -> Steps[tuple[Tree, int, str | None]]:
     header = next(records, None)
     if not isinstance(header, dict) or header.get("format") != FORMAT:
         raise ValueError(f"{path}: not a snapshot of format {FORMAT}: {header!r:.100}")
@@ -156,6 +162,9 @@ def _read(path: str, records: Iterator[Any]) -> tuple[Tree, int, str | None]:
                 _attach(tree, parent, name, node)
             if isinstance(node, Dir):
                 dirs[node.ino] = node
+            if count % STEP_ITEMS == 0 or (isinstance(node, File)
+                                            and len(node.data) >= STEP_BYTES):
+                yield
         raise ValueError(f"{path}: no end record (truncated snapshot)")
     except (ValueError, TypeError, IndexError) as exc:
         if tree is None:

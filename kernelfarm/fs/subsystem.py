@@ -44,6 +44,7 @@ from kernelfarm.fs.volume import (
 )
 from kernelfarm.kernel.subsystem import KernelContext, Method, Subsystem
 from kernelfarm.partition import key_slot
+from kernelfarm.steps import Steps
 
 log = logging.getLogger(__name__)
 
@@ -568,16 +569,16 @@ class FsSubsystem(Subsystem):
 
     # -- slots -------------------------------------------------------------------------------
 
-    def load_slots(self, slots: list[int]) -> None:
-        """Load the volumes of ``slots``: only those with a directory are looked at (one
-        listing of ``data_dir/fs``, not one lookup per slot: a kernel boots with thousands
-        of slots, most of them empty)."""
+    def loading(self, slots: list[int]) -> Steps[None]:
+        """Load the volumes of ``slots``, a step at a time: only those with a directory
+        are looked at (one listing of ``data_dir/fs``, not one lookup per slot: a kernel
+        boots with thousands of slots, most of them empty)."""
         present = store.slot_numbers(self.ctx.data_dir)
         for slot in slots:
             if slot in present:
-                self._load_slot(slot)
+                yield from self._loading_slot(slot)
 
-    def _load_slot(self, slot: int) -> None:
+    def _loading_slot(self, slot: int) -> Steps[None]:
         """Load the volumes of ``slot``.  A damaged volume comes up out of service (EIO)
         and the rest are served; but a slot directory that cannot be listed raises: its
         volumes are unknown, and serving the slot as empty would hide them and refuse
@@ -586,7 +587,7 @@ class FsSubsystem(Subsystem):
         if slot in self.by_slot:
             return
         for directory in store.volume_dirs(store.slot_dir(self.ctx.data_dir, slot)):
-            volume = self._load_volume(directory)
+            volume = yield from self._loading_volume(directory)
             if volume is None:
                 continue
             if volume.name in self.volumes:
@@ -595,13 +596,13 @@ class FsSubsystem(Subsystem):
                 continue
             self._add(slot, volume)
 
-    def _load_volume(self, directory: str) -> Volume | None:
+    def _loading_volume(self, directory: str) -> Steps[Volume | None]:
         """Load one volume; one bad file never hides the whole volume.  A volume that
         cannot be fully recovered is served read-only from what can be read (EROFS on
         changes), or, if even that fails, refuses every call with EIO naming the damage;
         either way it is reported in ``kernel.stats`` (``fs.damaged``) and the log."""
         try:
-            return Volume.load(directory, self.limits)
+            return (yield from Volume.loading(directory, self.limits))
         except Exception as exc:  # damage must neither stop the kernel nor hide the volume
             log.exception("%s: cannot recover this volume", directory)
             why = f"recovery failed: {exc}"

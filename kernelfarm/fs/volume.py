@@ -26,8 +26,9 @@ import msgspec
 from kernelfarm import durable
 from kernelfarm.errors import posix
 from kernelfarm.fs import snapshot, store
-from kernelfarm.fs.journal import Journal, read_all, read_records
+from kernelfarm.fs.journal import Journal, read_records, replaying_whole
 from kernelfarm.fs.tree import UNLIMITED, Limits, Tree
+from kernelfarm.steps import Steps
 
 log = logging.getLogger(__name__)
 
@@ -140,7 +141,7 @@ class Volume:
         return cls(name, directory, tree, journal, 0, size)
 
     @classmethod
-    def load(cls, directory: str, limits: Limits) -> Volume:
+    def loading(cls, directory: str, limits: Limits) -> Steps[Volume]:
         """Recover from disk: the snapshot, then every journal of its generation or later.
 
         A snapshot of generation G holds everything journals older than G did, so those
@@ -148,12 +149,15 @@ class Volume:
         are replayed in order (a snapshot still being written lets writes go on in the
         next generation); every one but the last must be whole, and the last is cut at a
         torn tail and appended to.
+
+        A step at a time (see :mod:`kernelfarm.steps`): a kernel loading a big volume
+        still answers its supervisor and its other slots.
         """
         snapshot_path = os.path.join(directory, SNAPSHOT)
         for entry in os.listdir(directory):
             if entry.startswith(SNAPSHOT + ".tmp"):  # a snapshot never installed
                 os.unlink(os.path.join(directory, entry))
-        tree, generation = snapshot.load(snapshot_path, UNLIMITED)
+        tree, generation = yield from snapshot.loading(snapshot_path, UNLIMITED)
         name = checked_name(directory, tree.name)
         later = []
         for gen in journal_generations(directory):
@@ -163,11 +167,13 @@ class Volume:
                 later.append(gen)
         if not later or later[0] != generation:
             raise ValueError(f"{directory}: no journal.{generation} for its snapshot")
+
+        def apply(record: Any) -> None:
+            replay(tree, record)
+
         for gen in later[:-1]:
-            for record in read_all(journal_path(directory, gen)):
-                replay(tree, record)
-        journal = Journal.recover(journal_path(directory, later[-1]),
-                                  lambda record: replay(tree, record))
+            yield from replaying_whole(journal_path(directory, gen), apply)
+        journal = yield from Journal.recovering(journal_path(directory, later[-1]), apply)
         tree.limits = limits
         return cls(name, directory, tree, journal, later[-1],
                    os.path.getsize(snapshot_path))

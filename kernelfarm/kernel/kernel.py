@@ -34,6 +34,7 @@ from kernelfarm.kernel.subsystem import Method, Subsystem, with_conn_first
 from kernelfarm.partition import NSLOTS, SlotTable
 from kernelfarm.ratelog import RateLimitedLog
 from kernelfarm.rpc.meter import Meter
+from kernelfarm.steps import Steps, finish, run_sliced
 
 log = logging.getLogger(__name__)
 mistakes = RateLimitedLog(log)
@@ -266,10 +267,23 @@ class Kernel:
         return len(mine)
 
     def acquire(self, slots: list[int]) -> int:
+        """Load ``slots`` and serve them, in one go (:meth:`set_table` catching up)."""
+        return finish(self._acquiring(slots))
+
+    async def acquire_sliced(self, slots: list[int]) -> int:
+        """``kernel.acquire``: load ``slots`` in slices of the loop, so that a big volume
+        loading neither stalls the kernel's other slots nor leaves the supervisor's
+        heartbeat unanswered (which would get this kernel killed as hung).  Until the
+        load is done the slots are not ours: their requests get ``MOVED`` to the source,
+        which answers ``TRYAGAIN`` while they move.  The supervisor sends one ownership
+        change at a time, so no other call touches these slots meanwhile."""
+        return await run_sliced(self._acquiring(slots))
+
+    def _acquiring(self, slots: list[int]) -> Steps[int]:
         new = [s for s in slots if not self.owned[s]]
         try:
-            self.load_slots(new)
-        except Exception:
+            yield from self.loading(new)
+        except BaseException:
             # Loaded nothing, as far as anyone can tell: the source takes them back.
             for subsystem in self.subsystems:
                 for slot in new:
@@ -321,8 +335,12 @@ class Kernel:
         return tuple((str(host), int(port)) for host, port in addrs)
 
     def load_slots(self, slots: list[int]) -> None:
+        finish(self.loading(slots))
+
+    def loading(self, slots: list[int]) -> Steps[None]:
+        """Every subsystem's state of ``slots``, loaded a step at a time."""
         for subsystem in self.subsystems:
-            subsystem.load_slots(slots)
+            yield from subsystem.loading(slots)
 
     def _commit_now(self) -> None:
         """Finish this turn's group commit before state leaves (release, stop)."""

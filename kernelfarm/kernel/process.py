@@ -17,6 +17,7 @@ import asyncio
 import ctypes
 import dataclasses
 import fcntl
+import inspect
 import logging
 import os
 import resource
@@ -31,13 +32,16 @@ import msgpack
 import psutil
 import uvloop
 
-from kernelfarm.boot import BOOT_NOTIFICATION, EXIT_BOOT_FAILED, READY_NOTIFICATION, BootInfo
+from kernelfarm.boot import (
+    BOOT_NOTIFICATION, EXIT_BOOT_FAILED, LOADING_NOTIFICATION, READY_NOTIFICATION, BootInfo,
+)
 from kernelfarm.config import Config
 from kernelfarm.errors import to_wire
 from kernelfarm.kernel.kernel import Kernel
 from kernelfarm.net.subsystem import NetSubsystem
 from kernelfarm.rpc.protocol import make_unpacker
 from kernelfarm.rpc.server import ConnectionLimit, ServerConnection, connection_factory
+from kernelfarm.steps import run_sliced
 
 log = logging.getLogger("kernelfarm.kernel")
 
@@ -93,7 +97,7 @@ class AdminService:
             "kernel.freeze": kernel.freeze,
             "kernel.thaw": kernel.thaw,
             "kernel.release": kernel.release,
-            "kernel.acquire": kernel.acquire,
+            "kernel.acquire": kernel.acquire_sliced,
             "kernel.hand_over": kernel.hand_over,
             "kernel.stop": self._stop,
         }
@@ -108,10 +112,20 @@ class AdminService:
         if handler is None:
             return self.kernel.handle(conn, msgid, method, params)
         try:
-            return [1, msgid, None, handler(*params)]
+            result = handler(*params)
         except Exception as exc:
             log.exception("admin call %s failed", method)
             return [1, msgid, to_wire(exc), None]
+        if inspect.isawaitable(result):  # a long one (acquire): the loop serves meanwhile
+            conn.start_call(msgid, result)
+            return None
+        return [1, msgid, None, result]
+
+    def report_loading(self, steps: int) -> None:
+        """Tell the supervisor that loading at boot goes on (each report extends the
+        boot deadline: a kernel loading a big volume is busy, not hung)."""
+        assert self.conn is not None
+        self.conn.write(msgpack.packb([2, LOADING_NOTIFICATION, [{"steps": steps}]]))
 
     def send(self, conn: ServerConnection, data: bytes) -> None:
         self.kernel.send(conn, data)
@@ -205,7 +219,12 @@ async def serve(boot: BootInfo, config: Config, control: socket.socket,
     kernel = make_kernel(boot, config, loop)
     kernel.data_dir.mkdir(parents=True, exist_ok=True)
     hold_data_dir(kernel.data_dir)
-    kernel.load_slots(kernel.table.slots_of(kernel.kernel_id))
+    admin = AdminService(kernel, stop)
+    await loop.connect_accepted_socket(connection_factory(admin, config.rpc), control)
+    # Loading may take longer than the boot timeout (millions of files): it runs in
+    # slices of the loop and reports progress, which extends the supervisor's deadline.
+    await run_sliced(kernel.loading(kernel.table.slots_of(kernel.kernel_id)),
+                     admin.report_loading, config.supervisor.boot_timeout / 4)
     factory = connection_factory(kernel, config.rpc, kernel.meter,
                                  ConnectionLimit(config.rpc.max_connections))
     server = await loop.create_server(factory, sock=listen)
@@ -220,8 +239,6 @@ async def serve(boot: BootInfo, config: Config, control: socket.socket,
         workers.start()
     if handoff is not None:
         net.handoff.serve(handoff)
-    admin = AdminService(kernel, stop)
-    await loop.connect_accepted_socket(connection_factory(admin, config.rpc), control)
     loop.add_signal_handler(signal.SIGTERM, stop.set)
     assert admin.conn is not None
     admin.conn.write(msgpack.packb([2, READY_NOTIFICATION, [{

@@ -19,6 +19,8 @@ from pathlib import Path
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, Callable, ClassVar, Protocol
 
+from kernelfarm.steps import Steps, finish
+
 if TYPE_CHECKING:
     from kernelfarm.config import Config
 
@@ -113,8 +115,15 @@ class Subsystem:
         raise NotImplementedError
 
     def load_slots(self, slots: list[int]) -> None:
+        """Take ownership of ``slots`` in one go: :meth:`loading` run to its end."""
+        finish(self.loading(slots))
+
+    def loading(self, slots: list[int]) -> Steps[None]:
         """Take ownership of ``slots``: recover their state from ``ctx.data_dir`` (all at
-        once, so a subsystem can look at the data dir once instead of once per slot)."""
+        once, so a subsystem can look at the data dir once instead of once per slot),
+        yielding between steps of a few milliseconds (:mod:`kernelfarm.steps`), so the
+        kernel keeps answering while a big volume loads.  Nothing to load by default."""
+        yield from ()
 
     def release_slot(self, slot: int) -> None:
         """Give ``slot`` up: make its state durable on disk, then drop it from memory."""

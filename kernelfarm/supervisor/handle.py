@@ -19,7 +19,9 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
-from kernelfarm.boot import BOOT_NOTIFICATION, READY_NOTIFICATION, BootInfo
+from kernelfarm.boot import (
+    BOOT_NOTIFICATION, LOADING_NOTIFICATION, READY_NOTIFICATION, BootInfo,
+)
 from kernelfarm.errors import ConnectionLost, KernelfarmError, Timeout
 from kernelfarm.rpc.client import RpcClientConnection
 from kernelfarm.rpc.protocol import encode_notification
@@ -37,15 +39,20 @@ class KernelState(str, enum.Enum):
 
 
 class ControlChannel(RpcClientConnection):
-    """The supervisor's end of the socketpair: RPC calls out, the ready notification in."""
+    """The supervisor's end of the socketpair: RPC calls out; the ready notification and
+    the boot's progress reports in."""
 
-    def __init__(self, on_ready: Callable[[dict[str, Any]], None]) -> None:
+    def __init__(self, on_ready: Callable[[dict[str, Any]], None],
+                 on_loading: Callable[[], None]) -> None:
         super().__init__()
         self._on_ready = on_ready
+        self._on_loading = on_loading
 
     def notification(self, method: str, params: list[Any]) -> None:
         if method == READY_NOTIFICATION and params:
             self._on_ready(params[0])
+        elif method == LOADING_NOTIFICATION:
+            self._on_loading()
 
 
 def bind_listener(host: str, port: int = 0) -> socket.socket:
@@ -107,6 +114,8 @@ class KernelHandle:
         self.exited: asyncio.Future[int] | None = None
         self._ready: asyncio.Future[dict[str, Any]] | None = None
         self._pidfd: int | None = None
+        self._alive_at = 0.0
+        """When the booting kernel last showed progress (spawned, or reported loading)."""
 
     @property
     def pid(self) -> int | None:
@@ -121,7 +130,9 @@ class KernelHandle:
         """Start a kernel process and wait for its ready notification.
 
         Raises if the process exits or stays silent past ``boot_timeout``; the process is
-        then killed and reaped, so a failed boot leaves nothing behind.
+        then killed and reaped, so a failed boot leaves nothing behind.  Silent means
+        neither ready nor reporting progress: a kernel loading millions of files reports
+        while it loads, and each report gives it another ``boot_timeout``.
         """
         loop = asyncio.get_running_loop()
         parent, child = socket.socketpair()
@@ -140,13 +151,19 @@ class KernelHandle:
         self._ready = loop.create_future()
         self.exited = loop.create_future()
         self._watch_exit(loop)
+        self._alive_at = time.monotonic()
         _, self.control = await loop.connect_accepted_socket(
-            lambda: ControlChannel(self._set_ready), parent)
+            lambda: ControlChannel(self._set_ready, self._set_loading), parent)
         assert self.control.transport is not None
         self.control.transport.write(encode_notification(BOOT_NOTIFICATION, [boot.to_wire()]))
         waiters: set[asyncio.Future[Any]] = {self._ready, self.exited}
-        done, _ = await asyncio.wait(waiters, timeout=boot_timeout,
-                                     return_when=asyncio.FIRST_COMPLETED)
+        done: set[asyncio.Future[Any]] = set()
+        while not done:
+            left = self._alive_at + boot_timeout - time.monotonic()
+            if left <= 0:
+                break
+            done, _ = await asyncio.wait(waiters, timeout=left,
+                                         return_when=asyncio.FIRST_COMPLETED)
         if self._ready in done:
             self.ready_at = time.monotonic()
             return
@@ -154,7 +171,11 @@ class KernelHandle:
             raise KernelfarmError(f"kernel {self.kernel_id} exited during boot with "
                                   f"code {self.exited.result()}")
         await self.kill()
-        raise Timeout(f"kernel {self.kernel_id} did not report ready within {boot_timeout} s")
+        raise Timeout(f"kernel {self.kernel_id} did not report ready or progress within "
+                      f"{boot_timeout} s")
+
+    def _set_loading(self) -> None:
+        self._alive_at = time.monotonic()
 
     def _set_ready(self, info: dict[str, Any]) -> None:
         if self._ready is not None and not self._ready.done():
@@ -180,7 +201,10 @@ class KernelHandle:
 
         loop.add_reader(pidfd, on_exit)
 
-    async def call(self, method: str, *params: Any, timeout: float = 10.0) -> Any:
+    async def call(self, method: str, *params: Any, timeout: float | None = 10.0) -> Any:
+        """Call the kernel over its control channel; ``timeout=None`` for a call whose
+        length has no bound (loading slots): the heartbeat watches the kernel meanwhile,
+        and its exit fails the call."""
         if self.control is None or self.control.closed:
             raise ConnectionLost(f"kernel {self.kernel_id} has no control channel")
         return await self.control.call(method, *params, timeout=timeout)

@@ -237,7 +237,7 @@ class Scaler:
         self.record.begin(sup.table.epoch, batch)
         await source.call("kernel.freeze", slots)
         await source.call("kernel.release", slots)
-        await target.call("kernel.acquire", slots)
+        await target.call("kernel.acquire", slots, timeout=None)
         if target.handoff is not None:
             await source.call("kernel.hand_over", slots, str(target.handoff_path))
         await sup.publish(sup.table.with_moves(batch, sup.table.epoch + 1))
@@ -252,7 +252,7 @@ class Scaler:
             await sup.wait_running([source, target])
             await target.call("kernel.release", slots)
             await target.call("kernel.thaw", slots)
-            await source.call("kernel.acquire", slots)
+            await source.call("kernel.acquire", slots, timeout=None)
         except (KernelfarmError, OSError) as exc:
             # A kernel that restarts loads exactly its table's slots: nothing is lost.
             log.warning("rollback incomplete (%s); the restarted kernel reloads its slots", exc)
