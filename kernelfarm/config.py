@@ -92,8 +92,9 @@ class SupervisorConfig:
                                         minimum=0.01)
     heartbeat_timeout: float = setting(5.0, "a kernel that does not answer a ping for this "
                                        "long is killed and restarted", minimum=0.05)
-    boot_timeout: float = setting(15.0, "seconds a kernel may take to report ready",
-                                  minimum=0.1)
+    boot_timeout: float = setting(15.0, "seconds a kernel may take to report ready, or "
+                                  "between two progress reports while it loads its "
+                                  "volumes", minimum=0.1)
     boot_retries: int = setting(5, "consecutive failed boots before a kernel is marked "
                                 "failed instead of restarted", minimum=1)
     restart_backoff: float = setting(0.1, "first delay before a restart; doubles per "
