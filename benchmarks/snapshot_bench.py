@@ -40,7 +40,9 @@ RESULTS_DIR = Path(__file__).resolve().parent / "results"
 
 def config(mib: int) -> str:
     # The journal of ``big`` passes the snapshot threshold only with the trigger write.
-    return (f"[fs]\nvolume_quota_bytes = {(mib + 256) * MIB}\n"
+    # Auth off, as in every data-path benchmark (kernelfarm.bench.systems): its cost is
+    # one hello per connection, measured by auth_bench.py.
+    return (f"[auth]\nrequired = false\n[fs]\nvolume_quota_bytes = {(mib + 256) * MIB}\n"
             f"snapshot_journal_bytes = {mib * MIB + MIB}\nreserve_bytes = 0\n"
             f"[supervisor]\nheartbeat_timeout = 60.0\n")
 

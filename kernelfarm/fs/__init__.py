@@ -31,15 +31,19 @@ Journal append (:meth:`.journal.Journal.flush`)
   also makes the file's new size durable, so appends need no directory fsync.
 
 Snapshot (:mod:`.snapshotter`, :meth:`.volume.Volume.begin_snapshot`)
-  1. ``journal.G`` fdatasynced (recovery replays it before the next one, so it must be
-     whole under every policy); ``journal.G+1`` created empty and fsynced, the volume
-     directory fsynced; later writes go to ``journal.G+1``.
-  2. A forked child writes the tree as of step 1 to ``snapshot.tmp.G+1`` and fsyncs it;
-     the loop goes on serving.
+  1. ``always``/``batch``: ``journal.G`` fdatasynced (recovery replays it before the
+     next one, so it must be whole before a change in G+1 is durable); ``journal.G+1``
+     created empty and fsynced, the volume directory fsynced.  ``never``: ``journal.G+1``
+     only created (no fsync on the loop: nothing is promised at a power cut).  Later
+     writes go to ``journal.G+1``.
+  2. A forked child fdatasyncs ``journal.G`` (a no-op unless ``never``), writes the tree
+     as of step 1 to ``snapshot.tmp.G+1`` and fsyncs it; the loop goes on serving.
   3. When the child has exited 0, the kernel renames it over ``snapshot`` and fsyncs the
-     directory: the rename installs a whole snapshot or none.
-  4. Journals older than G+1 unlinked (no fsync needed: load deletes journals older than
-     the snapshot's generation, and replays G, G+1, ... in order if they are not).
+     directory: the rename installs a whole snapshot or none (and makes the name
+     ``journal.G+1`` durable, under ``never`` too).
+  4. Journals older than G+1 deleted, a slice of the loop at a time (no fsync needed:
+     load deletes journals older than the snapshot's generation, and replays G, G+1, ...
+     in order if they are not).
 
 Volume destroy (:meth:`.volume.Volume.destroy`)
   ``<dir>`` renamed to ``.del-<dir>``, the slot directory fsynced (the destroy is then

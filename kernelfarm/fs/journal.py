@@ -94,6 +94,33 @@ def replaying_whole(path: str, apply: Callable[[Any], None]) -> Steps[None]:
         raise ValueError(f"{path}: damaged at byte {good} of {size}")
 
 
+TRUNCATE_STEP = 8 * 1024 * 1024
+"""Bytes a superseded journal is cut by per step of :func:`removing`."""
+
+
+def removing(path: str) -> Steps[None]:
+    """Delete a superseded journal a step at a time.
+
+    ext4 frees a file's blocks inside ``unlink``: 160 ms for a 512 MiB journal, measured
+    on the loop while a snapshot was installed.  Cut down ``TRUNCATE_STEP`` at a time
+    (a few ms each) and then unlinked, it never holds the loop that long.  A crash half
+    way leaves a shorter superseded journal, which the next load deletes unread.
+    """
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return
+    try:
+        size = os.fstat(fd).st_size
+        while size > TRUNCATE_STEP:
+            size -= TRUNCATE_STEP
+            os.ftruncate(fd, size)
+            yield
+    finally:
+        os.close(fd)
+    os.unlink(path)
+
+
 class Journal:
     """One volume's journal file: buffered appends, one write (and fsync) per flush."""
 

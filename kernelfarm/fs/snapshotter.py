@@ -6,9 +6,20 @@ the kernel switches the volume to a new journal (:meth:`.volume.Volume.begin_sna
 forks, and goes on serving; the child writes the tree from its copy-on-write image of
 memory -- the volume exactly as of the switch, as Redis's ``BGSAVE`` does -- fsyncs it
 and exits.  The loop learns of the exit from a pidfd and installs the snapshot (a rename
-and a directory fsync, on the loop).  The kernel stays one thread; the child is another
-process that shares nothing once forked, holds no descriptor of the parent's (it closes
-them all, so a connection the kernel closes really closes) and dies with its parent
+and a directory fsync, on the loop); the superseded journals are deleted in slices of
+the loop (:func:`.journal.removing`).
+
+What still held the loop was measured with a 512 MiB volume (benchmarks/
+snapshot_bench.py with loop-lag instrumentation): ``fork`` itself, 92 ms (it copies the
+page tables of all the kernel's memory; kernels now run glibc's malloc on transparent
+huge pages, which makes that about ten times cheaper, see
+:mod:`kernelfarm.supervisor.handle`), and ``unlink`` of the old 512 MiB journal, 160 ms
+(now cut down a few ms per slice).  With ``fsync = "never"`` the switch does no fsync on
+the loop.
+
+The kernel stays one thread; the child is another process that shares nothing once
+forked, holds no descriptor of the parent's (it closes them all, so a connection the
+kernel closes really closes) and dies with its parent
 (``PR_SET_PDEATHSIG``), so a snapshot of a dead kernel is never installed by anyone:
 only the live kernel renames a written file into place.
 
@@ -30,7 +41,9 @@ from dataclasses import dataclass
 from typing import Callable
 
 from kernelfarm.fs import snapshot
-from kernelfarm.fs.volume import SNAPSHOT, Volume
+from kernelfarm.fs.journal import removing
+from kernelfarm.fs.volume import SNAPSHOT, Volume, journal_path
+from kernelfarm.steps import run_sliced
 
 log = logging.getLogger(__name__)
 
@@ -58,6 +71,8 @@ class Snapshotter:
         self.done = done
         self.limit = limit
         self.jobs: dict[Volume, Job] = {}
+        self.removals: set[asyncio.Task[None]] = set()
+        """Superseded journals being deleted, a slice of the loop at a time."""
 
     def can_fork(self) -> bool:
         return self.loop is not None and threading.active_count() == 1
@@ -65,19 +80,22 @@ class Snapshotter:
     def busy(self, volume: Volume) -> bool:
         return volume in self.jobs
 
-    def start(self, volume: Volume) -> bool:
-        """Begin a snapshot of ``volume`` in a child; False if the limit is reached."""
+    def start(self, volume: Volume, durable_switch: bool) -> bool:
+        """Begin a snapshot of ``volume`` in a child; False if the limit is reached.
+        (``durable_switch``: see :meth:`.volume.Volume.begin_snapshot`.)"""
         assert self.loop is not None
         if len(self.jobs) >= self.limit:
             return False
-        generation = volume.begin_snapshot()
+        generation = volume.begin_snapshot(durable_switch)
         tmp = snapshot.temp_path(os.path.join(volume.directory, SNAPSHOT), generation)
+        old_journal = journal_path(volume.directory, generation - 1)
         parent = os.getpid()
         pid = os.fork()
         if pid == 0:  # the child: write, fsync, exit; never return into the kernel
             code = 1
             try:
                 _become_snapshot_child(parent)
+                _sync_file(old_journal)  # whole before the snapshot: see begin_snapshot
                 snapshot.write_temp(tmp, volume.tree, generation)
                 code = 0
             except BaseException as exc:
@@ -97,11 +115,23 @@ class Snapshotter:
             code = os.waitstatus_to_exitcode(status)
             if code != 0:
                 raise OSError(f"the snapshot writer (pid {job.pid}) exited with {code}")
-            volume.install_snapshot(job.generation, os.path.getsize(job.tmp))
+            superseded = volume.install_snapshot(job.generation, os.path.getsize(job.tmp))
         except (OSError, ChildProcessError) as exc:
             _remove(job.tmp)
             error = exc
+        else:
+            assert self.loop is not None  # only the loop reaps
+            for path in superseded:
+                task = self.loop.create_task(run_sliced(removing(path)))
+                self.removals.add(task)
+                task.add_done_callback(self._removed)
         self.done(volume, error)
+
+    def _removed(self, task: asyncio.Task[None]) -> None:
+        self.removals.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            # Left for the next load to delete (it is older than the snapshot).
+            log.warning("cannot remove a superseded journal: %s", task.exception())
 
     def cancel(self, volume: Volume) -> None:
         """Stop the volume's snapshot (it is being dropped); its journals stay whole."""
@@ -118,6 +148,8 @@ class Snapshotter:
     def close(self) -> None:
         for volume in list(self.jobs):
             self.cancel(volume)
+        for task in list(self.removals):  # a part-cut journal is deleted at the next load
+            task.cancel()
 
     def _end(self, volume: Volume) -> Job:
         job = self.jobs.pop(volume)
@@ -145,6 +177,14 @@ def _become_snapshot_child(parent: int) -> None:
             except OSError:
                 pass  # the listing's own descriptor, already closed
     gc.disable()
+
+
+def _sync_file(path: str) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        os.fdatasync(fd)
+    finally:
+        os.close(fd)
 
 
 def _remove(path: str) -> None:

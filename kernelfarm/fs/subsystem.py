@@ -529,12 +529,13 @@ class FsSubsystem(Subsystem):
             return
         self._held[volume] = (need, perf_counter())
         try:
+            durable_switch = self.config.fsync != "never"
             if snapshotter.can_fork():
-                if not snapshotter.start(volume):
+                if not snapshotter.start(volume, durable_switch):
                     self._space.release(self._held.pop(volume)[0])
                     return  # another volume's snapshot is being written: next flush
             else:
-                volume.snapshot()
+                volume.snapshot(durable_switch)
                 self._snapshot_done(volume, None)
         except OSError as exc:
             self._snapshot_done(volume, exc)

@@ -26,9 +26,9 @@ import msgspec
 from kernelfarm import durable
 from kernelfarm.errors import posix
 from kernelfarm.fs import snapshot, store
-from kernelfarm.fs.journal import Journal, read_records, replaying_whole
+from kernelfarm.fs.journal import Journal, read_records, removing, replaying_whole
 from kernelfarm.fs.tree import UNLIMITED, Limits, Tree
-from kernelfarm.steps import Steps
+from kernelfarm.steps import Steps, finish
 
 log = logging.getLogger(__name__)
 
@@ -251,39 +251,50 @@ class Volume:
         self.failed = reason
         self.journal.discard()
 
-    def snapshot(self) -> None:
+    def snapshot(self, durable_switch: bool = True) -> None:
         """Snapshot in this process: switch journals, write the tree, install it."""
-        generation = self.begin_snapshot()
+        generation = self.begin_snapshot(durable_switch)
         path = os.path.join(self.directory, SNAPSHOT)
         size = snapshot.write_temp(snapshot.temp_path(path, generation), self.tree,
                                    generation)
-        self.install_snapshot(generation, size)
+        for old in self.install_snapshot(generation, size):
+            finish(removing(old))
 
-    def begin_snapshot(self) -> int:
+    def begin_snapshot(self, durable_switch: bool = True) -> int:
         """Send later changes to a new, empty journal; the generation whose snapshot must
         now be written from the tree as it is (the journal must be flushed).
 
-        The old journal is fdatasynced first: recovery replays it before the new one,
-        so it must be whole, under every fsync policy.
+        Recovery replays the old journal before the new one, so the old one must be
+        whole before a change in the new one is durable.  With ``durable_switch`` (fsync
+        policies ``always`` and ``batch``, whose next flush may fsync the new journal
+        and acknowledge on it) the old journal is fdatasynced here -- under ``always``
+        it has nothing unsynced -- and the new one's name made durable.  Without it
+        (``never``: nothing is promised at a power cut) the loop does no fsync at all:
+        the snapshot writer fdatasyncs the old journal before it writes, and installing
+        the snapshot makes the new journal's name durable with its directory fsync.
         """
         generation = self.generation + 1
         new_path = journal_path(self.directory, generation)
-        self.journal.flush(True)
-        durable.create_file(new_path, b"")
-        durable.sync_dir(self.directory)
+        self.journal.flush(durable_switch)
+        if durable_switch:
+            durable.create_file(new_path, b"")
+            durable.sync_dir(self.directory)
+        else:
+            os.close(os.open(new_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC,
+                             0o600))
         self.journal.close_fd()
         self.journal = Journal(new_path, 0)
         self.generation = generation
         return generation
 
-    def install_snapshot(self, generation: int, size: int) -> None:
-        """Put the written snapshot of ``generation`` in place; drop the journals it holds."""
+    def install_snapshot(self, generation: int, size: int) -> list[str]:
+        """Put the written snapshot of ``generation`` in place; the journals it holds,
+        which the caller deletes (:func:`.journal.removing`, a step at a time)."""
         path = os.path.join(self.directory, SNAPSHOT)
         snapshot.install(snapshot.temp_path(path, generation), path)
-        for gen in journal_generations(self.directory):
-            if gen < generation:
-                os.unlink(journal_path(self.directory, gen))
         self.snapshot_bytes = size
+        return [journal_path(self.directory, gen)
+                for gen in journal_generations(self.directory) if gen < generation]
 
     def close(self, fsync: bool = True) -> None:
         """Make everything durable and release the file descriptor."""

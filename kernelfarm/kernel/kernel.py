@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import gc
 import logging
 import time
 from binascii import crc_hqx
@@ -338,9 +339,22 @@ class Kernel:
         finish(self.loading(slots))
 
     def loading(self, slots: list[int]) -> Steps[None]:
-        """Every subsystem's state of ``slots``, loaded a step at a time."""
-        for subsystem in self.subsystems:
-            yield from subsystem.loading(slots)
+        """Every subsystem's state of ``slots``, loaded a step at a time.
+
+        The cyclic garbage collector is paused meanwhile and what is loaded is frozen
+        after (``gc.freeze``): loaded trees hold no reference cycles, and a full
+        collection walks every tracked object -- 1.6 s for a kernel holding two million
+        files, measured, on the loop -- and writes to each, which also copies the pages
+        a snapshot child shares with the kernel.  Frozen objects are still freed by
+        reference counting when a file is deleted or a slot given away.
+        """
+        gc.disable()
+        try:
+            for subsystem in self.subsystems:
+                yield from subsystem.loading(slots)
+        finally:
+            gc.freeze()
+            gc.enable()
 
     def _commit_now(self) -> None:
         """Finish this turn's group commit before state leaves (release, stop)."""

@@ -26,7 +26,7 @@ from kernelfarm.partition import initial_assignment, key_slot, rebalance_plan
 RECORDS = 1_000_000
 BOOT_TIMEOUT_S = 2.0
 CONFIG = (f"[supervisor]\nboot_timeout = {BOOT_TIMEOUT_S}\nboot_retries = 1\n"
-          "heartbeat_interval = 0.1\nheartbeat_timeout = 0.5\n")
+          "heartbeat_interval = 0.2\nheartbeat_timeout = 1.5\n")
 
 
 def moving_name() -> str:
@@ -60,7 +60,8 @@ def test_kernel_loading_a_big_volume_is_not_killed_at_boot_or_acquire(
         assert result["to"] == 2
 
         status = raw_call(farm.control, "cluster.status")
-        assert [k["restarts"] for k in status["kernels"]] == [0, 0]
+        warnings = [line for line in farm.log().splitlines() if " INFO " not in line]
+        assert [k["restarts"] for k in status["kernels"]] == [0, 0], warnings
         assert status["kernels"][0]["pid"] == booted["pid"]
         owners = {kid for first, last, kid in farm.cluster_map()["slots"]
                   if first <= key_slot(name) <= last}

@@ -6,11 +6,13 @@ from __future__ import annotations
 import asyncio
 import os
 from pathlib import Path
+from typing import Callable
 
 import pytest
 from fs_harness import FakeKernel
 
 from kernelfarm.fs import snapshot, store
+from kernelfarm.fs.journal import TRUNCATE_STEP, removing
 from kernelfarm.partition import key_slot
 
 MIB = 1024 * 1024
@@ -45,7 +47,8 @@ async def test_a_snapshot_is_written_by_a_child_while_the_kernel_goes_on(
     (job,) = jobs.values()
     assert job.pid != os.getpid()
     fs.write_file("/v/after", b"during the snapshot")  # served meanwhile, next journal
-    await until(lambda: not jobs)
+    snapshotter = kernel.fs._snapshotter
+    await until(lambda: not jobs and not snapshotter.removals)
     assert kernel.fs.stats()["snapshots"] == 1
     assert files_of(directory) == ["VOLUME", "journal.1", "snapshot"]
     tree, generation = snapshot.load(str(directory / "snapshot"), kernel.fs.limits)
@@ -89,3 +92,57 @@ async def test_a_failed_child_leaves_the_journals_whole(tmp_path: Path) -> None:
     assert kernel.api.read_file("/v/big") == b"b" * (2 * MIB)
     assert kernel.api.read_file("/v/after") == b"still written"
     kernel.close()
+
+
+def fsyncs_of(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """Every fsync and fdatasync this process makes from now on (a forked child's are
+    its own: they land in the child's copy of the list)."""
+    calls: list[str] = []
+
+    def recorded(name: str) -> Callable[[int], None]:
+        real = getattr(os, name)
+
+        def call(fd: int) -> None:
+            calls.append(name)
+            real(fd)
+        return call
+
+    for name in ("fsync", "fdatasync"):
+        monkeypatch.setattr(os, name, recorded(name))
+    return calls
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize("policy", ["never", "always"])
+async def test_with_fsync_never_starting_a_snapshot_syncs_nothing_on_the_loop(
+        tmp_path: Path, policy: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    kernel = FakeKernel(tmp_path, loop=asyncio.get_running_loop(),
+                        snapshot_journal_bytes=MIB, fsync=policy)
+    fs = kernel.api
+    fs.mkdir("/v")
+    calls = fsyncs_of(monkeypatch)
+    fs.write_file("/v/big", b"b" * (2 * MIB))   # its flush starts the snapshot
+    assert len(kernel.fs._snapshotter.jobs) == 1
+    if policy == "never":
+        # The old journal's 2 MiB are fdatasynced by the child, off the loop.
+        assert calls == []
+    else:  # the write itself, and the new journal's file and name (the test can fail)
+        assert calls.count("fdatasync") == 1 and calls.count("fsync") == 2
+    snapshotter = kernel.fs._snapshotter
+    await until(lambda: not snapshotter.jobs and not snapshotter.removals)
+    monkeypatch.undo()
+    kernel.crash()
+    assert kernel.api.read_file("/v/big") == b"b" * (2 * MIB)
+    kernel.close()
+
+
+def test_a_superseded_journal_is_removed_a_step_at_a_time(tmp_path: Path) -> None:
+    path = tmp_path / "journal.0"
+    path.write_bytes(b"j" * (2 * TRUNCATE_STEP + 5))
+    steps = removing(str(path))
+    sizes = []
+    for _ in steps:
+        sizes.append(path.stat().st_size)
+    assert sizes == [TRUNCATE_STEP + 5, 5]  # blocks freed a step at a time, ...
+    assert not path.exists()                # ... then the name
+    assert list(removing(str(path))) == []  # already gone: nothing to do
