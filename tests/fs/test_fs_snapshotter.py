@@ -14,6 +14,7 @@ from fs_harness import FakeKernel
 from kernelfarm.fs import snapshot, store
 from kernelfarm.fs.journal import TRUNCATE_STEP, removing
 from kernelfarm.partition import key_slot
+from kernelfarm.supervisor.handle import kernel_environ
 
 MIB = 1024 * 1024
 
@@ -146,3 +147,15 @@ def test_a_superseded_journal_is_removed_a_step_at_a_time(tmp_path: Path) -> Non
     assert sizes == [TRUNCATE_STEP + 5, 5]  # blocks freed a step at a time, ...
     assert not path.exists()                # ... then the name
     assert list(removing(str(path))) == []  # already gone: nothing to do
+
+
+def test_kernels_run_malloc_on_huge_pages_keeping_the_users_tunables(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """What keeps a snapshot's fork cheap (see kernelfarm.supervisor.handle)."""
+    monkeypatch.delenv("GLIBC_TUNABLES", raising=False)
+    assert kernel_environ()["GLIBC_TUNABLES"] == "glibc.malloc.hugetlb=1"
+    monkeypatch.setenv("GLIBC_TUNABLES", "glibc.malloc.arena_max=2")
+    assert kernel_environ()["GLIBC_TUNABLES"] == \
+        "glibc.malloc.arena_max=2:glibc.malloc.hugetlb=1"
+    monkeypatch.setenv("GLIBC_TUNABLES", "glibc.malloc.hugetlb=0")
+    assert kernel_environ()["GLIBC_TUNABLES"] == "glibc.malloc.hugetlb=0"
