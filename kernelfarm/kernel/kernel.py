@@ -89,6 +89,8 @@ class Kernel:
         self.frozen: set[int] = set()
         """Slots being handed over: their writes get TRYAGAIN, their reads still serve."""
         self.ops: dict[str, int] = {}
+        """Requests served, by method: every method's count is there from the start, so
+        counting one is an add (``kernel.stats`` lists the methods called)."""
         self.errors: dict[str, int] = {}
         """Failed requests by error code (the error path only: no cost on success)."""
         self.redirected = 0
@@ -113,6 +115,7 @@ class Kernel:
             method = scoped_root_listing(method)
             self.params[method.name] = Params.of(method)
             self.methods[method.name] = wrap(method) if wrap else method
+            self.ops[method.name] = 0
         self.gate: Gate[Method] = Gate(
             config.auth.required, TenantTable.from_wire(boot.tenants),
             public={name: self.methods[name] for name in (HELLO, "kernel.ping")},
@@ -161,8 +164,7 @@ class Kernel:
             return self._failed(msgid, self.failure(method, params, exc))
         if type(result) is Refusal:
             return self._failed(msgid, result.error)
-        ops = self.ops
-        ops[method] = ops.get(method, 0) + 1
+        self.ops[method] += 1
         if entry.is_async and hasattr(result, "__await__"):
             bound = entry.reply_bytes
             conn.start_call(msgid, result, bound(params) if bound is not None else 0)
@@ -391,7 +393,7 @@ class Kernel:
             "mode": self.mode,
             "epoch": self.table.epoch,
             "slots": int(sum(self.owned)),
-            "ops": dict(self.ops),
+            "ops": {method: count for method, count in self.ops.items() if count},
             "ops_total": self.served(),
             "errors": sum(self.errors.values()),
             "errors_by_code": dict(self.errors),
