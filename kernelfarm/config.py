@@ -114,6 +114,9 @@ class MetricsConfig:
                             "supervisor collects them from the kernels when scraped)")
     listen: str = setting(DEFAULT_METRICS, "metrics address HOST:PORT (port 0 = any free "
                           "port)", check=_check_hostport)
+    max_tenants: int = setting(
+        20, "tenants with series of their own in the kernelfarm_tenant_* metrics: the "
+        'busiest by requests; the rest are summed as tenant="(other)"', minimum=0)
 
 
 SECTIONS: dict[str, type] = {

@@ -23,6 +23,7 @@ from typing import Any, Awaitable, Generic, Iterable, Mapping, TypeVar
 
 from kernelfarm.auth.table import Tenant, TenantTable
 from kernelfarm.errors import NotAuthenticated, UnknownMethod, posix, preview, to_wire
+from kernelfarm.rpc.meter import Usage
 
 T = TypeVar("T")
 
@@ -75,6 +76,9 @@ class Session(Generic[T]):
     token_hash: str | None = field(default=None, repr=False)
     refusal: dict[str, Any] | None = None
     """The error for a known method not in ``methods``; ``None`` = needs the admin."""
+    usage: Usage = field(default_factory=Usage, repr=False)
+    """What the connections holding this session cost (the tenant's, kept across new
+    tables; connections with no tenant share one)."""
 
     @property
     def owner(self) -> str | None:
@@ -96,13 +100,18 @@ class Gate(Generic[T]):
         self.required = required
         self.known = admin
         self._tenant_methods = tenant
+        self.anonymous = Usage()
+        """Traffic of connections bound to no tenant (before hello, revoked, auth off)."""
+        self.usage: dict[str, Usage] = {}
+        """Each tenant's usage, by name: a new table keeps it (a rotated token too)."""
         self.unauthenticated: Session[T] = Session(
             None, False, public, refusal=NotAuthenticated(
-                "not authenticated: call auth.hello(token) first").to_wire())
+                "not authenticated: call auth.hello(token) first").to_wire(),
+            usage=self.anonymous)
         self.revoked: Session[T] = Session(None, False, public, refusal=to_wire(posix(
             errno.EACCES, "this connection's tenant was removed or its token rotated; "
-            "call auth.hello again")))
-        self.trusted: Session[T] = Session(None, True, admin)
+            "call auth.hello again")), usage=self.anonymous)
+        self.trusted: Session[T] = Session(None, True, admin, usage=self.anonymous)
         """Auth switched off, or the supervisor's own channel: every method, every key."""
         self.table = TenantTable()
         self.sessions: dict[str, Session[T]] = {}
@@ -111,10 +120,20 @@ class Gate(Generic[T]):
         self.update(table, ())
 
     def _session(self, tenant: Tenant) -> Session[T]:
+        usage = self.usage.get(tenant.name) or Usage()
         if tenant.admin:
-            return Session(tenant.name, True, self.known, token_hash=tenant.token_hash)
+            return Session(tenant.name, True, self.known, token_hash=tenant.token_hash,
+                           usage=usage)
         return Session(tenant.name, False, self._tenant_methods,
-                       Grants(tenant.volumes, tenant.namespaces), tenant.token_hash)
+                       Grants(tenant.volumes, tenant.namespaces), tenant.token_hash,
+                       usage=usage)
+
+    def usage_report(self) -> dict[str, dict[str, int]]:
+        """Each tenant's usage that is not all zero; ``""`` for no tenant."""
+        report = {name: usage.report() for name, usage in self.usage.items() if usage}
+        if self.anonymous:
+            report[""] = self.anonymous.report()
+        return report
 
     def first_session(self) -> Session[T]:
         """A new connection's session: it must say who it is, unless auth is off."""
@@ -139,6 +158,8 @@ class Gate(Generic[T]):
             return False
         self.table = table
         self.sessions = {name: self._session(t) for name, t in table.tenants.items()}
+        # A removed tenant's usage goes with it: the names counted stay the table's.
+        self.usage = {name: session.usage for name, session in self.sessions.items()}
         for conn in list(conns):
             old = conn.session
             if old.token_hash is None:

@@ -137,7 +137,7 @@ class Kernel:
         session = conn.session
         entry = session.methods.get(method)
         if entry is None:
-            return self._failed(msgid, self.gate.refuse(session, method))
+            return self._failed(conn, msgid, self.gate.refuse(session, method))
         try:
             keyfn = entry.key
             if keyfn is not None:
@@ -145,7 +145,7 @@ class Kernel:
                 if key is not None:
                     grants = session.grants
                     if grants is not None and not grants.allows(method, key):
-                        return self._failed(msgid, self.gate.denied(method, key))
+                        return self._failed(conn, msgid, self.gate.denied(method, key))
                     slot = self._slot_of.get(key)
                     if slot is None:
                         slot = self._remember_slot(key)
@@ -161,9 +161,9 @@ class Kernel:
             else:
                 result = entry.handler(*params)
         except Exception as exc:
-            return self._failed(msgid, self.failure(method, params, exc))
+            return self._failed(conn, msgid, self.failure(method, params, exc))
         if type(result) is Refusal:
-            return self._failed(msgid, result.error)
+            return self._failed(conn, msgid, result.error)
         self.ops[method] += 1
         if entry.is_async and hasattr(result, "__await__"):
             bound = entry.reply_bytes
@@ -171,9 +171,10 @@ class Kernel:
             return None
         return [1, msgid, None, result]
 
-    def _failed(self, msgid: int, error: dict[str, Any]) -> list[Any]:
+    def _failed(self, conn: Any, msgid: int, error: dict[str, Any]) -> list[Any]:
         code = error.get("code", "EFARM")
         self.errors[code] = self.errors.get(code, 0) + 1
+        conn.session.usage.errors += 1
         return [1, msgid, error, None]
 
     def failure(self, method: str, params: list[Any], exc: BaseException) -> dict[str, Any]:
@@ -407,6 +408,7 @@ class Kernel:
             "memory_rss": memory,
             "threads": threads,
             "connections": len(self.conns),
+            "tenants": self.gate.usage_report(),
             "uptime": time.time() - self.started,
             "subsystems": {s.name: s.stats() for s in self.subsystems},
         }

@@ -39,6 +39,7 @@ from kernelfarm.config import Config
 from kernelfarm.errors import to_wire
 from kernelfarm.kernel.kernel import Kernel
 from kernelfarm.net.subsystem import NetSubsystem
+from kernelfarm.rpc.meter import Usage
 from kernelfarm.rpc.protocol import make_unpacker
 from kernelfarm.rpc.server import ConnectionLimit, ServerConnection, connection_factory
 from kernelfarm.steps import run_sliced
@@ -134,7 +135,8 @@ class AdminService:
         return self.kernel.fault(exc)
 
     def connection_made(self, conn: ServerConnection) -> None:
-        conn.session = self.kernel.gate.trusted
+        # Trusted, with a usage of its own: the supervisor's pings are no tenant's traffic.
+        conn.session = dataclasses.replace(self.kernel.gate.trusted, usage=Usage())
         self.conn = conn
 
     def connection_closed(self, conn: ServerConnection) -> None:

@@ -41,3 +41,26 @@ class Meter:
         return {"bytes_in": self.bytes_in, "bytes_out": self.bytes_out,
                 "latency": {"bounds": list(LATENCY_BOUNDS), "counts": list(self.buckets),
                             "sum": self.seconds}}
+
+
+class Usage:
+    """What one tenant's connections cost a server: requests answered, errors, bytes.
+
+    Kept in the tenant's session (shared by its connections) and counted per read and
+    per batch of replies, like :class:`Meter`; errors on the error path only.
+    """
+
+    __slots__ = ("ops", "errors", "bytes_in", "bytes_out")
+
+    def __init__(self) -> None:
+        self.ops = 0
+        self.errors = 0
+        self.bytes_in = 0
+        self.bytes_out = 0
+
+    def report(self) -> dict[str, int]:
+        return {"ops": self.ops, "errors": self.errors, "bytes_in": self.bytes_in,
+                "bytes_out": self.bytes_out}
+
+    def __bool__(self) -> bool:
+        return bool(self.ops or self.errors or self.bytes_in or self.bytes_out)

@@ -33,7 +33,7 @@ import msgpack
 
 from kernelfarm.errors import KernelfarmError, posix, to_wire
 from kernelfarm.ratelog import RateLimitedLog
-from kernelfarm.rpc.meter import Meter
+from kernelfarm.rpc.meter import Meter, Usage
 from kernelfarm.rpc.protocol import ERROR_NOTIFICATION, ServerStream, encode_replies
 
 if TYPE_CHECKING:
@@ -64,6 +64,15 @@ class Service(Protocol):
     def connection_made(self, conn: ServerConnection) -> None: ...
 
     def connection_closed(self, conn: ServerConnection) -> None: ...
+
+
+class Unbound:
+    """The session of a connection its service has not bound yet: counts go nowhere."""
+
+    __slots__ = ("usage",)
+
+    def __init__(self) -> None:
+        self.usage = Usage()
 
 
 class ConnectionLimit:
@@ -105,9 +114,10 @@ class ServerConnection(asyncio.Protocol):
         self._releasing = 0
         self.closed = False
         self._stream = ServerStream(max_message_bytes)
-        self.session: Any = None
+        self.session: Any = Unbound()
         """Who the peer is and what it may call (:mod:`kernelfarm.auth.gate`); the service
-        sets it when the connection is made."""
+        sets it when the connection is made.  Its ``usage`` counts the connection's
+        requests, errors and bytes for the tenant (per read and per batch of replies)."""
         self._tasks: set[asyncio.Task[Any]] = set()
         self._close_callbacks: list[Callable[[], None]] = []
         self._connections = connections
@@ -140,6 +150,7 @@ class ServerConnection(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         self.meter.bytes_in += len(data)
+        self.session.usage.bytes_in += len(data)
         if self._done:
             return
         try:
@@ -249,6 +260,9 @@ class ServerConnection(asyncio.Protocol):
             # such result into an error instead.
             data = b"".join([self._encode_alone(reply) for reply in replies])
         self.meter.bytes_out += len(data)
+        usage = self.session.usage
+        usage.ops += len(replies)
+        usage.bytes_out += len(data)
         self.service.send(self, data)
 
     @staticmethod
@@ -270,6 +284,7 @@ class ServerConnection(asyncio.Protocol):
             reply = [1, msgid, None, task.result()]
         else:
             reply = [1, msgid, self.service.fault(exc), None]
+            self.session.usage.errors += 1
         finished = self._finished
         finished.append(reply)
         self._releasing += reserve

@@ -42,9 +42,11 @@ class FarmSnapshot(Collector):
     snapshot and thrown away, so the endpoint keeps no registry.
     """
 
-    def __init__(self, status: dict[str, Any], scaling: dict[str, float]) -> None:
+    def __init__(self, status: dict[str, Any], scaling: dict[str, float],
+                 max_tenants: int) -> None:
         self.status = status
         self.scaling = scaling
+        self.max_tenants = max_tenants
 
     def collect(self) -> Iterator[Metric]:
         status = self.status
@@ -65,6 +67,45 @@ class FarmSnapshot(Collector):
         moved.add_metric([], self.scaling["slots"])
         yield moved
         yield from kernel_families(status["kernels"])
+        yield from tenant_families(status["kernels"], self.max_tenants)
+
+
+TENANT_COUNTERS = (
+    ("ops", "requests answered"), ("errors", "requests answered with an error"),
+    ("received_bytes", "msgpack-rpc bytes read from the tenant's connections"),
+    ("sent_bytes", "msgpack-rpc reply bytes written to them"))
+OTHER_TENANTS = "(other)"
+NO_TENANT = "(none)"
+"""Label values no tenant can have (names are letters, digits, '_', '.', '-')."""
+
+
+def tenant_families(rows: list[dict[str, Any]], cap: int) -> Iterator[Metric]:
+    """Per-tenant counters, farm-wide (summed over the kernels), at most ``cap`` + 1 series.
+
+    The ``cap`` busiest tenants by requests get a series each and every other tenant is
+    summed into ``tenant="(other)"``, so a farm with thousands of tenants still exports a
+    bounded number of series.  A tenant moving in or out of the top ``cap`` moves its
+    counts between its series and ``(other)``, which then looks like a counter reset.
+    """
+    totals: dict[str, list[int]] = {}
+    for row in rows:
+        usage_of = (row.get("stats") or {}).get("tenants", {})
+        for name, usage in usage_of.items():
+            sums = totals.setdefault(name or NO_TENANT, [0, 0, 0, 0])
+            for i, key in enumerate(("ops", "errors", "bytes_in", "bytes_out")):
+                sums[i] += int(usage.get(key, 0))
+    ranked = sorted(totals.items(), key=lambda item: (-item[1][0], item[0]))
+    shown, rest = ranked[:cap], ranked[cap:]
+    if rest:
+        shown.append((OTHER_TENANTS, [sum(sums[i] for _, sums in rest) for i in range(4)]))
+    families = [CounterMetricFamily(f"{NS}_tenant_{name}", f"{help_text}, per tenant "
+                                    f"(the busiest [metrics] max_tenants; the rest summed "
+                                    f"as {OTHER_TENANTS})", labels=["tenant"])
+                for name, help_text in TENANT_COUNTERS]
+    for tenant, sums in shown:
+        for family, count in zip(families, sums, strict=True):
+            family.add_metric([tenant], count)
+    yield from families
 
 
 def kernel_families(rows: list[dict[str, Any]]) -> Iterator[Metric]:
@@ -174,7 +215,8 @@ async def render(supervisor: Supervisor) -> bytes:
     status = await supervisor.cluster_status()
     scaler = supervisor.scaler
     snapshot = FarmSnapshot(status, {"done": scaler.done, "seconds": scaler.done_seconds,
-                                     "slots": scaler.slots_moved})
+                                     "slots": scaler.slots_moved},
+                            supervisor.config.metrics.max_tenants)
     return generate_latest(snapshot)
 
 

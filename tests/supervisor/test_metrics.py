@@ -106,3 +106,44 @@ def test_supervisor_pings_are_not_counted_as_ops(tmp_path: Path) -> None:
         row = status["kernels"][0]
         assert row["stats"]["ops_total"] == 0
         assert row["ops_per_s"] == 0
+
+
+def test_tenant_counters_move_and_stay_within_the_cap(tmp_path: Path) -> None:
+    """Five tenants work, the cap is 2: the two busiest by ops get a series each, the rest
+    are summed into ``(other)`` -- never more than cap + 1 series per family."""
+    config = "[metrics]\nmax_tenants = 2\n"
+    with start_farm(tmp_path, 2, config_text=config) as farm:
+        admin = farm.client()
+        work = {"t0": 40, "t1": 30, "t2": 20, "t3": 10, "t4": 5}
+        for name, calls in work.items():
+            token = admin.control_call("tenant.add", name, [name], [])["token"]
+            tenant = farm.client(token=token)
+            tenant.fs.mkdir(f"/{name}")
+            for n in range(calls - 2):
+                tenant.fs.write_file(f"/{name}/f{n}", b"x" * 100)
+            with pytest.raises(FileNotFoundError):
+                tenant.fs.stat(f"/{name}/missing")
+        found = samples(scrape(farm))
+        ops = {dict(labels)["tenant"]: v for (n, labels), v in found.items()
+               if n == "kernelfarm_tenant_ops_total"}
+        # Each tenant's hello counts too: calls + 1 requests answered.
+        assert ops == {"t0": 41, "t1": 31, "(other)": 21 + 11 + 6}, ops
+        for family in ("errors", "received_bytes", "sent_bytes"):
+            series = {dict(labels)["tenant"]: v for (n, labels), v in found.items()
+                      if n == f"kernelfarm_tenant_{family}_total"}
+            assert set(series) == {"t0", "t1", "(other)"}, (family, series)
+        errors = {dict(labels)["tenant"]: v for (n, labels), v in found.items()
+                  if n == "kernelfarm_tenant_errors_total"}
+        assert errors == {"t0": 1, "t1": 1, "(other)": 3}
+        assert value(found, "kernelfarm_tenant_received_bytes_total", tenant="t0") > 38 * 100
+        assert value(found, "kernelfarm_tenant_sent_bytes_total", tenant="t0") > 0
+        # A quiet tenant that gets busy takes a series; the totals only grow.
+        token = admin.control_call("tenant.rotate", "t4")["token"]
+        busy = farm.client(token=token)
+        for n in range(60):
+            busy.fs.stat(f"/t4/f{n % 3}")
+        again = samples(scrape(farm))
+        ops = {dict(labels)["tenant"]: v for (n, labels), v in again.items()
+               if n == "kernelfarm_tenant_ops_total"}
+        assert set(ops) == {"t4", "t0", "(other)"} and ops["t4"] == 6 + 61, ops
+        assert sum(ops.values()) == 41 + 31 + 21 + 11 + 6 + 61
