@@ -48,16 +48,15 @@ def wire_address(address: Any) -> list[Any]:
 
 
 class Waiter:
-    """One request waiting for a socket to be ready: a future, the host call that settles
-    it (``None``: readiness alone settles it, for a coroutine that retries) and when it
-    gives up."""
+    """One request waiting for a socket to be ready: a future, what settles it and when
+    it gives up.  ``size`` > 0: a ``recv`` of that many bytes, whose data is the answer;
+    0: readiness alone settles it (a coroutine's wait, which then retries its call)."""
 
-    __slots__ = ("future", "call", "deadline")
+    __slots__ = ("future", "size", "deadline")
 
-    def __init__(self, future: asyncio.Future[Any], call: Callable[[], Any] | None,
-                 deadline: float) -> None:
+    def __init__(self, future: asyncio.Future[Any], size: int, deadline: float) -> None:
         self.future = future
-        self.call = call
+        self.size = size
         self.deadline = deadline
 
 
@@ -65,13 +64,15 @@ class Direction:
     """One side of a socket (readable or writable): who waits on it, whether the loop
     watches it, and the one timer that fires at the earliest waiter's deadline."""
 
-    __slots__ = ("reads", "waiters", "watched", "timer")
+    __slots__ = ("reads", "waiters", "watched", "timer", "deadline")
 
     def __init__(self, reads: bool) -> None:
         self.reads = reads
         self.waiters: list[Waiter] = []
         self.watched = False
         self.timer: asyncio.TimerHandle | None = None
+        self.deadline = 0.0
+        """When ``timer`` fires."""
 
 
 class FarmSocket:
@@ -267,14 +268,9 @@ class FarmSocket:
                 self.counters.bytes_in += len(data)
                 return data
         self._read_size = min(size, READ_AHEAD_BYTES)
-        return self._settle_when_ready(self._readable, lambda: self._recv_ready(sock, size),
-                                       timeout)
-
-    def _recv_ready(self, sock: socket.socket, size: int) -> bytes:
-        data = sock.recv(size)
-        self.bytes_in += len(data)
-        self.counters.bytes_in += len(data)
-        return data
+        future: asyncio.Future[bytes] = self.loop.create_future()
+        self._add_waiter(self._readable, future, size, timeout)
+        return future
 
     def _take_pending(self, size: int) -> bytes:
         pending = self.pending
@@ -413,23 +409,17 @@ class FarmSocket:
         """Until the socket is ready in ``direction``; ``ETIMEDOUT`` after ``timeout``
         seconds, ``EBADF`` if it is closed meanwhile."""
         future: asyncio.Future[Any] = self.loop.create_future()
-        waiter = self._add_waiter(direction, future, None, timeout)
+        waiter = self._add_waiter(direction, future, 0, timeout)
         try:
             await future
         finally:
             if waiter in direction.waiters:  # cancelled, say: stop waiting for it now
                 direction.waiters.remove(waiter)
 
-    def _settle_when_ready(self, direction: Direction, call: Callable[[], T],
-                           timeout: float) -> asyncio.Future[T]:
-        """A future of ``call()``, retried by the readiness callback until it stops
-        saying ``EAGAIN``; ``ETIMEDOUT`` after ``timeout`` s, ``EBADF`` on close."""
-        future: asyncio.Future[T] = self.loop.create_future()
-        self._add_waiter(direction, future, call, timeout)
-        return future
-
-    def _add_waiter(self, direction: Direction, future: asyncio.Future[Any],
-                    call: Callable[[], Any] | None, timeout: float) -> Waiter:
+    def _add_waiter(self, direction: Direction, future: asyncio.Future[Any], size: int,
+                    timeout: float) -> Waiter:
+        """``future`` waits on ``direction``: settled by readiness (a ``recv`` of ``size``
+        when > 0), ``ETIMEDOUT`` after ``timeout`` s, ``EBADF`` on close."""
         if timeout <= 0:
             raise posix(errno.ETIMEDOUT, f"socket {self.sid}")
         loop = self.loop
@@ -437,13 +427,15 @@ class FarmSocket:
             watch = loop.add_reader if direction.reads else loop.add_writer
             watch(self.opened().fileno(), self._wake, direction)
             direction.watched = True
-        waiter = Waiter(future, call, loop.time() + timeout)
+        deadline = loop.time() + timeout
+        waiter = Waiter(future, size, deadline)
         direction.waiters.append(waiter)
         timer = direction.timer
-        if timer is None or timer.when() > waiter.deadline:
+        if timer is None or direction.deadline > deadline:
             if timer is not None:
                 timer.cancel()
-            direction.timer = loop.call_at(waiter.deadline, self._expire, direction)
+            direction.timer = loop.call_at(deadline, self._expire, direction)
+            direction.deadline = deadline
         return waiter
 
     def _wake(self, direction: Direction) -> None:
@@ -455,7 +447,10 @@ class FarmSocket:
         ends the watch (the loop's watch is level-triggered: it would fire again and
         again)."""
         waiters = direction.waiters
-        if waiters:
+        if len(waiters) == 1:  # the usual case, without a new list
+            if self._settle(waiters[0]):
+                waiters.clear()
+        elif waiters:
             direction.waiters = [waiter for waiter in waiters if not self._settle(waiter)]
         elif direction.reads and self.pending is None and self.kind == "tcp" \
                 and not self.listening:
@@ -479,22 +474,28 @@ class FarmSocket:
         future = waiter.future
         if future.done():
             return True  # cancelled: nothing to answer
-        if waiter.call is None:
+        size = waiter.size
+        if not size:
             future.set_result(None)
             return True
+        assert self.sock is not None  # closing fails the waiters first
         try:
-            future.set_result(waiter.call())
+            data = self.sock.recv(size)
         except (BlockingIOError, InterruptedError):
             return False
-        except Exception as exc:  # the request's answer: its error, or a bug's (EIO)
+        except OSError as exc:  # the request's answer
             self._fail(waiter, exc)
+            return True
+        self.bytes_in += len(data)
+        self.counters.bytes_in += len(data)
+        future.set_result(data)
         return True
 
     def _fail(self, waiter: Waiter, exc: Exception) -> None:
-        """Fail a waiter.  A future that is a request's answer (``call`` set) counts its
+        """Fail a waiter.  A future that is a request's answer (a ``recv``) counts its
         failure here; a coroutine's wait fails the coroutine, whose caller counts it."""
         if not waiter.future.done():
-            if waiter.call is not None and isinstance(exc, OSError):
+            if waiter.size and isinstance(exc, OSError):
                 self.counters.count_failure(exc)
             waiter.future.set_exception(exc)
 
@@ -510,8 +511,8 @@ class FarmSocket:
                 if waiter.deadline <= now:
                     self._fail(waiter, posix(errno.ETIMEDOUT, f"socket {self.sid}"))
         if direction.waiters:
-            earliest = min(waiter.deadline for waiter in direction.waiters)
-            direction.timer = self.loop.call_at(earliest, self._expire, direction)
+            direction.deadline = min(waiter.deadline for waiter in direction.waiters)
+            direction.timer = self.loop.call_at(direction.deadline, self._expire, direction)
 
     def _unwatch(self, direction: Direction) -> None:
         if not direction.watched:
