@@ -39,6 +39,7 @@ from kernelfarm.bench.loadgen import (
     READY_TIMEOUT_S, RESULT_GRACE_S, LoadResult, WorkerProcess, collect_messages, sleep_until,
     start_together,
 )
+from kernelfarm.errors import Refusal
 from kernelfarm.kernel.commit import Flush, GroupCommit, run_flushes
 from kernelfarm.kernel.locks import LockProvider
 
@@ -257,9 +258,13 @@ class _Driver:
             for cycle in cycles:
                 handler, params = next(cycle)
                 try:
-                    handler(*params)
+                    result = handler(*params)
                 except Exception as exc:  # counted as the kernel would answer it
                     code = error_code(exc)
+                    self.errors[code] = self.errors.get(code, 0) + 1
+                    continue
+                if type(result) is Refusal:  # an expected miss, answered as an error
+                    code = result.error["code"]
                     self.errors[code] = self.errors.get(code, 0) + 1
             commit()
             if counting:

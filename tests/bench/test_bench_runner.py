@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import errno
 import math
+import time
 from pathlib import Path
 from typing import Any
 
@@ -17,10 +19,10 @@ import psutil
 import pytest
 
 from kernelfarm.bench import report, systems
-from kernelfarm.bench.inprocess import InProcessPlan, run_inprocess
+from kernelfarm.bench.inprocess import InProcessPlan, _Driver, run_inprocess
 from kernelfarm.bench.runner import BenchOptions, Cell, default_workers, derive, plan
 from kernelfarm.cli import bench_cmd
-from kernelfarm.errors import ConfigError
+from kernelfarm.errors import ConfigError, Refusal, posix
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -149,6 +151,21 @@ def test_the_summary_compares_partitioned_with_the_better_locked_baseline() -> N
     assert "partitioned ÷ best locked at 2" in lines[3]
     assert "| fs-stat | - | 2.50 | 2.00 vs 2.50 |" in lines  # 150 / max(50, 60)
     assert not any(line.startswith("| net-echo") for line in lines)  # nothing to compare
+
+
+def test_an_inprocess_worker_counts_raised_and_returned_errors_as_a_kernel_answers() -> None:
+    """A handler may raise its error or return a Refusal (an expected miss): both are
+    the error the kernel would have answered, never a success."""
+    def missing(path: str) -> Refusal:
+        return Refusal(errno.ENOENT, path)
+
+    def broken(path: str) -> None:
+        raise posix(errno.EACCES, path)
+
+    driver = _Driver([[(missing, ["/a"])], [(broken, ["/b"])], [(len, ["ok"])]], lambda: None)
+    driver.run(time.monotonic(), 0.0, 0.05)
+    assert driver.ops > 0 and driver.ops % 3 == 0
+    assert driver.errors == {"ENOENT": driver.ops // 3, "EACCES": driver.ops // 3}
 
 
 # -- real runs --------------------------------------------------------------------------------
