@@ -253,6 +253,8 @@ class Scaler:
             await target.call("kernel.release", slots)
             await target.call("kernel.thaw", slots)
             await source.call("kernel.acquire", slots, timeout=None)
+            if source.handoff is not None:  # sockets the target took before the failure
+                await target.call("kernel.hand_over", slots, str(source.handoff_path))
         except (KernelfarmError, OSError) as exc:
             # A kernel that restarts loads exactly its table's slots: nothing is lost.
             log.warning("rollback incomplete (%s); the restarted kernel reloads its slots", exc)
