@@ -18,6 +18,12 @@ Requests (``op``):
   ``{"ipv4": prefix, "ipv6": prefix}``: the prefix of the outgoing socket's family
   followed by its local address and port in network byte order (4 or 16 bytes, then 2),
   for a front-end whose first answer names the bound address (SOCKS's BND.ADDR).
+- ``bind`` ``ns, token, host, port, first, second, early`` + one fd: listen in the
+  namespace (on loopback for a loopback ``host``, else the wildcard address, as policy
+  allows), write ``first`` (naming the listening address, when it is a map of prefixes),
+  accept one connection from ``host`` (from anyone if it is the unspecified address)
+  within ``net.default_timeout``, write ``second`` (naming the connection's peer), send
+  ``early`` to it and relay both ways.  The reply comes when the connection came.
 - ``adopt`` (kernel to kernel only, during live scaling) + two fds: a relay whose namespace
   moved, with the bytes it held in flight; no reply (the sender has already let go).
 - ``adopt_socket`` (kernel to kernel only) + its host socket's fd, or none for a socket

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import ipaddress
 import logging
 import os
 import socket
@@ -30,8 +31,9 @@ from typing import TYPE_CHECKING, Any, Awaitable, Callable
 
 import psutil
 
-from kernelfarm.errors import Moved, posix, to_wire
+from kernelfarm.errors import Moved, TryAgain, posix, to_wire
 from kernelfarm import handoff
+from kernelfarm.net.policy import parse_address
 from kernelfarm.net.relay import CHUNK, Relay, RelayState
 from kernelfarm.net.sockets import FarmSocket
 from kernelfarm.partition import key_slot
@@ -110,23 +112,24 @@ def _field(message: dict[str, Any], name: str, kind: type) -> Any:
     return value
 
 
-def _first(message: dict[str, Any]) -> bytes | dict[str, bytes]:
-    """``first``: bytes, or the prefixes of an answer naming the bound address."""
-    value = message.get("first", b"")
+def _first(message: dict[str, Any], name: str) -> bytes | dict[str, bytes]:
+    """``first``/``second``: bytes, or the prefixes of an answer naming an address."""
+    value = message.get(name, b"")
     if not isinstance(value, dict):
-        return _chunk(message, "first")
+        return _chunk(message, name)
     if set(value) != {"ipv4", "ipv6"} or not all(
             isinstance(v, bytes) and len(v) <= handoff.MAX_PREFIX for v in value.values()):
-        raise ValueError("hand-off field 'first' must be bytes or a map of 'ipv4' and "
+        raise ValueError(f"hand-off field {name!r} must be bytes or a map of 'ipv4' and "
                          f"'ipv6' prefixes of at most {handoff.MAX_PREFIX} bytes")
     return value
 
 
-def first_to_write(first: bytes | dict[str, bytes], sock: socket.socket) -> bytes:
-    """``first`` as written: a prefix gets the local address and port appended."""
+def first_to_write(first: bytes | dict[str, bytes], sock: socket.socket,
+                   peer: bool = False) -> bytes:
+    """``first`` as written: a prefix gets the local (or ``peer``) address and port."""
     if isinstance(first, bytes):
         return first
-    host, port = sock.getsockname()[:2]
+    host, port = (sock.getpeername() if peer else sock.getsockname())[:2]
     prefix = first["ipv6" if sock.family == socket.AF_INET6 else "ipv4"]
     address = socket.inet_pton(sock.family, str(host).partition("%")[0])
     return prefix + address + int(port).to_bytes(2, "big")
@@ -220,34 +223,36 @@ class HandoffService:
 
     async def relay(self, message: dict[str, Any], fd: int,
                     budget: FailureBudget) -> dict[str, Any]:
-        """Connect out from the namespace and relay the handed-over connection ``fd``."""
+        """``relay`` (connect out) or ``bind`` (accept one connection in): then relay the
+        handed-over connection ``fd`` to it."""
         client = socket.socket(fileno=fd)
         try:
             ns, tenant = self.authorize(message, budget)
-            first, early = _first(message), _chunk(message, "early")
+            first, early = _first(message, "first"), _chunk(message, "early")
+            second = _first(message, "second") if message.get("op") == "bind" else None
         except BaseException:
             client.close()
             raise
-        reply: dict[str, Any] = await self.run_keyed(ns, lambda: self._relay(
-            ns, tenant, message.get("host"), message.get("port"), client, first, early))
+        host, port = message.get("host"), message.get("port")
+
+        def upstream(namespace: Namespace) -> Awaitable[tuple[int, socket.socket, bytes]]:
+            if second is None:
+                return self._connect(namespace, host, port, first)
+            return self._accept_one(namespace, host, client, first, second)
+
+        reply: dict[str, Any] = await self.run_keyed(
+            ns, lambda: self._relay(ns, tenant, client, upstream, early))
         return reply
 
-    async def _relay(self, ns: str, tenant: str | None, host: Any, port: Any,
-                     client: socket.socket, first: bytes | dict[str, bytes],
+    async def _relay(self, ns: str, tenant: str | None, client: socket.socket,
+                     upstream_of: Callable[[Namespace],
+                                           Awaitable[tuple[int, socket.socket, bytes]]],
                      early: bytes) -> dict[str, Any]:
-        """The namespace's part of ``relay``, where its state lives."""
+        """The namespace's part of a hand-off, where its state lives."""
         namespace: Namespace | None = None
         try:
             namespace = self.net.open_namespace(ns)
-            farm_sock = namespace.open("tcp")
-            try:
-                await namespace.connect(farm_sock.sid, host, port, self.net.timeout(None))
-                upstream = farm_sock.detach()
-            finally:
-                if farm_sock.sid in namespace.sockets:
-                    namespace.close(farm_sock.sid)
-                else:  # parked by a move while connecting: no client of ours to follow it
-                    self._unpark(farm_sock)
+            sid, upstream, to_client = await upstream_of(namespace)
             if self.net.namespaces.get(ns) is not namespace:
                 upstream.close()
                 raise Moved(f"namespace {ns!r} moved while connecting", slot=key_slot(ns))
@@ -259,12 +264,64 @@ class HandoffService:
                 self.net.forget_if_empty(namespace)  # opened for this hand-off alone
             raise
         relay = Relay(namespace.loop, client, upstream,
-                      RelayState(farm_sock.sid, to_upstream=early,
-                                 to_client=first_to_write(first, upstream), tenant=tenant),
+                      RelayState(sid, to_upstream=early, to_client=to_client, tenant=tenant),
                       namespace.counters)
         namespace.adopt_relay(relay)
         relay.start()
         return {"sid": relay.sid, "local": list(upstream.getsockname()[:2])}
+
+    async def _connect(self, namespace: Namespace, host: Any, port: Any,
+                       first: bytes | dict[str, bytes]) -> tuple[int, socket.socket, bytes]:
+        """``relay``: a socket of the namespace connected to ``host:port``."""
+        farm_sock = namespace.open("tcp")
+        try:
+            await namespace.connect(farm_sock.sid, host, port, self.net.timeout(None))
+            upstream = farm_sock.detach()
+        finally:
+            self._discard(namespace, farm_sock)
+        return farm_sock.sid, upstream, first_to_write(first, upstream)
+
+    async def _accept_one(self, namespace: Namespace, host: Any, client: socket.socket,
+                          first: bytes | dict[str, bytes], second: bytes | dict[str, bytes]
+                          ) -> tuple[int, socket.socket, bytes]:
+        """``bind``: listen in the namespace (loopback for a loopback ``host``, else the
+        wildcard, as policy allows), write ``first`` naming the listening address, then
+        take one connection from ``host`` (any, if unspecified) within the default
+        timeout; ``second`` names its peer."""
+        expected, _ = parse_address(host, 0, bind=True)
+        if expected.is_loopback:
+            local = "127.0.0.1" if expected.version == 4 else "::1"
+        else:
+            local = "0.0.0.0" if expected.version == 4 else "::"
+        listener = namespace.open("tcp")
+        try:
+            namespace.bind(listener.sid, local, 0)
+            namespace.listen(listener.sid, 1)
+            answer = first_to_write(first, listener.opened())
+            if client.send(answer) != len(answer):
+                raise posix(errno.EIO, "the client did not take the first reply")
+            deadline = namespace.loop.time() + self.net.timeout(None)
+            while True:
+                try:
+                    accepted, address = await namespace.accept(
+                        listener.sid, deadline - namespace.loop.time())
+                except TryAgain:  # the namespace moves: the first reply cannot be taken back
+                    raise posix(errno.ECONNABORTED, "the namespace moved during BIND") from None
+                upstream = accepted.detach()
+                namespace.close(accepted.sid)
+                if expected.is_unspecified or ipaddress.ip_address(address[0]) == expected:
+                    break
+                upstream.close()  # not the host the client named
+        finally:
+            self._discard(namespace, listener)
+        return listener.sid, upstream, first_to_write(second, upstream, peer=True)
+
+    def _discard(self, namespace: Namespace, farm_sock: FarmSocket) -> None:
+        """Close a socket a hand-off made for itself."""
+        if farm_sock.sid in namespace.sockets:
+            namespace.close(farm_sock.sid)
+        else:  # parked by a move meanwhile: no client of ours to follow it
+            self._unpark(farm_sock)
 
     def adopt(self, message: dict[str, Any], fds: list[int]) -> None:
         """Resume a relay another kernel handed over with its namespace."""
@@ -377,8 +434,8 @@ class HandoffService:
             del self.parked[slot]
 
 
-DESCRIPTORS = {"check": (0,), "relay": (1,), "adopt": (2,), "adopt_socket": (0, 1),
-               "barrier": (0,)}
+DESCRIPTORS = {"check": (0,), "relay": (1,), "bind": (1,), "adopt": (2,),
+               "adopt_socket": (0, 1), "barrier": (0,)}
 """How many descriptors come with each op."""
 
 
@@ -434,7 +491,7 @@ class HandoffPeer:
             return
         if op == "check":
             self._answer(msgid, lambda: self._authorized(message))
-        elif op == "relay":
+        elif op in ("relay", "bind"):
             task = self.loop.create_task(self.service.relay(message, fds[0], self.budget))
             task.add_done_callback(lambda done: self._finished(msgid, done))
         elif op == "barrier":

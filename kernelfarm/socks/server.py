@@ -6,7 +6,9 @@ then the request.  A name to connect to is resolved here (a kernel never resolve
 connection is then handed to the owning kernel with the destination, the token, the
 success reply to write first and any bytes the client sent early, and this process
 closes its copy: from then on it is out of the data path.  An error the kernel reports
-(policy, refused, unreachable...) becomes the matching SOCKS reply.
+(policy, refused, unreachable...) becomes the matching SOCKS reply.  BIND is the same
+hand-off with ``op`` ``bind``: the kernel listens in the namespace, writes the first
+reply, accepts one connection from the host the client named and writes the second.
 
 The success reply names the outgoing connection's local address (BND.ADDR, BND.PORT):
 the kernel writes it before it relays, completing the reply's prefix this process sends
@@ -123,18 +125,22 @@ class SocksServer:
                                                  token=token) as user:
                     await udp.associate(conn, user.net, ns, request, self._resolve_name)
                 return
-            if request.command != Command.CONNECT:
+            if request.command not in (Command.CONNECT, Command.BIND):
                 raise SocksError(Reply.COMMAND_NOT_SUPPORTED, f"command {request.command}")
             host = await self._resolve(request)
         except SocksError as exc:
             await loop.sock_sendall(conn, protocol.reply(exc.reply))
             raise
+        handoff: dict[str, Any] = {
+            "op": "relay", "token": token, "host": host, "port": request.port,
+            "first": protocol.reply_prefixes(Reply.SUCCEEDED), "early": bytes(reader.buffer)}
+        if request.command == Command.BIND:
+            # Two replies (RFC 1928 section 4): the kernel writes both, the second when a
+            # connection came; it waits for one up to the farm's net.default_timeout.
+            deadline.reschedule(None)
+            handoff.update(op="bind", second=protocol.reply_prefixes(Reply.SUCCEEDED))
         try:
-            await self.kernels.request(
-                ns, {"op": "relay", "token": token, "host": host, "port": request.port,
-                     "first": protocol.reply_prefixes(Reply.SUCCEEDED),
-                     "early": bytes(reader.buffer)},
-                [conn.fileno()])
+            await self.kernels.request(ns, handoff, [conn.fileno()])
         except OSError as exc:
             await loop.sock_sendall(conn, protocol.reply(protocol.reply_for(exc.errno)))
             raise

@@ -328,8 +328,38 @@ def test_the_kernel_completes_a_reply_with_an_ipv6_local_address() -> None:
         assert first_to_write(b"as is", sock) == b"as is"
 
 
+def test_bind_sends_two_replies_and_relays_the_connection_it_took(
+        proxy: tuple[str, int], client: kernelfarm.Client) -> None:
+    """RFC 1928 section 4: the first reply names where the namespace listens, the second
+    the peer that connected (only from the host the client named); then bytes flow."""
+    with raw_session(proxy, "binder") as sock:
+        sock.sendall(b"\x05\x02\x00\x01" + socket.inet_aton("127.0.0.1") +
+                     struct.pack("!H", 0) + b"sent early")
+        first = sock.recv(10, socket.MSG_WAITALL)
+        assert first[:4] == b"\x05\x00\x00\x01"
+        listening = (socket.inet_ntoa(first[4:8]), struct.unpack("!H", first[8:10])[0])
+        assert listening[0] == "127.0.0.1" and listening[1] != 0
+        assert [row["listening"] for row in client.net.list("binder")] == [True]
+        stranger = socket.create_connection(listening, timeout=DEADLINE,
+                                            source_address=("127.0.0.2", 0))
+        with stranger:  # not from DST.ADDR: closed, and the wait goes on
+            assert stranger.recv(1) == b""
+        with socket.create_connection(listening, timeout=DEADLINE,
+                                      source_address=("127.0.0.1", 0)) as peer:
+            second = sock.recv(10, socket.MSG_WAITALL)
+            assert second[:4] == b"\x05\x00\x00\x01"
+            assert (socket.inet_ntoa(second[4:8]), struct.unpack("!H", second[8:10])[0]) \
+                == peer.getsockname()
+            assert peer.recv(10, socket.MSG_WAITALL) == b"sent early"
+            peer.sendall(b"from the peer")
+            assert sock.recv(13, socket.MSG_WAITALL) == b"from the peer"
+            sock.sendall(b"to the peer")
+            assert peer.recv(11, socket.MSG_WAITALL) == b"to the peer"
+            assert [row.get("relay") for row in client.net.list("binder")] == [True]
+
+
 @pytest.mark.parametrize("request_bytes,code", [
-    (b"\x05\x02\x00\x01\x7f\x00\x00\x01\x00\x50", 7),   # BIND: not supported
+    (b"\x05\x09\x00\x01\x7f\x00\x00\x01\x00\x50", 7),   # command 9: not supported
     (b"\x05\x01\x00\x09\x7f\x00\x00\x01\x00\x50", 8),   # address type 9
 ])
 def test_unsupported_requests_get_their_reply_codes(proxy: tuple[str, int],
