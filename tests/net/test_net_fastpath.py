@@ -63,6 +63,19 @@ def counted(farm: FarmSocket) -> CountingSocket:
     return counting
 
 
+async def after_one_wait(pair: tuple[socket.socket, socket.socket], first: bytes = b"one",
+                         size: int = 10) -> FarmSocket:
+    """The farm's end, after one ``recv`` waited for ``first``: its readable side is
+    watched from then on."""
+    ours, peer = pair
+    farm = FarmSocket.accepted(asyncio.get_running_loop(), 1, ours)
+    waiting = farm.recv(size, DEADLINE_S)
+    assert not isinstance(waiting, bytes)
+    peer.sendall(first)
+    assert await asyncio.wait_for(waiting, DEADLINE_S) == first
+    return farm
+
+
 async def until(condition: Callable[[], object]) -> None:
     async with asyncio.timeout(DEADLINE_S):
         while not condition():
@@ -144,12 +157,9 @@ async def test_a_request_response_exchange_costs_one_recv_call_per_response(
 @pytest.mark.asyncio
 async def test_data_that_comes_while_nobody_waits_is_read_once_and_kept(
         pair: tuple[socket.socket, socket.socket]) -> None:
-    ours, peer = pair
-    farm = FarmSocket.accepted(asyncio.get_running_loop(), 1, ours)
+    peer = pair[1]
+    farm = await after_one_wait(pair, size=100)
     host = counted(farm)
-    waiting = farm.recv(100, DEADLINE_S)
-    peer.sendall(b"one")
-    assert await asyncio.wait_for(waiting, DEADLINE_S) == b"one"
     calls = host.recvs
     peer.sendall(b"hello world")  # nobody waits for this one
     await until(lambda: farm.pending is not None)
@@ -167,11 +177,8 @@ async def test_a_client_that_does_not_read_makes_the_kernel_hold_one_read(
         pair: tuple[socket.socket, socket.socket]) -> None:
     """More data while something is pending stops the watch: it stays in the host's
     buffer (the peer's backpressure), nothing is lost and all of it comes in order."""
-    ours, peer = pair
-    farm = FarmSocket.accepted(asyncio.get_running_loop(), 1, ours)
-    waiting = farm.recv(4, DEADLINE_S)
-    peer.sendall(b"0000")
-    assert await asyncio.wait_for(waiting, DEADLINE_S) == b"0000"
+    peer = pair[1]
+    farm = await after_one_wait(pair, b"0000", size=4)
     peer.sendall(b"1111")
     await until(lambda: farm.pending is not None)
     peer.sendall(b"2222")
@@ -188,11 +195,8 @@ async def test_a_client_that_does_not_read_makes_the_kernel_hold_one_read(
 @pytest.mark.asyncio
 async def test_end_of_stream_while_nobody_waits_is_kept_and_ends_the_watch(
         pair: tuple[socket.socket, socket.socket]) -> None:
-    ours, peer = pair
-    farm = FarmSocket.accepted(asyncio.get_running_loop(), 1, ours)
-    waiting = farm.recv(10, DEADLINE_S)
-    peer.sendall(b"last")
-    assert await asyncio.wait_for(waiting, DEADLINE_S) == b"last"
+    peer = pair[1]
+    farm = await after_one_wait(pair, b"last")
     peer.shutdown(socket.SHUT_WR)
     await until(lambda: not farm._readable.watched)  # a readable EOF would fire for ever
     assert farm.pending == b""
@@ -230,12 +234,9 @@ async def test_a_socket_keeps_one_timer_for_its_earliest_deadline(
 async def test_detaching_a_socket_ends_a_watch_that_outlived_its_waiters(
         pair: tuple[socket.socket, socket.socket]) -> None:
     """A socket given to a relay after a wait must not stay watched by its farm socket."""
-    ours, peer = pair
+    peer = pair[1]
     loop = asyncio.get_running_loop()
-    farm = FarmSocket.accepted(loop, 1, ours)
-    pending = farm.recv(10, DEADLINE_S)
-    peer.sendall(b"one")
-    assert await asyncio.wait_for(pending, DEADLINE_S) == b"one"
+    farm = await after_one_wait(pair)
     sock = farm.detach()
     assert not farm._readable.watched and farm._readable.timer is None
     got: asyncio.Future[bytes] = loop.create_future()
@@ -250,11 +251,8 @@ async def test_detaching_a_socket_ends_a_watch_that_outlived_its_waiters(
 async def test_a_socket_holding_data_no_recv_took_is_not_detached(
         pair: tuple[socket.socket, socket.socket]) -> None:
     """A relay would never forward what the kernel already read: refuse, lose nothing."""
-    ours, peer = pair
-    farm = FarmSocket.accepted(asyncio.get_running_loop(), 1, ours)
-    waiting = farm.recv(10, DEADLINE_S)
-    peer.sendall(b"one")
-    assert await asyncio.wait_for(waiting, DEADLINE_S) == b"one"
+    peer = pair[1]
+    farm = await after_one_wait(pair)
     peer.sendall(b"two")
     await until(lambda: farm.pending is not None)
     with pytest.raises(OSError) as info:
