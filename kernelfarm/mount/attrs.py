@@ -32,14 +32,14 @@ class Caching:
 
 
 def entry_attributes(ino: int, st: dict[str, Any], uid: int, gid: int,
-                     caching: Caching, attr_timeout: float | None = None
+                     caching: Caching, left: float | None = None
                      ) -> pyfuse3.EntryAttributes:
-    """``attr_timeout``: for an answer from the mount's cache, the rest of its freshness."""
+    """``left``: for an answer from the mount's cache, the rest of its freshness."""
     attrs = pyfuse3.EntryAttributes()
     attrs.st_ino = ino
     attrs.generation = 0
-    attrs.entry_timeout = caching.entry_timeout
-    attrs.attr_timeout = caching.attr_timeout if attr_timeout is None else attr_timeout
+    attrs.entry_timeout = caching.entry_timeout if left is None else left
+    attrs.attr_timeout = caching.attr_timeout if left is None else left
     attrs.st_mode = st["mode"]
     attrs.st_nlink = st["nlink"]
     attrs.st_uid = uid

@@ -11,6 +11,7 @@ number until the kernel forgets it, but has no path any more.
 from __future__ import annotations
 
 import errno
+import itertools
 
 ROOT_INO = 1  # pyfuse3.ROOT_INODE, the FUSE protocol's root node id
 
@@ -26,12 +27,46 @@ class Node:
         self.children = 0         # attached child nodes: a parent outlives its children
 
 
+class Siblings:
+    """The names of one directory's nodes, in the order this mount came to know them."""
+
+    __slots__ = ("order", "at", "holes")
+
+    def __init__(self) -> None:
+        self.order: list[str | None] = []
+        self.at: dict[str, int] = {}
+        self.holes = 0
+
+    def add(self, name: str) -> None:
+        self.at[name] = len(self.order)
+        self.order.append(name)
+
+    def remove(self, name: str) -> None:
+        self.order[self.at.pop(name)] = None
+        self.holes += 1
+        if self.holes > len(self.at) + 64:
+            names = [kept for kept in self.order if kept is not None]
+            self.order, self.holes = [], 0
+            self.at.clear()
+            for kept in names:
+                self.add(kept)
+
+    def after(self, name: str, count: int) -> list[str]:
+        start = self.at.get(name)
+        if start is None:
+            return []
+        following = (kept for kept in itertools.islice(self.order, start + 1, None)
+                     if kept is not None)
+        return list(itertools.islice(following, count))
+
+
 class InodeTable:
     def __init__(self) -> None:
         root = Node(ROOT_INO, 0, "")
         root.lookups = 1          # the kernel never forgets the root
         self._nodes: dict[int, Node] = {ROOT_INO: root}
         self._by_name: dict[tuple[int, str], int] = {}
+        self._siblings: dict[int, Siblings] = {}
         self._next = ROOT_INO + 1
 
     def __len__(self) -> int:
@@ -59,13 +94,34 @@ class InodeTable:
             ino = self._next
             self._next += 1
             self._nodes[ino] = Node(ino, parent, name)
-            self._by_name[(parent, name)] = ino
-            self._nodes[parent].children += 1
+            self._attach(parent, name, ino)
         self._nodes[ino].lookups += 1
         return ino
 
     def known(self, parent: int, name: str) -> int | None:
         return self._by_name.get((parent, name))
+
+    def after(self, parent: int, name: str, count: int) -> list[tuple[str, int]]:
+        """Up to ``count`` attached children of ``parent`` known after ``name``."""
+        siblings = self._siblings.get(parent)
+        if siblings is None:
+            return []
+        return [(child, self._by_name[(parent, child)])
+                for child in siblings.after(name, count)]
+
+    def _attach(self, parent: int, name: str, ino: int) -> None:
+        self._by_name[(parent, name)] = ino
+        self._nodes[parent].children += 1
+        self._siblings.setdefault(parent, Siblings()).add(name)
+
+    def _unname(self, parent: int, name: str) -> int | None:
+        ino = self._by_name.pop((parent, name), None)
+        if ino is not None:
+            siblings = self._siblings[parent]
+            siblings.remove(name)
+            if not siblings.at:
+                del self._siblings[parent]
+        return ino
 
     def where(self, ino: int) -> tuple[int, str] | None:
         """``(parent, name)`` of an attached node, else ``None``."""
@@ -83,7 +139,7 @@ class InodeTable:
 
     def detach(self, parent: int, name: str) -> None:
         """``parent/name`` is gone from the farm; its node (if any) keeps only its number."""
-        ino = self._by_name.pop((parent, name), None)
+        ino = self._unname(parent, name)
         if ino is None:
             return
         node = self._nodes[ino]
@@ -99,11 +155,10 @@ class InodeTable:
         self.detach(new_parent, new_name)
         if ino is None:
             return
-        del self._by_name[(parent, name)]
+        self._unname(parent, name)
         node = self._nodes[ino]
         node.parent, node.name = new_parent, new_name
-        self._by_name[(new_parent, new_name)] = ino
-        self._nodes[new_parent].children += 1
+        self._attach(new_parent, new_name, ino)
         self._release_parent(parent)
 
     def _release_parent(self, parent: int) -> None:
@@ -118,5 +173,5 @@ class InodeTable:
             return
         del self._nodes[node.ino]
         if node.parent:
-            del self._by_name[(node.parent, node.name)]
+            self._unname(node.parent, node.name)
             self._release_parent(node.parent)

@@ -33,6 +33,7 @@ from kernelfarm.mount.attrcache import AttrCache, Stat
 from kernelfarm.mount.attrs import Caching, entry_attributes, fuse_errors
 from kernelfarm.mount.inodes import ROOT_INO, InodeTable
 from kernelfarm.mount.listings import Listings
+from kernelfarm.mount.statahead import StatAhead
 from kernelfarm.mount.readahead import ReadAhead
 from kernelfarm.mount.writeback import InflightBudget, WriteBehind
 
@@ -94,6 +95,7 @@ class FarmOperations(pyfuse3.Operations):
         self.ahead: dict[int, ReadAhead] = {}    # inode -> blocks read ahead
         self.cache = AttrCache(self.caching.attr_timeout)
         self.names = Listings(self.caching.entry_timeout)
+        self.ahead_names = StatAhead()
         self.handles: dict[int, int] = {}        # file handle -> inode
         self.opens: dict[int, int] = {}          # inode -> open handles
         self.unlinked: set[int] = set()          # open, unlinked, hidden until last close
@@ -186,18 +188,31 @@ class FarmOperations(pyfuse3.Operations):
         known = self.inodes.known(parent_inode, text)
         if known is not None:
             await self._drain(known)
-        if not self.names.worth_taking(parent_inode):
-            return await self._entry(parent_inode, text, path, await self.fs.stat(path))
+            fresh = self.cache.fresh(known)
+            if fresh is not None:  # fetched ahead (or just now) for this walk
+                st, left = fresh
+                self.inodes.lookup(parent_inode, text)
+                return entry_attributes(known, st, self.uid, self.gid, self.caching, left)
+        # One round trip: the name, the directory's names if worth taking again, and
+        # the stats of the names a walk through the directory asks for next.
+        calls: list[Awaitable[Any]] = [self.fs.stat(path)]
+        listing = self.names.worth_taking(parent_inode)
         version = self.names.version(parent_inode)
-        answers: tuple[Any, Any] = await asyncio.gather(  # one round trip, names with it
-            self.fs.stat(path), self.fs.listdir(self._path(parent_inode)),
-            return_exceptions=True)
-        st, names = answers
-        if not isinstance(names, BaseException):
-            self.names.put(parent_inode, names, version)
-        if isinstance(st, BaseException):
-            raise st
-        return await self._entry(parent_inode, text, path, st)
+        if listing:
+            calls.append(self.fs.listdir(self._path(parent_inode)))
+        inos = [] if known is None else self.ahead_names.plan(
+            parent_inode, text, lambda count: self.inodes.after(parent_inode, text, count))
+        ahead = [(ino, self._settled_version(ino)) for ino in inos]
+        calls += [self.fs.stat(self._path(ino)) for ino, _ in ahead]
+        answers = await asyncio.gather(*calls, return_exceptions=True)
+        if listing and not isinstance(answers[1], BaseException):
+            self.names.put(parent_inode, answers[1], version)
+        for (ino, settled), answer in zip(ahead, answers[1 + listing:], strict=True):
+            if settled is not None and not isinstance(answer, BaseException):
+                self.cache.put(ino, answer, settled)
+        if isinstance(answers[0], BaseException):
+            raise answers[0]
+        return await self._entry(parent_inode, text, path, answers[0])
 
     @staticmethod
     def _no_entry(left: float) -> pyfuse3.EntryAttributes:
@@ -213,6 +228,7 @@ class FarmOperations(pyfuse3.Operations):
             self.inodes.forget(ino, count)
             self.cache.forget(ino)
             self.names.forget(ino)
+            self.ahead_names.forget(ino)
 
     @fuse_errors
     async def getattr(self, inode: int, ctx: Any = None) -> pyfuse3.EntryAttributes:

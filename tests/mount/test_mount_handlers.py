@@ -218,3 +218,30 @@ async def test_a_mode_and_mtime_set_on_an_open_file_land_by_close(
     await ops.setattr(attrs.st_ino, _mode_attrs(0o600), _fields(mode=True), None, None)
     assert await errno_of(ops.flush(info.fh)) == errno.ENOENT
     await ops.release(info.fh)
+
+
+@pytest.mark.asyncio
+async def test_a_walk_through_a_directory_fetches_the_next_names_ahead(
+        client: aio.Client) -> None:
+    counting = CountingFs(client.fs)
+    ops = FarmOperations(counting, caching=Caching(attr_timeout=0.3, entry_timeout=0.3))
+    parent = await volume(client, ops, "h-ahead")
+    names = [f"f{i}".encode() for i in range(60)]
+    for name in names:
+        info, _ = await ops.create(parent, name, 0o644, CREATE, None)
+        await ops.write(info.fh, 0, name)
+        await ops.release(info.fh)
+    await asyncio.sleep(0.3)  # the kernel has forgotten them all: it asks again
+    asked = 0
+    for name in names:
+        before = counting.calls["stat"]
+        attrs = await ops.lookup(parent, name, None)
+        assert attrs.st_size == len(name)
+        asked += counting.calls["stat"] > before
+    assert asked <= 6  # one round trip per window, the windows doubling
+    # Lookups out of order fetch only what they ask for.
+    await asyncio.sleep(0.3)
+    before = counting.calls["stat"]
+    for name in names[::7]:
+        await ops.lookup(parent, name, None)
+    assert counting.calls["stat"] - before == len(names[::7])
