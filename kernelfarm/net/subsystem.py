@@ -84,6 +84,8 @@ class NetSubsystem(Subsystem):
         self._unclaimed: dict[tuple[str, int], FarmSocket] = {}
         """Sockets that moved here and no connection has named yet (``adopt_socket``)."""
         self.handoff = HandoffService(self)
+        self.default_timeout = self.timeout(None)
+        """A call's timeout when it names none (``net.default_timeout``, bounded)."""
 
     def methods(self) -> list[Method]:
         key = namespace_key
@@ -157,7 +159,8 @@ class NetSubsystem(Subsystem):
         try:
             if type(data) is not bytes:
                 data = _data(data)
-            wait = self.timeout(timeout)  # parameters first: EINVAL before EBADF
+            # parameters first: EINVAL before EBADF
+            wait = self.default_timeout if timeout is None else self.timeout(timeout)
             return self._callers(conn, ns, sid).send(data, wait)
         except OSError as exc:
             self._count_failure(ns, exc)
@@ -169,7 +172,8 @@ class NetSubsystem(Subsystem):
         try:
             size = min(size, self.config.max_recv_bytes) if type(size) is int and size > 0 \
                 else self._size(size)
-            wait = self.timeout(timeout)  # parameters first: EINVAL before EBADF
+            # parameters first: EINVAL before EBADF
+            wait = self.default_timeout if timeout is None else self.timeout(timeout)
             return self._callers(conn, ns, sid).recv(size, wait)
         except OSError as exc:
             self._count_failure(ns, exc)
