@@ -188,6 +188,31 @@ async def test_release_slot_parks_only_that_slots_sockets_and_a_rollback_resumes
 
 
 @pytest.mark.asyncio
+async def test_a_moved_socket_no_connection_names_is_closed_after_max_timeout(
+        make_net: Any) -> None:
+    """Its client died while the namespace moved: nothing else would ever close it."""
+    harness = make_net(max_timeout=0.3)
+    owner = FakeConnection()
+    net = harness.client(owner)
+    with plain_listener("127.0.0.1") as server:
+        orphan, named = await net.socket("alice", "tcp"), await net.socket("alice", "tcp")
+        for sock in (orphan, named):
+            await sock.connect(*server.getsockname())
+        orphan_peer, _ = server.accept()
+        named_peer, _ = server.accept()
+        with orphan_peer, named_peer:
+            harness.net.release_slot(key_slot("alice"))
+            harness.net.load_slots([key_slot("alice")])
+            owner.close()  # tied to nothing any more: this closes neither
+            again = FakeConnection()
+            assert await harness.call(again, "net.send", "alice", named.sid, b"mine") == 4
+            assert await peer_sees_eof(orphan_peer)
+            assert await harness.call(again, "net.send", "alice", named.sid, b"!") == 1
+            named_peer.settimeout(5)
+            assert named_peer.recv(5, socket.MSG_WAITALL) == b"mine!"
+
+
+@pytest.mark.asyncio
 async def test_parked_sockets_close_with_the_subsystem(make_net: Any) -> None:
     harness = make_net()
     with plain_listener("127.0.0.1") as server:
