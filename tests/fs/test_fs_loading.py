@@ -1,12 +1,13 @@
 """A kernel busy loading a big volume is not killed for it, at boot or on acquire.
 
-The volume is made on disk beforehand with the project's own volume code: a journal of a
-million records (18 MB, written in a blink as one record repeated, but replayed one by
-one: seconds of loading).  The farm's boot timeout and heartbeat timeout are set far below
-that.  A kernel that loaded in one go would miss its boot deadline at start (killed and
-retried until marked failed) and, when scaling moves the volume to a new kernel, would
-leave its pings unanswered during the acquire (killed as hung).  Loading in slices of the
-loop, with progress reports extending the boot deadline, it keeps its pid and serves.
+The volume is made on disk beforehand with the project's own volume code: a journal of
+1.5 million records (27 MB, written in a blink as one record repeated, but replayed one
+by one: seconds of loading, past the boot timeout even on a fast idle machine).  The
+farm's boot timeout and heartbeat timeout are set far below that.  A kernel that loaded
+in one go would miss its boot deadline at start (killed and retried until marked failed)
+and, when scaling moves the volume to a new kernel, would leave its pings unanswered
+during the acquire (killed as hung).  Loading in slices of the loop, with progress
+reports extending the boot deadline, it keeps its pid and serves.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from kernelfarm.fs.tree import UNLIMITED
 from kernelfarm.fs.volume import WRITE_FILE, Volume, journal_path
 from kernelfarm.partition import initial_assignment, key_slot, rebalance_plan
 
-RECORDS = 1_000_000
+RECORDS = 1_500_000
 BOOT_TIMEOUT_S = 2.0
 CONFIG = (f"[supervisor]\nboot_timeout = {BOOT_TIMEOUT_S}\nboot_retries = 1\n"
           "heartbeat_interval = 0.2\nheartbeat_timeout = 1.5\n")
