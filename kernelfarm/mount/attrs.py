@@ -2,7 +2,9 @@
 failure to one errno.
 
 The farm keeps no owner: every inode shows the uid and gid of the mounting user.  It keeps
-no access time either: ``st_atime`` is ``st_mtime``.
+no access time either: ``st_atime`` is ``st_mtime``, and no extended attributes
+(:class:`NoXattrs`).  A name known missing is answered as a negative entry the kernel may
+keep (:func:`no_entry`).
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ import errno
 import functools
 import logging
 from dataclasses import dataclass
-from typing import Any, Awaitable, Callable, Coroutine, ParamSpec, TypeVar
+from typing import Any, Awaitable, Callable, Coroutine, ParamSpec, Sequence, TypeVar
 
 import pyfuse3
 
@@ -19,6 +21,7 @@ from kernelfarm.errors import KernelfarmError
 
 log = logging.getLogger(__name__)
 
+NAME_MAX = 255
 BLOCK = 512
 IO_BLOCK = 128 * 1024  # st_blksize: cp and friends size their buffers by it
 
@@ -54,6 +57,25 @@ def entry_attributes(ino: int, st: dict[str, Any], uid: int, gid: int,
     return attrs
 
 
+def no_entry(left: float) -> pyfuse3.EntryAttributes:
+    """"No such name", which the kernel may keep for ``left`` seconds (inode 0)."""
+    attrs = pyfuse3.EntryAttributes()
+    attrs.st_ino = 0
+    attrs.entry_timeout = left
+    return attrs
+
+
+def plain_name(raw: bytes) -> bool:
+    """A name the farm can hold (else only the farm says which errno: ENAMETOOLONG...)."""
+    if len(raw) > NAME_MAX:
+        return False
+    try:
+        raw.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return True
+
+
 def errno_of(exc: BaseException) -> int:
     """The errno a program sees for ``exc``: the farm's POSIX code, else ``EIO``."""
     if isinstance(exc, pyfuse3.FUSEError):
@@ -85,3 +107,23 @@ def fuse_errors(handler: Callable[P, Awaitable[R]]) -> Callable[P, Coroutine[Any
             raise pyfuse3.FUSEError(errno_of(exc)) from None
 
     return wrapper
+
+
+class NoXattrs(pyfuse3.Operations):
+    """Extended attributes: the farm keeps none, so every call is ``ENOTSUP``."""
+
+    @fuse_errors
+    async def setxattr(self, inode: int, name: bytes, value: bytes, ctx: Any) -> None:
+        raise pyfuse3.FUSEError(errno.ENOTSUP)
+
+    @fuse_errors
+    async def getxattr(self, inode: int, name: bytes, ctx: Any) -> bytes:
+        raise pyfuse3.FUSEError(errno.ENOTSUP)
+
+    @fuse_errors
+    async def listxattr(self, inode: int, ctx: Any) -> Sequence[bytes]:
+        raise pyfuse3.FUSEError(errno.ENOTSUP)
+
+    @fuse_errors
+    async def removexattr(self, inode: int, name: bytes, ctx: Any) -> None:
+        raise pyfuse3.FUSEError(errno.ENOTSUP)

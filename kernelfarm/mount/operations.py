@@ -30,7 +30,9 @@ from typing import Any, Awaitable, Callable, Sequence
 import pyfuse3
 
 from kernelfarm.mount.attrcache import AttrCache, Stat
-from kernelfarm.mount.attrs import Caching, entry_attributes, fuse_errors
+from kernelfarm.mount.attrs import (
+    Caching, NoXattrs, entry_attributes, fuse_errors, no_entry, plain_name,
+)
 from kernelfarm.mount.inodes import ROOT_INO, InodeTable
 from kernelfarm.mount.listings import Listings
 from kernelfarm.mount.statahead import StatAhead
@@ -44,7 +46,6 @@ INFLIGHT_BYTES = 64 * 1024 * 1024
 READAHEAD_BLOCK_BYTES = 1024 * 1024
 READAHEAD_DEPTH = 4
 READDIR_BATCH = 128
-NAME_MAX = 255
 INT64 = 2**63
 HIDDEN_PREFIX = ".kfmount-unlinked-"
 """An unlinked file that is still open is renamed to this prefix + its inode number and
@@ -53,17 +54,6 @@ removed at its last close (as NFS clients do with ``.nfsXXXX``)."""
 
 def _name(raw: bytes) -> str:
     return os.fsdecode(raw)  # undecodable bytes become lone surrogates: the farm's EINVAL
-
-
-def _valid(raw: bytes) -> bool:
-    """A name the farm can hold (else only the farm says which errno: ENAMETOOLONG...)."""
-    if len(raw) > NAME_MAX:
-        return False
-    try:
-        raw.decode("utf-8")
-    except UnicodeDecodeError:
-        return False
-    return True
 
 
 def _fail(code: int) -> pyfuse3.FUSEError:
@@ -76,7 +66,7 @@ class DirListing:
     names: list[str]
 
 
-class FarmOperations(pyfuse3.Operations):
+class FarmOperations(NoXattrs):
     supports_dot_lookup = False
     enable_writeback_cache = False
 
@@ -181,9 +171,9 @@ class FarmOperations(pyfuse3.Operations):
     async def lookup(self, parent_inode: int, name: bytes, ctx: Any = None
                      ) -> pyfuse3.EntryAttributes:
         text = _name(name)
-        left = self.names.absent(parent_inode, text) if _valid(name) else None
+        left = self.names.absent(parent_inode, text) if plain_name(name) else None
         if left is not None:
-            return self._no_entry(left)
+            return no_entry(left)
         path = self.inodes.child_path(parent_inode, text)
         known = self.inodes.known(parent_inode, text)
         if known is not None:
@@ -213,14 +203,6 @@ class FarmOperations(pyfuse3.Operations):
         if isinstance(answers[0], BaseException):
             raise answers[0]
         return await self._entry(parent_inode, text, path, answers[0])
-
-    @staticmethod
-    def _no_entry(left: float) -> pyfuse3.EntryAttributes:
-        """"No such name", which the kernel may keep for ``left`` seconds (inode 0)."""
-        attrs = pyfuse3.EntryAttributes()
-        attrs.st_ino = 0
-        attrs.entry_timeout = left
-        return attrs
 
     @fuse_errors
     async def forget(self, inode_list: Sequence[tuple[int, int]]) -> None:
@@ -475,7 +457,7 @@ class FarmOperations(pyfuse3.Operations):
     def _behind(self, ino: int) -> WriteBehind:
         behind = self.pending.get(ino)
         if behind is None:
-            async def send(offset: int, data: bytes) -> object:
+            async def send(offset: int, data: bytes | bytearray) -> object:
                 return await self.fs.pwrite(self._path(ino), offset, data)
 
             behind = self.pending[ino] = WriteBehind(send, self.budget, self.chunk_bytes)
@@ -600,21 +582,3 @@ class FarmOperations(pyfuse3.Operations):
         data.f_ffree = data.f_favail = max(0, data.f_files - usage["inodes_used"])
         data.f_namemax = 255
         return data
-
-    # -- extended attributes: not kept by the farm ---------------------------------------
-
-    @fuse_errors
-    async def setxattr(self, inode: int, name: bytes, value: bytes, ctx: Any) -> None:
-        raise _fail(errno.ENOTSUP)
-
-    @fuse_errors
-    async def getxattr(self, inode: int, name: bytes, ctx: Any) -> bytes:
-        raise _fail(errno.ENOTSUP)
-
-    @fuse_errors
-    async def listxattr(self, inode: int, ctx: Any) -> Sequence[bytes]:
-        raise _fail(errno.ENOTSUP)
-
-    @fuse_errors
-    async def removexattr(self, inode: int, name: bytes, ctx: Any) -> None:
-        raise _fail(errno.ENOTSUP)

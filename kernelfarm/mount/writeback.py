@@ -22,7 +22,7 @@ from __future__ import annotations
 import asyncio
 from typing import Awaitable, Callable
 
-Send = Callable[[int, bytes], Awaitable[object]]
+Send = Callable[[int, bytes | bytearray], Awaitable[object]]
 
 
 class InflightBudget:
@@ -77,6 +77,10 @@ class WriteBehind:
         if self._buffer and offset == self._offset + len(self._buffer) \
                 and len(self._buffer) + len(data) <= self._chunk:
             self._buffer += data
+        elif len(data) >= self._chunk:  # a whole chunk (the kernel's 1 MiB writes): as is
+            await self._send_buffer()
+            await self._put(offset, data)
+            return
         else:
             await self._send_buffer()
             self._offset, self._buffer = offset, bytearray(data)
@@ -130,10 +134,12 @@ class WriteBehind:
             raise error
 
     async def _send_buffer(self) -> None:
-        if not self._buffer:
-            return
-        start, data = self._offset, bytes(self._buffer)
-        self._buffer = bytearray()
+        if self._buffer:
+            data, self._buffer = self._buffer, bytearray()  # sent, never changed again
+            await self._put(self._offset, data)
+
+    async def _put(self, start: int, data: bytes | bytearray) -> None:
+        """Put one chunk on its way (``start`` is its offset in the file)."""
         stop = start + len(data)
         await self._budget.take(len(data))
         before = [task for first, last, task in self._inflight if first < stop and start < last]
@@ -144,7 +150,7 @@ class WriteBehind:
         self._inflight.append(entry)
         task.add_done_callback(lambda _: self._inflight.remove(entry))
 
-    async def _ship(self, ticket: int, offset: int, data: bytes,
+    async def _ship(self, ticket: int, offset: int, data: bytes | bytearray,
                     before: list[asyncio.Task[None]]) -> None:
         try:
             if before:
