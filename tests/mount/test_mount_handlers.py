@@ -19,8 +19,10 @@ import pytest_asyncio
 
 from farmctl import Farm
 from kernelfarm import aio
+from kernelfarm.mount.attrcache import AttrCache
 from kernelfarm.mount.attrs import Caching
 from kernelfarm.mount.inodes import ROOT_INO
+from kernelfarm.mount.listings import Listings
 from kernelfarm.mount.operations import FarmOperations
 
 CREATE = os.O_CREAT | os.O_WRONLY
@@ -50,6 +52,24 @@ class CountingFs:
 async def client(farm: Farm) -> AsyncIterator[aio.Client]:
     async with aio.Client(farm.control) as client:
         yield client
+
+
+class Clock:
+    """The caches' clock, moved by the test: what is fresh does not hang on its speed."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def with_clock(ops: FarmOperations, timeout: float) -> Clock:
+    """``ops`` keeping attributes and names for ``timeout`` seconds of a test clock."""
+    clock = Clock()
+    ops.cache = AttrCache(timeout, clock)
+    ops.names = Listings(timeout, clock)
+    return clock
 
 
 async def volume(client: aio.Client, ops: FarmOperations, name: str) -> int:
@@ -93,6 +113,7 @@ async def test_exclusive_create_loses_to_another_clients_create(client: aio.Clie
 async def test_a_directory_changed_here_is_not_asked_for_again(client: aio.Client) -> None:
     counting = CountingFs(client.fs)
     ops = FarmOperations(counting, caching=Caching(attr_timeout=0.5, entry_timeout=0.5))
+    clock = with_clock(ops, 0.5)
     parent = await volume(client, ops, "h-attrs")
     info, _ = await ops.create(parent, b"f", 0o644, CREATE, None)
     await ops.release(info.fh)
@@ -103,7 +124,7 @@ async def test_a_directory_changed_here_is_not_asked_for_again(client: aio.Clien
     assert attrs.st_mtime_ns == (await client.fs.stat("/h-attrs"))["mtime_ns"]
     # Another client's change shows once the timeout is over, never later.
     await client.fs.write_file("/h-attrs/g", b"")
-    await asyncio.sleep(0.5)
+    clock.now += 0.5
     assert (await ops.getattr(parent)).st_size == 2
     assert counting.calls["stat"] == 1
     # This mount's own changes are answered as they are, with the stat sent with them.
@@ -165,6 +186,7 @@ async def test_a_directory_made_or_listed_here_answers_missing_names(
         client: aio.Client) -> None:
     counting = CountingFs(client.fs)
     ops = FarmOperations(counting, caching=Caching(attr_timeout=0.5, entry_timeout=0.5))
+    clock = with_clock(ops, 0.5)
     parent = await volume(client, ops, "h-names")
     made = await ops.mkdir(parent, b"d", 0o755, None)
     counting.calls.clear()
@@ -177,7 +199,7 @@ async def test_a_directory_made_or_listed_here_answers_missing_names(
     # A name another client makes shows once the names are older than the timeout.
     await client.fs.write_file("/h-names/d/g", b"theirs")
     assert (await ops.lookup(made.st_ino, b"g")).st_ino == 0
-    await asyncio.sleep(0.5)
+    clock.now += 0.5
     assert (await ops.lookup(made.st_ino, b"g")).st_size == 6
     assert counting.calls["listdir"] == 1  # the names were worth taking again
     # Names the farm must judge are never answered from the listing.
@@ -224,14 +246,15 @@ async def test_a_mode_and_mtime_set_on_an_open_file_land_by_close(
 async def test_a_walk_through_a_directory_fetches_the_next_names_ahead(
         client: aio.Client) -> None:
     counting = CountingFs(client.fs)
-    ops = FarmOperations(counting, caching=Caching(attr_timeout=0.3, entry_timeout=0.3))
+    ops = FarmOperations(counting)
+    clock = with_clock(ops, 1.0)
     parent = await volume(client, ops, "h-ahead")
     names = [f"f{i}".encode() for i in range(60)]
     for name in names:
         info, _ = await ops.create(parent, name, 0o644, CREATE, None)
         await ops.write(info.fh, 0, name)
         await ops.release(info.fh)
-    await asyncio.sleep(0.3)  # the kernel has forgotten them all: it asks again
+    clock.now += 1.0  # the kernel has forgotten them all: it asks again
     asked = 0
     for name in names:
         before = counting.calls["stat"]
@@ -240,7 +263,7 @@ async def test_a_walk_through_a_directory_fetches_the_next_names_ahead(
         asked += counting.calls["stat"] > before
     assert asked <= 6  # one round trip per window, the windows doubling
     # Lookups out of order fetch only what they ask for.
-    await asyncio.sleep(0.3)
+    clock.now += 1.0
     before = counting.calls["stat"]
     for name in names[::7]:
         await ops.lookup(parent, name, None)
