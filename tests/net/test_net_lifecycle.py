@@ -188,6 +188,37 @@ async def test_release_slot_parks_only_that_slots_sockets_and_a_rollback_resumes
 
 
 @pytest.mark.asyncio
+async def test_a_connect_interrupted_by_a_move_completes_when_retried(make_net: Any) -> None:
+    """The client retries a connect answered TRYAGAIN while the host was still connecting:
+    the retry waits for that connection (``EALREADY``), then succeeds.  The listener's
+    full backlog holds the connect in SYN_SENT until the test accepts."""
+    harness = make_net()
+    conn = FakeConnection()
+    sock = await harness.client(conn).socket("alice", "tcp")
+    with socket.create_server(("127.0.0.1", 0), backlog=0) as server:
+        address = server.getsockname()
+        filler = socket.create_connection(address, timeout=5)  # the backlog is full now
+        connecting = asyncio.ensure_future(harness.call(conn, "net.connect", "alice",
+                                                        sock.sid, *address, 10))
+        farm_sock = harness.net.namespaces["alice"].sockets[sock.sid]
+        async with asyncio.timeout(5):
+            while not farm_sock.connecting:
+                await asyncio.sleep(0.005)
+        harness.net.release_slot(key_slot("alice"))
+        with pytest.raises(TryAgain):
+            await connecting
+        harness.net.load_slots([key_slot("alice")])
+        server.accept()[0].close()  # room in the backlog: the next SYN gets through
+        filler.close()
+        await harness.call(conn, "net.connect", "alice", sock.sid, *address, 10)
+        peer, _ = server.accept()
+        with peer:
+            await sock.sendall(b"connected once")
+            peer.settimeout(5)
+            assert peer.recv(14, socket.MSG_WAITALL) == b"connected once"
+
+
+@pytest.mark.asyncio
 async def test_a_moved_socket_no_connection_names_is_closed_after_max_timeout(
         make_net: Any) -> None:
     """Its client died while the namespace moved: nothing else would ever close it."""
