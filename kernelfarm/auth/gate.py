@@ -35,6 +35,8 @@ methods of any other subsystem are the admin's only."""
 
 CACHE_LIMIT = 65536
 """Entries a session's ``(method, key)`` cache holds before it starts afresh."""
+CACHED_KEY_CHARS = 128
+"""Longer keys are matched every time, not cached: the cache stays bounded in bytes too."""
 
 FIRST_PENALTY_S = 0.05
 MAX_PENALTY_S = 1.0
@@ -58,9 +60,10 @@ class Grants:
             space = GRANT_SPACES.get(method.partition(".")[0])
             patterns = self.patterns[space] if space is not None else ()
             allowed = any(fnmatchcase(key, p) for p in patterns)
-            if len(cache) >= CACHE_LIMIT:
-                cache.clear()
-            cache[(method, key)] = allowed
+            if len(key) <= CACHED_KEY_CHARS:
+                if len(cache) >= CACHE_LIMIT:
+                    cache.clear()
+                cache[(method, key)] = allowed
         return allowed
 
 

@@ -46,6 +46,9 @@ failures = RateLimitedLog(log)
 SLOT_MASK = NSLOTS - 1  # NSLOTS is a power of two: % NSLOTS == & SLOT_MASK
 SLOTS_REMEMBERED = 65536
 """Partition keys whose slot a kernel keeps (a dict lookup instead of UTF-8 + CRC16)."""
+REMEMBERED_KEY_CHARS = 128
+"""Longer keys are not kept (they pay the CRC each time): what the remembered slots hold
+stays bounded by SLOTS_REMEMBERED short keys, however long the keys clients send."""
 
 Wrapper = Callable[[Method], Method]
 
@@ -206,9 +209,10 @@ class Kernel:
     def _remember_slot(self, key: str) -> int:
         """A key's slot, kept for its next request (a key's slot never changes)."""
         slot = crc_hqx(key.encode("utf-8", "surrogatepass"), 0) & SLOT_MASK
-        if len(self._slot_of) >= SLOTS_REMEMBERED:
-            self._slot_of.clear()
-        self._slot_of[key] = slot
+        if len(key) <= REMEMBERED_KEY_CHARS:
+            if len(self._slot_of) >= SLOTS_REMEMBERED:
+                self._slot_of.clear()
+            self._slot_of[key] = slot
         return slot
 
     def send(self, conn: Any, data: bytes) -> None:

@@ -93,6 +93,35 @@ def test_50000_one_off_namespaces_leave_nothing_behind(farm: Farm) -> None:
     assert grown < 8 * 1024 * 1024, grown  # 50,000 kept namespaces cost about 35 MB
 
 
+def test_long_one_off_keys_leave_nothing_behind(farm: Farm) -> None:
+    """Keys are remembered (their slot, a tenant's grant) so a repeated key costs a dict
+    lookup -- but not long ones: 2,000 distinct 100 KB namespace and volume names grew a
+    kernel by about 190 MiB each when every one was kept (up to 65,536 of them)."""
+    addr = rawpeer.kernel_addr(farm.cluster_map())
+    kernel = psutil.Process(farm.kernel_pids()[0])
+    token = raw_call(farm.control, "tenant.add", "longkeys", ["*"], ["*"])["token"]
+    long = "k" * 100_000
+
+    def one_round(peer: Peer, first: int) -> None:
+        calls = [[0, i, "net.stats", [f"{first + i}{long}"]] for i in range(50)] + \
+            [[0, 50 + i, "fs.stat", [f"/{first + i}{long}/f"]] for i in range(50)]
+        peer.send(b"".join(msgpack.packb(c) for c in calls))
+        for reply in (peer.next_message() for _ in calls):
+            assert reply[2] is None or reply[2]["code"] == "ENAMETOOLONG", reply
+
+    admin, tenant = Peer(addr), Peer(addr, token=token)
+    for peer in (admin, tenant):
+        one_round(peer, 0)  # warm up
+    before = kernel.memory_info().rss
+    for first in range(100, 2100, 50):
+        for peer in (admin, tenant):
+            one_round(peer, first)
+    grown = kernel.memory_info().rss - before
+    admin.close()
+    tenant.close()
+    assert grown < 48 * 1024 * 1024, grown
+
+
 def fit_in_child(soft: int, hard: int) -> dict[str, int]:
     """Run ``fit_descriptors`` with the default config in a process with these limits."""
     code = ("import json, resource; from kernelfarm.config import load; "
