@@ -90,7 +90,9 @@ def test_50000_one_off_namespaces_leave_nothing_behind(farm: Farm) -> None:
         one_round(first)
     assert net_stats(farm)["namespaces"] == 0
     grown = kernel.memory_info().rss - before
-    assert grown < 8 * 1024 * 1024, grown  # 50,000 kept namespaces cost about 35 MB
+    # 50,000 kept namespaces cost about 35 MB.  The kernels' malloc uses huge pages, so
+    # RSS moves in 2 MiB steps: 4.6, 6.7 and 8.8 MiB were all seen for the same run.
+    assert grown < 16 * 1024 * 1024, grown
 
 
 def test_long_one_off_keys_leave_nothing_behind(farm: Farm) -> None:
