@@ -2,9 +2,8 @@
 failure to one errno.
 
 The farm keeps no owner: every inode shows the uid and gid of the mounting user.  It keeps
-no access time either: ``st_atime`` is ``st_mtime``, and no extended attributes
-(:class:`NoXattrs`).  A name known missing is answered as a negative entry the kernel may
-keep (:func:`no_entry`).
+no access time either: ``st_atime`` is ``st_mtime``.  A name known missing is answered as
+a negative entry the kernel may keep (:func:`no_entry`).
 """
 
 from __future__ import annotations
@@ -13,7 +12,7 @@ import errno
 import functools
 import logging
 from dataclasses import dataclass
-from typing import Any, Awaitable, Callable, Coroutine, ParamSpec, Sequence, TypeVar
+from typing import Any, Awaitable, Callable, Coroutine, ParamSpec, TypeVar
 
 import pyfuse3
 
@@ -108,22 +107,3 @@ def fuse_errors(handler: Callable[P, Awaitable[R]]) -> Callable[P, Coroutine[Any
 
     return wrapper
 
-
-class NoXattrs(pyfuse3.Operations):
-    """Extended attributes: the farm keeps none, so every call is ``ENOTSUP``."""
-
-    @fuse_errors
-    async def setxattr(self, inode: int, name: bytes, value: bytes, ctx: Any) -> None:
-        raise pyfuse3.FUSEError(errno.ENOTSUP)
-
-    @fuse_errors
-    async def getxattr(self, inode: int, name: bytes, ctx: Any) -> bytes:
-        raise pyfuse3.FUSEError(errno.ENOTSUP)
-
-    @fuse_errors
-    async def listxattr(self, inode: int, ctx: Any) -> Sequence[bytes]:
-        raise pyfuse3.FUSEError(errno.ENOTSUP)
-
-    @fuse_errors
-    async def removexattr(self, inode: int, name: bytes, ctx: Any) -> None:
-        raise pyfuse3.FUSEError(errno.ENOTSUP)

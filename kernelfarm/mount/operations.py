@@ -31,7 +31,7 @@ import pyfuse3
 
 from kernelfarm.mount.attrcache import AttrCache, Stat
 from kernelfarm.mount.attrs import (
-    Caching, NoXattrs, entry_attributes, fuse_errors, no_entry, plain_name,
+    Caching, entry_attributes, fuse_errors, no_entry, plain_name,
 )
 from kernelfarm.mount.inodes import ROOT_INO, InodeTable
 from kernelfarm.mount.listings import Listings
@@ -66,7 +66,12 @@ class DirListing:
     names: list[str]
 
 
-class FarmOperations(NoXattrs):
+class FarmOperations(pyfuse3.Operations):
+    """No xattr handler on purpose: pyfuse3's defaults answer ``ENOSYS``, after which the
+    kernel answers every xattr call ``ENOTSUP`` itself without asking again.  Answering
+    ``ENOTSUP`` here instead cost a trip to this process per write of every file (the
+    kernel looks for ``security.capability`` before each)."""
+
     supports_dot_lookup = False
     enable_writeback_cache = False
 
