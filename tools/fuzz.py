@@ -44,7 +44,8 @@ pack: Callable[[Any], bytes] = msgpack.packb
 
 METHODS = [
     "kernel.ping", "kernel.stats",
-    "fs.mkdir", "fs.rmdir", "fs.listdir", "fs.stat", "fs.write_file", "fs.read_file",
+    "fs.mkdir", "fs.rmdir", "fs.listdir", "fs.stat", "fs.write_file", "fs.create",
+    "fs.read_file",
     "fs.pread", "fs.pwrite", "fs.truncate", "fs.unlink", "fs.rename", "fs.fsync",
     "fs.symlink", "fs.readlink", "fs.chmod", "fs.utime",
     "net.socket", "net.connect", "net.bind", "net.listen", "net.accept", "net.send",
@@ -149,6 +150,7 @@ class Generator:
     @staticmethod
     def usual_count(method: str) -> int:
         return {"fs.pread": 3, "fs.pwrite": 3, "fs.rename": 2, "fs.write_file": 2,
+                "fs.create": 3,
                 "fs.truncate": 2, "fs.symlink": 2, "fs.chmod": 2, "fs.utime": 2,
                 "net.socket": 2, "net.connect": 4, "net.bind": 4, "net.listen": 3,
                 "net.accept": 3, "net.send": 3, "net.recv": 4, "net.sendto": 5,
