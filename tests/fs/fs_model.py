@@ -177,7 +177,12 @@ class Host:
         src_vol, dst_vol = src.split("/")[1], dst.split("/")[1]
         if src_vol != dst_vol or src.count("/") == 1 or dst.count("/") == 1:
             raise OSError(errno.EXDEV, "volumes are separate mounts")
-        os.rename(self.real(src), self.real(dst))
+        real_src = self.real(src)
+        if not os.path.isdir(os.path.dirname(real_src)):
+            # Linux resolves the source's parent first: its ENOENT or ENOTDIR comes before
+            # anything about the destination (a symlink on its path, ELOOP here).
+            os.rename(real_src, self.root + dst)
+        os.rename(real_src, self.real(dst))
 
 
     def symlink(self, path: str, target: str) -> None:
