@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import os
 import select
 import socket
 from collections.abc import Callable, Iterator
@@ -20,6 +21,7 @@ from typing import Any
 
 import pytest
 
+from kernelfarm.errors import posix
 from kernelfarm.net.sockets import FarmSocket
 
 DEADLINE_S = 5.0
@@ -260,3 +262,30 @@ async def test_a_socket_holding_data_no_recv_took_is_not_detached(
     assert info.value.errno == errno.EBUSY
     assert farm.recv(10, DEADLINE_S) == b"two"
     farm.close()
+
+
+@pytest.mark.asyncio
+async def test_what_was_read_ahead_travels_with_a_moving_socket(
+        pair: tuple[socket.socket, socket.socket]) -> None:
+    """A socket whose namespace moves carries its pending bytes (or error) in its state:
+    the kernel that takes it answers the next recv with them, nothing lost."""
+    loop = asyncio.get_running_loop()
+    peer = pair[1]
+    farm = await after_one_wait(pair)
+    peer.sendall(b"read ahead")
+    await until(lambda: farm.pending is not None)
+    farm.park()
+    assert farm.sock is not None
+    moved = FarmSocket.moved_in(loop, farm.state(), socket.socket(fileno=os.dup(
+        farm.sock.fileno())))
+    farm.let_go()
+    assert moved.recv(100, DEADLINE_S) == b"read ahead"
+    peer.sendall(b"after")
+    later = moved.recv(100, DEADLINE_S)
+    got = later if isinstance(later, bytes) else await asyncio.wait_for(later, DEADLINE_S)
+    assert got == b"after"
+    moved.pending = posix(errno.ECONNRESET, "reset")
+    again = FarmSocket.moved_in(loop, moved.state(), None)
+    with pytest.raises(ConnectionResetError):
+        again.recv(100, DEADLINE_S)
+    moved.close()
