@@ -672,6 +672,7 @@ class FsSubsystem(Subsystem):
             "snapshot_seconds": self.snapshot_seconds,
             "snapshot_failures": self.snapshot_failures,
             "snapshots_running": len(self._snapshotter.jobs),
+            "journals_removing": len(self._snapshotter.removals),
             "damaged": {**{v.name: v.failed or v.read_only for v in volumes
                            if v.failed is not None or v.read_only is not None},
                         **self.unnamed},
