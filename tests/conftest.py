@@ -1,4 +1,5 @@
-"""Suite-wide test setup: uvloop for async tests, the loop kernels run on."""
+"""Suite-wide test setup: uvloop for async tests, the loop kernels run on; hypothesis
+settings that do not depend on how busy the machine is."""
 
 from __future__ import annotations
 
@@ -6,6 +7,13 @@ from typing import Any, Callable
 
 import pytest
 import uvloop
+from hypothesis import HealthCheck, settings
+
+# The suite runs on shared 2-core machines: a property test must fail on a counterexample,
+# never because drawing its examples was slow (too_slow) or one example ran long (deadline).
+settings.register_profile("kernelfarm", deadline=None,
+                          suppress_health_check=[HealthCheck.too_slow])
+settings.load_profile("kernelfarm")
 
 
 def pytest_asyncio_loop_factories(config: pytest.Config,
