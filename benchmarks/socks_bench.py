@@ -36,7 +36,7 @@ RESULTS_DIR = Path(__file__).resolve().parent / "results"
 HEADER = struct.Struct("!Q")
 """A request to the peer: how many bytes to send back."""
 BLOCK = 1 << 20
-NAMESPACE, TOKEN = "bench", "bench-token"
+NAMESPACE = "bench"
 
 
 # -- the peer ------------------------------------------------------------------------------
@@ -80,11 +80,11 @@ def socks_request(port: int) -> bytes:
     return b"\x05\x01\x00\x01" + socket.inet_aton("127.0.0.1") + struct.pack("!H", port)
 
 
-def greeting(auth: bool) -> tuple[bytes, bytes]:
+def greeting(target: dict[str, Any]) -> tuple[bytes, bytes]:
     """What the client sends before its request, and what it expects back."""
-    if not auth:
+    if not target["auth"]:
         return b"\x05\x01\x00", b"\x05\x00"
-    user, password = NAMESPACE.encode(), TOKEN.encode()
+    user, password = NAMESPACE.encode(), target["token"].encode()
     return (b"\x05\x01\x02" + bytes([1, len(user)]) + user + bytes([len(password)]) + password,
             b"\x05\x02\x01\x00")
 
@@ -93,7 +93,7 @@ def open_blocking(target: dict[str, Any], peer: int) -> socket.socket:
     sock = socket.create_connection(tuple(target["address"]))
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     if target["socks"]:
-        hello, expected = greeting(target["auth"])
+        hello, expected = greeting(target)
         sock.sendall(hello + socks_request(peer))   # pipelined: one round trip
         answer = recv_exactly(sock, len(expected) + 10)
         if answer[:len(expected)] != expected or answer[len(expected) + 1] != 0:
@@ -129,7 +129,7 @@ def transfer(target: dict[str, Any], peer: int, size: int) -> dict[str, Any]:
 
 async def setups_worker(target: dict[str, Any], peer: int, deadline: float) -> int:
     host, port = target["address"]
-    hello, expected = greeting(target["auth"])
+    hello, expected = greeting(target)
     prologue = (hello + socks_request(peer) if target["socks"] else b"") + HEADER.pack(1)
     want = (len(expected) + 10 if target["socks"] else 0) + 1
     done = 0
@@ -207,6 +207,7 @@ def child(argv: list[str], **kwargs: Any) -> Iterator[subprocess.Popen[bytes]]:
 
 @contextmanager
 def kernelfarm_socks(scratch: Path, kernels: str) -> Iterator[dict[str, Any]]:
+    from kernelfarm.auth.tokens import ADMIN_TOKEN_FILE
     from kernelfarm.supervisor import launch
 
     log_path = scratch / "serve.log"
@@ -221,8 +222,11 @@ def kernelfarm_socks(scratch: Path, kernels: str) -> Iterator[dict[str, Any]]:
                  "--control", control, "--log-level", "WARNING"],
                 stdout=subprocess.PIPE, stderr=log) as proxy:
             listen = json.loads(first_line(proxy))["listen"]
+            # The password is a tenant token: the admin's, which the first serve wrote.
+            token = (scratch / "data" / ADMIN_TOKEN_FILE).read_text().strip()
             yield {"name": "kernelfarm socks", "address": listen, "socks": True, "auth": True,
-                   "kernels": len(ready["kernels"]), "pids": [farm.pid, proxy.pid]}
+                   "token": token, "kernels": len(ready["kernels"]),
+                   "pids": [farm.pid, proxy.pid]}
     finally:
         launch.stop(farm)
 
@@ -303,9 +307,10 @@ def measure(target: dict[str, Any], peer: int, args: argparse.Namespace) -> dict
     throughput, throughput_sched = timed(pids, lambda: transfer(target, peer, args.bytes))
     rate, rate_sched = timed(pids, lambda: setups(target, peer, args.window, args.processes,
                                                   args.concurrency))
+    shown = {key: value for key, value in target.items() if key != "token"}  # a secret
     if not pids:  # direct: no system in between to watch
-        return {**target, "throughput": throughput, "setups": rate}
-    return {**target, "throughput": {**throughput, "scheduling": throughput_sched},
+        return {**shown, "throughput": throughput, "setups": rate}
+    return {**shown, "throughput": {**throughput, "scheduling": throughput_sched},
             "setups": {**rate, "scheduling": rate_sched}}
 
 
