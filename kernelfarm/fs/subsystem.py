@@ -325,16 +325,20 @@ class FsSubsystem(Subsystem):
             raise posix(errno.EISDIR, "/")
         self._change(volume, len(data), WRITE_FILE, comps, data, volume.tree.next_ino, time_ns())
 
-    def create(self, path: str, mode: int = FILE_PERM, exclusive: bool = False
-               ) -> dict[str, Any]:
-        """``open(path, O_CREAT[|O_EXCL], mode)``: make an empty file with ``mode``, or
-        leave the file already there as it is (``EEXIST`` if ``exclusive``); its stat.
+    def create(self, path: str, mode: int = FILE_PERM, exclusive: bool = False,
+               truncate: bool = False) -> dict[str, Any]:
+        """``open(path, O_CREAT[|O_EXCL][|O_TRUNC], mode)``: make an empty file with
+        ``mode``, or leave the file already there as it is (``EEXIST`` if ``exclusive``;
+        emptied if ``truncate``); its stat.
 
         The check and the creation happen in one request, and a kernel serves one request
         at a time, so ``exclusive`` holds against every other client (``write_file``
-        would replace the other client's file)."""
+        would replace the other client's file), and a client may send its writes right
+        behind a create it has not seen answered: ``truncate`` empties the file in the
+        same request, never after them."""
         perm = _mode(mode) & 0o7777
         _bool(exclusive, "exclusive")
+        _bool(truncate, "truncate")
         volume, comps = self._resolve_for_create(path)
         if volume is None:
             raise posix(errno.EISDIR, "/")
@@ -354,6 +358,8 @@ class FsSubsystem(Subsystem):
             raise posix(errno.EISDIR, path)
         elif not isinstance(node, File):
             raise posix(errno.ELOOP, path)  # a symlink: never followed
+        if truncate and node.data:
+            self._change(volume, 0, TRUNCATE, comps, 0, time_ns())
         return stat_of(node)
 
     def pwrite(self, path: str, offset: int, data: bytes) -> int:

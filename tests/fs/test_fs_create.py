@@ -69,7 +69,8 @@ def test_create_past_the_inode_limit_is_edquot_and_makes_nothing(kernel: FakeKer
     assert kernel.api.listdir("/v") == ["a", "b", "c"]
 
 
-@pytest.mark.parametrize("params", [("/v/f", "0644"), ("/v/f", 0o644, 1), ("/v/f", -1)])
+@pytest.mark.parametrize("params", [("/v/f", "0644"), ("/v/f", 0o644, 1), ("/v/f", -1),
+                                    ("/v/f", 0o644, False, 1)])
 def test_wrong_parameters_are_einval(kernel: FakeKernel, params: tuple) -> None:
     assert kernel.errno_of("fs.create", *params) == errno.EINVAL
     assert kernel.api.listdir("/v") == []
@@ -83,5 +84,30 @@ def test_a_created_file_survives_a_restart_with_its_mode(tmp_path: Path) -> None
     again = FakeKernel(tmp_path / "data")
     try:
         assert again.api.stat("/v/f")["mode"] == statmod.S_IFREG | 0o600
+    finally:
+        again.close()
+
+
+def test_create_with_truncate_empties_the_file_there_in_the_same_request(
+        kernel: FakeKernel) -> None:
+    kernel.api.write_file("/v/f", b"someone else's data")
+    kernel.api.chmod("/v/f", 0o600)
+    st = kernel.api.create("/v/f", 0o644, False, True)
+    assert (st["size"], st["mode"]) == (0, statmod.S_IFREG | 0o600)  # mode: the file's own
+    assert st == kernel.api.stat("/v/f")
+    assert kernel.api.read_file("/v/f") == b""
+    assert kernel.api.create("/v/new", 0o640, False, True)["mode"] == statmod.S_IFREG | 0o640
+    assert kernel.errno_of("fs.create", "/v/f", 0o644, True, True) == errno.EEXIST
+
+
+def test_a_truncating_create_survives_a_restart(tmp_path: Path) -> None:
+    kernel = FakeKernel(tmp_path / "data")
+    kernel.api.mkdir("/v")
+    kernel.api.write_file("/v/f", b"old")
+    kernel.api.create("/v/f", 0o644, False, True)
+    kernel.close()
+    again = FakeKernel(tmp_path / "data")
+    try:
+        assert again.api.read_file("/v/f") == b""
     finally:
         again.close()

@@ -53,10 +53,11 @@ class AsyncFsApi:
     async def write_file(self, path: str, data: bytes) -> None:
         await self._call("fs.write_file", path, data)
 
-    async def create(self, path: str, mode: int = 0o644, exclusive: bool = False
-                     ) -> dict[str, Any]:
-        """``open(O_CREAT[|O_EXCL])``: a new empty file, or the one there; its stat."""
-        return dict(await self._call("fs.create", path, mode, exclusive))
+    async def create(self, path: str, mode: int = 0o644, exclusive: bool = False,
+                     truncate: bool = False) -> dict[str, Any]:
+        """``open(O_CREAT[|O_EXCL][|O_TRUNC])``: a new empty file, or the one there
+        (emptied if ``truncate``); its stat."""
+        return dict(await self._call("fs.create", path, mode, exclusive, truncate))
 
     async def read_file(self, path: str) -> bytes:
         return bytes(await self._call("fs.read_file", path))

@@ -54,10 +54,11 @@ class FsApi:
     def write_file(self, path: str, data: bytes) -> None:
         self._call("fs.write_file", path, data)
 
-    def create(self, path: str, mode: int = 0o644, exclusive: bool = False
-                     ) -> dict[str, Any]:
-        """``open(O_CREAT[|O_EXCL])``: a new empty file, or the one there; its stat."""
-        return dict(self._call("fs.create", path, mode, exclusive))
+    def create(self, path: str, mode: int = 0o644, exclusive: bool = False,
+                     truncate: bool = False) -> dict[str, Any]:
+        """``open(O_CREAT[|O_EXCL][|O_TRUNC])``: a new empty file, or the one there
+        (emptied if ``truncate``); its stat."""
+        return dict(self._call("fs.create", path, mode, exclusive, truncate))
 
     def read_file(self, path: str) -> bytes:
         return bytes(self._call("fs.read_file", path))
