@@ -1,6 +1,10 @@
 """Client side of msgpack-rpc over asyncio: many calls in flight on one connection.
 
-Replies are matched to calls by msgid, so they may arrive in any order.  When the stream
+Replies are matched to calls by msgid, so they may arrive in any order.  The requests
+sent in one turn of the event loop are written together, at the end of the turn, in one
+system call: on loopback each ``send`` costs tens of microseconds (the peer's receive path
+runs in it), and calls that belong together (a create and its directory's stat, a write
+and a chmod) then also reach the server in one read, served in one batch.  When the stream
 breaks, every call still waiting fails with the reason (the server's ``rpc.error``
 notification if it sent one, else :class:`~kernelfarm.errors.ConnectionLost`), so no caller
 waits forever on a dead peer.
@@ -27,6 +31,7 @@ class RpcClientConnection(asyncio.Protocol):
         self._pending: dict[int, asyncio.Future[Any]] = {}
         self._next_id = 0
         self._failure: Exception | None = None
+        self._corked: list[bytes] = []  # requests of this loop turn, not written yet
         self.transport: asyncio.Transport | None = None
 
     @property
@@ -86,8 +91,17 @@ class RpcClientConnection(asyncio.Protocol):
         msgid = self._next_id
         self._next_id = (msgid + 1) & MSGID_MAX
         self._pending[msgid] = future
-        self.transport.write(encode_request(msgid, method, params))
+        corked = self._corked
+        corked.append(encode_request(msgid, method, params))
+        if len(corked) == 1:
+            loop.call_soon(self._uncork)
         return future
+
+    def _uncork(self) -> None:
+        """Write this turn's requests with one system call (``writev``)."""
+        corked, self._corked = self._corked, []
+        if corked and self.transport is not None and not self.transport.is_closing():
+            self.transport.writelines(corked)
 
     async def call(self, method: str, *params: Any, timeout: float | None = None) -> Any:
         future = self.send_request(method, params)
@@ -100,6 +114,7 @@ class RpcClientConnection(asyncio.Protocol):
 
     def close(self) -> None:
         if self.transport is not None:
+            self._uncork()  # the transport writes what it holds before closing
             self.transport.close()
 
 
