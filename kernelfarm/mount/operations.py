@@ -157,11 +157,17 @@ class FarmOperations(pyfuse3.Operations):
                 raise result
 
     async def _together(self, first: Awaitable[Any], *then: Awaitable[Any]) -> list[Any]:
-        """Send calls back to back (one round trip); the first one's failure is raised."""
-        results = await asyncio.gather(first, *then, return_exceptions=True)
-        if isinstance(results[0], BaseException):
-            raise results[0]
-        return results
+        """Send calls back to back (one round trip); the first one's failure is raised.
+
+        ``first`` is sent in the caller's own step, the others a step later (each as a
+        task), so ``first`` goes out ahead of them and of every call started after this
+        one: a create not waited for is on its way before the file's first write."""
+        rest = [asyncio.ensure_future(call) for call in then]
+        try:
+            head = await first
+        finally:
+            results = await asyncio.gather(*rest, return_exceptions=True)
+        return [head, *results]
 
     async def _entry(self, parent: int, name: str, path: str, st: Any
                      ) -> pyfuse3.EntryAttributes:
@@ -363,10 +369,42 @@ class FarmOperations(pyfuse3.Operations):
                 st = await self.fs.stat(path)
         return self._attrs(ino, st)
 
+    def _make_file_behind(self, parent: int, text: str, mode: int, flags: int
+                          ) -> pyfuse3.EntryAttributes:
+        """``open(O_CREAT)`` without ``O_EXCL`` of a name a fresh listing says is not
+        there: answered at once, as the new empty file it almost surely makes, while
+        ``fs.create`` (emptying a file another client made meanwhile, for ``O_TRUNC``)
+        goes ahead of the file's writes, all in one round trip (:meth:`WriteBehind.lead`).
+        Its failure is the next ``write``'s, ``close``'s or ``fsync``'s, as for a write."""
+        self._writable()
+        path = self.inodes.child_path(parent, text)
+        perm = mode & 0o7777
+        ino = self.inodes.lookup(parent, text)
+        self._changed(ino)
+        self.names.added(parent, text)
+
+        async def create() -> None:
+            try:
+                await self._change_in(parent, self.fs.create(
+                    path, perm, False, bool(flags & os.O_TRUNC)))
+            except BaseException:
+                self.names.forget(parent)  # what is there now, only the farm knows
+                raise
+
+        self._behind(ino).lead(create)
+        now = time.time_ns()
+        return self._attrs(ino, {"type": "file", "size": 0, "mode": statmod.S_IFREG | perm,
+                                 "nlink": 1, "ino": ino, "mtime_ns": now, "ctime_ns": now})
+
     @fuse_errors
     async def create(self, parent_inode: int, name: bytes, mode: int, flags: int, ctx: Any
                      ) -> tuple[pyfuse3.FileInfo, pyfuse3.EntryAttributes]:
-        attrs = await self._make_file(parent_inode, name, mode, flags)
+        text = _name(name)
+        if not flags & os.O_EXCL and plain_name(name) \
+                and self.names.absent(parent_inode, text) is not None:
+            attrs = self._make_file_behind(parent_inode, text, mode, flags)
+        else:
+            attrs = await self._make_file(parent_inode, name, mode, flags)
         return self._open_handle(attrs.st_ino), attrs
 
     @fuse_errors

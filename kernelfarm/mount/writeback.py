@@ -10,6 +10,11 @@ for everything: ``flush`` (close), ``fsync``, and every operation that must see 
 file's data on the farm call it.  A failed chunk's error is reported once, by the next
 ``write``, ``flush`` or ``fsync`` of the file, as NFS reports a failed write-behind.
 
+A file made by a create not waited for (:meth:`WriteBehind.lead`) gets its writes right
+behind the ``fs.create``, on the same connection, so the kernel serves them in order; if a
+retry let a write or change overtake the create (refused ``ENOENT``), it is sent again
+once the create is in.  The create's failure is reported as a write's.
+
 A change of the file's mode or mtime made while it is open goes the same way (``then``):
 sent at once, right behind the writes, and waited for by ``drain``.  An mtime must land
 after the writes (each moves it): they are on the same connection, so the kernel serves
@@ -20,7 +25,7 @@ it is sent again once every write is in.
 from __future__ import annotations
 
 import asyncio
-from typing import Awaitable, Callable
+from typing import Any, Awaitable, Callable
 
 Send = Callable[[int, bytes | bytearray], Awaitable[object]]
 
@@ -57,8 +62,9 @@ class WriteBehind:
         self._inflight: list[tuple[int, int, asyncio.Task[None]]] = []
         self._unanswered: set[int] = set()
         self._tickets = 0
-        self._calls: list[asyncio.Task[None]] = []   # changes sent by ``then``
+        self._calls: list[asyncio.Task[Any]] = []   # the create, changes sent by ``then``
         self._ordered: asyncio.Task[None] | None = None  # the last ordered one
+        self._lead: asyncio.Task[bool] | None = None  # the create, until answered
         self._error: Exception | None = None
 
     @property
@@ -87,6 +93,37 @@ class WriteBehind:
         if len(self._buffer) >= self._chunk:
             await self._send_buffer()
 
+    def lead(self, create: Callable[[], Awaitable[object]]) -> None:
+        """Send ``create`` now, ahead of every write and change of the file, without
+        waiting for it; ``drain`` waits for it and reports its failure."""
+        task = asyncio.ensure_future(self._leading(create))
+        self._lead = task
+        self._calls.append(task)
+        task.add_done_callback(self._calls.remove)
+
+    async def _leading(self, create: Callable[[], Awaitable[object]]) -> bool:
+        """Whether the create succeeded (its error is kept for the program)."""
+        try:
+            await create()
+            return True
+        except Exception as exc:  # reported to the program by the next write/flush/fsync
+            self._error = self._error or exc
+            return False
+        finally:
+            self._lead = None
+
+    async def _behind_lead(self, call: Callable[[], Awaitable[object]]) -> None:
+        """``call``, sent again if it found no file while the create was unanswered."""
+        lead = self._lead
+        try:
+            await call()
+        except FileNotFoundError:
+            if lead is None:
+                raise
+            if not await lead:
+                raise  # the create failed: its error is the one reported
+            await call()
+
     def then(self, change: Callable[[], Awaitable[object]], ordered: bool) -> None:
         """Send ``change`` behind the writes so far without waiting for it; ``ordered``:
         it must be served after them (a ``utime``), and after the previous ordered one."""
@@ -104,7 +141,7 @@ class WriteBehind:
             await self._send_buffer()
             await asyncio.sleep(0)  # the chunks' tasks send them first: one loop turn
             writes = frozenset(self._unanswered)
-            await change()
+            await self._behind_lead(change)
             if ordered and writes & self._unanswered:  # checked in the step of its answer
                 await self._writes_in()
                 await change()
@@ -155,7 +192,7 @@ class WriteBehind:
         try:
             if before:
                 await asyncio.wait(before)
-            await self._send(offset, data)
+            await self._behind_lead(lambda: self._send(offset, data))
         except Exception as exc:  # reported to the program by the next write/flush/fsync
             self._error = self._error or exc
         finally:

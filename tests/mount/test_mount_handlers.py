@@ -268,3 +268,59 @@ async def test_a_walk_through_a_directory_fetches_the_next_names_ahead(
     for name in names[::7]:
         await ops.lookup(parent, name, None)
     assert counting.calls["stat"] - before == len(names[::7])
+
+
+@pytest.mark.asyncio
+async def test_a_create_of_a_name_known_missing_is_not_waited_for(client: aio.Client) -> None:
+    counting = CountingFs(client.fs)
+    ops = FarmOperations(counting)
+    parent = await volume(client, ops, "h-behind")
+    made = await ops.mkdir(parent, b"d", 0o755, None)  # its names are known: none
+    # The farm is slow to take the create: open(O_CREAT) is answered all the same, and
+    # the write sent behind it, refused (no such file yet), is sent again after it.
+    counting.held["create"] = asyncio.Event()
+    info, attrs = await asyncio.wait_for(  # a deadline: it must not wait for the farm
+        ops.create(made.st_ino, b"f", 0o600, CREATE | os.O_TRUNC, None), 10)
+    assert (attrs.st_size, attrs.st_mode) == (0, statmod.S_IFREG | 0o600)
+    await ops.write(info.fh, 0, b"data")
+    closing = asyncio.ensure_future(ops.flush(info.fh))
+    await asyncio.sleep(0.05)
+    assert not closing.done()  # close waits for the create and the write
+    counting.held.pop("create").set()
+    await closing
+    await ops.release(info.fh)
+    st = await client.fs.stat("/h-behind/d/f")
+    assert (st["size"], st["mode"]) == (4, statmod.S_IFREG | 0o600)
+    assert counting.calls["pwrite"] == 2
+    # Another client made the name after the listing: O_TRUNC still empties their file
+    # before this mount's writes land.
+    await client.fs.write_file("/h-behind/d/g", b"their longer data")
+    info, _ = await ops.create(made.st_ino, b"g", 0o644, CREATE | os.O_TRUNC, None)
+    await ops.write(info.fh, 0, b"mine")
+    await ops.flush(info.fh)
+    await ops.release(info.fh)
+    assert await client.fs.read_file("/h-behind/d/g") == b"mine"
+    # O_EXCL is always the farm's to judge, before open returns.
+    counting.held["create"] = asyncio.Event()
+    creating = asyncio.ensure_future(
+        ops.create(made.st_ino, b"h", 0o644, CREATE | os.O_EXCL, None))
+    await asyncio.sleep(0.05)
+    assert not creating.done()
+    counting.held.pop("create").set()
+    info, _ = await creating
+    await ops.release(info.fh)
+
+
+@pytest.mark.asyncio
+async def test_a_create_not_waited_for_reports_its_failure_at_close(
+        client: aio.Client) -> None:
+    ops = FarmOperations(client.fs)
+    parent = await volume(client, ops, "h-gone")
+    made = await ops.mkdir(parent, b"d", 0o755, None)
+    await client.fs.rmdir("/h-gone/d")  # another client removes the directory
+    info, _ = await ops.create(made.st_ino, b"f", 0o644, CREATE, None)
+    await ops.write(info.fh, 0, b"lost")
+    assert await errno_of(ops.flush(info.fh)) == errno.ENOENT
+    await ops.release(info.fh)
+    # What the directory holds is the farm's to say again.
+    assert await errno_of(ops.lookup(made.st_ino, b"f")) == errno.ENOENT
