@@ -171,7 +171,7 @@ def _plain(obj: Any) -> Any:
     raise TypeError(f"cannot encode objects of type {type(obj).__name__}")
 
 
-_encode_into = msgspec.msgpack.Encoder(enc_hook=_plain).encode_into
+_encode = msgspec.msgpack.Encoder(enc_hook=_plain).encode
 
 
 def encode_replies(replies: list[list[Any]]) -> bytes:
@@ -185,11 +185,8 @@ def encode_replies(replies: list[list[Any]]) -> bytes:
     Raises what the encoder raises if one result cannot be encoded (the batch is lost:
     encode each reply alone to find it).
     """
-    out = bytearray()
-    _encode_into(replies, out)
     count = len(replies)
-    del out[:1 if count < 16 else 3 if count < 0x10000 else 5]  # fixarray/array16/array32
-    return bytes(out)
+    return _encode(replies)[1 if count < 16 else 3 if count < 0x10000 else 5:]
 
 
 # -- the server side of a connection ----------------------------------------------------------
@@ -206,7 +203,11 @@ Handler = Callable[[Any, int, str, list[Any]], "list[Any] | None"]
 
 
 class Batch:
-    """What one :meth:`ServerStream.serve` produced: replies, notifications, and why it stopped."""
+    """What one :meth:`ServerStream.serve` produced: replies, notifications, and why it stopped.
+
+    One per stream, reused by each ``serve`` (a fresh object per read cost as much as
+    decoding a request): read it before serving again.
+    """
 
     __slots__ = ("replies", "notices", "produced", "more", "fatal")
 
@@ -233,7 +234,7 @@ class ServerStream:
     message's shape.
     """
 
-    __slots__ = ("max_message_bytes", "errors", "_unpacker", "_fed", "_start")
+    __slots__ = ("max_message_bytes", "errors", "_unpacker", "_fed", "_start", "_batch")
 
     def __init__(self, max_message_bytes: int) -> None:
         self.max_message_bytes = max_message_bytes
@@ -242,6 +243,7 @@ class ServerStream:
         self._start = 0
         """Stream offset where the next message begins.  ``tell()`` cannot say: the
         unpacker consumes the complete parts of a message it has not finished."""
+        self._batch = Batch()
         self._unpacker = msgpack.Unpacker(
             raw=False, strict_map_key=False, max_buffer_size=max_message_bytes + READ_SLACK,
             max_str_len=max_message_bytes, max_bin_len=max_message_bytes,
@@ -260,54 +262,67 @@ class ServerStream:
     def serve(self, handle: Handler, conn: Any, room: int, budget: int) -> Batch:
         """Decode and dispatch buffered requests until input runs out or a bound is hit.
 
-        ``room`` is how many more calls may wait (``handle`` returned ``None``); ``budget``
-        how many bytes of results may still be produced before the batch stops.  A call
-        that starts waiting counts what it reserved for its reply (``conn.reserved``
-        grows by it, see ``ServerConnection.start_call``) as produced.
+        ``room`` (at least 1) is how many more calls may wait (``handle`` returned
+        ``None``); ``budget`` (at least 1) how many bytes of results may still be produced
+        before the batch stops.  A call that starts waiting counts what it reserved for
+        its reply (``conn.reserved`` grows by it, see ``ServerConnection.start_call``) as
+        produced.  Returns the stream's :class:`Batch`, reused by the next call.
         """
-        batch = Batch()
-        replies = batch.replies
+        batch = self._batch
+        replies: list[list[Any]] = []
+        batch.replies = replies
+        if batch.notices:
+            batch.notices = []
+        append = replies.append
         unpacker = self._unpacker
         tell = unpacker.tell
         limit = self.max_message_bytes
         start = self._start
         produced = 0
         reserved = conn.reserved
-        while room > 0 and produced < budget:
-            try:
-                obj = next(unpacker)
-            except StopIteration:
+        try:
+            # The unpacker's own iteration (no ``next()`` per message); everything in the
+            # body that could raise is guarded, so what reaches ``except`` is the stream.
+            for obj in unpacker:
+                end = tell()
+                if end - start > limit:
+                    batch.fatal = MessageTooBig(f"message over the {limit}-byte limit")
+                    break
+                start = end
+                if type(obj) is list and len(obj) == 4:
+                    kind, msgid, method, params = obj
+                else:
+                    kind = None
+                if (kind == 0 and type(msgid) is int and type(method) is str
+                        and type(params) is list):
+                    try:
+                        reply = handle(conn, msgid, method, params)
+                    except Exception as exc:  # a service bug must not drop the connection
+                        reply = [1, msgid, internal_error(exc), None]
+                    if reply is None:
+                        produced += conn.reserved - reserved
+                        reserved = conn.reserved
+                        room -= 1
+                        if room <= 0 or produced >= budget:
+                            break
+                    else:
+                        append(reply)
+                        result = reply[3]
+                        if type(result) is bytes:
+                            produced += len(result)
+                            if produced >= budget:
+                                break
+                elif not self._odd_message(obj, batch):
+                    break
+            else:  # input ran out
                 self._start = start
                 if self._fed - start > limit:
                     batch.fatal = MessageTooBig(f"message over the {limit}-byte limit")
                 batch.produced = produced
+                batch.more = False
                 return batch
-            except Exception as exc:
-                batch.fatal = stream_error(exc, limit)
-                break
-            end = tell()
-            if end - start > limit:
-                batch.fatal = MessageTooBig(f"message over the {limit}-byte limit")
-                break
-            start = end
-            if (type(obj) is list and len(obj) == 4 and obj[0] == 0
-                    and type(obj[1]) is int and type(obj[2]) is str
-                    and type(obj[3]) is list):
-                try:
-                    reply = handle(conn, obj[1], obj[2], obj[3])
-                except Exception as exc:  # a service bug must not drop the connection
-                    reply = [1, obj[1], internal_error(exc), None]
-                if reply is None:
-                    room -= 1
-                    produced += conn.reserved - reserved
-                    reserved = conn.reserved
-                else:
-                    replies.append(reply)
-                    result = reply[3]
-                    if type(result) is bytes:
-                        produced += len(result)
-            elif not self._odd_message(obj, batch):
-                break
+        except Exception as exc:
+            batch.fatal = stream_error(exc, limit)
         self._start = start
         batch.produced = produced
         batch.more = batch.fatal is None

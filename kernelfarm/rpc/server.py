@@ -101,6 +101,8 @@ class ServerConnection(asyncio.Protocol):
                  write_buffer_bytes: int, meter: Meter | None = None,
                  connections: ConnectionLimit | None = None) -> None:
         self.service = service
+        self._handle = service.handle
+        self._send = service.send
         self.meter = meter if meter is not None else Meter()
         self.max_message_bytes = max_message_bytes
         self.max_inflight = max_inflight
@@ -231,39 +233,43 @@ class ServerConnection(asyncio.Protocol):
         elif not self._writing_paused and room > 0:
             # At least one byte of budget: a connection not paused always makes progress,
             # and the transport pauses it as soon as its buffer goes over the bound.
-            budget = max(1, budget)
+            if budget < 1:
+                budget = 1
             started = perf_counter()
-            batch = self._stream.serve(self.service.handle, self, room, budget)
-            if batch.replies:
-                self._send_replies(batch.replies)
-                self.meter.batch(len(batch.replies), perf_counter() - started)
-            for notice in batch.notices:
-                self.write(msgpack.packb(notice))
+            batch = self._stream.serve(self._handle, self, room, budget)
+            replies = batch.replies
+            if replies:
+                self._send_replies(replies)
+                self.meter.batch(len(replies), perf_counter() - started)
+            if batch.notices:
+                for notice in batch.notices:
+                    self.write(msgpack.packb(notice))
             if batch.fatal is not None:
                 self._fail_stream(batch.fatal.to_wire())
                 return
-            self._backlog = batch.more
-            if batch.more and batch.produced >= budget and not self._scheduled:
+            self._backlog = more = batch.more
+            if more and batch.produced >= budget and not self._scheduled:
                 # Stopped on the reply bytes: go on once this turn's replies are written
                 # (after the group commit, which was scheduled before us).
                 self._scheduled = True
                 asyncio.get_running_loop().call_soon(self._process)
-        self._update_reading()
+        if (self._reading_paused or self._backlog or self._writing_paused
+                or self.inflight >= self.max_inflight):
+            self._update_reading()  # nothing to change unless one of these holds
 
     def _send_replies(self, replies: list[list[Any]]) -> None:
-        if not replies:
-            return
         try:
             data = encode_replies(replies)
         except Exception:
             # One result cannot be encoded: encode the replies one by one, turning each
             # such result into an error instead.
             data = b"".join([self._encode_alone(reply) for reply in replies])
-        self.meter.bytes_out += len(data)
+        size = len(data)
+        self.meter.bytes_out += size
         usage = self.session.usage
         usage.ops += len(replies)
-        usage.bytes_out += len(data)
-        self.service.send(self, data)
+        usage.bytes_out += size
+        self._send(self, data)
 
     @staticmethod
     def _encode_alone(reply: list[Any]) -> bytes:
@@ -293,7 +299,7 @@ class ServerConnection(asyncio.Protocol):
 
     def _send_finished(self) -> None:
         finished, self._finished = self._finished, []
-        if not self.closed:
+        if not self.closed and finished:
             self._send_replies(finished)
         # Written (or held for the group commit, one turn): the transport's buffer
         # counts these replies now, so their reservations go.
