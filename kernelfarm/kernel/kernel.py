@@ -31,7 +31,7 @@ from kernelfarm.errors import (
 from kernelfarm.kernel.commit import Flush, GroupCommit
 from kernelfarm.kernel.components import SUBSYSTEMS
 from kernelfarm.kernel.params import Params
-from kernelfarm.kernel.subsystem import Method, Subsystem, with_conn_first
+from kernelfarm.kernel.subsystem import KeyOf, Method, Subsystem, with_conn_first
 from kernelfarm.partition import NSLOTS, SlotTable
 from kernelfarm.ratelog import RateLimitedLog
 from kernelfarm.rpc.meter import Meter
@@ -46,9 +46,17 @@ failures = RateLimitedLog(log)
 SLOT_MASK = NSLOTS - 1  # NSLOTS is a power of two: % NSLOTS == & SLOT_MASK
 SLOTS_REMEMBERED = 65536
 """Partition keys whose slot a kernel keeps (a dict lookup instead of UTF-8 + CRC16)."""
+ROUTES_REMEMBERED = 16384
+"""First parameters (paths, namespaces) whose route a kernel keeps: key function, key
+and slot, so a request for a known path finds its slot in one dict lookup, with no call."""
 REMEMBERED_KEY_CHARS = 128
-"""Longer keys are not kept (they pay the CRC each time): what the remembered slots hold
-stays bounded by SLOTS_REMEMBERED short keys, however long the keys clients send."""
+"""Longer keys and first parameters are not kept (they pay the key function and the CRC
+each time): what the remembered routes and slots hold stays bounded by their counts of
+short strings, however long the strings clients send."""
+
+Route = tuple[KeyOf, "str | None", int]
+"""How a request is routed: the key function that found it, its partition key, and the
+key's slot (-1 when the key is ``None``: any kernel serves it)."""
 
 Wrapper = Callable[[Method], Method]
 
@@ -104,6 +112,8 @@ class Kernel:
         self._process = psutil.Process()
         self.group_commit = GroupCommit(loop.call_soon)
         self._slot_of: dict[str, int] = {}
+        self._routes: dict[str, Route] = {}
+        """Routes by first parameter (key functions read only that one): see :meth:`_route`."""
         self.subsystems: list[Subsystem] = [cls(self) for cls in SUBSYSTEMS]
         self.methods: dict[str, Method] = {}
         self.params: dict[str, Params] = {}
@@ -144,14 +154,16 @@ class Kernel:
         try:
             keyfn = entry.key
             if keyfn is not None:
-                key = keyfn(params)
+                first = params[0] if params else None
+                route = self._routes.get(first) if type(first) is str else None
+                if route is None or route[0] is not keyfn:
+                    route = self._route(keyfn, params, first)
+                key = route[1]
                 if key is not None:
                     grants = session.grants
                     if grants is not None and not grants.allows(method, key):
                         return self._failed(conn, msgid, self.gate.denied(method, key))
-                    slot = self._slot_of.get(key)
-                    if slot is None:
-                        slot = self._remember_slot(key)
+                    slot = route[2]
                     if not self.owned[slot]:
                         self.redirected += 1
                         return [1, msgid, self._not_here(slot), None]
@@ -173,6 +185,24 @@ class Kernel:
             conn.start_call(msgid, result, bound(params) if bound is not None else 0)
             return None
         return [1, msgid, None, result]
+
+    def _route(self, keyfn: KeyOf, params: list[Any], first: Any) -> Route:
+        """A request's route, found by its key function and kept by its first parameter
+        (a key function reads only that one, so the route of a path or namespace never
+        changes; whether its slot is ours is checked on every request)."""
+        key = keyfn(params)
+        slot = -1
+        if key is not None:
+            slot = self._slot_of.get(key, -1)
+            if slot < 0:
+                slot = self._remember_slot(key)
+        route = (keyfn, key, slot)
+        if type(first) is str and len(first) <= REMEMBERED_KEY_CHARS:
+            routes = self._routes
+            if len(routes) >= ROUTES_REMEMBERED:
+                routes.clear()
+            routes[first] = route
+        return route
 
     def _failed(self, conn: Any, msgid: int, error: dict[str, Any]) -> list[Any]:
         code = error.get("code", "EFARM")

@@ -27,7 +27,9 @@ if TYPE_CHECKING:
 
 KeyOf = Callable[[Sequence[Any]], "str | None"]
 """Finds a request's partition key from its positional params (a list, or a tuple in a
-lock wrapper); ``None`` = any kernel."""
+lock wrapper); ``None`` = any kernel.  It reads the first parameter only (the path, the
+namespace) and is a pure function of it: the kernel keeps the key it found by that
+parameter and does not ask again (``Kernel._route``)."""
 
 
 @dataclass(frozen=True, slots=True)

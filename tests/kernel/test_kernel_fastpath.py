@@ -54,3 +54,26 @@ async def test_remembered_slots_follow_ownership_and_stay_bounded(
     assert len(kernel._slot_of) <= 8
     assert call(kernel, "fs.stat", f"/{theirs}")[2]["code"] == "MOVED"
     kernel.close()
+
+
+@pytest.mark.asyncio
+async def test_remembered_routes_are_per_key_function_and_stay_bounded(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A request's route is kept by its first parameter; the same string read by another
+    key function (a path that is also a namespace name) is routed by that function."""
+    monkeypatch.setattr(kernel_module, "ROUTES_REMEMBERED", 8)
+    mine = next(f"v{i}" for i in range(1000) if slot(f"v{i}") != slot(f"/v{i}"))
+    ranges = [[s, s, 0 if s == slot(mine) else 1] for s in range(NSLOTS)]
+    kernel = make(tmp_path, ranges)
+    kernel.load_slots([slot(mine)])
+    first = f"/{mine}"  # fs: volume `mine`, ours; net: namespace `/mine`, not ours
+    assert call(kernel, "fs.stat", first)[2]["code"] == "ENOENT"
+    assert first in kernel._routes
+    assert call(kernel, "net.stats", first)[2]["code"] == "MOVED"
+    assert call(kernel, "fs.stat", first)[2]["code"] == "ENOENT"
+    for index in range(50):  # many paths: the memory starts afresh instead of growing
+        call(kernel, "fs.stat", f"/{mine}/f{index}")
+    long = f"/{mine}/" + "x" * kernel_module.REMEMBERED_KEY_CHARS
+    assert call(kernel, "fs.stat", long)[2]["code"] == "ENOENT"
+    assert len(kernel._routes) <= 8 and long not in kernel._routes
+    kernel.close()
