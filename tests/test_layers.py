@@ -25,8 +25,9 @@ PACKAGE = Path(__file__).resolve().parents[1] / "kernelfarm"
 
 LEAVES = ("kernelfarm.errors", "kernelfarm.keys", "kernelfarm.hostport",
           "kernelfarm.settings", "kernelfarm.boot", "kernelfarm.partition",
-          "kernelfarm.rpc.protocol", "kernelfarm.rpc.meter", "kernelfarm.handoff",
-          "kernelfarm.ratelog", "kernelfarm.durable", "kernelfarm.auth.tokens")
+          "kernelfarm.rpc.protocol", "kernelfarm.rpc.meter", "kernelfarm.rpc.answer",
+          "kernelfarm.handoff", "kernelfarm.ratelog", "kernelfarm.durable",
+          "kernelfarm.auth.tokens")
 """Modules (and packages) both sides may use; they import only each other."""
 
 CLIENT = ("kernelfarm.client", "kernelfarm.aio", "kernelfarm.rpc.client",

@@ -12,11 +12,11 @@ when it is registered, so the same subsystem code runs in both.
 
 A waiting handler (a coroutine) holds its lock only while it runs, never across a wait:
 each step between two suspensions runs under the lock, as kernel code sleeping on a
-condition releases its mutex.  A handler that answers with a plain future (a ``net.recv``
-that waits) has no later step of its own to lock: the readiness callback that settles it
-runs on the loop its socket belongs to, which is the only thread that touches that socket
-(:mod:`kernelfarm.kernel.locked`), so the future is passed on as it is, as in a unicpu
-kernel.
+condition releases its mutex.  A handler that answers with a plain future or an
+:class:`~kernelfarm.rpc.answer.Answer` (a ``net.recv`` that waits) has no later step of
+its own to lock: the readiness callback that settles it runs on the loop its socket
+belongs to, which is the only thread that touches that socket
+(:mod:`kernelfarm.kernel.locked`), so it is passed on as it is, as in a unicpu kernel.
 """
 
 from __future__ import annotations
@@ -28,6 +28,7 @@ from dataclasses import replace
 from typing import Any, Awaitable, Generator, Iterator
 
 from kernelfarm.kernel.subsystem import Method
+from kernelfarm.rpc.answer import Answer
 
 Lock = Any  # threading.Lock() returns an instance of a private type
 
@@ -103,7 +104,8 @@ class LockProvider:
                 lock = lock_of(args)
                 with lock:
                     result = handler(*args)
-                if not hasattr(result, "__await__") or isinstance(result, asyncio.Future):
+                if not hasattr(result, "__await__") or isinstance(result, (asyncio.Future,
+                                                                           Answer)):
                     return result  # answered at once, or settled by its loop: no steps
                 return LockedSteps(result, lock)
 

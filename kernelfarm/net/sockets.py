@@ -9,8 +9,9 @@ all operations share this one path.  Several requests may wait on one socket (pi
 
 ``send`` and ``recv`` are the data path, so they cost what a plain program pays for the
 same traffic (``benchmarks/net_floor.py``): one host call each, answered at once when the
-host does (no coroutine, no task).  A ``recv`` that must wait is one future that the
-readiness callback settles by retrying the call (no task, no second future).  The watch
+host does (no coroutine, no task).  A ``recv`` that must wait is one
+:class:`~kernelfarm.rpc.answer.Answer` that the readiness callback settles by retrying the
+call, handing the data straight to the client's connection (no future, no task).  The watch
 on a stream socket's readable side stays on between requests (no epoll add/remove per
 wait), and data that arrives while nobody waits is read then, once, and kept for the
 next ``recv`` (``pending``): so a request/response exchange makes one ``recv`` system call
@@ -31,6 +32,7 @@ from typing import Any, Awaitable, Callable, TypeVar
 from kernelfarm.errors import TryAgain, posix
 from kernelfarm.net.counters import Counters
 from kernelfarm.net.policy import IPAddress
+from kernelfarm.rpc.answer import Answer
 
 T = TypeVar("T")
 
@@ -48,13 +50,15 @@ def wire_address(address: Any) -> list[Any]:
 
 
 class Waiter:
-    """One request waiting for a socket to be ready: a future, what settles it and when
-    it gives up.  ``size`` > 0: a ``recv`` of that many bytes, whose data is the answer;
-    0: readiness alone settles it (a coroutine's wait, which then retries its call)."""
+    """One request waiting for a socket to be ready: what it settles, with what, and when
+    it gives up.  ``size`` > 0: a ``recv`` of that many bytes, whose data is its
+    :class:`Answer`; 0: readiness alone settles a future (a coroutine's wait, which then
+    retries its call)."""
 
     __slots__ = ("future", "size", "deadline")
 
-    def __init__(self, future: asyncio.Future[Any], size: int, deadline: float) -> None:
+    def __init__(self, future: asyncio.Future[Any] | Answer, size: int,
+                 deadline: float) -> None:
         self.future = future
         self.size = size
         self.deadline = deadline
@@ -247,8 +251,9 @@ class FarmSocket:
         self.counters.bytes_out += sent
         return sent
 
-    def recv(self, size: int, timeout: float) -> bytes | asyncio.Future[bytes]:
-        """What the host has (``b""`` at end of stream) at once, else a future of it.
+    def recv(self, size: int, timeout: float) -> bytes | Answer:
+        """What the host has (``b""`` at end of stream) at once, else the answer the
+        readiness callback gives (:mod:`kernelfarm.rpc.answer`: no future).
 
         What a readiness already read comes first, with no system call.  While the
         readable side is watched and nothing is pending, the host has nothing either
@@ -268,9 +273,9 @@ class FarmSocket:
                 self.counters.bytes_in += len(data)
                 return data
         self._read_size = min(size, READ_AHEAD_BYTES)
-        future: asyncio.Future[bytes] = self.loop.create_future()
-        self._add_waiter(self._readable, future, size, timeout)
-        return future
+        answer = Answer()
+        self._add_waiter(self._readable, answer, size, timeout)
+        return answer
 
     def _take_pending(self, size: int) -> bytes:
         pending = self.pending
@@ -416,8 +421,8 @@ class FarmSocket:
             if waiter in direction.waiters:  # cancelled, say: stop waiting for it now
                 direction.waiters.remove(waiter)
 
-    def _add_waiter(self, direction: Direction, future: asyncio.Future[Any], size: int,
-                    timeout: float) -> Waiter:
+    def _add_waiter(self, direction: Direction, future: asyncio.Future[Any] | Answer,
+                    size: int, timeout: float) -> Waiter:
         """``future`` waits on ``direction``: settled by readiness (a ``recv`` of ``size``
         when > 0), ``ETIMEDOUT`` after ``timeout`` s, ``EBADF`` on close."""
         if timeout <= 0:

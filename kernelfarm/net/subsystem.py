@@ -168,7 +168,7 @@ class NetSubsystem(Subsystem):
 
     def recv(self, conn: Connection, ns: str, sid: Any, size: Any,
              timeout: Any = None) -> bytes | Awaitable[bytes]:
-        """The data at once when there is some, else a future the readiness settles."""
+        """The data at once when there is some, else the answer the readiness gives."""
         try:
             size = min(size, self.config.max_recv_bytes) if type(size) is int and size > 0 \
                 else self._size(size)

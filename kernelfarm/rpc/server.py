@@ -33,6 +33,7 @@ import msgpack
 
 from kernelfarm.errors import KernelfarmError, posix, to_wire
 from kernelfarm.ratelog import RateLimitedLog
+from kernelfarm.rpc.answer import Answer
 from kernelfarm.rpc.meter import Meter, Usage
 from kernelfarm.rpc.protocol import ERROR_NOTIFICATION, ServerStream, encode_replies
 
@@ -198,12 +199,17 @@ class ServerConnection(asyncio.Protocol):
             self._close_callbacks.append(callback)
 
     def start_call(self, msgid: int, awaitable: Awaitable[Any], reserve: int = 0) -> None:
-        """Serve a waiting call in its own task; its reply may overtake earlier ones.
-        ``reserve``: the most bytes its reply may carry, held in the write buffer's
-        account until the reply is written."""
-        task = asyncio.ensure_future(awaitable)
+        """Serve a waiting call; its reply may overtake earlier ones.  An
+        :class:`~kernelfarm.rpc.answer.Answer` comes straight to :meth:`answered` when it
+        is settled; anything else is awaited in its own task.  ``reserve``: the most bytes
+        its reply may carry, held in the write buffer's account until the reply is
+        written."""
         self.inflight += 1
         self.reserved += reserve
+        if type(awaitable) is Answer:
+            awaitable.deliver_to(self, msgid, reserve)
+            return
+        task = asyncio.ensure_future(awaitable)
         self._tasks.add(task)
         task.add_done_callback(lambda t: self._finish_call(msgid, reserve, t))
 
@@ -281,15 +287,25 @@ class ServerConnection(asyncio.Protocol):
 
     def _finish_call(self, msgid: int, reserve: int, task: asyncio.Task[Any]) -> None:
         self._tasks.discard(task)
-        self.inflight -= 1
-        if self.closed or task.cancelled():
+        if task.cancelled():  # the connection closed
+            self.inflight -= 1
             self.reserved -= reserve
             return
-        exc = task.exception()
-        if exc is None:
-            reply = [1, msgid, None, task.result()]
+        error = task.exception()
+        self.answered(msgid, reserve, None if error is not None else task.result(), error)
+
+    def answered(self, msgid: int, reserve: int, result: Any,
+                 error: BaseException | None) -> None:
+        """A waiting call's reply: it leaves with the others of this loop turn, in one
+        write, and its reservation goes when that write is made."""
+        self.inflight -= 1
+        if self.closed:
+            self.reserved -= reserve
+            return
+        if error is None:
+            reply = [1, msgid, None, result]
         else:
-            reply = [1, msgid, self.service.fault(exc), None]
+            reply = [1, msgid, self.service.fault(error), None]
             self.session.usage.errors += 1
         finished = self._finished
         finished.append(reply)

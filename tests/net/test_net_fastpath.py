@@ -2,7 +2,8 @@
 
 A ``net.recv`` of data already there and a ``net.send`` the host takes whole are answered
 by the handler itself (the kernel replies in the same turn, no coroutine, no task); a
-``net.recv`` that must wait gets one future that the readiness callback settles.  A
+``net.recv`` that must wait gets one answer that the readiness callback hands straight to
+its connection (no future).  A
 request/response exchange costs one ``recv`` system call per response: the readable
 watch stays on, data that came while nobody waited is read once and kept (``pending``),
 and a recv never asks the host while the watch says it has nothing.  These tests use
@@ -23,6 +24,7 @@ import pytest
 
 from kernelfarm.errors import posix
 from kernelfarm.net.sockets import FarmSocket
+from kernelfarm.rpc.answer import Answer
 
 DEADLINE_S = 5.0
 
@@ -99,21 +101,67 @@ async def test_recv_of_data_already_there_and_a_whole_send_answer_at_once(
     farm.close()
 
 
+class Replies:
+    """A connection as an answer sees it: the replies handed to it, in order."""
+
+    def __init__(self) -> None:
+        self.closed = False
+        self.replies: list[tuple[int, int, Any, BaseException | None]] = []
+
+    def answered(self, msgid: int, reserve: int, result: Any,
+                 error: BaseException | None) -> None:
+        self.replies.append((msgid, reserve, result, error))
+
+
 @pytest.mark.asyncio
-async def test_a_waiting_recv_is_one_future_settled_by_readiness(
+async def test_a_waiting_recv_is_answered_by_readiness_straight_to_its_connection(
         pair: tuple[socket.socket, socket.socket]) -> None:
     ours, peer = pair
-    loop = asyncio.get_running_loop()
-    farm = FarmSocket.accepted(loop, 1, ours)
-    first = farm.recv(10, DEADLINE_S)
-    second = farm.recv(10, DEADLINE_S)
-    assert type(first) is type(loop.create_future())  # a plain future: no task, no coroutine
+    farm = FarmSocket.accepted(asyncio.get_running_loop(), 1, ours)
+    conn = Replies()
+    first, second = farm.recv(10, DEADLINE_S), farm.recv(10, DEADLINE_S)
+    assert type(first) is Answer and type(second) is Answer  # no future, no task
+    first.deliver_to(conn, 7, 10)
+    second.deliver_to(conn, 8, 10)
     peer.sendall(b"one")
-    assert await asyncio.wait_for(first, DEADLINE_S) == b"one"
-    assert not second.done()  # the data went to the first waiter; the second waits on
+    await until(lambda: conn.replies)
+    assert conn.replies == [(7, 10, b"one", None)]  # the second waits on
     peer.sendall(b"two")
-    assert await asyncio.wait_for(second, DEADLINE_S) == b"two"
+    await until(lambda: len(conn.replies) == 2)
+    assert conn.replies[1] == (8, 10, b"two", None)
     assert farm._readable.waiters == []
+    farm.close()
+
+
+@pytest.mark.asyncio
+async def test_a_waiting_recv_whose_connection_closed_leaves_the_data_to_the_next(
+        pair: tuple[socket.socket, socket.socket]) -> None:
+    """An answer nobody can receive any more must not consume data: the bytes stay for
+    the next ``recv`` (another connection of the tenant, or the socket's next owner)."""
+    ours, peer = pair
+    farm = FarmSocket.accepted(asyncio.get_running_loop(), 1, ours)
+    gone = Replies()
+    abandoned = farm.recv(10, DEADLINE_S)
+    assert type(abandoned) is Answer
+    abandoned.deliver_to(gone, 7, 10)
+    gone.closed = True
+    peer.sendall(b"kept")
+    await until(lambda: farm.pending is not None)
+    assert farm.recv(10, DEADLINE_S) == b"kept"
+    assert gone.replies == []
+    farm.close()
+
+
+@pytest.mark.asyncio
+async def test_a_waiting_recv_can_still_be_awaited(
+        pair: tuple[socket.socket, socket.socket]) -> None:
+    """As the locked baseline does when the socket lives on another thread's loop."""
+    ours, peer = pair
+    farm = FarmSocket.accepted(asyncio.get_running_loop(), 1, ours)
+    waiting = farm.recv(10, DEADLINE_S)
+    assert not isinstance(waiting, bytes)
+    peer.sendall(b"one")
+    assert await asyncio.wait_for(waiting, DEADLINE_S) == b"one"
     farm.close()
 
 
