@@ -33,6 +33,15 @@ def sync_dir(path: PathLike) -> None:
         os.close(fd)
 
 
+def sync_file(path: PathLike) -> None:
+    """fdatasync the file at ``path`` (its bytes and size, not its name)."""
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        os.fdatasync(fd)
+    finally:
+        os.close(fd)
+
+
 def write_all(fd: int, data: bytes | bytearray | memoryview) -> None:
     """Write every byte (``os.write`` may write less than asked)."""
     view = memoryview(data)

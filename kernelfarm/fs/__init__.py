@@ -26,9 +26,13 @@ Volume create (:meth:`.volume.Volume.create`)
      create acknowledged.  A cut before this leaves ``.tmp-*``, cleared at load.
 
 Journal append (:meth:`.journal.Journal.flush`)
-  one ``write`` of the turn's records, then ``fdatasync`` (``always``: before any reply of
-  the turn; ``batch``: within ``batch_interval_ms``; ``never``: not at all).  fdatasync
-  also makes the file's new size durable, so appends need no directory fsync.
+  one ``pwritev`` of the turn's records at the end of the log, then ``fdatasync``
+  (``always``: before any reply of the turn; ``batch``: within ``batch_interval_ms``;
+  ``never``: not at all).  fdatasync also makes a new file size durable, so appends need
+  no directory fsync; under ``always`` the log is zero-filled ahead (in the same
+  fdatasync as the records that grew the file), so most turns write into bytes the file
+  already has.  A new journal's header (its nonce, which seeds its records' CRCs) is
+  fsynced at creation under ``always`` and ``batch``.
 
 Snapshot (:mod:`.snapshotter`, :meth:`.volume.Volume.begin_snapshot`)
   1. ``always``/``batch``: ``journal.G`` fdatasynced (recovery replays it before the

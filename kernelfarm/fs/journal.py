@@ -1,14 +1,32 @@
-"""An append-only file of checksummed records, written in batches (group commit).
+"""Files of checksummed records: the journals, written in batches (group commit).
 
 A record is framed as ``<u32 length><u32 CRC-32 of payload><payload>`` (little endian),
 the payload a msgpack object.  A crash can leave the last record half written (a torn
 tail) or garbage after it; :func:`read_records` reads records up to the first frame that
 does not check out, so :meth:`Journal.recovering` can cut the file there.  Everything after
 a bad frame is discarded: once one frame is unreadable nothing behind it can be trusted.
+Snapshots are such a stream with nothing before it (:func:`frame`, :func:`read_all`).
 
-:meth:`Journal.append` only encodes into a buffer; :meth:`Journal.flush` writes the
-buffer with one ``write`` and, when asked, one ``fdatasync`` — the kernel calls it once
-per loop turn, so every write of that turn shares the fsync.
+A journal file (format 2) starts with a 16-byte header, ``KFJ2``, a random 64-bit nonce
+and the CRC-32 of both, and its records' CRCs start from that header CRC (the *seed*)
+instead of 0.  The file is kept zero-filled ahead of its last record (up to
+:data:`PREALLOC_MAX` at a time), so the turn's ``write`` lands in bytes that are already
+part of the file and its ``fdatasync`` has no new size or block to commit: on ext4, 105
+instead of 630 µs per small append and fdatasync, and half the CPU.  Recovery
+finds the end of the log where the frames stop checking out; the zeros after it are
+room, anything else there is damage and is cut off.  The seed ties every record to the
+one file it was written for: a record left in a reused region (a file renamed over,
+recycled, or copied) fails its CRC under the new header's seed, so it can never be
+replayed as this journal's.  A journal without the header (format 1, written before
+format 2) is read with seed 0 -- exactly its CRC-32 -- and never appended to: loading a
+volume whose last journal is one moves its writes to a new generation
+(:meth:`.volume.Volume.loading`).
+
+:meth:`Journal.append` only buffers; :meth:`Journal.flush` writes the buffer with one
+``pwritev`` and, when asked, one ``fdatasync`` -- the kernel calls it once per loop turn,
+so every write of that turn shares the fsync.  A record with a big payload is buffered by
+reference (:meth:`Journal.append_parts`): its data goes from the request's bytes object
+to the file, never copied into a buffer first.
 
 The file descriptor is opened lazily and may be closed at any time (:meth:`close_fd`) to
 bound the number of open files when a kernel holds many volumes.
@@ -16,11 +34,12 @@ bound the number of open files when a kernel holds many volumes.
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import struct
 import zlib
-from typing import Any, BinaryIO, Callable, Iterator
+from typing import Any, BinaryIO, Callable, Iterator, Sequence
 
 import msgpack
 
@@ -29,18 +48,33 @@ from kernelfarm.steps import STEP_BYTES, STEP_ITEMS, Steps
 log = logging.getLogger(__name__)
 
 HEADER = struct.Struct("<II")
+"""A record's frame: payload length, CRC-32 of the payload (from the file's seed)."""
+FILE_HEADER = struct.Struct("<4sQI")
+"""A format-2 journal's first bytes: magic, nonce, CRC-32 of magic and nonce (the seed)."""
+MAGIC = b"KFJ2"
+PREALLOC_MIN, PREALLOC_MAX = 4096, 1024 * 1024
+"""Room zero-filled ahead of the log when an fsyncing flush grows the file: as many
+bytes as the log holds, within these bounds (a volume that writes little takes little
+disk; a busy one commits a new size once per MiB)."""
+ZEROS = memoryview(bytes(PREALLOC_MAX))
+IOV_MAX = 1024
+"""Buffers one ``pwritev`` takes (Linux's UIO_MAXIOV)."""
+SCAN_BYTES = 1024 * 1024
+"""Bytes read at a time when checking that a journal's tail holds only zeros."""
+
+Buffer = bytes | bytearray | memoryview
 
 
 def frame(payload: bytes) -> bytes:
     return HEADER.pack(len(payload), zlib.crc32(payload)) + payload
 
 
-def read_records(fh: BinaryIO, size: int) -> Iterator[tuple[Any, int]]:
+def read_records(fh: BinaryIO, size: int, seed: int = 0) -> Iterator[tuple[Any, int]]:
     """``(record, end offset)`` for each good record from the current position of ``fh``.
 
-    Stops quietly at the end of the file or at the first frame that does not check out;
-    ``size`` (the file's size) bounds every read, so a damaged length field cannot make
-    it allocate more than the file holds.
+    Stops quietly at the end of the file or at the first frame that does not check out
+    (its CRC computed from ``seed``); ``size`` (the file's size) bounds every read, so a
+    damaged length field cannot make it allocate more than the file holds.
     """
     pos = fh.tell()
     while pos + HEADER.size <= size:
@@ -49,7 +83,7 @@ def read_records(fh: BinaryIO, size: int) -> Iterator[tuple[Any, int]]:
         if length == 0 or end > size:
             return
         payload = fh.read(length)
-        if len(payload) < length or zlib.crc32(payload) != crc:
+        if len(payload) < length or zlib.crc32(payload, seed) != crc:
             return
         try:
             record = msgpack.unpackb(payload, use_list=False, raw=False)
@@ -70,12 +104,52 @@ def read_all(path: str) -> Iterator[Any]:
             raise ValueError(f"{path}: damaged at byte {good} of {size}")
 
 
-def replaying(fh: BinaryIO, size: int, apply: Callable[[Any], None]) -> Steps[int]:
+def new_header() -> tuple[bytes, int]:
+    """A fresh journal header and its seed."""
+    magic_nonce = MAGIC + os.urandom(8)
+    seed = zlib.crc32(magic_nonce)
+    return magic_nonce + seed.to_bytes(4, "little"), seed
+
+
+def open_log(fh: BinaryIO, size: int) -> int | None:
+    """Position ``fh`` at a journal's first record; its seed, or ``None`` for format 1
+    (no header: records from byte 0, CRCs from 0)."""
+    fh.seek(0)
+    if size >= FILE_HEADER.size:
+        magic, nonce, seed = FILE_HEADER.unpack(fh.read(FILE_HEADER.size))
+        if magic == MAGIC and zlib.crc32(magic + nonce.to_bytes(8, "little")) == seed:
+            return int(seed)
+        fh.seek(0)
+    return None
+
+
+def zeros_after(fh: BinaryIO, good: int, size: int) -> bool:
+    """Whether bytes ``good`` to ``size`` of ``fh`` are all zeros (room, not damage)."""
+    fh.seek(good)
+    while good < size:
+        chunk = fh.read(min(SCAN_BYTES, size - good))
+        if not chunk or chunk.count(0) != len(chunk):
+            return False
+        good += len(chunk)
+    return True
+
+
+def journal_records(path: str) -> Iterator[Any]:
+    """The good records of a journal of either format, up to the first bad frame."""
+    with open(path, "rb") as fh:
+        size = os.fstat(fh.fileno()).st_size
+        seed = open_log(fh, size)
+        for record, _end in read_records(fh, size, seed or 0):
+            yield record
+
+
+def replaying(fh: BinaryIO, size: int, apply: Callable[[Any], None],
+              seed: int) -> Steps[int]:
     """Feed every good record from the position of ``fh`` to ``apply``, a step at a
     time (see :mod:`kernelfarm.steps`); the offset after the last good record."""
     good = step_start = fh.tell()
     count = 0
-    for record, good in read_records(fh, size):  # noqa: B007 - read after the loop
+    for record, good in read_records(fh, size, seed):  # noqa: B007 - read after the loop
         apply(record)
         count += 1
         if count % STEP_ITEMS == 0 or good - step_start >= STEP_BYTES:
@@ -86,12 +160,13 @@ def replaying(fh: BinaryIO, size: int, apply: Callable[[Any], None]) -> Steps[in
 
 def replaying_whole(path: str, apply: Callable[[Any], None]) -> Steps[None]:
     """Replay a journal that must be whole (one a later generation follows); raises at
-    any damage."""
+    any damage (zeros after the last record are its preallocated room, not damage)."""
     with open(path, "rb") as fh:
         size = os.fstat(fh.fileno()).st_size
-        good = yield from replaying(fh, size, apply)
-    if good != size:
-        raise ValueError(f"{path}: damaged at byte {good} of {size}")
+        seed = open_log(fh, size)
+        good = yield from replaying(fh, size, apply, seed or 0)
+        if not zeros_after(fh, good, size):
+            raise ValueError(f"{path}: damaged at byte {good} of {size}")
 
 
 TRUNCATE_STEP = 8 * 1024 * 1024
@@ -121,59 +196,131 @@ def removing(path: str) -> Steps[None]:
     os.unlink(path)
 
 
-class Journal:
-    """One volume's journal file: buffered appends, one write (and fsync) per flush."""
+def write_at(fd: int, buffers: Sequence[Buffer], offset: int) -> None:
+    """Write every byte of ``buffers`` at ``offset`` (``pwritev`` may write less, and
+    takes at most :data:`IOV_MAX` buffers)."""
+    todo = [memoryview(b) for b in buffers if len(b)]
+    while todo:
+        written = os.pwritev(fd, todo[:IOV_MAX], offset)
+        offset += written
+        while todo and written >= len(todo[0]):
+            written -= len(todo.pop(0))
+        if written:
+            todo[0] = todo[0][written:]
 
-    def __init__(self, path: str, size: int) -> None:
+
+class Journal:
+    """One volume's journal file (format 2): buffered appends, one write (and fsync)
+    per flush, zeros kept ahead of the log."""
+
+    def __init__(self, path: str, size: int, allocated: int = 0, seed: int = 0) -> None:
         self.path = path
-        self.size = size            # bytes on disk
-        self._buffer = bytearray()  # encoded records not yet written
+        self.size = size            # end of the last record written
+        self.allocated = max(size, allocated)  # the file's length: zeros after size
+        self.seed = seed
+        self._buffer = bytearray()  # encoded records not yet written (after _chunks)
+        self._chunks: list[Buffer] = []  # earlier buffers and big payloads, in order
+        self._chunked = 0           # bytes in _chunks
         self._fd = -1
         self.unsynced = False       # written but not yet fsynced
 
     @classmethod
-    def recovering(cls, path: str, apply: Callable[[Any], None]) -> Steps[Journal]:
+    def create(cls, path: str, durable: bool) -> Journal:
+        """A new, empty journal file (it must not exist); with ``durable`` its header is
+        fsynced (its name is durable once the caller fsyncs the directory)."""
+        header, seed = new_header()
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+        try:
+            write_at(fd, [header], 0)
+            if durable:
+                os.fsync(fd)
+        finally:
+            os.close(fd)
+        return cls(path, len(header), len(header), seed)
+
+    @classmethod
+    def recovering(cls, path: str, apply: Callable[[Any], None]) -> Steps[Journal | None]:
         """Feed every good record to ``apply`` (a step at a time), then cut a torn or
-        corrupt tail off."""
+        corrupt tail off; the journal to append to, or ``None`` if the file is in format
+        1 (its records were applied; the caller must move writes to a new file)."""
         with open(path, "r+b") as fh:
             size = os.fstat(fh.fileno()).st_size
-            good = yield from replaying(fh, size, apply)
-            if good < size:
+            seed = open_log(fh, size)
+            good = yield from replaying(fh, size, apply, seed or 0)
+            if not zeros_after(fh, good, size):
                 log.warning("journal %s: cutting %d damaged bytes after byte %d",
                             path, size - good, good)
                 fh.truncate(good)
                 fh.flush()  # truncate flushes too; said here so the fsync is plainly safe
                 os.fsync(fh.fileno())
-        return cls(path, good)
+                size = good
+        if seed is None:
+            return None
+        return cls(path, good, size, seed)
 
     @property
     def pending(self) -> int:
-        return len(self._buffer)
+        return self._chunked + len(self._buffer)
 
     def append(self, payload: bytes) -> None:
         """Buffer one record, already packed (so a record that cannot be encoded fails
         before the change it describes is made)."""
-        self._buffer += HEADER.pack(len(payload), zlib.crc32(payload))
+        self._buffer += HEADER.pack(len(payload), zlib.crc32(payload, self.seed))
         self._buffer += payload
 
+    def append_parts(self, head: bytes, data: Buffer, tail: bytes) -> None:
+        """Buffer one record whose payload is ``head + data + tail``, ``data`` by
+        reference: it must not change until the next flush (request bytes never do)."""
+        crc = zlib.crc32(tail, zlib.crc32(data, zlib.crc32(head, self.seed)))
+        buffer = self._buffer
+        buffer += HEADER.pack(len(head) + len(data) + len(tail), crc)
+        buffer += head
+        self._chunks.append(buffer)
+        self._chunks.append(data)
+        self._chunked += len(buffer) + len(data)
+        self._buffer = bytearray(tail)
+
     def flush(self, fsync: bool) -> None:
-        """Write the buffered records (one ``write``) and optionally ``fdatasync``.
+        """Write the buffered records (one ``pwritev``) and optionally ``fdatasync``.
+
+        A write that grows the file under ``fsync`` also zero-fills room after it
+        (:meth:`_preallocate`), unless the write is big next to that room (a stream of
+        big records would write everything twice, and its own size dwarfs the commit).
 
         On failure the buffer is dropped and the error raised: the caller must stop
         using this journal, since what reached the disk is unknown until it is reread.
         """
-        if self._buffer:
-            buffer, self._buffer = self._buffer, bytearray()
+        if self._chunked or self._buffer:
+            pending, buffers = self.pending, self._chunks
+            buffers.append(self._buffer)
+            self._chunks, self._buffer, self._chunked = [], bytearray(), 0
             fd = self._open_fd()
-            view = memoryview(buffer)
-            while view:
-                written = os.write(fd, view)
-                view = view[written:]
-            self.size += len(buffer)
+            write_at(fd, buffers, self.size)
+            self.size += pending
             self.unsynced = True
+            if self.size > self.allocated:
+                self.allocated = self.size
+                if fsync:
+                    self._preallocate(fd, pending)
         if fsync and self.unsynced:
             os.fdatasync(self._open_fd())
             self.unsynced = False
+
+    def _preallocate(self, fd: int, pending: int) -> None:
+        """Zero-fill room after the log, as big as the log (within the bounds), if the
+        last write was small next to it.  Best effort: on a full disk the room is what
+        fitted, and the records' own writes get ENOSPC as they would have anyway."""
+        room = min(PREALLOC_MAX, max(PREALLOC_MIN, self.size))
+        if 4 * pending > room:
+            return
+        try:
+            write_at(fd, [ZEROS[:room]], self.size)
+        except OSError as exc:
+            if exc.errno != errno.ENOSPC:
+                raise
+            self.allocated = os.fstat(fd).st_size
+            return
+        self.allocated = self.size + room
 
     def close_fd(self) -> None:
         """Give the descriptor back; the next flush reopens it.  Writes must be flushed."""
@@ -184,12 +331,13 @@ class Journal:
     def discard(self) -> None:
         """Forget unwritten records (the volume is being dropped after a failure)."""
         self._buffer = bytearray()
+        self._chunks = []
+        self._chunked = 0
         self.close_fd()
 
     def _open_fd(self) -> int:
         if self._fd < 0:
-            self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT
-                               | os.O_CLOEXEC, 0o600)
+            self._fd = os.open(self.path, os.O_WRONLY | os.O_CLOEXEC)
         return self._fd
 
     @property

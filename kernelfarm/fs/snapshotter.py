@@ -41,6 +41,7 @@ import threading
 from dataclasses import dataclass
 from typing import Callable
 
+from kernelfarm import durable
 from kernelfarm.fs import snapshot
 from kernelfarm.fs.journal import removing
 from kernelfarm.fs.volume import SNAPSHOT, Volume, journal_path
@@ -98,7 +99,7 @@ class Snapshotter:
             code = 1
             try:
                 _become_snapshot_child(parent)
-                _sync_file(old_journal)  # whole before the snapshot: see begin_snapshot
+                durable.sync_file(old_journal)  # whole before the snapshot: see begin_snapshot
                 snapshot.write_temp(tmp, volume.tree, generation)
                 code = 0
             except BaseException as exc:
@@ -188,14 +189,6 @@ def _become_snapshot_child(parent: int) -> None:
             except OSError:
                 pass  # the listing's own descriptor, already closed
     gc.disable()
-
-
-def _sync_file(path: str) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-    try:
-        os.fdatasync(fd)
-    finally:
-        os.close(fd)
 
 
 def _remove(path: str) -> None:

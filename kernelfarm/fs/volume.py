@@ -26,7 +26,7 @@ import msgspec
 from kernelfarm import durable
 from kernelfarm.errors import posix
 from kernelfarm.fs import snapshot, store
-from kernelfarm.fs.journal import Journal, read_records, removing, replaying_whole
+from kernelfarm.fs.journal import Journal, journal_records, removing, replaying_whole
 from kernelfarm.fs.tree import UNLIMITED, Limits, Tree
 from kernelfarm.steps import Steps, finish
 
@@ -132,12 +132,12 @@ class Volume:
         store.clear(building)
         os.mkdir(building, 0o700)
         durable.create_file(os.path.join(building, NAME_FILE), name.encode("utf-8"))
-        durable.create_file(journal_path(building, 0), b"")
+        journal = Journal.create(journal_path(building, 0), durable=True)
         tree = Tree.new(name, perm, now, limits)
         size = snapshot.write(os.path.join(building, SNAPSHOT), tree, 0)  # fsyncs building
         os.rename(building, directory)
         durable.sync_dir(parent)
-        journal = Journal(journal_path(directory, 0), 0)
+        journal.path = journal_path(directory, 0)  # renamed in with its directory
         return cls(name, directory, tree, journal, 0, size)
 
     @classmethod
@@ -148,7 +148,9 @@ class Volume:
         are deleted (left by a crash while a snapshot was installed).  Journals G, G+1, ...
         are replayed in order (a snapshot still being written lets writes go on in the
         next generation); every one but the last must be whole, and the last is cut at a
-        torn tail and appended to.
+        torn tail and appended to -- unless it is in format 1 (written by an older
+        kernelfarm): then it is made durable as it is, and writes go on in a new
+        generation in format 2 (the next snapshot folds both in).
 
         A step at a time (see :mod:`kernelfarm.steps`): a kernel loading a big volume
         still answers its supervisor and its other slots.
@@ -173,10 +175,17 @@ class Volume:
 
         for gen in later[:-1]:
             yield from replaying_whole(journal_path(directory, gen), apply)
-        journal = yield from Journal.recovering(journal_path(directory, later[-1]), apply)
+        last = journal_path(directory, later[-1])
+        journal = yield from Journal.recovering(last, apply)
         tree.limits = limits
-        return cls(name, directory, tree, journal, later[-1],
-                   os.path.getsize(snapshot_path))
+        volume = cls(name, directory, tree, journal or Journal(last, 0), later[-1],
+                     os.path.getsize(snapshot_path))
+        if journal is None:
+            log.info("%s: journal.%d is in format 1; writes go on in journal.%d",
+                     directory, later[-1], later[-1] + 1)
+            durable.sync_file(last)  # whole before a change in the next one is durable
+            volume.next_journal(durable_switch=True)
+        return volume
 
     @classmethod
     def salvage(cls, directory: str, name: str, why: str) -> Volume:
@@ -195,11 +204,9 @@ class Volume:
             for gen in journal_generations(directory):
                 if gen < generation:
                     continue
-                path = journal_path(directory, gen)
                 try:
-                    with open(path, "rb") as fh:
-                        for record, _end in read_records(fh, os.fstat(fh.fileno()).st_size):
-                            replay(tree, record)
+                    for record in journal_records(journal_path(directory, gen)):
+                        replay(tree, record)
                 except Exception as exc:  # a record that cannot apply ends the replay
                     problems.append(f"journal.{gen}: {exc}")
                     break
@@ -273,17 +280,18 @@ class Volume:
         the snapshot writer fdatasyncs the old journal before it writes, and installing
         the snapshot makes the new journal's name durable with its directory fsync.
         """
+        return self.next_journal(durable_switch)
+
+    def next_journal(self, durable_switch: bool) -> int:
+        """Flush this journal and send later changes to a new one, of the next generation
+        (the fsyncs ``durable_switch`` asks for: see :meth:`begin_snapshot`)."""
         generation = self.generation + 1
-        new_path = journal_path(self.directory, generation)
         self.journal.flush(durable_switch)
+        journal = Journal.create(journal_path(self.directory, generation), durable_switch)
         if durable_switch:
-            durable.create_file(new_path, b"")
             durable.sync_dir(self.directory)
-        else:
-            os.close(os.open(new_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC,
-                             0o600))
         self.journal.close_fd()
-        self.journal = Journal(new_path, 0)
+        self.journal = journal
         self.generation = generation
         return generation
 

@@ -13,6 +13,7 @@ import pytest
 from fs_harness import FakeKernel
 
 from kernelfarm.fs import store
+from kernelfarm.fs.journal import PREALLOC_MIN
 from kernelfarm.partition import key_slot
 
 
@@ -73,32 +74,63 @@ def test_recovery_reproduces_the_tree_exactly(tmp_path: Path, snapshot_bytes: in
     kernel.close()
 
 
-def test_a_torn_last_record_is_cut_and_everything_before_it_kept(tmp_path: Path) -> None:
+def journal_end(kernel: FakeKernel, name: str) -> int:
+    """Where the volume's next journal record goes (the file is longer: zeros ahead)."""
+    return kernel.fs.volumes[name].journal.size
+
+
+@pytest.mark.parametrize("tear", ["file cut", "zeros in place"])
+def test_a_torn_last_record_is_cut_and_everything_before_it_kept(tmp_path: Path,
+                                                                 tear: str) -> None:
+    """``file cut``: the file ends inside the record (a write that grew the file);
+    ``zeros in place``: the record's end is still the zeros it was written over (a
+    write into the preallocated room, torn by a power cut)."""
     kernel = FakeKernel(tmp_path)
     fs = kernel.api  # stays bound to the kernel across its restarts
     fs.mkdir("/v")
     for i in range(5):
         fs.write_file(f"/v/f{i}", b"%d" % i * 100)
     journal = journal_of(tmp_path, "v")
-    size_before_last = journal.stat().st_size
+    before_last = journal_end(kernel, "v")
     fs.write_file("/v/last", b"L" * 300)
-    full = journal.stat().st_size
+    full = journal_end(kernel, "v")
     kernel.close()
-    for cut in (size_before_last + 3, size_before_last + 8, full - 1):
-        os.truncate(journal, cut)
+    pristine = journal.read_bytes()
+    for cut in (before_last + 3, before_last + 8, full - 1):
+        if tear == "file cut":
+            journal.write_bytes(pristine[:cut])
+        else:
+            journal.write_bytes(pristine[:cut] + bytes(len(pristine) - cut))
         kernel.start()
         assert fs.listdir("/v") == [f"f{i}" for i in range(5)]
         assert fs.read_file("/v/f4") == b"4" * 100
-        assert journal.stat().st_size == size_before_last  # the tail was cut off
+        assert journal.stat().st_size == before_last  # the tail was cut off
         fs.write_file("/v/last", b"L" * 300)  # and appending goes on cleanly
         kernel.close()
         kernel.start()
         assert fs.read_file("/v/last") == b"L" * 300
         kernel.close()
-        os.truncate(journal, full)  # (zeros: also a torn tail) for the next cut
-        with open(journal, "r+b") as fh:
-            fh.seek(size_before_last)
-            fh.write(b"\0" * (full - size_before_last))
+
+
+def test_records_end_where_the_preallocated_zeros_begin(tmp_path: Path) -> None:
+    """An fsync-always journal is zero-filled ahead of its log; loading finds the end
+    of the log there, keeps the zeros as room (no cut) and appends into them."""
+    kernel = FakeKernel(tmp_path, fsync="always")
+    kernel.api.mkdir("/v")
+    kernel.api.write_file("/v/f", b"first")
+    journal = journal_of(tmp_path, "v")
+    length = journal.stat().st_size
+    assert length >= journal_end(kernel, "v") + PREALLOC_MIN
+    kernel.close()
+    kernel.start()
+    assert journal.stat().st_size == length  # zeros are room, not damage
+    kernel.api.write_file("/v/g", b"second")
+    assert journal.stat().st_size == length  # written into the room: no new size
+    kernel.close()
+    kernel.start()
+    assert kernel.api.read_file("/v/f") == b"first"
+    assert kernel.api.read_file("/v/g") == b"second"
+    kernel.close()
 
 
 @pytest.mark.parametrize("where", ["last", "middle"])
@@ -108,7 +140,7 @@ def test_a_corrupt_record_loses_only_what_follows_it(tmp_path: Path, where: str)
     offsets = []
     journal = journal_of(tmp_path, "v")
     for i in range(4):
-        offsets.append(journal.stat().st_size)
+        offsets.append(journal_end(kernel, "v"))
         kernel.api.write_file(f"/v/f{i}", b"payload %d" % i)
     kernel.close()
     bad = 3 if where == "last" else 1
@@ -213,10 +245,10 @@ def test_a_failed_flush_acknowledges_nothing_and_stops_the_volume(
     kernel.api.mkdir("/w")
     kernel.api.write_file("/v/kept", b"durable")
 
-    def full_disk(fd: int, data: Any) -> int:
+    def full_disk(fd: int, buffers: Any, offset: int) -> int:
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(os, "write", full_disk)
+    monkeypatch.setattr(os, "pwritev", full_disk)
     assert kernel.errno_of("fs.write_file", "/v/lost", b"x") == errno.ENOSPC
     monkeypatch.undo()
     assert kernel.errno_of("fs.read_file", "/v/kept") == errno.EIO  # out of service

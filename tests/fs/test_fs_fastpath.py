@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import zlib
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -18,7 +19,7 @@ from kernelfarm import config as configuration
 from kernelfarm.boot import BootInfo
 from kernelfarm.errors import posix, to_wire
 from kernelfarm.fs import subsystem
-from kernelfarm.fs.journal import frame
+from kernelfarm.fs.journal import HEADER
 from kernelfarm.fs.paths import parse
 from kernelfarm.fs.tree import stat_of
 from kernelfarm.fs.volume import WRITE_FILE
@@ -111,4 +112,9 @@ def test_a_change_is_journaled_as_msgpack_and_a_refused_one_not_at_all(
     node = volume.tree.lookup(("d", "f"))
     record = (WRITE_FILE, ("d", "f"), b"\x00data", node.ino, node.mtime_ns)
     with open(volume.journal.path, "rb") as fh:
-        assert fh.read()[journaled:] == frame(msgpack.packb(record))
+        content = fh.read()
+    payload = msgpack.packb(record)
+    seed = int.from_bytes(content[12:16], "little")  # the file header's CRC seeds records
+    framed = HEADER.pack(len(payload), zlib.crc32(payload, seed)) + payload
+    assert content[journaled:journaled + len(framed)] == framed
+    assert content[journaled + len(framed):].count(0) == len(content) - journaled - len(framed)

@@ -13,15 +13,16 @@ reports extending the boot deadline, it keeps its pid and serves.
 from __future__ import annotations
 
 import time
+import zlib
 from pathlib import Path
 
 import msgpack
 
 from farmctl import raw_call, start_farm
 from kernelfarm.fs import store
-from kernelfarm.fs.journal import frame
+from kernelfarm.fs.journal import HEADER
 from kernelfarm.fs.tree import UNLIMITED
-from kernelfarm.fs.volume import WRITE_FILE, Volume, journal_path
+from kernelfarm.fs.volume import WRITE_FILE, Volume
 from kernelfarm.partition import initial_assignment, key_slot, rebalance_plan
 
 RECORDS = 1_500_000
@@ -38,9 +39,11 @@ def moving_name() -> str:
 
 def make_big_volume(data_dir: Path, name: str) -> None:
     directory = Path(store.slot_dir(data_dir, key_slot(name))) / store.volume_dirname(name)
-    Volume.create(name, str(directory), 0o755, 1, UNLIMITED)
-    record = frame(msgpack.packb((WRITE_FILE, ("f",), b"loaded", 2, 1), use_bin_type=True))
-    with open(journal_path(str(directory), 0), "ab") as fh:
+    journal = Volume.create(name, str(directory), 0o755, 1, UNLIMITED).journal
+    payload = msgpack.packb((WRITE_FILE, ("f",), b"loaded", 2, 1), use_bin_type=True)
+    record = HEADER.pack(len(payload), zlib.crc32(payload, journal.seed)) + payload
+    with open(journal.path, "r+b") as fh:
+        fh.seek(journal.size)
         fh.write(record * RECORDS)
 
 

@@ -10,7 +10,6 @@ import msgpack
 import pytest
 from fs_harness import FakeKernel
 
-from kernelfarm.fs import journal as journal_mod
 from kernelfarm.fs import store
 from kernelfarm.partition import key_slot
 
@@ -73,11 +72,14 @@ def test_a_damaged_snapshot_serves_what_it_holds_read_only(tmp_path: Path) -> No
 
 def test_a_journal_record_that_cannot_apply_stops_the_replay_there(tmp_path: Path) -> None:
     kernel = two_volumes(tmp_path)
+    journal = kernel.fs.volumes["bad"].journal
     kernel.close()
-    journal = volume_dir(tmp_path, "bad") / "journal.0"
-    with open(journal, "ab") as fh:  # a well-framed record that cannot apply
-        fh.write(journal_mod.frame(msgpack.packb((4, ("nosuchdir", "x"), 1000))))
-        fh.write(journal_mod.frame(msgpack.packb((0, ("later",), 0o755, 999, 1))))
+    assert journal.path == str(volume_dir(tmp_path, "bad") / "journal.0")
+    # a well-framed record that cannot apply, and one after it
+    journal.append(msgpack.packb((4, ("nosuchdir", "x"), 1000)))
+    journal.append(msgpack.packb((0, ("later",), 0o755, 999, 1)))
+    journal.flush(fsync=True)
+    journal.close_fd()
     kernel = FakeKernel(tmp_path)
     assert kernel.api.listdir("/bad/d") == sorted(f"f{i}" for i in range(20))
     assert "journal.0" in damaged(kernel)["bad"]

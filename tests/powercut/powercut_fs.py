@@ -329,7 +329,7 @@ class PowerCutFS(pyfuse3.Operations):
         overlay = self._overlay(ino)
         if append:
             off = overlay.size
-        self._grow(off + len(buf) - overlay.size)
+        self._grow(max(0, off + len(buf) - overlay.size))  # an overwrite takes no room
         overlay.write(off, buf)
         return len(buf)
 

@@ -131,3 +131,21 @@ def test_enospc_past_capacity(fs: PowerCut) -> None:
         os.close(fd)
     assert (fs.mount / "big").stat().st_size == 60_000
     assert json.loads(fs.command("stats"))["enospc"] == 1
+
+
+def test_an_overwrite_takes_no_room(fs: PowerCut) -> None:
+    """Writes inside a file (a journal's preallocated room) neither grow nor shrink
+    what the capacity counts."""
+    fs.command("capacity 65536")
+    fd = os.open(fs.mount / "room", os.O_WRONLY | os.O_CREAT, 0o644)
+    try:
+        os.write(fd, bytes(60_000))
+        used = json.loads(fs.command("stats"))["used"]
+        for offset in range(0, 60_000, 10_000):
+            os.pwrite(fd, b"r" * 10_000, offset)
+        assert json.loads(fs.command("stats"))["used"] == used
+        with pytest.raises(OSError) as info:
+            os.pwrite(fd, b"y" * 10_000, 60_000)
+        assert info.value.errno == errno.ENOSPC
+    finally:
+        os.close(fd)

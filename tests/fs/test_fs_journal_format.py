@@ -1,0 +1,144 @@
+"""The journal's on-disk format 2 against what a power cut or an older kernelfarm leaves.
+
+Format 2 (:mod:`kernelfarm.fs.journal`) keeps zeros ahead of its log and seeds every
+record's CRC with its file's header.  These tests build on disk the states that format
+must survive -- valid records of an earlier use of the same bytes behind the log, and
+journals written in format 1 -- and load them with the kernel's own loading code.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import msgpack
+import pytest
+from fs_harness import FakeKernel
+
+from kernelfarm.fs import journal, store
+from kernelfarm.fs.volume import WRITE_FILE
+from kernelfarm.partition import key_slot
+
+
+def volume_dir(data_dir: Path, name: str) -> Path:
+    return Path(store.slot_dir(data_dir, key_slot(name))) / store.volume_dirname(name)
+
+
+def journal_end(kernel: FakeKernel, name: str) -> int:
+    return kernel.fs.volumes[name].journal.size
+
+
+def write_files(kernel: FakeKernel, prefix: str, count: int) -> list[int]:
+    """``count`` files of one record each, all records the same size; their ends."""
+    ends = []
+    for i in range(count):
+        kernel.api.write_file(f"/v/{prefix}{i}", b"%s%d" % (prefix.encode(), i) * 20)
+        ends.append(journal_end(kernel, "v"))
+    return ends
+
+
+@pytest.mark.parametrize("guard", ["seeded", "switched off"])
+def test_records_of_an_earlier_use_of_the_bytes_are_never_replayed(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, guard: str) -> None:
+    """A journal's room may hold valid records of an earlier use of those bytes (a
+    recycled file, a reused region).  Here journal.0 of a volume holds ``new0..new2``
+    and, right behind them at record boundaries, ``old3..old9`` of another file's
+    journal.0 (same volume name, same record sizes).  Loading stops after ``new2``:
+    the old records' CRCs start from the other file's seed.
+
+    ``switched off``: every file gets the same header (the seed no longer tells files
+    apart): the stale records are replayed as if they were this journal's.  That run
+    shows the test catches the fault the seed guards against."""
+    if guard == "switched off":
+        header = journal.new_header()
+        monkeypatch.setattr(journal, "new_header", lambda: header)
+    earlier = FakeKernel(tmp_path / "earlier")
+    earlier.api.mkdir("/v")
+    old_ends = write_files(earlier, "old", 10)
+    earlier.close()
+    old_bytes = (volume_dir(tmp_path / "earlier", "v") / "journal.0").read_bytes()
+
+    kernel = FakeKernel(tmp_path / "now")
+    kernel.api.mkdir("/v")
+    new_ends = write_files(kernel, "new", 3)
+    kernel.close()
+    assert new_ends == old_ends[:3]  # record boundaries line up
+    path = volume_dir(tmp_path / "now", "v") / "journal.0"
+    with open(path, "r+b") as fh:  # the earlier use's records, behind this journal's
+        fh.seek(new_ends[-1])
+        fh.write(old_bytes[old_ends[2]:old_ends[-1]])
+
+    kernel.start()
+    names = kernel.api.listdir("/v")
+    if guard == "switched off":
+        assert names == sorted([f"new{i}" for i in range(3)] + [f"old{i}" for i in range(3, 10)])
+        kernel.close()
+        return
+    assert names == [f"new{i}" for i in range(3)]
+    assert path.stat().st_size == new_ends[-1]  # not room: cut off as damage
+    kernel.api.write_file("/v/after", b"appended after the cut")
+    kernel.close()
+    kernel.start()
+    assert kernel.api.listdir("/v") == ["after", "new0", "new1", "new2"]
+    kernel.close()
+
+
+def format_1(records: list[tuple[object, ...]]) -> bytes:
+    """Records framed as format 1 wrote them: no file header, CRC-32 from 0."""
+    return b"".join(journal.frame(msgpack.packb(record)) for record in records)
+
+
+@pytest.mark.parametrize("tail", ["whole", "torn"])
+def test_a_volume_whose_journal_is_in_format_1_loads_and_writes_on_in_format_2(
+        tmp_path: Path, tail: str) -> None:
+    """An older kernelfarm's journal (no header, CRCs from 0) is replayed and never
+    appended to: writes go to the next generation, in format 2, and both survive a
+    restart, and the next snapshot folds them in."""
+    kernel = FakeKernel(tmp_path, snapshot_journal_bytes=64 * 1024 * 1024)
+    kernel.api.mkdir("/v")
+    kernel.close()
+    directory = volume_dir(tmp_path, "v")
+    old = format_1([(WRITE_FILE, (f"f{i}",), b"old %d" % i, 2 + i, 1000 + i)
+                    for i in range(5)])
+    if tail == "torn":
+        old += format_1([(WRITE_FILE, ("torn",), b"never whole", 9, 2000)])[:-3]
+    (directory / "journal.0").write_bytes(old)
+
+    kernel.start()
+    assert kernel.api.listdir("/v") == [f"f{i}" for i in range(5)]
+    assert kernel.api.read_file("/v/f3") == b"old 3"
+    assert kernel.fs.volumes["v"].generation == 1
+    with open(directory / "journal.1", "rb") as fh:
+        assert fh.read(4) == journal.MAGIC
+    kernel.api.write_file("/v/new", b"format 2")
+    kernel.close()
+    assert (directory / "journal.0").read_bytes() == format_1(
+        [(WRITE_FILE, (f"f{i}",), b"old %d" % i, 2 + i, 1000 + i) for i in range(5)])
+
+    kernel.start()
+    assert kernel.api.listdir("/v") == ["f0", "f1", "f2", "f3", "f4", "new"]
+    assert kernel.api.stat("/v/f4")["mtime_ns"] == 1004  # replayed as recorded
+    assert kernel.fs.volumes["v"].generation == 1  # format 2: appended to
+    kernel.fs.volumes["v"].snapshot()
+    assert sorted(os.listdir(directory)) == ["VOLUME", "journal.2", "snapshot"]
+    kernel.close()
+    kernel.start()
+    assert kernel.api.read_file("/v/new") == b"format 2"
+    assert kernel.api.read_file("/v/f0") == b"old 0"
+    kernel.close()
+
+
+def test_an_empty_journal_file_loads_as_an_empty_journal(tmp_path: Path) -> None:
+    """An empty journal: what format 1 created, or a header a power cut took (fsync
+    ``never``).  It loads with nothing to replay and the volume writes on."""
+    kernel = FakeKernel(tmp_path)
+    kernel.api.mkdir("/v")
+    kernel.close()
+    (volume_dir(tmp_path, "v") / "journal.0").write_bytes(b"")
+    kernel.start()
+    assert kernel.api.listdir("/v") == []
+    kernel.api.write_file("/v/f", b"after")
+    kernel.close()
+    kernel.start()
+    assert kernel.api.read_file("/v/f") == b"after"
+    kernel.close()
