@@ -525,7 +525,8 @@ class FarmOperations(pyfuse3.Operations):
             ahead.drop()
 
     @fuse_errors
-    async def read(self, fh: int, off: int, size: int) -> bytes:
+    async def read(  # type: ignore[override]  # pyfuse3 replies from any buffer
+            self, fh: int, off: int, size: int) -> bytes | memoryview:
         ino = self.handles[fh]
         await self._drain(ino)
         return await self._ahead(ino).read(off, size)

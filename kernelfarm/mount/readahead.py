@@ -32,7 +32,9 @@ class ReadAhead:
         self._next = 0          # where the next read starts if reading is sequential
         self._end: int | None = None  # first block past the end of the file, once seen
 
-    async def read(self, offset: int, size: int) -> bytes:
+    async def read(self, offset: int, size: int) -> bytes | memoryview:
+        """``size`` bytes at ``offset`` (fewer at the end of the file); a slice of a block
+        is a view of it, which pyfuse3 copies straight into its reply."""
         first, last = offset // self._block, (offset + size - 1) // self._block
         sequential = offset == self._next or first in self._blocks
         self._next = offset + size
@@ -57,8 +59,9 @@ class ReadAhead:
             if len(part) < self._block:
                 self._end = index + 1
         start = offset - first * self._block
-        data = parts[0] if len(parts) == 1 else b"".join(parts)
-        return data[start:start + size]
+        if len(parts) == 1:  # the kernel's reads never straddle a block: no copy
+            return memoryview(parts[0])[start:start + size]
+        return b"".join(parts)[start:start + size]
 
     def drop(self) -> None:
         """Forget every block: the file changed."""

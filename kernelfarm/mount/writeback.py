@@ -13,7 +13,10 @@ file's data on the farm call it.  A failed chunk's error is reported once, by th
 A file made by a create not waited for (:meth:`WriteBehind.lead`) gets its writes right
 behind the ``fs.create``, on the same connection, so the kernel serves them in order; if a
 retry let a write or change overtake the create (refused ``ENOENT``), it is sent again
-once the create is in.  The create's failure is reported as a write's.
+once the create is in.  The create's failure is reported as a write's.  The create waits
+for the file's first write or change to leave (or its ``drain``, or ``hold_s``): a small
+file's create, write and close then leave in one system call and come back in one reply
+batch, one wake-up of each side instead of two.
 
 A change of the file's mode or mtime made while it is open goes the same way (``then``):
 sent at once, right behind the writes, and waited for by ``drain``.  An mtime must land
@@ -28,6 +31,9 @@ import asyncio
 from typing import Any, Awaitable, Callable
 
 Send = Callable[[int, bytes | bytearray], Awaitable[object]]
+
+HOLD_S = 0.005
+"""How long a create not waited for may wait for the file's first write to go with it."""
 
 
 class InflightBudget:
@@ -53,7 +59,8 @@ class InflightBudget:
 class WriteBehind:
     """The pending writes of one file (one inode of the mount)."""
 
-    def __init__(self, send: Send, budget: InflightBudget, chunk_bytes: int) -> None:
+    def __init__(self, send: Send, budget: InflightBudget, chunk_bytes: int,
+                 hold_s: float = HOLD_S) -> None:
         self._send = send
         self._budget = budget
         self._chunk = chunk_bytes
@@ -65,11 +72,15 @@ class WriteBehind:
         self._calls: list[asyncio.Task[Any]] = []   # the create, changes sent by ``then``
         self._ordered: asyncio.Task[None] | None = None  # the last ordered one
         self._lead: asyncio.Task[bool] | None = None  # the create, until answered
+        self._held: Callable[[], Awaitable[object]] | None = None  # the create, not sent
+        self._hold_s = hold_s
+        self._hold_timer: asyncio.TimerHandle | None = None
         self._error: Exception | None = None
 
     @property
     def idle(self) -> bool:
-        return not self._buffer and not self._inflight and not self._calls
+        return not self._buffer and not self._inflight and not self._calls \
+            and self._held is None
 
     def end(self) -> int:
         """One past the last byte written but perhaps not on the farm yet (0 if none)."""
@@ -94,8 +105,21 @@ class WriteBehind:
             await self._send_buffer()
 
     def lead(self, create: Callable[[], Awaitable[object]]) -> None:
-        """Send ``create`` now, ahead of every write and change of the file, without
-        waiting for it; ``drain`` waits for it and reports its failure."""
+        """Send ``create`` ahead of every write and change of the file, with the first of
+        them (at the latest after ``hold_s``), without waiting for it; ``drain`` waits
+        for it and reports its failure."""
+        self._held = create
+        self._hold_timer = asyncio.get_running_loop().call_later(self._hold_s, self._send_lead)
+
+    def _send_lead(self) -> None:
+        """Put the held create on its way (its task sends it in its first step, so ahead
+        of the writes whose tasks start after it)."""
+        create, self._held = self._held, None
+        if create is None:
+            return
+        if self._hold_timer is not None:
+            self._hold_timer.cancel()
+            self._hold_timer = None
         task = asyncio.ensure_future(self._leading(create))
         self._lead = task
         self._calls.append(task)
@@ -127,6 +151,7 @@ class WriteBehind:
     def then(self, change: Callable[[], Awaitable[object]], ordered: bool) -> None:
         """Send ``change`` behind the writes so far without waiting for it; ``ordered``:
         it must be served after them (a ``utime``), and after the previous ordered one."""
+        self._send_lead()
         task = asyncio.ensure_future(self._follow(change, ordered, self._ordered))
         self._calls.append(task)
         task.add_done_callback(self._calls.remove)
@@ -156,6 +181,7 @@ class WriteBehind:
         """Send the buffer and wait until every write and change of this file was
         answered; a failed one's error stays for the next ``write``, ``flush`` or
         ``fsync``."""
+        self._send_lead()
         await self._send_buffer()
         while self._inflight or self._calls:
             await asyncio.wait([task for _, _, task in self._inflight] + self._calls)
@@ -177,6 +203,7 @@ class WriteBehind:
 
     async def _put(self, start: int, data: bytes | bytearray) -> None:
         """Put one chunk on its way (``start`` is its offset in the file)."""
+        self._send_lead()
         stop = start + len(data)
         await self._budget.take(len(data))
         before = [task for first, last, task in self._inflight if first < stop and start < last]

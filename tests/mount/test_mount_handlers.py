@@ -300,6 +300,13 @@ async def test_a_create_of_a_name_known_missing_is_not_waited_for(client: aio.Cl
     await ops.flush(info.fh)
     await ops.release(info.fh)
     assert await client.fs.read_file("/h-behind/d/g") == b"mine"
+    # A create waits for the file's first write to go with it, but not for long: a file
+    # opened and left so shows on the farm all the same.
+    info, _ = await ops.create(made.st_ino, b"quiet", 0o644, CREATE, None)
+    async with asyncio.timeout(10):
+        while "quiet" not in await client.fs.listdir("/h-behind/d"):
+            await asyncio.sleep(0.01)
+    await ops.release(info.fh)
     # O_EXCL is always the farm's to judge, before open returns.
     counting.held["create"] = asyncio.Event()
     creating = asyncio.ensure_future(
