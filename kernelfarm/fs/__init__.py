@@ -3,10 +3,10 @@
 A volume is the first component of a path (``/alice/src/a.c`` lives in volume ``alice``) and
 the partition key: a volume lives whole in the kernel that owns its hash slot.  The parts:
 :mod:`.paths` (parsing and refusing hostile paths), :mod:`.tree` (the in-memory namespace),
-:mod:`.sparse` (file content with holes), :mod:`.journal`, :mod:`.snapshot` and
-:mod:`.snapshotter` (durability), :mod:`.volume` (tree + journal), :mod:`.store` (the
-on-disk layout) and :mod:`.subsystem` (the RPC methods).  The
-``client.fs`` API is client code: :mod:`kernelfarm.client`.
+:mod:`.sparse` (file content with holes), :mod:`.chunks` (file content as streamed),
+:mod:`.journal`, :mod:`.snapshot` and :mod:`.snapshotter` (durability), :mod:`.volume`
+(tree + journal), :mod:`.store` (the on-disk layout) and :mod:`.subsystem` (the RPC
+methods).  The ``client.fs`` API is client code: :mod:`kernelfarm.client`.
 
 Durability against power loss
 -----------------------------

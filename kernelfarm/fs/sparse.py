@@ -55,18 +55,20 @@ class Sparse:
             yield offset, bytes(self.blocks[index][:self.size - offset])
 
     def read(self, offset: int, length: int) -> bytes:
+        """The bytes, copied once (joined from views of the blocks, zeros for holes)."""
         end = min(self.size, offset + length)
         if offset >= end:
             return b""
-        out = bytearray(end - offset)
         block = self.block
+        pieces: list[bytes | memoryview] = []
         for index in range(offset // block, (end - 1) // block + 1):
+            lo, hi = max(offset, index * block), min(end, (index + 1) * block)
             data = self.blocks.get(index)
             if data is None:
-                continue
-            lo, hi = max(offset, index * block), min(end, (index + 1) * block)
-            out[lo - offset:hi - offset] = data[lo - index * block:hi - index * block]
-        return bytes(out)
+                pieces.append(bytes(hi - lo))
+            else:
+                pieces.append(memoryview(data)[lo - index * block:hi - index * block])
+        return b"".join(pieces)
 
     def write(self, offset: int, data: bytes | bytearray) -> None:
         block, end = self.block, offset + len(data)

@@ -29,6 +29,7 @@ from dataclasses import dataclass
 from typing import Any, cast
 
 from kernelfarm.errors import MessageTooBig, posix
+from kernelfarm.fs.chunks import BIG, Chunks
 from kernelfarm.fs.sparse import Sparse
 
 ROOT_INO = 1
@@ -57,9 +58,10 @@ class File(Inode):
     __slots__ = ("data",)
 
     def __init__(self, ino: int, perm: int, now: int,
-                 data: bytes | bytearray | Sparse) -> None:
+                 data: bytes | bytearray | Sparse | Chunks) -> None:
         super().__init__(ino, perm, now)
         # bytes until the first in-place change: write_file then read_file copies nothing;
+        # Chunks while it grows by big appends (a stream), bytearray after other changes;
         # Sparse once a change leaves a hole (truncate or pwrite past the end).
         self.data = data
 
@@ -204,7 +206,10 @@ class Tree:
         data = cast(File, node).data  # neither dir nor symlink
         self._fits(comps, max(0, min(size, len(data) - offset)), max_bytes)
         # Slicing clamps to the data: a huge size allocates only what the file holds.
-        return bytes(data[offset:offset + size])
+        # One copy: a bytearray's slice would be one, and bytes() of it another.
+        if isinstance(data, bytearray):
+            return bytes(memoryview(data)[offset:offset + size])
+        return data[offset:offset + size]
 
     def _fits(self, comps: tuple[str, ...], size: int, max_bytes: int) -> None:
         if size > max_bytes:
@@ -288,14 +293,22 @@ class Tree:
         end = offset + len(data)
         self._check_size(comps, old, max(old, end))
         buf = node.data
-        if offset > old and not isinstance(buf, Sparse):
-            buf = node.data = Sparse.from_bytes(buf)  # a hole: never zeros in memory
-        if isinstance(buf, Sparse):
-            buf.write(offset, data)
+        if offset == old and (isinstance(buf, Chunks) or len(data) >= BIG
+                              and not isinstance(buf, Sparse)):
+            if not isinstance(buf, Chunks):
+                buf = node.data = Chunks([buf])
+            buf.append(data)  # an append of a stream: kept, not copied
         else:
-            if not isinstance(buf, bytearray):
-                buf = node.data = bytearray(buf)
-            buf[offset:end] = data
+            if isinstance(buf, Chunks):
+                buf = node.data = buf.joined()
+            if offset > old and not isinstance(buf, Sparse):
+                buf = node.data = Sparse.from_bytes(buf)  # a hole: never zeros in memory
+            if isinstance(buf, Sparse):
+                buf.write(offset, data)
+            else:
+                if not isinstance(buf, bytearray):
+                    buf = node.data = bytearray(buf)
+                buf[offset:end] = data
         self.bytes_used += len(buf) - old
         self._touch(node, now)
         return len(data)
@@ -309,6 +322,8 @@ class Tree:
             return  # POSIX: times move only when the size changes
         self._check_size(comps, old, size)
         buf = node.data
+        if isinstance(buf, Chunks):
+            buf = buf.joined()
         if isinstance(buf, Sparse):
             buf.truncate(size)
         elif size < old:

@@ -48,6 +48,27 @@ _encode = msgspec.msgpack.Encoder().encode
 """Journal records: msgpack, as :func:`.journal.read_records` reads them (msgspec encodes
 a record in about half the time msgpack's Packer takes)."""
 
+DATA_ARG = {WRITE_FILE: 1, PWRITE: 2}
+"""Where the file data is among the args of the records that carry it."""
+BY_REFERENCE = 64 * 1024
+"""Data at least this big is journaled by reference (:func:`spliced`), not copied into
+the encoded record and again into the journal's buffer."""
+
+
+def spliced(kind: int, args: tuple[Any, ...], at: int) -> tuple[bytes, bytes]:
+    """The msgpack of record ``(kind, *args)`` before and after its data ``args[at]``
+    (the data itself goes to the journal as it is).
+
+    The same object as :func:`_encode` gives, except that the data is a ``bin 32`` even
+    when a shorter header would do (every msgpack reader takes it; data journaled by
+    reference is over 64 KiB, which needs ``bin 32`` anyway).
+    """
+    head = _encode((kind, *args[:at]))
+    tail = _encode(args[at + 1:])
+    count = len(args) + 1  # fewer than 16: a fixarray, one byte of header
+    data_header = b"\xc6" + len(args[at]).to_bytes(4, "big")
+    return bytes([0x90 | count]) + head[1:] + data_header, tail[1:]
+
 
 def replay(tree: Tree, record: Any) -> None:
     CHANGES[record[0]](tree, *record[1:])
@@ -239,6 +260,12 @@ class Volume:
         if self.read_only is not None:
             self.check_writable()
         self.stats.clear()  # any change may change any stat of the volume
+        at = DATA_ARG.get(kind)
+        if at is not None and len(args[at]) >= BY_REFERENCE:
+            head, tail = spliced(kind, args, at)
+            result = CHANGES[kind](self.tree, *args)
+            self.journal.append_parts(head, args[at], tail)
+            return result
         payload = _encode((kind, *args))
         result = CHANGES[kind](self.tree, *args)
         self.journal.append(payload)

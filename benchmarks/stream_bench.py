@@ -1,0 +1,172 @@
+"""A file streamed through one kernel with the asyncio client alone (no FUSE): MB/s and CPU.
+
+What ``kernelfarm mount``'s seq-write and seq-read rows are bound by (issue 12): the
+mount sends a program's stream as 1 MiB ``fs.pwrite`` calls, many in flight, and reads
+ahead with 1 MiB ``fs.pread`` calls.  This script does the same with no FUSE in between:
+
+- pwrite: ``--size-mib`` MiB written to a new file as 1 MiB ``fs.pwrite`` calls at
+  growing offsets, ``--inflight`` calls in flight (one pipelined connection), then one
+  ``fs.fsync`` (so every policy ends with the data durable);
+- pread: the same file read back in 1 MiB ``fs.pread`` calls, as many in flight.
+
+A farm of one kernel on a fresh data dir per fsync policy, ``max_file_bytes`` and the
+quota raised to fit the file and ``snapshot_journal_bytes`` past the run's writes (a
+snapshot rewrites the volume: restart time, not throughput).  The kernel's CPU time (user
++ system, psutil) over each phase is divided by the MiB moved: on a busy machine CPU per
+MiB is steadier than MB/s.  Best of ``--repeat`` rounds (each a new file).
+
+    python benchmarks/stream_bench.py [--size-mib 256] [--inflight 16] [--repeat 3]
+                                      [--fsync never,always] [--out DIR]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import os
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator
+
+import psutil
+import uvloop
+from rich.console import Console
+from rich.table import Table
+
+import kernelfarm.aio
+from kernelfarm.auth.tokens import admin_token_of
+from kernelfarm.bench.runner import machine
+from kernelfarm.supervisor import launch
+
+RESULTS_DIR = Path(__file__).resolve().parent / "results"
+MIB = 1024 * 1024
+
+
+@dataclass(frozen=True)
+class Farm:
+    control: tuple[str, int]
+    token: str
+    kernel: psutil.Process
+
+    def client(self) -> kernelfarm.aio.Client:
+        return kernelfarm.aio.Client(self.control, token=self.token)
+
+
+@contextlib.contextmanager
+def farm(scratch: Path, fsync: str, size: int) -> Iterator[Farm]:
+    """A one-kernel farm on a fresh data dir."""
+    config = scratch / "farm.toml"
+    config.write_text(f'[fs]\nfsync = "{fsync}"\nmax_file_bytes = {size}\n'
+                      f"volume_quota_bytes = {size * 8}\n"
+                      f"snapshot_journal_bytes = {size * 16}\n")
+    log = scratch / "farm.log"
+    proc = launch.spawn(["--data-dir", str(scratch / "data"), "--config", str(config),
+                         "--kernels", "1", "--control", "127.0.0.1:0"], log_path=log)
+    try:
+        ready = launch.wait_ready(proc, log)
+        (kernel,) = psutil.Process(proc.pid).children()
+        yield Farm((ready["control"][0], int(ready["control"][1])),
+                   admin_token_of(scratch / "data"), kernel)
+    finally:
+        launch.stop(proc)
+
+
+async def pipelined(calls: Iterator[Any], inflight: int) -> None:
+    """Await every call of ``calls`` with at most ``inflight`` in flight."""
+    running: set[asyncio.Future[Any]] = set()
+    for call in calls:
+        running.add(asyncio.ensure_future(call))
+        if len(running) >= inflight:
+            done, running = await asyncio.wait(running, return_when=asyncio.FIRST_COMPLETED)
+            for future in done:
+                future.result()
+    for future in running:
+        await future
+
+
+async def one_round(target: Farm, path: str, size: int, inflight: int) -> dict[str, float]:
+    chunk = os.urandom(MIB)
+    count = size // MIB
+    kernel = target.kernel
+    async with target.client() as client:
+        await client.fs.write_file(path, b"")
+        cpu, started = kernel.cpu_times(), time.perf_counter()
+        await pipelined((client.fs.pwrite(path, n * MIB, chunk) for n in range(count)),
+                        inflight)
+        await client.fs.fsync(path)
+        write_s, write_cpu = time.perf_counter() - started, cpu_since(kernel, cpu)
+        cpu, started = kernel.cpu_times(), time.perf_counter()
+        sizes: list[int] = []
+
+        async def read(offset: int) -> None:
+            sizes.append(len(await client.fs.pread(path, offset, MIB)))
+
+        await pipelined((read(n * MIB) for n in range(count)), inflight)
+        read_s, read_cpu = time.perf_counter() - started, cpu_since(kernel, cpu)
+        assert sum(sizes) == size, (sum(sizes), size)
+        await client.fs.unlink(path)
+    mib = size / MIB
+    return {"pwrite_mb_s": mib / write_s, "pwrite_cpu_ms_per_mib": write_cpu * 1000 / mib,
+            "pread_mb_s": mib / read_s, "pread_cpu_ms_per_mib": read_cpu * 1000 / mib}
+
+
+def cpu_since(process: psutil.Process, before: Any) -> float:
+    now = process.cpu_times()
+    return float(now.user - before.user + now.system - before.system)
+
+
+def run(policy: str, args: argparse.Namespace) -> dict[str, Any]:
+    size = args.size_mib * MIB
+    rounds = []
+    with tempfile.TemporaryDirectory(prefix="kernelfarm-stream-") as scratch_dir, \
+            farm(Path(scratch_dir), policy, size) as target:
+
+        async def main() -> None:
+            async with target.client() as client:
+                await client.fs.mkdir("/stream")
+            for n in range(args.repeat):
+                rounds.append(await one_round(target, f"/stream/f{n}", size, args.inflight))
+
+        uvloop.run(main())
+    best = {"pwrite_mb_s": max(r["pwrite_mb_s"] for r in rounds),
+            "pread_mb_s": max(r["pread_mb_s"] for r in rounds),
+            "pwrite_cpu_ms_per_mib": min(r["pwrite_cpu_ms_per_mib"] for r in rounds),
+            "pread_cpu_ms_per_mib": min(r["pread_cpu_ms_per_mib"] for r in rounds)}
+    return {"fsync": policy, "rounds": rounds, "best": best}
+
+
+def table(results: list[dict[str, Any]]) -> Table:
+    out = Table(title="1 MiB fs.pwrite / fs.pread through one kernel (asyncio client)")
+    for column in ("fsync", "pwrite MB/s", "pwrite CPU ms/MiB", "pread MB/s",
+                   "pread CPU ms/MiB"):
+        out.add_column(column, justify="right")
+    for result in results:
+        best = result["best"]
+        out.add_row(result["fsync"], f"{best['pwrite_mb_s']:.0f}",
+                    f"{best['pwrite_cpu_ms_per_mib']:.2f}", f"{best['pread_mb_s']:.0f}",
+                    f"{best['pread_cpu_ms_per_mib']:.2f}")
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--size-mib", type=int, default=256)
+    parser.add_argument("--inflight", type=int, default=16)
+    parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--fsync", default="never,always")
+    parser.add_argument("--out", type=Path, default=RESULTS_DIR)
+    args = parser.parse_args()
+    results = [run(policy, args) for policy in args.fsync.split(",")]
+    Console().print(table(results))
+    args.out.mkdir(parents=True, exist_ok=True)
+    report = {"machine": machine(), "size_mib": args.size_mib, "inflight": args.inflight,
+              "repeat": args.repeat, "results": results}
+    (args.out / "stream_bench.json").write_text(json.dumps(report, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()
