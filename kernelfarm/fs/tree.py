@@ -322,14 +322,13 @@ class Tree:
             return  # POSIX: times move only when the size changes
         self._check_size(comps, old, size)
         buf = node.data
-        if isinstance(buf, Chunks):
-            buf = buf.joined()
         if isinstance(buf, Sparse):
             buf.truncate(size)
         elif size < old:
-            node.data = buf[:size]
-        else:
-            sparse = node.data = Sparse.from_bytes(buf)  # a hole: never zeros in memory
+            node.data = buf[:size]  # a copy of what is kept only (O_TRUNC: nothing)
+        else:  # a hole: never zeros in memory
+            sparse = node.data = Sparse.from_bytes(
+                buf.joined() if isinstance(buf, Chunks) else buf)
             sparse.truncate(size)
         self.bytes_used += size - old
         self._touch(node, now)

@@ -96,7 +96,8 @@ def test_a_streamed_file_reads_back_and_survives_restarts(tmp_path: Path) -> Non
     kernel.close()
 
 
-@pytest.mark.parametrize("change", ["overwrite", "grow with a hole", "cut", "extend"])
+@pytest.mark.parametrize("change", ["overwrite", "grow with a hole", "cut", "cut to 0",
+                                    "extend"])
 def test_any_other_change_of_a_streamed_file_is_exact(tmp_path: Path, change: str) -> None:
     kernel = FakeKernel(tmp_path)
     kernel.api.mkdir("/v")
@@ -110,6 +111,10 @@ def test_any_other_change_of_a_streamed_file_is_exact(tmp_path: Path, change: st
     elif change == "cut":
         kernel.api.truncate("/v/s", BIG + 1)
         del model[BIG + 1:]
+    elif change == "cut to 0":  # O_TRUNC, before the file is written again
+        kernel.api.truncate("/v/s", 0)
+        del model[:]
+        assert node_data(kernel, "/v/s") == b""  # nothing joined for it
     else:
         kernel.api.truncate("/v/s", len(model) + 1000)
         model += bytes(1000)
