@@ -13,16 +13,18 @@ file's data on the farm call it.  A failed chunk's error is reported once, by th
 A file made by a create not waited for (:meth:`WriteBehind.lead`) gets its writes right
 behind the ``fs.create``, on the same connection, so the kernel serves them in order; if a
 retry let a write or change overtake the create (refused ``ENOENT``), it is sent again
-once the create is in.  The create's failure is reported as a write's.  The create waits
-for the file's first write or change to leave (or its ``drain``, or ``hold_s``): a small
-file's create, write and close then leave in one system call and come back in one reply
-batch, one wake-up of each side instead of two.
+once the create is in.  The create's failure is reported as a write's.
 
 A change of the file's mode or mtime made while it is open goes the same way (``then``):
-sent at once, right behind the writes, and waited for by ``drain``.  An mtime must land
-after the writes (each moves it): they are on the same connection, so the kernel serves
-them first, unless a retry reordered them; if a write was answered after the ``utime``,
-it is sent again once every write is in.
+answered at once, sent behind the writes made before it, and waited for by ``drain``.
+An mtime must land after those writes (each moves it): they are on the same connection,
+so the kernel serves them first, unless a retry reordered them; if one was answered after
+the ``utime``, it is sent again once every write is in.
+
+The create and the changes are *held* until the file's next chunk leaves, its ``drain``,
+or ``hold_s`` (then sent in the program's order): a small file's create, write and close,
+or ``cp -a``'s write, ``futimens``, ``fchmod`` and close, leave in one system call and
+come back in one reply batch, one wake-up of each side instead of two or three.
 """
 
 from __future__ import annotations
@@ -50,6 +52,10 @@ class InflightBudget:
                                          or self.used + size <= self.limit)
             self.used += size
 
+    def force(self, size: int) -> None:
+        """Count ``size`` bytes already held in memory, without waiting for room."""
+        self.used += size
+
     async def give(self, size: int) -> None:
         async with self._changed:
             self.used -= size
@@ -73,6 +79,8 @@ class WriteBehind:
         self._ordered: asyncio.Task[None] | None = None  # the last ordered one
         self._lead: asyncio.Task[bool] | None = None  # the create, until answered
         self._held: Callable[[], Awaitable[object]] | None = None  # the create, not sent
+        self._changes: list[tuple[Callable[[], Awaitable[object]], bool,
+                                  tuple[int, bytearray] | None]] = []  # held ``then``s
         self._hold_s = hold_s
         self._hold_timer: asyncio.TimerHandle | None = None
         self._error: Exception | None = None
@@ -80,11 +88,14 @@ class WriteBehind:
     @property
     def idle(self) -> bool:
         return not self._buffer and not self._inflight and not self._calls \
-            and self._held is None
+            and self._held is None and not self._changes
 
     def end(self) -> int:
         """One past the last byte written but perhaps not on the farm yet (0 if none)."""
         ends = [stop for _, stop, _ in self._inflight]
+        for _, _, sealed in self._changes:
+            if sealed is not None:
+                ends.append(sealed[0] + len(sealed[1]))
         if self._buffer:
             ends.append(self._offset + len(self._buffer))
         return max(ends, default=0)
@@ -109,19 +120,37 @@ class WriteBehind:
         them (at the latest after ``hold_s``), without waiting for it; ``drain`` waits
         for it and reports its failure."""
         self._held = create
-        self._hold_timer = asyncio.get_running_loop().call_later(self._hold_s, self._send_lead)
+        self._hold()
 
-    def _send_lead(self) -> None:
-        """Put the held create on its way (its task sends it in its first step, so ahead
-        of the writes whose tasks start after it)."""
-        create, self._held = self._held, None
-        if create is None:
-            return
+    def _hold(self) -> None:
+        if self._hold_timer is None:
+            self._hold_timer = asyncio.get_running_loop().call_later(
+                self._hold_s, self._release)
+
+    def _release(self) -> None:
+        """Put what is held on its way, in the program's order: the create, then each
+        change behind the writes made before it.  Each task sends its call in its first
+        step, so in the order the tasks are made here, all in one system call."""
         if self._hold_timer is not None:
             self._hold_timer.cancel()
             self._hold_timer = None
-        task = asyncio.ensure_future(self._leading(create))
-        self._lead = task
+        create, self._held = self._held, None
+        if create is not None:
+            lead = self._lead = asyncio.ensure_future(self._leading(create))
+            self._track(lead)
+        changes, self._changes = self._changes, []
+        for change, ordered, sealed in changes:
+            if sealed is not None:
+                self._budget.force(len(sealed[1]))
+                self._launch(*sealed)
+            task = asyncio.ensure_future(self._follow(
+                change, ordered, self._ordered if ordered else None,
+                frozenset(self._unanswered)))
+            self._track(task)
+            if ordered:
+                self._ordered = task
+
+    def _track(self, task: asyncio.Task[Any]) -> None:
         self._calls.append(task)
         task.add_done_callback(self._calls.remove)
 
@@ -149,23 +178,24 @@ class WriteBehind:
             await call()
 
     def then(self, change: Callable[[], Awaitable[object]], ordered: bool) -> None:
-        """Send ``change`` behind the writes so far without waiting for it; ``ordered``:
-        it must be served after them (a ``utime``), and after the previous ordered one."""
-        self._send_lead()
-        task = asyncio.ensure_future(self._follow(change, ordered, self._ordered))
-        self._calls.append(task)
-        task.add_done_callback(self._calls.remove)
-        if ordered:
-            self._ordered = task
+        """Send ``change`` behind the writes so far without waiting for it, with the
+        file's next write or its drain (at the latest after ``hold_s``): ``cp -a``'s
+        ``futimens`` and ``fchmod`` leave with the data at ``close``, in one system
+        call.  ``ordered``: it must be served after the writes made before it (a
+        ``utime``), and after the previous ordered one."""
+        sealed = None
+        if self._buffer:  # written before the change: sent ahead of it
+            sealed = (self._offset, self._buffer)
+            self._buffer = bytearray()
+        self._changes.append((change, ordered, sealed))
+        self._hold()
 
     async def _follow(self, change: Callable[[], Awaitable[object]], ordered: bool,
-                      previous: asyncio.Task[None] | None) -> None:
+                      previous: asyncio.Task[None] | None, writes: frozenset[int]) -> None:
+        """``writes``: the writes made before the change and not answered yet."""
         try:
             if previous is not None:
                 await asyncio.wait([previous])
-            await self._send_buffer()
-            await asyncio.sleep(0)  # the chunks' tasks send them first: one loop turn
-            writes = frozenset(self._unanswered)
             await self._behind_lead(change)
             if ordered and writes & self._unanswered:  # checked in the step of its answer
                 await self._writes_in()
@@ -181,7 +211,7 @@ class WriteBehind:
         """Send the buffer and wait until every write and change of this file was
         answered; a failed one's error stays for the next ``write``, ``flush`` or
         ``fsync``."""
-        self._send_lead()
+        self._release()
         await self._send_buffer()
         while self._inflight or self._calls:
             await asyncio.wait([task for _, _, task in self._inflight] + self._calls)
@@ -202,10 +232,15 @@ class WriteBehind:
             await self._put(self._offset, data)
 
     async def _put(self, start: int, data: bytes | bytearray) -> None:
-        """Put one chunk on its way (``start`` is its offset in the file)."""
-        self._send_lead()
-        stop = start + len(data)
+        """Put one chunk on its way (``start`` is its offset in the file), behind what
+        is held."""
+        self._release()
         await self._budget.take(len(data))
+        self._launch(start, data)
+
+    def _launch(self, start: int, data: bytes | bytearray) -> None:
+        """Start sending a chunk whose bytes the budget counts already."""
+        stop = start + len(data)
         before = [task for first, last, task in self._inflight if first < stop and start < last]
         self._tickets += 1
         self._unanswered.add(self._tickets)

@@ -1,0 +1,71 @@
+"""Write-behind alone (:mod:`kernelfarm.mount.writeback`), with a recording farm: what is
+held until ``close`` and in which order it leaves."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Awaitable, Callable
+
+import pytest
+
+from kernelfarm.mount.writeback import InflightBudget, WriteBehind
+
+
+class Recorder:
+    """Each call the farm gets, with the loop turn it was sent in."""
+
+    def __init__(self) -> None:
+        self.sent: list[tuple[int, str]] = []
+        self.turn = 0
+
+    async def tick(self) -> None:
+        """Count loop turns while the test runs."""
+        while True:
+            await asyncio.sleep(0)
+            self.turn += 1
+
+    def call(self, what: str) -> Callable[[], Awaitable[object]]:
+        async def send() -> None:
+            self.sent.append((self.turn, what))
+            await asyncio.sleep(0)
+        return send
+
+    async def pwrite(self, offset: int, data: bytes | bytearray) -> int:
+        await self.call(f"pwrite {offset} {bytes(data)!r}")()
+        return len(data)
+
+
+@pytest.mark.asyncio
+async def test_changes_wait_for_close_and_leave_with_the_data_in_program_order() -> None:
+    farm = Recorder()
+    ticking = asyncio.ensure_future(farm.tick())
+    try:
+        behind = WriteBehind(farm.pwrite, InflightBudget(1 << 20), 1 << 20, hold_s=60)
+        behind.lead(farm.call("create"))
+        await behind.write(0, b"old")
+        behind.then(farm.call("utime"), ordered=True)   # futimens: after "old"
+        await behind.write(0, b"new")                     # the same bytes again
+        behind.then(farm.call("chmod"), ordered=False)
+        for _ in range(10):
+            await asyncio.sleep(0)
+        assert farm.sent == [] and not behind.idle        # held until close
+        assert behind.end() == 3
+        await behind.drain()
+        order = [what for _, what in farm.sent]
+        assert order == ["create", "pwrite 0 b'old'", "utime", "chmod", "pwrite 0 b'new'"]
+        # All but the rewrite, which waits for the first write's answer, leave in one turn.
+        assert len({turn for turn, what in farm.sent if what != "pwrite 0 b'new'"}) == 1
+    finally:
+        ticking.cancel()
+
+
+@pytest.mark.asyncio
+async def test_what_is_held_leaves_on_its_own_after_hold_s() -> None:
+    farm = Recorder()
+    behind = WriteBehind(farm.pwrite, InflightBudget(1 << 20), 1 << 20, hold_s=0.01)
+    behind.then(farm.call("chmod"), ordered=False)
+    async with asyncio.timeout(10):
+        while not farm.sent:
+            await asyncio.sleep(0.005)
+    assert [what for _, what in farm.sent] == ["chmod"]
+    await behind.drain()
