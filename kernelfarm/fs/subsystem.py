@@ -39,8 +39,8 @@ from kernelfarm.fs.paths import parse, remembered, routing_key
 from kernelfarm.fs.snapshotter import Snapshotter
 from kernelfarm.fs.tree import FILE_PERM, Dir, File, Limits, Tree, stat_of
 from kernelfarm.fs.volume import (
-    CHMOD, MKDIR, PWRITE, RENAME, RMDIR, SYMLINK, TRUNCATE, UNLINK, UTIME, WRITE_FILE,
-    Volume, find_name,
+    BY_REFERENCE, CHMOD, MKDIR, PWRITE, RENAME, RMDIR, SYMLINK, TRUNCATE, UNLINK, UTIME,
+    WRITE_FILE, Volume, find_name,
 )
 from kernelfarm.kernel.subsystem import KernelContext, Method, Subsystem
 from kernelfarm.partition import key_slot
@@ -435,7 +435,10 @@ class FsSubsystem(Subsystem):
         space = self._space
         if not space.try_take(RECORD_OVERHEAD + size):
             raise space.full()
-        result = volume.change(kind, *args)
+        if size < BY_REFERENCE:
+            result = volume.change(kind, *args)
+        else:
+            result = volume.change_data(kind, *args)
         if not self._flush_requested or volume not in self._dirty:
             self._changed(volume)
         return result

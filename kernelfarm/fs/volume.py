@@ -260,15 +260,21 @@ class Volume:
         if self.read_only is not None:
             self.check_writable()
         self.stats.clear()  # any change may change any stat of the volume
-        at = DATA_ARG.get(kind)
-        if at is not None and len(args[at]) >= BY_REFERENCE:
-            head, tail = spliced(kind, args, at)
-            result = CHANGES[kind](self.tree, *args)
-            self.journal.append_parts(head, args[at], tail)
-            return result
         payload = _encode((kind, *args))
         result = CHANGES[kind](self.tree, *args)
         self.journal.append(payload)
+        return result
+
+    def change_data(self, kind: int, *args: Any) -> Any:
+        """:meth:`change` for a record that carries file data of ``BY_REFERENCE`` bytes
+        or more: the data is journaled by reference (:func:`spliced`)."""
+        if self.read_only is not None:
+            self.check_writable()
+        self.stats.clear()
+        at = DATA_ARG[kind]
+        head, tail = spliced(kind, args, at)
+        result = CHANGES[kind](self.tree, *args)
+        self.journal.append_parts(head, args[at], tail)
         return result
 
     def flush(self, fsync: bool) -> None:

@@ -81,6 +81,8 @@ def test_a_streamed_file_reads_back_and_survives_restarts(tmp_path: Path) -> Non
     kernel.api.mkdir("/v")
     model = stream(kernel, "/v/s", [100 * KIB, 300 * KIB, 10, 17, 200 * KIB, 3])
     assert isinstance(node_data(kernel, "/v/s"), Chunks)
+    whole = os.urandom(BY_REFERENCE + 1)
+    kernel.api.write_file("/v/w", whole)  # journaled by reference too
     for offset, length in [(0, len(model)), (99 * KIB, 5 * KIB), (400 * KIB - 5, 40),
                            (len(model) - 7, 100), (len(model), 10)]:
         assert kernel.api.pread("/v/s", offset, length) == bytes(model[offset:offset + length])
@@ -88,6 +90,7 @@ def test_a_streamed_file_reads_back_and_survives_restarts(tmp_path: Path) -> Non
     kernel.close()
     kernel.start()  # replays the records journaled by reference
     assert kernel.api.read_file("/v/s") == bytes(model)
+    assert kernel.api.read_file("/v/w") == whole
     assert kernel.api.stat("/v/s")["size"] == len(model)
     kernel.fs.volumes["v"].snapshot()
     kernel.close()
