@@ -21,7 +21,7 @@ from kernelfarm.errors import (
 )
 from kernelfarm.rpc.protocol import (
     CLIENT_MAX_MESSAGE, ERROR_NOTIFICATION, MSGID_MAX, Notification, Response, RpcStream,
-    encode_request,
+    encode_request_parts,
 )
 
 
@@ -31,7 +31,7 @@ class RpcClientConnection(asyncio.Protocol):
         self._pending: dict[int, asyncio.Future[Any]] = {}
         self._next_id = 0
         self._failure: Exception | None = None
-        self._corked: list[bytes] = []  # requests of this loop turn, not written yet
+        self._corked: list[bytes | bytearray] = []  # this turn's requests, not written yet
         self.transport: asyncio.Transport | None = None
 
     @property
@@ -92,9 +92,9 @@ class RpcClientConnection(asyncio.Protocol):
         self._next_id = (msgid + 1) & MSGID_MAX
         self._pending[msgid] = future
         corked = self._corked
-        corked.append(encode_request(msgid, method, params))
-        if len(corked) == 1:
+        if not corked:
             loop.call_soon(self._uncork)
+        corked += encode_request_parts(msgid, method, params)
         return future
 
     def _uncork(self) -> None:

@@ -151,6 +151,22 @@ def encode_request(msgid: int, method: str, params: list[Any] | tuple[Any, ...])
     return data
 
 
+GATHER_BYTES = 64 * 1024
+"""A request's last parameter of this many bytes or more is never copied into it."""
+
+
+def encode_request_parts(msgid: int, method: str, params: list[Any] | tuple[Any, ...]
+                         ) -> list[bytes | bytearray]:
+    """:func:`encode_request`'s bytes in parts, for a ``writev``: a big ``bytes`` last
+    parameter (a 1 MiB ``fs.pwrite``) is a part of its own, after its ``bin 32`` header,
+    instead of being copied into the message."""
+    data = params[-1] if params else None
+    if not isinstance(data, (bytes, bytearray)) or len(data) < GATHER_BYTES:
+        return [encode_request(msgid, method, params)]
+    head = encode_request(msgid, method, [*params[:-1], b""])  # ends in bin 8, length 0
+    return [head[:-2] + b"\xc6" + len(data).to_bytes(4, "big"), data]
+
+
 def encode_response(msgid: int, error: Any, result: Any) -> bytes:
     data: bytes = msgpack.packb([MessageType.RESPONSE, msgid, error, result])
     return data

@@ -9,6 +9,7 @@ import msgpack
 import pytest
 
 from kernelfarm.rpc.client import RpcClientConnection
+from kernelfarm.rpc.protocol import GATHER_BYTES, encode_request, encode_request_parts
 
 
 class RecordingTransport:
@@ -54,3 +55,15 @@ async def test_the_requests_of_one_turn_leave_in_one_write_in_order() -> None:
     conn.close()
     assert [msg[3] for msg in requests_in(transport.writes[-1])] == [[3]]
     assert transport.closed
+
+
+@pytest.mark.parametrize("size", [0, 100, 65535, 65536, 1 << 20])
+def test_a_big_last_parameter_is_written_as_it_is_not_copied(size: int) -> None:
+    data = bytes(range(256)) * (size // 256) + b"x" * (size % 256)
+    params = ["/v/f", 4096, data]
+    parts = encode_request_parts(7, "fs.pwrite", params)
+    assert b"".join(parts) == encode_request(7, "fs.pwrite", params)
+    assert (parts[-1] is data) == (size >= GATHER_BYTES)
+    # A bytearray (the mount's gathered writes) decodes as the same bytes.
+    (request,) = requests_in(encode_request_parts(7, "fs.pwrite", [0, bytearray(data)]))
+    assert request[3] == [0, data]
