@@ -88,8 +88,13 @@ def _table(title: str, shown: list[str], rows: list[dict[str, str]],
 
 
 def title_of(status: dict[str, Any]) -> str:
+    """Mode, epoch, supervisor, and how many modules the kernels run compiled (if any:
+    the optional accelerator, :mod:`kernelfarm.accel`)."""
+    compiled = max((len(row.get("stats", {}).get("compiled", ()))
+                    for row in status["kernels"]), default=0)
     return (f"kernelfarm · {status['mode']} · epoch {status['epoch']} · "
-            f"supervisor pid {status['pid']}")
+            f"supervisor pid {status['pid']}"
+            + (f" · {compiled} modules compiled" if compiled else ""))
 
 
 def render(status: dict[str, Any], width: int = 80) -> Table:

@@ -232,14 +232,17 @@ class FsSubsystem(Subsystem):
         return volume, comps
 
     # -- reads -------------------------------------------------------------------------------
+    # A handler's parameters are what the client sent, unchecked until the handler checks
+    # them, hence ``Any``: compiled (kernelfarm.accel), a ``str`` annotation would refuse
+    # an int path with a TypeError (EIO) before the handler could say EINVAL.
 
-    def listdir(self, path: str) -> list[str]:
+    def listdir(self, path: Any) -> list[str]:
         volume, comps = self._resolve(path)
         if volume is None:
             return sorted(self.volumes)
         return volume.tree.listdir(comps)
 
-    def stat(self, path: str) -> msgspec.Raw | Refusal:
+    def stat(self, path: Any) -> msgspec.Raw | Refusal:
         """The stat map, encoded once and kept by the volume until its next change (a
         stat reply is then a dict lookup and a copy); a missing path is a refusal, not
         an exception."""
@@ -262,13 +265,13 @@ class FsSubsystem(Subsystem):
             stat = stats[path] = msgspec.Raw(_encode(stat_of(node)))
         return stat
 
-    def read_file(self, path: str) -> bytes:
+    def read_file(self, path: Any) -> bytes:
         volume, comps = self._resolve(path)
         if volume is None:
             raise posix(errno.EISDIR, "/")
         return volume.tree.read_file(comps, self._max_reply)
 
-    def pread(self, path: str, offset: int, size: int) -> bytes:
+    def pread(self, path: Any, offset: Any, size: Any) -> bytes:
         _int(offset, "offset")
         _int(size, "size")
         volume, comps = self._resolve(path)
@@ -276,13 +279,13 @@ class FsSubsystem(Subsystem):
             raise posix(errno.EISDIR, "/")
         return volume.tree.pread(comps, offset, size, self._max_reply)
 
-    def readlink(self, path: str) -> str:
+    def readlink(self, path: Any) -> str:
         volume, comps = self._resolve(path)
         if volume is None:
             raise posix(errno.EINVAL, "not a symlink: /")
         return volume.tree.readlink(comps)
 
-    def statfs(self, path: str) -> dict[str, Any]:
+    def statfs(self, path: Any) -> dict[str, Any]:
         """The quota and use of the path's volume; on ``/``, the sums over this kernel's
         volumes (``volumes`` says how many), so a client can add up the whole farm."""
         volume, _ = self._resolve(path)
@@ -292,7 +295,7 @@ class FsSubsystem(Subsystem):
                 "bytes_used": sum(tree.bytes_used for tree in trees),
                 "inodes_used": sum(tree.inodes for tree in trees)}
 
-    def fsync(self, path: str) -> None:
+    def fsync(self, path: Any) -> None:
         """Make every change of the path's volume durable before replying (any policy)."""
         volume, comps = self._resolve(path)
         if volume is None:
@@ -302,7 +305,7 @@ class FsSubsystem(Subsystem):
 
     # -- changes -----------------------------------------------------------------------------
 
-    def mkdir(self, path: str, mode: int = 0o755) -> None:
+    def mkdir(self, path: Any, mode: Any = 0o755) -> None:
         perm = _mode(mode) & 0o1777  # as Linux: mkdir drops setuid/setgid
         name, comps = parse(path)
         if name is None:
@@ -313,7 +316,7 @@ class FsSubsystem(Subsystem):
         volume = self._volume(name, path)
         self._change(volume, 0, MKDIR, comps, perm, volume.tree.next_ino, time_ns())
 
-    def rmdir(self, path: str) -> None:
+    def rmdir(self, path: Any) -> None:
         volume, comps = self._resolve(path)
         if volume is None:
             raise posix(errno.EBUSY, "/")
@@ -322,7 +325,7 @@ class FsSubsystem(Subsystem):
             return
         self._change(volume, 0, RMDIR, comps, time_ns())
 
-    def write_file(self, path: str, data: bytes) -> None:
+    def write_file(self, path: Any, data: Any) -> None:
         if type(data) is not bytes:
             data = _data(data)
         volume, comps = self._resolve_for_create(path)
@@ -330,8 +333,8 @@ class FsSubsystem(Subsystem):
             raise posix(errno.EISDIR, "/")
         self._change(volume, len(data), WRITE_FILE, comps, data, volume.tree.next_ino, time_ns())
 
-    def create(self, path: str, mode: int = FILE_PERM, exclusive: bool = False,
-               truncate: bool = False) -> dict[str, Any]:
+    def create(self, path: Any, mode: Any = FILE_PERM, exclusive: Any = False,
+               truncate: Any = False) -> dict[str, Any]:
         """``open(path, O_CREAT[|O_EXCL][|O_TRUNC], mode)``: make an empty file with
         ``mode``, or leave the file already there as it is (``EEXIST`` if ``exclusive``;
         emptied if ``truncate``); its stat.
@@ -367,7 +370,7 @@ class FsSubsystem(Subsystem):
             self._change(volume, 0, TRUNCATE, comps, 0, time_ns())
         return stat_of(node)
 
-    def pwrite(self, path: str, offset: int, data: bytes) -> int:
+    def pwrite(self, path: Any, offset: Any, data: Any) -> int:
         _int(offset, "offset")
         data = _data(data)
         volume, comps = self._resolve(path)
@@ -376,7 +379,7 @@ class FsSubsystem(Subsystem):
         count: int = self._change(volume, len(data), PWRITE, comps, offset, data, time_ns())
         return count
 
-    def truncate(self, path: str, size: int) -> None:
+    def truncate(self, path: Any, size: Any) -> None:
         if _int(size, "size") < 0:
             raise posix(errno.EINVAL, "negative size")  # before the lookup, as Linux
         volume, comps = self._resolve(path)
@@ -384,13 +387,13 @@ class FsSubsystem(Subsystem):
             raise posix(errno.EISDIR, "/")
         self._change(volume, 0, TRUNCATE, comps, size, time_ns())
 
-    def unlink(self, path: str) -> None:
+    def unlink(self, path: Any) -> None:
         volume, comps = self._resolve(path)
         if volume is None:
             raise posix(errno.EISDIR, "/")
         self._change(volume, 0, UNLINK, comps, time_ns())
 
-    def rename(self, src: str, dst: str) -> None:
+    def rename(self, src: Any, dst: Any) -> None:
         """Within one volume only: another volume, ``/`` or a volume root is ``EXDEV``."""
         src_name, src_comps = parse(src)
         dst_name, dst_comps = parse(dst)
@@ -400,7 +403,7 @@ class FsSubsystem(Subsystem):
         volume = self._volume(src_name, src)
         self._change(volume, 0, RENAME, src_comps, dst_comps, time_ns())
 
-    def symlink(self, path: str, target: str) -> None:
+    def symlink(self, path: Any, target: Any) -> None:
         """Create the symlink ``path`` holding ``target`` (stored, never followed)."""
         _str(target, "target")
         if not target or "\0" in target:
@@ -412,14 +415,14 @@ class FsSubsystem(Subsystem):
             raise posix(errno.EEXIST, "/")
         self._change(volume, 0, SYMLINK, target, comps, volume.tree.next_ino, time_ns())
 
-    def chmod(self, path: str, mode: int) -> None:
+    def chmod(self, path: Any, mode: Any) -> None:
         perm = _mode(mode) & 0o7777
         volume, comps = self._resolve(path)
         if volume is None:
             raise posix(errno.EPERM, "/ is virtual")
         self._change(volume, 0, CHMOD, comps, perm, time_ns())
 
-    def utime(self, path: str, mtime_ns: int) -> None:
+    def utime(self, path: Any, mtime_ns: Any) -> None:
         """Set the modification time (ctime moves to now, as Linux's utimensat)."""
         if not -INT64 <= _int(mtime_ns, "mtime_ns") < INT64:
             raise posix(errno.EINVAL, "mtime_ns out of range")

@@ -26,7 +26,7 @@ from __future__ import annotations
 import errno
 import stat as statmod
 from dataclasses import dataclass
-from typing import Any, cast
+from typing import Any, Final, cast
 
 from kernelfarm.errors import MessageTooBig, posix
 from kernelfarm.fs.chunks import BIG, Chunks
@@ -84,7 +84,8 @@ class Limits:
 
 UNLIMITED = Limits(2**63, 2**63, 2**63)
 
-FILE_PERM = 0o644  # a new file's mode: open(O_CREAT, 0o666) under the usual umask 022
+# Final: a compiled FsSubsystem.create (kernelfarm.accel) then shows it in its signature.
+FILE_PERM: Final = 0o644  # a new file's mode: open(O_CREAT, 0o666) under the usual umask 022
 
 
 class Tree:

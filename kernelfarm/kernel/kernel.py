@@ -15,12 +15,13 @@ import gc
 import logging
 import time
 from binascii import crc_hqx
-from dataclasses import replace
 from pathlib import Path
 from typing import Any, Callable
 
 import psutil
+from mypy_extensions import mypyc_attr
 
+from kernelfarm.accel import compiled
 from kernelfarm.auth.gate import HELLO, Gate
 from kernelfarm.auth.table import TenantTable
 from kernelfarm.boot import BootInfo
@@ -31,7 +32,7 @@ from kernelfarm.errors import (
 from kernelfarm.kernel.commit import Flush, GroupCommit
 from kernelfarm.kernel.components import SUBSYSTEMS
 from kernelfarm.kernel.params import Params
-from kernelfarm.kernel.subsystem import KeyOf, Method, Subsystem, with_conn_first
+from kernelfarm.kernel.subsystem import KeyOf, Method, Subsystem, scoped_root_listing
 from kernelfarm.partition import NSLOTS, SlotTable
 from kernelfarm.ratelog import RateLimitedLog
 from kernelfarm.rpc.meter import Meter
@@ -61,22 +62,7 @@ key's slot (-1 when the key is ``None``: any kernel serves it)."""
 Wrapper = Callable[[Method], Method]
 
 
-def scoped_root_listing(method: Method) -> Method:
-    """``fs.listdir("/")`` lists only the volumes the caller's tenant is granted."""
-    if method.name != "fs.listdir":
-        return method
-    handler = method.handler
-
-    def listdir(conn: Any, path: Any, *rest: Any) -> Any:
-        names = handler(path, *rest)
-        grants = conn.session.grants
-        if path != "/" or grants is None:
-            return names
-        return [name for name in names if grants.allows("fs.listdir", name)]
-
-    return replace(method, handler=with_conn_first(listdir, handler), wants_conn=True)
-
-
+@mypyc_attr(allow_interpreted_subclasses=True)  # LockedKernel, when this is compiled
 class Kernel:
     """Routes requests to subsystems for owned slots; answers MOVED/TRYAGAIN otherwise.
 
@@ -121,7 +107,7 @@ class Kernel:
         core_methods = [
             Method("kernel.ping", self.ping, None),
             Method("kernel.stats", self.stats, None),
-            Method(HELLO, lambda conn, token: self.gate.hello(conn, token), None,
+            Method(HELLO, self._hello, None,
                    is_async=True, wants_conn=True),
         ]
         for method in core_methods + [m for s in self.subsystems for m in s.methods()]:
@@ -135,6 +121,11 @@ class Kernel:
             tenant=self.methods, admin=self.methods)
         for subsystem in self.subsystems:
             subsystem.use_credentials(self.gate.credentials)
+
+    def _hello(self, conn: Any, token: Any) -> Any:
+        """``auth.hello``: the gate's, found when called (the gate is made after the
+        methods it guards)."""
+        return self.gate.hello(conn, token)
 
     # -- KernelContext -------------------------------------------------------------------
 
@@ -431,6 +422,7 @@ class Kernel:
             "core": self.core,
             "affinity": affinity,
             "mode": self.mode,
+            "compiled": compiled(),
             "epoch": self.table.epoch,
             "slots": int(sum(self.owned)),
             "ops": {method: count for method, count in self.ops.items() if count},

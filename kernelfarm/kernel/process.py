@@ -32,6 +32,7 @@ import msgpack
 import psutil
 import uvloop
 
+from kernelfarm.accel import compiled
 from kernelfarm.boot import (
     BOOT_NOTIFICATION, EXIT_BOOT_FAILED, LOADING_NOTIFICATION, READY_NOTIFICATION, BootInfo,
 )
@@ -245,8 +246,8 @@ async def serve(boot: BootInfo, config: Config, control: socket.socket,
     assert admin.conn is not None
     admin.conn.write(msgpack.packb([2, READY_NOTIFICATION, [{
         "pid": os.getpid(), "threads": psutil.Process().num_threads()}]]))
-    log.info("kernel %d ready: pid %d, core %d, %d slots", kernel.kernel_id, os.getpid(),
-             kernel.core, sum(kernel.owned))
+    log.info("kernel %d ready: pid %d, core %d, %d slots, compiled: %s", kernel.kernel_id,
+             os.getpid(), kernel.core, sum(kernel.owned), ", ".join(compiled()) or "none")
     await stop.wait()
     log.info("kernel %d stopping", kernel.kernel_id)
     server.close()

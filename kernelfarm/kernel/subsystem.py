@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import inspect
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, Callable, ClassVar, Protocol
@@ -70,6 +70,25 @@ def with_conn_first(wrapper: Callable[..., Any], handler: Callable[..., Any]
     wrapper.__signature__ = signature.replace(  # type: ignore[attr-defined]  # inspect's hook
         parameters=[conn, *signature.parameters.values()])
     return wrapper
+
+
+def scoped_root_listing(method: Method) -> Method:
+    """``fs.listdir("/")`` lists only the volumes the caller's tenant is granted.
+
+    Here rather than in the kernel module because that one may be compiled
+    (:mod:`kernelfarm.accel`), and a compiled closure has no signature to give ``Params``."""
+    if method.name != "fs.listdir":
+        return method
+    handler = method.handler
+
+    def listdir(conn: Any, path: Any, *rest: Any) -> Any:
+        names = handler(path, *rest)
+        grants = conn.session.grants
+        if path != "/" or grants is None:
+            return names
+        return [name for name in names if grants.allows("fs.listdir", name)]
+
+    return replace(method, handler=with_conn_first(listdir, handler), wants_conn=True)
 
 
 class Connection(Protocol):
