@@ -10,13 +10,18 @@ checkout would make the "pure" pass test compiled code).
 
 from __future__ import annotations
 
+import asyncio
 import os
 from pathlib import Path
+
+import pytest
 
 import kernelfarm.kernel.kernel
 from farmctl import raw_call, start_farm
 from kernelfarm import accel
+from kernelfarm import steps as stepping
 from kernelfarm.cli.status import title_of
+from kernelfarm.steps import Steps, run_sliced
 
 EXPECTED = list(accel.MODULES) if os.environ.get("KERNELFARM_ACCEL") == "1" else []
 
@@ -37,3 +42,32 @@ def test_this_process_imports_what_the_kernels_do() -> None:
     loaded = kernelfarm.kernel.kernel.__file__ or ""
     assert loaded.endswith(".py") == (not EXPECTED), loaded
     assert set(accel.compiled()) <= set(EXPECTED)
+
+
+@pytest.mark.asyncio
+async def test_stepped_work_cancelled_between_slices_cleans_up_at_once(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A kernel's loading (``Kernel.loading``: the cyclic GC paused until it ends) is
+    stepped work; if its task is cancelled, the work's ``finally`` must run then.  A
+    compiled generator runs it only when closed, never when dropped, so ``run_sliced``
+    closes it; the test keeps a reference, so dropping cannot be what runs it."""
+    monkeypatch.setattr(stepping, "SLICE_S", 0.0)  # the loop gets a turn after every step
+    cleaned: list[str] = []
+    stepped = asyncio.Event()
+
+    def forever() -> Steps[None]:
+        try:
+            while True:
+                stepped.set()
+                yield
+        finally:
+            cleaned.append("finally")
+
+    work = forever()
+    task = asyncio.ensure_future(run_sliced(work))
+    await stepped.wait()
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert cleaned == ["finally"]
+    assert work.gi_frame is None  # closed, and still referenced here
