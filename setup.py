@@ -19,9 +19,16 @@ from setuptools import setup
 HERE = Path(__file__).resolve().parent
 
 
+COMPILING = os.environ.get("KERNELFARM_ACCEL") == "1"
+BUILD_BASE = os.environ.get("KERNELFARM_ACCEL_BUILD", "build")
+"""Where a compiled build keeps its C sources and objects: build_accel.py gives each
+build a fresh one, so nothing of an earlier build (a module no longer compiled) is
+installed with it."""
+
+
 def accelerated() -> list[Any]:
     """The extension modules of a compiled build, or none."""
-    if os.environ.get("KERNELFARM_ACCEL") != "1":
+    if not COMPILING:
         return []
     from mypyc.build import mypycify
 
@@ -30,8 +37,9 @@ def accelerated() -> list[Any]:
     accel = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(accel)
     sources = [name.replace(".", "/") + ".py" for name in accel.MODULES]
-    extensions: list[Any] = mypycify(sources)
+    extensions: list[Any] = mypycify(sources, target_dir=os.path.join(BUILD_BASE, "mypyc"))
     return extensions
 
 
-setup(ext_modules=accelerated())
+setup(ext_modules=accelerated(),
+      options={"build": {"build_base": BUILD_BASE}} if COMPILING else {})

@@ -88,13 +88,15 @@ def build(target: Path, stamp: str) -> bool:
     fresh = Path(tempfile.mkdtemp(prefix=f"{target.name}.", dir=target.parent))
     fresh.chmod(0o755)  # as pip would make it; mkdtemp makes it private
     log = fresh.parent / f"{target.name}.log"
+    objects = Path(tempfile.mkdtemp(prefix=f"{target.name}-build.", dir=target.parent))
     try:
         with log.open("w") as out:
             result = subprocess.run(
                 [sys.executable, "-m", "pip", "install", "--disable-pip-version-check",
                  "--no-deps", "--no-build-isolation", "--target", str(fresh), str(ROOT)],
                 stdout=out, stderr=subprocess.STDOUT, cwd=ROOT,
-                env={**os.environ, "KERNELFARM_ACCEL": "1"})
+                env={**os.environ, "KERNELFARM_ACCEL": "1",
+                     "KERNELFARM_ACCEL_BUILD": str(objects)})
         if result.returncode != 0:
             print(f"accel: the build failed (log: {log}):", file=sys.stderr)
             print("\n".join(log.read_text().splitlines()[-20:]), file=sys.stderr)
@@ -105,6 +107,7 @@ def build(target: Path, stamp: str) -> bool:
         return True
     finally:
         shutil.rmtree(fresh, ignore_errors=True)
+        shutil.rmtree(objects, ignore_errors=True)
 
 
 def main(argv: list[str] | None = None) -> int:
