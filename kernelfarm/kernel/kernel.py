@@ -48,16 +48,16 @@ SLOT_MASK = NSLOTS - 1  # NSLOTS is a power of two: % NSLOTS == & SLOT_MASK
 SLOTS_REMEMBERED = 65536
 """Partition keys whose slot a kernel keeps (a dict lookup instead of UTF-8 + CRC16)."""
 ROUTES_REMEMBERED = 16384
-"""First parameters (paths, namespaces) whose route a kernel keeps: key function, key
-and slot, so a request for a known path finds its slot in one dict lookup, with no call."""
+"""First parameters (paths, namespaces) of requests this kernel serves whose route it
+keeps, so the next request for a known path is routed by one dict lookup, with no call."""
 REMEMBERED_KEY_CHARS = 128
 """Longer keys and first parameters are not kept (they pay the key function and the CRC
 each time): what the remembered routes and slots hold stays bounded by their counts of
 short strings, however long the strings clients send."""
 
-Route = tuple[KeyOf, "str | None", int]
-"""How a request is routed: the key function that found it, its partition key, and the
-key's slot (-1 when the key is ``None``: any kernel serves it)."""
+Route = tuple[KeyOf, "str | None"]
+"""A request served here: the key function that found its key, and the key (for the
+caller's grants; ``None``: any kernel serves it)."""
 
 Wrapper = Callable[[Method], Method]
 
@@ -85,9 +85,6 @@ class Kernel:
         self.owned = self.table.owned_mask(self.kernel_id)
         self.frozen: set[int] = set()
         """Slots being handed over: their writes get TRYAGAIN, their reads still serve."""
-        self.ops: dict[str, int] = {}
-        """Requests served, by method: every method's count is there from the start, so
-        counting one is an add (``kernel.stats`` lists the methods called)."""
         self.errors: dict[str, int] = {}
         """Failed requests by error code (the error path only: no cost on success)."""
         self.redirected = 0
@@ -99,7 +96,7 @@ class Kernel:
         self.group_commit = GroupCommit(loop.call_soon)
         self._slot_of: dict[str, int] = {}
         self._routes: dict[str, Route] = {}
-        """Routes by first parameter (key functions read only that one): see :meth:`_route`."""
+        """Routes by first parameter (key functions read only that one): see :meth:`_routed`."""
         self.subsystems: list[Subsystem] = [cls(self) for cls in SUBSYSTEMS]
         self.methods: dict[str, Method] = {}
         self.params: dict[str, Params] = {}
@@ -114,7 +111,6 @@ class Kernel:
             method = scoped_root_listing(method)
             self.params[method.name] = Params.of(method)
             self.methods[method.name] = wrap(method) if wrap else method
-            self.ops[method.name] = 0
         self.gate: Gate[Method] = Gate(
             config.auth.required, TenantTable.from_wire(boot.tenants),
             public={name: self.methods[name] for name in (HELLO, "kernel.ping")},
@@ -147,21 +143,15 @@ class Kernel:
             if keyfn is not None:
                 first = params[0] if params else None
                 route = self._routes.get(first) if type(first) is str else None
-                if route is None or route[0] is not keyfn:
-                    route = self._route(keyfn, params, first)
-                key = route[1]
-                if key is not None:
+                if route is not None and route[0] is keyfn:  # served here: ours, not moving
                     grants = session.grants
-                    if grants is not None and not grants.allows(method, key):
-                        return self._failed(conn, msgid, self.gate.denied(method, key))
-                    slot = route[2]
-                    if not self.owned[slot]:
-                        self.redirected += 1
-                        return [1, msgid, self._not_here(slot), None]
-                    if entry.writes and slot in self.frozen:
-                        self.redirected += 1
-                        return [1, msgid, TryAgain(f"slot {slot} is moving", slot=slot)
-                                .to_wire(), None]
+                    if grants is not None and route[1] is not None \
+                            and not grants.allows(method, route[1]):
+                        return self._failed(conn, msgid, self.gate.denied(method, route[1]))
+                else:
+                    refused = self._routed(conn, msgid, entry, keyfn, params, first)
+                    if refused is not None:
+                        return refused
             if entry.wants_conn:
                 result = entry.handler(conn, *params)
             else:
@@ -170,30 +160,53 @@ class Kernel:
             return self._failed(conn, msgid, self.failure(method, params, exc))
         if type(result) is Refusal:
             return self._failed(conn, msgid, result.error)
-        self.ops[method] += 1
+        entry.served[0] += 1
         if entry.is_async and hasattr(result, "__await__"):
             bound = entry.reply_bytes
             conn.start_call(msgid, result, bound(params) if bound is not None else 0)
             return None
         return [1, msgid, None, result]
 
-    def _route(self, keyfn: KeyOf, params: list[Any], first: Any) -> Route:
-        """A request's route, found by its key function and kept by its first parameter
-        (a key function reads only that one, so the route of a path or namespace never
-        changes; whether its slot is ours is checked on every request)."""
+    def _routed(self, conn: Any, msgid: int, entry: Method, keyfn: KeyOf,
+                params: list[Any], first: Any) -> list[Any] | None:
+        """Route a request the hard way: its key function, its grant, its slot.  ``None``
+        when it is served here, else the answer (denied, ``MOVED``, ``TRYAGAIN``).
+
+        A request served here has its route kept by its first parameter (key functions
+        read only that one): the next request for that path or namespace skips all of
+        this but the grant.  Routes are forgotten whenever a slot stops being served or
+        starts moving (:meth:`freeze`, :meth:`release`), so a kept route is always one
+        this kernel serves, for reads and writes alike.
+        """
         key = keyfn(params)
         slot = -1
         if key is not None:
+            grants = conn.session.grants
+            if grants is not None and not grants.allows(entry.name, key):
+                return self._failed(conn, msgid, self.gate.denied(entry.name, key))
             slot = self._slot_of.get(key, -1)
             if slot < 0:
                 slot = self._remember_slot(key)
-        route = (keyfn, key, slot)
+            if not self.owned[slot]:
+                self.redirected += 1
+                return [1, msgid, self._not_here(slot), None]
+            if slot in self.frozen:
+                if entry.writes:
+                    self.redirected += 1
+                    return [1, msgid, TryAgain(f"slot {slot} is moving", slot=slot)
+                            .to_wire(), None]
+                return None  # a read of a moving slot: served, not remembered
         if type(first) is str and len(first) <= REMEMBERED_KEY_CHARS:
             routes = self._routes
             if len(routes) >= ROUTES_REMEMBERED:
                 routes.clear()
-            routes[first] = route
-        return route
+            routes[first] = (keyfn, key)
+            if slot >= 0 and slot in self.frozen:
+                # The locked baseline's control thread froze or released it meanwhile;
+                # both mark it frozen before forgetting routes, so this sees it or that
+                # forgets this one.  (A unicpu kernel has no meanwhile.)
+                routes.pop(first, None)
+        return None
 
     def _failed(self, conn: Any, msgid: int, error: dict[str, Any]) -> list[Any]:
         code = error.get("code", "EFARM")
@@ -278,6 +291,7 @@ class Kernel:
 
     def freeze(self, slots: list[int]) -> int:
         self.frozen.update(slots)
+        self._routes.clear()  # kept routes are of slots served and not moving
         return len(slots)
 
     def thaw(self, slots: list[int]) -> int:
@@ -287,6 +301,7 @@ class Kernel:
     def release(self, slots: list[int]) -> int:
         mine = [s for s in slots if self.owned[s]]
         self.frozen.update(slots)
+        self._routes.clear()  # kept routes are of slots served and not moving
         for slot in mine:
             self.owned[slot] = 0
         self._commit_now()
@@ -402,6 +417,11 @@ class Kernel:
 
     def ping(self) -> dict[str, Any]:
         return {"kernel": self.kernel_id, "epoch": self.table.epoch, "ops": self.served()}
+
+    @property
+    def ops(self) -> dict[str, int]:
+        """Requests served, by method (each method counts its own, ``Method.served``)."""
+        return {name: method.served[0] for name, method in self.methods.items()}
 
     def served(self) -> int:
         """Requests served for clients: the supervisor's own pings and stats do not count."""

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import inspect
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, Callable, ClassVar, Protocol
@@ -59,6 +59,9 @@ class Method:
     writes: bool = False
     wants_conn: bool = False
     reply_bytes: Callable[[Sequence[Any]], int] | None = None
+    served: list[int] = field(default_factory=lambda: [0], compare=False)
+    """Requests of this method the kernel answered (one cell, shared by the copies a lock
+    wrapper makes with ``replace``): counting one is an index, not a dict update."""
 
 
 def with_conn_first(wrapper: Callable[..., Any], handler: Callable[..., Any]

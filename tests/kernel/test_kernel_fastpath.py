@@ -77,3 +77,26 @@ async def test_remembered_routes_are_per_key_function_and_stay_bounded(
     assert call(kernel, "fs.stat", long)[2]["code"] == "ENOENT"
     assert len(kernel._routes) <= 8 and long not in kernel._routes
     kernel.close()
+
+
+@pytest.mark.asyncio
+async def test_remembered_routes_are_forgotten_when_a_slot_moves(tmp_path: Path) -> None:
+    """A kept route skips the ownership checks, so freezing or releasing a slot must
+    forget it: a write to a moving slot gets TRYAGAIN, a read is still served, and a
+    released slot's requests are redirected, however often they were served before."""
+    mine = "alice"
+    kernel = make(tmp_path, [[0, NSLOTS - 1, 0]])
+    kernel.load_slots([slot(mine)])
+    assert call(kernel, "fs.mkdir", f"/{mine}")[2] is None
+    for _ in range(2):  # the second time from the kept route
+        assert call(kernel, "fs.write_file", f"/{mine}/f", b"x")[2] is None
+        assert call(kernel, "fs.stat", f"/{mine}/f")[2] is None
+    kernel.freeze([slot(mine)])
+    assert call(kernel, "fs.write_file", f"/{mine}/f", b"y")[2]["code"] == "TRYAGAIN"
+    assert call(kernel, "fs.stat", f"/{mine}/f")[2] is None
+    kernel.thaw([slot(mine)])
+    assert call(kernel, "fs.write_file", f"/{mine}/f", b"z")[2] is None
+    assert call(kernel, "fs.stat", f"/{mine}/f")[2] is None
+    kernel.release([slot(mine)])
+    assert call(kernel, "fs.stat", f"/{mine}/f")[2]["code"] == "TRYAGAIN"
+    kernel.close()
