@@ -247,16 +247,19 @@ class FsSubsystem(Subsystem):
         stat reply is then a dict lookup and a copy); a missing path is a refusal, not
         an exception."""
         # _resolve inlined: a stat is the hottest request, and a frame is a quarter of it
-        parsed = remembered.get(path) if type(path) is str else None
+        try:
+            parsed = remembered.get(path)
+        except TypeError:  # unhashable: parse() refuses it
+            parsed = None
         name, comps = parse(path) if parsed is None else parsed
         if name is None:
             return ROOT_STAT
         volume = self.volumes.get(name)
         if volume is None or volume.failed is not None:
             volume = self._volume(name, path)  # raises the proper error
-        stats = volume.stats
-        stat = stats.get(path)
+        stat = volume.stats.get(path)
         if stat is None:
+            stats = volume.stats
             node = volume.tree.find(comps)
             if node is None:
                 return Refusal(errno.ENOENT, path)

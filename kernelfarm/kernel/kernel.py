@@ -141,15 +141,17 @@ class Kernel:
         try:
             keyfn = entry.key
             if keyfn is not None:
-                first = params[0] if params else None
-                route = self._routes.get(first) if type(first) is str else None
+                try:
+                    route = self._routes.get(params[0])
+                except (IndexError, TypeError):  # no params, or an unhashable first one
+                    route = None
                 if route is not None and route[0] is keyfn:  # served here: ours, not moving
                     grants = session.grants
                     if grants is not None and route[1] is not None \
                             and not grants.allows(method, route[1]):
                         return self._failed(conn, msgid, self.gate.denied(method, route[1]))
                 else:
-                    refused = self._routed(conn, msgid, entry, keyfn, params, first)
+                    refused = self._routed(conn, msgid, entry, keyfn, params)
                     if refused is not None:
                         return refused
             if entry.wants_conn:
@@ -168,7 +170,7 @@ class Kernel:
         return [1, msgid, None, result]
 
     def _routed(self, conn: Any, msgid: int, entry: Method, keyfn: KeyOf,
-                params: list[Any], first: Any) -> list[Any] | None:
+                params: list[Any]) -> list[Any] | None:
         """Route a request the hard way: its key function, its grant, its slot.  ``None``
         when it is served here, else the answer (denied, ``MOVED``, ``TRYAGAIN``).
 
@@ -196,6 +198,7 @@ class Kernel:
                     return [1, msgid, TryAgain(f"slot {slot} is moving", slot=slot)
                             .to_wire(), None]
                 return None  # a read of a moving slot: served, not remembered
+        first = params[0] if params else None
         if type(first) is str and len(first) <= REMEMBERED_KEY_CHARS:
             routes = self._routes
             if len(routes) >= ROUTES_REMEMBERED:
