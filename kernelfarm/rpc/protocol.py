@@ -296,6 +296,8 @@ class ServerStream:
         start = self._start
         produced = 0
         reserved = conn.reserved
+        fed = self._fed
+        more = True
         try:
             # The unpacker's own iteration (no ``next()`` per message); everything in the
             # body that could raise is guarded, so what reaches ``except`` is the stream.
@@ -330,18 +332,20 @@ class ServerStream:
                                 break
                 elif not self._odd_message(obj, batch):
                     break
-            else:  # input ran out
-                self._start = start
-                if self._fed - start > limit:
+                if end == fed:
+                    # The input ends with this message: stop without asking the unpacker
+                    # for another (its StopIteration costs as much as a request).
+                    more = False
+                    break
+            else:  # input ran out inside a message
+                more = False
+                if fed - start > limit:
                     batch.fatal = MessageTooBig(f"message over the {limit}-byte limit")
-                batch.produced = produced
-                batch.more = False
-                return batch
         except Exception as exc:
             batch.fatal = stream_error(exc, limit)
         self._start = start
         batch.produced = produced
-        batch.more = batch.fatal is None
+        batch.more = more and batch.fatal is None
         return batch
 
     def _odd_message(self, obj: Any, batch: Batch) -> bool:
