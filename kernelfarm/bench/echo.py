@@ -36,6 +36,7 @@ import msgpack
 import psutil
 import uvloop
 
+from kernelfarm.bench.loadgen import Chain
 from kernelfarm.errors import KernelfarmError
 from kernelfarm.rpc.blocking import readable
 from kernelfarm.supervisor.launch import end_process
@@ -89,6 +90,12 @@ class MsgpackEchoProtocol(asyncio.Protocol):
             packer.reset()
         if broken:
             transport.close()
+
+
+def echoed(chain: Chain) -> Chain:
+    """``chain`` with the results the msgpack-rpc echo gives: each request's first param."""
+    return [(request[0], request[1], request[1][0] if request[1] else None)
+            for request in chain]
 
 
 def _refuse(pack: Any, message: Any) -> None:

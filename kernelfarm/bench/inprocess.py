@@ -195,8 +195,8 @@ def _worker(job: dict[str, Any], parent: Any) -> dict[str, Any] | None:
         next_stream = dict.fromkeys(tenants, 0)
         chains = []
         for tenant in slots:
-            chains.append([(methods[name], params)
-                           for name, params in prepared.chain(tenant, next_stream[tenant])])
+            chains.append([(methods[request[0]], request[1])
+                           for request in prepared.chain(tenant, next_stream[tenant])])
             next_stream[tenant] += 1
         parent.send(["ready", None])
         command, t_start = parent.receive(READY_TIMEOUT_S)

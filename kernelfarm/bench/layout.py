@@ -10,10 +10,10 @@ its own.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
-from kernelfarm.bench.loadgen import Address, ConnectionPlan
+from kernelfarm.bench.loadgen import Address, Chain, ConnectionPlan
 from kernelfarm.bench.workloads import PreparedWorkload
 
 
@@ -76,8 +76,10 @@ def streams_needed(layouts: list[ConnectionLayout]) -> dict[str, int]:
     return needed
 
 
-def plans(layouts: list[ConnectionLayout], prepared: PreparedWorkload) -> list[ConnectionPlan]:
-    """The load generator's connection plans: each slot replays its stream's chain."""
-    return [ConnectionPlan(layout.address,
-                           [prepared.chain(tenant, stream) for tenant, stream in layout.streams])
+def plans(layouts: list[ConnectionLayout], prepared: PreparedWorkload,
+          answer: Callable[[Chain], Chain] = lambda chain: chain) -> list[ConnectionPlan]:
+    """The load generator's connection plans: each slot replays its stream's chain, with
+    the results ``answer`` says the server gives."""
+    return [ConnectionPlan(layout.address, [answer(prepared.chain(tenant, stream))
+                                            for tenant, stream in layout.streams])
             for layout in layouts]

@@ -3,35 +3,40 @@
 Started by :mod:`kernelfarm.bench.loadgen` as ``python -m kernelfarm.bench.loadclient``; it
 talks to its parent in msgpack frames over stdin/stdout:
 
-    parent -> job     {"connections": [[host, port, [[request bytes, ...] per slot]], ...],
-                       "warmup_s", "duration_s", "core", "highest", "sub_bucket_bits"}
+    parent -> job     {"connections": [[host, port, slots, replies], ...], "warmup_s",
+                       "duration_s", "core", "highest", "sub_bucket_bits"}
+                      (slots: [[request bytes, ...] per slot]; replies: the same shape,
+                      each the expected reply's bytes or None)
     child  -> ready   ["ready", None]           (every connection is up)
     parent -> go      ["go", t_start]           (absolute time.monotonic(), shared by all)
     child  -> result  ["result", {...}]         (or ["failed", message] at any point)
 
-The hot loop is why this is its own process and module: a response costs one C-unpacker
-step, one latency record and one ``next()`` on a pre-encoded request cycle; the next
-requests of a read leave in one ``write()``.  A connection whose replies carry maps (an
-``fs.stat`` result: building its dict costs the client more than the kernel spends
-packing it) stops building results: it reads each reply's header, msgid and error and
-skips the result in C, so what it still checks (a response, a msgid it sent, the error)
-costs the same whatever the result.  Slot ``s`` of a connection always uses msgid
-``s``, so a reply names the slot whose next request goes out, and the send time of that
-slot is the request's start.  The process ends by itself after its window, and when its
-parent goes away (stdin closes) while it waits for ``go``.
+The hot loop is why this is its own process and module: a client that costs as much per
+request as the server measures itself (on two cores it shares them with the kernels).
+Every reply is checked (a response, to a slot with a request in flight, without an error,
+with the expected result when one is known), yet most cost no Python per reply: slot
+``s`` always uses msgid ``s`` and replays a fixed chain, so once each request's reply is
+known (given, or learned from the first that passed), the replies the server owes are a
+known byte stream (:mod:`kernelfarm.bench.replystream`).  A read equal to the stream's
+next bytes is one C comparison; the requests it releases are one slice, sent in one
+``write()``; latencies are recorded per send batch.  Any other read (a reply out of
+order, an error, another result, a broken server) is parsed reply by reply, each reply
+compared by its bytes and decoded only when they differ, and the stream is laid out again
+from the new order at the next reply boundary.  The process ends by itself after its
+window, and when its parent goes away (stdin closes) while it waits for ``go``.
 """
 
 from __future__ import annotations
 
 import asyncio
+import bisect
+import collections
 import functools
-import itertools
 import os
 import select
 import signal
 import sys
 import time
-from collections import Counter
 from typing import Any, Callable, cast
 
 import msgpack
@@ -39,33 +44,59 @@ import psutil
 import uvloop
 
 from kernelfarm.bench.histogram import Histogram
-from kernelfarm.rpc.protocol import make_unpacker
+from kernelfarm.bench.replystream import ReplyStream, lay_out
 
 CONNECT_TIMEOUT_S = 10.0
 GO_TIMEOUT_S = 60.0
 MAX_BUFFER = 64 * 1024 * 1024
 """Bounds the unparsed reply bytes a connection may hold (4 KiB reads x deep pipelines)."""
+WRONG_RESULT = "EBADRESULT"
+"""Counted like an error code: a reply without an error whose result is not the expected one."""
+UNCHECKED: Any = object()
+"""A request whose result is not known in advance: any result without an error passes."""
 
 
 class LoadConnection(asyncio.Protocol):
-    """Keeps one request in flight per slot, cycling each slot through its own requests."""
+    """Keeps one request in flight per slot, cycling each slot through its own requests.
+
+    ``slots[s]``: slot ``s``'s chain of encoded requests (msgid ``s``); ``replies[s][i]``:
+    the encoded reply expected to ``slots[s][i]`` when its result is known in advance, or
+    None (learned: the bytes of the last reply that passed the checks).
+    """
 
     def __init__(self, slots: list[list[bytes]], histogram: Histogram,
-                 on_lost: Callable[[], None]) -> None:
-        self._cycles = [itertools.cycle(requests) for requests in slots]
-        self._sent_ns = [0] * len(slots)
+                 on_lost: Callable[[], None],
+                 replies: list[list[bytes | None]] | None = None) -> None:
+        depth = len(slots)
+        self._requests = slots
+        self._replies: list[list[bytes | None]] = (
+            [list(chain) for chain in replies] if replies is not None
+            else [[None] * len(chain) for chain in slots])
+        self._results = [[UNCHECKED if reply is None else msgpack.unpackb(reply)[3]
+                          for reply in chain] for chain in self._replies]
+        """The result each request must get, or UNCHECKED (any result without an error)."""
+        self._unknown = sum(chain.count(None) for chain in self._replies)
         self._histogram = histogram
         self._on_lost = on_lost
-        self._unpacker = make_unpacker(MAX_BUFFER)
         self._transport: asyncio.Transport | None = None
-        self._skipping = False
-        """Results are skipped, not built (see the module docstring)."""
-        self._step = 0
-        """Where a skipped reply cut by the end of a read stopped: 0 = at its start."""
-        self._msgid = 0
+        # Parsing: the slots in flight in send order, each one's chain position and send time.
+        self._order = list(range(depth))
+        self._positions = [0] * depth
+        self._sent_ns = [0] * depth
+        self._pending = b""
+        """The start of a reply the last read cut short."""
+        # Comparing: where the stream stands, and the send times of the entries in flight.
+        self._stream: ReplyStream | None = None
+        self._offset = 0
+        self._entry = 0
+        self._done = 0
+        self._batches: collections.deque[tuple[int, int]] = collections.deque()
+        """(end, ns): entries up to ``end`` (absolute, exclusive) left at ``ns``."""
         self._running = False
         self._stopped = False
         self.ops = 0
+        self.by_bytes = 0
+        self.reads = 0
         self.errors: dict[str, int] = {}
         self.protocol_errors = 0
 
@@ -76,11 +107,14 @@ class LoadConnection(asyncio.Protocol):
         assert self._transport is not None
         self._running = True
         now = time.perf_counter_ns()
-        self._sent_ns = [now] * len(self._cycles)
-        self._transport.write(b"".join([next(cycle) for cycle in self._cycles]))
+        self._sent_ns = [now] * len(self._requests)
+        self._transport.write(b"".join([self._requests[slot][0] for slot in self._order]))
+        self._compare_from_here()
 
     def reset_counts(self) -> None:
         self.ops = 0
+        self.by_bytes = 0
+        self.reads = 0
         self.errors = {}
         self.protocol_errors = 0
 
@@ -92,80 +126,164 @@ class LoadConnection(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         now = time.perf_counter_ns()
-        sent = self._sent_ns
-        cycles = self._cycles
-        # Requests sent in one write share a send time, so the replies of one read carry
-        # few distinct latencies: gather send times (a C-speed append), bin them once.
+        self.reads += 1
+        stream = self._stream
+        if stream is not None:
+            if stream.expected.startswith(data, self._offset) and \
+                    self._take_expected(stream, self._offset + len(data), now):
+                return
+            self._stop_comparing(stream)
+        self._parse(data, now)
+
+    def _take_expected(self, stream: ReplyStream, offset: int, now: int) -> bool:
+        """The read is the stream's next bytes: count the replies it completes, record
+        their latencies by send batch, send the requests they release in one write.
+        False, and nothing taken, if it holds more replies than requests are in flight."""
+        entry = self._entry
+        last = bisect.bisect_right(stream.ends, offset, entry)
+        if last > entry:
+            count = last - entry
+            if count > len(self._requests):
+                return False
+            self.ops += count
+            self.by_bytes += count
+            self._record_batches(count, now)
+            self._batches.append((self._done + len(self._requests), now))
+            if self._running:
+                assert self._transport is not None
+                self._transport.write(
+                    stream.follow[stream.follow_starts[entry]:stream.follow_starts[last]])
+            if offset >= stream.period_bytes:
+                offset -= stream.period_bytes
+                last -= stream.period_entries
+        self._offset, self._entry = offset, last
+        return True
+
+    def _record_batches(self, count: int, now: int) -> None:
+        """Latencies of the next ``count`` entries, one histogram step per send batch."""
+        histogram, batches = self._histogram, self._batches
+        highest = histogram.highest  # a stalled server is slow, not a crash
+        done = self._done
+        target = done + count
+        while done < target:
+            end, sent_ns = batches[0]
+            taken = min(end, target) - done
+            histogram.record(min(now - sent_ns, highest), taken)
+            done += taken
+            if done == end:
+                batches.popleft()
+        self._done = done
+
+    def _stop_comparing(self, stream: ReplyStream) -> None:
+        """Back to parsing: the entries in flight become slots in send order again, and
+        the matched start of a cut reply becomes the bytes still to parse."""
+        entry, depth = self._entry, len(self._requests)
+        self._pending = stream.expected[stream.start_of(entry):self._offset]
+        times: list[int] = []
+        done = self._done
+        for end, sent_ns in self._batches:
+            times += [sent_ns] * (end - done)
+            done = end
+        self._order = stream.slots[entry:entry + depth]
+        for index, slot in enumerate(self._order):
+            self._positions[slot] = stream.positions[entry + index]
+            self._sent_ns[slot] = times[index]
+        self._stream = None
+        self._batches.clear()
+
+    def _compare_from_here(self) -> None:
+        """Lay out the stream from the slots in flight, if every reply is known by now
+        (and the start of a cut reply, if any, is the start of the first expected one)."""
+        if self._unknown:
+            return
+        stream = lay_out(self._order, self._positions, self._requests, self._replies)
+        if stream is None or not stream.expected.startswith(self._pending):
+            return
+        self._stream, self._offset, self._entry, self._done = stream, len(self._pending), 0, 0
+        self._pending = b""
+        self._batches.clear()
+        for index, slot in enumerate(self._order):
+            sent_ns = self._sent_ns[slot]
+            if self._batches and self._batches[-1][1] == sent_ns:
+                self._batches[-1] = (index + 1, sent_ns)
+            else:
+                self._batches.append((index + 1, sent_ns))
+
+    def _parse(self, data: bytes, now: int) -> None:
+        """Reply by reply: a response, to a slot in flight, its error, and its result
+        against the expected one (its bytes first; decoded only when they differ)."""
+        buffer = self._pending + data if self._pending else data
+        if len(buffer) > MAX_BUFFER:
+            self._broken()
+            return
+        unpacker = msgpack.Unpacker(raw=False, max_buffer_size=MAX_BUFFER)
+        unpacker.feed(buffer)
+        header, unpack, skip, tell = (unpacker.read_array_header, unpacker.unpack,
+                                      unpacker.skip, unpacker.tell)
+        requests, replies, positions = self._requests, self._replies, self._positions
+        order, sent = self._order, self._sent_ns
         stamps: list[int] = []
-        stamp = stamps.append
         out: list[bytes] = []
-        send = out.append
-        unpacker = self._unpacker
+        released: list[int] = []
+        """Slots whose next request leaves after this read: none can be answered in it."""
+        start = 0
         try:
-            unpacker.feed(data)
-            if not self._skipping:
-                for _kind, msgid, error, result in unpacker:
-                    stamp(sent[msgid])
-                    if error is not None:
-                        self._count_error(error)
-                    send(next(cycles[msgid]))
-                    sent[msgid] = now
-                    if type(result) is dict:
-                        self._skipping = True
-                        break
-            if self._skipping:
-                self._skip_replies(stamp, send, now)
+            while True:
+                start = tell()
+                if header() != 4 or unpack() != 1:
+                    raise ValueError("not a response")
+                msgid, error = unpack(), unpack()
+                skip()
+                if type(msgid) is not int:
+                    raise ValueError("a msgid is an int")
+                order.remove(msgid)  # ValueError: no request of that slot is in flight
+                position = positions[msgid]
+                if error is not None:
+                    self._count_error(error)
+                else:
+                    reply = buffer[start:tell()]
+                    if reply != replies[msgid][position]:
+                        self._check(msgid, position, reply)
+                stamps.append(sent[msgid])
+                position = (position + 1) % len(requests[msgid])
+                positions[msgid] = position
+                out.append(requests[msgid][position])
+                sent[msgid] = now
+                released.append(msgid)
+        except msgpack.OutOfData:
+            self._pending = buffer[start:]
         except (ValueError, TypeError, IndexError, msgpack.UnpackException):
             # Not a response this connection could have caused: the server is broken.
-            self.protocol_errors += 1
-            self._running = False
-            assert self._transport is not None
-            self._transport.abort()
+            self._broken()
             return
         finally:
+            order += released
             self.ops += len(stamps)
             record = self._histogram.record
-            highest = self._histogram.highest  # a stalled server is slow, not a crash
-            for sent_ns, n in Counter(stamps).items():
+            highest = self._histogram.highest
+            for sent_ns, n in collections.Counter(stamps).items():
                 record(min(now - sent_ns, highest), n)
         if self._running and out:
             assert self._transport is not None
             self._transport.write(b"".join(out))
+        self._compare_from_here()
 
-    def _skip_replies(self, stamp: Callable[[int], None], send: Callable[[bytes], None],
-                      now: int) -> None:
-        """The rest of the buffer, reply by reply without building results; a reply the
-        read cut short is taken up where it stopped (``_step``) by the next read."""
-        unpacker = self._unpacker
-        header, unpack, skip = unpacker.read_array_header, unpacker.unpack, unpacker.skip
-        sent, cycles = self._sent_ns, self._cycles
-        step = self._step
-        try:
-            while True:
-                if step == 0:
-                    if header() != 4:
-                        raise ValueError("a response is an array of 4")
-                    step = 1
-                if step == 1:
-                    if unpack() != 1:
-                        raise ValueError("not a response")
-                    step = 2
-                if step == 2:
-                    self._msgid = unpack()
-                    step = 3
-                if step == 3:
-                    error = unpack()
-                    if error is not None:
-                        self._count_error(error)
-                    step = 4
-                skip()
-                step = 0
-                msgid = self._msgid
-                stamp(sent[msgid])
-                send(next(cycles[msgid]))
-                sent[msgid] = now
-        except msgpack.OutOfData:
-            self._step = step
+    def _check(self, slot: int, position: int, reply: bytes) -> None:
+        """A reply without an error whose bytes differ from the expected ones: right if
+        its result is the one required (or none is), and then its bytes are expected."""
+        wanted = self._results[slot][position]
+        if wanted is not UNCHECKED and msgpack.unpackb(reply, raw=False)[3] != wanted:
+            self.errors[WRONG_RESULT] = self.errors.get(WRONG_RESULT, 0) + 1
+            return
+        if self._replies[slot][position] is None:
+            self._unknown -= 1
+        self._replies[slot][position] = reply
+
+    def _broken(self) -> None:
+        self.protocol_errors += 1
+        self._running = False
+        assert self._transport is not None
+        self._transport.abort()
 
     def _count_error(self, error: Any) -> None:
         code = error.get("code") if isinstance(error, dict) else None
@@ -221,10 +339,10 @@ async def _run(job: dict[str, Any], parent: Parent) -> dict[str, Any] | None:
         if live == 0:
             all_lost.set()
 
-    for host, port, slots in job["connections"]:
+    for host, port, slots, replies in job["connections"]:
         _, connection = await asyncio.wait_for(
-            loop.create_connection(functools.partial(LoadConnection, slots, histogram, lost),
-                                   host, port),
+            loop.create_connection(
+                functools.partial(LoadConnection, slots, histogram, lost, replies), host, port),
             CONNECT_TIMEOUT_S)
         connections.append(connection)
         live += 1
@@ -258,6 +376,8 @@ async def _run(job: dict[str, Any], parent: Parent) -> dict[str, Any] | None:
             errors[code] = errors.get(code, 0) + n
     result = {
         "ops": ops,
+        "by_bytes": sum(connection.by_bytes for connection in connections),
+        "reads": sum(connection.reads for connection in connections),
         "errors": errors,
         "window_s": window_s,
         "client_cpu_s": client_cpu_s,

@@ -28,12 +28,14 @@ import msgpack
 
 from kernelfarm.bench.histogram import DEFAULT_HIGHEST, Histogram
 from kernelfarm.errors import KernelfarmError
-from kernelfarm.rpc.protocol import encode_request
+from kernelfarm.rpc.protocol import encode_request, encode_response
 from kernelfarm.supervisor.launch import end_process
 
 Address = tuple[str, int]
-Request = tuple[str, Sequence[Any]]
-"""A request template: method name and positional params."""
+Request = tuple[str, Sequence[Any]] | tuple[str, Sequence[Any], Any]
+"""A request template: method name, positional params and, optionally, the result it must
+get (a reply with another result is counted as an ``EBADRESULT`` error).  Without one,
+any result without an error passes."""
 Chain = Sequence[Request]
 """The requests one in-flight slot sends in turn, forever (e.g. create, then unlink)."""
 
@@ -87,6 +89,10 @@ class LoadResult:
     client_cpu_s: float
     lost_connections: int = 0
     protocol_errors: int = 0
+    reads: int = 0
+    """Reads of replies by the clients (``ops / reads`` replies per read)."""
+    by_bytes: int = 0
+    """Replies checked by comparing a read with the expected bytes, not parsed."""
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -97,15 +103,20 @@ class LoadResult:
             "client_cpu_s": self.client_cpu_s,
             "lost_connections": self.lost_connections,
             "protocol_errors": self.protocol_errors,
+            "reads": self.reads,
+            "by_bytes": self.by_bytes,
             "histogram": self.histogram.to_dict(),
         }
 
 
 def encode_plan(plan: ConnectionPlan) -> list[Any]:
-    """``[host, port, slots]``: slot ``s`` holds its chain's requests encoded with msgid ``s``."""
-    slots = [[encode_request(slot, method, list(params)) for method, params in chain]
+    """``[host, port, slots, replies]``: slot ``s`` holds its chain's requests encoded with
+    msgid ``s``, and ``replies`` the expected reply of each (None where no result is given)."""
+    slots = [[encode_request(slot, request[0], list(request[1])) for request in chain]
              for slot, chain in enumerate(plan.chains)]
-    return [plan.address[0], plan.address[1], slots]
+    replies = [[encode_response(slot, None, request[2]) if len(request) > 2 else None
+                for request in chain] for slot, chain in enumerate(plan.chains)]
+    return [plan.address[0], plan.address[1], slots, replies]
 
 
 def run_load(plans: Sequence[ConnectionPlan], *, duration_s: float, warmup_s: float = 0.5,
@@ -173,6 +184,8 @@ def _combine(results: list[dict[str, Any]], highest_ns: int) -> LoadResult:
         client_cpu_s=sum(result["client_cpu_s"] for result in results),
         lost_connections=sum(result["lost_connections"] for result in results),
         protocol_errors=sum(result["protocol_errors"] for result in results),
+        reads=sum(result["reads"] for result in results),
+        by_bytes=sum(result["by_bytes"] for result in results),
     )
 
 

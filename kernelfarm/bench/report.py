@@ -20,7 +20,7 @@ from kernelfarm.bench.workloads import WORKLOADS
 LOCKED = ("locked-global", "locked-fine")
 """The locked baselines; partitioned is compared with the better of them."""
 COLUMNS = ("system", "workers", "ops/s", "p50 µs", "p99 µs", "p99.9 µs", "CPU µs/op",
-           "efficiency", "of floor", "errors")
+           "client CPU µs/op", "efficiency", "of floor", "errors")
 
 
 def write_all(results: dict[str, Any], out: Path) -> list[Path]:
@@ -47,7 +47,6 @@ def _index(names: Sequence[str], name: str) -> int:
 
 def table_cells(row: dict[str, Any]) -> list[str]:
     """One row of a results table, formatted for people."""
-    cpu = row.get("cpu_s_per_op")
     return [
         row["system"],
         str(row["workers"]),
@@ -55,11 +54,16 @@ def table_cells(row: dict[str, Any]) -> list[str]:
         f"{row['p50_us']:,.0f}",
         f"{row['p99_us']:,.0f}",
         f"{row['p999_us']:,.0f}",
-        f"{cpu * 1e6:.2f}" if cpu is not None else "-",
+        _micros(row.get("cpu_s_per_op")),
+        _micros(row.get("client_cpu_s_per_op")),
         _percent(row.get("efficiency")),
         _percent(row.get("floor_share")),
         _errors(row),
     ]
+
+
+def _micros(seconds: float | None) -> str:
+    return f"{seconds * 1e6:.2f}" if seconds is not None else "-"
 
 
 def _percent(value: float | None) -> str:
@@ -92,7 +96,8 @@ def markdown(results: dict[str, Any]) -> str:
         "",
         "Columns: throughput over the window; latency percentiles of every request in it "
         "(a pipelined request waits for those ahead of it); server CPU per request "
-        "(supervisor + kernels, or the server processes); efficiency = ops/s / (workers x "
+        "(supervisor + kernels, or the server processes); the load generator's CPU per "
+        "request (it shares the machine's cores with the servers); efficiency = ops/s / (workers x "
         "ops/s of the same system at 1 worker); of floor = ops/s / the echo floor's at the "
         "same worker count. Compare rows of one run only.",
     ]

@@ -232,7 +232,8 @@ def _rpc_row(cell: Cell, options: BenchOptions, target: systems.Target,
                        echo_address=peer)
     try:
         meter = CpuMeter(target.server_pids)
-        result = run_load(layout.plans(layouts, prepared), duration_s=options.duration_s,
+        result = run_load(layout.plans(layouts, prepared, target.answer),
+                          duration_s=options.duration_s,
                           warmup_s=options.warmup_s, processes=options.load_processes,
                           on_window_start=meter.start, on_window_end=meter.stop)
     finally:
@@ -240,6 +241,8 @@ def _rpc_row(cell: Cell, options: BenchOptions, target: systems.Target,
     row = _row(cell, options, result, meter.seconds)
     row.update(connections=connections, depth=options.depth, tenants=len(tenants),
                client_cpu_s_per_op=result.client_cpu_s / max(result.ops, 1),
+               replies_per_read=result.ops / max(result.reads, 1),
+               checked_by_bytes=result.by_bytes / max(result.ops, 1),
                lost_connections=result.lost_connections,
                protocol_errors=result.protocol_errors)
     if cell.system == "echo":

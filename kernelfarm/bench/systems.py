@@ -29,8 +29,8 @@ from pathlib import Path
 from typing import Any
 
 from kernelfarm.auth.tokens import TOKEN_ENV, admin_token_of
-from kernelfarm.bench.echo import running_echo
-from kernelfarm.bench.loadgen import Address
+from kernelfarm.bench.echo import echoed, running_echo
+from kernelfarm.bench.loadgen import Address, Chain
 from kernelfarm.bench.workloads import NEEDS_ECHO, Call
 from kernelfarm.errors import KernelfarmError
 from kernelfarm.partition import SlotTable, key_slot
@@ -93,6 +93,8 @@ class Target:
     addresses: list[Address]
     server_pids: list[int]
     details: dict[str, Any] = field(default_factory=dict)
+    answer: Callable[[Chain], Chain] = lambda chain: chain
+    """The chain with the results this system gives (the echo floor returns first params)."""
 
     def owners(self, tenants: Iterable[str]) -> dict[str, Address]:
         return {tenant: self.owner_of(tenant) for tenant in tenants}
@@ -188,7 +190,7 @@ def running_echo_floor(workers: int) -> Iterator[Target]:
 
         yield Target(call=_echo_call, owner_of=owner_of, addresses=addresses,
                      server_pids=[echo.pid for echo in echoes],
-                     details={"echo_servers": workers})
+                     details={"echo_servers": workers}, answer=echoed)
 
 
 @contextlib.contextmanager

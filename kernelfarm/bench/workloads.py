@@ -9,7 +9,10 @@ the requests one in-flight slot sends in turn, forever.  Chains are per *stream*
 file or socket, and state stays bounded however long the run.
 
 Paths are ``/<tenant>/...`` (the volume is the tenant) and the net namespace is the
-tenant, so a tenant's fs and net requests go to one kernel.
+tenant, so a tenant's fs and net requests go to one kernel.  Each request carries the
+result it must get where that is known (the 4 KiB read back, the bytes written or sent,
+the echo received), so a server answering wrongly shows as ``EBADRESULT`` errors; a stat's
+result (inode, times) is only required to come without an error.
 
     fs-stat      fs.stat of an existing file
     fs-create    fs.write_file of an empty new file, then fs.unlink of it
@@ -101,8 +104,8 @@ def _make_volume(call: Call, tenant: str) -> None:
 def _stream_chain(name: str, call: Call, tenant: str, index: int,
                   echo_address: Address | None, prepared: PreparedWorkload) -> Chain:
     stat: Request = ("fs.stat", [f"/{tenant}/{STAT_FILE}"])
-    read: Request = ("fs.pread", [f"/{tenant}/{DATA_FILE}", 0, len(BLOCK)])
-    write: Request = ("fs.pwrite", [f"/{tenant}/{DATA_FILE}", 0, BLOCK])
+    read: Request = ("fs.pread", [f"/{tenant}/{DATA_FILE}", 0, len(BLOCK)], BLOCK)
+    write: Request = ("fs.pwrite", [f"/{tenant}/{DATA_FILE}", 0, BLOCK], len(BLOCK))
     if name == "fs-stat":
         return [stat]
     if name == "fs-read-4k":
@@ -125,7 +128,7 @@ def _create_pair(call: Call, tenant: str, index: int) -> tuple[Request, Request]
         call("fs.unlink", path)  # left by an interrupted run: the chain starts by creating
     except FileNotFoundError:
         pass
-    return ("fs.write_file", [path, b""]), ("fs.unlink", [path])
+    return ("fs.write_file", [path, b""], None), ("fs.unlink", [path], None)
 
 
 def _echo_pair(call: Call, tenant: str, echo_address: Address,
@@ -134,5 +137,5 @@ def _echo_pair(call: Call, tenant: str, echo_address: Address,
     prepared.sockets.append((tenant, sid))
     call("net.connect", tenant, sid, echo_address[0], echo_address[1])
     # Reading up to twice the payload drains any backlog a short read left behind.
-    return (("net.send", [tenant, sid, ECHO_PAYLOAD]),
-            ("net.recv", [tenant, sid, 2 * len(ECHO_PAYLOAD), RECV_TIMEOUT_S]))
+    return (("net.send", [tenant, sid, ECHO_PAYLOAD], len(ECHO_PAYLOAD)),
+            ("net.recv", [tenant, sid, 2 * len(ECHO_PAYLOAD), RECV_TIMEOUT_S], ECHO_PAYLOAD))

@@ -46,6 +46,22 @@ def test_a_short_run_against_the_echo_server(echo: EchoProcess) -> None:
     assert result.client_cpu_s > 0
     assert windows == ["start", "end"]
     assert descendants() == before  # every client process is gone
+    # The echo answers in order, so once each slot's reply is learned reads are compared.
+    assert result.by_bytes > result.ops // 2
+    assert 1 <= result.ops / result.reads <= 8
+
+
+def test_a_server_giving_another_result_than_the_one_required_is_counted(
+        echo: EchoProcess) -> None:
+    """The echo answers b"x": a plan requiring b"y" gets an EBADRESULT per reply, and one
+    requiring b"x" gets none (its replies compared as bytes from the first)."""
+    for required, errors in ((b"y", "EBADRESULT"), (b"x", None)):
+        chain = [("echo", [b"x"], required)]
+        result = run_load([ConnectionPlan(echo.address, [chain] * 4)], duration_s=0.3,
+                          warmup_s=0.1, processes=1)
+        assert result.ops > 0
+        assert result.errors == ({errors: result.ops} if errors else {})
+        assert result.by_bytes == (0 if errors else result.ops)
 
 
 class FakeTransport:
@@ -164,10 +180,15 @@ STAT = {"type": "file", "size": 10, "mode": 0o644, "nlink": 1, "ino": 7, "mtime_
         "ctime_ns": 1}
 
 
-def test_replies_with_maps_are_counted_without_building_them_even_cut_anywhere() -> None:
-    """After the first map result the connection skips results; a reply cut at any byte
-    by a read is taken up where it stopped, and msgids and errors are still checked."""
-    replies = b"".join(msgpack.packb([1, msgid % 2, error, STAT]) for msgid, error in
+def response(msgid: int, result: Any, error: Any = None) -> bytes:
+    return msgpack.packb([1, msgid, error, result])
+
+
+def test_replies_cut_anywhere_are_counted_and_checked_whether_parsed_or_compared() -> None:
+    """A slot's first good reply is learned; later reads are compared with the expected
+    stream by bytes.  A reply cut at any byte by a read is taken up where it stopped, and
+    an error among expected replies is still counted."""
+    replies = b"".join(response(msgid % 2, STAT, error) for msgid, error in
                        enumerate([None, None, {"code": "ENOENT"}, None, None, None]))
     for cut in range(1, 40):
         connection, transport, histogram = make_connection([[b"A"], [b"B"]])
@@ -177,7 +198,107 @@ def test_replies_with_maps_are_counted_without_building_them_even_cut_anywhere()
         assert connection.ops == 6 and histogram.count == 6
         assert connection.errors == {"ENOENT": 1}
         assert b"".join(transport.written[1:]) == b"AB" * 3
-        assert connection._skipping and connection.protocol_errors == 0
+        assert connection.protocol_errors == 0
+        assert connection.by_bytes >= 1  # the last reply at least was compared, not parsed
+
+
+def expected_connection(depth: int = 3) -> tuple[LoadConnection, FakeTransport, Histogram]:
+    """Slots with two-request chains whose replies are given: compared from the start."""
+    slots = [[b"a%d" % slot, b"b%d" % slot] for slot in range(depth)]
+    replies: list[list[bytes | None]] = [[response(slot, b"x" * slot), response(slot, slot)]
+                                         for slot in range(depth)]
+    histogram = Histogram()
+    connection = LoadConnection(slots, histogram, lambda: None, replies)
+    transport = FakeTransport()
+    connection.connection_made(transport)  # type: ignore[arg-type]
+    return connection, transport, histogram
+
+
+def test_expected_replies_in_order_are_compared_as_bytes_and_release_the_next_requests(
+        ) -> None:
+    connection, transport, histogram = expected_connection()
+    connection.start()
+    assert transport.written == [b"a0a1a2"]
+    rounds = b"".join(response(slot, b"x" * slot) for slot in range(3)) + \
+        b"".join(response(slot, slot) for slot in range(3))
+    stream = rounds * 3
+    for cut in (1, 5, 12):  # replies are 4..7 bytes: a read holds at most the 3 owed
+        connection, transport, histogram = expected_connection()
+        connection.start()
+        for start in range(0, len(stream), cut):
+            connection.data_received(stream[start:start + cut])
+        assert connection.ops == connection.by_bytes == histogram.count == 18
+        assert connection.errors == {} and connection.protocol_errors == 0
+        assert b"".join(transport.written[1:]) == b"b0b1b2a0a1a2" * 3
+
+
+def test_a_wrong_result_is_an_error_even_amid_replies_compared_as_bytes() -> None:
+    """Switch the result check off (``_check`` learning every reply) and this fails."""
+    connection, transport, _ = expected_connection()
+    connection.start()
+    connection.data_received(response(0, b"") + response(1, b"wrong") + response(2, b"xx"))
+    connection.data_received(response(0, 0) + response(1, 1) + response(2, 2))
+    connection.data_received(response(0, b"") + response(1, b"wrong") + response(2, b"xx"))
+    assert connection.ops == 9
+    assert connection.errors == {"EBADRESULT": 2}
+    assert connection.by_bytes == 3  # the round without a wrong result
+    assert connection.protocol_errors == 0
+
+
+def test_replies_out_of_order_are_parsed_then_compared_again_in_the_new_order() -> None:
+    connection, transport, histogram = expected_connection()
+    connection.start()
+    connection.data_received(response(2, b"xx") + response(0, b""))
+    assert connection.by_bytes == 0  # parsed, then laid out again: 1 first, then 2, 0
+    connection.data_received(response(1, b"x"))
+    assert transport.written[1:] == [b"b2b0", b"b1"]
+    assert connection.by_bytes == 1
+    # The server now answers in the order the requests left: 2, 0, 1, round after round.
+    stream = (response(2, 2) + response(0, 0) + response(1, 1)
+              + response(2, b"xx") + response(0, b"") + response(1, b"x")) * 2
+    for start in range(0, len(stream), 12):  # replies are 4..7 bytes: 3 at most a read
+        connection.data_received(stream[start:start + 12])
+    assert connection.by_bytes == 13 and connection.ops == histogram.count == 15
+    assert b"".join(transport.written[3:]) == b"a2a0a1b2b0b1" * 2
+    assert connection.errors == {} and connection.protocol_errors == 0
+
+
+def test_more_replies_in_a_read_than_requests_in_flight_is_a_protocol_error() -> None:
+    connection, transport, _ = expected_connection()
+    connection.start()
+    connection.data_received(response(0, b"") + response(1, b"x") + response(2, b"xx")
+                             + response(0, 0))  # the expected stream, one reply too far
+    assert transport.aborted and connection.protocol_errors == 1
+
+
+def test_latencies_come_from_each_slots_send_time_when_compared_as_bytes(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    clock = iter([1_000, 5_000, 9_000, 20_000])
+    monkeypatch.setattr("kernelfarm.bench.loadclient.time.perf_counter_ns", lambda: next(clock))
+    connection, _, histogram = expected_connection()
+    connection.start()                                               # 3 requests at 1 us
+    connection.data_received(response(0, b"") + response(1, b"x"))  # 2 back at 5 us
+    connection.data_received(response(2, b"xx") + response(0, 0))   # at 9 us: sent 1, 5
+    connection.data_received(response(1, 1) + response(2, 2))       # at 20 us: sent 5, 9
+    assert connection.by_bytes == 6
+    assert sorted(histogram.percentile(p) // 100 for p in (1, 40, 60, 80, 99)) == \
+        [40, 40, 80, 110, 150]
+
+
+@pytest.mark.parametrize("garbage", [
+    response(0, None),                    # slot 0's request is not in flight any more
+    response(5, None),                    # a msgid no slot sent
+    response(0.0, None),                  # a msgid that is not an int
+])
+def test_a_reply_no_request_in_flight_can_have_caused_is_a_protocol_error(
+        garbage: bytes) -> None:
+    for connection, _, _ in (make_connection([[b"A"], [b"B"]]), expected_connection(2)):
+        connection.start()
+        transport = connection._transport
+        assert isinstance(transport, FakeTransport)
+        first = response(0, b"") if connection._stream else response(0, None)
+        connection.data_received(first + garbage)
+        assert transport.aborted and connection.protocol_errors == 1
 
 
 @pytest.mark.parametrize("garbage", [
@@ -186,9 +307,11 @@ def test_replies_with_maps_are_counted_without_building_them_even_cut_anywhere()
     msgpack.packb([0, 0, None, None]),    # a request, not a response
     msgpack.packb("text"),
 ])
-def test_a_broken_server_aborts_a_connection_that_skips_results(garbage: bytes) -> None:
+def test_a_broken_server_aborts_a_connection_that_compares_replies(garbage: bytes) -> None:
     connection, transport, _ = make_connection([[b"r"]])
     connection.start()
-    connection.data_received(msgpack.packb([1, 0, None, STAT]) + garbage)
-    assert connection._skipping and transport.aborted
+    connection.data_received(msgpack.packb([1, 0, None, STAT]))
+    assert connection._stream is not None
+    connection.data_received(garbage)
+    assert transport.aborted
     assert connection.protocol_errors == 1

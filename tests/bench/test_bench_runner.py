@@ -114,7 +114,8 @@ def test_efficiency_and_floor_share() -> None:
 
 def test_report_tables_and_plots_from_canned_rows(tmp_path: Path) -> None:
     rows = [row("echo", 1, "fs-stat", 400_000.0), row("partitioned", 2, "fs-stat", 150_000.0),
-            row("partitioned", 1, "fs-stat", 100_000.0, errors={"ENOENT": 3}),
+            row("partitioned", 1, "fs-stat", 100_000.0, errors={"ENOENT": 3},
+                client_cpu_s_per_op=1.25e-6),
             row("partitioned", 1, "net-echo", 50_000.0)]
     derive(rows)
     results = {"machine": {"cpu_model": "Test CPU", "cores": 2, "cores_allowed": 2},
@@ -138,6 +139,7 @@ def test_report_tables_and_plots_from_canned_rows(tmp_path: Path) -> None:
     assert [line.split(" | ")[0:2] for line in table] == [
         ["| partitioned", "1"], ["| partitioned", "2"], ["| echo", "1"]]
     assert "| 100,000 |" in table[0] and "ENOENT 3" in table[0] and "25%" in table[0]
+    assert "| 5.00 | 1.25 |" in table[0]  # server, then client CPU per request
     assert "not run: inprocess-procs x1 — no peer" in md.split("## net-echo")[1]
 
 
@@ -209,6 +211,9 @@ def test_kernelfarm_bench_end_to_end(tmp_path: Path) -> None:
     assert rows["partitioned"]["fsync"] == "never" and rows["echo"]["fsync"] is None
     assert rows["echo"]["floor_share"] == 1.0
     assert 0 < rows["partitioned"]["floor_share"]
+    for name in ("partitioned", "echo"):  # replies checked by bytes, with their own results
+        assert rows[name]["checked_by_bytes"] > 0.5 and rows[name]["replies_per_read"] >= 1
+        assert 0 < rows[name]["client_cpu_s_per_op"] < 0.01
     md = (out / "results.md").read_text()
     assert "## fs-stat" in md and "| partitioned | 1 |" in md and "| echo | 1 |" in md
     assert (out / "throughput-fs-stat.png").read_bytes()[:8] == PNG_MAGIC

@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 
+from kernelfarm.bench.echo import echoed
 from kernelfarm.bench.layout import plans, spread, streams_needed
 from kernelfarm.bench.workloads import BLOCK, ECHO_PAYLOAD, WORKLOADS, prepare
 
@@ -62,7 +63,7 @@ def test_every_workload_prepares_its_tenants(name: str) -> None:
     assert [len(prepared.chains[t]) for t in ("alice", "bob")] == [3, 2]
     for tenant, chains in prepared.chains.items():
         for chain in chains:
-            for method, params in chain:
+            for method, params, *_ in chain:
                 # Routed by the tenant: fs by the volume, net by the namespace.
                 key = params[0].split("/")[1] if method.startswith("fs.") else params[0]
                 assert key == tenant
@@ -79,8 +80,9 @@ def test_fs_create_gives_every_stream_its_own_file_and_starts_clean() -> None:
     prepared = prepare("fs-create", farm.call, {"alice": 3})
     paths = []
     for chain in prepared.chains["alice"]:
-        (first, (path, data)), (second, (unlinked,)) = chain
+        (first, (path, data), created), (second, (unlinked,), removed) = chain
         assert (first, data, second, unlinked) == ("fs.write_file", b"", "fs.unlink", path)
+        assert created is removed is None  # the results both must get
         paths.append(path)
     assert len(set(paths)) == 3
     assert not set(paths) & set(farm.files)  # the first request of each chain can create
@@ -90,8 +92,8 @@ def test_4k_workloads_move_4_kib() -> None:
     farm = FakeFarm()
     reads = prepare("fs-read-4k", farm.call, {"t": 1}).chain("t", 0)
     writes = prepare("fs-write-4k", farm.call, {"t": 1}).chain("t", 0)
-    assert reads == [("fs.pread", ["/t/data.4k", 0, 4096])]
-    assert writes == [("fs.pwrite", ["/t/data.4k", 0, BLOCK])]
+    assert reads == [("fs.pread", ["/t/data.4k", 0, 4096], BLOCK)]  # must read back BLOCK
+    assert writes == [("fs.pwrite", ["/t/data.4k", 0, BLOCK], 4096)]
     assert len(BLOCK) == 4096 and farm.files["/t/data.4k"] == BLOCK
 
 
@@ -99,9 +101,11 @@ def test_net_echo_connects_one_socket_per_stream_to_the_echo_server() -> None:
     farm = FakeFarm()
     prepared = prepare("net-echo", farm.call, {"ns": 4}, echo_address=ECHO)
     sids = set()
-    for (send, (ns, sid, data)), (recv, (ns2, sid2, size, timeout)) in prepared.chains["ns"]:
+    for (send, (ns, sid, data), sent), (recv, (ns2, sid2, size, timeout), received) in \
+            prepared.chains["ns"]:
         assert (send, recv, ns, ns2, sid2, data) == ("net.send", "net.recv", "ns", "ns", sid,
                                                       ECHO_PAYLOAD)
+        assert (sent, received) == (len(ECHO_PAYLOAD), ECHO_PAYLOAD)
         assert size >= len(ECHO_PAYLOAD) and timeout > 0
         assert farm.sockets[("ns", sid)] == ECHO
         sids.add(sid)
@@ -120,7 +124,7 @@ def test_a_failed_set_up_closes_the_sockets_it_opened() -> None:
 def test_mixed_is_mostly_metadata_reads() -> None:
     farm = FakeFarm()
     chain = prepare("mixed", farm.call, {"t": 1}, echo_address=ECHO).chain("t", 0)
-    methods = Counter(method for method, _ in chain)
+    methods = Counter(request[0] for request in chain)
     assert methods["fs.stat"] == 4 and len(chain) == 10
     assert {"fs.pread", "fs.pwrite", "fs.write_file", "fs.unlink", "net.send",
             "net.recv"} <= set(methods)
@@ -173,6 +177,11 @@ def test_layout_becomes_plans_over_prepared_chains() -> None:
     assert [plan.address for plan in connection_plans] == [K1, K2]
     first_paths = [chain[0][1][0] for plan in connection_plans for chain in plan.chains]
     assert len(set(first_paths)) == 6
+    # Against the echo floor each request must get its first param back instead.
+    echo_plans = plans(layouts, prepared, echoed)
+    assert [request[2] for plan in echo_plans for chain in plan.chains for request in chain] \
+        == [request[1][0] for plan in connection_plans for chain in plan.chains
+            for request in chain]
 
 
 def test_impossible_layouts_are_refused() -> None:
