@@ -10,7 +10,7 @@ can be redrawn from a committed JSON file (:func:`write_all` on its contents).
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -102,7 +102,7 @@ def markdown(results: dict[str, Any]) -> str:
         "same worker count. Compare rows of one run only.",
     ]
     rows = ordered(results["rows"])
-    lines += summary(rows)
+    lines += summary(rows, machine.get("cores_allowed"))
     for workload in _present(WORKLOADS, [r["workload"] for r in rows]):
         lines += ["", f"## {workload}", "",
                   "| " + " | ".join(COLUMNS) + " |",
@@ -119,25 +119,36 @@ def markdown(results: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def summary(rows: Sequence[dict[str, Any]]) -> list[str]:
-    """The run's two questions, per workload: how partitioned compares with the better
-    locked baseline at each worker count, and what switching the locks on costs one
-    kernel (``unicpu-locks`` vs ``partitioned`` at one worker, by CPU per request)."""
+def summary(rows: Sequence[dict[str, Any]], cores: int | None = None) -> list[str]:
+    """The run's questions, per workload: how partitioned compares with the better locked
+    baseline at each worker count, and at the most workers with the best locked row at
+    any thread count up to that (adding threads may lose); the ceiling the machine's
+    ``cores`` put on that ratio; and what switching the locks on costs one kernel
+    (``unicpu-locks`` vs ``partitioned`` at one worker, by CPU per request).
+
+    The ceiling: partitioned cannot serve more than ``cores / (server + client CPU per
+    request)`` when its kernels and the load generator share the cores; divided by the
+    best locked row at the most workers, it is the most the ratio can be on this machine
+    whatever the kernels do, unless the kernel or the client gets cheaper."""
     by = {(r["system"], r["workers"], r["workload"]): r for r in rows}
     workers = sorted({r["workers"] for r in rows if r["system"] == "partitioned"})
-    lines = ["", "## Summary", "",
-             "| workload | " + " | ".join(f"partitioned ÷ best locked at {w}"
-                                          for w in workers)
-             + " | CPU µs/op, 1 kernel without vs with locks |",
-             "|---|" + "---:|" * (len(workers) + 1)]
+    top = workers[-1] if workers else 0
+    head = [f"partitioned ÷ best locked at {w}" for w in workers]
+    if len(workers) > 1:
+        head.append(f"at {top} ÷ best locked at any count ≤ {top}")
+    if cores:
+        head.append(f"ceiling at {top}: {cores} cores ÷ (server + client µs/op)")
+    head.append("CPU µs/op, 1 kernel without vs with locks")
+    lines = ["", "## Summary", "", "| workload | " + " | ".join(head) + " |",
+             "|---|" + "---:|" * len(head)]
     for workload in _present(WORKLOADS, [r["workload"] for r in rows]):
-        cells = []
-        for count in workers:
-            ours = by.get(("partitioned", count, workload))
-            locked = [by[key]["ops_per_s"] for key in
-                      ((system, count, workload) for system in LOCKED) if key in by]
-            cells.append(f"{ours['ops_per_s'] / max(locked):.2f}"
-                         if ours and locked and max(locked) > 0 else "-")
+        cells = [_ratio(by.get(("partitioned", count, workload)),
+                        _best_locked(by, workload, [count])) for count in workers]
+        ours = by.get(("partitioned", top, workload))
+        if len(workers) > 1:
+            cells.append(_ratio(ours, _best_locked(by, workload, range(1, top + 1))))
+        if cores:
+            cells.append(_ceiling(ours, _best_locked(by, workload, [top]), cores))
         bare, with_locks = by.get(("partitioned", 1, workload)), \
             by.get(("unicpu-locks", 1, workload))
         if bare and with_locks and bare.get("cpu_s_per_op") and with_locks.get("cpu_s_per_op"):
@@ -148,6 +159,24 @@ def summary(rows: Sequence[dict[str, Any]]) -> list[str]:
         if any(cell != "-" for cell in cells):
             lines.append(f"| {workload} | " + " | ".join(cells) + " |")
     return lines
+
+
+def _best_locked(by: dict[tuple[str, int, str], dict[str, Any]], workload: str,
+                 counts: Iterable[int]) -> float:
+    return max((by[key]["ops_per_s"] for key in
+                ((system, count, workload) for system in LOCKED for count in counts)
+                if key in by), default=0.0)
+
+
+def _ratio(ours: dict[str, Any] | None, locked: float) -> str:
+    return f"{ours['ops_per_s'] / locked:.2f}" if ours and locked > 0 else "-"
+
+
+def _ceiling(ours: dict[str, Any] | None, locked: float, cores: int) -> str:
+    server, client = (ours or {}).get("cpu_s_per_op"), (ours or {}).get("client_cpu_s_per_op")
+    if not server or not client or locked <= 0:
+        return "-"
+    return f"{cores / (server + client) / locked:.2f}"
 
 
 def _loadavg(values: Any) -> str:

@@ -144,15 +144,23 @@ def test_report_tables_and_plots_from_canned_rows(tmp_path: Path) -> None:
 
 
 def test_the_summary_compares_partitioned_with_the_better_locked_baseline() -> None:
-    rows = [row("partitioned", 1, "fs-stat", 100.0, cpu_s_per_op=2e-6),
-            row("partitioned", 2, "fs-stat", 150.0),
-            row("locked-global", 2, "fs-stat", 50.0), row("locked-fine", 2, "fs-stat", 60.0),
-            row("unicpu-locks", 1, "fs-stat", 90.0, cpu_s_per_op=2.5e-6),
-            row("partitioned", 2, "net-echo", 80.0), row("echo", 2, "net-echo", 400.0)]
+    rows = [row("partitioned", 1, "fs-stat", 100e3, cpu_s_per_op=2e-6),
+            row("partitioned", 2, "fs-stat", 150e3, cpu_s_per_op=3e-6,
+                client_cpu_s_per_op=1e-6),
+            row("locked-global", 2, "fs-stat", 50e3), row("locked-fine", 2, "fs-stat", 60e3),
+            row("unicpu-locks", 1, "fs-stat", 90e3, cpu_s_per_op=2.5e-6),
+            row("partitioned", 2, "net-echo", 80e3), row("echo", 2, "net-echo", 400e3)]
     lines = report.summary(rows)
     assert "partitioned ÷ best locked at 2" in lines[3]
-    assert "| fs-stat | - | 2.50 | 2.00 vs 2.50 |" in lines  # 150 / max(50, 60)
+    # 150k / max(50k, 60k); at any thread count the best is the same 60k
+    assert "| fs-stat | - | 2.50 | 2.50 | 2.00 vs 2.50 |" in lines
     assert not any(line.startswith("| net-echo") for line in lines)  # nothing to compare
+    # A locked kernel better at 1 thread than at 2 is the one to beat at any count; the
+    # ceiling: 2 cores / (3 + 1 us per request) = 500k, over the best locked at 2 (60k).
+    rows.append(row("locked-fine", 1, "fs-stat", 75e3))
+    lines = report.summary(rows, cores=2)
+    assert "ceiling at 2: 2 cores ÷ (server + client µs/op)" in lines[3]
+    assert "| fs-stat | 1.33 | 2.50 | 2.00 | 8.33 | 2.00 vs 2.50 |" in lines
 
 
 def test_an_inprocess_worker_counts_raised_and_returned_errors_as_a_kernel_answers() -> None:
