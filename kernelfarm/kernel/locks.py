@@ -23,11 +23,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import threading
 from dataclasses import replace
 from typing import Any, Awaitable, Generator, Iterator
 
-from kernelfarm.kernel.subsystem import Method
+from kernelfarm.kernel.subsystem import KeyOf, Method
 from kernelfarm.rpc.answer import Answer
 
 Lock = Any  # threading.Lock() returns an instance of a private type
@@ -59,6 +60,12 @@ class LockedSteps:
                 error = exc
 
 
+LOCKS_REMEMBERED = 16384
+"""First parameters (paths, namespaces) whose lock a fine wrapper keeps, per key function."""
+REMEMBERED_CHARS = 128
+"""Longer first parameters are not kept: the remembered locks stay bounded in bytes."""
+
+
 class LockProvider:
     def __init__(self, locking: str) -> None:
         if locking not in ("global", "fine"):
@@ -67,6 +74,8 @@ class LockProvider:
         self.table_lock = threading.Lock()
         """The global lock, or in fine locking the lock of the shared table of locks."""
         self._locks: dict[str, Lock] = {}
+        self._by_first: dict[KeyOf, dict[str, Lock]] = {}
+        """Per key function, the lock of a request by its first parameter (see wrap)."""
 
     def lock_for(self, key: str | None) -> Lock:
         if self.locking == "global" or key is None:
@@ -80,28 +89,28 @@ class LockProvider:
     def wrap(self, method: Method) -> Method:
         """The same method, its handler running under the lock its request needs.
 
-        The wrapper is one frame: it finds the lock (in fine locking, the request's key
-        and a dict lookup) and runs the handler under it, so what a locked kernel pays
-        over a unicpu one is the lock and the least code that finds it
-        (``benchmarks/handler_cost.py`` measures it).
+        The wrapper is one frame: it finds the lock and runs the handler under it, so
+        what a locked kernel pays over a unicpu one is the lock and the least code that
+        finds it (``benchmarks/handler_cost.py`` measures it).  In fine locking the lock
+        is remembered by the request's first parameter, as a unicpu kernel remembers a
+        request's route by it (a key function reads only that parameter, and a key's
+        lock never changes): a known path or namespace costs one dict lookup, not the
+        key function, so the baseline pays no more to find its lock than the partitioned
+        kernel pays to find its slot.
         """
         handler, keyfn = method.handler, method.key
         offset = 1 if method.wants_conn else 0
         one_lock = self.locking == "global" or keyfn is None
-        table_lock, locks, lock_for = self.table_lock, self._locks, self.lock_for
-
-        def lock_of(args: tuple[Any, ...]) -> Lock:
-            if one_lock:
-                return table_lock
-            try:
-                key = keyfn(args[offset:] if offset else args)  # type: ignore[misc]  # one_lock when None
-            except Exception:
-                key = None  # bad params: the handler raises the proper error under a lock
-            return table_lock if key is None else locks.get(key) or lock_for(key)
+        table_lock = self.table_lock
+        by_first = self._by_first.setdefault(keyfn, {}) if keyfn is not None else {}
+        find = functools.partial(self._find, keyfn, offset, by_first)
 
         if method.is_async:
             def locked_async(*args: Any) -> Any:
-                lock = lock_of(args)
+                lock: Lock = table_lock
+                if not one_lock:
+                    first = args[offset] if len(args) > offset else None
+                    lock = (by_first.get(first) if type(first) is str else None) or find(args)
                 with lock:
                     result = handler(*args)
                 if not hasattr(result, "__await__") or isinstance(result, (asyncio.Future,
@@ -119,15 +128,30 @@ class LockProvider:
             return replace(method, handler=locked_globally)
 
         def locked(*args: Any) -> Any:
-            # lock_of inlined: on this path every frame is part of the measured lock cost
-            try:
-                key = keyfn(args[offset:] if offset else args)  # type: ignore[misc]  # not None here
-            except Exception:
-                key = None
-            with table_lock if key is None else locks.get(key) or lock_for(key):
+            # inlined: on this path every frame is part of the measured lock cost
+            first = args[offset] if len(args) > offset else None
+            lock = by_first.get(first) if type(first) is str else None
+            with lock or find(args):
                 return handler(*args)
 
         return replace(method, handler=locked)
+
+    def _find(self, keyfn: KeyOf | None, offset: int, by_first: dict[str, Lock],
+              args: tuple[Any, ...]) -> Lock:
+        """The lock of a request whose first parameter is not remembered yet: its key's
+        (the table lock when it has none, or bad params: the handler then raises the
+        proper error under it), remembered by that parameter when it is a short str."""
+        try:
+            key = keyfn(args[offset:] if offset else args)  # type: ignore[misc]  # not None here
+        except Exception:
+            return self.table_lock
+        lock = self.table_lock if key is None else self.lock_for(key)
+        first = args[offset] if len(args) > offset else None
+        if type(first) is str and len(first) <= REMEMBERED_CHARS:
+            if len(by_first) >= LOCKS_REMEMBERED:
+                by_first.clear()
+            by_first[first] = lock
+        return lock
 
     @contextlib.contextmanager
     def everything(self) -> Iterator[None]:

@@ -10,6 +10,7 @@ import psutil
 import pytest
 
 from farmctl import start_farm
+from kernelfarm.keys import volume_of
 from kernelfarm.kernel.locks import LockProvider
 from kernelfarm.kernel.subsystem import Method
 
@@ -42,6 +43,30 @@ def test_fine_locking_holds_the_key_lock_only() -> None:
     assert seen == [("alice", True, False, False)]
     assert provider.lock_for("alice") is provider.lock_for("alice")
     assert provider.lock_for("alice") is not provider.lock_for("bob")
+
+
+def test_fine_locking_remembers_a_first_parameters_lock_as_a_kernel_its_route() -> None:
+    """The key function runs once per first parameter (as a unicpu kernel finds a route
+    once per path); the lock found by the remembered parameter is always its key's."""
+    provider = LockProvider("fine")
+    keyed: list[str] = []
+    held: list[tuple[str, bool, bool]] = []
+
+    def volume(params: list) -> str | None:
+        keyed.append(params[0])
+        return volume_of(params[0])
+
+    def handler(path: str) -> None:
+        held.append((path, provider.lock_for("alice").locked(), provider.table_lock.locked()))
+
+    method = provider.wrap(Method("fs.op", handler, volume))
+    long_path = "/alice/" + "x" * 200
+    for path in ("/alice/a", "/alice/a", "/alice/b", "/", "/", long_path, long_path):
+        method.handler(path)
+    assert keyed == ["/alice/a", "/alice/b", "/", long_path, long_path]  # long: not kept
+    assert held == [("/alice/a", True, False), ("/alice/a", True, False),
+                    ("/alice/b", True, False), ("/", False, True), ("/", False, True),
+                    (long_path, True, False), (long_path, True, False)]
 
 
 def test_connection_argument_does_not_confuse_the_key() -> None:
