@@ -87,6 +87,8 @@ class LoadConnection(asyncio.Protocol):
         """The start of a reply the last read cut short."""
         # Comparing: where the stream stands, and the send times of the entries in flight.
         self._stream: ReplyStream | None = None
+        self._follow = memoryview(b"")
+        """``self._stream.follow``, sliced without copying."""
         self._offset = 0
         self._entry = 0
         self._done = 0
@@ -151,8 +153,8 @@ class LoadConnection(asyncio.Protocol):
             self._batches.append((self._done + len(self._requests), now))
             if self._running:
                 assert self._transport is not None
-                self._transport.write(
-                    stream.follow[stream.follow_starts[entry]:stream.follow_starts[last]])
+                self._transport.write(  # a view: 16 x 4 KiB writes are not copied again
+                    self._follow[stream.follow_starts[entry]:stream.follow_starts[last]])
             if offset >= stream.period_bytes:
                 offset -= stream.period_bytes
                 last -= stream.period_entries
@@ -200,6 +202,7 @@ class LoadConnection(asyncio.Protocol):
         if stream is None or not stream.expected.startswith(self._pending):
             return
         self._stream, self._offset, self._entry, self._done = stream, len(self._pending), 0, 0
+        self._follow = memoryview(stream.follow)
         self._pending = b""
         self._batches.clear()
         for index, slot in enumerate(self._order):
