@@ -22,8 +22,9 @@ next bytes is one C comparison; the requests it releases are one slice, sent in 
 ``write()``; latencies are recorded per send batch.  Any other read (a reply out of
 order, an error, another result, a broken server) is parsed reply by reply, each reply
 compared by its bytes and decoded only when they differ, and the stream is laid out again
-from the new order at the next reply boundary.  The process ends by itself after its
-window, and when its parent goes away (stdin closes) while it waits for ``go``.
+from the new order (at once, or after some parsed replies when the order keeps changing).
+The process ends by itself after its window, and when its parent goes away (stdin closes)
+while it waits for ``go``.
 """
 
 from __future__ import annotations
@@ -94,6 +95,9 @@ class LoadConnection(asyncio.Protocol):
         self._done = 0
         self._batches: collections.deque[tuple[int, int]] = collections.deque()
         """(end, ns): entries up to ``end`` (absolute, exclusive) left at ``ns``."""
+        self._hold = 0
+        """Replies to parse before the stream is laid out again (see _stop_comparing)."""
+        self._backoff = 0
         self._running = False
         self._stopped = False
         self.ops = 0
@@ -178,7 +182,18 @@ class LoadConnection(asyncio.Protocol):
 
     def _stop_comparing(self, stream: ReplyStream) -> None:
         """Back to parsing: the entries in flight become slots in send order again, and
-        the matched start of a cut reply becomes the bytes still to parse."""
+        the matched start of a cut reply becomes the bytes still to parse.
+
+        Laying a stream out costs about a parsed reply per entry, so a server that keeps
+        changing the order (net calls that wait) must not have it laid out again after
+        every read: when a stream did not last a period, the next one waits for twice as
+        many parsed replies as the last wait (from a period, up to 64 periods)."""
+        if self._done >= stream.period_entries:
+            self._backoff = 0
+        else:
+            self._backoff = min(max(2 * self._backoff, stream.period_entries),
+                                64 * stream.period_entries)
+        self._hold = self._backoff
         entry, depth = self._entry, len(self._requests)
         self._pending = stream.expected[stream.start_of(entry):self._offset]
         times: list[int] = []
@@ -196,7 +211,7 @@ class LoadConnection(asyncio.Protocol):
     def _compare_from_here(self) -> None:
         """Lay out the stream from the slots in flight, if every reply is known by now
         (and the start of a cut reply, if any, is the start of the first expected one)."""
-        if self._unknown:
+        if self._unknown or self._hold > 0:
             return
         stream = lay_out(self._order, self._positions, self._requests, self._replies)
         if stream is None or not stream.expected.startswith(self._pending):
@@ -262,6 +277,7 @@ class LoadConnection(asyncio.Protocol):
         finally:
             order += released
             self.ops += len(stamps)
+            self._hold -= len(stamps)
             record = self._histogram.record
             highest = self._histogram.highest
             for sent_ns, n in collections.Counter(stamps).items():

@@ -11,8 +11,8 @@ stream is known in advance: a whole read of replies is checked by one comparison
 speed (``expected.startswith(data, offset)``), and the requests those replies release
 are one slice of the parallel stream of requests (``follow``).
 
-Two periods are laid out, so any read that starts within the first period and holds no
-more replies than there are slots (all a server can owe) lies inside ``expected``.  A
+A period and one more round are laid out, so any read that starts within the period and
+holds no more replies than there are slots (all a server can owe) lies inside ``expected``.  A
 read that does not match, whatever the reason (a reply out of order, an error, a
 different result, a broken server), is parsed reply by reply instead; see
 :mod:`kernelfarm.bench.loadclient`.
@@ -30,7 +30,7 @@ MAX_PERIOD_REPLIES = 4096
 
 @dataclass(frozen=True, slots=True)
 class ReplyStream:
-    """Two periods of expected replies, and the request each of them releases.
+    """A period of expected replies and one more round, and the request each releases.
 
     Entry ``j`` is the ``j``-th reply from where the stream was laid out: it answers slot
     ``slots[j]`` at chain position ``positions[j]``, ends at byte ``ends[j]`` of
@@ -66,7 +66,7 @@ def lay_out(order: Sequence[int], positions: Sequence[int],
     follow: list[bytes] = []
     slots: list[int] = []
     at: list[int] = []
-    for step in range(2 * rounds):
+    for step in range(rounds + 1):
         for slot in order:
             chain = requests[slot]
             position = (positions[slot] + step) % len(chain)

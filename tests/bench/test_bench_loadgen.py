@@ -14,6 +14,7 @@ from kernelfarm.bench.echo import EchoProcess, running_echo
 from kernelfarm.bench.histogram import Histogram
 from kernelfarm.bench.loadclient import LoadConnection
 from kernelfarm.bench.loadgen import ConnectionPlan, LoadGenError, run_load
+from kernelfarm.bench.replystream import lay_out
 
 ECHO_CHAIN = [("echo", [b"x"])]
 
@@ -236,12 +237,14 @@ def test_a_wrong_result_is_an_error_even_amid_replies_compared_as_bytes() -> Non
     """Switch the result check off (``_check`` learning every reply) and this fails."""
     connection, transport, _ = expected_connection()
     connection.start()
-    connection.data_received(response(0, b"") + response(1, b"wrong") + response(2, b"xx"))
-    connection.data_received(response(0, 0) + response(1, 1) + response(2, 2))
-    connection.data_received(response(0, b"") + response(1, b"wrong") + response(2, b"xx"))
-    assert connection.ops == 9
+    wrong = response(0, b"") + response(1, b"wrong") + response(2, b"xx")
+    right = [response(0, b"") + response(1, b"x") + response(2, b"xx"),
+             response(0, 0) + response(1, 1) + response(2, 2)]
+    for data in (wrong, right[1], right[0], right[1], wrong):
+        connection.data_received(data)
+    assert connection.ops == 15
     assert connection.errors == {"EBADRESULT": 2}
-    assert connection.by_bytes == 3  # the round without a wrong result
+    assert connection.by_bytes == 6  # the rounds after a period parsed (see the backoff)
     assert connection.protocol_errors == 0
 
 
@@ -249,18 +252,42 @@ def test_replies_out_of_order_are_parsed_then_compared_again_in_the_new_order() 
     connection, transport, histogram = expected_connection()
     connection.start()
     connection.data_received(response(2, b"xx") + response(0, b""))
-    assert connection.by_bytes == 0  # parsed, then laid out again: 1 first, then 2, 0
     connection.data_received(response(1, b"x"))
     assert transport.written[1:] == [b"b2b0", b"b1"]
-    assert connection.by_bytes == 1
+    assert connection.by_bytes == 0
     # The server now answers in the order the requests left: 2, 0, 1, round after round.
+    # The first stream lasted less than a period (6 replies), so 6 are parsed (the 3 above,
+    # then reads up to the 7th reply) before it is laid out again in the new order; the
+    # other 8 are compared.
     stream = (response(2, 2) + response(0, 0) + response(1, 1)
               + response(2, b"xx") + response(0, b"") + response(1, b"x")) * 2
     for start in range(0, len(stream), 12):  # replies are 4..7 bytes: 3 at most a read
         connection.data_received(stream[start:start + 12])
-    assert connection.by_bytes == 13 and connection.ops == histogram.count == 15
+    assert connection.by_bytes == 8 and connection.ops == histogram.count == 15
     assert b"".join(transport.written[3:]) == b"a2a0a1b2b0b1" * 2
     assert connection.errors == {} and connection.protocol_errors == 0
+
+
+def test_a_server_that_keeps_changing_the_order_is_parsed_not_laid_out_every_read(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Laying a stream out costs about a parsed reply per entry: after streams that do
+    not last a period, the wait before the next doubles (remove the backoff: 200 layouts)."""
+    layouts = []
+
+    def counted(*args: Any) -> Any:
+        layouts.append(1)
+        return lay_out(*args)
+
+    monkeypatch.setattr("kernelfarm.bench.loadclient.lay_out", counted)
+    connection, transport, _ = make_connection([[b"A"], [b"B"]])
+    connection.start()
+    first = 0
+    for _ in range(200):  # each read swaps the two slots' order
+        connection.data_received(response(1 - first, STAT) + response(first, STAT))
+        first = 1 - first
+    assert connection.ops == 400 and connection.errors == {}
+    assert len(layouts) <= 12
+    assert transport.written[1:] == [b"BA", b"AB"] * 100  # one write per read, in order
 
 
 def test_more_replies_in_a_read_than_requests_in_flight_is_a_protocol_error() -> None:
