@@ -258,37 +258,38 @@ class FarmSocket:
         What a readiness already read comes first, with no system call.  While the
         readable side is watched and nothing is pending, the host has nothing either
         (the watch would have read it), so the call waits without asking."""
-        if self.pending is not None:
-            return self._take_pending(size)
-        sock = self.sock
-        if sock is None or self.closed:
-            sock = self.opened()
-        if not self._readable.watched:
-            try:
-                data = sock.recv(size)
-            except (BlockingIOError, InterruptedError):
-                pass
+        data = self.pending
+        if data is not None:
+            if type(data) is not bytes or len(data) > size:
+                data = self._part_of_pending(size)
             else:
-                self.bytes_in += len(data)
-                self.counters.bytes_in += len(data)
-                return data
-        self._read_size = min(size, READ_AHEAD_BYTES)
-        answer = Answer()
-        self._add_waiter(self._readable, answer, size, timeout)
-        return answer
+                self.pending = None
+        else:
+            sock = self.sock
+            if sock is None or self.closed:
+                sock = self.opened()
+            if not self._readable.watched:
+                try:
+                    data = sock.recv(size)
+                except (BlockingIOError, InterruptedError):
+                    pass
+            if data is None:
+                self._read_size = min(size, READ_AHEAD_BYTES)
+                answer = Answer()
+                self._add_waiter(self._readable, answer, size, timeout)
+                return answer
+        self.bytes_in += len(data)
+        self.counters.bytes_in += len(data)
+        return data
 
-    def _take_pending(self, size: int) -> bytes:
+    def _part_of_pending(self, size: int) -> bytes:
+        """The first ``size`` bytes of ``pending`` (the rest stays), or its error."""
         pending = self.pending
         if isinstance(pending, OSError):
             self.pending = None
             raise pending
         assert pending is not None
-        if len(pending) > size:
-            data, self.pending = pending[:size], pending[size:]
-        else:
-            data, self.pending = pending, None
-        self.bytes_in += len(data)
-        self.counters.bytes_in += len(data)
+        data, self.pending = pending[:size], pending[size:] or None
         return data
 
     async def sendto(self, data: bytes, address: IPAddress, port: int, timeout: float) -> int:
@@ -452,27 +453,30 @@ class FarmSocket:
         ends the watch (the loop's watch is level-triggered: it would fire again and
         again)."""
         waiters = direction.waiters
-        if len(waiters) == 1:  # the usual case, without a new list
+        if not waiters:
+            sock = self.sock
+            assert sock is not None  # a socket that closes or leaves ends its watches
+            if direction.reads and self.pending is None and self.kind == "tcp" \
+                    and not self.listening:
+                try:  # read ahead, here: the data path of request/response traffic
+                    pending = sock.recv(self._read_size)
+                except (BlockingIOError, InterruptedError):
+                    return
+                except OSError as exc:
+                    self.pending = exc
+                else:
+                    self.pending = pending
+                    if pending:
+                        return
+            # Nothing to read ahead for (a writable side, a listener, data held already),
+            # or the end of stream or an error, which stay readable: the loop's watch is
+            # level-triggered and would fire again and again.
+            self._unwatch(direction)
+        elif len(waiters) == 1:  # the usual case, without a new list
             if self._settle(waiters[0]):
                 waiters.clear()
-        elif waiters:
-            direction.waiters = [waiter for waiter in waiters if not self._settle(waiter)]
-        elif direction.reads and self.pending is None and self.kind == "tcp" \
-                and not self.listening:
-            self._read_ahead()
         else:
-            self._unwatch(direction)
-
-    def _read_ahead(self) -> None:
-        assert self.sock is not None
-        try:
-            self.pending = self.sock.recv(self._read_size)
-        except (BlockingIOError, InterruptedError):
-            return
-        except OSError as exc:
-            self.pending = exc
-        if not self.pending or isinstance(self.pending, OSError):
-            self._unwatch(self._readable)  # end of stream or an error: readable for ever
+            direction.waiters = [waiter for waiter in waiters if not self._settle(waiter)]
 
     def _settle(self, waiter: Waiter) -> bool:
         """Settle ``waiter`` if the socket is ready for it; False if it must wait on."""
