@@ -1,0 +1,211 @@
+"""The kernel's own CPU per net-echo round trip, in-process, by the path a ``recv`` takes.
+
+``net_floor.py`` measures a kernel process under real load, where which path a
+``net.recv`` takes (answered from what a readiness read ahead, or waiting for the echo)
+depends on timing, and a busy machine moves the figure by several microseconds.  This
+script fixes the path and counts only this thread's CPU: a real :class:`Kernel` and real
+:class:`ServerConnection` objects (their transport a stub that drops replies, so no RPC
+system calls), ``--connections`` x ``--depth`` net sockets whose host ends are socketpairs,
+requests fed to ``data_received`` as the wire would (one batch per connection):
+
+    echo-first  net.send, the echo comes back, then net.recv: the readiness reads ahead,
+                the recv is answered from it (a quiet machine, mostly)
+    recv-first  net.send and net.recv together, then the echo: every recv waits and the
+                readiness answers it (a busy machine, mostly)
+
+The echo (the socketpairs' far ends) runs in this thread too; its time is measured and
+taken out.  Compare figures of one run, or of runs side by side (``PYTHONPATH`` at two
+checkouts): absolute values drift by a microsecond between runs on a shared machine.
+
+    python benchmarks/net_paths.py [--rounds 300] [--repeats 3] [--out DIR]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import socket
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import msgpack
+import uvloop
+
+from kernelfarm.bench.runner import machine
+from kernelfarm.boot import BootInfo
+from kernelfarm.config import Config
+from kernelfarm.kernel.kernel import Kernel
+from kernelfarm.net.sockets import FarmSocket
+from kernelfarm.net.subsystem import NetSubsystem
+from kernelfarm.partition import NSLOTS
+from kernelfarm.rpc.server import ServerConnection
+
+RESULTS_DIR = Path(__file__).resolve().parent / "results"
+NAMESPACE = "bench"
+PAYLOAD = b"x" * 64
+WARMUP_ROUNDS = 20
+SETTLE_S = 5.0
+PATHS = ("echo-first", "recv-first")
+
+
+class DroppingTransport:
+    """A transport that takes every reply and sends nothing: no RPC system calls."""
+
+    def write(self, data: bytes) -> None:
+        pass
+
+    def get_write_buffer_size(self) -> int:
+        return 0
+
+    def set_write_buffer_limits(self, high: int | None = None, low: int | None = None) -> None:
+        pass
+
+    def get_extra_info(self, name: str, default: Any = None) -> Any:
+        return ("127.0.0.1", 0) if name == "peername" else default
+
+    def is_closing(self) -> bool:
+        return False
+
+    def pause_reading(self) -> None:
+        pass
+
+    def resume_reading(self) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+class Bench:
+    """A kernel, its connections and sockets, and the pre-encoded request batches."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, data_dir: str, connections: int,
+                 depth: int) -> None:
+        boot = BootInfo(kernel_id=0, core=0, epoch=1, ranges=[[0, NSLOTS - 1, 0]],
+                        addrs={0: ["127.0.0.1", 1]}, config={}, data_dir=data_dir,
+                        supervisor_pid=0)
+        self.kernel = Kernel(boot, Config.from_dict({"fs": {"fsync": "never"}}), loop)
+        self.kernel.load_slots(list(range(NSLOTS)))
+        net = next(s for s in self.kernel.subsystems if isinstance(s, NetSubsystem))
+        self.conns: list[ServerConnection] = []
+        self.sends: list[bytes] = []
+        self.recvs: list[bytes] = []
+        self.sockets: list[FarmSocket] = []
+        self.peers: list[socket.socket] = []
+        for _ in range(connections):
+            conn = ServerConnection(self.kernel, max_message_bytes=1 << 20,
+                                    max_inflight=4 * depth, write_buffer_bytes=1 << 22)
+            conn.connection_made(DroppingTransport())  # type: ignore[arg-type]  # a stub
+            conn.session = self.kernel.gate.trusted
+            sends, recvs = [], []
+            for index in range(depth):
+                reply = self.kernel.handle(conn, 0, "net.socket", [NAMESPACE, "tcp"])
+                assert reply is not None and reply[2] is None, reply
+                sid = reply[3]
+                ours, peer = socket.socketpair()
+                ours.setblocking(False)
+                peer.setblocking(False)
+                farm_sock = net.namespaces[NAMESPACE].sockets[sid]
+                farm_sock.sock = ours
+                self.sockets.append(farm_sock)
+                self.peers.append(peer)
+                sends.append(msgpack.packb([0, 2 * index, "net.send",
+                                            [NAMESPACE, sid, PAYLOAD]]))
+                recvs.append(msgpack.packb([0, 2 * index + 1, "net.recv",
+                                            [NAMESPACE, sid, 2 * len(PAYLOAD), 5.0]]))
+            self.conns.append(conn)
+            self.sends.append(b"".join(sends))
+            self.recvs.append(b"".join(recvs))
+
+    def echo(self) -> float:
+        """Echo what each far end got; the thread CPU it took (not the kernel's)."""
+        started = time.thread_time()
+        for peer in self.peers:
+            peer.send(peer.recv(1024))
+        return time.thread_time() - started
+
+    def feed(self, batches: list[bytes]) -> None:
+        for conn, batch in zip(self.conns, batches, strict=True):
+            conn.data_received(batch)
+
+    def answered(self) -> bool:
+        """Every call answered, and nothing read ahead left untaken."""
+        return not any(c.inflight for c in self.conns) and \
+            all(s.pending is None for s in self.sockets)
+
+    def read_ahead(self) -> bool:
+        """Every echo read ahead by its socket's readiness."""
+        return all(s.pending is not None for s in self.sockets)
+
+    async def until(self, condition: Callable[[], bool]) -> None:
+        deadline = time.monotonic() + SETTLE_S
+        while not condition():
+            if time.monotonic() > deadline:
+                raise RuntimeError("round trips did not finish")
+            await asyncio.sleep(0)
+
+    async def round(self, path: str) -> float:
+        """One round trip on every socket; the kernel's thread CPU for it."""
+        started = time.thread_time()
+        self.feed(self.sends)
+        if path == "recv-first":
+            self.feed(self.recvs)
+            echo = self.echo()
+        else:
+            echo = self.echo()
+            await self.until(self.read_ahead)
+            self.feed(self.recvs)
+        await self.until(self.answered)
+        return time.thread_time() - started - echo
+
+    def close(self) -> None:
+        self.kernel.close()
+        for peer in self.peers:
+            peer.close()
+
+
+async def measure(path: str, rounds: int, connections: int, depth: int) -> float:
+    """µs of kernel CPU per round trip on ``path``."""
+    with tempfile.TemporaryDirectory(prefix="kernelfarm-netpaths-") as where:
+        bench = Bench(asyncio.get_running_loop(), where, connections, depth)
+        try:
+            await bench.round("recv-first")  # one wait: the readable watches stay on
+            for _ in range(WARMUP_ROUNDS):
+                await bench.round(path)
+            spent = sum([await bench.round(path) for _ in range(rounds)])
+            if any(s.bytes_in != s.bytes_out for s in bench.sockets):
+                raise RuntimeError("an echo was lost")
+        finally:
+            bench.close()
+    return spent / (rounds * connections * depth) * 1e6
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--rounds", type=int, default=300)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--connections", type=int, default=50)
+    parser.add_argument("--depth", type=int, default=16)
+    parser.add_argument("--out", type=Path, default=RESULTS_DIR)
+    args = parser.parse_args(argv)
+    rows = []
+    for repeat in range(args.repeats):
+        for path in PATHS:
+            us = uvloop.run(measure(path, args.rounds, args.connections, args.depth))
+            rows.append({"repeat": repeat, "path": path, "cpu_us": us})
+            print(f"{repeat} {path:10} {us:6.2f} µs of kernel CPU per round trip", flush=True)
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "net_paths.json").write_text(json.dumps(
+        {"benchmark": "net_paths", "machine": machine(),
+         "options": {k: v for k, v in vars(args).items() if k != "out"}, "rows": rows},
+        indent=2) + "\n")
+    print(f"results: {args.out}/net_paths.json")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
