@@ -12,12 +12,16 @@ requests fed to ``data_received`` as the wire would (one batch per connection):
                 the recv is answered from it (a quiet machine, mostly)
     recv-first  net.send and net.recv together, then the echo: every recv waits and the
                 readiness answers it (a busy machine, mostly)
+    mixed       each round, each connection's recvs come first with ``--waiting-share``
+                odds, the others' after the echo: both paths, and the changes between
+                them, on the same socket
 
 The echo (the socketpairs' far ends) runs in this thread too; its time is measured and
 taken out.  Compare figures of one run, or of runs side by side (``PYTHONPATH`` at two
 checkouts): absolute values drift by a microsecond between runs on a shared machine.
 
-    python benchmarks/net_paths.py [--rounds 300] [--repeats 3] [--out DIR]
+    python benchmarks/net_paths.py [--rounds 300] [--repeats 3] [--waiting-share 0.5]
+                                   [--paths echo-first,recv-first,mixed] [--out DIR]
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import random
 import socket
 import sys
 import tempfile
@@ -49,7 +54,9 @@ NAMESPACE = "bench"
 PAYLOAD = b"x" * 64
 WARMUP_ROUNDS = 20
 SETTLE_S = 5.0
-PATHS = ("echo-first", "recv-first")
+PATHS = ("echo-first", "recv-first", "mixed")
+TURNS_FOR_READINESS = 3
+"""Loop turns a mixed round gives the echoes' readiness before the late recvs come."""
 
 
 class DroppingTransport:
@@ -128,9 +135,14 @@ class Bench:
             peer.send(peer.recv(1024))
         return time.thread_time() - started
 
-    def feed(self, batches: list[bytes]) -> None:
-        for conn, batch in zip(self.conns, batches, strict=True):
-            conn.data_received(batch)
+    def feed(self, batches: list[bytes], which: list[bool] | None = None) -> None:
+        """Each connection's batch (only those ``which`` says, if given)."""
+        for index, (conn, batch) in enumerate(zip(self.conns, batches, strict=True)):
+            if which is None or which[index]:
+                conn.data_received(batch)
+
+    def waited(self) -> bool:
+        return not any(c.inflight for c in self.conns)
 
     def answered(self) -> bool:
         """Every call answered, and nothing read ahead left untaken."""
@@ -148,13 +160,21 @@ class Bench:
                 raise RuntimeError("round trips did not finish")
             await asyncio.sleep(0)
 
-    async def round(self, path: str) -> float:
+    async def round(self, path: str, waiting_share: float = 0.0) -> float:
         """One round trip on every socket; the kernel's thread CPU for it."""
         started = time.thread_time()
         self.feed(self.sends)
         if path == "recv-first":
             self.feed(self.recvs)
             echo = self.echo()
+        elif path == "mixed":
+            first = [random.random() < waiting_share for _ in self.conns]
+            self.feed(self.recvs, first)
+            echo = self.echo()
+            await self.until(self.waited)
+            for _ in range(TURNS_FOR_READINESS):
+                await asyncio.sleep(0)
+            self.feed(self.recvs, [not early for early in first])
         else:
             echo = self.echo()
             await self.until(self.read_ahead)
@@ -168,15 +188,16 @@ class Bench:
             peer.close()
 
 
-async def measure(path: str, rounds: int, connections: int, depth: int) -> float:
+async def measure(path: str, rounds: int, connections: int, depth: int,
+                  waiting_share: float) -> float:
     """µs of kernel CPU per round trip on ``path``."""
     with tempfile.TemporaryDirectory(prefix="kernelfarm-netpaths-") as where:
         bench = Bench(asyncio.get_running_loop(), where, connections, depth)
         try:
             await bench.round("recv-first")  # one wait: the readable watches stay on
             for _ in range(WARMUP_ROUNDS):
-                await bench.round(path)
-            spent = sum([await bench.round(path) for _ in range(rounds)])
+                await bench.round(path, waiting_share)
+            spent = sum([await bench.round(path, waiting_share) for _ in range(rounds)])
             if any(s.bytes_in != s.bytes_out for s in bench.sockets):
                 raise RuntimeError("an echo was lost")
         finally:
@@ -190,12 +211,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--connections", type=int, default=50)
     parser.add_argument("--depth", type=int, default=16)
+    parser.add_argument("--waiting-share", type=float, default=0.5,
+                        help="mixed: the odds that a connection's recvs come first")
+    parser.add_argument("--paths", default=",".join(PATHS))
     parser.add_argument("--out", type=Path, default=RESULTS_DIR)
     args = parser.parse_args(argv)
     rows = []
     for repeat in range(args.repeats):
-        for path in PATHS:
-            us = uvloop.run(measure(path, args.rounds, args.connections, args.depth))
+        for path in args.paths.split(","):
+            us = uvloop.run(measure(path, args.rounds, args.connections, args.depth,
+                                    args.waiting_share))
             rows.append({"repeat": repeat, "path": path, "cpu_us": us})
             print(f"{repeat} {path:10} {us:6.2f} µs of kernel CPU per round trip", flush=True)
     args.out.mkdir(parents=True, exist_ok=True)
