@@ -145,8 +145,11 @@ def test_unread_waiting_recvs_reserve_their_replies_in_the_write_buffer(
             return looks[-1][1] > 0 and looks[-1] == looks[-2] == looks[-3]
         wait_until(settled, what="the kernel to stop reading the upstream socket")
         grown = kernel.memory_info().rss - before
+        # A recv answered from read-ahead may carry far less than its 1 MiB (on a busy
+        # machine the readiness callback sees data in small pieces), so how many start
+        # depends on timing (up to 36 seen); without the reservation all 256 start.
         started = looks[-1][1]
-        assert started < 32, looks  # 4 MiB of room for 1 MiB replies, and those answered
+        assert started < 128, looks
         assert grown < 48 * MiB, (grown, looks)
         assert pumped[0] < 64 * MiB, looks
         # Nothing was lost: at end of stream every recv answers, and together the
