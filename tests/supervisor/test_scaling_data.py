@@ -113,17 +113,22 @@ def migrating(farm: Farm) -> bool:
 
 @pytest.mark.parametrize("victim", ["source", "target"])
 def test_kill_9_of_a_kernel_mid_migration_loses_nothing(tmp_path: Path, victim: str) -> None:
-    config = "[supervisor]\nrestart_backoff = 0.01\nscale_batch_slots = 8\n"
+    # The kill lands inside a batch (the supervisor is held with SIGSTOP while a batch's
+    # record exists), so batches can be big enough for the whole scale to take seconds,
+    # not minutes, on a loaded machine.
+    config = "[supervisor]\nrestart_backoff = 0.01\nscale_batch_slots = 64\n"
     with start_farm(tmp_path, 1, config_text=config) as farm:
         make_volumes(farm)
         control = farm.client()
         with Writers(farm, tolerate=(kernelfarm.errors.ConnectionLost,)) as writers:
             scaler = threading.Thread(target=lambda: control.scale(2))
             scaler.start()
-            wait_until(lambda: migrating(farm), what="the migration to start")
             kid = 0 if victim == "source" else 1
-            pid = next(k["pid"] for k in farm.cluster_map()["kernels"] if k["id"] == kid)
+            pid = wait_until(lambda: kernel_pid(farm, kid), what=f"kernel {kid} to start")
+            # (cluster_map asks the supervisor: read the pid before holding it)
+            wait_until(lambda: frozen_mid_batch(farm), what="the supervisor caught mid-batch")
             os.kill(pid, signal.SIGKILL)
+            psutil.Process(farm.proc.pid).resume()
             scaler.join(timeout=120)
             assert not scaler.is_alive()
         assert writers.errors == []
@@ -154,6 +159,12 @@ def test_kill_9_of_the_supervisor_mid_migration_loses_nothing(tmp_path: Path) ->
         writers.verify(farm)
         assert_one_owner_per_slot(farm)
         assert "in the middle of moving slots" in farm.log()
+
+
+def kernel_pid(farm: Farm, kid: int) -> int | None:
+    """The pid of kernel ``kid`` once it serves, else ``None``."""
+    return next((k["pid"] for k in farm.cluster_map()["kernels"]
+                 if k["id"] == kid and k["state"] == "running"), None)
 
 
 def frozen_mid_batch(farm: Farm) -> bool:
