@@ -103,7 +103,9 @@ def test_sigterm_during_a_scale_stops_the_scale_first(tmp_path: Path) -> None:
         farm.proc.wait(timeout=30)
         elapsed = time.monotonic() - started
         log = farm.log()
-        assert elapsed < 8.0 and farm.proc.returncode == 0, (elapsed, log[-3000:])
+        # Seconds, not minutes: the scale left alone runs 16,384 one-slot steps.  (Stopping
+        # six kernels takes 1-2 s idle and far longer on a machine running other suites.)
+        assert elapsed < 20.0 and farm.proc.returncode == 0, (elapsed, log[-3000:])
     lines = log.splitlines()
     signalled = next(i for i, line in enumerate(lines) if "received SIGTERM" in line)
     stopped = [i for i, line in enumerate(lines) if "scale stopped: the supervisor is "
