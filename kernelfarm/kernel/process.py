@@ -63,20 +63,28 @@ def die_with_parent(sig: int = signal.SIGKILL) -> None:
         pass
 
 
-def read_boot(control: socket.socket, timeout: float = 30.0) -> BootInfo:
-    """Block until the supervisor's boot notification arrives on the control socket."""
+def read_boot(control: socket.socket, timeout: float = 30.0) -> tuple[BootInfo, bytes]:
+    """Block until the supervisor's boot notification arrives on the control socket.
+
+    Returns it with the bytes that came behind it in the same reads: the supervisor may
+    write its first control call right after the notification (a kernel restarted in the
+    middle of a slot move gets that move's ``kernel.acquire``), and those bytes belong to
+    the control channel served once the kernel runs.  Dropping them left the call
+    unanswered and the move waiting for ever."""
     unpacker = make_unpacker(64 * 1024 * 1024)
+    received = bytearray()
     control.settimeout(timeout)
     try:
         while True:
             data = control.recv(65536)
             if not data:
                 raise EOFError("supervisor closed the control socket before boot")
+            received += data
             unpacker.feed(data)
             for obj in unpacker:
                 if (isinstance(obj, list) and len(obj) == 3 and obj[0] == 2
                         and obj[1] == BOOT_NOTIFICATION):
-                    return BootInfo.from_wire(obj[2][0])
+                    return BootInfo.from_wire(obj[2][0]), bytes(received[unpacker.tell():])
                 raise ValueError(f"expected the boot notification, got {obj!r:.100}")
     finally:
         control.setblocking(False)
@@ -216,14 +224,20 @@ def pin(boot: BootInfo) -> None:
 
 
 async def serve(boot: BootInfo, config: Config, control: socket.socket,
-                listen: socket.socket, handoff: socket.socket | None = None) -> int:
+                listen: socket.socket, handoff: socket.socket | None = None,
+                early: bytes = b"") -> int:
+    """Run the kernel until told to stop; ``early``: control bytes read with the boot
+    notification (:func:`read_boot`), served first."""
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     kernel = make_kernel(boot, config, loop)
     kernel.data_dir.mkdir(parents=True, exist_ok=True)
     hold_data_dir(kernel.data_dir)
     admin = AdminService(kernel, stop)
-    await loop.connect_accepted_socket(connection_factory(admin, config.rpc), control)
+    _, channel = await loop.connect_accepted_socket(connection_factory(admin, config.rpc),
+                                                    control)
+    if early:
+        channel.data_received(early)
     # Loading may take longer than the boot timeout (millions of files): it runs in
     # slices of the loop and reports progress, which extends the supervisor's deadline.
     await run_sliced(kernel.loading(kernel.table.slots_of(kernel.kernel_id)),
@@ -277,7 +291,7 @@ def main(argv: list[str] | None = None) -> int:
     handoff = None if args.handoff_fd is None else socket.socket(fileno=args.handoff_fd)
     setup_logging("?")
     try:
-        boot = read_boot(control)
+        boot, early = read_boot(control)
         setup_logging(boot.kernel_id)
         if os.getppid() != boot.supervisor_pid:
             raise RuntimeError("the supervisor died before boot")
@@ -288,7 +302,7 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_BOOT_FAILED
     started = time.monotonic()
     try:
-        return uvloop.run(serve(boot, config, control, listen, handoff))
+        return uvloop.run(serve(boot, config, control, listen, handoff, early))
     except Exception:
         # The supervisor knows whether we reported ready, so it tells a failed boot from
         # a crash by itself.

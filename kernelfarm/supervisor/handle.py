@@ -223,6 +223,12 @@ class KernelHandle:
 
         loop.add_reader(pidfd, on_exit)
 
+    @property
+    def reachable(self) -> bool:
+        """Running, with a control channel that is open."""
+        return (self.state is KernelState.RUNNING and self.control is not None
+                and not self.control.closed)
+
     async def call(self, method: str, *params: Any, timeout: float | None = 10.0) -> Any:
         """Call the kernel over its control channel; ``timeout=None`` for a call whose
         length has no bound (loading slots): the heartbeat watches the kernel meanwhile,

@@ -256,6 +256,10 @@ class Scaler:
             if source.handoff is not None:  # sockets the target took before the failure
                 await target.call("kernel.hand_over", slots, str(source.handoff_path))
         except (KernelfarmError, OSError) as exc:
-            # A kernel that restarts loads exactly its table's slots: nothing is lost.
-            log.warning("rollback incomplete (%s); the restarted kernel reloads its slots", exc)
+            # A kernel that restarts loads exactly its table's slots, and one that runs on
+            # is told the table again, which makes it hold exactly its slots: the source
+            # takes back what it released even when the target could not give them up.
+            log.warning("rollback incomplete (%s); every running kernel gets the table again",
+                        exc)
+            await sup.publish(sup.table)
         self.record.end()

@@ -245,8 +245,12 @@ class Supervisor:
         await self.publish(self.table.with_moves([], self.table.epoch + 1))
 
     async def wait_running(self, handles: list[KernelHandle]) -> None:
+        """Wait until every kernel of ``handles`` runs and can be called.  A kernel that
+        just died still reads RUNNING until its restart begins, but its control channel is
+        closed: waiting on the channel too keeps a retried step from burning its attempts
+        in that gap."""
         deadline = time.monotonic() + 2 * self.config.supervisor.boot_timeout
-        while any(h.state is not KernelState.RUNNING for h in handles):
+        while not all(h.reachable for h in handles):
             if any(h.state is KernelState.FAILED for h in handles) or \
                     time.monotonic() > deadline:
                 raise KernelfarmError("a kernel needed for the move is not running")
