@@ -19,7 +19,6 @@ What sharing costs beyond the locks themselves, and how it is paid here:
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
 import os
 import socket
 import threading
@@ -30,10 +29,12 @@ import uvloop
 
 from kernelfarm.boot import BootInfo
 from kernelfarm.config import Config
+from kernelfarm.errors import TryAgain
 from kernelfarm.kernel.commit import Flush, GroupCommit, flush_or_exit
 from kernelfarm.kernel.kernel import Kernel
 from kernelfarm.kernel.locks import LockedSteps, LockProvider
 from kernelfarm.kernel.subsystem import Method
+from kernelfarm.rpc.answer import Answer
 
 
 T = TypeVar("T")
@@ -111,6 +112,10 @@ class LockedKernel(Kernel):
         return replace(method, handler=holding)
 
     def _homed(self, method: Method) -> Method:
+        """Run a call on the loop its state lives on.  On another thread's loop it is one
+        hop there and one back (a ``call_soon_threadsafe`` each, as a cross-CPU wake-up
+        is one interrupt each way), and the caller's connection gets an :class:`Answer`
+        that the hop back settles: no thread-safe future, no task, no asyncio future."""
         handler, keyfn, homes = method.handler, method.key, self._homes
         offset = 1 if method.wants_conn else 0
         proxies = self._conn_proxies
@@ -118,30 +123,17 @@ class LockedKernel(Kernel):
         def on_home_loop(*args: Any) -> Any:
             here = asyncio.get_running_loop()
             try:
-                key = keyfn(list(args[offset:])) if keyfn is not None else None
+                key = keyfn(args[offset:]) if keyfn is not None else None
             except Exception:
                 key = None
             home = homes.setdefault(key, here) if key is not None else here
             if home is here:
-                return handler(*args)  # the state lives on this loop: no hop, no future
+                return handler(*args)  # the state lives on this loop: no hop
             if offset:
                 args = (HomeConnection.of(args[0], home, proxies),) + args[1:]
-            future: concurrent.futures.Future[Any] = concurrent.futures.Future()
-
-            def run() -> None:
-                try:
-                    result = handler(*args)
-                except BaseException as exc:
-                    future.set_exception(exc)
-                    return
-                if not hasattr(result, "__await__"):
-                    future.set_result(result)
-                    return
-                task = asyncio.ensure_future(result)
-                task.add_done_callback(lambda t: _settle(future, t))
-
-            home.call_soon_threadsafe(run)
-            return asyncio.wrap_future(future)
+            answer = Answer()
+            home.call_soon_threadsafe(_run_at_home, handler, args, ReturnTrip(answer, here))
+            return answer
 
         return replace(method, handler=on_home_loop, is_async=True)
 
@@ -227,13 +219,56 @@ class HomeConnection:
         self.conn.on_close(lambda: home.call_soon_threadsafe(callback))
 
 
-def _settle(future: concurrent.futures.Future[Any], task: asyncio.Task[Any]) -> None:
-    if task.cancelled():
-        future.cancel()
-    elif task.exception() is not None:
-        future.set_exception(task.exception())
+class ReturnTrip:
+    """The way back of a hop: settles the caller's :class:`Answer` on the caller's loop.
+
+    It is the :class:`~kernelfarm.rpc.answer.Sink` of an answer given on the home loop
+    (a waiting ``net.recv``), so the readiness callback there hands its data straight to
+    the hop back, as it would to a connection."""
+
+    __slots__ = ("answer", "loop")
+
+    def __init__(self, answer: Answer, loop: asyncio.AbstractEventLoop) -> None:
+        self.answer = answer
+        self.loop = loop
+
+    @property
+    def closed(self) -> bool:
+        """Nobody wants the answer any more (its connection closed): the home loop's
+        socket must not consume data for it.  Read across threads; at worst one more
+        answer is made for a connection that just closed, and dropped there."""
+        return self.answer.done()
+
+    def answered(self, _msgid: int, _reserve: int, result: Any,
+                 error: BaseException | None) -> None:
+        answer = self.answer
+        if error is None:
+            self.loop.call_soon_threadsafe(answer.set_result, result)
+        else:
+            self.loop.call_soon_threadsafe(answer.set_exception, error)
+
+    def finished(self, task: asyncio.Future[Any]) -> None:
+        """A coroutine's task on the home loop ended (cancelled: its loop is stopping)."""
+        if task.cancelled():
+            self.answered(0, 0, None, TryAgain("the call's thread is stopping"))
+        else:
+            error = task.exception()
+            self.answered(0, 0, None if error is not None else task.result(), error)
+
+
+def _run_at_home(handler: Callable[..., Any], args: tuple[Any, ...], back: ReturnTrip) -> None:
+    """On the state's home loop: run the call, and send its outcome back when it has one."""
+    try:
+        result = handler(*args)
+    except Exception as exc:
+        back.answered(0, 0, None, exc)
+        return
+    if type(result) is Answer:
+        result.deliver_to(back, 0, 0)
+    elif hasattr(result, "__await__"):
+        asyncio.ensure_future(result).add_done_callback(back.finished)
     else:
-        future.set_result(task.result())
+        back.answered(0, 0, result, None)
 
 
 class WorkerThreads:

@@ -23,9 +23,13 @@ from typing import Any, Generator, Protocol
 
 
 class Sink(Protocol):
-    """Where an answer goes: a server connection."""
+    """Where an answer goes: a server connection (or, in the locked baseline, the hop
+    back to the thread whose connection asked, ``kernel.locked.ReturnTrip``)."""
 
-    closed: bool
+    @property
+    def closed(self) -> bool:
+        """Nobody wants the answer any more."""
+        ...
 
     def answered(self, msgid: int, reserve: int, result: Any,
                  error: BaseException | None) -> None:

@@ -1,0 +1,148 @@
+"""The locked baseline's hop: a net call made on one thread for a socket another thread's
+loop holds runs there, and its answer comes back to the caller's thread, lost by nobody.
+
+Two real event loops in two threads share one :class:`LockedKernel`, as its serving
+threads do; the sockets are real loopback TCP sockets.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import uvloop
+
+from kernelfarm import config as configuration
+from kernelfarm.boot import BootInfo
+from kernelfarm.kernel.locked import LockedKernel
+from kernelfarm.kernel.process import make_kernel
+from kernelfarm.rpc.answer import Answer
+
+DEADLINE = 10.0
+
+
+class Connection:
+    """A client connection of one serving thread: it records each reply with the thread
+    that made it (a connection is only ever touched by its own loop's thread)."""
+
+    def __init__(self, session: Any) -> None:
+        self.session = session
+        self.closed = False
+        self.replies: dict[int, tuple[str, Any, BaseException | None]] = {}
+        self.arrived = threading.Condition()
+
+    def on_close(self, callback: Any) -> None:
+        pass
+
+    def start_call(self, msgid: int, awaitable: Any, reserve: int = 0) -> None:
+        if type(awaitable) is Answer:
+            awaitable.deliver_to(self, msgid, reserve)
+            return
+
+        def finished(task: asyncio.Future[Any]) -> None:
+            error = task.exception()
+            self.answered(msgid, reserve, None if error else task.result(), error)
+
+        asyncio.ensure_future(awaitable).add_done_callback(finished)
+
+    def answered(self, msgid: int, reserve: int, result: Any,
+                 error: BaseException | None) -> None:
+        with self.arrived:
+            self.replies[msgid] = (threading.current_thread().name, result, error)
+            self.arrived.notify_all()
+
+    def reply(self, msgid: int) -> tuple[str, Any, BaseException | None]:
+        with self.arrived:
+            assert self.arrived.wait_for(lambda: msgid in self.replies, DEADLINE), msgid
+            return self.replies[msgid]
+
+
+class Thread:
+    """A serving thread: its own uvloop loop, on which calls are made as requests are."""
+
+    def __init__(self, name: str) -> None:
+        self.loop = uvloop.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, name=name)
+        self.thread.start()
+
+    def call(self, fn: Any, *args: Any) -> Any:
+        async def run() -> Any:
+            return fn(*args)
+
+        return asyncio.run_coroutine_threadsafe(run(), self.loop).result(DEADLINE)
+
+    def stop(self) -> None:
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(DEADLINE)
+        self.loop.close()
+
+
+@pytest.fixture
+def farm(tmp_path: Path) -> Iterator[tuple[LockedKernel, Thread, Thread]]:
+    home, other = Thread("home"), Thread("other")
+    config = configuration.load()
+    boot = BootInfo(kernel_id=0, core=0, epoch=1, ranges=[[0, 16383, 0]],
+                    addrs={0: ["127.0.0.1", 1]}, config=config.to_dict(),
+                    data_dir=str(tmp_path), supervisor_pid=0, mode="locked", threads=2)
+    kernel = home.call(make_kernel, boot, config, home.loop)
+    assert isinstance(kernel, LockedKernel)
+    try:
+        yield kernel, home, other
+    finally:
+        home.call(kernel.close)
+        home.stop()
+        other.stop()
+
+
+def test_a_call_from_another_thread_runs_on_the_sockets_loop_and_answers_its_caller(
+        farm: tuple[LockedKernel, Thread, Thread]) -> None:
+    kernel, home, other = farm
+    at_home, away = Connection(kernel.gate.trusted), Connection(kernel.gate.trusted)
+    with socket.create_server(("127.0.0.1", 0)) as listener:
+        sid = home.call(kernel.handle, at_home, 1, "net.socket", ["ns", "tcp"])[3]
+        assert home.call(kernel.handle, at_home, 2, "net.connect",
+                         ["ns", sid, "127.0.0.1", listener.getsockname()[1]]) is None
+        assert at_home.reply(2)[2] is None
+        peer, _ = listener.accept()
+    with peer:
+        # A send from the other thread hops to the socket's loop and back.
+        assert other.call(kernel.handle, away, 3, "net.send", ["ns", sid, b"ping"]) is None
+        assert away.reply(3) == ("other", 4, None)
+        assert peer.recv(16) == b"ping"
+        # A recv that must wait: the home loop's readiness answers the other thread.
+        assert other.call(kernel.handle, away, 4, "net.recv", ["ns", sid, 64, 5.0]) is None
+        peer.sendall(b"pong")
+        assert away.reply(4) == ("other", b"pong", None)
+        # A failure comes back the same way.
+        assert other.call(kernel.handle, away, 5, "net.send", ["ns", 999, b"x"]) is None
+        thread, _, error = away.reply(5)
+        assert thread == "other" and isinstance(error, OSError)
+
+
+def test_a_recv_whose_connection_closed_while_it_waited_away_consumes_nothing(
+        farm: tuple[LockedKernel, Thread, Thread]) -> None:
+    kernel, home, other = farm
+    at_home, away = Connection(kernel.gate.trusted), Connection(kernel.gate.trusted)
+    with socket.create_server(("127.0.0.1", 0)) as listener:
+        sid = home.call(kernel.handle, at_home, 1, "net.socket", ["ns", "tcp"])[3]
+        home.call(kernel.handle, at_home, 2, "net.connect",
+                  ["ns", sid, "127.0.0.1", listener.getsockname()[1]])
+        assert at_home.reply(2)[2] is None
+        peer, _ = listener.accept()
+    with peer:
+        assert other.call(kernel.handle, away, 3, "net.recv", ["ns", sid, 64, 5.0]) is None
+        home.call(lambda: None)  # the hop has reached the home loop: the recv waits there
+        away.closed = True
+        peer.sendall(b"kept")
+        # The data stays for the next recv: at once if the home loop read it ahead,
+        # else when it comes.
+        reply = home.call(kernel.handle, at_home, 4, "net.recv", ["ns", sid, 64, 5.0])
+        if reply is None:
+            reply = [1, 4, None, at_home.reply(4)[1]]
+        assert reply == [1, 4, None, b"kept"]
+        assert 3 not in away.replies
