@@ -12,7 +12,11 @@ What sharing costs beyond the locks themselves, and how it is paid here:
   append), so nothing is acknowledged before it is written;
 - state tied to an event loop (the net subsystem's sockets) lives on the loop of the thread
   that created it; calls for it from other threads hop to that loop and back, as a
-  cross-CPU wake-up does, and so do fd hand-offs (``run_keyed``: SOCKS relays);
+  cross-CPU wake-up does, and so do fd hand-offs (``run_keyed``: SOCKS relays).  A
+  ``net.send`` runs on the thread that got it, under its lock, as a send runs on the
+  calling CPU of a multiprocessor kernel: only its wait, when the host's buffer is full,
+  hops to the socket's loop (a ``net.recv`` always hops: the loop's readiness callback
+  reads ahead into the socket without a lock);
 - counters (``kernel.stats`` ops) are updated without a lock and may undercount.
 """
 
@@ -41,6 +45,10 @@ T = TypeVar("T")
 
 LOOP_BOUND = ("net.",)
 """Methods whose state belongs to the event loop that created it (host sockets)."""
+WAITS_ON_HOME_LOOP = frozenset({"net.send"})
+"""Loop-bound methods whose host call needs no loop: they run where they are called and
+hop only to wait (the one method of the data path whose state the home loop's readiness
+callbacks never touch: those read and count what comes in)."""
 
 
 @dataclass
@@ -115,10 +123,12 @@ class LockedKernel(Kernel):
         """Run a call on the loop its state lives on.  On another thread's loop it is one
         hop there and one back (a ``call_soon_threadsafe`` each, as a cross-CPU wake-up
         is one interrupt each way), and the caller's connection gets an :class:`Answer`
-        that the hop back settles: no thread-safe future, no task, no asyncio future."""
+        that the hop back settles: no thread-safe future, no task, no asyncio future.
+        A method of :data:`WAITS_ON_HOME_LOOP` runs here and hops only what it awaits."""
         handler, keyfn, homes = method.handler, method.key, self._homes
         offset = 1 if method.wants_conn else 0
         proxies = self._conn_proxies
+        runs_here = method.name in WAITS_ON_HOME_LOOP
 
         def on_home_loop(*args: Any) -> Any:
             here = asyncio.get_running_loop()
@@ -131,6 +141,13 @@ class LockedKernel(Kernel):
                 return handler(*args)  # the state lives on this loop: no hop
             if offset:
                 args = (HomeConnection.of(args[0], home, proxies),) + args[1:]
+            if runs_here:
+                result = handler(*args)
+                if not hasattr(result, "__await__"):
+                    return result
+                answer = Answer()
+                home.call_soon_threadsafe(_answer_when_done, result, ReturnTrip(answer, here))
+                return answer
             answer = Answer()
             home.call_soon_threadsafe(_run_at_home, handler, args, ReturnTrip(answer, here))
             return answer
@@ -263,6 +280,11 @@ def _run_at_home(handler: Callable[..., Any], args: tuple[Any, ...], back: Retur
     except Exception as exc:
         back.answered(0, 0, None, exc)
         return
+    _answer_when_done(result, back)
+
+
+def _answer_when_done(result: Any, back: ReturnTrip) -> None:
+    """On the home loop: send ``result`` back now, or when the awaitable it is ends."""
     if type(result) is Answer:
         result.deliver_to(back, 0, 0)
     elif hasattr(result, "__await__"):

@@ -110,18 +110,41 @@ def test_a_call_from_another_thread_runs_on_the_sockets_loop_and_answers_its_cal
         assert at_home.reply(2)[2] is None
         peer, _ = listener.accept()
     with peer:
-        # A send from the other thread hops to the socket's loop and back.
-        assert other.call(kernel.handle, away, 3, "net.send", ["ns", sid, b"ping"]) is None
-        assert away.reply(3) == ("other", 4, None)
+        # A send from the other thread is made there, under its lock: answered at once.
+        assert other.call(kernel.handle, away, 3, "net.send", ["ns", sid, b"ping"]) == \
+            [1, 3, None, 4]
         assert peer.recv(16) == b"ping"
-        # A recv that must wait: the home loop's readiness answers the other thread.
+        # A recv that must wait hops: the home loop's readiness answers the other thread.
         assert other.call(kernel.handle, away, 4, "net.recv", ["ns", sid, 64, 5.0]) is None
         peer.sendall(b"pong")
         assert away.reply(4) == ("other", b"pong", None)
         # A failure comes back the same way.
-        assert other.call(kernel.handle, away, 5, "net.send", ["ns", 999, b"x"]) is None
+        assert other.call(kernel.handle, away, 5, "net.recv", ["ns", 999, 64, 5.0]) is None
         thread, _, error = away.reply(5)
         assert thread == "other" and isinstance(error, OSError)
+
+
+def test_a_send_from_another_thread_waits_for_room_on_the_sockets_loop(
+        farm: tuple[LockedKernel, Thread, Thread]) -> None:
+    """The host takes part of a big send: the rest waits for room on the loop that
+    watches the socket, and the count comes back to the caller's thread."""
+    kernel, home, other = farm
+    at_home, away = Connection(kernel.gate.trusted), Connection(kernel.gate.trusted)
+    with socket.create_server(("127.0.0.1", 0)) as listener:
+        sid = home.call(kernel.handle, at_home, 1, "net.socket", ["ns", "tcp"])[3]
+        home.call(kernel.handle, at_home, 2, "net.connect",
+                  ["ns", sid, "127.0.0.1", listener.getsockname()[1]])
+        assert at_home.reply(2)[2] is None
+        peer, _ = listener.accept()
+    data = bytes(range(256)) * 64 * 256  # 4 MiB: more than loopback buffers hold
+    with peer:
+        assert other.call(kernel.handle, away, 3, "net.send", ["ns", sid, data, 5.0]) is None
+        received = bytearray()
+        peer.settimeout(DEADLINE)
+        while len(received) < len(data):
+            received += peer.recv(1 << 20)
+        assert away.reply(3) == ("other", len(data), None)
+        assert received == data
 
 
 def test_a_recv_whose_connection_closed_while_it_waited_away_consumes_nothing(
