@@ -20,8 +20,16 @@ The echo (the socketpairs' far ends) runs in this thread too; its time is measur
 taken out.  Compare figures of one run, or of runs side by side (``PYTHONPATH`` at two
 checkouts): absolute values drift by a microsecond between runs on a shared machine.
 
+``--host stub`` takes the host out as well: each socket's host end is a stub whose
+``send`` and ``recv`` are C calls that take everything and give the echo at once, and
+the readiness is the socket's own callback called in turn, not an epoll event.  What is
+left is the kernel's Python work per round trip alone (the socket system calls are the
+floor's, ``net_floor.py``), steady to a few percent even on a busy machine: the figure
+to compare a change of the net path by.  (``mixed`` needs real sockets.)
+
     python benchmarks/net_paths.py [--rounds 300] [--repeats 3] [--waiting-share 0.5]
-                                   [--paths echo-first,recv-first,mixed] [--out DIR]
+                                   [--paths echo-first,recv-first,mixed]
+                                   [--host socketpair|stub] [--out DIR]
 """
 
 from __future__ import annotations
@@ -87,11 +95,27 @@ class DroppingTransport:
         pass
 
 
+class StubSocket:
+    """A host socket that costs no system call: ``send`` takes everything and ``recv``
+    returns the echo, both C functions (``len``, a dict's ``get``), so the time measured
+    is the kernel's own."""
+
+    __slots__ = ("send", "recv")
+
+    def __init__(self) -> None:
+        self.send = len
+        self.recv = dict.fromkeys((2 * len(PAYLOAD), 65536), PAYLOAD).get
+
+    def close(self) -> None:
+        pass
+
+
 class Bench:
     """A kernel, its connections and sockets, and the pre-encoded request batches."""
 
     def __init__(self, loop: asyncio.AbstractEventLoop, data_dir: str, connections: int,
-                 depth: int) -> None:
+                 depth: int, stub: bool = False) -> None:
+        self.stub = stub
         boot = BootInfo(kernel_id=0, core=0, epoch=1, ranges=[[0, NSLOTS - 1, 0]],
                         addrs={0: ["127.0.0.1", 1]}, config={}, data_dir=data_dir,
                         supervisor_pid=0)
@@ -113,13 +137,17 @@ class Bench:
                 reply = self.kernel.handle(conn, 0, "net.socket", [NAMESPACE, "tcp"])
                 assert reply is not None and reply[2] is None, reply
                 sid = reply[3]
-                ours, peer = socket.socketpair()
-                ours.setblocking(False)
-                peer.setblocking(False)
                 farm_sock = net.namespaces[NAMESPACE].sockets[sid]
-                farm_sock.sock = ours
+                if stub:
+                    farm_sock.sock = StubSocket()  # type: ignore[assignment]  # a stub
+                    farm_sock._readable.watched = True  # its readiness: ready() calls it
+                else:
+                    ours, peer = socket.socketpair()
+                    ours.setblocking(False)
+                    peer.setblocking(False)
+                    farm_sock.sock = ours
+                    self.peers.append(peer)
                 self.sockets.append(farm_sock)
-                self.peers.append(peer)
                 sends.append(msgpack.packb([0, 2 * index, "net.send",
                                             [NAMESPACE, sid, PAYLOAD]]))
                 recvs.append(msgpack.packb([0, 2 * index + 1, "net.recv",
@@ -129,7 +157,13 @@ class Bench:
             self.recvs.append(b"".join(recvs))
 
     def echo(self) -> float:
-        """Echo what each far end got; the thread CPU it took (not the kernel's)."""
+        """Echo what each far end got; the thread CPU it took (not the kernel's).  With
+        stub hosts the echo is there at once: each socket's readiness runs instead, in
+        the kernel's time, as the loop would run it."""
+        if self.stub:
+            for farm_sock in self.sockets:
+                farm_sock._wake(farm_sock._readable)
+            return 0.0
         started = time.thread_time()
         for peer in self.peers:
             peer.send(peer.recv(1024))
@@ -183,22 +217,25 @@ class Bench:
         return time.thread_time() - started - echo
 
     def close(self) -> None:
+        if self.stub:
+            for farm_sock in self.sockets:
+                farm_sock._readable.watched = False  # the loop never watched a stub
         self.kernel.close()
         for peer in self.peers:
             peer.close()
 
 
 async def measure(path: str, rounds: int, connections: int, depth: int,
-                  waiting_share: float) -> float:
+                  waiting_share: float, stub: bool = False) -> float:
     """µs of kernel CPU per round trip on ``path``."""
     with tempfile.TemporaryDirectory(prefix="kernelfarm-netpaths-") as where:
-        bench = Bench(asyncio.get_running_loop(), where, connections, depth)
+        bench = Bench(asyncio.get_running_loop(), where, connections, depth, stub)
         try:
             await bench.round("recv-first")  # one wait: the readable watches stay on
             for _ in range(WARMUP_ROUNDS):
                 await bench.round(path, waiting_share)
             spent = sum([await bench.round(path, waiting_share) for _ in range(rounds)])
-            if any(s.bytes_in != s.bytes_out for s in bench.sockets):
+            if not stub and any(s.bytes_in != s.bytes_out for s in bench.sockets):
                 raise RuntimeError("an echo was lost")
         finally:
             bench.close()
@@ -214,13 +251,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--waiting-share", type=float, default=0.5,
                         help="mixed: the odds that a connection's recvs come first")
     parser.add_argument("--paths", default=",".join(PATHS))
+    parser.add_argument("--host", choices=("socketpair", "stub"), default="socketpair",
+                        help="stub: no socket system calls, the kernel's Python work alone")
     parser.add_argument("--out", type=Path, default=RESULTS_DIR)
     args = parser.parse_args(argv)
+    stub = args.host == "stub"
+    if stub and "mixed" in args.paths.split(","):
+        parser.error("--host stub takes echo-first and recv-first (mixed needs real sockets)")
     rows = []
     for repeat in range(args.repeats):
         for path in args.paths.split(","):
             us = uvloop.run(measure(path, args.rounds, args.connections, args.depth,
-                                    args.waiting_share))
+                                    args.waiting_share, stub))
             rows.append({"repeat": repeat, "path": path, "cpu_us": us})
             print(f"{repeat} {path:10} {us:6.2f} µs of kernel CPU per round trip", flush=True)
     args.out.mkdir(parents=True, exist_ok=True)
