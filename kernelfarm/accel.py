@@ -9,15 +9,19 @@ machine without a C compiler skips the build and runs the pure path.
 
 These are the modules of the ``fs.stat``/``fs.write_file`` request path whose own
 Python work is measurable per request (benchmarks/README.md, "The compiled
-accelerator"); the rest only runs on a slow path or waits on the host.  Compiled code
+accelerator"), and the net data path's sockets and waiting-call answers (a waiting
+``net.recv`` is settled by the socket's readiness); the rest only runs on a slow path or
+waits on the host.  Compiled code
 checks the annotations of what crosses a function boundary, so in these modules a
 value a client chose (a path, an offset) is annotated as what it may be (``Any``),
 never as what it should be: the handler's own check refuses it in the contract's words.
 
 Left interpreted on purpose: ``rpc/server.py`` (its connections are weakly referenced,
-which a compiled class is not unless marked) and ``fs/journal.py`` (its readers are
+which a compiled class is not unless marked), ``fs/journal.py`` (its readers are
 generators holding an open file; a compiled generator dropped before its end does not
-run its ``with``/``finally``, an interpreted one does).
+run its ``with``/``finally``, an interpreted one does) and ``net/subsystem.py`` (a
+compiled ``async def`` has no signature, which ``Params`` reads the parameter count
+from, and is no coroutine function to ``inspect``, which its failure counting asks).
 
 A leaf: it imports nothing of kernelfarm, so the build reads it from its file.
 """
@@ -35,6 +39,8 @@ MODULES = (
     "kernelfarm.fs.tree",
     "kernelfarm.fs.volume",
     "kernelfarm.fs.subsystem",
+    "kernelfarm.net.sockets",
+    "kernelfarm.rpc.answer",
 )
 """What ``KERNELFARM_ACCEL=1`` compiles, as module names."""
 
