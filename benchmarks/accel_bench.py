@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import os
 import sys
 import tempfile
@@ -25,12 +24,11 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import psutil
 from rich.console import Console
 from rich.table import Table
 
 from kernelfarm import accel
-from kernelfarm.bench.runner import machine
+from kernelfarm.bench.runner import machine, write_raw
 from kernelfarm.bench.systems import running_farm
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -98,7 +96,6 @@ def main(argv: list[str] | None = None) -> int:
         with console.status(f"round {index + 1} of {args.rounds}"), \
                 tempfile.TemporaryDirectory(prefix="kernelfarm-accel-") as where:
             rounds.append(one_round(args, Path(where)))
-    host["load_average_at_end"] = [round(x, 2) for x in psutil.getloadavg()]
     table = Table(title="one kernel, pure vs compiled, side by side")
     for column in ("round", "workload", "pure ops/s", "compiled ops/s", "pure CPU µs/op",
                    "compiled CPU µs/op", "CPU saved"):
@@ -112,12 +109,8 @@ def main(argv: list[str] | None = None) -> int:
                           f"{other['cpu_us_per_op']:.2f}",
                           f"{result['cpu_saved'].get(row['name'], 0):.0%}")
     console.print(table)
-    args.out.mkdir(parents=True, exist_ok=True)
-    options = {k: v for k, v in vars(args).items() if k != "out"}
-    (args.out / "accel_bench.json").write_text(json.dumps(
-        {"benchmark": "accel_bench", "machine": host, "options": options,
-         "modules": list(accel.MODULES), "rounds": rounds}, indent=2) + "\n")
-    console.print(f"results: {args.out}/accel_bench.json")
+    write_raw(args.out, "accel_bench", {"modules": list(accel.MODULES), "rounds": rounds},
+              host=host, args=args)
     return 0
 
 

@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import json
 import tempfile
 import time
 from collections.abc import Iterator
@@ -26,7 +25,7 @@ import msgpack
 import uvloop
 
 from kernelfarm.auth.tokens import admin_token_of
-from kernelfarm.bench.runner import machine
+from kernelfarm.bench.runner import machine, write_raw
 from kernelfarm.client import Client
 from kernelfarm.supervisor import launch
 
@@ -107,6 +106,7 @@ def main() -> None:
     parser.add_argument("--depth", type=int, default=32)
     parser.add_argument("--out", type=Path, default=RESULTS_DIR)
     args = parser.parse_args()
+    host = machine()
     results: dict[str, list[float]] = {"required": [], "off": []}
     with tempfile.TemporaryDirectory(prefix="kf-auth-") as scratch, \
             farm(Path(scratch) / "on", True) as on, farm(Path(scratch) / "off", False) as off:
@@ -118,9 +118,8 @@ def main() -> None:
     summary: dict[str, Any] = {
         "workload": "fs.stat", "connections": args.connections, "depth": args.depth,
         "duration_s": args.duration, "rounds": results, "best": best,
-        "ratio_required_to_off": best["required"] / best["off"], "machine": machine()}
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "auth_bench.json").write_text(json.dumps(summary, indent=2) + "\n")
+        "ratio_required_to_off": best["required"] / best["off"]}
+    write_raw(args.out, "auth_bench", summary, host=host)
     for name, values in results.items():
         print(f"auth {name:<8} fs.stat ops/s: " + ", ".join(f"{v:,.0f}" for v in values)
               + f"  (best {best[name]:,.0f})")

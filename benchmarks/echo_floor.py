@@ -12,7 +12,6 @@ column is what this machine's client cores actually drove.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 from typing import Any
@@ -22,7 +21,7 @@ from rich.console import Console
 from rich.table import Table
 
 from kernelfarm.bench.cpu import CpuMeter
-from kernelfarm.bench.runner import machine
+from kernelfarm.bench.runner import machine, write_raw
 from kernelfarm.bench.echo import running_echo
 from kernelfarm.bench.loadgen import ConnectionPlan, run_load
 
@@ -114,13 +113,10 @@ def main(argv: list[str] | None = None) -> int:
             rows.append(measure(shape, args, server_cpu, client_cpus))
     console.print(table(rows))
 
-    args.out.mkdir(parents=True, exist_ok=True)
-    path = args.out / "echo_floor.json"
-    report = {"benchmark": "echo_floor", "machine": host, "server_cpu": server_cpu,
-              "client_cpus": client_cpus, "duration_s": args.duration,
-              "warmup_s": args.warmup, "processes": args.processes, "rows": rows}
-    path.write_text(json.dumps(report, indent=2) + "\n")
-    console.print(f"raw results: {path}")
+    write_raw(args.out, "echo_floor",
+              {"server_cpu": server_cpu, "client_cpus": client_cpus,
+               "duration_s": args.duration, "warmup_s": args.warmup,
+               "processes": args.processes, "rows": rows}, host=host)
     return 0
 
 

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import os
 import signal
 import sys
@@ -38,7 +37,7 @@ from rich.console import Console
 from rich.table import Table
 
 from kernelfarm.bench import report, systems
-from kernelfarm.bench.runner import BenchOptions, machine, run_bench
+from kernelfarm.bench.runner import BenchOptions, machine, run_bench, write_raw
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 WORKLOADS = ("fs-stat", "fs-create", "fs-write-4k", "fs-read-4k")
@@ -196,13 +195,11 @@ def main(argv: list[str] | None = None) -> int:
                     f"{r['data_bytes'] / 2**20:.1f} MiB")
     console.print(out)
 
-    args.out.mkdir(parents=True, exist_ok=True)
     # A restart-only run keeps the committed throughput figures beside it.
-    path = args.out / ("fs_bench_restart.json" if args.no_throughput else "fs_bench.json")
-    path.write_text(json.dumps({"benchmark": "fs_bench", "machine": host,
-                                "duration_s": args.duration, "warmup_s": args.warmup,
-                                "rows": rows, "restart": restarts}, indent=2) + "\n")
-    console.print(f"raw results: {path}")
+    write_raw(args.out, "fs_bench",
+              {"duration_s": args.duration, "warmup_s": args.warmup, "rows": rows,
+               "restart": restarts},
+              host=host, name="fs_bench_restart" if args.no_throughput else None)
     return 0
 
 

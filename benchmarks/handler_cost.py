@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import socket
 import sys
 import tempfile
@@ -35,7 +34,7 @@ import uvloop
 from rich.console import Console
 from rich.table import Table
 
-from kernelfarm.bench.runner import machine
+from kernelfarm.bench.runner import write_raw
 from kernelfarm.boot import BootInfo
 from kernelfarm.config import Config
 from kernelfarm.kernel.kernel import Kernel
@@ -212,12 +211,7 @@ def main(argv: list[str] | None = None) -> int:
     console.print(f"for scale: `with threading.Lock(): pass` = "
                   f"{result['bare_with_lock_ns']:.0f} ns; `sock.send` of net.send's 64 "
                   f"bytes on a socketpair = {result['bare_send_ns']:.0f} ns")
-    args.out.mkdir(parents=True, exist_ok=True)
-    path = args.out / "handler_cost.json"
-    path.write_text(json.dumps({"benchmark": "handler_cost", "machine": machine(),
-                                "options": {k: v for k, v in vars(args).items() if k != "out"},
-                                **result}, indent=2) + "\n")
-    console.print(f"raw results: {path}")
+    write_raw(args.out, "handler_cost", result, args=args)
     return 0
 
 

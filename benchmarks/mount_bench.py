@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import os
 import shutil
 import signal
@@ -38,9 +37,9 @@ from typing import Any, Callable, Iterator
 from rich.console import Console
 from rich.table import Table
 
-from kernelfarm.bench.runner import machine
+from kernelfarm.bench.runner import machine, write_raw
+from kernelfarm.bench.systems import file_farm
 from kernelfarm.mount.mtab import is_mounted
-from kernelfarm.supervisor import launch
 
 HERE = Path(__file__).resolve().parent
 RESULTS_DIR = HERE / "results"
@@ -76,25 +75,6 @@ def mounted(command: list[str], path: Path, log: Path) -> Iterator[Path]:
             proc.wait()
         if is_mounted(path):
             subprocess.run(["fusermount3", "-u", "-z", str(path)], check=False)
-
-
-@contextlib.contextmanager
-def farm(scratch: Path, fsync: str, size: int) -> Iterator[str]:
-    config = scratch / "farm.toml"
-    # Files up to twice the test file, room for both rounds, and no snapshot in the middle
-    # of the run (a snapshot rewrites the whole volume: restart time, not throughput).
-    config.write_text(f'[fs]\nfsync = "{fsync}"\nmax_file_bytes = {size * 2}\n'
-                      f"volume_quota_bytes = {size * 8}\n"
-                      f"snapshot_journal_bytes = {size * 16}\n")
-    proc = launch.spawn(["--data-dir", str(scratch / "data"), "--config", str(config),
-                         "--kernels", "2", "--control", "127.0.0.1:0"],
-                        log_path=scratch / "farm.log")
-    try:
-        ready = launch.wait_ready(proc, scratch / "farm.log")
-        host, port = ready["control"]
-        yield f"{host}:{port}"
-    finally:
-        launch.stop(proc)
 
 
 # -- workloads ----------------------------------------------------------------------------
@@ -186,9 +166,8 @@ def ratio(workload: str, values: dict[str, float]) -> float:
     return mount / floor if up else floor / mount
 
 
-def report(best: dict[str, dict[str, float]], meta: dict[str, Any], out: Path,
-           console: Console) -> None:
-    out.mkdir(parents=True, exist_ok=True)
+def report(best: dict[str, dict[str, float]], meta: dict[str, Any], host: dict[str, Any],
+           out: Path, console: Console) -> None:
     rows = []
     for workload, unit, up in WORKLOADS:
         values = best[workload]
@@ -196,8 +175,7 @@ def report(best: dict[str, dict[str, float]], meta: dict[str, Any], out: Path,
                      "mount": round(values["mount"], 3),
                      "passthrough": round(values["passthrough"], 3),
                      "mount_share_of_passthrough": round(ratio(workload, values), 3)})
-    (out / "mount_bench.json").write_text(json.dumps({**meta, "results": rows}, indent=2)
-                                          + "\n")
+    write_raw(out, "mount_bench", {**meta, "results": rows}, host=host)
     lines = ["| workload | kernelfarm mount | pyfuse3 passthrough | mount / passthrough |",
              "|---|---:|---:|---:|"]
     table = Table(title="kernelfarm mount vs the FUSE floor")
@@ -246,7 +224,8 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=RESULTS_DIR)
     args = parser.parse_args()
     console = Console()
-    meta = {"machine": machine(), "size_mib": args.size_mib, "files": args.files,
+    host = machine()
+    meta = {"size_mib": args.size_mib, "files": args.files,
             "repeat": args.repeat, "farm": {"kernels": 2, "fsync": args.fsync}}
     with tempfile.TemporaryDirectory(prefix="mount-bench-") as tmp:
         scratch = Path(tmp)
@@ -257,10 +236,10 @@ def main() -> None:
         meta["source_tree_files"] = sum(len(files) for _, _, files in os.walk(source))
         local = scratch / "local"
         local.mkdir()
-        with farm(scratch, args.fsync, args.size_mib * MIB) as control, \
+        with file_farm(scratch, args.fsync, args.size_mib * MIB, kernels=2) as served, \
                 mounted([sys.executable, "-m", "kernelfarm", "mount", "--foreground",
-                         "--control", control,
-                         "--token-file", str(scratch / "data" / "admin.token"),
+                         "--control", "{}:{}".format(*served.control),
+                         "--token-file", str(served.data_dir / "admin.token"),
                          str(scratch / "farm-mnt")],
                         scratch / "farm-mnt", scratch / "mount.log") as farm_root, \
                 mounted([sys.executable, str(HERE / "passthrough_fs.py"), str(local),
@@ -269,7 +248,7 @@ def main() -> None:
             (farm_root / "bench").mkdir()
             best = run_all({"mount": farm_root / "bench", "passthrough": pt_root}, args,
                            source, console)
-    report(best, meta, args.out, console)
+    report(best, meta, host, args.out, console)
 
 
 if __name__ == "__main__":

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import multiprocessing
 import sys
 import tempfile
@@ -39,7 +38,7 @@ from rich.table import Table
 from kernelfarm.bench.cpu import CpuMeter
 from kernelfarm.bench.echo import running_echo
 from kernelfarm.bench.histogram import Histogram
-from kernelfarm.bench.runner import machine
+from kernelfarm.bench.runner import machine, write_raw
 from kernelfarm.bench.systems import running_farm
 from kernelfarm.client import Client
 from kernelfarm.partition import key_slot
@@ -316,14 +315,11 @@ def main(argv: list[str] | None = None) -> int:
             rows += measure_farm(kernels, args, echo_ports, tenants, console)
     console.print(table(rows))
 
-    args.out.mkdir(parents=True, exist_ok=True)
-    path = args.out / "net_bench.json"
-    report = {"benchmark": "net_bench", "machine": host, "duration_s": args.duration,
-              "warmup_s": args.warmup, "processes": args.processes,
-              "concurrency": args.concurrency, "tenants": args.tenants,
-              "message_bytes": len(MESSAGE), "echo_ports": ECHO_PORTS, "rows": rows}
-    path.write_text(json.dumps(report, indent=2) + "\n")
-    console.print(f"raw results: {path}")
+    write_raw(args.out, "net_bench",
+              {"duration_s": args.duration, "warmup_s": args.warmup,
+               "processes": args.processes, "concurrency": args.concurrency,
+               "tenants": args.tenants, "message_bytes": len(MESSAGE),
+               "echo_ports": ECHO_PORTS, "rows": rows}, host=host)
     return 0
 
 

@@ -42,7 +42,7 @@ from rich.table import Table
 
 from kernelfarm.bench.echo import running_echo
 from kernelfarm.bench.loadgen import run_load
-from kernelfarm.bench.runner import machine
+from kernelfarm.bench.runner import machine, write_raw
 from kernelfarm.bench.systems import running_farm
 from kernelfarm.bench.workloads import ECHO_PAYLOAD
 
@@ -189,7 +189,6 @@ def main(argv: list[str] | None = None) -> int:
     args.connections, args.depth = args.sockets // 16, 16
     host = machine()
     rounds = [one_round(args) for _ in range(args.rounds)]
-    host["load_average_at_end"] = [round(x, 2) for x in psutil.getloadavg()]
     table = Table(title=f"net-echo round trip, {args.sockets} sockets, CPU µs per round trip")
     for column in ("round", "server", "round trips/s", "user µs", "system µs", "CPU µs",
                    "÷ floor-sock"):
@@ -202,12 +201,8 @@ def main(argv: list[str] | None = None) -> int:
                           f"{row['user_us']:.2f}", f"{row['system_us']:.2f}",
                           f"{row['cpu_us']:.2f}", f"{row['vs_floor_sock']:.2f}")
     Console(width=120).print(table)
-    args.out.mkdir(parents=True, exist_ok=True)
-    options = {k: v for k, v in vars(args).items() if k not in ("out", "child", "port")}
-    (args.out / "net_floor.json").write_text(json.dumps(
-        {"benchmark": "net_floor", "machine": host, "options": options, "rounds": rounds},
-        indent=2) + "\n")
-    print(f"results: {args.out}/net_floor.json")
+    write_raw(args.out, "net_floor", {"rounds": rounds}, host=host, args=args,
+              internal=("child", "port"))
     return 0
 
 

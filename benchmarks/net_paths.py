@@ -36,7 +36,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import random
 import socket
 import sys
@@ -48,7 +47,7 @@ from typing import Any, Callable
 import msgpack
 import uvloop
 
-from kernelfarm.bench.runner import machine
+from kernelfarm.bench.runner import write_raw
 from kernelfarm.boot import BootInfo
 from kernelfarm.config import Config
 from kernelfarm.kernel.kernel import Kernel
@@ -265,12 +264,7 @@ def main(argv: list[str] | None = None) -> int:
                                     args.waiting_share, stub))
             rows.append({"repeat": repeat, "path": path, "cpu_us": us})
             print(f"{repeat} {path:10} {us:6.2f} µs of kernel CPU per round trip", flush=True)
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "net_paths.json").write_text(json.dumps(
-        {"benchmark": "net_paths", "machine": machine(),
-         "options": {k: v for k, v in vars(args).items() if k != "out"}, "rows": rows},
-        indent=2) + "\n")
-    print(f"results: {args.out}/net_paths.json")
+    write_raw(args.out, "net_paths", {"rows": rows}, args=args)
     return 0
 
 

@@ -26,7 +26,6 @@ from __future__ import annotations
 import argparse
 import csv
 import io
-import json
 import shutil
 import socket
 import subprocess
@@ -45,7 +44,7 @@ from kernelfarm.bench import workloads
 from kernelfarm.bench.cpu import CpuMeter
 from kernelfarm.bench.echo import running_echo
 from kernelfarm.bench.loadgen import Address, ConnectionPlan, run_load
-from kernelfarm.bench.runner import machine
+from kernelfarm.bench.runner import machine, write_raw
 from kernelfarm.bench.systems import Target, running_farm
 from kernelfarm.supervisor.launch import end_process
 
@@ -268,7 +267,6 @@ def main(argv: list[str] | None = None) -> int:
     for index in range(args.rounds):
         with console.status(f"round {index + 1} of {args.rounds}"):
             rounds.append(one_round(args, redis))
-    host["load_average_at_end"] = [round(x, 2) for x in psutil.getloadavg()]
     table = Table(title="one core each, side by side")
     for column in ("round", "server", "ops/s", "p50 µs", "p99 µs", "CPU µs/op"):
         table.add_column(column, justify="left" if column == "server" else "right")
@@ -281,14 +279,10 @@ def main(argv: list[str] | None = None) -> int:
     for index, result in enumerate(rounds, 1):
         console.print(f"round {index}: " + ", ".join(
             f"{name} = {value:.2f}" for name, value in result["ratios"].items()))
-    args.out.mkdir(parents=True, exist_ok=True)
-    options = {k: v for k, v in vars(args).items() if k != "out"}
-    (args.out / "peers.json").write_text(json.dumps(
-        {"benchmark": "peers", "machine": host, "options": options, "redis": redis,
-         "rounds": rounds}, indent=2) + "\n")
+    write_raw(args.out, "peers", {"redis": redis, "rounds": rounds}, host=host, args=args)
     (args.out / "peers.md").write_text(markdown(rounds))
     plot(rounds, args.out / "peers.png")
-    console.print(f"results: {args.out}/peers.json, peers.md, peers.png")
+    console.print(f"table and plot: {args.out}/peers.md, peers.png")
     return 0
 
 

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import collections
-import json
 import shutil
 import subprocess
 import sys
@@ -32,7 +31,7 @@ from typing import Any
 import psutil
 
 from kernelfarm.bench.echo import running_echo
-from kernelfarm.bench.runner import machine
+from kernelfarm.bench.runner import write_raw
 from kernelfarm.bench.systems import running_farm
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -118,13 +117,8 @@ def main(argv: list[str] | None = None) -> int:
               f"{result['samples']} samples")
         for entry in result["top"]:
             print(f"  {entry['us_per_op']:6.2f} µs  {entry['share']:6.1%}  {entry['function']}")
-    args.out.mkdir(parents=True, exist_ok=True)
-    path = args.out / "profile_kernel.json"
-    path.write_text(json.dumps({"benchmark": "profile_kernel", "machine": machine(),
-                                "options": {k: v for k, v in vars(args).items()
-                                            if k != "out"},
-                                "workloads": results}, indent=2) + "\n")
-    print(f"\nraw results: {path}")
+    print()
+    write_raw(args.out, "profile_kernel", {"workloads": results}, args=args)
     return 0
 
 

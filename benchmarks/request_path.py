@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import sys
 import tempfile
 import time
@@ -30,7 +29,7 @@ from rich.console import Console
 from rich.table import Table
 
 from kernelfarm.bench.echo import MsgpackEchoProtocol
-from kernelfarm.bench.runner import machine
+from kernelfarm.bench.runner import write_raw
 from kernelfarm.rpc.server import ServerConnection
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -139,12 +138,7 @@ def main(argv: list[str] | None = None) -> int:
     console = Console(width=max(100, Console().width))
     console.print(table)
     console.print(f"kernel fs.stat / echo: {result['stat_over_echo']:.2f}")
-    args.out.mkdir(parents=True, exist_ok=True)
-    path = args.out / "request_path.json"
-    path.write_text(json.dumps({"benchmark": "request_path", "machine": machine(),
-                                "options": {k: v for k, v in vars(args).items() if k != "out"},
-                                **result}, indent=2) + "\n")
-    console.print(f"raw results: {path}")
+    write_raw(args.out, "request_path", result, args=args)
     return 0
 
 

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import tempfile
 import threading
 import time
@@ -27,7 +26,7 @@ from rich.table import Table
 import kernelfarm.aio
 from kernelfarm.bench.layout import plans, spread, streams_needed
 from kernelfarm.bench.loadgen import run_load
-from kernelfarm.bench.runner import machine
+from kernelfarm.bench.runner import machine, write_raw
 from kernelfarm.bench.systems import running_farm
 from kernelfarm.bench.workloads import prepare
 from kernelfarm.partition import key_slot, rebalance_plan
@@ -110,14 +109,12 @@ def main() -> int:
             during = load_window(target, tenants, args.window, on_start=scaler.start)
             scaler.join()
             moved_volumes = len(names) - len(untouched(table, names))
-    results = {"benchmark": "scale_bench", "machine": host,
-               "volumes": len(names), "fsync": args.fsync, "create_s": created_s,
+    results = {"volumes": len(names), "fsync": args.fsync, "create_s": created_s,
                "scale": scale, "moved_volumes": moved_volumes, "window_s": args.window,
                "load": {"tenants": len(tenants), "connections": CONNECTIONS, "depth": DEPTH,
                         "workload": "fs-stat on untouched slots"},
                "baseline": baseline, "during_scale": during}
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "scale_bench.json").write_text(json.dumps(results, indent=2) + "\n")
+    write_raw(args.out, "scale_bench", results, host=host)
     table_view = Table(title=f"scale-out 1 -> 2 with {len(names):,} volumes "
                              f"({moved_volumes:,} moved) in {scale['wall_s']:.2f} s")
     for column in ("window", "ops/s", "p50 µs", "p99 µs", "p99.9 µs", "errors"):
@@ -128,7 +125,6 @@ def main() -> int:
                            str(sum(row["errors"].values())))
     console.print(table_view)
     plot(results, args.out / "scale_bench.png")
-    console.print(f"raw results: {args.out / 'scale_bench.json'}")
     return 0
 
 

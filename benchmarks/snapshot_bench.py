@@ -16,7 +16,6 @@ Writes ``snapshot_bench.json``, ``snapshot_bench.md`` and ``snapshot_bench.png``
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import sys
 import tempfile
@@ -28,7 +27,7 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from kernelfarm.bench.runner import machine
+from kernelfarm.bench.runner import machine, write_raw
 from kernelfarm.client import Client
 from kernelfarm.supervisor import launch
 
@@ -132,7 +131,7 @@ def run(mib: int) -> dict[str, Any]:
                 idle, idle_s = window(control, client, trigger=False, idle_s=snap_s)
         finally:
             launch.stop(process)
-    return {"benchmark": "snapshot_bench", "machine": machine(), "volume_mib": mib,
+    return {"volume_mib": mib,
             "fill_seconds": round(load_s, 1), "idle": summary(idle, idle_s),
             "snapshot": summary(snap, snap_s), "idle_ms": idle, "snapshot_ms": snap}
 
@@ -182,10 +181,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--mib", type=int, default=512, help="size of the big volume")
     parser.add_argument("--out", type=Path, default=RESULTS_DIR)
     args = parser.parse_args(argv)
+    host = machine()
     result = run(args.mib)
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "snapshot_bench.json").write_text(json.dumps(result, separators=(",", ":"))
-                                                  + "\n")
+    write_raw(args.out, "snapshot_bench", result, host=host, compact=True)
     (args.out / "snapshot_bench.md").write_text(markdown(result))
     plot(result, args.out / "snapshot_bench.png")
     Console().print(table(result))

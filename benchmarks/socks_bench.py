@@ -343,7 +343,7 @@ def run_all(args: argparse.Namespace) -> int:
     from rich.console import Console
     from rich.table import Table
 
-    from kernelfarm.bench.runner import machine
+    from kernelfarm.bench.runner import machine, write_raw
 
     console = Console()
     host = machine()
@@ -365,7 +365,7 @@ def run_all(args: argparse.Namespace) -> int:
                 rows.append(measure(target, peer, args))
     dante_row = rows[2]
     ours = rows[1]
-    results = {"benchmark": "socks_bench", "machine": host, "bytes": args.bytes,
+    results = {"bytes": args.bytes,
                "window_s": args.window, "systems": rows,
                "ratio_to_dante": {
                    "throughput": ours["throughput"]["mib_per_s"] /
@@ -376,8 +376,7 @@ def run_all(args: argparse.Namespace) -> int:
                         "system's processes and time they spent runnable but waiting for a "
                         "CPU (a pinned kernel cannot move to an idle core), in percent of "
                         "one CPU, over each measurement."}
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "socks_bench.json").write_text(json.dumps(results, indent=2) + "\n")
+    write_raw(args.out, "socks_bench", results, host=host)
     table = Table(title=f"SOCKS5: {args.bytes / 2**20:,.0f} MiB transfer and connection "
                         f"set-ups ({args.processes} x {args.concurrency} in flight)")
     for column in ("system", "MiB/s", "set-ups/s", "MiB/s vs Dante", "set-ups vs Dante",
@@ -396,7 +395,6 @@ def run_all(args: argparse.Namespace) -> int:
                                  for w in waits))
     console.print(table)
     plot(results, args.out / "socks_bench.png")
-    console.print(f"raw results: {args.out / 'socks_bench.json'}")
     return 0
 
 

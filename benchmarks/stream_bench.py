@@ -25,7 +25,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import json
 import os
 import tempfile
 import time
@@ -40,8 +39,8 @@ from rich.table import Table
 
 import kernelfarm.aio
 from kernelfarm.auth.tokens import admin_token_of
-from kernelfarm.bench.runner import machine
-from kernelfarm.supervisor import launch
+from kernelfarm.bench.runner import machine, write_raw
+from kernelfarm.bench.systems import file_farm
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 MIB = 1024 * 1024
@@ -60,20 +59,9 @@ class Farm:
 @contextlib.contextmanager
 def farm(scratch: Path, fsync: str, size: int) -> Iterator[Farm]:
     """A one-kernel farm on a fresh data dir."""
-    config = scratch / "farm.toml"
-    config.write_text(f'[fs]\nfsync = "{fsync}"\nmax_file_bytes = {size}\n'
-                      f"volume_quota_bytes = {size * 8}\n"
-                      f"snapshot_journal_bytes = {size * 16}\n")
-    log = scratch / "farm.log"
-    proc = launch.spawn(["--data-dir", str(scratch / "data"), "--config", str(config),
-                         "--kernels", "1", "--control", "127.0.0.1:0"], log_path=log)
-    try:
-        ready = launch.wait_ready(proc, log)
-        (kernel,) = psutil.Process(proc.pid).children()
-        yield Farm((ready["control"][0], int(ready["control"][1])),
-                   admin_token_of(scratch / "data"), kernel)
-    finally:
-        launch.stop(proc)
+    with file_farm(scratch, fsync, size, kernels=1) as served:
+        (kernel,) = psutil.Process(served.pid).children()
+        yield Farm(served.control, admin_token_of(served.data_dir), kernel)
 
 
 async def pipelined(calls: Iterator[Any], inflight: int) -> None:
@@ -166,12 +154,12 @@ def main() -> None:
     parser.add_argument("--fsync", default="never,always")
     parser.add_argument("--out", type=Path, default=RESULTS_DIR)
     args = parser.parse_args()
+    host = machine()
     results = [run(policy, args) for policy in args.fsync.split(",")]
     Console().print(table(results))
-    args.out.mkdir(parents=True, exist_ok=True)
-    report = {"machine": machine(), "size_mib": args.size_mib, "inflight": args.inflight,
-              "repeat": args.repeat, "results": results}
-    (args.out / "stream_bench.json").write_text(json.dumps(report, indent=2) + "\n")
+    write_raw(args.out, "stream_bench",
+              {"size_mib": args.size_mib, "inflight": args.inflight, "repeat": args.repeat,
+               "results": results}, host=host)
 
 
 if __name__ == "__main__":

@@ -16,13 +16,15 @@ at one worker, and throughput as a share of the echo floor at the same worker co
 from __future__ import annotations
 
 import contextlib
+import argparse
 import datetime
 import functools
+import json
 import math
 import platform
 import sys
 import tempfile
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from importlib import metadata
 from pathlib import Path
@@ -140,8 +142,41 @@ def machine() -> dict[str, Any]:
         "uvloop": metadata.version("uvloop"),
         "msgpack": metadata.version("msgpack"),
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "load_average_at_start": [round(x, 2) for x in psutil.getloadavg()],
+        "load_average_at_start": load_average(),
     }
+
+
+def load_average() -> list[float]:
+    """The 1, 5 and 15 minute load averages: how busy the shared machine was."""
+    return [round(x, 2) for x in psutil.getloadavg()]
+
+
+def write_raw(out: Path, benchmark: str, figures: Mapping[str, Any], *,
+              host: Mapping[str, Any] | None = None, args: argparse.Namespace | None = None,
+              internal: Iterable[str] = (), name: str | None = None,
+              compact: bool = False) -> Path:
+    """Write one benchmark's raw results to ``out/<name or benchmark>.json``; say where.
+
+    Every script's file starts the same way, so a reader (or a plot redrawn later) finds
+    what a figure was measured on without knowing the script: ``benchmark``; ``machine``
+    (``host`` as :func:`machine` found it at the start of the run, or now, plus the load
+    average at the end); ``options`` when ``args`` is given (the command line without
+    ``--out`` and the ``internal`` ones); then the script's own ``figures``.  ``compact``
+    leaves out the indentation, for files of many raw samples.
+    """
+    measured_on = dict(host if host is not None else machine())
+    measured_on["load_average_at_end"] = load_average()
+    raw: dict[str, Any] = {"benchmark": benchmark, "machine": measured_on}
+    if args is not None:
+        left_out = {"out", *internal}
+        raw["options"] = {k: v for k, v in vars(args).items() if k not in left_out}
+    raw.update(figures)
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / f"{name or benchmark}.json"
+    text = json.dumps(raw, separators=(",", ":")) if compact else json.dumps(raw, indent=2)
+    path.write_text(text + "\n")
+    print(f"raw results: {path}")
+    return path
 
 
 def _cpu_model() -> str:
@@ -186,7 +221,7 @@ def run_bench(options: BenchOptions, *, progress: Progress | None = None,
                             not _was_skipped(results, cell):
                         results.skipped.append({**asdict(cell), "reason": _reason(exc)})
                         notify(cell, "skipped")
-    results.machine["load_average_at_end"] = [round(x, 2) for x in psutil.getloadavg()]
+    results.machine["load_average_at_end"] = load_average()
     derive(results.rows)
     return results
 

@@ -170,6 +170,45 @@ def running_farm(serve_flags: Sequence[str], scratch: Path, fsync: str) -> Itera
             os.environ[TOKEN_ENV] = token_before
 
 
+@dataclass(frozen=True)
+class FileFarm:
+    """A farm started by :func:`file_farm`: where its control API is, and its data dir
+    (where its admin token is, for a client or ``kernelfarm mount --token-file``)."""
+
+    control: tuple[str, int]
+    data_dir: Path
+    pid: int
+    """The supervisor's; its children are the kernels."""
+
+
+@contextlib.contextmanager
+def file_farm(scratch: Path, fsync: str, file_bytes: int, kernels: int) -> Iterator[FileFarm]:
+    """``kernelfarm serve`` sized for streaming files of ``file_bytes`` through it.
+
+    Files up to twice that size, a volume quota for a few rounds of them, and no snapshot
+    while the benchmark runs: a snapshot rewrites the whole volume, which is restart time,
+    not throughput.  Auth stays on, as in a user's farm.  The data dir is under
+    ``scratch``; the process is stopped and reaped when the ``with`` block is left.
+    """
+    if fsync not in FSYNC_POLICIES:
+        raise ValueError(f"fsync must be one of {', '.join(FSYNC_POLICIES)}, not {fsync!r}")
+    scratch.mkdir(parents=True, exist_ok=True)
+    config_path = scratch / "farm.toml"
+    config_path.write_text(f'[fs]\nfsync = "{fsync}"\nmax_file_bytes = {file_bytes * 2}\n'
+                           f"volume_quota_bytes = {file_bytes * 8}\n"
+                           f"snapshot_journal_bytes = {file_bytes * 16}\n")
+    log_path = scratch / "farm.log"
+    process = launch.spawn(["--data-dir", str(scratch / "data"), "--config", str(config_path),
+                            "--kernels", str(kernels), "--control", "127.0.0.1:0"],
+                           log_path=log_path)
+    try:
+        ready = launch.wait_ready(process, log_path)
+        yield FileFarm((ready["control"][0], int(ready["control"][1])), scratch / "data",
+                       process.pid)
+    finally:
+        launch.stop(process)
+
+
 # -- the echo floor -----------------------------------------------------------------------
 
 
