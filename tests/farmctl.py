@@ -18,7 +18,7 @@ import subprocess
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterator, Sequence
 
 import msgpack
 import psutil
@@ -151,7 +151,8 @@ def give_admin_token(data_dir: Path) -> None:
 
 
 def spawn_serve(tmp_path: Path, *args: str, config_text: str | None = None,
-                data_dir: Path | None = None, name: str = "farm"
+                data_dir: Path | None = None, name: str = "farm",
+                entry: Sequence[str] = ("-m", "kernelfarm")
                 ) -> tuple[subprocess.Popen[bytes], Path, Path]:
     data_dir = data_dir or tmp_path / f"{name}-data"
     give_admin_token(data_dir)
@@ -161,7 +162,7 @@ def spawn_serve(tmp_path: Path, *args: str, config_text: str | None = None,
         config_path = tmp_path / f"{name}.toml"
         config_path.write_text(config_text)
         serve_args += ["--config", str(config_path)]
-    return launch.spawn(serve_args, log_path=log_path), data_dir, log_path
+    return launch.spawn(serve_args, log_path=log_path, entry=entry), data_dir, log_path
 
 
 def stop_process(proc: subprocess.Popen[bytes], sig: int = signal.SIGTERM,
@@ -172,12 +173,14 @@ def stop_process(proc: subprocess.Popen[bytes], sig: int = signal.SIGTERM,
 @contextlib.contextmanager
 def start_farm(tmp_path: Path, kernels: int | str = 2, *args: str,
                config_text: str | None = None, data_dir: Path | None = None,
-               name: str = "farm") -> Iterator[Farm]:
-    """Run ``kernelfarm serve`` until the block ends; then stop it and reap everything."""
+               name: str = "farm", entry: Sequence[str] = ("-m", "kernelfarm")
+               ) -> Iterator[Farm]:
+    """Run ``kernelfarm serve`` until the block ends; then stop it and reap everything.
+    ``entry``: see :func:`kernelfarm.supervisor.launch.spawn`."""
     become_subreaper()
     proc, data_dir, log_path = spawn_serve(tmp_path, "--kernels", str(kernels), *args,
                                            config_text=config_text, data_dir=data_dir,
-                                           name=name)
+                                           name=name, entry=entry)
     farm = None
     try:
         farm = Farm(proc, data_dir, log_path, launch.wait_ready(proc, log_path, DEADLINE))

@@ -37,10 +37,14 @@ class LaunchError(KernelfarmError):
     code = "ELAUNCH"
 
 
-def spawn(args: Sequence[str], *, log_path: Path,
-          env: Mapping[str, str] | None = None) -> subprocess.Popen[bytes]:
-    """``python -m kernelfarm serve --control 127.0.0.1:0 ARGS``, its stderr to ``log_path``."""
-    command = [sys.executable, "-m", "kernelfarm", "serve", "--control", "127.0.0.1:0",
+def spawn(args: Sequence[str], *, log_path: Path, env: Mapping[str, str] | None = None,
+          entry: Sequence[str] = ("-m", "kernelfarm")) -> subprocess.Popen[bytes]:
+    """``python -m kernelfarm serve --control 127.0.0.1:0 ARGS``, its stderr to ``log_path``.
+
+    ``entry`` is what Python runs instead of ``-m kernelfarm``: a test's script that
+    starts the same command with one fault injected into the supervisor.
+    """
+    command = [sys.executable, *entry, "serve", "--control", "127.0.0.1:0",
                "--metrics", "127.0.0.1:0", *args]
     with open(log_path, "ab") as log:
         return subprocess.Popen(command, stdout=subprocess.PIPE, stderr=log,
