@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from kernelfarm.errors import TryAgain
-from kernelfarm.net.handoff_service import FailureBudget
+from kernelfarm.net.handoff_budget import FailureBudget
 from kernelfarm.partition import key_slot
 from net_harness import FakeConnection, plain_listener
 

@@ -316,7 +316,7 @@ def test_a_connect_reply_names_the_outgoing_connections_address(
 
 
 def test_the_kernel_completes_a_reply_with_an_ipv6_local_address() -> None:
-    from kernelfarm.net.handoff_service import first_to_write
+    from kernelfarm.net.handoff_fields import first_to_write
     from kernelfarm.socks.protocol import Reply, reply, reply_prefixes
 
     with socket.create_server(("::1", 0), family=socket.AF_INET6) as server, \
@@ -470,7 +470,7 @@ def test_failed_token_checks_are_bounded_per_process(farm: Farm) -> None:
     looked at (even the right one), on every connection it has, until its budget refills.
     Kernel 1: the other tests' own hand-off connections go to kernel 0."""
     from kernelfarm import handoff
-    from kernelfarm.net.handoff_service import FAILURE_BURST
+    from kernelfarm.net.handoff_budget import FAILURE_BURST
 
     cluster_map = farm.cluster_map()
     path = cluster_map["kernels"][1]["handoff"]
