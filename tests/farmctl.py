@@ -51,6 +51,38 @@ def wait_until(predicate: Callable[[], Any], timeout: float = DEADLINE,
         time.sleep(0.02)
 
 
+def loaded(seconds: float) -> float:
+    """``seconds`` of a quiet machine, stretched by how busy this one is now.
+
+    A process gets about cores / load of a core (a pinned kernel, of its own core), so
+    work that takes a known time on a quiet machine -- starting a farm or a mount,
+    loading a journal -- takes load / cores times as long at that load: at load 28 on
+    two cores, fourteen times.  For waits on such work, not on an event that may never
+    come, so that a test fails for what it checks rather than for the machine's load.
+    """
+    cores = len(os.sched_getaffinity(0)) or 1
+    return seconds * max(1.0, os.getloadavg()[0] / cores)
+
+
+def contention(core: int, cpu_s: float = 0.1) -> float:
+    """How many times longer CPU-bound work takes on ``core`` now than on an idle core (at
+    least 1): the wall time of a busy loop pinned there over the CPU time it got.
+
+    For deadlines a test sets for its farm, which must stretch as the farm's work does and
+    no more (the load average counts every runnable process, not the core a pinned kernel
+    waits for): a test whose point is that some work outlasts a deadline keeps it.
+    """
+    before = os.sched_getaffinity(0)
+    os.sched_setaffinity(0, {core})
+    try:
+        wall, cpu = time.monotonic(), time.thread_time()
+        while time.thread_time() - cpu < cpu_s:
+            pass
+        return max(1.0, (time.monotonic() - wall) / (time.thread_time() - cpu))
+    finally:
+        os.sched_setaffinity(0, before)
+
+
 def reap_orphans() -> None:
     """Collect any exited child (orphaned kernels re-parented to us)."""
     while True:
@@ -173,17 +205,19 @@ def stop_process(proc: subprocess.Popen[bytes], sig: int = signal.SIGTERM,
 @contextlib.contextmanager
 def start_farm(tmp_path: Path, kernels: int | str = 2, *args: str,
                config_text: str | None = None, data_dir: Path | None = None,
-               name: str = "farm", entry: Sequence[str] = ("-m", "kernelfarm")
-               ) -> Iterator[Farm]:
+               name: str = "farm", entry: Sequence[str] = ("-m", "kernelfarm"),
+               ready_s: float = DEADLINE) -> Iterator[Farm]:
     """Run ``kernelfarm serve`` until the block ends; then stop it and reap everything.
-    ``entry``: see :func:`kernelfarm.supervisor.launch.spawn`."""
+    ``entry``: see :func:`kernelfarm.supervisor.launch.spawn`; ``ready_s``: how long it
+    may take to serve on a quiet machine (:func:`loaded` stretches it on a busy one)."""
     become_subreaper()
     proc, data_dir, log_path = spawn_serve(tmp_path, "--kernels", str(kernels), *args,
                                            config_text=config_text, data_dir=data_dir,
                                            name=name, entry=entry)
     farm = None
     try:
-        farm = Farm(proc, data_dir, log_path, launch.wait_ready(proc, log_path, DEADLINE))
+        farm = Farm(proc, data_dir, log_path,
+                    launch.wait_ready(proc, log_path, loaded(ready_s)))
         yield farm
     finally:
         for client in farm.clients if farm is not None else []:

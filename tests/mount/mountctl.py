@@ -1,8 +1,9 @@
 """Mounts as real processes for tests: ``kernelfarm mount --foreground`` against a farm.
 
-A mount is waited for with a deadline (the mount point becomes a mount, or the process
-dies and its log says why), and always torn down: SIGTERM (the mount unmounts itself),
-then a lazy ``fusermount3 -uz`` if a killed process left the mount point behind.
+A mount is waited for with a deadline stretched by the machine's load (the mount point
+becomes a mount, or the process dies and its log says why), and always torn down:
+SIGTERM (the mount unmounts itself), then a lazy ``fusermount3 -uz`` if a killed process
+left the mount point behind.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
-from farmctl import Farm, stop_process, wait_until
+from farmctl import DEADLINE, Farm, loaded, stop_process, wait_until
 from kernelfarm.mount.mtab import is_mounted
 
 
@@ -50,7 +51,7 @@ def mounted(farm: Farm, path: Path, *args: str, name: str = "mount") -> Iterator
                                 stdout=log, stderr=subprocess.STDOUT)
     try:
         wait_until(lambda: is_mounted(path) or proc.poll() is not None,
-                   what=f"{path} to be mounted")
+                   loaded(DEADLINE), f"{path} to be mounted")
         if proc.poll() is not None:
             raise AssertionError(f"mount exited {proc.returncode}: "
                                  f"{log_path.read_text(errors='replace')}")
