@@ -1,12 +1,15 @@
-"""Is a path a mount point?  Read from ``/proc/self/mounts``, not ``os.path.ismount``:
-a FUSE mount whose process died answers ``stat`` with ``ENOTCONN``, and ``ismount``
-then says "not mounted" about exactly the mount that most needs unmounting."""
+"""Is a path a mount point, and of which device?  Read from ``/proc/self/mounts`` and
+``mountinfo``, not ``os.path.ismount`` or ``stat``: a FUSE mount whose process died answers
+``stat`` with ``ENOTCONN``, and ``ismount`` then says "not mounted" about exactly the mount
+that most needs unmounting; and the process serving a mount must not ``stat`` its own
+mount point (the kernel would wait on that very process)."""
 
 from __future__ import annotations
 
 import os
 
 MOUNTS = "/proc/self/mounts"
+MOUNTINFO = "/proc/self/mountinfo"
 
 
 def _unescape(field: str) -> str:
@@ -20,3 +23,15 @@ def is_mounted(path: str | os.PathLike[str]) -> bool:
     target = os.path.abspath(path)
     with open(MOUNTS) as table:
         return any(_unescape(line.split()[1]) == target for line in table if line.strip())
+
+
+def device_of(path: str | os.PathLike[str]) -> str | None:
+    """``MAJOR:MINOR`` of what is mounted at ``path`` last (the mount on top), or None."""
+    target = os.path.abspath(path)
+    device = None
+    with open(MOUNTINFO) as table:
+        for line in table:
+            fields = line.split()
+            if len(fields) > 4 and _unescape(fields[4]) == target:
+                device = fields[2]
+    return device

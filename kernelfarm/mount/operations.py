@@ -76,10 +76,11 @@ class FarmOperations(pyfuse3.Operations):
     enable_writeback_cache = False
 
     def __init__(self, fs: Any, *, read_only: bool = False, caching: Caching | None = None,
-                 chunk_bytes: int = CHUNK_BYTES, inflight_bytes: int = INFLIGHT_BYTES
-                 ) -> None:
+                 chunk_bytes: int = CHUNK_BYTES, inflight_bytes: int = INFLIGHT_BYTES,
+                 on_init: Callable[[], object] | None = None) -> None:
         super().__init__()
         self.fs = fs
+        self.on_init = on_init
         self.read_only = read_only
         self.caching = caching or Caching()
         self.chunk_bytes = chunk_bytes
@@ -96,6 +97,13 @@ class FarmOperations(pyfuse3.Operations):
         self.unlinked: set[int] = set()          # open, unlinked, hidden until last close
         self.listings: dict[int, DirListing] = {}
         self._next_fh = 1
+
+    def init(self) -> None:
+        """pyfuse3 calls this while it answers the kernel's ``INIT``, which may only lower
+        what the mount set before (its read-ahead window): ``on_init`` runs once that
+        answer is out, in a later step of the loop."""
+        if self.on_init is not None:
+            asyncio.get_running_loop().call_soon(self.on_init)
 
     # -- helpers ------------------------------------------------------------------------
 

@@ -23,6 +23,7 @@ import uvloop
 from kernelfarm import aio
 from kernelfarm.mount.attrs import Caching
 from kernelfarm.mount.operations import FarmOperations
+from kernelfarm.mount.readsize import widen_reads
 
 log = logging.getLogger(__name__)
 
@@ -49,7 +50,8 @@ async def serve(options: MountOptions, ready: Callable[[], None]) -> None:
     pyfuse3.asyncio.enable()
     client = aio.Client(options.control, token=options.token)
     await client.connect()  # no farm, no mount: fail before touching the mount point
-    ops = FarmOperations(client.fs, read_only=options.read_only, caching=options.caching)
+    ops = FarmOperations(client.fs, read_only=options.read_only, caching=options.caching,
+                         on_init=lambda: widen_reads(options.mountpoint))
     pyfuse3.init(ops, options.mountpoint, fuse_options(options))
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):

@@ -17,7 +17,9 @@ from pathlib import Path
 import pytest
 from mountctl import Mount
 
-from farmctl import Farm
+from farmctl import Farm, wait_until
+from kernelfarm.mount.mtab import device_of
+from kernelfarm.mount.readsize import READ_AHEAD_KIB
 
 GIT_ENV = {"GIT_AUTHOR_NAME": "kf", "GIT_AUTHOR_EMAIL": "kf@example.invalid",
            "GIT_COMMITTER_NAME": "kf", "GIT_COMMITTER_EMAIL": "kf@example.invalid",
@@ -216,3 +218,19 @@ def test_read_ahead_never_serves_what_this_mount_overwrote(mount: Mount) -> None
         rest = f.read(4_000_000)
     assert rest[2_500_000 - 262144:][:1000] == b"b" * 1000
     assert rest.count(b"b") == 1000
+
+
+def test_the_kernel_reads_the_mount_a_mib_at_a_time(mount: Mount) -> None:
+    """The mount raises its read-ahead window from the kernel's 128 KiB to 1 MiB once the
+    kernel's INIT is answered (which would lower it again), so a sequential read is one
+    FUSE request per MiB instead of eight."""
+    dev = os.stat(mount.path).st_dev
+    device = f"{os.major(dev)}:{os.minor(dev)}"
+    assert device_of(mount.path) == device
+    knob = Path(f"/sys/class/bdi/{device}/read_ahead_kb")
+    wait_until(lambda: knob.read_text().strip() == str(READ_AHEAD_KIB),
+               what="the mount's read-ahead window to be 1 MiB")
+    (mount.path / "wide").mkdir()
+    payload = os.urandom(3 * 1024 * 1024 + 5)
+    (mount.path / "wide" / "f").write_bytes(payload)
+    assert (mount.path / "wide" / "f").read_bytes() == payload
