@@ -1,4 +1,5 @@
-"""The asyncio client connection: the requests of one loop turn leave in one write."""
+"""The asyncio client connection: the requests of one loop turn leave in one write, and a
+big result is received into its own buffer, however the stream is cut."""
 
 from __future__ import annotations
 
@@ -7,9 +8,13 @@ from typing import Any
 
 import msgpack
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from kernelfarm.rpc.client import RpcClientConnection
-from kernelfarm.rpc.protocol import GATHER_BYTES, encode_request, encode_request_parts
+from kernelfarm.rpc.client import SCRATCH_BYTES, RpcClientConnection, StreamingClientConnection
+from kernelfarm.rpc.protocol import (
+    GATHER_BYTES, encode_replies, encode_request, encode_request_parts,
+)
 
 
 class RecordingTransport:
@@ -67,3 +72,77 @@ def test_a_big_last_parameter_is_written_as_it_is_not_copied(size: int) -> None:
     # A bytearray (the mount's gathered writes) decodes as the same bytes.
     (request,) = requests_in(encode_request_parts(7, "fs.pwrite", [0, bytearray(data)]))
     assert request[3] == [0, data]
+
+
+def encoded_reply(msgid: int, error: Any, result: Any) -> bytes:
+    """A reply as a kernel sends it (msgspec, as ``encode_replies``)."""
+    return encode_replies([[1, msgid, error, result]])
+
+
+def feed_in_reads(conn: StreamingClientConnection, stream: bytes, reads: list[int]
+                  ) -> list[memoryview]:
+    """Hand ``stream`` to the connection as the event loop does: each read fills (part
+    of) the buffer ``get_buffer`` returned; ``reads`` are the sizes the socket offers."""
+    handed: list[memoryview] = []
+    at, turn = 0, 0
+    while at < len(stream):
+        buffer = conn.get_buffer(-1)
+        handed.append(buffer)
+        offered = reads[turn % len(reads)] if reads else len(stream)
+        n = max(1, min(len(buffer), offered, len(stream) - at))
+        buffer[:n] = stream[at:at + n]
+        conn.buffer_updated(n)
+        at, turn = at + n, turn + 1
+    return handed
+
+
+REPLY_RESULTS = st.one_of(
+    st.integers(-2**63, 2**63 - 1), st.text(max_size=20), st.binary(max_size=200),
+    st.sampled_from([GATHER_BYTES - 1, GATHER_BYTES, 200_000, 1 << 20]).map(
+        lambda size: bytes(range(256)) * (size // 256) + b"z" * (size % 256)),
+    st.lists(st.integers(0, 1000), max_size=5))
+
+
+@settings(max_examples=60, deadline=None)
+@given(results=st.lists(st.tuples(REPLY_RESULTS, st.booleans()), min_size=1, max_size=6),
+       reads=st.lists(st.integers(1, 300_000), max_size=8))
+@pytest.mark.asyncio
+async def test_replies_decode_the_same_however_the_stream_is_cut(
+        results: list[tuple[Any, bool]], reads: list[int]) -> None:
+    """Every reply reaches its caller whole, whether a big result is received in place
+    or through the unpacker (a header cut by a read), among errors and small replies."""
+    conn = StreamingClientConnection()
+    conn.connection_made(RecordingTransport())  # type: ignore[arg-type]
+    futures = [conn.send_request("fs.pread", []) for _ in results]
+    stream = b"".join(
+        encoded_reply(n, {"code": "ENOENT", "message": "gone"} if failed else None,
+                      None if failed else result)
+        for n, (result, failed) in enumerate(results))
+    feed_in_reads(conn, stream, reads)
+    for future, (result, failed) in zip(futures, results, strict=True):
+        if failed:
+            with pytest.raises(FileNotFoundError):
+                future.result()
+        else:
+            assert future.result() == result
+
+
+@pytest.mark.asyncio
+async def test_a_big_result_is_read_into_its_own_buffer() -> None:
+    """After the header, the socket's bytes go straight into the bytearray the caller
+    gets: the event loop is handed views of it, not the scratch buffer."""
+    conn = StreamingClientConnection()
+    conn.connection_made(RecordingTransport())  # type: ignore[arg-type]
+    small, big = conn.send_request("fs.stat", []), conn.send_request("fs.pread", [])
+    data = bytes(range(256)) * 4096  # 1 MiB
+    handed = feed_in_reads(conn, encoded_reply(0, None, {"size": 1})
+                           + encoded_reply(1, None, data), [SCRATCH_BYTES])
+    assert small.result() == {"size": 1}
+    result = big.result()
+    assert result == data and isinstance(result, bytearray)
+    in_place = [view for view in handed if view.obj is result]
+    assert sum(len(view) for view in in_place) > len(data) - SCRATCH_BYTES
+    # The next reply, a small one, is decoded from the scratch buffer again.
+    after = conn.send_request("fs.stat", [])
+    feed_in_reads(conn, encoded_reply(2, None, [1, 2]), [])
+    assert after.result() == [1, 2]
