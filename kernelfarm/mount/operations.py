@@ -517,8 +517,9 @@ class FarmOperations(pyfuse3.Operations):
     def _ahead(self, ino: int) -> ReadAhead:
         ahead = self.ahead.get(ino)
         if ahead is None:
-            async def fetch(offset: int, size: int) -> bytes:
-                data: bytes = await self.fs.pread(self._path(ino), offset, size)
+            async def fetch(offset: int, size: int) -> bytes | bytearray:
+                data: bytes | bytearray = await self.fs.pread_buffer(self._path(ino), offset,
+                                                                     size)
                 return data
 
             ahead = self.ahead[ino] = ReadAhead(fetch, READAHEAD_BLOCK_BYTES,
@@ -534,7 +535,7 @@ class FarmOperations(pyfuse3.Operations):
 
     @fuse_errors
     async def read(  # type: ignore[override]  # pyfuse3 replies from any buffer
-            self, fh: int, off: int, size: int) -> bytes | memoryview:
+            self, fh: int, off: int, size: int) -> bytes | bytearray | memoryview:
         ino = self.handles[fh]
         await self._drain(ino)
         return await self._ahead(ino).read(off, size)

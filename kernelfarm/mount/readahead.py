@@ -14,10 +14,10 @@ from __future__ import annotations
 import asyncio
 from typing import Awaitable, Callable
 
-Fetch = Callable[[int, int], Awaitable[bytes]]
+Fetch = Callable[[int, int], Awaitable[bytes | bytearray]]
 
 
-def _quiet(task: asyncio.Task[bytes]) -> None:
+def _quiet(task: asyncio.Task[bytes | bytearray]) -> None:
     """A forgotten block's failure is nobody's to report (a read that wants it refetches)."""
     if not task.cancelled():
         task.exception()
@@ -28,11 +28,11 @@ class ReadAhead:
         self._fetch = fetch
         self._block = block_bytes
         self._depth = depth
-        self._blocks: dict[int, asyncio.Task[bytes]] = {}
+        self._blocks: dict[int, asyncio.Task[bytes | bytearray]] = {}
         self._next = 0          # where the next read starts if reading is sequential
         self._end: int | None = None  # first block past the end of the file, once seen
 
-    async def read(self, offset: int, size: int) -> bytes | memoryview:
+    async def read(self, offset: int, size: int) -> bytes | bytearray | memoryview:
         """``size`` bytes at ``offset`` (fewer at the end of the file); a slice of a block
         is a view of it, which pyfuse3 copies straight into its reply."""
         first, last = offset // self._block, (offset + size - 1) // self._block

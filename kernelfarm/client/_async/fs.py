@@ -63,7 +63,13 @@ class AsyncFsApi:
         return bytes(await self._call("fs.read_file", path))
 
     async def pread(self, path: str, offset: int, size: int) -> bytes:
-        return bytes(await self._call("fs.pread", path, offset, size))
+        return bytes(await self.pread_buffer(path, offset, size))
+
+    async def pread_buffer(self, path: str, offset: int, size: int) -> bytes | bytearray:
+        """``pread`` as received, not copied into ``bytes``: a big result (64 KiB or more)
+        is the ``bytearray`` the connection read it into (``kernelfarm mount``'s reads)."""
+        data: bytes | bytearray = await self._call("fs.pread", path, offset, size)
+        return data
 
     async def pwrite(self, path: str, offset: int, data: bytes) -> int:
         return int(await self._call("fs.pwrite", path, offset, data))

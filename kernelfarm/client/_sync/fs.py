@@ -64,7 +64,13 @@ class FsApi:
         return bytes(self._call("fs.read_file", path))
 
     def pread(self, path: str, offset: int, size: int) -> bytes:
-        return bytes(self._call("fs.pread", path, offset, size))
+        return bytes(self.pread_buffer(path, offset, size))
+
+    def pread_buffer(self, path: str, offset: int, size: int) -> bytes | bytearray:
+        """``pread`` as received, not copied into ``bytes``: a big result (64 KiB or more)
+        is the ``bytearray`` the connection read it into (``kernelfarm mount``'s reads)."""
+        data: bytes | bytearray = self._call("fs.pread", path, offset, size)
+        return data
 
     def pwrite(self, path: str, offset: int, data: bytes) -> int:
         return int(self._call("fs.pwrite", path, offset, data))
