@@ -31,7 +31,11 @@ from kernelfarm.rpc.protocol import (
 )
 
 
-class RpcClientConnection(asyncio.Protocol):
+class RpcClientConnection(asyncio.BaseProtocol):
+    """Calls and their replies over one connection, which delivers bytes to
+    ``data_received``.  Not an ``asyncio.Protocol``, only shaped like one: uvloop hands
+    a subclass its read buffers (``get_buffer``) only if it is no ``Protocol``."""
+
     def __init__(self, max_message_bytes: int = CLIENT_MAX_MESSAGE) -> None:
         self._stream = RpcStream(max_message_bytes)
         self._pending: dict[int, asyncio.Future[Any]] = {}
@@ -47,6 +51,9 @@ class RpcClientConnection(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # uvloop's transports do not subclass asyncio.Transport; they have its API.
         self.transport = cast(asyncio.Transport, transport)
+
+    def eof_received(self) -> bool | None:
+        return None  # the transport closes; connection_lost fails what is still waiting
 
     def data_received(self, data: bytes) -> None:
         try:

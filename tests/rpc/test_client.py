@@ -4,14 +4,17 @@ big result is received into its own buffer, however the stream is cut."""
 from __future__ import annotations
 
 import asyncio
-from typing import Any
+from typing import Any, Callable
 
 import msgpack
 import pytest
+import uvloop
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from kernelfarm.rpc.client import SCRATCH_BYTES, RpcClientConnection, StreamingClientConnection
+from kernelfarm.rpc.client import (
+    SCRATCH_BYTES, RpcClientConnection, StreamingClientConnection, connect,
+)
 from kernelfarm.rpc.protocol import (
     GATHER_BYTES, encode_replies, encode_request, encode_request_parts,
 )
@@ -146,3 +149,45 @@ async def test_a_big_result_is_read_into_its_own_buffer() -> None:
     after = conn.send_request("fs.stat", [])
     feed_in_reads(conn, encoded_reply(2, None, [1, 2]), [])
     assert after.result() == [1, 2]
+
+
+@pytest.mark.parametrize("loop_factory", [uvloop.new_event_loop, asyncio.new_event_loop],
+                         ids=["uvloop", "asyncio"])
+def test_a_real_connection_receives_big_results_in_place(
+        loop_factory: Callable[[], asyncio.AbstractEventLoop]) -> None:
+    """Through a real socket, on both loops: uvloop hands its read buffers only to a
+    protocol that is no ``asyncio.Protocol``, and silently calls ``data_received``
+    otherwise."""
+    data = bytes(range(256)) * 4096
+
+    async def main() -> list[Any]:
+        served = asyncio.Event()
+
+        async def replies(reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+                          ) -> None:
+            unpacker = msgpack.Unpacker()
+            try:
+                while chunk := await reader.read(65536):
+                    unpacker.feed(chunk)
+                    for _, msgid, _, params in unpacker:
+                        writer.write(encoded_reply(msgid, None, data[:params[0]]))
+            finally:
+                writer.close()
+                served.set()
+
+        server = await asyncio.start_server(replies, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        conn = await connect("127.0.0.1", port)
+        try:
+            return list(await asyncio.gather(*(conn.call("fs.pread", size)
+                                               for size in (len(data), 100, len(data)))))
+        finally:
+            conn.close()
+            await asyncio.wait_for(served.wait(), 10)
+            server.close()
+            await server.wait_closed()
+
+    with asyncio.Runner(loop_factory=loop_factory) as runner:
+        big, small, again = runner.run(main())
+    assert big == again == data and small == data[:100]
+    assert isinstance(big, bytearray) and isinstance(again, bytearray)
