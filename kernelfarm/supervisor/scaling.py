@@ -261,5 +261,6 @@ class Scaler:
             # takes back what it released even when the target could not give them up.
             log.warning("rollback incomplete (%s); every running kernel gets the table again",
                         exc)
+            assert sup.table is not None  # a farm that scales has a table
             await sup.publish(sup.table)
         self.record.end()
