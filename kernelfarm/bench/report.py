@@ -124,7 +124,10 @@ def summary(rows: Sequence[dict[str, Any]], cores: int | None = None) -> list[st
     baseline at each worker count, and at the most workers with the best locked row at
     any thread count up to that (adding threads may lose); the ceiling the machine's
     ``cores`` put on that ratio; and what switching the locks on costs one kernel
-    (``unicpu-locks`` vs ``partitioned`` at one worker, by CPU per request).
+    (``unicpu-locks`` vs ``partitioned`` at one worker, by CPU per request).  Those two
+    rows are measured tens of seconds apart, and a shared machine drifts by more than the
+    locks cost in that time: ``benchmarks/lock_cost.py`` measures the difference alone,
+    windows interleaved.
 
     The ceiling: partitioned cannot serve more than ``cores / (server + client CPU per
     request)`` when its kernels and the load generator share the cores; divided by the
@@ -138,7 +141,7 @@ def summary(rows: Sequence[dict[str, Any]], cores: int | None = None) -> list[st
         head.append(f"at {top} ÷ best locked at any count ≤ {top}")
     if cores:
         head.append(f"ceiling at {top}: {cores} cores ÷ (server + client µs/op)")
-    head.append("CPU µs/op, 1 kernel without vs with locks")
+    head.append("CPU µs/op, 1 kernel without vs with locks (rows apart)")
     lines = ["", "## Summary", "", "| workload | " + " | ".join(head) + " |",
              "|---|" + "---:|" * len(head)]
     for workload in _present(WORKLOADS, [r["workload"] for r in rows]):
