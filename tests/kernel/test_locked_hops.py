@@ -11,6 +11,7 @@ import asyncio
 import socket
 import threading
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -82,8 +83,27 @@ class Thread:
         self.loop.close()
 
 
+@dataclass
+class Hop:
+    """One locked kernel served by two threads' loops, and a namespace socket whose home
+    is ``home``'s loop, connected to a host ``peer``; ``away`` is a connection of the
+    ``other`` thread, ``at_home`` one of the home thread."""
+
+    kernel: LockedKernel
+    home: Thread
+    other: Thread
+    at_home: Connection
+    away: Connection
+    sid: int
+    peer: socket.socket
+
+    def handle(self, thread: Thread, conn: Connection, msgid: int, method: str,
+               params: list[Any]) -> Any:
+        return thread.call(self.kernel.handle, conn, msgid, method, params)
+
+
 @pytest.fixture
-def farm(tmp_path: Path) -> Iterator[tuple[LockedKernel, Thread, Thread]]:
+def hop(tmp_path: Path) -> Iterator[Hop]:
     home, other = Thread("home"), Thread("other")
     config = configuration.load()
     boot = BootInfo(kernel_id=0, core=0, epoch=1, ranges=[[0, 16383, 0]],
@@ -91,8 +111,17 @@ def farm(tmp_path: Path) -> Iterator[tuple[LockedKernel, Thread, Thread]]:
                     data_dir=str(tmp_path), supervisor_pid=0, mode="locked", threads=2)
     kernel = home.call(make_kernel, boot, config, home.loop)
     assert isinstance(kernel, LockedKernel)
+    at_home, away = Connection(kernel.gate.trusted), Connection(kernel.gate.trusted)
     try:
-        yield kernel, home, other
+        with socket.create_server(("127.0.0.1", 0)) as listener:
+            sid = home.call(kernel.handle, at_home, 1, "net.socket", ["ns", "tcp"])[3]
+            assert home.call(kernel.handle, at_home, 2, "net.connect",
+                             ["ns", sid, "127.0.0.1", listener.getsockname()[1]]) is None
+            assert at_home.reply(2)[2] is None
+            peer, _ = listener.accept()
+        with peer:
+            peer.settimeout(DEADLINE)
+            yield Hop(kernel, home, other, at_home, away, sid, peer)
     finally:
         home.call(kernel.close)
         home.stop()
@@ -100,72 +129,43 @@ def farm(tmp_path: Path) -> Iterator[tuple[LockedKernel, Thread, Thread]]:
 
 
 def test_a_call_from_another_thread_runs_on_the_sockets_loop_and_answers_its_caller(
-        farm: tuple[LockedKernel, Thread, Thread]) -> None:
-    kernel, home, other = farm
-    at_home, away = Connection(kernel.gate.trusted), Connection(kernel.gate.trusted)
-    with socket.create_server(("127.0.0.1", 0)) as listener:
-        sid = home.call(kernel.handle, at_home, 1, "net.socket", ["ns", "tcp"])[3]
-        assert home.call(kernel.handle, at_home, 2, "net.connect",
-                         ["ns", sid, "127.0.0.1", listener.getsockname()[1]]) is None
-        assert at_home.reply(2)[2] is None
-        peer, _ = listener.accept()
-    with peer:
-        # A send from the other thread is made there, under its lock: answered at once.
-        assert other.call(kernel.handle, away, 3, "net.send", ["ns", sid, b"ping"]) == \
-            [1, 3, None, 4]
-        assert peer.recv(16) == b"ping"
-        # A recv that must wait hops: the home loop's readiness answers the other thread.
-        assert other.call(kernel.handle, away, 4, "net.recv", ["ns", sid, 64, 5.0]) is None
-        peer.sendall(b"pong")
-        assert away.reply(4) == ("other", b"pong", None)
-        # A failure comes back the same way.
-        assert other.call(kernel.handle, away, 5, "net.recv", ["ns", 999, 64, 5.0]) is None
-        thread, _, error = away.reply(5)
-        assert thread == "other" and isinstance(error, OSError)
+        hop: Hop) -> None:
+    # A send from the other thread is made there, under its lock: answered at once.
+    assert hop.handle(hop.other, hop.away, 3, "net.send", ["ns", hop.sid, b"ping"]) == \
+        [1, 3, None, 4]
+    assert hop.peer.recv(16) == b"ping"
+    # A recv that must wait hops: the home loop's readiness answers the other thread.
+    assert hop.handle(hop.other, hop.away, 4, "net.recv", ["ns", hop.sid, 64, 5.0]) is None
+    hop.peer.sendall(b"pong")
+    assert hop.away.reply(4) == ("other", b"pong", None)
+    # A failure comes back the same way.
+    assert hop.handle(hop.other, hop.away, 5, "net.recv", ["ns", 999, 64, 5.0]) is None
+    thread, _, error = hop.away.reply(5)
+    assert thread == "other" and isinstance(error, OSError)
 
 
-def test_a_send_from_another_thread_waits_for_room_on_the_sockets_loop(
-        farm: tuple[LockedKernel, Thread, Thread]) -> None:
+def test_a_send_from_another_thread_waits_for_room_on_the_sockets_loop(hop: Hop) -> None:
     """The host takes part of a big send: the rest waits for room on the loop that
     watches the socket, and the count comes back to the caller's thread."""
-    kernel, home, other = farm
-    at_home, away = Connection(kernel.gate.trusted), Connection(kernel.gate.trusted)
-    with socket.create_server(("127.0.0.1", 0)) as listener:
-        sid = home.call(kernel.handle, at_home, 1, "net.socket", ["ns", "tcp"])[3]
-        home.call(kernel.handle, at_home, 2, "net.connect",
-                  ["ns", sid, "127.0.0.1", listener.getsockname()[1]])
-        assert at_home.reply(2)[2] is None
-        peer, _ = listener.accept()
     data = bytes(range(256)) * 64 * 256  # 4 MiB: more than loopback buffers hold
-    with peer:
-        assert other.call(kernel.handle, away, 3, "net.send", ["ns", sid, data, 5.0]) is None
-        received = bytearray()
-        peer.settimeout(DEADLINE)
-        while len(received) < len(data):
-            received += peer.recv(1 << 20)
-        assert away.reply(3) == ("other", len(data), None)
-        assert received == data
+    assert hop.handle(hop.other, hop.away, 3, "net.send", ["ns", hop.sid, data, 5.0]) is None
+    received = bytearray()
+    while len(received) < len(data):
+        received += hop.peer.recv(1 << 20)
+    assert hop.away.reply(3) == ("other", len(data), None)
+    assert received == data
 
 
 def test_a_recv_whose_connection_closed_while_it_waited_away_consumes_nothing(
-        farm: tuple[LockedKernel, Thread, Thread]) -> None:
-    kernel, home, other = farm
-    at_home, away = Connection(kernel.gate.trusted), Connection(kernel.gate.trusted)
-    with socket.create_server(("127.0.0.1", 0)) as listener:
-        sid = home.call(kernel.handle, at_home, 1, "net.socket", ["ns", "tcp"])[3]
-        home.call(kernel.handle, at_home, 2, "net.connect",
-                  ["ns", sid, "127.0.0.1", listener.getsockname()[1]])
-        assert at_home.reply(2)[2] is None
-        peer, _ = listener.accept()
-    with peer:
-        assert other.call(kernel.handle, away, 3, "net.recv", ["ns", sid, 64, 5.0]) is None
-        home.call(lambda: None)  # the hop has reached the home loop: the recv waits there
-        away.closed = True
-        peer.sendall(b"kept")
-        # The data stays for the next recv: at once if the home loop read it ahead,
-        # else when it comes.
-        reply = home.call(kernel.handle, at_home, 4, "net.recv", ["ns", sid, 64, 5.0])
-        if reply is None:
-            reply = [1, 4, None, at_home.reply(4)[1]]
-        assert reply == [1, 4, None, b"kept"]
-        assert 3 not in away.replies
+        hop: Hop) -> None:
+    assert hop.handle(hop.other, hop.away, 3, "net.recv", ["ns", hop.sid, 64, 5.0]) is None
+    hop.home.call(lambda: None)  # the hop has reached the home loop: the recv waits there
+    hop.away.closed = True
+    hop.peer.sendall(b"kept")
+    # The data stays for the next recv: at once if the home loop read it ahead, else
+    # when it comes.
+    reply = hop.handle(hop.home, hop.at_home, 4, "net.recv", ["ns", hop.sid, 64, 5.0])
+    if reply is None:
+        reply = [1, 4, None, hop.at_home.reply(4)[1]]
+    assert reply == [1, 4, None, b"kept"]
+    assert 3 not in hop.away.replies
