@@ -33,6 +33,7 @@ from rich.table import Table
 
 from kernelfarm.bench import layout, systems
 from kernelfarm.bench.cpu import CpuMeter
+from kernelfarm.bench.echo import EchoProcess
 from kernelfarm.bench.loadgen import Address, run_load
 from kernelfarm.bench.runner import machine, write_raw
 from kernelfarm.bench.workloads import WORKLOADS, prepare
@@ -78,13 +79,14 @@ class Farm:
                 "errors": sum(result.errors.values()), "error_codes": dict(result.errors)}
 
 
-def measure(workload: str, farms: dict[str, Farm], peer: Address | None,
+def measure(workload: str, farms: dict[str, Farm], peer: EchoProcess | None,
             args: argparse.Namespace) -> dict[str, Any]:
     windows: dict[str, list[dict[str, Any]]] = {system: [] for system in SYSTEMS}
     for round_ in range(args.rounds):
         for system in SYSTEMS if round_ % 2 == 0 else SYSTEMS[::-1]:
-            windows[system].append(farms[system].window(workload, peer, args.duration,
-                                                        args.warmup))
+            windows[system].append(farms[system].window(
+                workload, peer.address if peer is not None else None, args.duration,
+                args.warmup))
     cpu = {system: [w["cpu_ns_per_op"] for w in windows[system]] for system in SYSTEMS}
     differences = [locked - unlocked for unlocked, locked in
                    zip(cpu["partitioned"], cpu["unicpu-locks"], strict=True)]

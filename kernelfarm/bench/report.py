@@ -129,10 +129,11 @@ def summary(rows: Sequence[dict[str, Any]], cores: int | None = None) -> list[st
     locks cost in that time: ``benchmarks/lock_cost.py`` measures the difference alone,
     windows interleaved.
 
-    The ceiling: partitioned cannot serve more than ``cores / (server + client CPU per
-    request)`` when its kernels and the load generator share the cores; divided by the
-    best locked row at the most workers, it is the most the ratio can be on this machine
-    whatever the kernels do, unless the kernel or the client gets cheaper."""
+    The ceiling: partitioned cannot serve more than ``cores / (server + client + peer CPU
+    per request)`` when its kernels, the load generator and (net workloads) the host echo
+    peer share the cores; divided by the best locked row at the most workers, it is the
+    most the ratio can be on this machine whatever the kernels do, unless the kernel, the
+    client or the peer gets cheaper."""
     by = {(r["system"], r["workers"], r["workload"]): r for r in rows}
     workers = sorted({r["workers"] for r in rows if r["system"] == "partitioned"})
     top = workers[-1] if workers else 0
@@ -140,7 +141,7 @@ def summary(rows: Sequence[dict[str, Any]], cores: int | None = None) -> list[st
     if len(workers) > 1:
         head.append(f"at {top} ÷ best locked at any count ≤ {top}")
     if cores:
-        head.append(f"ceiling at {top}: {cores} cores ÷ (server + client µs/op)")
+        head.append(f"ceiling at {top}: {cores} cores ÷ (server + client + peer µs/op)")
     head.append("CPU µs/op, 1 kernel without vs with locks (rows apart)")
     lines = ["", "## Summary", "", "| workload | " + " | ".join(head) + " |",
              "|---|" + "---:|" * len(head)]
@@ -179,7 +180,8 @@ def _ceiling(ours: dict[str, Any] | None, locked: float, cores: int) -> str:
     server, client = (ours or {}).get("cpu_s_per_op"), (ours or {}).get("client_cpu_s_per_op")
     if not server or not client or locked <= 0:
         return "-"
-    return f"{cores / (server + client) / locked:.2f}"
+    peer = (ours or {}).get("peer_cpu_s_per_op") or 0.0
+    return f"{cores / (server + client + peer) / locked:.2f}"
 
 
 def _loadavg(values: Any) -> str:

@@ -35,8 +35,9 @@ import psutil
 from kernelfarm.bench import layout, systems
 from kernelfarm.bench.cpu import CpuMeter
 from kernelfarm.bench.inprocess import InProcessPlan, run_inprocess
-from kernelfarm.bench.loadgen import Address, LoadResult, run_load
-from kernelfarm.bench.workloads import WORKLOADS, prepare
+from kernelfarm.bench.loadgen import LoadResult, run_load
+from kernelfarm.bench.echo import EchoProcess
+from kernelfarm.bench.workloads import NEEDS_ECHO, WORKLOADS, prepare
 from kernelfarm.errors import KernelfarmError
 
 
@@ -257,25 +258,41 @@ def _measure_cell(cell: Cell, results: BenchResults, notify: Progress,
 
 
 def _rpc_row(cell: Cell, options: BenchOptions, target: systems.Target,
-             peer: Address | None) -> dict[str, Any]:
+             peer: EchoProcess | None) -> dict[str, Any]:
     tenants_total = options.tenants_per_worker * cell.workers
     per_server = math.ceil(tenants_total / len(target.addresses))
     tenants = systems.balanced_tenants(target, per_server)
     connections = max(options.connections_per_worker * cell.workers, len(target.addresses))
     layouts = layout.spread(target.owners(tenants), connections, options.depth)
     prepared = prepare(cell.workload, target.call, layout.streams_needed(layouts),
-                       echo_address=peer)
+                       echo_address=peer.address if peer is not None else None)
+    # The host echo peer of a net workload shares the cores too: its CPU is metered
+    # beside the servers' (the summary's ceiling counts it).
+    uses_peer = peer is not None and cell.workload in NEEDS_ECHO
+    peer_meter = CpuMeter([peer.pid] if peer is not None and uses_peer else [],
+                          include_descendants=False)
+    meter = CpuMeter(target.server_pids)
+
+    def window_start() -> None:
+        meter.start()
+        peer_meter.start()
+
+    def window_end() -> None:
+        meter.stop()
+        peer_meter.stop()
+
     try:
-        meter = CpuMeter(target.server_pids)
         result = run_load(layout.plans(layouts, prepared, target.answer),
                           duration_s=options.duration_s,
                           warmup_s=options.warmup_s, processes=options.load_processes,
-                          on_window_start=meter.start, on_window_end=meter.stop)
+                          on_window_start=window_start, on_window_end=window_end)
     finally:
         prepared.cleanup(target.call)
     row = _row(cell, options, result, meter.seconds)
     row.update(connections=connections, depth=options.depth, tenants=len(tenants),
                client_cpu_s_per_op=result.client_cpu_s / max(result.ops, 1),
+               peer_cpu_s_per_op=peer_meter.seconds / max(result.ops, 1) if uses_peer
+               else None,
                replies_per_read=result.ops / max(result.reads, 1),
                checked_by_bytes=result.by_bytes / max(result.ops, 1),
                lost_connections=result.lost_connections,

@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from kernelfarm.auth.tokens import TOKEN_ENV, admin_token_of
-from kernelfarm.bench.echo import echoed, running_echo
+from kernelfarm.bench.echo import EchoProcess, echoed, running_echo
 from kernelfarm.bench.loadgen import Address, Chain
 from kernelfarm.bench.workloads import NEEDS_ECHO, Call
 from kernelfarm.errors import KernelfarmError
@@ -246,10 +246,11 @@ def running_system(system: str, workers: int, scratch: Path, fsync: str) -> Iter
 
 
 @contextlib.contextmanager
-def byte_echo_if_needed(workloads: Iterable[str]) -> Iterator[Address | None]:
-    """The host TCP peer of the net workloads, when any of them runs."""
+def byte_echo_if_needed(workloads: Iterable[str]) -> Iterator[EchoProcess | None]:
+    """The host TCP peer of the net workloads, when any of them runs (its process too:
+    it shares the cores with the servers and the load, and its CPU is metered)."""
     if not NEEDS_ECHO.intersection(workloads):
         yield None
         return
     with running_echo("bytes") as peer:
-        yield peer.address
+        yield peer

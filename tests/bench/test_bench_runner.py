@@ -159,8 +159,17 @@ def test_the_summary_compares_partitioned_with_the_better_locked_baseline() -> N
     # ceiling: 2 cores / (3 + 1 us per request) = 500k, over the best locked at 2 (60k).
     rows.append(row("locked-fine", 1, "fs-stat", 75e3))
     lines = report.summary(rows, cores=2)
-    assert "ceiling at 2: 2 cores ÷ (server + client µs/op)" in lines[3]
+    assert "ceiling at 2: 2 cores ÷ (server + client + peer µs/op)" in lines[3]
     assert "| fs-stat | 1.33 | 2.50 | 2.00 | 8.33 | 2.00 vs 2.50 |" in lines
+
+
+def test_the_ceiling_counts_the_echo_peers_cpu() -> None:
+    """A net workload's host echo peer shares the cores: 2 cores / (3 + 1 + 1 us per
+    request) = 400k, over the best locked at 2 (50k)."""
+    rows = [row("partitioned", 2, "net-echo", 150e3, cpu_s_per_op=3e-6,
+                client_cpu_s_per_op=1e-6, peer_cpu_s_per_op=1e-6),
+            row("locked-fine", 2, "net-echo", 50e3)]
+    assert "| net-echo | 3.00 | 8.00 | - |" in report.summary(rows, cores=2)  # 10.00 without
 
 
 def test_an_inprocess_worker_counts_raised_and_returned_errors_as_a_kernel_answers() -> None:
