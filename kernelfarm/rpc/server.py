@@ -209,6 +209,13 @@ class ServerConnection(asyncio.Protocol):
         if type(awaitable) is Answer:
             awaitable.deliver_to(self, msgid, reserve)
             return
+        self._await_call(msgid, awaitable, reserve)
+
+    def _await_call(self, msgid: int, awaitable: Awaitable[Any], reserve: int) -> None:
+        """A waiting call that is not an Answer, in its own task.  Apart from
+        :meth:`start_call` because of its callback's closure: a function with one makes
+        its cells at every call, which the Answer path (a waiting ``net.recv``) need not
+        pay."""
         task = asyncio.ensure_future(awaitable)
         self._tasks.add(task)
         task.add_done_callback(lambda t: self._finish_call(msgid, reserve, t))
