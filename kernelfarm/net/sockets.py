@@ -274,7 +274,7 @@ class FarmSocket:
                 except (BlockingIOError, InterruptedError):
                     pass
             if data is None:
-                self._read_size = min(size, READ_AHEAD_BYTES)
+                self._read_size = size if size < READ_AHEAD_BYTES else READ_AHEAD_BYTES
                 answer = Answer()
                 self._add_waiter(self._readable, answer, size, timeout)
                 return answer

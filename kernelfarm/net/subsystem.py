@@ -84,6 +84,9 @@ class NetSubsystem(Subsystem):
         self._unclaimed: dict[tuple[str, int], FarmSocket] = {}
         """Sockets that moved here and no connection has named yet (``adopt_socket``)."""
         self.handoff = HandoffService(self)
+        self.max_recv_bytes: int = self.config.max_recv_bytes
+        self.max_timeout: float = self.config.max_timeout
+        """Read per data call: here, not two attribute lookups deep (the config is frozen)."""
         self.default_timeout = self.timeout(None)
         """A call's timeout when it names none (``net.default_timeout``, bounded)."""
 
@@ -170,8 +173,10 @@ class NetSubsystem(Subsystem):
              timeout: Any = None) -> bytes | Awaitable[bytes]:
         """The data at once when there is some, else the answer the readiness gives."""
         try:
-            size = min(size, self.config.max_recv_bytes) if type(size) is int and size > 0 \
-                else self._size(size)
+            if type(size) is not int or size < 1:
+                size = self._size(size)  # refused, in the contract's words
+            elif size > self.max_recv_bytes:
+                size = self.max_recv_bytes
             # parameters first: EINVAL before EBADF
             wait = self.default_timeout if timeout is None else self.timeout(timeout)
             return self._callers(conn, ns, sid).recv(size, wait)
@@ -326,7 +331,7 @@ class NetSubsystem(Subsystem):
         """A caller's timeout bounded by ``max_timeout``; none = ``default_timeout``."""
         if timeout is None:
             return min(self.config.default_timeout, self.config.max_timeout)
-        if type(timeout) is float and 0.0 <= timeout <= self.config.max_timeout:
+        if type(timeout) is float and 0.0 <= timeout <= self.max_timeout:
             return timeout  # the usual case, in one test (a NaN fails it)
         if not isinstance(timeout, (int, float)) or isinstance(timeout, bool):
             raise InvalidParameter(f"timeout must be a number of seconds, got "
@@ -341,10 +346,10 @@ class NetSubsystem(Subsystem):
         size = params[2] if len(params) > 2 else None
         if type(size) is not int or size < 1:
             return 0
-        return min(size, self.config.max_recv_bytes)
+        return size if size <= self.max_recv_bytes else self.max_recv_bytes
 
     def _size(self, size: Any) -> int:
-        return min(_int(size, "max", 1, 2**63 - 1), self.config.max_recv_bytes)
+        return min(_int(size, "max", 1, 2**63 - 1), self.max_recv_bytes)
 
     def _tie(self, conn: Connection, ns: str, farm_sock: FarmSocket) -> None:
         """Close ``farm_sock`` when ``conn`` goes away."""
