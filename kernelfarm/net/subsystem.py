@@ -163,7 +163,12 @@ class NetSubsystem(Subsystem):
             if type(data) is not bytes:
                 data = _data(data)
             # parameters first: EINVAL before EBADF
-            wait = self.default_timeout if timeout is None else self.timeout(timeout)
+            if timeout is None:
+                wait = self.default_timeout
+            elif type(timeout) is float and 0.0 <= timeout <= self.max_timeout:
+                wait = timeout  # the usual timeout, in one test (a NaN fails it)
+            else:
+                wait = self.timeout(timeout)
             return self._callers(conn, ns, sid).send(data, wait)
         except OSError as exc:
             self._count_failure(ns, exc)
@@ -178,7 +183,12 @@ class NetSubsystem(Subsystem):
             elif size > self.max_recv_bytes:
                 size = self.max_recv_bytes
             # parameters first: EINVAL before EBADF
-            wait = self.default_timeout if timeout is None else self.timeout(timeout)
+            if timeout is None:
+                wait = self.default_timeout
+            elif type(timeout) is float and 0.0 <= timeout <= self.max_timeout:
+                wait = timeout  # as in send
+            else:
+                wait = self.timeout(timeout)
             return self._callers(conn, ns, sid).recv(size, wait)
         except OSError as exc:
             self._count_failure(ns, exc)
@@ -331,8 +341,6 @@ class NetSubsystem(Subsystem):
         """A caller's timeout bounded by ``max_timeout``; none = ``default_timeout``."""
         if timeout is None:
             return min(self.config.default_timeout, self.config.max_timeout)
-        if type(timeout) is float and 0.0 <= timeout <= self.max_timeout:
-            return timeout  # the usual case, in one test (a NaN fails it)
         if not isinstance(timeout, (int, float)) or isinstance(timeout, bool):
             raise InvalidParameter(f"timeout must be a number of seconds, got "
                             f"{type(timeout).__name__}")
