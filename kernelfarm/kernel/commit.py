@@ -21,6 +21,7 @@ from time import perf_counter
 from typing import Any, Callable
 
 from kernelfarm.boot import EXIT_FLUSH_FAILED
+from kernelfarm.rpc.protocol import Wire
 
 log = logging.getLogger(__name__)
 
@@ -54,7 +55,7 @@ class GroupCommit:
         self._schedule = schedule
         self._run = run
         self._flushes: list[Flush] = []
-        self._held: list[tuple[Any, bytes]] = []
+        self._held: list[tuple[Any, Wire]] = []
         self.pending = False
         """True from the first request of a turn until its commit: replies are held."""
         self.count = 0
@@ -70,7 +71,7 @@ class GroupCommit:
         if flush is not None and flush not in self._flushes:
             self._flushes.append(flush)
 
-    def send(self, conn: Any, data: bytes) -> None:
+    def send(self, conn: Any, data: Wire) -> None:
         """Write ``data`` to ``conn`` now, or after the pending commit."""
         if self.pending:
             self._held.append((conn, data))

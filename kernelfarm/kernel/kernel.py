@@ -36,6 +36,7 @@ from kernelfarm.kernel.subsystem import KeyOf, Method, Subsystem, scoped_root_li
 from kernelfarm.partition import NSLOTS, SlotTable
 from kernelfarm.ratelog import RateLimitedLog
 from kernelfarm.rpc.meter import Meter
+from kernelfarm.rpc.protocol import Wire
 from kernelfarm.steps import Steps, finish, run_sliced
 
 log = logging.getLogger(__name__)
@@ -252,7 +253,7 @@ class Kernel:
             self._slot_of[key] = slot
         return slot
 
-    def send(self, conn: Any, data: bytes) -> None:
+    def send(self, conn: Any, data: Wire) -> None:
         self.group_commit.send(conn, data)
 
     def connection_made(self, conn: Any) -> None:

@@ -39,6 +39,7 @@ from kernelfarm.kernel.kernel import Kernel
 from kernelfarm.kernel.locks import LockedSteps, LockProvider
 from kernelfarm.kernel.subsystem import Method
 from kernelfarm.rpc.answer import Answer
+from kernelfarm.rpc.protocol import Wire
 
 
 T = TypeVar("T")
@@ -183,7 +184,7 @@ class LockedKernel(Kernel):
             self._flush_callables.append(flush)
         self._state().group_commit.request()
 
-    def send(self, conn: Any, data: bytes) -> None:
+    def send(self, conn: Any, data: Wire) -> None:
         self._state().group_commit.send(conn, data)
 
     def _flush_all(self, _requested: list[Flush]) -> None:

@@ -41,7 +41,7 @@ from kernelfarm.errors import to_wire
 from kernelfarm.kernel.kernel import Kernel
 from kernelfarm.net.subsystem import NetSubsystem
 from kernelfarm.rpc.meter import Usage
-from kernelfarm.rpc.protocol import make_unpacker
+from kernelfarm.rpc.protocol import Wire, make_unpacker
 from kernelfarm.rpc.server import ConnectionLimit, ServerConnection, connection_factory
 from kernelfarm.steps import run_sliced
 
@@ -137,7 +137,7 @@ class AdminService:
         assert self.conn is not None
         self.conn.write(msgpack.packb([2, LOADING_NOTIFICATION, [{"steps": steps}]]))
 
-    def send(self, conn: ServerConnection, data: bytes) -> None:
+    def send(self, conn: ServerConnection, data: Wire) -> None:
         self.kernel.send(conn, data)
 
     def fault(self, exc: BaseException) -> dict[str, Any]:

@@ -190,7 +190,12 @@ def _plain(obj: Any) -> Any:
 _encode = msgspec.msgpack.Encoder(enc_hook=_plain).encode
 
 
-def encode_replies(replies: list[list[Any]]) -> bytes:
+Wire = bytes | memoryview
+"""Encoded messages as one write sends them: a big batch of replies is a view
+(:func:`encode_replies`), so what passes them on takes either."""
+
+
+def encode_replies(replies: list[list[Any]]) -> Wire:
     """The replies, one msgpack object each, back to back: the bytes one write sends.
 
     A server's replies are encoded with msgspec, in one call for the whole batch: the
@@ -200,9 +205,17 @@ def encode_replies(replies: list[list[Any]]) -> bytes:
     that is already encoded (a ``msgspec.Raw``, such as a cached stat) is copied as is.
     Raises what the encoder raises if one result cannot be encoded (the batch is lost:
     encode each reply alone to find it).
+
+    A batch of :data:`GATHER_BYTES` or more (a 1 MiB ``fs.pread`` reply) comes back as a
+    view past the header, so its data is copied once, by the encoder, and not again by
+    the cut; a small batch is cut by slicing, which costs less than making a view.
     """
     count = len(replies)
-    return _encode(replies)[1 if count < 16 else 3 if count < 0x10000 else 5:]
+    data = _encode(replies)
+    header = 1 if count < 16 else 3 if count < 0x10000 else 5
+    if len(data) < GATHER_BYTES:
+        return data[header:]
+    return memoryview(data)[header:]
 
 
 # -- the server side of a connection ----------------------------------------------------------

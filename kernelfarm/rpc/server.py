@@ -35,7 +35,7 @@ from kernelfarm.errors import KernelfarmError, posix, to_wire
 from kernelfarm.ratelog import RateLimitedLog
 from kernelfarm.rpc.answer import Answer
 from kernelfarm.rpc.meter import Meter, Usage
-from kernelfarm.rpc.protocol import ERROR_NOTIFICATION, ServerStream, encode_replies
+from kernelfarm.rpc.protocol import ERROR_NOTIFICATION, ServerStream, Wire, encode_replies
 
 if TYPE_CHECKING:
     from kernelfarm.config import RpcConfig
@@ -54,7 +54,7 @@ class Service(Protocol):
         handing a waiting call to :meth:`ServerConnection.start_call`."""
         ...
 
-    def send(self, conn: ServerConnection, data: bytes) -> None:
+    def send(self, conn: ServerConnection, data: Wire) -> None:
         """Write replies; a kernel holds them here until a group commit is durable."""
         ...
 
@@ -220,7 +220,7 @@ class ServerConnection(asyncio.Protocol):
         self._tasks.add(task)
         task.add_done_callback(lambda t: self._finish_call(msgid, reserve, t))
 
-    def write(self, data: bytes) -> None:
+    def write(self, data: Wire) -> None:
         if not self.closed and self.transport is not None:
             self.transport.write(data)
 
@@ -285,7 +285,7 @@ class ServerConnection(asyncio.Protocol):
         self._send(self, data)
 
     @staticmethod
-    def _encode_alone(reply: list[Any]) -> bytes:
+    def _encode_alone(reply: list[Any]) -> Wire:
         try:
             return encode_replies([reply])
         except Exception as exc:

@@ -18,6 +18,7 @@ from kernelfarm.auth.gate import HELLO, Gate
 from kernelfarm.auth.table import TenantTable
 from kernelfarm.errors import KernelfarmError, to_wire
 from kernelfarm.ratelog import RateLimitedLog
+from kernelfarm.rpc.protocol import Wire
 from kernelfarm.rpc.server import ServerConnection
 
 if TYPE_CHECKING:
@@ -76,7 +77,7 @@ class ControlService:
         except Exception as exc:
             return [1, msgid, to_wire(exc), None]
 
-    def send(self, conn: ServerConnection, data: bytes) -> None:
+    def send(self, conn: ServerConnection, data: Wire) -> None:
         conn.write(data)
 
     def fault(self, exc: BaseException) -> dict[str, Any]:
