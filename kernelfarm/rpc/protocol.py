@@ -320,9 +320,9 @@ class ServerStream:
                     batch.fatal = MessageTooBig(f"message over the {limit}-byte limit")
                     break
                 start = end
-                if type(obj) is list and len(obj) == 4:
+                try:  # a request is a list of 4; what else unpacks in 4 fails the checks
                     kind, msgid, method, params = obj
-                else:
+                except (TypeError, ValueError):
                     kind = None
                 if (kind == 0 and type(msgid) is int and type(method) is str
                         and type(params) is list):
