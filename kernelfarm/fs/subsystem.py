@@ -24,9 +24,8 @@ import errno
 import logging
 import os
 import stat as statmod
-import time
 from collections import OrderedDict
-from time import perf_counter, time_ns
+from time import monotonic, perf_counter, time_ns
 from typing import Any
 
 import msgspec
@@ -35,7 +34,7 @@ from kernelfarm.errors import InvalidParameter, Refusal, posix
 from kernelfarm.fs import store
 from kernelfarm.fs.config import FsConfig
 from kernelfarm.fs.journal import Journal
-from kernelfarm.fs.paths import parse, remembered, routing_key
+from kernelfarm.fs.paths import parse, routing_key
 from kernelfarm.fs.snapshotter import Snapshotter
 from kernelfarm.fs.tree import FILE_PERM, Dir, File, Limits, Tree, stat_of
 from kernelfarm.fs.volume import (
@@ -56,6 +55,12 @@ ROOT_STAT = msgspec.Raw(_encode({
 """``stat("/")``: the same on every kernel, since ``/`` belongs to none of them."""
 STATS_KEPT = 4096
 """Encoded stat results a volume keeps; past this its memory starts afresh (bounded)."""
+RESOLVED_KEPT = 8192
+"""Resolved paths a kernel keeps (:attr:`FsSubsystem._resolved`); past this its memory
+starts afresh (bounded)."""
+
+Resolved = tuple[Volume | None, tuple[str, ...]]
+"""A path's volume and its components below the volume root; ``(None, ())`` for ``/``."""
 
 INT64 = 2**63
 REPLY_OVERHEAD = 64
@@ -93,18 +98,21 @@ class FreeSpace:
                      f"{self.reserve} (fs.reserve_bytes) in reserve")
 
     def try_take(self, need: int) -> bool:
-        if self.reserve == 0:
+        reserve = self.reserve
+        if reserve == 0:
             return True
-        now = time.monotonic()
-        if now - self.read_at >= SPACE_TTL_S or self.free - need < 2 * self.reserve:
+        left = self.free - need
+        now = monotonic()
+        if left < 2 * reserve or now - self.read_at >= SPACE_TTL_S:
             where = self.path
             while not os.path.isdir(where):  # no volume yet: the dir it will be made in
                 where = os.path.dirname(where)
             st = os.statvfs(where)
             self.free, self.read_at = st.f_bavail * st.f_frsize - self.held, now
-        if self.free - need < self.reserve:
+            left = self.free - need
+        if left < reserve:
             return False
-        self.free -= need
+        self.free = left
         return True
 
     def hold(self, need: int) -> bool:
@@ -164,6 +172,11 @@ class FsSubsystem(Subsystem):
                              config.volume_max_inodes)
         self.volumes: dict[str, Volume] = {}
         self.by_slot: dict[int, dict[str, Volume]] = {}
+        self._resolved: dict[str, tuple[Volume, tuple[str, ...]]] = {}
+        """Paths of volumes in service, resolved (parsed, their volume found): every fs
+        call on a path served before starts with one dict lookup.  A kept volume is still
+        checked for being in service; volumes leave only by :meth:`_drop`, which forgets
+        every kept path, so a path never resolves to a volume that is gone."""
         self._sync_every_turn = config.fsync == "always"
         self._dirty: dict[Volume, bool] = {}          # changed this turn -> must fsync
         self._unsynced: set[Volume] = set()           # written, fsync due (batch mode)
@@ -207,28 +220,41 @@ class FsSubsystem(Subsystem):
         volume.check()
         return volume
 
-    def _resolve(self, path: Any) -> tuple[Volume | None, tuple[str, ...]]:
+    def _resolve(self, path: Any) -> Resolved:
         """``(volume, components)``; ``(None, ())`` for ``/`` itself."""
-        parsed = remembered.get(path) if type(path) is str else None
-        name, comps = parse(path) if parsed is None else parsed
-        if name is None:
-            return None, comps
-        volume = self.volumes.get(name)
-        if volume is None or volume.failed is not None:
-            volume = self._volume(name, path)  # raises the proper error
-        return volume, comps
+        try:
+            resolved = self._resolved.get(path)
+        except TypeError:  # unhashable: parse() refuses it
+            resolved = None
+        if resolved is not None and resolved[0].failed is None:
+            return resolved
+        return self._resolving(path, False)
 
-    def _resolve_for_create(self, path: Any) -> tuple[Volume | None, tuple[str, ...]]:
+    def _resolve_for_create(self, path: Any) -> Resolved:
         """As :meth:`_resolve`, but a missing ``/name`` is ``EPERM``: only mkdir makes one."""
-        parsed = remembered.get(path) if type(path) is str else None
-        name, comps = parse(path) if parsed is None else parsed
+        try:
+            resolved = self._resolved.get(path)
+        except TypeError:  # unhashable: parse() refuses it
+            resolved = None
+        if resolved is not None and resolved[0].failed is None:
+            return resolved
+        return self._resolving(path, True)
+
+    def _resolving(self, path: Any, creating: bool) -> Resolved:
+        """Resolve a path not resolved yet (or of a volume out of service, which raises),
+        and keep it: the next call for it is one dict lookup (:attr:`_resolved`)."""
+        name, comps = parse(path)
         if name is None:
             return None, comps
         volume = self.volumes.get(name)
         if volume is None or volume.failed is not None:
-            if not comps and volume is None:
+            if creating and not comps and volume is None:
                 raise posix(errno.EPERM, f"only volumes (directories) can be made in /: {path}")
             volume = self._volume(name, path)  # raises the proper error
+        resolved = self._resolved
+        if len(resolved) >= RESOLVED_KEPT:
+            resolved.clear()
+        resolved[path] = volume, comps
         return volume, comps
 
     # -- reads -------------------------------------------------------------------------------
@@ -248,15 +274,16 @@ class FsSubsystem(Subsystem):
         an exception."""
         # _resolve inlined: a stat is the hottest request, and a frame is a quarter of it
         try:
-            parsed = remembered.get(path)
+            resolved = self._resolved.get(path)
         except TypeError:  # unhashable: parse() refuses it
-            parsed = None
-        name, comps = parse(path) if parsed is None else parsed
-        if name is None:
-            return ROOT_STAT
-        volume = self.volumes.get(name)
-        if volume is None or volume.failed is not None:
-            volume = self._volume(name, path)  # raises the proper error
+            resolved = None
+        if resolved is not None and resolved[0].failed is None:
+            volume, comps = resolved
+        else:
+            found, comps = self._resolving(path, False)
+            if found is None:
+                return ROOT_STAT
+            volume = found
         stat = volume.stats.get(path)
         if stat is None:
             stats = volume.stats
@@ -317,7 +344,7 @@ class FsSubsystem(Subsystem):
             self._create_volume(name, perm)
             return
         volume = self._volume(name, path)
-        self._change(volume, 0, MKDIR, comps, perm, volume.tree.next_ino, time_ns())
+        self._change(volume, 0, MKDIR, (comps, perm, volume.tree.next_ino, time_ns()))
 
     def rmdir(self, path: Any) -> None:
         volume, comps = self._resolve(path)
@@ -326,7 +353,7 @@ class FsSubsystem(Subsystem):
         if not comps:
             self._remove_volume(volume)
             return
-        self._change(volume, 0, RMDIR, comps, time_ns())
+        self._change(volume, 0, RMDIR, (comps, time_ns()))
 
     def write_file(self, path: Any, data: Any) -> None:
         if type(data) is not bytes:
@@ -334,7 +361,7 @@ class FsSubsystem(Subsystem):
         volume, comps = self._resolve_for_create(path)
         if volume is None:
             raise posix(errno.EISDIR, "/")
-        self._change(volume, len(data), WRITE_FILE, comps, data, volume.tree.next_ino, time_ns())
+        self._change(volume, len(data), WRITE_FILE, (comps, data, volume.tree.next_ino, time_ns()))
 
     def create(self, path: Any, mode: Any = FILE_PERM, exclusive: Any = False,
                truncate: Any = False) -> dict[str, Any]:
@@ -358,9 +385,9 @@ class FsSubsystem(Subsystem):
         except FileNotFoundError:  # the name, or its directory (write_file then says so)
             now = time_ns()
             self._space.take(2 * RECORD_OVERHEAD)  # both records, or neither
-            volume.change(WRITE_FILE, comps, b"", volume.tree.next_ino, now)
+            volume.change(WRITE_FILE, (comps, b"", volume.tree.next_ino, now))
             if perm != FILE_PERM:
-                volume.change(CHMOD, comps, perm, now)
+                volume.change(CHMOD, (comps, perm, now))
             self._changed(volume)
             return stat_of(volume.tree.lookup(comps))
         if exclusive:
@@ -370,7 +397,7 @@ class FsSubsystem(Subsystem):
         elif not isinstance(node, File):
             raise posix(errno.ELOOP, path)  # a symlink: never followed
         if truncate and node.data:
-            self._change(volume, 0, TRUNCATE, comps, 0, time_ns())
+            self._change(volume, 0, TRUNCATE, (comps, 0, time_ns()))
         return stat_of(node)
 
     def pwrite(self, path: Any, offset: Any, data: Any) -> int:
@@ -379,7 +406,7 @@ class FsSubsystem(Subsystem):
         volume, comps = self._resolve(path)
         if volume is None:
             raise posix(errno.EISDIR, "/")
-        count: int = self._change(volume, len(data), PWRITE, comps, offset, data, time_ns())
+        count: int = self._change(volume, len(data), PWRITE, (comps, offset, data, time_ns()))
         return count
 
     def truncate(self, path: Any, size: Any) -> None:
@@ -388,13 +415,13 @@ class FsSubsystem(Subsystem):
         volume, comps = self._resolve(path)
         if volume is None:
             raise posix(errno.EISDIR, "/")
-        self._change(volume, 0, TRUNCATE, comps, size, time_ns())
+        self._change(volume, 0, TRUNCATE, (comps, size, time_ns()))
 
     def unlink(self, path: Any) -> None:
         volume, comps = self._resolve(path)
         if volume is None:
             raise posix(errno.EISDIR, "/")
-        self._change(volume, 0, UNLINK, comps, time_ns())
+        self._change(volume, 0, UNLINK, (comps, time_ns()))
 
     def rename(self, src: Any, dst: Any) -> None:
         """Within one volume only: another volume, ``/`` or a volume root is ``EXDEV``."""
@@ -404,7 +431,7 @@ class FsSubsystem(Subsystem):
             raise posix(errno.EXDEV, f"{src} -> {dst}: rename within one volume only")
         assert src_name is not None  # "/" has no components: refused just above
         volume = self._volume(src_name, src)
-        self._change(volume, 0, RENAME, src_comps, dst_comps, time_ns())
+        self._change(volume, 0, RENAME, (src_comps, dst_comps, time_ns()))
 
     def symlink(self, path: Any, target: Any) -> None:
         """Create the symlink ``path`` holding ``target`` (stored, never followed)."""
@@ -416,14 +443,14 @@ class FsSubsystem(Subsystem):
         volume, comps = self._resolve_for_create(path)
         if volume is None:
             raise posix(errno.EEXIST, "/")
-        self._change(volume, 0, SYMLINK, target, comps, volume.tree.next_ino, time_ns())
+        self._change(volume, 0, SYMLINK, (target, comps, volume.tree.next_ino, time_ns()))
 
     def chmod(self, path: Any, mode: Any) -> None:
         perm = _mode(mode) & 0o7777
         volume, comps = self._resolve(path)
         if volume is None:
             raise posix(errno.EPERM, "/ is virtual")
-        self._change(volume, 0, CHMOD, comps, perm, time_ns())
+        self._change(volume, 0, CHMOD, (comps, perm, time_ns()))
 
     def utime(self, path: Any, mtime_ns: Any) -> None:
         """Set the modification time (ctime moves to now, as Linux's utimensat)."""
@@ -432,9 +459,9 @@ class FsSubsystem(Subsystem):
         volume, comps = self._resolve(path)
         if volume is None:
             raise posix(errno.EPERM, "/ is virtual")
-        self._change(volume, 0, UTIME, comps, mtime_ns, time_ns())
+        self._change(volume, 0, UTIME, (comps, mtime_ns, time_ns()))
 
-    def _change(self, volume: Volume, size: int, kind: int, *args: Any) -> Any:
+    def _change(self, volume: Volume, size: int, kind: int, args: tuple[Any, ...]) -> Any:
         """Every change goes through here: refused with ENOSPC while the disk is nearly
         full (so a journal write never has to fail for want of space; ``size`` is the
         bytes of data it carries), made, and its volume marked for the group commit."""
@@ -442,9 +469,9 @@ class FsSubsystem(Subsystem):
         if not space.try_take(RECORD_OVERHEAD + size):
             raise space.full()
         if size < BY_REFERENCE:
-            result = volume.change(kind, *args)
+            result = volume.change(kind, args)
         else:
-            result = volume.change_data(kind, *args)
+            result = volume.change_data(kind, args)
         if not self._flush_requested or volume not in self._dirty:
             self._changed(volume)
         return result
@@ -477,6 +504,7 @@ class FsSubsystem(Subsystem):
 
     def _drop(self, volume: Volume) -> None:
         del self.volumes[volume.name]
+        self._resolved.clear()  # a kept path of this volume must not find it
         slot = key_slot(volume.name)
         in_slot = self.by_slot.get(slot, {})
         in_slot.pop(volume.name, None)
@@ -671,6 +699,7 @@ class FsSubsystem(Subsystem):
             except OSError as exc:
                 error = error or exc
         self.volumes.clear()
+        self._resolved.clear()
         self.by_slot.clear()
         self._dirty.clear()
         self._unsynced.clear()

@@ -255,8 +255,12 @@ class Volume:
         if self.read_only is not None:
             raise posix(errno.EROFS, f"volume {self.name!r} is read-only: {self.read_only}")
 
-    def change(self, kind: int, *args: Any) -> Any:
-        """Apply one change to the tree and buffer its journal record."""
+    def change(self, kind: int, args: tuple[Any, ...]) -> Any:
+        """Apply one change to the tree and buffer its journal record ``(kind, *args)``.
+
+        The arguments come as one tuple, made once by the caller: a ``*args`` signature
+        packed them again, and a call with ``*`` costs more than a plain one (together
+        about 150 ns of a 16-byte write_file)."""
         if self.read_only is not None:
             self.check_writable()
         self.stats.clear()  # any change may change any stat of the volume
@@ -265,7 +269,7 @@ class Volume:
         self.journal.append(payload)
         return result
 
-    def change_data(self, kind: int, *args: Any) -> Any:
+    def change_data(self, kind: int, args: tuple[Any, ...]) -> Any:
         """:meth:`change` for a record that carries file data of ``BY_REFERENCE`` bytes
         or more: the data is journaled by reference (:func:`spliced`)."""
         if self.read_only is not None:

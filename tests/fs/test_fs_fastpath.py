@@ -73,6 +73,34 @@ def test_kept_stats_are_bounded(kernel: FakeKernel, monkeypatch: pytest.MonkeyPa
         assert len(kernel.fs.volumes["v"].stats) <= 4
 
 
+def test_a_kept_path_never_finds_a_volume_that_is_gone(kernel: FakeKernel) -> None:
+    # Every fs call keeps the volume it resolved a path to (FsSubsystem._resolved); a
+    # volume removed and made again is another volume, and the kept path must find it
+    # (kept, it would write into the removed one, and read what that one held).
+    fs = kernel.api
+    fs.write_file("/v/f", b"old")
+    assert fs.stat("/v/f")["size"] == 3
+    assert fs.read_file("/v/f") == b"old"
+    fs.unlink("/v/f")
+    fs.rmdir("/v")
+    assert kernel.errno_of("fs.stat", "/v/f") == errno.ENOENT
+    fs.mkdir("/v")
+    fs.write_file("/v/f", b"newer")
+    assert fs.stat("/v/f")["size"] == 5
+    assert fs.read_file("/v/f") == b"newer"
+    kernel.restart()  # and it was journaled in the volume that is there
+    assert kernel.api.read_file("/v/f") == b"newer"
+
+
+def test_kept_paths_are_bounded(kernel: FakeKernel, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(subsystem, "RESOLVED_KEPT", 4)
+    for index in range(10):
+        kernel.api.write_file(f"/v/f{index}", b"x" * index)
+    for index in range(10):
+        assert kernel.api.stat(f"/v/f{index}")["size"] == index
+        assert 0 < len(kernel.fs._resolved) <= 4
+
+
 @pytest.mark.asyncio
 async def test_a_stat_of_a_missing_path_is_answered_without_an_exception(
         tmp_path: Path) -> None:
