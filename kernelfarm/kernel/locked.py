@@ -286,7 +286,7 @@ def _run_at_home(handler: Callable[..., Any], args: tuple[Any, ...], back: Retur
 
 def _answer_when_done(result: Any, back: ReturnTrip) -> None:
     """On the home loop: send ``result`` back now, or when the awaitable it is ends."""
-    if type(result) is Answer:
+    if isinstance(result, Answer):
         result.deliver_to(back, 0, 0)
     elif hasattr(result, "__await__"):
         asyncio.ensure_future(result).add_done_callback(back.finished)

@@ -49,17 +49,17 @@ def wire_address(address: Any) -> list[Any]:
     return [address[0], address[1]]
 
 
-class Waiter:
-    """One request waiting for a socket to be ready: what it settles, with what, and when
-    it gives up.  ``size`` > 0: a ``recv`` of that many bytes, whose data is its
-    :class:`Answer`; 0: readiness alone settles a future (a coroutine's wait, which then
-    retries its call)."""
+class Waiter(Answer):
+    """One request waiting for a socket to be ready, and its answer: what settles it and
+    when it gives up.  ``size`` > 0: a ``recv`` of that many bytes, answered with the data
+    (its connection takes the answer itself); 0: readiness alone settles it (a
+    coroutine's wait, which awaits it and then retries its call).  One object per wait,
+    not a waiter holding an answer."""
 
-    __slots__ = ("future", "size", "deadline")
+    __slots__ = ("size", "deadline")
 
-    def __init__(self, future: asyncio.Future[Any] | Answer, size: int,
-                 deadline: float) -> None:
-        self.future = future
+    def __init__(self, size: int, deadline: float) -> None:
+        Answer.__init__(self)
         self.size = size
         self.deadline = deadline
 
@@ -275,9 +275,7 @@ class FarmSocket:
                     pass
             if data is None:
                 self._read_size = size if size < READ_AHEAD_BYTES else READ_AHEAD_BYTES
-                answer = Answer()
-                self._add_waiter(self._readable, answer, size, timeout)
-                return answer
+                return self._add_waiter(self._readable, size, timeout)
         self.bytes_in += len(data)
         self.counters.bytes_in += len(data)
         return data
@@ -414,17 +412,15 @@ class FarmSocket:
     async def _wait(self, direction: Direction, timeout: float) -> None:
         """Until the socket is ready in ``direction``; ``ETIMEDOUT`` after ``timeout``
         seconds, ``EBADF`` if it is closed meanwhile."""
-        future: asyncio.Future[Any] = self.loop.create_future()
-        waiter = self._add_waiter(direction, future, 0, timeout)
+        waiter = self._add_waiter(direction, 0, timeout)
         try:
-            await future
+            await waiter
         finally:
             if waiter in direction.waiters:  # cancelled, say: stop waiting for it now
                 direction.waiters.remove(waiter)
 
-    def _add_waiter(self, direction: Direction, future: asyncio.Future[Any] | Answer,
-                    size: int, timeout: float) -> Waiter:
-        """``future`` waits on ``direction``: settled by readiness (a ``recv`` of ``size``
+    def _add_waiter(self, direction: Direction, size: int, timeout: float) -> Waiter:
+        """A new waiter on ``direction``: settled by readiness (a ``recv`` of ``size``
         when > 0), ``ETIMEDOUT`` after ``timeout`` s, ``EBADF`` on close."""
         if timeout <= 0:
             raise posix(errno.ETIMEDOUT, f"socket {self.sid}")
@@ -434,7 +430,7 @@ class FarmSocket:
             watch(self.opened().fileno(), self._wake, direction)
             direction.watched = True
         deadline = loop.time() + timeout
-        waiter = Waiter(future, size, deadline)
+        waiter = Waiter(size, deadline)
         direction.waiters.append(waiter)
         timer = direction.timer
         if timer is None or direction.deadline > deadline:
@@ -480,12 +476,11 @@ class FarmSocket:
 
     def _settle(self, waiter: Waiter) -> bool:
         """Settle ``waiter`` if the socket is ready for it; False if it must wait on."""
-        future = waiter.future
-        if future.done():
+        if waiter.done():
             return True  # cancelled: nothing to answer
         size = waiter.size
         if not size:
-            future.set_result(None)
+            waiter.set_result(None)
             return True
         assert self.sock is not None  # closing fails the waiters first
         try:
@@ -497,16 +492,16 @@ class FarmSocket:
             return True
         self.bytes_in += len(data)
         self.counters.bytes_in += len(data)
-        future.set_result(data)
+        waiter.set_result(data)
         return True
 
     def _fail(self, waiter: Waiter, exc: Exception) -> None:
         """Fail a waiter.  A future that is a request's answer (a ``recv``) counts its
         failure here; a coroutine's wait fails the coroutine, whose caller counts it."""
-        if not waiter.future.done():
+        if not waiter.done():
             if waiter.size and isinstance(exc, OSError):
                 self.counters.count_failure(exc)
-            waiter.future.set_exception(exc)
+            waiter.set_exception(exc)
 
     def _expire(self, direction: Direction) -> None:
         """The direction's timer: fail the waiters whose deadline passed, then set the

@@ -40,7 +40,8 @@ class Sink(Protocol):
 
 class Answer:
     """The answer of one waiting call: settled once, by :meth:`set_result` or
-    :meth:`set_exception` (the names a future has, so a waiter can hold either)."""
+    :meth:`set_exception` (the names a future has).  A socket's waiter is one
+    (``kernelfarm.net.sockets.Waiter``, a subclass): tell answers by ``isinstance``."""
 
     __slots__ = ("_sink", "_msgid", "_reserve", "_future", "_settled", "_result", "_error")
 

@@ -206,7 +206,7 @@ class ServerConnection(asyncio.Protocol):
         written."""
         self.inflight += 1
         self.reserved += reserve
-        if type(awaitable) is Answer:
+        if isinstance(awaitable, Answer):
             awaitable.deliver_to(self, msgid, reserve)
             return
         self._await_call(msgid, awaitable, reserve)

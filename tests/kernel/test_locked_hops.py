@@ -41,7 +41,7 @@ class Connection:
         pass
 
     def start_call(self, msgid: int, awaitable: Any, reserve: int = 0) -> None:
-        if type(awaitable) is Answer:
+        if isinstance(awaitable, Answer):
             awaitable.deliver_to(self, msgid, reserve)
             return
 

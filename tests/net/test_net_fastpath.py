@@ -121,7 +121,7 @@ async def test_a_waiting_recv_is_answered_by_readiness_straight_to_its_connectio
     farm = FarmSocket.accepted(asyncio.get_running_loop(), 1, ours)
     conn = Replies()
     first, second = farm.recv(10, DEADLINE_S), farm.recv(10, DEADLINE_S)
-    assert type(first) is Answer and type(second) is Answer  # no future, no task
+    assert isinstance(first, Answer) and isinstance(second, Answer)  # no future, no task
     first.deliver_to(conn, 7, 10)
     second.deliver_to(conn, 8, 10)
     peer.sendall(b"one")
@@ -143,7 +143,7 @@ async def test_a_waiting_recv_whose_connection_closed_leaves_the_data_to_the_nex
     farm = FarmSocket.accepted(asyncio.get_running_loop(), 1, ours)
     gone = Replies()
     abandoned = farm.recv(10, DEADLINE_S)
-    assert type(abandoned) is Answer
+    assert isinstance(abandoned, Answer)
     abandoned.deliver_to(gone, 7, 10)
     gone.closed = True
     peer.sendall(b"kept")
