@@ -220,25 +220,16 @@ class FsSubsystem(Subsystem):
         volume.check()
         return volume
 
-    def _resolve(self, path: Any) -> Resolved:
-        """``(volume, components)``; ``(None, ())`` for ``/`` itself."""
+    def _resolve(self, path: Any, creating: bool = False) -> Resolved:
+        """``(volume, components)``; ``(None, ())`` for ``/`` itself.  ``creating``: a
+        missing ``/name`` is ``EPERM`` (only mkdir makes a volume), not ``ENOENT``."""
         try:
             resolved = self._resolved.get(path)
         except TypeError:  # unhashable: parse() refuses it
             resolved = None
         if resolved is not None and resolved[0].failed is None:
             return resolved
-        return self._resolving(path, False)
-
-    def _resolve_for_create(self, path: Any) -> Resolved:
-        """As :meth:`_resolve`, but a missing ``/name`` is ``EPERM``: only mkdir makes one."""
-        try:
-            resolved = self._resolved.get(path)
-        except TypeError:  # unhashable: parse() refuses it
-            resolved = None
-        if resolved is not None and resolved[0].failed is None:
-            return resolved
-        return self._resolving(path, True)
+        return self._resolving(path, creating)
 
     def _resolving(self, path: Any, creating: bool) -> Resolved:
         """Resolve a path not resolved yet (or of a volume out of service, which raises),
@@ -358,7 +349,7 @@ class FsSubsystem(Subsystem):
     def write_file(self, path: Any, data: Any) -> None:
         if type(data) is not bytes:
             data = _data(data)
-        volume, comps = self._resolve_for_create(path)
+        volume, comps = self._resolve(path, True)
         if volume is None:
             raise posix(errno.EISDIR, "/")
         self._change(volume, len(data), WRITE_FILE, (comps, data, volume.tree.next_ino, time_ns()))
@@ -377,7 +368,7 @@ class FsSubsystem(Subsystem):
         perm = _mode(mode) & 0o7777
         _bool(exclusive, "exclusive")
         _bool(truncate, "truncate")
-        volume, comps = self._resolve_for_create(path)
+        volume, comps = self._resolve(path, True)
         if volume is None:
             raise posix(errno.EISDIR, "/")
         try:
@@ -440,7 +431,7 @@ class FsSubsystem(Subsystem):
             raise posix(errno.ENOENT if not target else errno.EINVAL, "symlink target")
         if len(target.encode("utf-8")) >= 4096:
             raise posix(errno.ENAMETOOLONG, "symlink target")
-        volume, comps = self._resolve_for_create(path)
+        volume, comps = self._resolve(path, True)
         if volume is None:
             raise posix(errno.EEXIST, "/")
         self._change(volume, 0, SYMLINK, (target, comps, volume.tree.next_ino, time_ns()))

@@ -64,13 +64,16 @@ def test_a_kept_stat_is_dropped_by_every_change_of_its_volume(kernel: FakeKernel
                    if kernel.errno_of("fs.stat", p) is None) or method == "unlink"
 
 
-def test_kept_stats_are_bounded(kernel: FakeKernel, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_kept_stats_and_paths_are_bounded(kernel: FakeKernel,
+                                          monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(subsystem, "STATS_KEPT", 4)
+    monkeypatch.setattr(subsystem, "RESOLVED_KEPT", 4)
     for index in range(10):
         kernel.api.write_file(f"/v/f{index}", b"x" * index)
     for index in range(10):
         assert kernel.api.stat(f"/v/f{index}")["size"] == index
         assert len(kernel.fs.volumes["v"].stats) <= 4
+        assert 0 < len(kernel.fs._resolved) <= 4
 
 
 def test_a_kept_path_never_finds_a_volume_that_is_gone(kernel: FakeKernel) -> None:
@@ -90,15 +93,6 @@ def test_a_kept_path_never_finds_a_volume_that_is_gone(kernel: FakeKernel) -> No
     assert fs.read_file("/v/f") == b"newer"
     kernel.restart()  # and it was journaled in the volume that is there
     assert kernel.api.read_file("/v/f") == b"newer"
-
-
-def test_kept_paths_are_bounded(kernel: FakeKernel, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(subsystem, "RESOLVED_KEPT", 4)
-    for index in range(10):
-        kernel.api.write_file(f"/v/f{index}", b"x" * index)
-    for index in range(10):
-        assert kernel.api.stat(f"/v/f{index}")["size"] == index
-        assert 0 < len(kernel.fs._resolved) <= 4
 
 
 @pytest.mark.asyncio
