@@ -58,6 +58,10 @@ STATS_KEPT = 4096
 RESOLVED_KEPT = 8192
 """Resolved paths a kernel keeps (:attr:`FsSubsystem._resolved`); past this its memory
 starts afresh (bounded)."""
+KEPT_PATH_CHARS = 256
+"""Longer paths are resolved (and stat'd) afresh each time: what the kept paths and kept
+stat results hold stays bounded by their counts of short strings, whatever the length
+of the paths clients send (up to 4 KiB each)."""
 
 Resolved = tuple[Volume | None, tuple[str, ...]]
 """A path's volume and its components below the volume root; ``(None, ())`` for ``/``."""
@@ -242,10 +246,11 @@ class FsSubsystem(Subsystem):
             if creating and not comps and volume is None:
                 raise posix(errno.EPERM, f"only volumes (directories) can be made in /: {path}")
             volume = self._volume(name, path)  # raises the proper error
-        resolved = self._resolved
-        if len(resolved) >= RESOLVED_KEPT:
-            resolved.clear()
-        resolved[path] = volume, comps
+        if len(path) <= KEPT_PATH_CHARS:
+            resolved = self._resolved
+            if len(resolved) >= RESOLVED_KEPT:
+                resolved.clear()
+            resolved[path] = volume, comps
         return volume, comps
 
     # -- reads -------------------------------------------------------------------------------
@@ -281,9 +286,11 @@ class FsSubsystem(Subsystem):
             node = volume.tree.find(comps)
             if node is None:
                 return Refusal(errno.ENOENT, path)
-            if len(stats) >= STATS_KEPT:
-                stats.clear()
-            stat = stats[path] = msgspec.Raw(_encode(stat_of(node)))
+            stat = msgspec.Raw(_encode(stat_of(node)))
+            if len(path) <= KEPT_PATH_CHARS:
+                if len(stats) >= STATS_KEPT:
+                    stats.clear()
+                stats[path] = stat
         return stat
 
     def read_file(self, path: Any) -> bytes:

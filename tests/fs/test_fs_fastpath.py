@@ -74,6 +74,15 @@ def test_kept_stats_and_paths_are_bounded(kernel: FakeKernel,
         assert kernel.api.stat(f"/v/f{index}")["size"] == index
         assert len(kernel.fs.volumes["v"].stats) <= 4
         assert 0 < len(kernel.fs._resolved) <= 4
+    # A long path is served, and neither it nor its stat is kept (bounded in bytes too).
+    directory = "/v/" + "d" * 200
+    long = directory + "/" + "f" * (subsystem.KEPT_PATH_CHARS - 200)
+    kernel.api.mkdir(directory)
+    kernel.api.write_file(long, b"long")
+    assert kernel.api.stat(long)["size"] == 4
+    assert kernel.api.read_file(long) == b"long"
+    assert long not in kernel.fs._resolved
+    assert long not in kernel.fs.volumes["v"].stats
 
 
 def test_a_kept_path_never_finds_a_volume_that_is_gone(kernel: FakeKernel) -> None:
