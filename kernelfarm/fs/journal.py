@@ -22,11 +22,12 @@ format 2) is read with seed 0 -- exactly its CRC-32 -- and never appended to: lo
 volume whose last journal is one moves its writes to a new generation
 (:meth:`.volume.Volume.loading`).
 
-:meth:`Journal.append` only buffers; :meth:`Journal.flush` writes the buffer with one
-``pwritev`` and, when asked, one ``fdatasync`` -- the kernel calls it once per loop turn,
-so every write of that turn shares the fsync.  A record with a big payload is buffered by
-reference (:meth:`Journal.append_parts`): its data goes from the request's bytes object
-to the file, never copied into a buffer first.
+:meth:`Journal.append` only buffers; :meth:`Journal.write` writes the buffer with one
+``pwritev`` -- the kernel calls it once per loop turn, so every write of that turn shares
+the one ``fdatasync`` that follows (:meth:`Journal.sync`, or a syncer process given
+:meth:`Journal.fileno`: :mod:`kernelfarm.kernel.syncer`).  A record with a big
+payload is buffered by reference (:meth:`Journal.append_parts`): its data goes from the
+request's bytes object to the file, never copied into a buffer first.
 
 The file descriptor is opened lazily and may be closed at any time (:meth:`close_fd`) to
 bound the number of open files when a kernel holds many volumes.
@@ -53,7 +54,7 @@ FILE_HEADER = struct.Struct("<4sQI")
 """A format-2 journal's first bytes: magic, nonce, CRC-32 of magic and nonce (the seed)."""
 MAGIC = b"KFJ2"
 PREALLOC_MIN, PREALLOC_MAX = 4096, 1024 * 1024
-"""Room zero-filled ahead of the log when an fsyncing flush grows the file: as many
+"""Room zero-filled ahead of the log when a write that will be synced grows the file: as many
 bytes as the log holds, within these bounds (a volume that writes little takes little
 disk; a busy one commits a new size once per MiB)."""
 ZEROS = memoryview(bytes(PREALLOC_MAX))
@@ -222,7 +223,7 @@ class Journal:
         self._chunks: list[Buffer] = []  # earlier buffers and big payloads, in order
         self._chunked = 0           # bytes in _chunks
         self._fd = -1
-        self.unsynced = False       # written but not yet fsynced
+        self.unsynced = False       # written, not yet fsynced by this process
 
     @classmethod
     def create(cls, path: str, durable: bool) -> Journal:
@@ -281,11 +282,19 @@ class Journal:
         self._buffer = bytearray(tail)
 
     def flush(self, fsync: bool) -> None:
-        """Write the buffered records (one ``pwritev``) and optionally ``fdatasync``.
+        """Write the buffered records and, if ``fsync``, ``fdatasync`` them (:meth:`write`
+        with room, then :meth:`sync`)."""
+        self.write(room=fsync)
+        if fsync:
+            self.sync()
 
-        A write that grows the file under ``fsync`` also zero-fills room after it
-        (:meth:`_preallocate`), unless the write is big next to that room (a stream of
-        big records would write everything twice, and its own size dwarfs the commit).
+    def write(self, room: bool) -> None:
+        """Write the buffered records (one ``pwritev``) into the page cache.
+
+        A write that grows the file also zero-fills room after it when ``room`` is asked
+        (an fdatasync will follow, now or later: :meth:`_preallocate`), unless the write
+        is big next to that room (a stream of big records would write everything twice,
+        and its own size dwarfs the commit).
 
         On failure the buffer is dropped and the error raised: the caller must stop
         using this journal, since what reached the disk is unknown until it is reread.
@@ -300,11 +309,19 @@ class Journal:
             self.unsynced = True
             if self.size > self.allocated:
                 self.allocated = self.size
-                if fsync:
+                if room:
                     self._preallocate(fd, pending)
-        if fsync and self.unsynced:
+
+    def sync(self) -> None:
+        """``fdatasync`` what was written since this process last synced the file."""
+        if self.unsynced:
             os.fdatasync(self._open_fd())
             self.unsynced = False
+
+    def fileno(self) -> int:
+        """The open descriptor (opened if need be), for a sync made elsewhere (a syncer
+        process): ``unsynced`` stays true, as this process has not synced it itself."""
+        return self._open_fd()
 
     def _preallocate(self, fd: int, pending: int) -> None:
         """Zero-fill room after the log, as big as the log (within the bounds), if the

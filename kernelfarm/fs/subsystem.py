@@ -9,9 +9,11 @@ with ``EXDEV``.
 
 Durability (group commit): a change buffers its journal record and asks the kernel for a
 flush; the kernel calls :meth:`FsSubsystem._flush` once at the end of the loop turn and
-holds the turn's replies until it returns.  With ``fsync = "always"`` the flush writes and
-fsyncs each volume changed in that turn once; with ``"batch"`` it writes, and a timer
-fsyncs every ``batch_interval_ms``; with ``"never"`` it only writes.  A flush that fails
+holds the turn's replies until it has written and the journals it names are synced (by
+the kernel, or behind its loop by a syncer: :mod:`kernelfarm.kernel.commit`).  With
+``fsync = "always"`` the flush writes each volume changed in that turn once and names
+them all for the sync; with ``"batch"`` it writes, and a timer fsyncs every
+``batch_interval_ms``; with ``"never"`` it only writes.  A flush that fails
 raises (the kernel then exits without acknowledging anything, and restarts from the
 journal) and takes the volume out of service: every later operation on it gets ``EIO``
 until it is loaded again.
@@ -523,24 +525,28 @@ class FsSubsystem(Subsystem):
             self._flush_requested = True
             self.ctx.request_flush(self._flush)
 
-    def _flush(self) -> None:
-        """The turn's group commit: write (and fsync) each changed volume's journal once."""
+    def _flush(self) -> list[int]:
+        """The turn's group commit: write each changed volume's journal once; the
+        descriptors of the journals to sync before the turn's replies go out."""
         dirty, self._dirty = self._dirty, {}
         self._flush_requested = False
         error, self._pending_error = self._pending_error, None
+        room = self.config.fsync != "never"  # room only where an fdatasync will follow
+        syncing: list[Volume] = []
         for volume, must_sync in dirty.items():
             if volume.failed is not None:
                 error = error or posix(errno.EIO, f"volume {volume.name!r}: {volume.failed}")
                 continue
             try:
-                volume.flush(self._sync_every_turn or must_sync)
+                volume.write(room)
             except OSError as exc:
                 error = error or exc
                 continue
-            if volume.journal.unsynced:
-                self._unsynced.add(volume)
-            else:
+            if self._sync_every_turn or must_sync:
+                syncing.append(volume)
                 self._unsynced.discard(volume)
+            elif volume.journal.unsynced:
+                self._unsynced.add(volume)
             self._keep_open(volume)
             if volume.journal.size > max(self.config.snapshot_journal_bytes,
                                          volume.snapshot_bytes):
@@ -550,6 +556,10 @@ class FsSubsystem(Subsystem):
                 self.config.batch_interval_ms / 1000, self._batch_sync)
         if error is not None:
             raise error
+        # Last: a journal switched (snapshot) or closed (_keep_open) above was synced by
+        # the kernel then, and is not unsynced any more.
+        return [volume.journal.fileno() for volume in syncing
+                if volume.failed is None and volume.journal.unsynced]
 
     def _batch_sync(self) -> None:
         self._batch_timer = None

@@ -289,6 +289,15 @@ class Volume:
             self.fail(f"journal write failed: {exc}")
             raise
 
+    def write(self, room: bool) -> None:
+        """Write the buffered records for a sync made later or elsewhere (zeroed room
+        kept after them if ``room``); on failure, go out of service."""
+        try:
+            self.journal.write(room)
+        except OSError as exc:
+            self.fail(f"journal write failed: {exc}")
+            raise
+
     def fail(self, reason: str) -> None:
         log.critical("volume %r: %s; refusing every operation until it is reloaded",
                      self.name, reason)

@@ -1,96 +1,206 @@
 """Group commit: every write of one loop turn shares one flush, and no reply goes out
-before the flush it depends on has run.
+before the ``fdatasync`` it depends on has returned.
 
 A subsystem that appended to its journal asks for a flush (:meth:`GroupCommit.request`);
-from then until the end of the loop turn, replies are held (:meth:`GroupCommit.send`).
-At the end of the turn :meth:`GroupCommit.commit` runs each requested flush once (one
-fsync for all the turn's writes), then writes the held replies.
+from then on, replies are held (:meth:`GroupCommit.send`).  At the end of the turn
+:meth:`GroupCommit.commit` runs each requested flush once: a flush writes what its
+subsystem buffered and returns the descriptors that must be synced before the
+turn's replies may go (one sync for all the turn's writes).  Where they are synced:
 
-A flush that fails is fatal (:func:`flush_or_exit`): after a failed fsync the page cache
-may already have dropped the data, so the kernel exits without replying and recovers from
-its journal on restart (PostgreSQL's answer to fsyncgate).  The unicpu kernel, each
-thread of the locked baseline, the in-process benchmark and the test harnesses all use
-this one class; only who schedules the commit and what a failure does are theirs to say.
+- inline (the default): the commit syncs them itself, then writes the held replies;
+- behind (:meth:`GroupCommit.sync_behind`, a unicpu kernel): a syncer child does
+  (:mod:`kernelfarm.kernel.syncer`) while the loop serves on.  The replies held so far
+  go out when that sync has ended.  Later turns' flushes wait until then: the next
+  sync starts when the last one ended, after their writes, so it covers them -- a sync
+  that was already running when a record was written may not have, and never
+  acknowledges it.  Replies made while a sync runs (reads too: they may show what it
+  is making durable) wait for it, or for the next one if a write came after them.
+
+A flush or sync that fails is fatal (:func:`exit_unacknowledged`): after a failed fsync
+the page cache may already have dropped the data, so the kernel exits without replying
+and recovers from its journal on restart (PostgreSQL's answer to fsyncgate).  The unicpu
+kernel, each thread of the locked baseline, the in-process benchmark and the test
+harnesses all use this one class; only who schedules the commit, where it syncs and what
+a failure does are theirs to say.
 """
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 from time import perf_counter
-from typing import Any, Callable
+from typing import Any, Callable, NoReturn, Sequence
 
 from kernelfarm.boot import EXIT_FLUSH_FAILED
+from kernelfarm.kernel.syncer import GONE, Syncer
 from kernelfarm.rpc.protocol import Wire
 
 log = logging.getLogger(__name__)
 
-Flush = Callable[[], None]
+Flush = Callable[[], Sequence[int]]
+"""Writes a subsystem's buffered changes; the descriptors to ``fdatasync`` before the
+replies that depend on them go out (open until the commit returns to the loop)."""
+
+
+def write_all(flushes: list[Flush]) -> list[int]:
+    """Run a group commit's flushes (their writes); the descriptors they ask to sync."""
+    fds: list[int] = []
+    for flush in flushes:
+        fds.extend(flush())
+    return fds
 
 
 def run_flushes(flushes: list[Flush]) -> None:
-    """Run a group commit's flushes; a failure raises (for code outside a kernel)."""
-    for flush in flushes:
-        flush()
+    """Run a group commit's flushes and syncs inline; a failure raises (for code outside
+    a kernel)."""
+    for fd in write_all(flushes):
+        os.fdatasync(fd)
+
+
+def exit_unacknowledged(why: str, exc_info: bool = False) -> NoReturn:
+    """Exit the kernel process at once: nothing the failed flush covers is acknowledged."""
+    log.critical("flush failed; exiting without acknowledging the writes (%s)", why,
+                 exc_info=exc_info)
+    os._exit(EXIT_FLUSH_FAILED)
 
 
 def flush_or_exit(flushes: list[Flush]) -> None:
-    """Run a group commit's flushes; if one fails, exit before any reply is sent."""
+    """Run a group commit's flushes and syncs; if one fails, exit before any reply."""
     try:
         run_flushes(flushes)
-    except Exception:
-        log.critical("flush failed; exiting without acknowledging the writes", exc_info=True)
-        os._exit(EXIT_FLUSH_FAILED)
+    except Exception as exc:
+        exit_unacknowledged(str(exc), exc_info=True)
+
+
+def write_or_exit(flushes: list[Flush]) -> list[int]:
+    """Run a group commit's flushes (sync behind); if one fails, exit before any reply."""
+    try:
+        return write_all(flushes)
+    except Exception as exc:
+        exit_unacknowledged(str(exc), exc_info=True)
 
 
 class GroupCommit:
     """The group commit of one event loop (one thread)."""
 
-    __slots__ = ("_schedule", "_run", "_flushes", "_held", "pending", "count", "seconds")
+    __slots__ = ("_schedule", "_run", "_flushes", "_held", "_syncing", "_syncer",
+                 "pending", "holding", "count", "seconds", "group_replies")
 
     def __init__(self, schedule: Callable[[Callable[[], None]], object],
                  run: Callable[[list[Flush]], None] = flush_or_exit) -> None:
         """``schedule(commit)`` arranges for ``commit`` to run at the end of this loop turn
-        (``loop.call_soon``); ``run(flushes)`` runs the flushes and handles a failure."""
+        (``loop.call_soon``); ``run(flushes)`` runs the flushes and syncs inline and
+        handles a failure."""
         self._schedule = schedule
         self._run = run
         self._flushes: list[Flush] = []
         self._held: list[tuple[Any, Wire]] = []
+        self._syncing: list[tuple[Any, Wire]] = []
+        """Behind: the replies that wait for the sync in flight."""
+        self._syncer: Syncer | None = None
         self.pending = False
-        """True from the first request of a turn until its commit: replies are held."""
+        """True from the first request of a turn until its commit has written."""
+        self.holding = False
+        """True while replies are held: a commit pending or a sync in flight."""
         self.count = 0
         """Commits run (each one flush per volume written in its turn)."""
         self.seconds = 0.0
-        """Time spent running their flushes."""
+        """Time the loop spent running their flushes (and, inline, their syncs)."""
+        self.group_replies = 0
+        """Replies released by commits (over ``count``: the mean group size)."""
+
+    def sync_behind(self, syncer: Syncer, loop: Any) -> None:
+        """Sync in ``syncer`` from now on, its answers read on ``loop``."""
+        self._syncer = syncer
+        syncer.watch(loop, self._synced)
 
     def request(self, flush: Flush | None = None) -> None:
-        """Hold this turn's replies until ``flush`` (if given, once per turn) has run."""
+        """Hold replies until ``flush`` (if given, once per turn) has written and its
+        descriptors are synced."""
         if not self.pending:
             self.pending = True
-            self._schedule(self.commit)
+            self.holding = True
+            if self._syncer is None or not self._syncer.busy:
+                self._schedule(self.commit)
+            # else: the end of the sync in flight commits (_synced)
         if flush is not None and flush not in self._flushes:
             self._flushes.append(flush)
 
     def send(self, conn: Any, data: Wire) -> None:
-        """Write ``data`` to ``conn`` now, or after the pending commit."""
-        if self.pending:
+        """Write ``data`` to ``conn`` now, or after the pending commit and sync."""
+        if self.holding:
             self._held.append((conn, data))
         else:
             conn.write(data)
 
     def commit(self) -> None:
-        """Run the turn's flushes, then send what they held back."""
+        """Run the turn's flushes; send what they held back once their syncs are done."""
+        if not self.pending or (self._syncer is not None and self._syncer.busy):
+            return  # done early (commit_now), or the end of the sync in flight commits
         flushes, self._flushes = self._flushes, []
         self.pending = False
         started = perf_counter()
-        self._run(flushes)
+        syncer = self._syncer
+        if syncer is None:
+            self._run(flushes)
+            fds: list[int] = []
+        else:
+            fds = write_or_exit(flushes)
         self.count += 1
         self.seconds += perf_counter() - started
+        self.group_replies += len(self._held)
+        if fds and syncer is not None:
+            self._syncing, self._held = self._held, []
+            syncer.start(fds)
+        else:
+            self._release()
+
+    def _release(self) -> None:
         held, self._held = self._held, []
+        self.holding = False
         for conn, data in held:
             conn.write(data)
 
-    def commit_now(self) -> None:
-        """Finish the turn's commit early, before state leaves (a slot released, a stop)."""
+    def _synced(self, error: int) -> None:
+        """The sync in flight ended: its replies go out (or, if it failed, none ever)."""
+        if error:
+            why = "the syncer is gone" if error == GONE else \
+                f"fdatasync: {os.strerror(error)} ({errno.errorcode.get(error, error)})"
+            exit_unacknowledged(why)
+        syncing, self._syncing = self._syncing, []
+        for conn, data in syncing:
+            conn.write(data)
         if self.pending:
-            self.commit()
+            self.commit()  # the writes made meanwhile: the next sync starts now
+        else:
+            self._release()  # replies made meanwhile, with no write after them
+
+    def stats(self) -> dict[str, float]:
+        """For ``kernel.stats``: commits, the loop's time in them, replies they held;
+        with a syncer, its syncs, their wall time and the journals they synced."""
+        syncer = self._syncer
+        return {
+            "group_commits": self.count, "group_commit_seconds": self.seconds,
+            "group_commit_replies": self.group_replies,
+            "syncs_behind": syncer.syncs if syncer else 0,
+            "sync_behind_seconds": syncer.sync_seconds if syncer else 0.0,
+            "sync_behind_fds": syncer.sync_fds if syncer else 0,
+        }
+
+    def close(self) -> None:
+        """Finish every commit, then end the syncer (if any) and reap it."""
+        self.commit_now()
+        if self._syncer is not None:
+            self._syncer.close()
+            self._syncer = None
+
+    def commit_now(self) -> None:
+        """Finish every commit and sync early, before state leaves (a slot released, a
+        stop): blocks until the replies they held are sent."""
+        syncer = self._syncer
+        while self.pending or (syncer is not None and syncer.busy):
+            if syncer is not None and syncer.busy:
+                syncer.wait()
+            else:
+                self.commit()

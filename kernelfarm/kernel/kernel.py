@@ -424,6 +424,7 @@ class Kernel:
         self._commit_now()
         for subsystem in reversed(self.subsystems):
             subsystem.close()
+        self.group_commit.close()  # its syncer, if it has one
 
     # -- core methods --------------------------------------------------------------------
 
@@ -462,8 +463,7 @@ class Kernel:
             "errors": sum(self.errors.values()),
             "errors_by_code": dict(self.errors),
             "redirected": self.redirected,
-            "group_commits": self.group_commit.count,
-            "group_commit_seconds": self.group_commit.seconds,
+            **self.group_commit.stats(),
             "fds": fds,
             **self.meter.snapshot(),
             "cpu_user": cpu.user,

@@ -67,7 +67,7 @@ class LockedKernel(Kernel):
         self.provider = provider
         self._local = threading.local()
         self._main_loop = loop
-        self._flush_callables: list[Callable[[], None]] = []
+        self._flush_callables: list[Flush] = []
         self._flush_prefixes: set[str] = set()
         self._homes: dict[str, asyncio.AbstractEventLoop] = {}
         self._conn_proxies: dict[int, HomeConnection] = {}

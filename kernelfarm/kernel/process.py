@@ -39,6 +39,7 @@ from kernelfarm.boot import (
 from kernelfarm.config import Config
 from kernelfarm.errors import to_wire
 from kernelfarm.kernel.kernel import Kernel
+from kernelfarm.kernel.syncer import Syncer
 from kernelfarm.net.subsystem import NetSubsystem
 from kernelfarm.rpc.meter import Usage
 from kernelfarm.rpc.protocol import Wire, make_unpacker
@@ -225,12 +226,15 @@ def pin(boot: BootInfo) -> None:
 
 async def serve(boot: BootInfo, config: Config, control: socket.socket,
                 listen: socket.socket, handoff: socket.socket | None = None,
-                early: bytes = b"") -> int:
+                early: bytes = b"", syncer: Syncer | None = None) -> int:
     """Run the kernel until told to stop; ``early``: control bytes read with the boot
-    notification (:func:`read_boot`), served first."""
+    notification (:func:`read_boot`), served first; ``syncer``: the child its group
+    commit syncs in (sync-behind; ``None``: inline)."""
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     kernel = make_kernel(boot, config, loop)
+    if syncer is not None:
+        kernel.group_commit.sync_behind(syncer, loop)
     kernel.data_dir.mkdir(parents=True, exist_ok=True)
     hold_data_dir(kernel.data_dir)
     admin = AdminService(kernel, stop)
@@ -297,12 +301,15 @@ def main(argv: list[str] | None = None) -> int:
             raise RuntimeError("the supervisor died before boot")
         pin(boot)
         config = fit_descriptors(Config.from_dict(boot.config))
+        # One loop, one group commit: its fdatasyncs run behind the loop, in a child
+        # forked now, before the loop exists (the locked baseline's threads sync inline).
+        syncer = Syncer.fork() if boot.mode != "locked" or boot.threads == 1 else None
     except Exception as exc:
         log.error("boot failed: %s", exc)
         return EXIT_BOOT_FAILED
     started = time.monotonic()
     try:
-        return uvloop.run(serve(boot, config, control, listen, handoff, early))
+        return uvloop.run(serve(boot, config, control, listen, handoff, early, syncer))
     except Exception:
         # The supervisor knows whether we reported ready, so it tells a failed boot from
         # a crash by itself.

@@ -115,14 +115,16 @@ class KernelContext(Protocol):
 
     def owns(self, slot: int) -> bool: ...
 
-    def request_flush(self, flush: Callable[[], None]) -> None:
-        """Group commit: hold every reply of this loop turn until ``flush`` has run.
+    def request_flush(self, flush: Callable[[], Sequence[int]]) -> None:
+        """Group commit: hold every reply of this loop turn until ``flush`` has run and
+        the descriptors it returns are synced (``fdatasync``).
 
         A subsystem that appended to a journal calls this; the kernel calls each flush
-        callable once after the turn's requests were handled (one fsync for all of them),
-        then sends the held replies.  A flush that raises is fatal: the kernel exits
-        without sending them (:mod:`kernelfarm.kernel.commit`), so a write is never
-        acknowledged that was not made durable, and recovers from its journal.
+        callable once after the turn's requests were handled, syncs what they name (one
+        fsync for all of them, inline or in its syncer), then sends the held replies.
+        A flush that raises is fatal: the kernel exits without sending them
+        (:mod:`kernelfarm.kernel.commit`), so a write is never acknowledged that was not
+        made durable, and recovers from its journal.
         """
         ...
 

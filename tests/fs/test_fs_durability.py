@@ -112,10 +112,13 @@ def test_a_torn_last_record_is_cut_and_everything_before_it_kept(tmp_path: Path,
         kernel.close()
 
 
-def test_records_end_where_the_preallocated_zeros_begin(tmp_path: Path) -> None:
-    """An fsync-always journal is zero-filled ahead of its log; loading finds the end
-    of the log there, keeps the zeros as room (no cut) and appends into them."""
-    kernel = FakeKernel(tmp_path, fsync="always")
+@pytest.mark.parametrize("fsync", ["always", "batch"])
+def test_records_end_where_the_preallocated_zeros_begin(tmp_path: Path, fsync: str) -> None:
+    """A journal that will be fsynced (now or by the batch timer) is zero-filled ahead of
+    its log; loading finds the end of the log there, keeps the zeros as room (no cut)
+    and appends into them."""
+    loop = asyncio.new_event_loop()  # for the batch timer (it never runs: closes sync)
+    kernel = FakeKernel(tmp_path, loop, fsync=fsync)
     kernel.api.mkdir("/v")
     kernel.api.write_file("/v/f", b"first")
     journal = journal_of(tmp_path, "v")
@@ -130,6 +133,16 @@ def test_records_end_where_the_preallocated_zeros_begin(tmp_path: Path) -> None:
     kernel.start()
     assert kernel.api.read_file("/v/f") == b"first"
     assert kernel.api.read_file("/v/g") == b"second"
+    kernel.close()
+    loop.close()
+
+
+def test_a_journal_never_fsynced_keeps_no_room(tmp_path: Path) -> None:
+    """Under ``fsync = "never"`` zeros ahead of the log would only cost writes."""
+    kernel = FakeKernel(tmp_path, fsync="never")
+    kernel.api.mkdir("/v")
+    kernel.api.write_file("/v/f", b"first")
+    assert journal_of(tmp_path, "v").stat().st_size == journal_end(kernel, "v")
     kernel.close()
 
 

@@ -4,15 +4,20 @@ before it.  A failed flush is fatal in both kernels: they exit without replying.
 
 from __future__ import annotations
 
+import asyncio
+import os
 import subprocess
 import sys
 import textwrap
 from pathlib import Path
+from typing import Callable
 
 import pytest
 
+from farmctl import gone
 from kernelfarm.boot import EXIT_FLUSH_FAILED
 from kernelfarm.kernel.commit import GroupCommit
+from kernelfarm.kernel.syncer import Syncer
 
 
 class Conn:
@@ -29,7 +34,10 @@ def test_replies_wait_for_one_flush_per_turn() -> None:
     commits = GroupCommit(scheduled.append)
     conn = Conn()
     commits.send(conn, b"before")  # nothing pending: straight out
-    flush = lambda: flushed.append("fsync")  # noqa: E731 - one name for two requests
+    def flush() -> list[int]:  # one callable for two requests
+        flushed.append("fsync")
+        return []
+
     commits.request(flush)
     commits.request(flush)
     commits.send(conn, b"held")
@@ -89,3 +97,49 @@ def test_a_failed_flush_exits_without_replying(tmp_path: Path, mode: str, when: 
     done = subprocess.run([sys.executable, "-c", script, mode, when], capture_output=True,
                           text=True, timeout=60)
     assert (done.returncode, done.stdout) == (EXIT_FLUSH_FAILED, ""), done.stderr
+
+
+async def until(predicate: Callable[[], bool], what: str) -> None:
+    deadline = asyncio.get_running_loop().time() + 30
+    while not predicate():
+        assert asyncio.get_running_loop().time() < deadline, f"timed out waiting for {what}"
+        await asyncio.sleep(0.001)
+
+
+@pytest.mark.asyncio
+async def test_behind_each_group_waits_for_a_sync_that_began_after_its_write(
+        tmp_path: Path) -> None:
+    """Sync behind: the loop goes on while the syncer child syncs; replies of the writes
+    made meanwhile, and of a read, wait for the next sync, begun after those writes."""
+    loop = asyncio.get_running_loop()
+    commits = GroupCommit(loop.call_soon)
+    syncer = Syncer.fork()
+    commits.sync_behind(syncer, loop)
+    fd = os.open(tmp_path / "journal", os.O_WRONLY | os.O_CREAT, 0o600)
+    writes: list[int] = []  # syncs finished when each group was written
+
+    def flush() -> list[int]:
+        writes.append(syncer.syncs)
+        os.write(fd, b"record")
+        return [fd]
+
+    conn = Conn()
+    try:
+        commits.request(flush)
+        commits.send(conn, b"first")
+        await asyncio.sleep(0)  # the turn ends: the commit writes and starts the sync
+        assert (writes, syncer.busy, conn.sent) == ([0], True, [])
+        commits.request(flush)  # a write while it syncs: its commit waits for the sync
+        commits.send(conn, b"second")
+        commits.send(conn, b"a read")
+        await until(lambda: conn.sent != [], "the first sync")
+        assert conn.sent == [b"first"] and writes == [0, 1] and syncer.busy
+        await until(lambda: not syncer.busy, "the second sync")
+        assert conn.sent == [b"first", b"second", b"a read"]
+        commits.send(conn, b"nothing pending")
+        assert conn.sent[-1] == b"nothing pending"
+        assert commits.stats()["syncs_behind"] == 2
+    finally:
+        commits.close()
+        os.close(fd)
+    assert gone(syncer.pid)

@@ -21,9 +21,12 @@ time changes pass straight through (recovery does not rely on them).
 
 The control socket CONTROL takes one line per connection and answers one line:
 ``freeze`` (the power goes: every call fails with EIO), ``cut`` (drop everything not
-durable, and power comes back), ``fail-fsync on|off``, ``capacity BYTES|none``,
-``stats`` (JSON).  Every FUSE handler here runs to completion without awaiting, so a
-command never interleaves with a half-done operation.
+durable, and power comes back), ``fail-fsync on|off``, ``hold-fsync on|off|next`` (file
+fsyncs wait until it is turned off, or ``next`` lets those waiting go and holds the
+later ones: a slow disk, for ordering tests), ``capacity
+BYTES|none``, ``stats`` (JSON).  Every FUSE handler here but a held fsync runs to
+completion without awaiting, so a command never interleaves with a half-done operation
+(a held fsync does its work after the wait, as if it had just arrived).
 """
 
 from __future__ import annotations
@@ -141,7 +144,8 @@ class PowerCutFS(pyfuse3.Operations):
         self.capacity: int | None = None
         self.used = 0
         self.counts = {"cuts": 0, "writes_dropped": 0, "changes_undone": 0, "fsyncs": 0,
-                       "eio": 0, "enospc": 0}
+                       "eio": 0, "enospc": 0, "fsyncs_held": 0}
+        self.hold: trio.Event | None = None  # set: file fsyncs wait until it is released
         self.used = self._measure()
 
     # -- inodes ------------------------------------------------------------------------------
@@ -342,6 +346,10 @@ class PowerCutFS(pyfuse3.Operations):
 
     async def fsync(self, fh: int, datasync: bool) -> None:
         self._power()
+        if self.hold is not None:  # a slow disk, on command: the caller waits here
+            self.counts["fsyncs_held"] += 1
+            await self.hold.wait()
+            self._power()
         if self.fail_fsync:
             self.counts["eio"] += 1
             raise fail(errno.EIO)
@@ -515,12 +523,16 @@ class PowerCutFS(pyfuse3.Operations):
         return b"g%d" % next(self.graves)
 
     def _purge(self, grave: bytes) -> None:
+        """Delete a parked entry: a tree, or anything else (a unix socket too, which
+        ``rmtree`` would try to open: ENXIO)."""
         try:
-            shutil.rmtree(grave, dir_fd=self.grave_fd)
-        except NotADirectoryError:
-            os.unlink(grave, dir_fd=self.grave_fd)
+            st = os.stat(grave, dir_fd=self.grave_fd, follow_symlinks=False)
         except FileNotFoundError:
-            pass
+            return
+        if statmod.S_ISDIR(st.st_mode):
+            shutil.rmtree(grave, dir_fd=self.grave_fd)
+        else:
+            os.unlink(grave, dir_fd=self.grave_fd)
 
     def _log_created(self, parent_inode: int, name: bytes, ino: int) -> None:
         parent = os.dup(self._node(parent_inode).fd)
@@ -584,6 +596,11 @@ class PowerCutFS(pyfuse3.Operations):
                     pass
         return total
 
+    def _release_held(self) -> None:
+        hold, self.hold = self.hold, None
+        if hold is not None:
+            hold.set()
+
     def command(self, line: str) -> str:
         words = line.split()
         if words == ["cut"]:
@@ -591,6 +608,13 @@ class PowerCutFS(pyfuse3.Operations):
             self.frozen = False
         elif words == ["freeze"]:
             self.frozen = True
+            self._release_held()  # they fail: the power is gone
+        elif words[:1] == ["hold-fsync"] and len(words) == 2 \
+                and words[1] in ("on", "off", "next"):
+            if words[1] != "on":
+                self._release_held()
+            if words[1] != "off":
+                self.hold = self.hold or trio.Event()
         elif words[:1] == ["fail-fsync"] and len(words) == 2 and words[1] in ("on", "off"):
             self.fail_fsync = words[1] == "on"
         elif words[:1] == ["capacity"] and len(words) == 2:
@@ -637,6 +661,7 @@ async def run(fs: PowerCutFS, control: str) -> None:
         async def stop_on_signal() -> None:
             with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
                 async for _ in signals:
+                    fs._release_held()  # a held fsync would keep the mount busy
                     pyfuse3.terminate()
                     return
 

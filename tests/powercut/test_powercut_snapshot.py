@@ -41,6 +41,8 @@ def snapshot_child(kernel: psutil.Process) -> psutil.Process | None:
     written now (or its writer finished before it could be held)."""
     for child in kernel.children():
         try:
+            if child.name() == "kf-syncer":  # the kernel's other child: its fdatasyncs
+                continue
             child.suspend()
             if child.status() == psutil.STATUS_STOPPED:
                 return child

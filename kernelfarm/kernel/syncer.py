@@ -1,0 +1,184 @@
+"""Sync-behind: a kernel's ``fdatasync`` runs in a child process while its loop serves on.
+
+A kernel with ``fsync = "always"`` used to call ``fdatasync`` on its loop at the end of
+every turn: about 100 us on a quiet ext4 (milliseconds on a busy disk) in which the
+kernel could do nothing else.  Measured under ``benchmarks/peers.py``'s write_file, the
+kernel's core was busy 12-14% of the time at load 8 -- the rest it waited on the disk.
+A thread would overlap the wait, but the fast path starts no thread; so each unicpu
+kernel forks one small syncer at boot, before its loop exists.  The group commit
+(:mod:`kernelfarm.kernel.commit`) sends it the journals' descriptors of a written group
+(``SCM_RIGHTS``: the child gets the same open files, so the write errors the kernel's
+descriptors would see are the ones it sees), the child runs ``fdatasync`` on them and answers
+with the first errno (0: all synced).  Meanwhile the loop decodes, applies and journals
+the next requests; their replies wait for the next sync, which starts after they were
+written -- one sync in flight per kernel.
+
+The syncer never outlives its kernel: ``PR_SET_PDEATHSIG`` kills it when the kernel dies,
+and EOF on its socket ends it when the kernel closes it.  A syncer that dies is a kernel
+that can no longer promise durability (did its last ``fdatasync`` see an error?): the
+group commit is told (:data:`GONE`) and the kernel exits as after a failed fsync, and the
+supervisor restarts it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ctypes
+import gc
+import logging
+import os
+import select
+import signal
+import socket
+import struct
+from time import perf_counter
+from typing import Callable, Sequence
+
+log = logging.getLogger(__name__)
+
+REQUEST = struct.Struct("<I")
+"""A sync request: how many descriptors came with it (they travel as ``SCM_RIGHTS``)."""
+ANSWER = struct.Struct("<I")
+"""The answer: 0 when every descriptor was synced, else the first errno."""
+MAX_FDS = 250
+"""Descriptors per request (Linux takes at most 253 in one ``SCM_RIGHTS`` message)."""
+PR_SET_PDEATHSIG, PR_SET_NAME = 1, 15
+NAME = b"kf-syncer"
+GONE = -1
+"""What ``on_done`` is told when the syncer died (EOF or a broken answer)."""
+
+
+def _serve(sock: socket.socket) -> None:
+    """The child: ``fdatasync`` each request's descriptors, answer, until EOF."""
+    while True:
+        data, fds, _flags, _addr = socket.recv_fds(sock, REQUEST.size, MAX_FDS)
+        if not data:
+            return
+        error = 0
+        for fd in fds:
+            try:
+                os.fdatasync(fd)
+            except OSError as exc:
+                error = error or exc.errno or 5
+            finally:
+                os.close(fd)
+        sock.send(ANSWER.pack(error))
+
+
+def _child(sock: socket.socket, parent: int) -> None:
+    """Set up the forked child: no descriptor but its socket, dies with the kernel."""
+    try:
+        gc.disable()  # nothing it allocates cycles; pages stay shared with the kernel
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+        libc.prctl(PR_SET_NAME, ctypes.c_char_p(NAME), 0, 0, 0)
+        if os.getppid() != parent:  # the kernel died before PDEATHSIG was set
+            return
+        keep = sock.fileno()
+        os.closerange(3, keep)
+        os.closerange(keep + 1, 1 << 20)
+        _serve(sock)
+    except BaseException:  # noqa: BLE001 - a child never returns into the kernel's code
+        pass
+
+
+class Syncer:
+    """The kernel's side of its syncer: start a sync, learn on the loop when it ended.
+
+    ``on_done(errno)`` is called from the loop (``add_reader``) when the sync in flight
+    ended; ``errno`` is 0 when every descriptor was synced, :data:`GONE` if the syncer
+    died.
+    """
+
+    def __init__(self, pid: int, sock: socket.socket) -> None:
+        self.pid = pid
+        self._sock = sock
+        self._on_done: Callable[[int], None] = lambda error: None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._waiting = 0  # requests sent and not answered
+        self._error = 0
+        self._started = 0.0
+        self.syncs = 0
+        """Syncs finished (each one or more journals made durable in the child)."""
+        self.sync_fds = 0
+        """Descriptors synced over all of them."""
+        self.sync_seconds = 0.0
+        """Wall time from sending each sync to its answer (the kernel served meanwhile)."""
+
+    @classmethod
+    def fork(cls) -> Syncer:
+        """Fork the syncer.  Call before the event loop exists (nothing of it is copied
+        into the child, which only runs :func:`_serve`)."""
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        parent = os.getpid()
+        pid = os.fork()
+        if pid == 0:  # pragma: no cover - the child (its coverage is the tests' syncs)
+            ours.close()
+            _child(theirs, parent)
+            os._exit(0)
+        theirs.close()
+        return cls(pid, ours)
+
+    @property
+    def busy(self) -> bool:
+        return self._waiting > 0
+
+    def watch(self, loop: asyncio.AbstractEventLoop, on_done: Callable[[int], None]) -> None:
+        """Report each finished sync to ``on_done``, from ``loop``'s reader callback."""
+        self._on_done = on_done
+        self._loop = loop
+        loop.add_reader(self._sock, self._answered)
+
+    def start(self, fds: Sequence[int]) -> None:
+        """Send ``fds`` to be synced (the child gets its own references: the caller may
+        close its descriptors as soon as this returns)."""
+        for at in range(0, len(fds), MAX_FDS):
+            chunk = list(fds[at:at + MAX_FDS])
+            socket.send_fds(self._sock, [REQUEST.pack(len(chunk))], chunk)
+            self._waiting += 1
+        self._error = 0
+        self._started = perf_counter()
+        self.sync_fds += len(fds)
+
+    def _answered(self) -> None:
+        """One answer from the child; the sync ends with the last answer of its requests."""
+        try:
+            data = self._sock.recv(ANSWER.size)
+        except BlockingIOError:
+            return  # the loop saw an answer that wait() has read since
+        except OSError as exc:
+            data = b""
+            log.critical("reading the syncer's answer failed: %s", exc)
+        if len(data) != ANSWER.size:
+            self._waiting = 0
+            self._on_done(GONE)
+            return
+        (error,) = ANSWER.unpack(data)
+        self._error = self._error or error
+        self._waiting -= 1
+        if self._waiting == 0:
+            self.syncs += 1
+            self.sync_seconds += perf_counter() - self._started
+            self._on_done(self._error)
+
+    def wait(self) -> None:
+        """Block until the sync in flight has ended (reported to ``on_done`` as usual):
+        for a commit that must finish now, before state leaves the kernel."""
+        while self._waiting:
+            select.select([self._sock], [], [])
+            self._answered()
+
+    def close(self) -> None:
+        """End the child and reap it, once the last sync has ended.  Killed, not only
+        told by EOF: a snapshot child forked meanwhile may hold a copy of the socket."""
+        if self._loop is not None and not self._loop.is_closed():
+            self._loop.remove_reader(self._sock)
+        self._loop = None
+        self._sock.close()
+        try:
+            os.kill(self.pid, signal.SIGKILL)
+            os.waitpid(self.pid, 0)
+        except (ProcessLookupError, ChildProcessError):
+            pass  # already gone and reaped
