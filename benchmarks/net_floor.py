@@ -11,7 +11,9 @@ kernel (issue 14's goal is <= 8 us of kernel CPU per round trip):
     floor-transport uvloop's C transports (``Protocol.data_received`` -> ``write``): the
                     same system calls driven from C, the least Python can pay
     kernel          one kernel (``serve --kernels 1``), the load generator's net-echo
-                    (``net.send`` + ``net.recv``, :mod:`benchmarks.peers`'s shape)
+                    (``net.send`` + ``net.recv``, :mod:`benchmarks.peers`'s shape); its row
+                    says which modules it ran compiled (``KERNELFARM_ACCEL=1`` with
+                    ``.accel`` first on ``PYTHONPATH``, as ``./kf`` sets them), none if pure
 
 Every row has the same number of sockets open to the same host byte echo, one round trip
 in flight each; the server (floor process or kernel) is pinned to ``--server-core``, the
@@ -151,7 +153,8 @@ def kernel_row(farm: Any, peer: Any, kernel: psutil.Process,
     trips = max(result.ops // per, 1)
     user = (times[1].user - times[0].user) / trips * 1e6
     system = (times[1].system - times[0].system) / trips * 1e6
-    return {"name": "kernel", "round_trips": trips,
+    return {"name": "kernel", "compiled": farm.call("kernel.stats")["compiled"],
+            "round_trips": trips,
             "round_trips_per_s": result.ops_per_s / per, "user_us": user,
             "system_us": system, "cpu_us": user + system, "errors": result.errors}
 
@@ -201,6 +204,7 @@ def main(argv: list[str] | None = None) -> int:
                           f"{row['user_us']:.2f}", f"{row['system_us']:.2f}",
                           f"{row['cpu_us']:.2f}", f"{row['vs_floor_sock']:.2f}")
     Console(width=120).print(table)
+    print(f"kernel ran compiled: {', '.join(rounds[0][-1]['compiled']) or 'nothing (pure)'}")
     write_raw(args.out, "net_floor", {"rounds": rounds}, host=host, args=args,
               internal=("child", "port"))
     return 0
