@@ -8,13 +8,14 @@ subsystem buffered and returns the descriptors that must be synced before the
 turn's replies may go (one sync for all the turn's writes).  Where they are synced:
 
 - inline (the default): the commit syncs them itself, then writes the held replies;
-- behind (:meth:`GroupCommit.sync_behind`, a unicpu kernel): a syncer child does
-  (:mod:`kernelfarm.kernel.syncer`) while the loop serves on.  The replies held so far
-  go out when that sync has ended.  Later turns' flushes wait until then: the next
-  sync starts when the last one ended, after their writes, so it covers them -- a sync
-  that was already running when a record was written may not have, and never
-  acknowledges it.  Replies made while a sync runs (reads too: they may show what it
-  is making durable) wait for it, or for the next one if a write came after them.
+- behind (:meth:`GroupCommit.sync_behind`, a unicpu kernel): the commit sends them to
+  a syncer child (:mod:`kernelfarm.kernel.syncer`) and the loop serves on; the turn's
+  replies go out when the child answers for that group.  Every turn's group is sent as
+  soon as it is written, behind those still syncing: the child reads a group's request
+  only after it was sent, so after its write, and syncs it after reading it -- never
+  with an ``fdatasync`` that was already running when the record was written.  Groups
+  are answered in order.  Replies made while groups are syncing (reads too: they may
+  show what is being made durable) wait for the last group sent before them.
 
 A flush or sync that fails is fatal (:func:`exit_unacknowledged`): after a failed fsync
 the page cache may already have dropped the data, so the kernel exits without replying
@@ -29,6 +30,7 @@ from __future__ import annotations
 import errno
 import logging
 import os
+from collections import deque
 from time import perf_counter
 from typing import Any, Callable, NoReturn, Sequence
 
@@ -96,13 +98,13 @@ class GroupCommit:
         self._run = run
         self._flushes: list[Flush] = []
         self._held: list[tuple[Any, Wire]] = []
-        self._syncing: list[tuple[Any, Wire]] = []
-        """Behind: the replies that wait for the sync in flight."""
+        self._syncing: deque[list[tuple[Any, Wire]]] = deque()
+        """Behind: the replies of each group the syncer has not answered, oldest first."""
         self._syncer: Syncer | None = None
         self.pending = False
         """True from the first request of a turn until its commit has written."""
         self.holding = False
-        """True while replies are held: a commit pending or a sync in flight."""
+        """True while replies are held: a commit pending or groups syncing."""
         self.count = 0
         """Commits run (each one flush per volume written in its turn)."""
         self.seconds = 0.0
@@ -121,14 +123,12 @@ class GroupCommit:
         if not self.pending:
             self.pending = True
             self.holding = True
-            if self._syncer is None or not self._syncer.busy:
-                self._schedule(self.commit)
-            # else: the end of the sync in flight commits (_synced)
+            self._schedule(self.commit)
         if flush is not None and flush not in self._flushes:
             self._flushes.append(flush)
 
     def send(self, conn: Any, data: Wire) -> None:
-        """Write ``data`` to ``conn`` now, or after the pending commit and sync."""
+        """Write ``data`` to ``conn`` now, or after the pending commit and syncs."""
         if self.holding:
             self._held.append((conn, data))
         else:
@@ -136,8 +136,8 @@ class GroupCommit:
 
     def commit(self) -> None:
         """Run the turn's flushes; send what they held back once their syncs are done."""
-        if not self.pending or (self._syncer is not None and self._syncer.busy):
-            return  # done early (commit_now), or the end of the sync in flight commits
+        if not self.pending:
+            return  # done early (commit_now)
         flushes, self._flushes = self._flushes, []
         self.pending = False
         started = perf_counter()
@@ -151,10 +151,13 @@ class GroupCommit:
         self.seconds += perf_counter() - started
         self.group_replies += len(self._held)
         if fds and syncer is not None:
-            self._syncing, self._held = self._held, []
+            self._syncing.append(self._held)
+            self._held = []
             syncer.start(fds)
-        else:
+        elif not self._syncing:
             self._release()
+        # else: nothing of its own to sync, but groups sent before are syncing: its
+        # replies wait for the last of them (_synced)
 
     def _release(self) -> None:
         held, self._held = self._held, []
@@ -163,17 +166,14 @@ class GroupCommit:
             conn.write(data)
 
     def _synced(self, error: int) -> None:
-        """The sync in flight ended: its replies go out (or, if it failed, none ever)."""
+        """The oldest group is synced: its replies go out (or, if it failed, none ever)."""
         if error:
             why = "the syncer is gone" if error == GONE else \
                 f"fdatasync: {os.strerror(error)} ({errno.errorcode.get(error, error)})"
             exit_unacknowledged(why)
-        syncing, self._syncing = self._syncing, []
-        for conn, data in syncing:
+        for conn, data in self._syncing.popleft():
             conn.write(data)
-        if self.pending:
-            self.commit()  # the writes made meanwhile: the next sync starts now
-        else:
+        if not self._syncing and not self.pending:
             self._release()  # replies made meanwhile, with no write after them
 
     def stats(self) -> dict[str, float]:
@@ -198,9 +198,6 @@ class GroupCommit:
     def commit_now(self) -> None:
         """Finish every commit and sync early, before state leaves (a slot released, a
         stop): blocks until the replies they held are sent."""
-        syncer = self._syncer
-        while self.pending or (syncer is not None and syncer.busy):
-            if syncer is not None and syncer.busy:
-                syncer.wait()
-            else:
-                self.commit()
+        self.commit()
+        if self._syncer is not None:
+            self._syncer.wait()

@@ -10,8 +10,11 @@ kernel forks one small syncer at boot, before its loop exists.  The group commit
 (``SCM_RIGHTS``: the child gets the same open files, so the write errors the kernel's
 descriptors would see are the ones it sees), the child runs ``fdatasync`` on them and answers
 with the first errno (0: all synced).  Meanwhile the loop decodes, applies and journals
-the next requests; their replies wait for the next sync, which starts after they were
-written -- one sync in flight per kernel.
+the next requests and sends their group too, without waiting: requests queue in the
+socket.  The child takes every request waiting when it is free, syncs each file they name
+once (a request read before the ``fdatasync`` began was sent after its group's write, so
+the sync covers it), and answers each; the disk never waits for the kernel's loop to come
+round.
 
 The syncer never outlives its kernel: ``PR_SET_PDEATHSIG`` kills it when the kernel dies,
 and EOF on its socket ends it when the kernel closes it.  A syncer that dies is a kernel
@@ -22,6 +25,7 @@ supervisor restarts it.
 
 from __future__ import annotations
 
+import array
 import asyncio
 import ctypes
 import gc
@@ -31,6 +35,7 @@ import select
 import signal
 import socket
 import struct
+from collections import deque
 from time import perf_counter
 from typing import Callable, Sequence
 
@@ -39,30 +44,65 @@ log = logging.getLogger(__name__)
 REQUEST = struct.Struct("<I")
 """A sync request: how many descriptors came with it (they travel as ``SCM_RIGHTS``)."""
 ANSWER = struct.Struct("<I")
-"""The answer: 0 when every descriptor was synced, else the first errno."""
+"""The answer to one request: 0 when every descriptor was synced, else the first errno
+(one message carries the answers of every request synced together, in order)."""
 MAX_FDS = 250
 """Descriptors per request (Linux takes at most 253 in one ``SCM_RIGHTS`` message)."""
+MAX_BATCH = 4096
+"""Requests the child syncs together at most (their answers make one message)."""
 PR_SET_PDEATHSIG, PR_SET_NAME = 1, 15
 NAME = b"kf-syncer"
 GONE = -1
 """What ``on_done`` is told when the syncer died (EOF or a broken answer)."""
 
 
+def _take(sock: socket.socket, flags: int = 0) -> list[int] | None:
+    """One request's descriptors; ``None`` at EOF.  (``socket.recv_fds`` of Python 3.11
+    drops its ``flags``: MSG_DONTWAIT would block.)"""
+    fds = array.array("i")
+    data, ancdata, _flags, _addr = sock.recvmsg(
+        REQUEST.size, socket.CMSG_SPACE(MAX_FDS * fds.itemsize), flags)
+    for level, kind, payload in ancdata:
+        if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
+            fds.frombytes(payload[:len(payload) - len(payload) % fds.itemsize])
+    return list(fds) if data else None
+
+
 def _serve(sock: socket.socket) -> None:
-    """The child: ``fdatasync`` each request's descriptors, answer, until EOF."""
+    """The child: take every waiting request, ``fdatasync`` each file they name once,
+    answer each (its first errno, 0 if none), until EOF."""
     while True:
-        data, fds, _flags, _addr = socket.recv_fds(sock, REQUEST.size, MAX_FDS)
-        if not data:
+        first = _take(sock)
+        if first is None:
             return
-        error = 0
-        for fd in fds:
+        batch = [first]
+        while len(batch) < MAX_BATCH:
             try:
-                os.fdatasync(fd)
-            except OSError as exc:
-                error = error or exc.errno or 5
-            finally:
-                os.close(fd)
-        sock.send(ANSWER.pack(error))
+                more = _take(sock, socket.MSG_DONTWAIT)
+            except BlockingIOError:
+                break
+            if more is None:
+                return
+            batch.append(more)
+        results: dict[tuple[int, int], int] = {}  # file -> errno of its one fdatasync
+        answers = []
+        for fds in batch:
+            error = 0
+            for fd in fds:
+                try:
+                    st = os.fstat(fd)
+                    key = (st.st_dev, st.st_ino)
+                    if key not in results:
+                        try:
+                            os.fdatasync(fd)
+                            results[key] = 0
+                        except OSError as exc:
+                            results[key] = exc.errno or 5
+                    error = error or results[key]
+                finally:
+                    os.close(fd)
+            answers.append(error)
+        sock.send(b"".join(ANSWER.pack(error) for error in answers))
 
 
 def _child(sock: socket.socket, parent: int) -> None:
@@ -97,15 +137,15 @@ class Syncer:
         self._sock = sock
         self._on_done: Callable[[int], None] = lambda error: None
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._waiting = 0  # requests sent and not answered
-        self._error = 0
-        self._started = 0.0
+        self._groups: deque[list[float]] = deque()
+        """Groups sent and not answered, oldest first: [requests left, worst errno,
+        when sent]."""
         self.syncs = 0
-        """Syncs finished (each one or more journals made durable in the child)."""
+        """Groups synced (each one or more journals made durable in the child)."""
         self.sync_fds = 0
         """Descriptors synced over all of them."""
         self.sync_seconds = 0.0
-        """Wall time from sending each sync to its answer (the kernel served meanwhile)."""
+        """Wall time from sending each group to its answer (the kernel served meanwhile)."""
 
     @classmethod
     def fork(cls) -> Syncer:
@@ -123,50 +163,60 @@ class Syncer:
 
     @property
     def busy(self) -> bool:
-        return self._waiting > 0
+        """Whether a group sent is not answered yet."""
+        return bool(self._groups)
 
     def watch(self, loop: asyncio.AbstractEventLoop, on_done: Callable[[int], None]) -> None:
-        """Report each finished sync to ``on_done``, from ``loop``'s reader callback."""
+        """Report each synced group to ``on_done``, from ``loop``'s reader callback."""
         self._on_done = on_done
         self._loop = loop
         loop.add_reader(self._sock, self._answered)
 
     def start(self, fds: Sequence[int]) -> None:
-        """Send ``fds`` to be synced (the child gets its own references: the caller may
-        close its descriptors as soon as this returns)."""
+        """Send a group's ``fds`` to be synced, behind any group sent before (the child
+        gets its own references: the caller may close its descriptors at once)."""
+        requests = 0
         for at in range(0, len(fds), MAX_FDS):
             chunk = list(fds[at:at + MAX_FDS])
             socket.send_fds(self._sock, [REQUEST.pack(len(chunk))], chunk)
-            self._waiting += 1
-        self._error = 0
-        self._started = perf_counter()
+            requests += 1
+        self._groups.append([requests, 0, perf_counter()])
         self.sync_fds += len(fds)
 
     def _answered(self) -> None:
-        """One answer from the child; the sync ends with the last answer of its requests."""
-        try:
-            data = self._sock.recv(ANSWER.size)
-        except BlockingIOError:
-            return  # the loop saw an answer that wait() has read since
-        except OSError as exc:
-            data = b""
-            log.critical("reading the syncer's answer failed: %s", exc)
-        if len(data) != ANSWER.size:
-            self._waiting = 0
-            self._on_done(GONE)
-            return
-        (error,) = ANSWER.unpack(data)
-        self._error = self._error or error
-        self._waiting -= 1
-        if self._waiting == 0:
-            self.syncs += 1
-            self.sync_seconds += perf_counter() - self._started
-            self._on_done(self._error)
+        """Every answer the child has sent; each group ends with its last request's."""
+        while self._groups:
+            try:
+                data = self._sock.recv(ANSWER.size * MAX_BATCH, socket.MSG_DONTWAIT)
+            except BlockingIOError:
+                return  # nothing (more) to read: the loop or wait() took it already
+            except OSError as exc:
+                data = b""
+                log.critical("reading the syncer's answer failed: %s", exc)
+            if not data or len(data) % ANSWER.size:
+                self._groups.clear()
+                self._on_done(GONE)
+                return
+            for (error,) in ANSWER.iter_unpack(data):
+                group = self._groups[0]
+                group[0] -= 1
+                group[1] = group[1] or error
+                if group[0] == 0:
+                    self._groups.popleft()
+                    self.syncs += 1
+                    self.sync_seconds += perf_counter() - group[2]
+                    self._on_done(int(group[1]))
+        if not self._groups:  # idle: only EOF can be waiting (the syncer died)
+            try:
+                if self._sock.recv(1, socket.MSG_DONTWAIT | socket.MSG_PEEK) == b"":
+                    self._on_done(GONE)
+            except BlockingIOError:
+                pass
 
     def wait(self) -> None:
-        """Block until the sync in flight has ended (reported to ``on_done`` as usual):
-        for a commit that must finish now, before state leaves the kernel."""
-        while self._waiting:
+        """Block until every group sent is synced (each reported to ``on_done`` as
+        usual): for a commit that must finish now, before state leaves the kernel."""
+        while self._groups:
             select.select([self._sock], [], [])
             self._answered()
 

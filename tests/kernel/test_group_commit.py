@@ -107,37 +107,44 @@ async def until(predicate: Callable[[], bool], what: str) -> None:
 
 
 @pytest.mark.asyncio
-async def test_behind_each_group_waits_for_a_sync_that_began_after_its_write(
-        tmp_path: Path) -> None:
-    """Sync behind: the loop goes on while the syncer child syncs; replies of the writes
-    made meanwhile, and of a read, wait for the next sync, begun after those writes."""
+async def test_behind_each_groups_replies_wait_for_its_own_sync(tmp_path: Path) -> None:
+    """Sync behind: each turn's group is written and sent to the syncer child at once,
+    behind the groups still syncing; its replies leave only when the child has synced
+    it, in order, and a reply made while groups sync waits for the last of them."""
     loop = asyncio.get_running_loop()
     commits = GroupCommit(loop.call_soon)
     syncer = Syncer.fork()
     commits.sync_behind(syncer, loop)
     fd = os.open(tmp_path / "journal", os.O_WRONLY | os.O_CREAT, 0o600)
-    writes: list[int] = []  # syncs finished when each group was written
+    written: list[tuple[bytes, int]] = []  # each reply, and the groups synced by then
+
+    class Counting(Conn):
+        def write(self, data: bytes) -> None:
+            written.append((data, syncer.syncs))
 
     def flush() -> list[int]:
-        writes.append(syncer.syncs)
         os.write(fd, b"record")
         return [fd]
 
-    conn = Conn()
+    conn = Counting()
     try:
         commits.request(flush)
         commits.send(conn, b"first")
-        await asyncio.sleep(0)  # the turn ends: the commit writes and starts the sync
-        assert (writes, syncer.busy, conn.sent) == ([0], True, [])
-        commits.request(flush)  # a write while it syncs: its commit waits for the sync
+        await asyncio.sleep(0)  # the turn ends: its group is written and sent
+        assert written == [] and syncer.busy
+        commits.request(flush)
         commits.send(conn, b"second")
-        commits.send(conn, b"a read")
-        await until(lambda: conn.sent != [], "the first sync")
-        assert conn.sent == [b"first"] and writes == [0, 1] and syncer.busy
-        await until(lambda: not syncer.busy, "the second sync")
-        assert conn.sent == [b"first", b"second", b"a read"]
+        commits.send(conn, b"read in its turn")
+        await asyncio.sleep(0)  # sent behind the first, without waiting for it
+        assert commits.count == 2 and b"second" not in [data for data, _ in written]
+        commits.send(conn, b"read after it")  # no write since: waits for the last group
+        await until(lambda: not syncer.busy, "both syncs")
+        assert [data for data, _ in written] == [
+            b"first", b"second", b"read in its turn", b"read after it"]
+        synced_by_then = [synced for _, synced in written]
+        assert [s >= g for s, g in zip(synced_by_then, [1, 2, 2, 2], strict=True)] == [True] * 4
         commits.send(conn, b"nothing pending")
-        assert conn.sent[-1] == b"nothing pending"
+        assert written[-1][0] == b"nothing pending"
         assert commits.stats()["syncs_behind"] == 2
     finally:
         commits.close()

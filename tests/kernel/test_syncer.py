@@ -5,12 +5,16 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
+import threading
 from pathlib import Path
 
 import psutil
+import pytest
 
 from farmctl import Farm, gone, start_farm, wait_until
 from kernelfarm.boot import EXIT_FLUSH_FAILED
+from kernelfarm.kernel import syncer
 
 
 def syncer_of(kernel: psutil.Process) -> psutil.Process:
@@ -70,3 +74,39 @@ def test_a_dead_syncer_stops_its_kernel_loudly(tmp_path: Path) -> None:
         assert client.fs.read_file("/v/acked") == b"before"
         client.fs.write_file("/v/after", b"served again")
         assert client.fs.read_file("/v/after") == b"served again"
+
+
+def test_the_syncer_never_answers_a_request_with_a_sync_begun_before_it(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The child's rule, with a disk that holds the first fdatasync: a request that comes
+    while a sync runs is not answered by it, but by a sync of its own begun after."""
+    calls: list[int] = []
+    in_sync, go = threading.Event(), threading.Event()
+
+    def slow_fdatasync(fd: int) -> None:
+        calls.append(fd)
+        if len(calls) == 1:
+            in_sync.set()
+            assert go.wait(30)
+
+    monkeypatch.setattr(syncer.os, "fdatasync", slow_fdatasync)
+    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    child = threading.Thread(target=syncer._serve, args=(theirs,))  # the child's loop
+    child.start()
+    first = os.open(tmp_path / "first", os.O_WRONLY | os.O_CREAT, 0o600)
+    second = os.open(tmp_path / "second", os.O_WRONLY | os.O_CREAT, 0o600)
+    try:
+        socket.send_fds(ours, [syncer.REQUEST.pack(1)], [first])
+        assert in_sync.wait(30)
+        socket.send_fds(ours, [syncer.REQUEST.pack(1)], [second])  # during that sync
+        go.set()
+        assert ours.recv(64) == syncer.ANSWER.pack(0)  # the first alone
+        assert ours.recv(64) == syncer.ANSWER.pack(0)  # the second, after its own sync
+        assert len(calls) == 2
+    finally:
+        go.set()
+        ours.close()  # EOF: the child's loop ends
+        child.join(30)
+        theirs.close()
+        os.close(first)
+        os.close(second)

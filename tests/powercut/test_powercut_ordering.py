@@ -70,7 +70,10 @@ def test_an_ack_waits_for_the_fdatasync_that_covers_it(tmp_path: Path,
         # Its reply was made before its sync began: it must wait for the sync.
         assert nothing_comes(peer)
         # A write made while that sync is running is not covered by it: its reply
-        # waits for the next sync, which the disk holds in turn.
+        # waits for a sync of its own, which the disk holds in turn.  (Here its journal
+        # write itself waits for the held fsync -- FUSE locks the inode for an fsync --
+        # so the syncer's own rule, never answer a request with a sync begun before it
+        # came, is tested in tests/kernel/test_syncer.py.)
         write(peer, 2, "/v/second", b"two")
         assert nothing_comes(peer)
         held = counts(pc)["fsyncs_held"]
