@@ -20,9 +20,11 @@ known (given, or learned from the first that passed), the replies the server owe
 known byte stream (:mod:`kernelfarm.bench.replystream`).  A read equal to the stream's
 next bytes is one C comparison; the requests it releases are one slice, sent in one
 ``write()``; latencies are recorded per send batch.  Any other read (a reply out of
-order, an error, another result, a broken server) is parsed reply by reply, each reply
-compared by its bytes and decoded only when they differ, and the stream is laid out again
-from the new order (at once, or after some parsed replies when the order keeps changing).
+order, an error, another result, a broken server) is taken reply by reply: a reply that is
+its slot's expected bytes (its msgid sits at its third byte) costs one comparison, any
+other is decoded; then the stream is laid out again from the new order (at once, or after
+some replies taken one by one when the order keeps changing, as waiting ``net.recv``s make
+it).
 The process ends by itself after its window, and when its parent goes away (stdin closes)
 while it waits for ``go``.
 """
@@ -229,54 +231,62 @@ class LoadConnection(asyncio.Protocol):
 
     def _parse(self, data: bytes, now: int) -> None:
         """Reply by reply: a response, to a slot in flight, its error, and its result
-        against the expected one (its bytes first; decoded only when they differ)."""
+        against the expected one.  A reply that is its slot's expected bytes (the msgid of a
+        response sits at its third byte) is taken by one comparison; any other is decoded."""
         buffer = self._pending + data if self._pending else data
         if len(buffer) > MAX_BUFFER:
             self._broken()
             return
-        unpacker = msgpack.Unpacker(raw=False, max_buffer_size=MAX_BUFFER)
-        unpacker.feed(buffer)
-        header, unpack, skip, tell = (unpacker.read_array_header, unpacker.unpack,
-                                      unpacker.skip, unpacker.tell)
         requests, replies, positions = self._requests, self._replies, self._positions
-        order, sent = self._order, self._sent_ns
+        order, sent, depth = self._order, self._sent_ns, len(self._requests)
         stamps: list[int] = []
         out: list[bytes] = []
         released: list[int] = []
         """Slots whose next request leaves after this read: none can be answered in it."""
-        start = 0
+        unpacker: msgpack.Unpacker | None = None
+        base = 0
+        """Where ``unpacker``'s input starts in ``buffer``."""
+        start = matched = 0
+        size = len(buffer)
         try:
-            while True:
-                start = tell()
-                if header() != 4 or unpack() != 1:
-                    raise ValueError("not a response")
-                msgid, error = unpack(), unpack()
-                skip()
-                if type(msgid) is not int:
-                    raise ValueError("a msgid is an int")
-                order.remove(msgid)  # ValueError: no request of that slot is in flight
-                position = positions[msgid]
-                if error is not None:
-                    self._count_error(error)
+            while start < size:
+                msgid = buffer[start + 2] if size - start > 2 and buffer[start] == 0x94 \
+                    and buffer[start + 1] == 1 else depth
+                expected = replies[msgid][positions[msgid]] if msgid < depth else None
+                if expected is not None and buffer.startswith(expected, start):
+                    order.remove(msgid)  # ValueError: no request of that slot is in flight
+                    end = start + len(expected)
+                    matched += 1
+                    if unpacker is not None:
+                        unpacker.skip()
                 else:
-                    reply = buffer[start:tell()]
-                    if reply != replies[msgid][position]:
-                        self._check(msgid, position, reply)
+                    if expected is not None and size - start < len(expected) and \
+                            expected.startswith(buffer[start:]):
+                        break  # the expected reply, cut short by the read
+                    if unpacker is None:
+                        unpacker = msgpack.Unpacker(raw=False, max_buffer_size=MAX_BUFFER)
+                        unpacker.feed(memoryview(buffer)[start:])
+                        base = start
+                    msgid = self._decode(unpacker, buffer, base)
+                    end = base + unpacker.tell()
                 stamps.append(sent[msgid])
-                position = (position + 1) % len(requests[msgid])
+                position = (positions[msgid] + 1) % len(requests[msgid])
                 positions[msgid] = position
                 out.append(requests[msgid][position])
                 sent[msgid] = now
                 released.append(msgid)
+                start = end
         except msgpack.OutOfData:
-            self._pending = buffer[start:]
+            pass
         except (ValueError, TypeError, IndexError, msgpack.UnpackException):
             # Not a response this connection could have caused: the server is broken.
             self._broken()
             return
         finally:
+            self._pending = buffer[start:]
             order += released
             self.ops += len(stamps)
+            self.by_bytes += matched
             self._hold -= len(stamps)
             record = self._histogram.record
             highest = self._histogram.highest
@@ -286,6 +296,26 @@ class LoadConnection(asyncio.Protocol):
             assert self._transport is not None
             self._transport.write(b"".join(out))
         self._compare_from_here()
+
+    def _decode(self, unpacker: msgpack.Unpacker, buffer: bytes, base: int) -> int:
+        """Decode the next reply from ``unpacker`` (fed ``buffer`` from ``base``) and check
+        it; returns its msgid.  ValueError: not a response to a slot in flight."""
+        start = base + unpacker.tell()
+        if unpacker.read_array_header() != 4 or unpacker.unpack() != 1:
+            raise ValueError("not a response")
+        msgid, error = unpacker.unpack(), unpacker.unpack()
+        unpacker.skip()
+        if type(msgid) is not int:
+            raise ValueError("a msgid is an int")
+        self._order.remove(msgid)  # ValueError: no request of that slot is in flight
+        if error is not None:
+            self._count_error(error)
+        else:
+            position = self._positions[msgid]
+            reply = buffer[start:base + unpacker.tell()]
+            if reply != self._replies[msgid][position]:
+                self._check(msgid, position, reply)
+        return msgid
 
     def _check(self, slot: int, position: int, reply: bytes) -> None:
         """A reply without an error whose bytes differ from the expected ones: right if

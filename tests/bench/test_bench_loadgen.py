@@ -244,28 +244,44 @@ def test_a_wrong_result_is_an_error_even_amid_replies_compared_as_bytes() -> Non
         connection.data_received(data)
     assert connection.ops == 15
     assert connection.errors == {"EBADRESULT": 2}
-    assert connection.by_bytes == 6  # the rounds after a period parsed (see the backoff)
+    assert connection.by_bytes == 13  # all but the two wrong ones: their expected bytes
     assert connection.protocol_errors == 0
 
 
-def test_replies_out_of_order_are_parsed_then_compared_again_in_the_new_order() -> None:
+def test_replies_out_of_order_are_matched_one_by_one_then_compared_again_in_the_new_order(
+        ) -> None:
     connection, transport, histogram = expected_connection()
     connection.start()
     connection.data_received(response(2, b"xx") + response(0, b""))
     connection.data_received(response(1, b"x"))
     assert transport.written[1:] == [b"b2b0", b"b1"]
-    assert connection.by_bytes == 0
+    # Out of the laid-out order, yet each its slot's expected bytes: none decoded.
+    assert connection.by_bytes == 3 and connection._stream is None
     # The server now answers in the order the requests left: 2, 0, 1, round after round.
-    # The first stream lasted less than a period (6 replies), so 6 are parsed (the 3 above,
-    # then reads up to the 7th reply) before it is laid out again in the new order; the
-    # other 8 are compared.
+    # The first stream lasted less than a period (6 replies), so 6 are taken one by one
+    # (the 3 above, then reads up to the 7th reply) before the stream is laid out again
+    # in the new order; the other 8 are compared with it.
     stream = (response(2, 2) + response(0, 0) + response(1, 1)
               + response(2, b"xx") + response(0, b"") + response(1, b"x")) * 2
     for start in range(0, len(stream), 12):  # replies are 4..7 bytes: 3 at most a read
         connection.data_received(stream[start:start + 12])
-    assert connection.by_bytes == 8 and connection.ops == histogram.count == 15
+    assert connection.by_bytes == connection.ops == histogram.count == 15
+    assert connection._stream is not None
     assert b"".join(transport.written[3:]) == b"a2a0a1b2b0b1" * 2
     assert connection.errors == {} and connection.protocol_errors == 0
+
+
+def test_an_expected_reply_to_a_slot_not_in_flight_is_a_protocol_error() -> None:
+    """Matching a reply by its bytes still requires its slot to have a request in flight:
+    slot 0's reply twice in one read (its next request leaves after the read)."""
+    slots = [[b"a"], [b"b"]]
+    replies: list[list[bytes | None]] = [[response(0, 0)], [response(1, 1)]]
+    connection = LoadConnection(slots, Histogram(), lambda: None, replies)
+    transport = FakeTransport()
+    connection.connection_made(transport)  # type: ignore[arg-type]
+    connection.start()
+    connection.data_received(response(1, 1) + response(0, 0) + response(0, 0))
+    assert transport.aborted and connection.protocol_errors == 1
 
 
 def test_a_server_that_keeps_changing_the_order_is_parsed_not_laid_out_every_read(
