@@ -10,10 +10,10 @@ its own.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
-from kernelfarm.bench.loadgen import Address, Chain, ConnectionPlan
+from kernelfarm.bench.loadgen import Address, Chain, ConnectionPlan, deal
 from kernelfarm.bench.workloads import PreparedWorkload
 
 
@@ -65,6 +65,27 @@ def _apportion(weights: Mapping[Address, int], total: int) -> dict[Address, int]
     for address in by_remainder[:left]:
         shares[address] += 1
     return shares
+
+
+def load_cores(addresses: Sequence[Address], server_cores: Mapping[Address, int],
+               processes: int, busy: int, allowed: Sequence[int]) -> list[int]:
+    """The core to pin each load process to, its connections (to ``addresses``, in plan
+    order) dealt as :func:`kernelfarm.bench.loadgen.deal` deals them.
+
+    Servers take the first ``busy`` of the ``allowed`` cores (a kernel per core, a locked
+    kernel's threads on as many).  Load processes go to the cores left, if any: a server
+    alone on its core, its load beside it.  With none left, each process goes to the
+    core of the kernel it drives (its replies wake it on that core, no cross-core
+    wake-up), or, for a server without a core of its own, round the allowed cores.
+    """
+    if not allowed:
+        raise ValueError("no cores allowed")
+    spare = list(allowed[busy:])
+    if spare:
+        return [spare[i % len(spare)] for i in range(processes)]
+    blocks = deal(addresses, min(processes, len(addresses)))
+    return [server_cores.get(block[0], allowed[i % len(allowed)]) if block
+            else allowed[i % len(allowed)] for i, block in enumerate(blocks)]
 
 
 def streams_needed(layouts: list[ConnectionLayout]) -> dict[str, int]:

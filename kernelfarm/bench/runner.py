@@ -39,6 +39,7 @@ from kernelfarm.bench.loadgen import LoadResult, run_load
 from kernelfarm.bench.echo import EchoProcess
 from kernelfarm.bench.workloads import NEEDS_ECHO, WORKLOADS, prepare
 from kernelfarm.errors import KernelfarmError
+from kernelfarm.supervisor.supervisor import allowed_cores
 
 
 @dataclass(frozen=True)
@@ -281,15 +282,18 @@ def _rpc_row(cell: Cell, options: BenchOptions, target: systems.Target,
         meter.stop()
         peer_meter.stop()
 
+    plans = layout.plans(layouts, prepared, target.answer)
+    cores = layout.load_cores([plan.address for plan in plans], target.cores,
+                              options.load_processes, cell.workers, allowed_cores())
     try:
-        result = run_load(layout.plans(layouts, prepared, target.answer),
-                          duration_s=options.duration_s,
+        result = run_load(plans, duration_s=options.duration_s,
                           warmup_s=options.warmup_s, processes=options.load_processes,
-                          on_window_start=window_start, on_window_end=window_end)
+                          cores=cores, on_window_start=window_start, on_window_end=window_end)
     finally:
         prepared.cleanup(target.call)
     row = _row(cell, options, result, meter.seconds)
     row.update(connections=connections, depth=options.depth, tenants=len(tenants),
+               load_cores=cores,
                client_cpu_s_per_op=result.client_cpu_s / max(result.ops, 1),
                peer_cpu_s_per_op=peer_meter.seconds / max(result.ops, 1) if uses_peer
                else None,

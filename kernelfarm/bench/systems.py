@@ -95,6 +95,8 @@ class Target:
     details: dict[str, Any] = field(default_factory=dict)
     answer: Callable[[Chain], Chain] = lambda chain: chain
     """The chain with the results this system gives (the echo floor returns first params)."""
+    cores: dict[Address, int] = field(default_factory=dict)
+    """The core each server address is pinned to, where one is (a partitioned kernel's)."""
 
     def owners(self, tenants: Iterable[str]) -> dict[str, Address]:
         return {tenant: self.owner_of(tenant) for tenant in tenants}
@@ -152,6 +154,9 @@ def running_farm(serve_flags: Sequence[str], scratch: Path, fsync: str) -> Itera
         cluster = client.cluster_map()
         table = SlotTable.from_ranges(cluster["epoch"], cluster["slots"])
         addrs = {k["id"]: (k["addr"][0], int(k["addr"][1])) for k in cluster["kernels"]}
+        # A locked kernel's threads share its cores: only a unicpu kernel has one.
+        cores = {addrs[k["id"]]: int(k["core"]) for k in cluster["kernels"]
+                 if "--mode" not in serve_flags and k.get("core") is not None}
 
         def owner_of(tenant: str) -> Address:
             return addrs[table.owner(key_slot(tenant))]
@@ -159,7 +164,7 @@ def running_farm(serve_flags: Sequence[str], scratch: Path, fsync: str) -> Itera
         yield Target(call=client.call, owner_of=owner_of,
                      addresses=sorted(set(addrs.values())), server_pids=[process.pid],
                      details={"kernels": len(addrs), "serve": list(serve_flags),
-                              "control": tuple(ready["control"])})
+                              "control": tuple(ready["control"])}, cores=cores)
     finally:
         if client is not None:
             client.close()

@@ -13,7 +13,7 @@ import pytest
 from kernelfarm.bench.echo import EchoProcess, running_echo
 from kernelfarm.bench.histogram import Histogram
 from kernelfarm.bench.loadclient import LoadConnection
-from kernelfarm.bench.loadgen import ConnectionPlan, LoadGenError, run_load
+from kernelfarm.bench.loadgen import ConnectionPlan, LoadGenError, deal, run_load
 from kernelfarm.bench.replystream import lay_out
 
 ECHO_CHAIN = [("echo", [b"x"])]
@@ -154,6 +154,15 @@ def test_an_interrupt_reaps_the_clients(echo: EchoProcess) -> None:
         run_load([ConnectionPlan(echo.address, [ECHO_CHAIN])], duration_s=5.0, warmup_s=0.1,
                  processes=2, on_window_start=interrupt)
     assert descendants() == before
+
+
+def test_connections_are_dealt_in_contiguous_blocks_of_even_size() -> None:
+    """Laid out grouped by kernel, a block keeps a process on as few kernels as it can."""
+    assert deal(list("AAAABBBB"), 2) == [list("AAAA"), list("BBBB")]
+    assert deal(list("abcde"), 2) == [list("ab"), list("cde")]
+    assert deal(list("abc"), 3) == [["a"], ["b"], ["c"]]
+    blocks = deal(list(range(50)), 4)
+    assert sum(blocks, []) == list(range(50)) and {len(b) for b in blocks} == {12, 13}
 
 
 @pytest.mark.parametrize("address", [("10.0.0.1", 80), ("0.0.0.0", 80), ("localhost", 80)])

@@ -23,6 +23,7 @@ from kernelfarm.bench.inprocess import InProcessPlan, _Driver, run_inprocess
 from kernelfarm.bench.runner import BenchOptions, Cell, default_workers, derive, plan
 from kernelfarm.cli import bench_cmd
 from kernelfarm.errors import ConfigError, Refusal, posix
+from kernelfarm.supervisor.supervisor import allowed_cores
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -226,6 +227,9 @@ def test_kernelfarm_bench_end_to_end(tmp_path: Path) -> None:
         assert 0 < r["cpu_s_per_op"] < 0.01 and math.isclose(r["efficiency"], 1.0)
         assert 0.2 < r["duration_s"] < 2
     assert rows["partitioned"]["fsync"] == "never" and rows["echo"]["fsync"] is None
+    # One kernel: its load pinned off its core when there is another core.
+    kernel_core, *others = allowed_cores()
+    assert set(rows["partitioned"]["load_cores"]) <= set(others or [kernel_core])
     assert rows["echo"]["floor_share"] == 1.0
     assert 0 < rows["partitioned"]["floor_share"]
     for name in ("partitioned", "echo"):  # replies checked by bytes, with their own results

@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 from kernelfarm.bench.echo import echoed
-from kernelfarm.bench.layout import plans, spread, streams_needed
+from kernelfarm.bench.layout import load_cores, plans, spread, streams_needed
 from kernelfarm.bench.workloads import BLOCK, ECHO_PAYLOAD, WORKLOADS, prepare
 
 ECHO = ("127.0.0.1", 7)
@@ -182,6 +182,20 @@ def test_layout_becomes_plans_over_prepared_chains() -> None:
     assert [request[2] for plan in echo_plans for chain in plan.chains for request in chain] \
         == [request[1][0] for plan in connection_plans for chain in plan.chains
             for request in chain]
+
+
+def test_load_processes_go_to_spare_cores_else_to_the_core_of_the_kernel_they_drive(
+        ) -> None:
+    addresses = [K1] * 4 + [K2] * 4  # as spread lays them out: grouped by kernel
+    # A server alone on its core: the load on the cores it leaves.
+    assert load_cores(addresses, {K1: 0, K2: 1}, 2, busy=1, allowed=[0, 1]) == [1, 1]
+    assert load_cores(addresses, {}, 3, busy=2, allowed=[0, 1, 2, 3]) == [2, 3, 2]
+    # No core left: each process beside the kernel whose connections it drives.
+    assert load_cores(addresses, {K1: 1, K2: 0}, 2, busy=2, allowed=[0, 1]) == [1, 0]
+    # A server with no core of its own (a locked kernel's threads): round the cores.
+    assert load_cores([K3] * 8, {}, 2, busy=2, allowed=[0, 1]) == [0, 1]
+    with pytest.raises(ValueError, match="no cores"):
+        load_cores(addresses, {}, 2, busy=1, allowed=[])
 
 
 def test_impossible_layouts_are_refused() -> None:
