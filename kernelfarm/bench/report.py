@@ -90,9 +90,11 @@ def markdown(results: dict[str, Any]) -> str:
         "",
         f"Window {options['duration_s']:g} s after {options['warmup_s']:g} s warm-up; "
         f"{options['connections_per_worker']} connections x {options['depth']} in flight "
-        f"per worker from {options['load_processes']} load processes; "
-        f"{options['tenants_per_worker']} tenants per worker; fs fsync = "
-        f"\"{options['fsync']}\".",
+        f"per worker from {options['load_processes']} load processes (each drives one "
+        f"kernel's connections where it can, pinned to a core the servers leave, else "
+        f"beside its kernel); {options['tenants_per_worker']} tenants per worker; fs fsync "
+        f"= \"{options['fsync']}\"; request path "
+        f"{_compiled(machine.get('accelerated'))}.",
         "",
         "Columns: throughput over the window; latency percentiles of every request in it "
         "(a pipelined request waits for those ahead of it); server CPU per request "
@@ -182,6 +184,11 @@ def _ceiling(ours: dict[str, Any] | None, locked: float, cores: int) -> str:
         return "-"
     peer = (ours or {}).get("peer_cpu_s_per_op") or 0.0
     return f"{cores / (server + client + peer) / locked:.2f}"
+
+
+def _compiled(modules: Any) -> str:
+    return (f"compiled ({len(modules)} modules, KERNELFARM_ACCEL=1)" if modules
+            else "pure Python")
 
 
 def _loadavg(values: Any) -> str:

@@ -21,12 +21,14 @@ import datetime
 import functools
 import json
 import math
+import os
 import platform
 import sys
 import tempfile
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from importlib import metadata
+from importlib.machinery import EXTENSION_SUFFIXES
 from pathlib import Path
 from typing import Any
 
@@ -145,7 +147,23 @@ def machine() -> dict[str, Any]:
         "msgpack": metadata.version("msgpack"),
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "load_average_at_start": load_average(),
+        "accelerated": accelerated(),
     }
+
+
+def accelerated() -> list[str]:
+    """The compiled accelerator's modules the servers of this run load (``./kf`` with
+    ``KERNELFARM_ACCEL=1`` puts them first on the path every process started here
+    inherits), or none: the request path runs pure."""
+    import importlib.util
+
+    from kernelfarm import accel
+
+    if os.environ.get("KERNELFARM_ACCEL") != "1":
+        return []
+    return [name for name in accel.MODULES
+            if (spec := importlib.util.find_spec(name)) is not None and spec.origin
+            and spec.origin.endswith(tuple(EXTENSION_SUFFIXES))]
 
 
 def load_average() -> list[float]:

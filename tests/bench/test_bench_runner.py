@@ -237,6 +237,7 @@ def test_kernelfarm_bench_end_to_end(tmp_path: Path) -> None:
         assert 0 < rows[name]["client_cpu_s_per_op"] < 0.01
     md = (out / "results.md").read_text()
     assert "## fs-stat" in md and "| partitioned | 1 |" in md and "| echo | 1 |" in md
+    assert ("request path pure Python" in md) == (results["machine"]["accelerated"] == [])
     assert (out / "throughput-fs-stat.png").read_bytes()[:8] == PNG_MAGIC
 
 
