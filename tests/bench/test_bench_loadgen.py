@@ -52,6 +52,22 @@ def test_a_short_run_against_the_echo_server(echo: EchoProcess) -> None:
     assert 1 <= result.ops / result.reads <= 8
 
 
+def test_load_processes_run_pinned_to_the_cores_given(echo: EchoProcess) -> None:
+    """Each load process pins itself to its core before its window opens."""
+    core = sorted(psutil.Process().cpu_affinity() or [0])[-1]
+    seen: list[list[int]] = []
+
+    def look() -> None:
+        seen.extend(sorted(child.cpu_affinity()) for child in psutil.Process().children()
+                    if "kernelfarm.bench.loadclient" in " ".join(child.cmdline()))
+
+    plans = [ConnectionPlan(echo.address, [ECHO_CHAIN] * 4) for _ in range(2)]
+    result = run_load(plans, duration_s=0.3, warmup_s=0.1, processes=2, cores=[core],
+                      on_window_start=look)
+    assert result.ops > 0 and result.errors == {}
+    assert seen == [[core], [core]]
+
+
 def test_a_server_giving_another_result_than_the_one_required_is_counted(
         echo: EchoProcess) -> None:
     """The echo answers b"x": a plan requiring b"y" gets an EBADRESULT per reply, and one
