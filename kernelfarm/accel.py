@@ -9,9 +9,9 @@ machine without a C compiler skips the build and runs the pure path.
 
 These are the modules of the ``fs.stat``/``fs.write_file`` request path whose own
 Python work is measurable per request (benchmarks/README.md, "The compiled
-accelerator"), and the net data path's sockets and waiting-call answers (a waiting
-``net.recv`` is settled by the socket's readiness); the rest only runs on a slow path or
-waits on the host.  Compiled code
+accelerator"), and the net data path: ``net.send``/``net.recv`` themselves, their sockets
+and waiting-call answers (a waiting ``net.recv`` is settled by the socket's readiness);
+the rest only runs on a slow path or waits on the host.  Compiled code
 checks the annotations of what crosses a function boundary, so in these modules a
 value a client chose (a path, an offset) is annotated as what it may be (``Any``),
 never as what it should be: the handler's own check refuses it in the contract's words.
@@ -21,7 +21,8 @@ which a compiled class is not unless marked), ``fs/journal.py`` (its readers are
 generators holding an open file; a compiled generator dropped before its end does not
 run its ``with``/``finally``, an interpreted one does) and ``net/subsystem.py`` (a
 compiled ``async def`` has no signature, which ``Params`` reads the parameter count
-from, and is no coroutine function to ``inspect``, which its failure counting asks).
+from, and is no coroutine function to ``inspect``, which its failure counting asks;
+its data calls live in ``net/datapath.py`` so that they compile).
 
 A leaf: it imports nothing of kernelfarm, so the build reads it from its file.
 """
@@ -40,6 +41,7 @@ MODULES = (
     "kernelfarm.fs.volume",
     "kernelfarm.fs.subsystem",
     "kernelfarm.net.sockets",
+    "kernelfarm.net.datapath",
     "kernelfarm.rpc.answer",
 )
 """What ``KERNELFARM_ACCEL=1`` compiles, as module names."""

@@ -169,7 +169,7 @@ class HandoffService:
         """``relay``: a socket of the namespace connected to ``host:port``."""
         farm_sock = namespace.open("tcp")
         try:
-            await namespace.connect(farm_sock.sid, host, port, self.net.timeout(None))
+            await namespace.connect(farm_sock.sid, host, port, self.net.data.default_timeout)
             upstream = farm_sock.detach()
         finally:
             self._discard(namespace, farm_sock)
@@ -194,7 +194,7 @@ class HandoffService:
             reply = first_to_write(first, listener.opened())
             if client.send(reply) != len(reply):
                 raise posix(errno.EIO, "the client did not take the first reply")
-            deadline = namespace.loop.time() + self.net.timeout(None)
+            deadline = namespace.loop.time() + self.net.data.default_timeout
             while True:
                 try:
                     accepted, address = await namespace.accept(

@@ -26,20 +26,18 @@ The counters of the last :data:`RETIRED_COUNTERS` namespaces that emptied are ke
 from __future__ import annotations
 
 import builtins
-import errno
 import functools
 import inspect
-import math
 from collections import OrderedDict
-from collections.abc import Sequence
 from typing import Any, Awaitable, Callable
 
-from kernelfarm.errors import InvalidParameter, posix, preview
+from kernelfarm.errors import InvalidParameter, preview
 from kernelfarm.kernel.subsystem import (
     Connection, KernelContext, Method, Subsystem, with_conn_first,
 )
 from kernelfarm.keys import namespace_key
 from kernelfarm.net.config import NetConfig
+from kernelfarm.net.datapath import DataPath, as_bytes, integer
 from kernelfarm.net.handoff_service import HandoffService
 from kernelfarm.net.counters import Counters
 from kernelfarm.net.namespace import Namespace, SocketCount
@@ -49,22 +47,6 @@ from kernelfarm.partition import key_slot
 
 MAX_NAMESPACE_LENGTH = 255
 RETIRED_COUNTERS = 1024
-
-
-def _data(data: Any) -> bytes:
-    if isinstance(data, bytes):
-        return data
-    if isinstance(data, bytearray):
-        return bytes(data)
-    raise InvalidParameter(f"data must be bytes (msgpack bin), got {type(data).__name__}")
-
-
-def _int(value: Any, what: str, low: int, high: int) -> int:
-    if not isinstance(value, int) or isinstance(value, bool):
-        raise InvalidParameter(f"{what} must be an int, got {type(value).__name__}")
-    if not low <= value <= high:
-        raise InvalidParameter(f"{what} must be in {low}..{high}, got {value}")
-    return value
 
 
 class NetSubsystem(Subsystem):
@@ -84,11 +66,8 @@ class NetSubsystem(Subsystem):
         self._unclaimed: dict[tuple[str, int], FarmSocket] = {}
         """Sockets that moved here and no connection has named yet (``adopt_socket``)."""
         self.handoff = HandoffService(self)
-        self.max_recv_bytes: int = self.config.max_recv_bytes
-        self.max_timeout: float = self.config.max_timeout
-        """Read per data call: here, not two attribute lookups deep (the config is frozen)."""
-        self.default_timeout = self.timeout(None)
-        """A call's timeout when it names none (``net.default_timeout``, bounded)."""
+        self.data = DataPath(self.config, self.namespaces, self._unclaimed, self._claim)
+        """``net.send`` and ``net.recv``, and the bounds of timeouts and sizes."""
 
     def methods(self) -> list[Method]:
         key = namespace_key
@@ -106,13 +85,14 @@ class NetSubsystem(Subsystem):
             Method("net.listen", wrap(self.listen), key, writes=True, wants_conn=True),
             Method("net.accept", wrap(self.accept, takes_conn=True), key, is_async=True,
                    writes=True, wants_conn=True),
-            Method("net.send", self.send, key, is_async=True, writes=True, wants_conn=True),
-            Method("net.recv", self.recv, key, is_async=True, writes=True, wants_conn=True,
-                   reply_bytes=self.reply_bound),
+            Method("net.send", self.data.send, key, is_async=True, writes=True,
+                   wants_conn=True),
+            Method("net.recv", self.data.recv, key, is_async=True, writes=True,
+                   wants_conn=True, reply_bytes=self.data.reply_bound),
             Method("net.sendto", wrap(self.sendto), key, is_async=True, writes=True,
                    wants_conn=True),
             Method("net.recvfrom", wrap(self.recvfrom), key, is_async=True, writes=True,
-                   wants_conn=True, reply_bytes=self.reply_bound),
+                   wants_conn=True, reply_bytes=self.data.reply_bound),
             Method("net.shutdown", wrap(self.shutdown), key, writes=True, wants_conn=True),
             Method("net.close", wrap(self.close_socket), key, writes=True, wants_conn=True),
             Method("net.keep", wrap(self.keep), key, writes=True, wants_conn=True),
@@ -137,83 +117,45 @@ class NetSubsystem(Subsystem):
 
     async def connect(self, ns: str, sid: Any, host: Any, port: Any,
                       timeout: Any = None) -> None:
-        await self._get(ns).connect(sid, host, port, self.timeout(timeout))
+        await self.data.namespace(ns).connect(sid, host, port, self.data.timeout(timeout))
 
     def bind(self, ns: str, sid: Any, host: Any, port: Any) -> list[Any]:
-        return self._get(ns).bind(sid, host, port)
+        return self.data.namespace(ns).bind(sid, host, port)
 
     def listen(self, ns: str, sid: Any, backlog: Any) -> None:
-        self._get(ns).listen(sid, _int(backlog, "backlog", 0, 65535))
+        self.data.namespace(ns).listen(sid, integer(backlog, "backlog", 0, 65535))
 
     async def accept(self, conn: Connection, ns: str, sid: Any,
                      timeout: Any = None) -> list[Any]:
-        farm_sock, address = await self._get(ns).accept(sid, self.timeout(timeout))
+        farm_sock, address = await self.data.namespace(ns).accept(
+            sid, self.data.timeout(timeout))
         farm_sock.tenant = conn.session.tenant
         self._tie(conn, ns, farm_sock)
         return [farm_sock.sid, address]
 
-    # net.send and net.recv are the data path: each is one frame from the kernel's
-    # dispatch to the host call (the caller's socket, parameters, failures counted
-    # inline), where the other methods go through ``_accounted`` and ``_callers_socket``.
-
-    def send(self, conn: Connection, ns: str, sid: Any, data: Any,
-             timeout: Any = None) -> int | Awaitable[int]:
-        """The count at once when the host takes everything (see ``Method.is_async``)."""
-        try:
-            if type(data) is not bytes:
-                data = _data(data)
-            # parameters first: EINVAL before EBADF
-            if timeout is None:
-                wait = self.default_timeout
-            elif type(timeout) is float and 0.0 <= timeout <= self.max_timeout:
-                wait = timeout  # the usual timeout, in one test (a NaN fails it)
-            else:
-                wait = self.timeout(timeout)
-            return self._callers(conn, ns, sid).send(data, wait)
-        except OSError as exc:
-            self._count_failure(ns, exc)
-            raise
-
-    def recv(self, conn: Connection, ns: str, sid: Any, size: Any,
-             timeout: Any = None) -> bytes | Awaitable[bytes]:
-        """The data at once when there is some, else the answer the readiness gives."""
-        try:
-            if type(size) is not int or size < 1:
-                size = self._size(size)  # refused, in the contract's words
-            elif size > self.max_recv_bytes:
-                size = self.max_recv_bytes
-            # parameters first: EINVAL before EBADF
-            if timeout is None:
-                wait = self.default_timeout
-            elif type(timeout) is float and 0.0 <= timeout <= self.max_timeout:
-                wait = timeout  # as in send
-            else:
-                wait = self.timeout(timeout)
-            return self._callers(conn, ns, sid).recv(size, wait)
-        except OSError as exc:
-            self._count_failure(ns, exc)
-            raise
+    # net.send and net.recv: self.data (kernelfarm/net/datapath.py)
 
     async def sendto(self, ns: str, sid: Any, data: Any, host: Any, port: Any) -> int:
-        return await self._get(ns).sendto(sid, _data(data), host, port, self.timeout(None))
+        return await self.data.namespace(ns).sendto(sid, as_bytes(data), host, port,
+                                                    self.data.default_timeout)
 
     async def recvfrom(self, ns: str, sid: Any, size: Any,
                        timeout: Any = None) -> list[Any]:
-        data, address = await self._get(ns).recvfrom(sid, self._size(size),
-                                                     self.timeout(timeout))
+        data, address = await self.data.namespace(ns).recvfrom(
+            sid, self.data.size(size), self.data.timeout(timeout))
         return [data, address]
 
     def shutdown(self, ns: str, sid: Any, how: Any) -> None:
-        self._get(ns).shutdown(sid, _int(how, "how", 0, 2))
+        self.data.namespace(ns).shutdown(sid, integer(how, "how", 0, 2))
 
     def close_socket(self, ns: str, sid: Any) -> None:
-        namespace = self._get(ns)
+        namespace = self.data.namespace(ns)
         self._untie(ns, namespace.get(sid))
         namespace.close(sid)
         self.forget_if_empty(namespace)
 
     def keep(self, ns: str, sid: Any) -> None:
-        farm_sock = self._get(ns).get(sid)
+        farm_sock = self.data.namespace(ns).get(sid)
         self._untie(ns, farm_sock)
         farm_sock.kept = True
 
@@ -323,12 +265,6 @@ class NetSubsystem(Subsystem):
             if not names:
                 del self._by_slot[slot]
 
-    def _get(self, ns: Any) -> Namespace:
-        namespace = self.namespaces.get(ns)
-        if namespace is None:
-            raise posix(errno.EBADF, f"namespace {preview(ns)} holds no sockets")
-        return namespace
-
     def _drop(self, name: str) -> None:
         namespace = self.namespaces.pop(name, None)
         if namespace is None:
@@ -336,28 +272,6 @@ class NetSubsystem(Subsystem):
         for farm_sock in namespace.sockets.values():
             self._untie(name, farm_sock)
         namespace.close_all()
-
-    def timeout(self, timeout: Any) -> float:
-        """A caller's timeout bounded by ``max_timeout``; none = ``default_timeout``."""
-        if timeout is None:
-            return min(self.config.default_timeout, self.config.max_timeout)
-        if not isinstance(timeout, (int, float)) or isinstance(timeout, bool):
-            raise InvalidParameter(f"timeout must be a number of seconds, got "
-                            f"{type(timeout).__name__}")
-        if not timeout >= 0 or math.isinf(timeout):
-            raise InvalidParameter(f"timeout must be finite and >= 0, got {timeout}")
-        return min(float(timeout), self.config.max_timeout)
-
-    def reply_bound(self, params: Sequence[Any]) -> int:
-        """The most data a waiting ``net.recv``/``net.recvfrom`` may answer with: its max
-        (``params[2]``), cut to ``net.max_recv_bytes`` (0 for a max it will refuse)."""
-        size = params[2] if len(params) > 2 else None
-        if type(size) is not int or size < 1:
-            return 0
-        return size if size <= self.max_recv_bytes else self.max_recv_bytes
-
-    def _size(self, size: Any) -> int:
-        return min(_int(size, "max", 1, 2**63 - 1), self.max_recv_bytes)
 
     def _tie(self, conn: Connection, ns: str, farm_sock: FarmSocket) -> None:
         """Close ``farm_sock`` when ``conn`` goes away."""
@@ -405,26 +319,6 @@ class NetSubsystem(Subsystem):
             namespace.close(farm_sock.sid)
             self.forget_if_empty(namespace)
 
-    def _callers(self, conn: Connection, ns: str, sid: Any) -> FarmSocket:
-        """Socket ``sid`` of namespace ``ns`` if the caller's tenant may use it: the
-        check of ``_callers_socket`` and the lookup, in one frame for the data path."""
-        if self._unclaimed:  # sockets moved here during live scaling, rarely
-            self._claim(conn, ns, sid)
-        namespace = self.namespaces.get(ns)
-        if namespace is not None and type(sid) is int:
-            farm_sock = namespace.sockets.get(sid)
-            if farm_sock is not None:
-                session = conn.session
-                if session.grants is None or farm_sock.tenant == session.tenant:
-                    return farm_sock
-                raise namespace.missing(sid)
-        return self._get(ns).get(sid)  # the precise error: no namespace, no such socket
-
-    def _count_failure(self, ns: Any, exc: OSError) -> None:
-        namespace = self.namespaces.get(ns) if isinstance(ns, str) else None
-        if namespace is not None:
-            namespace.counters.count_failure(exc)
-
     def _callers_socket(self, handler: Callable[..., Any], takes_conn: bool
                         ) -> Callable[..., Any]:
         """Run ``handler(ns, sid, ...)`` only on a socket of the caller's tenant: another
@@ -452,7 +346,7 @@ class NetSubsystem(Subsystem):
         The namespace is the first ``str`` parameter (``conn`` may come before it).
         """
         def count(params: tuple[Any, ...], exc: OSError) -> None:
-            self._count_failure(next((p for p in params if isinstance(p, str)), None), exc)
+            self.data.count_failure(next((p for p in params if isinstance(p, str)), None), exc)
 
         async def later(awaitable: Awaitable[Any], params: tuple[Any, ...]) -> Any:
             try:
