@@ -22,12 +22,20 @@ format 2) is read with seed 0 -- exactly its CRC-32 -- and never appended to: lo
 volume whose last journal is one moves its writes to a new generation
 (:meth:`.volume.Volume.loading`).
 
-:meth:`Journal.append` only buffers; :meth:`Journal.write` writes the buffer with one
-``pwritev`` -- the kernel calls it once per loop turn, so every write of that turn shares
-the one ``fdatasync`` that follows (:meth:`Journal.sync`, or a syncer process given
-:meth:`Journal.fileno`: :mod:`kernelfarm.kernel.syncer`).  A record with a big
-payload is buffered by reference (:meth:`Journal.append_parts`): its data goes from the
-request's bytes object to the file, never copied into a buffer first.
+:meth:`Journal.append` only keeps the encoded record; :meth:`Journal.write` writes what
+was kept with one ``pwritev`` -- the kernel calls it once per loop turn, so every write of
+that turn shares the one ``fdatasync`` that follows (:meth:`Journal.sync`, or a syncer
+process given :meth:`Journal.fileno`: :mod:`kernelfarm.kernel.syncer`).  The records kept
+between two writes go to the file as one frame (a *group*): its payload is the msgpack
+array of the records, so the turn pays one frame header, one CRC and one copy instead of
+one per record (a lone record is framed alone, as before).  A group is whole or, torn,
+cut whole at recovery -- no reply depends on part of one, since the turn's replies wait
+for its sync.  Readers tell a group from a record by its first element: a record starts
+with its kind (an int), a group with a record (:func:`records_of`).  A kernelfarm from
+before groups reads such a frame as one record it cannot apply and salvages the volume
+read-only, changing nothing on disk.  A record with a big payload is buffered by
+reference (:meth:`Journal.append_parts`): its data goes from the request's bytes object
+to the file, never copied into a buffer first.
 
 The file descriptor is opened lazily and may be closed at any time (:meth:`close_fd`) to
 bound the number of open files when a kernel holds many volumes.
@@ -62,12 +70,32 @@ IOV_MAX = 1024
 """Buffers one ``pwritev`` takes (Linux's UIO_MAXIOV)."""
 SCAN_BYTES = 1024 * 1024
 """Bytes read at a time when checking that a journal's tail holds only zeros."""
+GROUP_RECORDS = 4096
+"""Records framed together at most: a group is read and replayed whole, so this bounds
+what one step of a replay does (:func:`replaying`)."""
 
 Buffer = bytes | bytearray | memoryview
 
 
 def frame(payload: bytes) -> bytes:
     return HEADER.pack(len(payload), zlib.crc32(payload)) + payload
+
+
+def array_header(count: int) -> bytes:
+    """The msgpack header of an array of ``count`` objects."""
+    if count < 16:
+        return bytes([0x90 | count])
+    if count < 0x10000:
+        return b"\xdc" + count.to_bytes(2, "big")
+    return b"\xdd" + count.to_bytes(4, "big")
+
+
+def records_of(frame_object: Any) -> Sequence[Any]:
+    """The records of one frame of a journal: the frame's own, or a group's."""
+    if type(frame_object[0]) is int:
+        return (frame_object,)
+    group: Sequence[Any] = frame_object
+    return group
 
 
 def read_records(fh: BinaryIO, size: int, seed: int = 0) -> Iterator[tuple[Any, int]]:
@@ -219,8 +247,8 @@ class Journal:
         self.size = size            # end of the last record written
         self.allocated = max(size, allocated)  # the file's length: zeros after size
         self.seed = seed
-        self._buffer = bytearray()  # encoded records not yet written (after _chunks)
-        self._chunks: list[Buffer] = []  # earlier buffers and big payloads, in order
+        self._records: list[bytes] = []  # encoded records kept (after _chunks): a group
+        self._chunks: list[Buffer] = []  # framed groups and big payloads, in order
         self._chunked = 0           # bytes in _chunks
         self._fd = -1
         self.unsynced = False       # written, not yet fsynced by this process
@@ -261,25 +289,45 @@ class Journal:
 
     @property
     def pending(self) -> int:
-        return self._chunked + len(self._buffer)
+        """Bytes buffered and not written: exact once framed, and for kept records as if
+        each were framed alone (a group frames them in fewer)."""
+        records = self._records
+        return self._chunked + sum(map(len, records)) + HEADER.size * len(records)
 
     def append(self, payload: bytes) -> None:
-        """Buffer one record, already packed (so a record that cannot be encoded fails
-        before the change it describes is made)."""
-        self._buffer += HEADER.pack(len(payload), zlib.crc32(payload, self.seed))
-        self._buffer += payload
+        """Keep one record, already packed (so a record that cannot be encoded fails
+        before the change it describes is made); framed with the others of its turn."""
+        self._records.append(payload)
 
     def append_parts(self, head: bytes, data: Buffer, tail: bytes) -> None:
         """Buffer one record whose payload is ``head + data + tail``, ``data`` by
         reference: it must not change until the next flush (request bytes never do)."""
+        self._frame_records()
         crc = zlib.crc32(tail, zlib.crc32(data, zlib.crc32(head, self.seed)))
-        buffer = self._buffer
-        buffer += HEADER.pack(len(head) + len(data) + len(tail), crc)
-        buffer += head
-        self._chunks.append(buffer)
+        framed = HEADER.pack(len(head) + len(data) + len(tail), crc) + head
+        self._chunks.append(framed)
         self._chunks.append(data)
-        self._chunked += len(buffer) + len(data)
-        self._buffer = bytearray(tail)
+        self._chunks.append(tail)
+        self._chunked += len(framed) + len(data) + len(tail)
+
+    def _frame_records(self) -> None:
+        """Frame the kept records: one alone, more as groups of :data:`GROUP_RECORDS`
+        at most (one header, one CRC and one join per group)."""
+        records = self._records
+        if not records:
+            return
+        self._records = []
+        seed, chunks = self.seed, self._chunks
+        for at in range(0, len(records), GROUP_RECORDS):
+            part = records[at:at + GROUP_RECORDS] if len(records) > GROUP_RECORDS else records
+            if len(part) == 1:
+                head, body = b"", part[0]
+            else:
+                head, body = array_header(len(part)), b"".join(part)
+            length = len(head) + len(body)
+            chunks.append(HEADER.pack(length, zlib.crc32(body, zlib.crc32(head, seed))) + head)
+            chunks.append(body)
+            self._chunked += HEADER.size + length
 
     def flush(self, fsync: bool) -> None:
         """Write the buffered records and, if ``fsync``, ``fdatasync`` them (:meth:`write`
@@ -299,10 +347,11 @@ class Journal:
         On failure the buffer is dropped and the error raised: the caller must stop
         using this journal, since what reached the disk is unknown until it is reread.
         """
-        if self._chunked or self._buffer:
-            pending, buffers = self.pending, self._chunks
-            buffers.append(self._buffer)
-            self._chunks, self._buffer, self._chunked = [], bytearray(), 0
+        if self._records:
+            self._frame_records()
+        if self._chunked:
+            pending, buffers = self._chunked, self._chunks
+            self._chunks, self._chunked = [], 0
             fd = self._open_fd()
             write_at(fd, buffers, self.size)
             self.size += pending
@@ -347,7 +396,7 @@ class Journal:
 
     def discard(self) -> None:
         """Forget unwritten records (the volume is being dropped after a failure)."""
-        self._buffer = bytearray()
+        self._records = []
         self._chunks = []
         self._chunked = 0
         self.close_fd()

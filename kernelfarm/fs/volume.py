@@ -26,7 +26,9 @@ import msgspec
 from kernelfarm import durable
 from kernelfarm.errors import posix
 from kernelfarm.fs import snapshot, store
-from kernelfarm.fs.journal import Journal, journal_records, removing, replaying_whole
+from kernelfarm.fs.journal import (
+    Journal, journal_records, records_of, removing, replaying_whole,
+)
 from kernelfarm.fs.tree import UNLIMITED, Limits, Tree
 from kernelfarm.steps import Steps, finish
 
@@ -70,8 +72,10 @@ def spliced(kind: int, args: tuple[Any, ...], at: int) -> tuple[bytes, bytes]:
     return bytes([0x90 | count]) + head[1:] + data_header, tail[1:]
 
 
-def replay(tree: Tree, record: Any) -> None:
-    CHANGES[record[0]](tree, *record[1:])
+def replay(tree: Tree, frame: Any) -> None:
+    """Apply one frame of a journal: a record, or a turn's group of them (in order)."""
+    for record in records_of(frame):
+        CHANGES[record[0]](tree, *record[1:])
 
 
 def journal_path(directory: str, generation: int) -> str:
