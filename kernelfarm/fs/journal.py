@@ -22,7 +22,7 @@ format 2) is read with seed 0 -- exactly its CRC-32 -- and never appended to: lo
 volume whose last journal is one moves its writes to a new generation
 (:meth:`.volume.Volume.loading`).
 
-:meth:`Journal.append` only keeps the encoded record; :meth:`Journal.write` writes what
+:attr:`Journal.records` keeps encoded records; :meth:`Journal.write` writes what
 was kept with one ``pwritev`` -- the kernel calls it once per loop turn, so every write of
 that turn shares the one ``fdatasync`` that follows (:meth:`Journal.sync`, or a syncer
 process given :meth:`Journal.fileno`: :mod:`kernelfarm.kernel.syncer`).  The records kept
@@ -247,7 +247,10 @@ class Journal:
         self.size = size            # end of the last record written
         self.allocated = max(size, allocated)  # the file's length: zeros after size
         self.seed = seed
-        self._records: list[bytes] = []  # encoded records kept (after _chunks): a group
+        self.records: list[bytes] = []
+        """Encoded records kept for the next write, after ``_chunks``: the owner appends
+        each record's payload here, already packed (so a record that cannot be encoded
+        fails before the change it describes is made); the write frames them as a group."""
         self._chunks: list[Buffer] = []  # framed groups and big payloads, in order
         self._chunked = 0           # bytes in _chunks
         self._fd = -1
@@ -291,13 +294,8 @@ class Journal:
     def pending(self) -> int:
         """Bytes buffered and not written: exact once framed, and for kept records as if
         each were framed alone (a group frames them in fewer)."""
-        records = self._records
+        records = self.records
         return self._chunked + sum(map(len, records)) + HEADER.size * len(records)
-
-    def append(self, payload: bytes) -> None:
-        """Keep one record, already packed (so a record that cannot be encoded fails
-        before the change it describes is made); framed with the others of its turn."""
-        self._records.append(payload)
 
     def append_parts(self, head: bytes, data: Buffer, tail: bytes) -> None:
         """Buffer one record whose payload is ``head + data + tail``, ``data`` by
@@ -313,10 +311,10 @@ class Journal:
     def _frame_records(self) -> None:
         """Frame the kept records: one alone, more as groups of :data:`GROUP_RECORDS`
         at most (one header, one CRC and one join per group)."""
-        records = self._records
+        records = self.records
         if not records:
             return
-        self._records = []
+        self.records = []
         seed, chunks = self.seed, self._chunks
         for at in range(0, len(records), GROUP_RECORDS):
             part = records[at:at + GROUP_RECORDS] if len(records) > GROUP_RECORDS else records
@@ -347,7 +345,7 @@ class Journal:
         On failure the buffer is dropped and the error raised: the caller must stop
         using this journal, since what reached the disk is unknown until it is reread.
         """
-        if self._records:
+        if self.records:
             self._frame_records()
         if self._chunked:
             pending, buffers = self._chunked, self._chunks
@@ -396,7 +394,7 @@ class Journal:
 
     def discard(self) -> None:
         """Forget unwritten records (the volume is being dropped after a failure)."""
-        self._records = []
+        self.records = []
         self._chunks = []
         self._chunked = 0
         self.close_fd()

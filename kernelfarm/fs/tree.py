@@ -274,8 +274,10 @@ class Tree:
             self.files += 1
             self.bytes_used += len(data)
         elif isinstance(node, File):
-            self._check_size(comps, len(node.data), len(data))
-            self.bytes_used += len(data) - len(node.data)
+            old, new = len(node.data), len(data)
+            if new > old or new > self.limits.max_file_bytes:  # else nothing to refuse
+                self._check_size(comps, old, new)
+            self.bytes_used += new - old
             node.data = data
             node.mtime_ns = node.ctime_ns = now
         elif isinstance(node, Dir):

@@ -270,7 +270,7 @@ class Volume:
         self.stats.clear()  # any change may change any stat of the volume
         payload = _encode((kind, *args))
         result = CHANGES[kind](self.tree, *args)
-        self.journal.append(payload)
+        self.journal.records.append(payload)  # no frame of its own: the write frames it
         return result
 
     def change_data(self, kind: int, args: tuple[Any, ...]) -> Any:

@@ -75,9 +75,10 @@ def test_a_journal_record_that_cannot_apply_stops_the_replay_there(tmp_path: Pat
     journal = kernel.fs.volumes["bad"].journal
     kernel.close()
     assert journal.path == str(volume_dir(tmp_path, "bad") / "journal.0")
-    # a well-framed record that cannot apply, and one after it
-    journal.append(msgpack.packb((4, ("nosuchdir", "x"), 1000)))
-    journal.append(msgpack.packb((0, ("later",), 0o755, 999, 1)))
+    # a well-framed record that cannot apply, and one after it (each its own frame)
+    journal.records.append(msgpack.packb((4, ("nosuchdir", "x"), 1000)))
+    journal.flush(fsync=True)
+    journal.records.append(msgpack.packb((0, ("later",), 0o755, 999, 1)))
     journal.flush(fsync=True)
     journal.close_fd()
     kernel = FakeKernel(tmp_path)
