@@ -25,7 +25,7 @@ volume whose last journal is one moves its writes to a new generation
 :attr:`Journal.records` keeps encoded records; :meth:`Journal.write` writes what
 was kept with one ``pwritev`` -- the kernel calls it once per loop turn, so every write of
 that turn shares the one ``fdatasync`` that follows (:meth:`Journal.sync`, or a syncer
-process given :meth:`Journal.fileno`: :mod:`kernelfarm.kernel.syncer`).  The records kept
+process given :meth:`Journal.sync_elsewhere`: :mod:`kernelfarm.kernel.syncer`).  The records kept
 between two writes go to the file as one frame (a *group*): its payload is the msgpack
 array of the records, so the turn pays one frame header, one CRC and one copy instead of
 one per record (a lone record is framed alone, as before).  A group is whole or, torn,
@@ -255,6 +255,7 @@ class Journal:
         self._chunked = 0           # bytes in _chunks
         self._fd = -1
         self.unsynced = False       # written, not yet fsynced by this process
+        self.sync_asked = False     # every write handed to be synced (sync_elsewhere)
 
     @classmethod
     def create(cls, path: str, durable: bool) -> Journal:
@@ -354,6 +355,7 @@ class Journal:
             write_at(fd, buffers, self.size)
             self.size += pending
             self.unsynced = True
+            self.sync_asked = False
             if self.size > self.allocated:
                 self.allocated = self.size
                 if room:
@@ -365,9 +367,14 @@ class Journal:
             os.fdatasync(self._open_fd())
             self.unsynced = False
 
-    def fileno(self) -> int:
-        """The open descriptor (opened if need be), for a sync made elsewhere (a syncer
-        process): ``unsynced`` stays true, as this process has not synced it itself."""
+    def sync_elsewhere(self) -> int:
+        """The open descriptor (opened if need be), handed to whoever syncs it now: the
+        group commit, inline or in its syncer process (:mod:`kernelfarm.kernel.syncer`),
+        which holds its own reference to the file.  ``unsynced`` stays true (this
+        process does not know when that sync is done: a journal switched by a snapshot
+        is synced here first), and ``sync_asked`` is true until the next write: the
+        descriptor may be closed without a sync of its own (:meth:`close_fd`)."""
+        self.sync_asked = True
         return self._open_fd()
 
     def _preallocate(self, fd: int, pending: int) -> None:

@@ -572,18 +572,20 @@ class FsSubsystem(Subsystem):
             raise error
         # Last: a journal switched (snapshot) or closed (_keep_open) above was synced by
         # the kernel then, and is not unsynced any more.
-        return [volume.journal.fileno() for volume in syncing
+        return [volume.journal.sync_elsewhere() for volume in syncing
                 if volume.failed is None and volume.journal.unsynced]
 
     def _batch_sync(self) -> None:
+        """The batch policy's timer: the journals written since their last sync are
+        synced by a group commit of their own -- behind the loop where the kernel has a
+        syncer, so the loop never waits for an ``fdatasync`` (replies made meanwhile
+        wait for it, as they wait for any sync in flight).  A failed sync is fatal, as
+        every group commit's is."""
         self._batch_timer = None
         unsynced, self._unsynced = self._unsynced, set()
         for volume in unsynced:
             if volume.failed is None:
-                try:
-                    volume.flush(True)
-                except OSError:
-                    pass  # the volume took itself out of service and logged why
+                self._changed(volume, sync=True)
 
     def _snapshot(self, volume: Volume) -> None:
         """Restart the volume's journal from a snapshot: written by a forked child where
@@ -630,13 +632,15 @@ class FsSubsystem(Subsystem):
         self._open.move_to_end(volume)
         while len(self._open) > self.config.open_journals:
             oldest, _ = self._open.popitem(last=False)
-            if oldest.journal.unsynced and self.config.fsync != "never":
+            journal = oldest.journal
+            # Handed to a sync in flight (which holds its own reference): nothing to add.
+            if journal.unsynced and not journal.sync_asked and self.config.fsync != "never":
                 self._unsynced.discard(oldest)
                 try:
                     oldest.flush(True)
                 except OSError:
                     continue  # the volume took itself out of service and logged why
-            oldest.journal.close_fd()
+            journal.close_fd()
 
     # -- slots -------------------------------------------------------------------------------
 

@@ -43,8 +43,10 @@ class FakeKernel:
         self.loop = loop  # type: ignore[assignment]
         self.fs_settings = fs_settings
         self.config: Config = build({"fs": fs_settings})
-        # The kernel's group commit; turn() ends each turn itself, so nothing is scheduled.
-        self.group_commit = GroupCommit(lambda commit: None, self._run_flushes)
+        # The kernel's group commit; turn() ends each turn itself, so only a flush asked
+        # for outside a turn (the batch policy's timer) is scheduled, on the loop if any.
+        self.group_commit = GroupCommit(
+            (lambda commit: None) if loop is None else loop.call_soon, self._run_flushes)
         self.flush_calls = 0
         self.start()
 

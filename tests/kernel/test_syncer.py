@@ -3,18 +3,23 @@ whose syncer dies stops loudly instead of acknowledging what nobody synced."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 import socket
 import threading
 from pathlib import Path
+from typing import Any, Iterator
 
 import psutil
 import pytest
 
 from farmctl import Farm, gone, start_farm, wait_until
-from kernelfarm.boot import EXIT_FLUSH_FAILED
+from kernelfarm import config as configuration
+from kernelfarm.boot import EXIT_FLUSH_FAILED, BootInfo
 from kernelfarm.kernel import syncer
+from kernelfarm.kernel.kernel import Kernel
+from kernelfarm.partition import NSLOTS
 
 
 def syncer_of(kernel: psutil.Process) -> psutil.Process:
@@ -110,3 +115,85 @@ def test_the_syncer_never_answers_a_request_with_a_sync_begun_before_it(
         theirs.close()
         os.close(first)
         os.close(second)
+
+
+# -- in one process: which fdatasyncs the loop still makes -----------------------------------
+
+class Trusted:
+    """A connection that needs no hello: every method and key."""
+
+    def __init__(self, kernel: Kernel) -> None:
+        self.session = kernel.gate.trusted
+
+
+@pytest.fixture
+def syncing_kernel(tmp_path: Path) -> Iterator[Any]:
+    """``make(**fs_settings)``: a unicpu kernel in this process with a syncer child (forked
+    first, as at boot), and a list of the ``fdatasync`` calls made on its loop."""
+    made: list[Kernel] = []
+
+    def make(**fs_settings: Any) -> tuple[Kernel, list[int]]:
+        child = syncer.Syncer.fork()
+        loop = asyncio.get_running_loop()
+        config = configuration.build({"fs": fs_settings})
+        boot = BootInfo(kernel_id=0, core=0, epoch=1, ranges=[[0, NSLOTS - 1, 0]],
+                        addrs={0: ["127.0.0.1", 1]}, config=config.to_dict(),
+                        data_dir=str(tmp_path), supervisor_pid=0)
+        kernel = Kernel(boot, config, loop)
+        kernel.group_commit.sync_behind(child, loop)
+        made.append(kernel)
+        on_loop: list[int] = []
+        real = os.fdatasync
+        patch.setattr(os, "fdatasync", lambda fd: (on_loop.append(fd), real(fd))[1])
+        return kernel, on_loop
+
+    with pytest.MonkeyPatch.context() as patch:
+        yield make
+        for kernel in made:
+            kernel.close()
+
+
+async def settled(kernel: Kernel) -> None:
+    """Until the group commit has nothing pending and the syncer nothing in flight."""
+    deadline = asyncio.get_running_loop().time() + 30
+    commits = kernel.group_commit
+    while commits.pending or commits.holding:
+        assert asyncio.get_running_loop().time() < deadline, "the syncer never answered"
+        await asyncio.sleep(0.001)
+
+
+@pytest.mark.asyncio
+async def test_the_batch_policys_fdatasync_runs_in_the_syncer(syncing_kernel: Any) -> None:
+    """``fsync = "batch"``: the timer's sync is a group commit of its own, made behind the
+    loop by the syncer; the loop itself calls no ``fdatasync``."""
+    kernel, on_loop = syncing_kernel(fsync="batch", batch_interval_ms=1)
+    conn = Trusted(kernel)
+    kernel.handle(conn, 1, "fs.mkdir", ["/v"])
+    for n in range(3):
+        assert kernel.handle(conn, 2, "fs.write_file", [f"/v/f{n}", b"x"]) == [1, 2, None, None]
+        await settled(kernel)  # written and answered at once: the policy syncs later
+    deadline = asyncio.get_running_loop().time() + 30
+    while kernel.group_commit.stats()["syncs_behind"] == 0 and not on_loop:
+        assert asyncio.get_running_loop().time() < deadline, "the batch was never synced"
+        await asyncio.sleep(0.001)
+    await settled(kernel)
+    assert on_loop == []
+
+
+@pytest.mark.asyncio
+async def test_a_journal_closed_past_the_open_limit_is_not_synced_again(
+        syncing_kernel: Any) -> None:
+    """``open_journals = 1``, ``fsync = "always"``: each write of one volume closes the
+    other's journal.  Its writes were handed to the syncer (which holds its own
+    reference to the file) and their replies waited for it, so closing it asks no
+    ``fdatasync`` of the loop."""
+    kernel, on_loop = syncing_kernel(open_journals=1)
+    conn = Trusted(kernel)
+    for volume in ("a", "b"):
+        kernel.handle(conn, 1, "fs.mkdir", [f"/{volume}"])
+    for n in range(4):
+        for volume in ("a", "b"):
+            kernel.handle(conn, 2, "fs.write_file", [f"/{volume}/f{n}", b"x"])
+            await settled(kernel)
+    assert kernel.group_commit.stats()["syncs_behind"] >= 8
+    assert on_loop == []
