@@ -153,8 +153,10 @@ class FarmOperations(pyfuse3.Operations):
         return fh
 
     async def _drain(self, ino: int) -> None:
+        """The file's writes on the farm, and the first refused one's error (kept even
+        when the refusal came in before this call, with nothing on its way any more)."""
         behind = self.pending.get(ino)
-        if behind is not None and not behind.idle:
+        if behind is not None:
             await behind.drain()
 
     async def drain_all(self) -> None:

@@ -9,6 +9,7 @@ import asyncio
 import errno
 import os
 import stat as statmod
+import time
 from collections import Counter
 from types import SimpleNamespace
 from typing import Any, AsyncIterator, Awaitable, Callable
@@ -331,3 +332,22 @@ async def test_a_create_not_waited_for_reports_its_failure_at_close(
     await ops.release(info.fh)
     # What the directory holds is the farm's to say again.
     assert await errno_of(ops.lookup(made.st_ino, b"f")) == errno.ENOENT
+
+
+@pytest.mark.asyncio
+async def test_a_write_refused_before_the_close_is_reported_by_the_close(
+        client: aio.Client) -> None:
+    """The farm's refusal may be in before the kernel sends ``flush``: nothing is on its
+    way any more, and the error must still be the close's."""
+    ops = FarmOperations(client.fs, chunk_bytes=4)  # a 4-byte write leaves at once
+    parent = await volume(client, ops, "h-efbig")
+    info, attrs = await ops.create(parent, b"f", 0o644, CREATE | os.O_EXCL, None)
+    await ops.write(info.fh, 8 * 1024 * 1024, b"past")  # max_file_bytes is 8 MiB
+    behind = ops.pending[attrs.st_ino]
+    deadline = time.monotonic() + 10
+    while not behind.idle:  # the refusal is in
+        assert time.monotonic() < deadline
+        await asyncio.sleep(0.001)
+    assert await errno_of(ops.flush(info.fh)) == errno.EFBIG
+    await ops.flush(info.fh)  # reported once
+    await ops.release(info.fh)
