@@ -22,6 +22,7 @@ import uvloop
 
 from kernelfarm import aio
 from kernelfarm.mount.attrs import Caching
+from kernelfarm.mount.fusefd import install as install_readiness
 from kernelfarm.mount.operations import FarmOperations
 from kernelfarm.mount.readsize import widen_reads
 
@@ -48,6 +49,7 @@ def fuse_options(options: MountOptions) -> set[str]:
 
 async def serve(options: MountOptions, ready: Callable[[], None]) -> None:
     pyfuse3.asyncio.enable()
+    readiness = install_readiness()
     client = aio.Client(options.control, token=options.token)
     await client.connect()  # no farm, no mount: fail before touching the mount point
     ops = FarmOperations(client.fs, read_only=options.read_only, caching=options.caching,
@@ -60,6 +62,8 @@ async def serve(options: MountOptions, ready: Callable[[], None]) -> None:
         ready()
         await pyfuse3.main()
     finally:
+        if readiness is not None:
+            readiness.stop()
         try:
             await ops.drain_all()
         except Exception as exc:
