@@ -26,8 +26,8 @@ import uvloop
 
 from kernelfarm.auth.tokens import admin_token_of
 from kernelfarm.bench.runner import machine, write_raw
+from kernelfarm.bench.systems import served_farm
 from kernelfarm.client import Client
-from kernelfarm.supervisor import launch
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 VOLUMES = [f"bench{i}" for i in range(8)]
@@ -36,27 +36,18 @@ VOLUMES = [f"bench{i}" for i in range(8)]
 @contextlib.contextmanager
 def farm(scratch: Path, required: bool) -> Iterator[tuple[tuple[str, int], str | None]]:
     """A one-kernel farm; yields its kernel address and the token the load sends."""
-    scratch.mkdir(parents=True)
-    config = scratch / "farm.toml"
-    config.write_text(f"[auth]\nrequired = {'true' if required else 'false'}\n"
-                      '[fs]\nfsync = "never"\n')
-    log_path = scratch / "serve.log"
-    proc = launch.spawn(["--data-dir", str(scratch / "data"), "--config", str(config),
-                         "--kernels", "1", "--log-level", "WARNING"], log_path=log_path)
-    try:
-        ready = launch.wait_ready(proc, log_path)
-        control = (ready["control"][0], ready["control"][1])
-        with Client(control, token=admin_token_of(scratch / "data")) as admin:
-            for volume in VOLUMES:
-                admin.fs.mkdir(f"/{volume}")
-            token = None
-            if required:
-                token = admin.control_call("tenant.add", "loader", ["bench*", "other-*"],
-                                           ["bench*"])["token"]
-            kernel = admin.cluster_map()["kernels"][0]["addr"]
+    config = (f"[auth]\nrequired = {'true' if required else 'false'}\n"
+              '[fs]\nfsync = "never"\n')
+    with served_farm(scratch, config, ["--kernels", "1"]) as served, \
+            Client(served.control, token=admin_token_of(served.data_dir)) as admin:
+        for volume in VOLUMES:
+            admin.fs.mkdir(f"/{volume}")
+        token = None
+        if required:
+            token = admin.control_call("tenant.add", "loader", ["bench*", "other-*"],
+                                       ["bench*"])["token"]
+        kernel = admin.cluster_map()["kernels"][0]["addr"]
         yield (kernel[0], kernel[1]), token
-    finally:
-        launch.stop(proc)
 
 
 async def load(addr: tuple[str, int], token: str | None, connections: int, depth: int,

@@ -28,8 +28,8 @@ from rich.console import Console
 from rich.table import Table
 
 from kernelfarm.bench.runner import machine, write_raw
+from kernelfarm.bench.systems import served_farm
 from kernelfarm.client import Client
-from kernelfarm.supervisor import launch
 
 MIB = 1024 * 1024
 CHUNK = 4 * MIB
@@ -111,26 +111,16 @@ def summary(latencies: list[float], seconds: float) -> dict[str, Any]:
 
 
 def run(mib: int) -> dict[str, Any]:
-    with tempfile.TemporaryDirectory(prefix="snapshot-bench-") as scratch:
-        config_path = Path(scratch) / "bench.toml"
-        config_path.write_text(config(mib))
-        log_path = Path(scratch) / "serve.log"
-        process = launch.spawn(["--data-dir", str(Path(scratch) / "data"), "--config",
-                                str(config_path), "--kernels", "1",
-                                "--log-level", "WARNING"], log_path=log_path)
-        try:
-            ready = launch.wait_ready(process, log_path)
-            control = (ready["control"][0], int(ready["control"][1]))
-            with Client(control) as client:
-                client.fs.mkdir("/small")
-                client.fs.write_file("/small/f", b"s" * 4096)
-                loading = time.perf_counter()
-                fill(client, mib)
-                load_s = time.perf_counter() - loading
-                snap, snap_s = window(control, client, trigger=True, idle_s=0)
-                idle, idle_s = window(control, client, trigger=False, idle_s=snap_s)
-        finally:
-            launch.stop(process)
+    with tempfile.TemporaryDirectory(prefix="snapshot-bench-") as scratch, \
+            served_farm(Path(scratch), config(mib), ["--kernels", "1"]) as farm, \
+            Client(farm.control) as client:
+        client.fs.mkdir("/small")
+        client.fs.write_file("/small/f", b"s" * 4096)
+        loading = time.perf_counter()
+        fill(client, mib)
+        load_s = time.perf_counter() - loading
+        snap, snap_s = window(farm.control, client, trigger=True, idle_s=0)
+        idle, idle_s = window(farm.control, client, trigger=False, idle_s=snap_s)
     return {"volume_mib": mib,
             "fill_seconds": round(load_s, 1), "idle": summary(idle, idle_s),
             "snapshot": summary(snap, snap_s), "idle_ms": idle, "snapshot_ms": snap}

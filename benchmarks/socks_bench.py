@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
 import shutil
 import socket
 import struct
@@ -207,28 +206,19 @@ def child(argv: list[str], **kwargs: Any) -> Iterator[subprocess.Popen[bytes]]:
 
 @contextmanager
 def kernelfarm_socks(scratch: Path, kernels: str) -> Iterator[dict[str, Any]]:
-    from kernelfarm.auth.tokens import ADMIN_TOKEN_FILE
-    from kernelfarm.supervisor import launch
+    from kernelfarm.auth.tokens import admin_token_of
+    from kernelfarm.bench.systems import served_farm
 
-    log_path = scratch / "serve.log"
-    farm = launch.spawn(["--data-dir", str(scratch / "data"), "--kernels", kernels,
-                         "--log-level", "WARNING"], log_path=log_path,
-                        env=dict(os.environ, KERNELFARM_LOG="WARNING"))
-    try:
-        ready = launch.wait_ready(farm, log_path)
-        control = f"{ready['control'][0]}:{ready['control'][1]}"
-        with open(scratch / "socks.log", "ab") as log, child(
+    with served_farm(scratch, "", ["--kernels", kernels]) as farm, \
+            open(scratch / "socks.log", "ab") as log, child(
                 [sys.executable, "-m", "kernelfarm", "socks", "--listen", "127.0.0.1:0",
-                 "--control", control, "--log-level", "WARNING"],
-                stdout=subprocess.PIPE, stderr=log) as proxy:
-            listen = json.loads(first_line(proxy))["listen"]
-            # The password is a tenant token: the admin's, which the first serve wrote.
-            token = (scratch / "data" / ADMIN_TOKEN_FILE).read_text().strip()
-            yield {"name": "kernelfarm socks", "address": listen, "socks": True, "auth": True,
-                   "token": token, "kernels": len(ready["kernels"]),
-                   "pids": [farm.pid, proxy.pid]}
-    finally:
-        launch.stop(farm)
+                 "--control", f"{farm.control[0]}:{farm.control[1]}",
+                 "--log-level", "WARNING"], stdout=subprocess.PIPE, stderr=log) as proxy:
+        listen = json.loads(first_line(proxy))["listen"]
+        # The password is a tenant token: the admin's, which the first serve wrote.
+        yield {"name": "kernelfarm socks", "address": listen, "socks": True, "auth": True,
+               "token": admin_token_of(farm.data_dir), "kernels": farm.kernels,
+               "pids": [farm.pid, proxy.pid]}
 
 
 DANTE_CONFIG = """\

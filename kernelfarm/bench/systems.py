@@ -127,30 +127,59 @@ def balanced_tenants(target: Target, per_server: int, prefix: str = "t") -> list
 # -- farms ------------------------------------------------------------------------------
 
 
-@contextlib.contextmanager
-def running_farm(serve_flags: Sequence[str], scratch: Path, fsync: str) -> Iterator[Target]:
-    """``kernelfarm serve`` with ``serve_flags`` on a fresh data dir under ``scratch``."""
-    from kernelfarm.client import Client
+@dataclass(frozen=True)
+class ServedFarm:
+    """A farm started by :func:`served_farm`: where its control API is, and its data dir
+    (where its admin token is, for a client or ``kernelfarm mount --token-file``)."""
 
+    control: tuple[str, int]
+    data_dir: Path
+    pid: int
+    """The supervisor's; its children are the kernels."""
+    kernels: int
+
+
+@contextlib.contextmanager
+def served_farm(scratch: Path, config: str, serve_flags: Sequence[str]) -> Iterator[ServedFarm]:
+    """``kernelfarm serve`` with ``serve_flags`` and the config file text ``config``, on a
+    fresh data dir under ``scratch``, logging only warnings (to ``scratch/serve.log``).
+
+    How every benchmark starts a farm: the process is stopped and its kernels reaped when
+    the ``with`` block is left, whatever happened; one that does not serve raises
+    :class:`~kernelfarm.supervisor.launch.LaunchError` with the end of its log.
+    """
     scratch.mkdir(parents=True, exist_ok=True)
-    config_path = scratch / "bench.toml"
-    config_path.write_text(config_text(fsync))
+    config_path = scratch / "farm.toml"
+    config_path.write_text(config)
     log_path = scratch / "serve.log"
     process = launch.spawn(
         ["--data-dir", str(scratch / "data"), "--config", str(config_path),
          "--log-level", "WARNING", *serve_flags],
         log_path=log_path, env=dict(os.environ, KERNELFARM_LOG="WARNING"))
-    client = None
-    token_before = os.environ.get(TOKEN_ENV)
     try:
+        ready = launch.wait_ready(process, log_path)
+        yield ServedFarm((ready["control"][0], int(ready["control"][1])), scratch / "data",
+                         process.pid, len(ready["kernels"]))
+    finally:
+        launch.stop(process)
+
+
+@contextlib.contextmanager
+def running_farm(serve_flags: Sequence[str], scratch: Path, fsync: str) -> Iterator[Target]:
+    """``kernelfarm serve`` with ``serve_flags`` on a fresh data dir under ``scratch``."""
+    from kernelfarm.client import Client
+
+    with contextlib.ExitStack() as stack:
         try:
-            ready = launch.wait_ready(process, log_path)
+            farm = stack.enter_context(served_farm(scratch, config_text(fsync), serve_flags))
         except launch.LaunchError as exc:
             raise SystemStartError(exc.message) from exc
         # Auth is off, but a client's hello must still be right: every client of this
         # run (scripts' worker processes too) finds this farm's admin token.
-        os.environ[TOKEN_ENV] = admin_token_of(scratch / "data")
-        client = Client(tuple(ready["control"]))
+        token_before = os.environ.get(TOKEN_ENV)
+        os.environ[TOKEN_ENV] = admin_token_of(farm.data_dir)
+        stack.callback(_restore_env, TOKEN_ENV, token_before)
+        client = stack.enter_context(Client(farm.control))
         cluster = client.cluster_map()
         table = SlotTable.from_ranges(cluster["epoch"], cluster["slots"])
         addrs = {k["id"]: (k["addr"][0], int(k["addr"][1])) for k in cluster["kernels"]}
@@ -162,56 +191,33 @@ def running_farm(serve_flags: Sequence[str], scratch: Path, fsync: str) -> Itera
             return addrs[table.owner(key_slot(tenant))]
 
         yield Target(call=client.call, owner_of=owner_of,
-                     addresses=sorted(set(addrs.values())), server_pids=[process.pid],
+                     addresses=sorted(set(addrs.values())), server_pids=[farm.pid],
                      details={"kernels": len(addrs), "serve": list(serve_flags),
-                              "control": tuple(ready["control"])}, cores=cores)
-    finally:
-        if client is not None:
-            client.close()
-        launch.stop(process)
-        if token_before is None:
-            os.environ.pop(TOKEN_ENV, None)
-        else:
-            os.environ[TOKEN_ENV] = token_before
+                              "control": farm.control}, cores=cores)
 
 
-@dataclass(frozen=True)
-class FileFarm:
-    """A farm started by :func:`file_farm`: where its control API is, and its data dir
-    (where its admin token is, for a client or ``kernelfarm mount --token-file``)."""
-
-    control: tuple[str, int]
-    data_dir: Path
-    pid: int
-    """The supervisor's; its children are the kernels."""
+def _restore_env(name: str, value: str | None) -> None:
+    if value is None:
+        os.environ.pop(name, None)
+    else:
+        os.environ[name] = value
 
 
 @contextlib.contextmanager
-def file_farm(scratch: Path, fsync: str, file_bytes: int, kernels: int) -> Iterator[FileFarm]:
+def file_farm(scratch: Path, fsync: str, file_bytes: int, kernels: int) -> Iterator[ServedFarm]:
     """``kernelfarm serve`` sized for streaming files of ``file_bytes`` through it.
 
     Files up to twice that size, a volume quota for a few rounds of them, and no snapshot
     while the benchmark runs: a snapshot rewrites the whole volume, which is restart time,
-    not throughput.  Auth stays on, as in a user's farm.  The data dir is under
-    ``scratch``; the process is stopped and reaped when the ``with`` block is left.
+    not throughput.  Auth stays on, as in a user's farm.
     """
     if fsync not in FSYNC_POLICIES:
         raise ValueError(f"fsync must be one of {', '.join(FSYNC_POLICIES)}, not {fsync!r}")
-    scratch.mkdir(parents=True, exist_ok=True)
-    config_path = scratch / "farm.toml"
-    config_path.write_text(f'[fs]\nfsync = "{fsync}"\nmax_file_bytes = {file_bytes * 2}\n'
-                           f"volume_quota_bytes = {file_bytes * 8}\n"
-                           f"snapshot_journal_bytes = {file_bytes * 16}\n")
-    log_path = scratch / "farm.log"
-    process = launch.spawn(["--data-dir", str(scratch / "data"), "--config", str(config_path),
-                            "--kernels", str(kernels), "--control", "127.0.0.1:0"],
-                           log_path=log_path)
-    try:
-        ready = launch.wait_ready(process, log_path)
-        yield FileFarm((ready["control"][0], int(ready["control"][1])), scratch / "data",
-                       process.pid)
-    finally:
-        launch.stop(process)
+    with served_farm(scratch, f'[fs]\nfsync = "{fsync}"\nmax_file_bytes = {file_bytes * 2}\n'
+                              f"volume_quota_bytes = {file_bytes * 8}\n"
+                              f"snapshot_journal_bytes = {file_bytes * 16}\n",
+                     ["--kernels", str(kernels)]) as farm:
+        yield farm
 
 
 # -- the echo floor -----------------------------------------------------------------------
