@@ -91,7 +91,9 @@ class SupervisorConfig:
     heartbeat_interval: float = setting(1.0, "seconds between pings of each kernel",
                                         minimum=0.01)
     heartbeat_timeout: float = setting(5.0, "a kernel that does not answer a ping for this "
-                                       "long is killed and restarted", minimum=0.05)
+                                       "long, and shows no sign of work meanwhile (no "
+                                       "return from a blocking call, not waiting on the "
+                                       "disk), is killed and restarted", minimum=0.05)
     boot_timeout: float = setting(15.0, "seconds a kernel may take to report ready, or "
                                   "between two progress reports while it loads its "
                                   "volumes", minimum=0.1)

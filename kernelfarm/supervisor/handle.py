@@ -17,7 +17,9 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, NamedTuple
+
+import psutil
 
 from kernelfarm.boot import (
     BOOT_NOTIFICATION, LOADING_NOTIFICATION, READY_NOTIFICATION, BootInfo,
@@ -116,6 +118,25 @@ def kernel_environ() -> dict[str, str]:
         env["GLIBC_TUNABLES"] = f"{tunables}:{MALLOC_ON_HUGE_PAGES}" if tunables \
             else MALLOC_ON_HUGE_PAGES
     return env
+
+
+class Activity(NamedTuple):
+    """What tells a busy kernel from a hung one when a ping goes unanswered.
+
+    A kernel whose loop is held by a long turn of real work (a batch of volume creations,
+    a few ``fsync``s each) keeps coming back from its blocking calls (``returns``, its
+    voluntary context switches), or is waiting on the disk right now (creating volumes at
+    load 9, a kernel went half a second without a return, in one ``fsync``; a SIGKILL
+    would wait for the disk too).  A stopped
+    kernel, one asleep in a call that does not return, or one spinning in Python, shows
+    neither.
+    """
+
+    returns: int
+    on_disk: bool
+
+    def working_since(self, before: Activity) -> bool:
+        return self.on_disk or self.returns != before.returns
 
 
 class KernelHandle:
@@ -236,6 +257,17 @@ class KernelHandle:
         if self.control is None or self.control.closed:
             raise ConnectionLost(f"kernel {self.kernel_id} has no control channel")
         return await self.control.call(method, *params, timeout=timeout)
+
+    def activity(self) -> Activity | None:
+        """What the kernel process is doing, as the OS sees it; ``None`` if it is gone."""
+        if self.proc is None or self.proc.returncode is not None:
+            return None
+        try:
+            with (process := psutil.Process(self.proc.pid)).oneshot():
+                return Activity(process.num_ctx_switches().voluntary,
+                                process.status() == psutil.STATUS_DISK_SLEEP)
+        except psutil.Error:
+            return None
 
     async def stop(self, timeout: float) -> None:
         """Ask the kernel to stop cleanly; SIGTERM, then SIGKILL if it does not exit."""
