@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import errno
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, cast
 
 from kernelfarm.errors import posix
 from kernelfarm.keys import volume_of as volume_of  # the partition key, shared with clients
@@ -33,9 +33,15 @@ Parsed = tuple[str | None, tuple[str, ...]]
 
 REMEMBERED_MAX = 8192
 """Parsed paths a process keeps; past this the memory starts afresh (bounded, O(1))."""
+KEPT_PATH_CHARS = 256
+"""Longer paths are parsed afresh each time, here and in the fs subsystem's caches of
+resolved paths and stat results: what every such memory holds stays bounded in bytes by
+its count of short strings (8,192 x 256 characters here, 2 MiB of text at most) whatever
+the length of the paths clients send (up to 4 KiB each, 32 MiB in 8,192 of them)."""
 remembered: dict[str, Parsed] = {}
-"""Every path :func:`parse` accepted, parsed: hot handlers look a ``str`` path up here
-themselves (one frame less) and call :func:`parse` when it is not there."""
+"""Every path of at most :data:`KEPT_PATH_CHARS` that :func:`parse` accepted, parsed: hot
+handlers look a ``str`` path up here themselves (one frame less) and call :func:`parse`
+when it is not there."""
 
 
 def parse(path: object) -> Parsed:
@@ -43,7 +49,8 @@ def parse(path: object) -> Parsed:
 
     Raises ``OSError`` (``EINVAL`` or ``ENAMETOOLONG``) for every path the module
     docstring refuses.  A valid path is parsed once: the kernel's key function
-    (:func:`routing_key`) parses it, the handler finds it here.  Parsing is a pure
+    (:func:`routing_key`) parses it, the handler finds it here (a path of over
+    :data:`KEPT_PATH_CHARS` is parsed by each).  Parsing is a pure
     function of the string, so a remembered result is always the right one.
     """
     if type(path) is str:
@@ -51,9 +58,11 @@ def parse(path: object) -> Parsed:
         if parsed is not None:
             return parsed
     parsed = _parse(path)
-    if len(remembered) >= REMEMBERED_MAX:
-        remembered.clear()
-    remembered[path] = parsed  # type: ignore[index]  # _parse accepts only str
+    text = cast(str, path)  # _parse accepts only str
+    if len(text) <= KEPT_PATH_CHARS:
+        if len(remembered) >= REMEMBERED_MAX:
+            remembered.clear()
+        remembered[text] = parsed
     return parsed
 
 

@@ -37,7 +37,7 @@ from kernelfarm.errors import InvalidParameter, Refusal, posix
 from kernelfarm.fs import store
 from kernelfarm.fs.config import FsConfig
 from kernelfarm.fs.journal import Journal
-from kernelfarm.fs.paths import parse, routing_key
+from kernelfarm.fs.paths import KEPT_PATH_CHARS, parse, routing_key
 from kernelfarm.fs.snapshotter import Snapshotter
 from kernelfarm.fs.tree import FILE_PERM, Dir, File, Limits, Tree, stat_of
 from kernelfarm.fs.volume import (
@@ -61,10 +61,6 @@ STATS_KEPT = 4096
 RESOLVED_KEPT = 8192
 """Resolved paths a kernel keeps (:attr:`FsSubsystem._resolved`); past this its memory
 starts afresh (bounded)."""
-KEPT_PATH_CHARS = 256
-"""Longer paths are resolved (and stat'd) afresh each time: what the kept paths and kept
-stat results hold stays bounded by their counts of short strings, whatever the length
-of the paths clients send (up to 4 KiB each)."""
 
 Resolved = tuple[Volume | None, tuple[str, ...]]
 """A path's volume and its components below the volume root; ``(None, ())`` for ``/``."""

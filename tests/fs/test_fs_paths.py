@@ -130,6 +130,23 @@ def test_remembered_paths_are_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
     assert 0 < len(paths.remembered) <= paths.REMEMBERED_MAX
 
 
+def test_remembered_paths_are_bounded_in_bytes(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Paths of up to 4 KiB are valid: kept by count alone, 8,192 of them would hold
+    32 MiB.  Long ones are parsed (rightly) and not kept, so the memory is bounded by
+    its count of short strings; a short path is still parsed once."""
+    monkeypatch.setattr(paths, "remembered", {})
+    long_name = "d" * paths.NAME_MAX
+    for index in range(64):
+        path = f"/v{index}/" + "/".join([long_name] * 15)  # 3.8 KiB
+        assert len(path.encode()) < paths.PATH_MAX
+        assert routing_key([path]) == f"v{index}"
+        assert parse(path) == (f"v{index}", (long_name,) * 15)
+    short = "/v/" + "s" * (paths.KEPT_PATH_CHARS - 3)
+    assert parse(short) == ("v", ("s" * (paths.KEPT_PATH_CHARS - 3),))
+    assert list(paths.remembered) == [short]
+    assert sum(map(len, paths.remembered)) <= len(paths.remembered) * paths.KEPT_PATH_CHARS
+
+
 def test_every_method_refuses_every_hostile_path_and_touches_nothing(tmp_path: Path) -> None:
     kernel = FakeKernel(tmp_path / "data")
     kernel.api.mkdir("/v")
