@@ -4,6 +4,7 @@ big result is received into its own buffer, however the stream is cut."""
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Sequence
 from typing import Any, Callable
 
 import msgpack
@@ -40,7 +41,7 @@ class RecordingTransport:
         self.closed = True
 
 
-def requests_in(write: list[bytes]) -> list[list[Any]]:
+def requests_in(write: Sequence[bytes | bytearray]) -> list[list[Any]]:
     unpacker = msgpack.Unpacker()
     unpacker.feed(b"".join(write))
     return list(unpacker)
@@ -79,7 +80,7 @@ def test_a_big_last_parameter_is_written_as_it_is_not_copied(size: int) -> None:
 
 def encoded_reply(msgid: int, error: Any, result: Any) -> bytes:
     """A reply as a kernel sends it (msgspec, as ``encode_replies``)."""
-    return encode_replies([[1, msgid, error, result]])
+    return bytes(encode_replies([[1, msgid, error, result]]))
 
 
 def feed_in_reads(conn: StreamingClientConnection, stream: bytes, reads: list[int]
