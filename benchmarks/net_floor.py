@@ -169,11 +169,11 @@ class _FloorRpc(asyncio.Protocol):
 
     def flush(self) -> None:
         self.flush_soon = False
-        packer = self.packer
-        if packer.getbuffer().nbytes:
-            assert self.transport is not None
-            self.transport.write(packer.bytes())
-            packer.reset()
+        packer, transport = self.packer, self.transport
+        if packer.getbuffer().nbytes and transport is not None \
+                and not transport.is_closing():  # the load ends by closing
+            transport.write(packer.bytes())
+        packer.reset()
 
 
 async def _floor_rpc(port: int, sockets: int) -> None:
