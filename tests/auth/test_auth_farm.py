@@ -184,7 +184,8 @@ def test_sockets_belong_to_their_tenant(farm: Farm, admin: kernelfarm.Client) ->
         for method, params in [("net.close", []), ("net.bind", ["127.0.0.1", 0]),
                                ("net.sendto", [b"x", "127.0.0.1", 9]),
                                ("net.recvfrom", [10, 0]), ("net.keep", []),
-                               ("net.shutdown", [2])]:
+                               ("net.shutdown", [2]), ("net.send", [b"x"]),
+                               ("net.recv", [10, 0.0])]:
             with pytest.raises(OSError) as exc:
                 b.call(method, shared, sid, *params)
             assert exc.value.errno == errno.EBADF, method
