@@ -60,11 +60,12 @@ class DataPath:
                 wait = timeout  # the usual timeout, in one test (a NaN fails it)
             else:
                 wait = self.timeout(timeout)
-            namespace = self.namespaces.get(ns)  # the usual case of callers, inline
-            sock = namespace.sockets.get(sid) \
-                if namespace is not None and type(sid) is int else None
-            if sock is None or self.unclaimed or conn.session.grants is not None \
-                    and sock.tenant != conn.session.tenant:
+            try:  # the usual case of callers, inline; subscripts cost less than get()
+                sock = self.namespaces[ns].sockets[sid]
+            except (KeyError, TypeError):  # TypeError: an unhashable sid
+                sock = None
+            if sock is None or type(sid) is not int or self.unclaimed \
+                    or conn.session.grants is not None and sock.tenant != conn.session.tenant:
                 sock = self.callers(conn, ns, sid)
             return sock.send(data, wait)
         except OSError as exc:
@@ -86,11 +87,12 @@ class DataPath:
                 wait = timeout  # as in send
             else:
                 wait = self.timeout(timeout)
-            namespace = self.namespaces.get(ns)  # the usual case of callers, inline
-            sock = namespace.sockets.get(sid) \
-                if namespace is not None and type(sid) is int else None
-            if sock is None or self.unclaimed or conn.session.grants is not None \
-                    and sock.tenant != conn.session.tenant:
+            try:  # the usual case of callers, inline; subscripts cost less than get()
+                sock = self.namespaces[ns].sockets[sid]
+            except (KeyError, TypeError):  # TypeError: an unhashable sid
+                sock = None
+            if sock is None or type(sid) is not int or self.unclaimed \
+                    or conn.session.grants is not None and sock.tenant != conn.session.tenant:
                 sock = self.callers(conn, ns, sid)
             return sock.recv(size, wait)
         except OSError as exc:
@@ -113,8 +115,9 @@ class DataPath:
 
         ``send`` and ``recv`` make its usual case inline and call it for the rest (a
         socket that moved here unclaimed, one that is not the caller's, a wrong sid): a
-        call less per data call, 1,015 of 34,749 instructions of a pure echo-first round
-        trip (benchmarks/README.md, "The net path, fifth pass")."""
+        call less per data call, and dict subscripts where it calls ``get``: 1,435 of 34,749
+        instructions of a pure echo-first round trip (benchmarks/README.md, "The net
+        path, fifth pass")."""
         if self.unclaimed:  # sockets moved here during live scaling, rarely
             self.claim(conn, ns, sid)
         namespace = self.namespaces.get(ns)

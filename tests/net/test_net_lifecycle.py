@@ -94,6 +94,22 @@ async def test_bad_parameters_are_einval(make_net: Any, method: str,
 
 
 @pytest.mark.asyncio
+async def test_a_sid_that_only_equals_a_socket_is_einval_not_that_socket(
+        make_net: Any) -> None:
+    """The data calls find a socket by dict subscript, which a float equal to its sid
+    would pass (equal hash): the sid must be an int, so the call is EINVAL, and an
+    unhashable sid is EINVAL too, never another error."""
+    harness = make_net()
+    conn = FakeConnection()
+    sid = await harness.call(conn, "net.socket", "dave", "tcp")
+    for wrong in (float(sid), [sid]):
+        for method, params in (("net.send", [b"x"]), ("net.recv", [10, 0.0])):
+            with pytest.raises(OSError) as info:
+                await harness.call(conn, method, "dave", wrong, *params)
+            assert info.value.errno == errno.EINVAL, (method, wrong)
+
+
+@pytest.mark.asyncio
 async def test_dropping_a_connection_closes_its_sockets_but_not_kept_ones(
         make_net: Any) -> None:
     harness = make_net()
