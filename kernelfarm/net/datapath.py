@@ -3,11 +3,11 @@
 Every other net method runs rarely (a socket is set up once and then moves data many
 times), so they stay in :mod:`kernelfarm.net.subsystem`, whose ``async def`` handlers
 cannot be compiled (``Params`` reads their signatures, the failure counting asks
-``inspect`` whether they are coroutine functions).  These two are plain functions, and
+``inspect`` whether they are coroutine functions).  These two are plain methods, and
 their own module is in :data:`kernelfarm.accel.MODULES`: compiled, a data call reaches the
 compiled :class:`~kernelfarm.net.sockets.FarmSocket` by a C call, with its parameter
-checks and the caller's-socket lookup compiled as well.  Pure, it is the same one frame
-per data call it was inside the subsystem.
+checks and the caller's-socket lookup compiled as well.  Pure or compiled, a data call
+is one frame from the kernel's dispatch to the socket's (see ``DataPath.callers``).
 
 What the data calls need of the subsystem is its namespaces (the dict itself, shared),
 the sockets that moved here and no connection has claimed yet, and the claim; the
