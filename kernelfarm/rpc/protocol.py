@@ -311,15 +311,21 @@ class ServerStream:
         reserved = conn.reserved
         fed = self._fed
         more = True
+        # A message can be over the limit only if what is buffered from where the next
+        # one begins is: then each message's size is checked; a read of requests that
+        # fit (every read of the fast path) skips the check and its bookkeeping.
+        careful = fed - start > limit
+        end = start
         try:
             # The unpacker's own iteration (no ``next()`` per message); everything in the
             # body that could raise is guarded, so what reaches ``except`` is the stream.
             for obj in unpacker:
                 end = tell()
-                if end - start > limit:
-                    batch.fatal = MessageTooBig(f"message over the {limit}-byte limit")
-                    break
-                start = end
+                if careful:
+                    if end - start > limit:
+                        batch.fatal = MessageTooBig(f"message over the {limit}-byte limit")
+                        break
+                    start = end
                 try:  # a request is a list of 4; what else unpacks in 4 fails the checks
                     kind, msgid, method, params = obj
                 except (TypeError, ValueError):
@@ -352,11 +358,11 @@ class ServerStream:
                     break
             else:  # input ran out inside a message
                 more = False
-                if fed - start > limit:
+                if fed - end > limit:
                     batch.fatal = MessageTooBig(f"message over the {limit}-byte limit")
         except Exception as exc:
             batch.fatal = stream_error(exc, limit)
-        self._start = start
+        self._start = end
         batch.produced = produced
         batch.more = more and batch.fatal is None
         return batch
