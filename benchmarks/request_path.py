@@ -98,7 +98,7 @@ async def measure(args: argparse.Namespace, scratch: Path) -> dict[str, Any]:
         conn = ServerConnection(kernel, max_message_bytes=kernel.config.rpc.max_message_bytes,
                                 max_inflight=kernel.config.rpc.max_inflight,
                                 write_buffer_bytes=kernel.config.rpc.write_buffer_bytes,
-                                meter=kernel.meter)
+                                meter=kernel.meter, tuples=True)  # as a kernel's listener
         conn.connection_made(CountingTransport())  # type: ignore[arg-type]
         conn.session = kernel.gate.trusted
         kernel.handle(conn, 0, "fs.mkdir", [f"/{VOLUME}"])

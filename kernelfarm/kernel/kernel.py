@@ -16,6 +16,7 @@ import logging
 import time
 from binascii import crc_hqx
 from pathlib import Path
+from collections.abc import Sequence
 from typing import Any, Callable
 
 import psutil
@@ -134,7 +135,11 @@ class Kernel:
 
     # -- Service -------------------------------------------------------------------------
 
-    def handle(self, conn: Any, msgid: int, method: str, params: list[Any]) -> list[Any] | None:
+    def handle(self, conn: Any, msgid: int, method: str,
+               params: Sequence[Any]) -> list[Any] | None:
+        """A request's reply, or ``None`` for a call that waits.  ``params`` is a tuple
+        from the public listener (``tuples``: no list built per request), a list from
+        the control channel: handlers take any sequence."""
         # Dicts are subscripted, not asked with .get(): the method call costs about 100
         # instructions more per lookup, and a miss (an unknown method, a first request
         # for a path) is rare and on a slow path anyway.
@@ -183,7 +188,7 @@ class Kernel:
         return [1, msgid, None, result]
 
     def _routed(self, conn: Any, msgid: int, entry: Method, keyfn: KeyOf,
-                params: list[Any]) -> list[Any] | None:
+                params: Sequence[Any]) -> list[Any] | None:
         """Route a request the hard way: its key function, its grant, its slot.  ``None``
         when it is served here, else the answer (denied, ``MOVED``, ``TRYAGAIN``).
 
@@ -230,7 +235,8 @@ class Kernel:
         conn.session.usage.errors += 1
         return [1, msgid, error, None]
 
-    def failure(self, method: str, params: list[Any], exc: BaseException) -> dict[str, Any]:
+    def failure(self, method: str, params: Sequence[Any], exc: BaseException
+                ) -> dict[str, Any]:
         """The error a failed call answers with: a wrong number of parameters is
         ``EINVAL`` in the contract's words (one line in the log, rate-limited); the rest
         is :meth:`fault`'s to say."""

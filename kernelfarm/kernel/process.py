@@ -26,6 +26,7 @@ import socket
 import sys
 import time
 from pathlib import Path
+from collections.abc import Sequence
 from typing import Any
 
 import msgpack
@@ -118,7 +119,7 @@ class AdminService:
         return True
 
     def handle(self, conn: ServerConnection, msgid: int, method: str,
-               params: list[Any]) -> list[Any] | None:
+               params: Sequence[Any]) -> list[Any] | None:
         handler = self.methods.get(method)
         if handler is None:
             return self.kernel.handle(conn, msgid, method, params)
@@ -246,8 +247,10 @@ async def serve(boot: BootInfo, config: Config, control: socket.socket,
     # slices of the loop and reports progress, which extends the supervisor's deadline.
     await run_sliced(kernel.loading(kernel.table.slots_of(kernel.kernel_id)),
                      admin.report_loading, config.supervisor.boot_timeout / 4)
+    # The public listener's params arrive as tuples (no list per message to build):
+    # every handler of a kernel takes its params as any sequence.
     factory = connection_factory(kernel, config.rpc, kernel.meter,
-                                 ConnectionLimit(config.rpc.max_connections))
+                                 ConnectionLimit(config.rpc.max_connections), tuples=True)
     server = await loop.create_server(factory, sock=listen)
     net = next(s for s in kernel.subsystems if isinstance(s, NetSubsystem))
     workers = None

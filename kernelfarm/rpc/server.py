@@ -27,6 +27,7 @@ import asyncio
 import errno
 import logging
 from time import perf_counter
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, Awaitable, Callable, Protocol, cast
 
 import msgpack
@@ -49,9 +50,10 @@ class Service(Protocol):
     """What a server connection delegates to."""
 
     def handle(self, conn: ServerConnection, msgid: int, method: str,
-               params: list[Any]) -> list[Any] | None:
+               params: Sequence[Any]) -> list[Any] | None:
         """Answer now with ``[1, msgid, error, result]``, or return ``None`` after
-        handing a waiting call to :meth:`ServerConnection.start_call`."""
+        handing a waiting call to :meth:`ServerConnection.start_call`.  ``params`` is a
+        list, or a tuple on a connection made with ``tuples``."""
         ...
 
     def send(self, conn: ServerConnection, data: Wire) -> None:
@@ -100,7 +102,7 @@ class ServerConnection(asyncio.Protocol):
 
     def __init__(self, service: Service, *, max_message_bytes: int, max_inflight: int,
                  write_buffer_bytes: int, meter: Meter | None = None,
-                 connections: ConnectionLimit | None = None) -> None:
+                 connections: ConnectionLimit | None = None, tuples: bool = False) -> None:
         self.service = service
         self._handle = service.handle
         self._send = service.send
@@ -116,7 +118,7 @@ class ServerConnection(asyncio.Protocol):
         are written; :class:`ServerStream` counts a new one as produced by its batch."""
         self._releasing = 0
         self.closed = False
-        self._stream = ServerStream(max_message_bytes)
+        self._stream = ServerStream(max_message_bytes, tuples)
         self.session: Any = Unbound()
         """Who the peer is and what it may call (:mod:`kernelfarm.auth.gate`); the service
         sets it when the connection is made.  Its ``usage`` counts the connection's
@@ -352,14 +354,17 @@ class ServerConnection(asyncio.Protocol):
 
 
 def connection_factory(service: Service, rpc: RpcConfig, meter: Meter | None = None,
-                       limit: ConnectionLimit | None = None) -> Callable[[], ServerConnection]:
+                       limit: ConnectionLimit | None = None, tuples: bool = False
+                       ) -> Callable[[], ServerConnection]:
     """The protocol factory for ``create_server``/``connect_accepted_socket``, with the
     ``[rpc]`` limits; the supervisor's control port and every kernel serve through it.
     Connections sharing ``meter`` count their traffic in it (a kernel's public listener);
-    ``limit`` is shared by every connection of one listener (``rpc.max_connections``)."""
+    ``limit`` is shared by every connection of one listener (``rpc.max_connections``);
+    ``tuples``: params arrive as tuples (:class:`~kernelfarm.rpc.protocol.ServerStream`)."""
     return lambda: ServerConnection(
         service, max_message_bytes=rpc.max_message_bytes, max_inflight=rpc.max_inflight,
-        write_buffer_bytes=rpc.write_buffer_bytes, meter=meter, connections=limit)
+        write_buffer_bytes=rpc.write_buffer_bytes, meter=meter, connections=limit,
+        tuples=tuples)
 
 
 def posix_error(code: int, message: str) -> dict[str, Any]:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, Callable
 
 from kernelfarm.auth.gate import HELLO, Gate
@@ -63,7 +64,7 @@ class ControlService:
         self.gate.update(table, self.conns)
 
     def handle(self, conn: ServerConnection, msgid: int, method: str,
-               params: list[Any]) -> list[Any] | None:
+               params: Sequence[Any]) -> list[Any] | None:
         session = conn.session
         entry = session.methods.get(method)
         if entry is None:

@@ -13,8 +13,9 @@ from hypothesis import strategies as st
 
 from kernelfarm.errors import MessageTooBig, ProtocolError
 from kernelfarm.rpc.protocol import (
-    GATHER_BYTES, Malformed, MessageType, Notification, Request, Response, RpcStream, classify,
-    encode_notification, encode_replies, encode_request, encode_response,
+    GATHER_BYTES, Malformed, MessageType, Notification, Request, Response, RpcStream,
+    ServerStream, classify, encode_notification, encode_replies, encode_request,
+    encode_response,
 )
 
 
@@ -56,6 +57,47 @@ def test_malformed_messages_are_named(obj: object, msgid: int | None, reason: st
     message = classify(obj)
     assert isinstance(message, Malformed)
     assert message.msgid == msgid and reason in message.reason
+
+
+MALFORMED = [[0, 1, "m"], [0, "x", "m", []], [0, 9, 5, []], [0, 9, "m", {}], [0, 9, "m", 3],
+             [7, 9, "m", []], [1, 9], [2, "n", 5]]
+"""One of each malformed message a server answers (eight: the ninth closes the stream)."""
+
+
+class _Conn:
+    reserved = 0
+
+
+def _served(data: bytes, tuples: bool) -> tuple[list[object], list[object], list[object]]:
+    """What a server stream answers for ``data``: its replies and notices, and the params
+    its handler was called with."""
+    seen: list[object] = []
+
+    def handle(conn: object, msgid: int, method: str, params: object) -> list[object]:
+        seen.append(params)
+        return [1, msgid, None, method]
+
+    stream = ServerStream(1 << 20, tuples)
+    stream.feed(data)
+    batch = stream.serve(handle, _Conn(), 64, 1 << 20)
+    return batch.replies, batch.notices, seen
+
+
+def test_a_stream_of_tuples_answers_every_message_in_the_same_words() -> None:
+    """A kernel's listener decodes arrays as tuples (no list per message): a malformed
+    message gets the same error, by the same words, as from a stream of lists, and a
+    request's handler gets the same params as a tuple."""
+    data = b"".join(msgpack.packb(obj) for obj in MALFORMED)
+    data += encode_request(4, "fs.stat", ["/a", [1, 2]])
+    replies, notices, seen = _served(data, tuples=True)
+    assert (replies, notices) == _served(data, tuples=False)[:2]
+    assert [reply[2]["message"] for reply in replies[:5]] == [
+        "a request is [0, msgid, method, params]", "method must be a string",
+        "params must be an array", "params must be an array", "unknown message type 7"]
+    assert [notice[2][0]["message"] for notice in notices] == [
+        "msgid must be an unsigned 32-bit integer", "a response is [1, msgid, error, result]",
+        "a notification is [2, method, params]"]
+    assert seen == [("/a", (1, 2))] and replies[5] == [1, 4, None, "fs.stat"]
 
 
 def test_message_types_are_the_spec_numbers() -> None:
