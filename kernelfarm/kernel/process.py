@@ -39,6 +39,7 @@ from kernelfarm.boot import (
 )
 from kernelfarm.config import Config
 from kernelfarm.errors import to_wire
+from kernelfarm.kernel.heap import keep_freed_memory
 from kernelfarm.kernel.kernel import Kernel
 from kernelfarm.kernel.syncer import Syncer
 from kernelfarm.net.subsystem import NetSubsystem
@@ -303,6 +304,7 @@ def main(argv: list[str] | None = None) -> int:
         if os.getppid() != boot.supervisor_pid:
             raise RuntimeError("the supervisor died before boot")
         pin(boot)
+        keep_freed_memory()  # for the next writes, instead of zeroed pages from the host
         config = fit_descriptors(Config.from_dict(boot.config))
         # One loop, one group commit: its fdatasyncs run behind the loop, in a child
         # forked now, before the loop exists (the locked baseline's threads sync inline).
