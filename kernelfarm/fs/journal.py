@@ -335,8 +335,9 @@ class Journal:
         if fsync:
             self.sync()
 
-    def write(self, room: bool) -> None:
-        """Write the buffered records (one ``pwritev``) into the page cache.
+    def write(self, room: bool) -> int:
+        """Write the buffered records (one ``pwritev``) into the page cache; the bytes of
+        zeroed room it added after them (disk space no record has taken yet).
 
         A write that grows the file also zero-fills room after it when ``room`` is asked
         (an fdatasync will follow, now or later: :meth:`_preallocate`), unless the write
@@ -348,18 +349,21 @@ class Journal:
         """
         if self.records:
             self._frame_records()
-        if self._chunked:
-            pending, buffers = self._chunked, self._chunks
-            self._chunks, self._chunked = [], 0
-            fd = self._open_fd()
-            write_at(fd, buffers, self.size)
-            self.size += pending
-            self.unsynced = True
-            self.sync_asked = False
-            if self.size > self.allocated:
-                self.allocated = self.size
-                if room:
-                    self._preallocate(fd, pending)
+        if not self._chunked:
+            return 0
+        pending, buffers = self._chunked, self._chunks
+        self._chunks, self._chunked = [], 0
+        fd = self._open_fd()
+        write_at(fd, buffers, self.size)
+        self.size += pending
+        self.unsynced = True
+        self.sync_asked = False
+        if self.size <= self.allocated:
+            return 0
+        self.allocated = self.size
+        if room:
+            self._preallocate(fd, pending)
+        return self.allocated - self.size
 
     def sync(self) -> None:
         """``fdatasync`` what was written since this process last synced the file."""

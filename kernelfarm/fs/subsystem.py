@@ -549,7 +549,9 @@ class FsSubsystem(Subsystem):
                 error = error or posix(errno.EIO, f"volume {volume.name!r}: {volume.failed}")
                 continue
             try:
-                volume.write(room)
+                # The zeroed room takes disk space before any record does: counted now,
+                # or a journal switched with room unused would leave the estimate high.
+                self._space.free -= volume.write(room)
             except OSError as exc:
                 error = error or exc
                 continue

@@ -293,11 +293,12 @@ class Volume:
             self.fail(f"journal write failed: {exc}")
             raise
 
-    def write(self, room: bool) -> None:
+    def write(self, room: bool) -> int:
         """Write the buffered records for a sync made later or elsewhere (zeroed room
-        kept after them if ``room``); on failure, go out of service."""
+        kept after them if ``room``: the bytes of room added); on failure, go out of
+        service."""
         try:
-            self.journal.write(room)
+            return self.journal.write(room)
         except OSError as exc:
             self.fail(f"journal write failed: {exc}")
             raise
