@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from types import SimpleNamespace
 
 import pytest
 from fs_harness import FakeKernel
@@ -22,8 +21,9 @@ def test_the_estimate_counts_the_journals_zeroed_room(tmp_path: Path,
     holds, up to 1 MiB: more than a reserve).  That room is on disk before any record
     is in it; if the journal is then switched by a snapshot, no record ever fills it.
     So the estimate drops by the room at once, not only by the record."""
-    monkeypatch.setattr(os, "statvfs", lambda path: SimpleNamespace(
-        f_bavail=(1 << 40) // BLOCK, f_frsize=BLOCK))  # a disk with 1 TiB free
+    fields = list(os.statvfs(tmp_path))
+    fields[1], fields[4] = BLOCK, (1 << 40) // BLOCK  # f_frsize, f_bavail: 1 TiB free
+    monkeypatch.setattr(os, "statvfs", lambda path: os.statvfs_result(fields))
     kernel = FakeKernel(tmp_path, reserve_bytes=256 * KIB)
     kernel.api.mkdir("/v")
     journal = kernel.fs.volumes["v"].journal
