@@ -31,7 +31,7 @@ array of the records, so the turn pays one frame header, one CRC and one copy in
 one per record (a lone record is framed alone, as before).  A group is whole or, torn,
 cut whole at recovery -- no reply depends on part of one, since the turn's replies wait
 for its sync.  Readers tell a group from a record by its first element: a record starts
-with its kind (an int), a group with a record (:func:`records_of`).  A kernelfarm from
+with its kind (an int), a group with a record (:func:`.volume.replay`).  A kernelfarm from
 before groups reads such a frame as one record it cannot apply and salvages the volume
 read-only, changing nothing on disk.  A record with a big payload is buffered by
 reference (:meth:`Journal.append_parts`): its data goes from the request's bytes object
@@ -88,14 +88,6 @@ def array_header(count: int) -> bytes:
     if count < 0x10000:
         return b"\xdc" + count.to_bytes(2, "big")
     return b"\xdd" + count.to_bytes(4, "big")
-
-
-def records_of(frame_object: Any) -> Sequence[Any]:
-    """The records of one frame of a journal: the frame's own, or a group's."""
-    if type(frame_object[0]) is int:
-        return (frame_object,)
-    group: Sequence[Any] = frame_object
-    return group
 
 
 def read_records(fh: BinaryIO, size: int, seed: int = 0) -> Iterator[tuple[Any, int]]:

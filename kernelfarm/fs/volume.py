@@ -26,9 +26,7 @@ import msgspec
 from kernelfarm import durable
 from kernelfarm.errors import posix
 from kernelfarm.fs import snapshot, store
-from kernelfarm.fs.journal import (
-    Journal, journal_records, records_of, removing, replaying_whole,
-)
+from kernelfarm.fs.journal import Journal, journal_records, removing, replaying_whole
 from kernelfarm.fs.tree import UNLIMITED, Limits, Tree
 from kernelfarm.steps import Steps, finish
 
@@ -73,8 +71,12 @@ def spliced(kind: int, args: tuple[Any, ...], at: int) -> tuple[bytes, bytes]:
 
 
 def replay(tree: Tree, frame: Any) -> None:
-    """Apply one frame of a journal: a record, or a turn's group of them (in order)."""
-    for record in records_of(frame):
+    """Apply one frame of a journal: a record, which starts with its kind (an int), or a
+    turn's group of records (:mod:`.journal`), in order."""
+    if type(frame[0]) is int:
+        CHANGES[frame[0]](tree, *frame[1:])
+        return
+    for record in frame:
         CHANGES[record[0]](tree, *record[1:])
 
 
