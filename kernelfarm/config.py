@@ -91,12 +91,14 @@ class SupervisorConfig:
     heartbeat_interval: float = setting(1.0, "seconds between pings of each kernel",
                                         minimum=0.01)
     heartbeat_timeout: float = setting(5.0, "a kernel that does not answer a ping for this "
-                                       "long, and shows no sign of work meanwhile (no "
-                                       "return from a blocking call, not waiting on the "
-                                       "disk), is killed and restarted", minimum=0.05)
+                                       "long is killed and restarted, unless it shows it "
+                                       "is busy, not hung (it comes back from blocking "
+                                       "calls, waits on the disk, or is runnable and gets "
+                                       "under half of its core)", minimum=0.05)
     boot_timeout: float = setting(15.0, "seconds a kernel may take to report ready, or "
                                   "between two progress reports while it loads its "
-                                  "volumes", minimum=0.1)
+                                  "volumes (more while it shows it is busy, as for "
+                                  "heartbeat_timeout)", minimum=0.1)
     boot_retries: int = setting(5, "consecutive failed boots before a kernel is marked "
                                 "failed instead of restarted", minimum=1)
     restart_backoff: float = setting(0.1, "first delay before a restart; doubles per "

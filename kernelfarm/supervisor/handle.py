@@ -120,23 +120,49 @@ def kernel_environ() -> dict[str, str]:
     return env
 
 
-class Activity(NamedTuple):
-    """What tells a busy kernel from a hung one when a ping goes unanswered.
+STARVED_SHARE = 0.5
+"""A runnable kernel that got less than this share of a core since the last look is
+waiting for the CPU, not hung."""
 
-    A kernel whose loop is held by a long turn of real work (a batch of volume creations,
-    a few ``fsync``s each) keeps coming back from its blocking calls (``returns``, its
-    voluntary context switches), or is waiting on the disk right now (creating volumes at
-    load 9, a kernel went half a second without a return, in one ``fsync``; a SIGKILL
-    would wait for the disk too).  A stopped
-    kernel, one asleep in a call that does not return, or one spinning in Python, shows
-    neither.
+
+class Activity(NamedTuple):
+    """What tells a busy kernel from a hung one when it stays silent past a deadline (a
+    ping's ``heartbeat_timeout``, a boot's ``boot_timeout``): both are wall time, and
+    what a kernel can do in that time depends on what it waits for.
+
+    - A kernel whose loop is held by a long turn of real work (a batch of volume
+      creations, a few ``fsync``s each) keeps coming back from its blocking calls
+      (``returns``, its voluntary context switches), or waits on the disk right now
+      (creating volumes at load 9, a kernel went half a second without a return, in one
+      ``fsync``; a SIGKILL would wait for the disk too).
+    - A kernel on a crowded core is runnable but gets little of it (``cpu_s`` grows by
+      less than :data:`STARVED_SHARE` of the time): at load 15, kernels took 14 s to boot
+      and missed pings for 5 s; killing one only adds a boot to the crowd.
+
+    A stopped kernel, one asleep in a call that does not return, or one spinning in
+    Python with most of its core shows none of these, and is hung.  (One spinning on a
+    core that others crowd is spared until they leave it more than half.)
     """
 
+    at: float
     returns: int
     on_disk: bool
+    runnable: bool
+    cpu_s: float
 
     def working_since(self, before: Activity) -> bool:
-        return self.on_disk or self.returns != before.returns
+        if self.on_disk or self.returns != before.returns:
+            return True
+        return self.runnable and self.cpu_s - before.cpu_s < STARVED_SHARE * (self.at - before.at)
+
+    def describe(self, before: Activity) -> str:
+        """Why :meth:`working_since` holds, for the log."""
+        if self.on_disk:
+            return "waiting on the disk"
+        if self.returns != before.returns:
+            return f"{self.returns - before.returns} returns from waits"
+        return (f"waiting for the CPU: {self.cpu_s - before.cpu_s:.2f} s of it in "
+                f"{self.at - before.at:.1f} s")
 
 
 class KernelHandle:
@@ -174,7 +200,8 @@ class KernelHandle:
         Raises if the process exits or stays silent past ``boot_timeout``; the process is
         then killed and reaped, so a failed boot leaves nothing behind.  Silent means
         neither ready nor reporting progress: a kernel loading millions of files reports
-        while it loads, and each report gives it another ``boot_timeout``.
+        while it loads, and each report gives it another ``boot_timeout``; so does a
+        sign that it is not hung (:class:`Activity`: a crowded core starves it).
         """
         loop = asyncio.get_running_loop()
         parent, child = socket.socketpair()
@@ -201,10 +228,18 @@ class KernelHandle:
         self.control.transport.write(encode_notification(BOOT_NOTIFICATION, [boot.to_wire()]))
         waiters: set[asyncio.Future[Any]] = {self._ready, self.exited}
         done: set[asyncio.Future[Any]] = set()
+        before = self.activity()
         while not done:
             left = self._alive_at + boot_timeout - time.monotonic()
             if left <= 0:
-                break
+                now = self.activity()
+                if now is None or before is None or not now.working_since(before):
+                    break
+                log.warning("kernel %d has not reported ready or progress for %.1f s but "
+                            "is not hung (%s): waiting", self.kernel_id, boot_timeout,
+                            now.describe(before))
+                self._alive_at, before = time.monotonic(), now
+                continue
             done, _ = await asyncio.wait(waiters, timeout=left,
                                          return_when=asyncio.FIRST_COMPLETED)
         if self._ready in done:
@@ -264,8 +299,10 @@ class KernelHandle:
             return None
         try:
             with (process := psutil.Process(self.proc.pid)).oneshot():
-                return Activity(process.num_ctx_switches().voluntary,
-                                process.status() == psutil.STATUS_DISK_SLEEP)
+                status, cpu = process.status(), process.cpu_times()
+                return Activity(time.monotonic(), process.num_ctx_switches().voluntary,
+                                status == psutil.STATUS_DISK_SLEEP,
+                                status == psutil.STATUS_RUNNING, cpu.user + cpu.system)
         except psutil.Error:
             return None
 

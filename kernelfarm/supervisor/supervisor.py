@@ -362,11 +362,12 @@ class Supervisor:
     async def _ping(self, handle: KernelHandle) -> dict[str, Any]:
         """The kernel's answer to one ``kernel.ping``; ``Timeout`` if it is hung.
 
-        Hung means silent for ``heartbeat_timeout`` with no sign of work
-        (:class:`~kernelfarm.supervisor.handle.Activity`).  A kernel whose loop is held
-        longer by one turn of real work (a client's batch of 256 volume creations took
-        10 s at load 8) gets another ``heartbeat_timeout`` each time it shows some:
-        killing it would drop every connection it serves for work it was doing.
+        Hung means silent for ``heartbeat_timeout`` with no sign of work and not waiting
+        for the CPU (:class:`~kernelfarm.supervisor.handle.Activity`).  A kernel whose
+        loop is held longer by one turn of real work (a client's batch of 256 volume
+        creations took 10 s at load 8), or that a crowded core starves, gets another
+        ``heartbeat_timeout`` each time: killing it would drop every connection it
+        serves for work it was doing.
         """
         timeout = self.config.supervisor.heartbeat_timeout
         before = handle.activity()
@@ -381,9 +382,8 @@ class Supervisor:
                 if now is None or before is None or not now.working_since(before):
                     raise Timeout(f"kernel {handle.kernel_id}: no answer to its heartbeat")
                 log.warning("kernel %d has not answered its heartbeat for %.1f s but is "
-                            "working (%s): waiting", handle.kernel_id, timeout,
-                            "on the disk" if now.on_disk
-                            else f"{now.returns - before.returns} returns from waits")
+                            "not hung (%s): waiting", handle.kernel_id, timeout,
+                            now.describe(before))
                 before = now
         finally:
             answer.cancel()
