@@ -126,7 +126,8 @@ class Farm:
         return client
 
     def cluster_map(self) -> dict[str, Any]:
-        return raw_call(self.control, "cluster.map")
+        cluster: dict[str, Any] = raw_call(self.control, "cluster.map")
+        return cluster
 
     def kernel_pids(self) -> list[int]:
         return [k["pid"] for k in self.cluster_map()["kernels"]]

@@ -19,6 +19,7 @@ class Peer:
     def __init__(self, addr: tuple[str, int], timeout: float = 10.0,
                  token: str | None = ADMIN_TOKEN) -> None:
         self.sock = socket.create_connection(addr, timeout=timeout)
+        opened.add(self)
         self.unpacker = msgpack.Unpacker(raw=False, max_buffer_size=256 * 1024 * 1024)
         if token is not None:  # says who it is first, as every client does (an admin gone bad)
             reply = self.call(0, "auth.hello", token)
@@ -57,6 +58,13 @@ class Peer:
 
     def close(self) -> None:
         self.sock.close()
+        opened.discard(self)
+
+
+opened: set[Peer] = set()
+"""Every peer made, for the suite's clean-up (``conftest.close_raw_peers``): a test that
+fails before it closes its peers must not fail the next one with unclosed-socket
+warnings when they are collected there."""
 
 
 def kernel_addr(cluster_map: dict[str, Any], index: int = 0) -> tuple[str, int]:
