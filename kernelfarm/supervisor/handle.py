@@ -232,13 +232,11 @@ class KernelHandle:
         while not done:
             left = self._alive_at + boot_timeout - time.monotonic()
             if left <= 0:
-                now = self.activity()
-                if now is None or before is None or not now.working_since(before):
+                before = self.busy_since(before, f"reported ready or progress for "
+                                                 f"{boot_timeout:.1f} s")
+                if before is None:
                     break
-                log.warning("kernel %d has not reported ready or progress for %.1f s but "
-                            "is not hung (%s): waiting", self.kernel_id, boot_timeout,
-                            now.describe(before))
-                self._alive_at, before = time.monotonic(), now
+                self._alive_at = time.monotonic()
                 continue
             done, _ = await asyncio.wait(waiters, timeout=left,
                                          return_when=asyncio.FIRST_COMPLETED)
@@ -292,6 +290,37 @@ class KernelHandle:
         if self.control is None or self.control.closed:
             raise ConnectionLost(f"kernel {self.kernel_id} has no control channel")
         return await self.control.call(method, *params, timeout=timeout)
+
+    async def ping(self, timeout: float) -> dict[str, Any]:
+        """The kernel's answer to ``kernel.ping``; ``Timeout`` if it is hung: silent for
+        ``timeout`` (``heartbeat_timeout``) and not busy meanwhile (:class:`Activity`).
+        A kernel whose loop is held longer by one turn of real work (a client's batch of
+        256 volume creations took 10 s at load 8), or that a crowded core starves, gets
+        another ``timeout`` each time: killing it would drop every connection it serves
+        for work it was doing."""
+        before = self.activity()
+        answer = asyncio.ensure_future(self.call("kernel.ping", timeout=None))
+        try:
+            while True:
+                done, _ = await asyncio.wait({answer}, timeout=timeout)
+                if done:
+                    pong: dict[str, Any] = answer.result()
+                    return pong
+                before = self.busy_since(before, f"answered its heartbeat for {timeout:.1f} s")
+                if before is None:
+                    raise Timeout(f"kernel {self.kernel_id}: no answer to its heartbeat")
+        finally:
+            answer.cancel()
+
+    def busy_since(self, before: Activity | None, silent: str) -> Activity | None:
+        """The kernel's activity now if it was busy, not hung, since ``before`` (said in
+        the log, with what it has not done: ``silent``); ``None`` if it is hung or gone."""
+        now = self.activity()
+        if now is None or before is None or not now.working_since(before):
+            return None
+        log.warning("kernel %d has not %s but is not hung (%s): waiting", self.kernel_id,
+                    silent, now.describe(before))
+        return now
 
     def activity(self) -> Activity | None:
         """What the kernel process is doing, as the OS sees it; ``None`` if it is gone."""

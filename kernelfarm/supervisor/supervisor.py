@@ -349,7 +349,7 @@ class Supervisor:
         while True:
             await asyncio.sleep(cfg.heartbeat_interval)
             try:
-                pong = await self._ping(handle)
+                pong = await handle.ping(cfg.heartbeat_timeout)
             except Timeout:
                 log.error("kernel %d did not answer its heartbeat within %.1f s: killing it",
                           handle.kernel_id, cfg.heartbeat_timeout)
@@ -358,35 +358,6 @@ class Supervisor:
             except KernelfarmError:
                 return  # the exit watcher takes it from here
             self._record_ops(handle.kernel_id, pong.get("ops", 0))
-
-    async def _ping(self, handle: KernelHandle) -> dict[str, Any]:
-        """The kernel's answer to one ``kernel.ping``; ``Timeout`` if it is hung.
-
-        Hung means silent for ``heartbeat_timeout`` with no sign of work and not waiting
-        for the CPU (:class:`~kernelfarm.supervisor.handle.Activity`).  A kernel whose
-        loop is held longer by one turn of real work (a client's batch of 256 volume
-        creations took 10 s at load 8), or that a crowded core starves, gets another
-        ``heartbeat_timeout`` each time: killing it would drop every connection it
-        serves for work it was doing.
-        """
-        timeout = self.config.supervisor.heartbeat_timeout
-        before = handle.activity()
-        answer = asyncio.ensure_future(handle.call("kernel.ping", timeout=None))
-        try:
-            while True:
-                done, _ = await asyncio.wait({answer}, timeout=timeout)
-                if done:
-                    pong: dict[str, Any] = answer.result()
-                    return pong
-                now = handle.activity()
-                if now is None or before is None or not now.working_since(before):
-                    raise Timeout(f"kernel {handle.kernel_id}: no answer to its heartbeat")
-                log.warning("kernel %d has not answered its heartbeat for %.1f s but is "
-                            "not hung (%s): waiting", handle.kernel_id, timeout,
-                            now.describe(before))
-                before = now
-        finally:
-            answer.cancel()
 
     def _record_ops(self, kernel_id: int, total: int) -> None:
         now = time.monotonic()
