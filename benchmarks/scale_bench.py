@@ -67,6 +67,9 @@ def load_window(target: Any, tenants: list[str], window: float,
     prepared = prepare("fs-stat", target.call, streams_needed(layouts))
     result = run_load(plans(layouts, prepared), duration_s=window, warmup_s=0.5,
                       processes=2, on_window_start=on_start)
+    if not result.ops:  # a stall as long as the window: no latency to report
+        raise SystemExit(f"no fs.stat completed in the {window:g} s window (errors: "
+                         f"{dict(result.errors)}): give --window more seconds")
     histogram = result.histogram
     return {"ops_per_s": result.ops_per_s, "p50_us": histogram.percentile(50) / 1000,
             "p99_us": histogram.percentile(99) / 1000,
