@@ -60,6 +60,15 @@ def _fail(code: int) -> pyfuse3.FUSEError:
     return pyfuse3.FUSEError(code)
 
 
+async def _outcome(task: asyncio.Future[Any]) -> Any:
+    """``task``'s result, or the exception it raised (as ``gather(...,
+    return_exceptions=True)`` gives, a step of the loop sooner)."""
+    try:
+        return await task
+    except Exception as exc:
+        return exc
+
+
 @dataclass
 class DirListing:
     ino: int
@@ -176,7 +185,7 @@ class FarmOperations(pyfuse3.Operations):
         try:
             head = await first
         finally:
-            results = await asyncio.gather(*rest, return_exceptions=True)
+            results = [await _outcome(task) for task in rest]
         return [head, *results]
 
     async def _entry(self, parent: int, name: str, path: str, st: Any
