@@ -14,7 +14,8 @@ side by side in one run (the machine is noisy), ``--repeat`` times, best of each
 The farm runs 2 kernels with ``[fs] max_file_bytes`` raised to fit the 256 MiB file,
 ``snapshot_journal_bytes`` raised past the run's writes, and the ``fsync`` policy given
 (default ``never``: the passthrough does not fsync either, so both stop at the page
-cache).  Results: ``results/mount_bench.json``, ``.md`` and ``.png``.
+cache).  Results: ``results/mount_bench.json`` (the best round of each, and every round
+under ``rounds``), ``.md`` and ``.png``.
 
     python benchmarks/mount_bench.py [--size-mib 256] [--files 10000] [--repeat 2]
                                      [--fsync never|batch|always] [--out DIR]
@@ -135,12 +136,15 @@ WORKLOADS: list[tuple[str, str, bool]] = [
 
 
 def run_all(roots: dict[str, Path], args: argparse.Namespace, source: Path,
-            console: Console) -> dict[str, dict[str, float]]:
+            console: Console, every: dict[str, dict[str, list[float]]]
+            ) -> dict[str, dict[str, float]]:
+    """The best round of each workload on each system; ``every`` gets all rounds."""
     size = args.size_mib * MIB
     best: dict[str, dict[str, float]] = {name: {} for name, _, _ in WORKLOADS}
     higher = {name: up for name, _, up in WORKLOADS}
 
     def keep(workload: str, system: str, value: float) -> None:
+        every.setdefault(workload, {}).setdefault(system, []).append(round(value, 3))
         old = best[workload].get(system)
         if old is None or (value > old if higher[workload] else value < old):
             best[workload][system] = value
@@ -166,8 +170,8 @@ def ratio(workload: str, values: dict[str, float]) -> float:
     return mount / floor if up else floor / mount
 
 
-def report(best: dict[str, dict[str, float]], meta: dict[str, Any], host: dict[str, Any],
-           out: Path, console: Console) -> None:
+def report(best: dict[str, dict[str, float]], every: dict[str, dict[str, list[float]]],
+           meta: dict[str, Any], host: dict[str, Any], out: Path, console: Console) -> None:
     rows = []
     for workload, unit, up in WORKLOADS:
         values = best[workload]
@@ -175,7 +179,7 @@ def report(best: dict[str, dict[str, float]], meta: dict[str, Any], host: dict[s
                      "mount": round(values["mount"], 3),
                      "passthrough": round(values["passthrough"], 3),
                      "mount_share_of_passthrough": round(ratio(workload, values), 3)})
-    write_raw(out, "mount_bench", {**meta, "results": rows}, host=host)
+    write_raw(out, "mount_bench", {**meta, "results": rows, "rounds": every}, host=host)
     lines = ["| workload | kernelfarm mount | pyfuse3 passthrough | mount / passthrough |",
              "|---|---:|---:|---:|"]
     table = Table(title="kernelfarm mount vs the FUSE floor")
@@ -246,9 +250,10 @@ def main() -> None:
                          str(scratch / "pt-mnt")], scratch / "pt-mnt",
                         scratch / "passthrough.log") as pt_root:
             (farm_root / "bench").mkdir()
+            every: dict[str, dict[str, list[float]]] = {}
             best = run_all({"mount": farm_root / "bench", "passthrough": pt_root}, args,
-                           source, console)
-    report(best, meta, host, args.out, console)
+                           source, console, every)
+    report(best, every, meta, host, args.out, console)
 
 
 if __name__ == "__main__":
