@@ -50,8 +50,11 @@ class ReadAhead:
                 task = asyncio.ensure_future(self._fetch(index * self._block, self._block))
                 task.add_done_callback(_quiet)
                 self._blocks[index] = task
+        # The tasks are taken before any is awaited: meanwhile a read further on may
+        # forget the blocks before its own (and a change forgets all of them).
+        wanted = [self._blocks[index] for index in range(first, last + 1)]
         try:
-            parts = [await self._blocks[index] for index in range(first, last + 1)]
+            parts = [await task for task in wanted]
         except Exception:
             self.drop()
             raise
