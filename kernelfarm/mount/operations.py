@@ -12,8 +12,10 @@ order, so the three cost one round trip.  If a later one failed while the first
 succeeded (a retry reordered them), it is sent again on its own.
 
 Operations that must see a file's data on the farm first wait for its pending writes
-(``read``, ``getattr``, ``setattr``, ``fsync``, ``flush``); renames and removals wait for
-every pending write, since a pending write names its file by path.
+(``lookup``, ``read``, ``setattr``, ``fsync``, ``flush``); renames and removals wait for
+every pending write, since a pending write names its file by path.  A write the farm
+refused is reported by the file's next ``write``, ``flush`` (close) or ``fsync`` only:
+the others wait without taking the error (it would be lost to the program's close).
 """
 
 from __future__ import annotations
@@ -168,6 +170,20 @@ class FarmOperations(pyfuse3.Operations):
         if behind is not None:
             await behind.drain()
 
+    async def _settle(self, ino: int) -> None:
+        """The file's writes answered, for a call that must find its data on the farm
+        (lookup, read, a truncate...); a refused one's error stays for the file's next
+        write, close or fsync, the calls that report it."""
+        behind = self.pending.get(ino)
+        if behind is not None and not behind.idle:
+            await behind.settle()
+
+    async def _settle_all(self) -> None:
+        """Every file's writes answered (a rename or removal changes the paths they name);
+        their errors stay for their own files."""
+        await asyncio.gather(*(behind.settle() for behind in self.pending.values()
+                               if not behind.idle))
+
     async def drain_all(self) -> None:
         """Every pending write of the mount on the farm (the first error is raised)."""
         busy = [behind.drain() for behind in self.pending.values() if not behind.idle]
@@ -207,7 +223,7 @@ class FarmOperations(pyfuse3.Operations):
         path = self.inodes.child_path(parent_inode, text)
         known = self.inodes.known(parent_inode, text)
         if known is not None:
-            await self._drain(known)
+            await self._settle(known)
             fresh = self.cache.fresh(known)
             if fresh is not None:  # fetched ahead (or just now) for this walk
                 st, left = fresh
@@ -293,7 +309,7 @@ class FarmOperations(pyfuse3.Operations):
             if fields.update_mtime and not fields.update_mode \
                     and -INT64 <= attr.st_mtime_ns < INT64:
                 return self._set_behind_writes(inode, last, mtime_ns=attr.st_mtime_ns)
-        await self._drain(inode)
+        await self._settle(inode)
         self._changed(inode)
         calls: list[Callable[[], Awaitable[None]]] = []
         if fields.update_size:
@@ -381,7 +397,7 @@ class FarmOperations(pyfuse3.Operations):
             self.names.added(parent, text)
         ino = self.inodes.lookup(parent, text)
         if flags & os.O_TRUNC and st["size"]:
-            await self._drain(ino)
+            await self._settle(ino)
             self._changed(ino)
             st = (await self._together(self.fs.truncate(path, 0), self.fs.stat(path)))[1]
             if isinstance(st, BaseException):
@@ -443,7 +459,7 @@ class FarmOperations(pyfuse3.Operations):
         self._writable()
         text = _name(name)
         path = self.inodes.child_path(parent_inode, text)
-        await self.drain_all()
+        await self._settle_all()
         ino = self.inodes.known(parent_inode, text)
         if ino is not None and self.opens.get(ino):
             hidden = f"{HIDDEN_PREFIX}{ino}"
@@ -462,7 +478,7 @@ class FarmOperations(pyfuse3.Operations):
     async def rmdir(self, parent_inode: int, name: bytes, ctx: Any) -> None:
         self._writable()
         text = _name(name)
-        await self.drain_all()
+        await self._settle_all()
         await self._change_in(parent_inode, self.fs.rmdir(
             self.inodes.child_path(parent_inode, text)))
         self.names.removed(parent_inode, text)
@@ -480,7 +496,7 @@ class FarmOperations(pyfuse3.Operations):
         old, new = _name(name_old), _name(name_new)
         src = self.inodes.child_path(parent_inode_old, old)
         dst = self.inodes.child_path(parent_inode_new, new)
-        await self.drain_all()
+        await self._settle_all()
         if flags & pyfuse3.RENAME_NOREPLACE:
             try:
                 await self.fs.stat(dst)
@@ -511,7 +527,7 @@ class FarmOperations(pyfuse3.Operations):
             self._writable()
         path = self._path(inode)
         if flags & os.O_TRUNC:
-            await self._drain(inode)
+            await self._settle(inode)
             self._changed(inode)
             await self.fs.truncate(path, 0)
         return self._open_handle(inode)
@@ -548,7 +564,7 @@ class FarmOperations(pyfuse3.Operations):
     async def read(  # type: ignore[override]  # pyfuse3 replies from any buffer
             self, fh: int, off: int, size: int) -> bytes | bytearray | memoryview:
         ino = self.handles[fh]
-        await self._drain(ino)
+        await self._settle(ino)
         return await self._ahead(ino).read(off, size)
 
     @fuse_errors

@@ -338,7 +338,7 @@ async def test_a_create_not_waited_for_reports_its_failure_at_close(
 async def test_a_write_refused_before_the_close_is_reported_by_the_close(
         client: aio.Client) -> None:
     """The farm's refusal may be in before the kernel sends ``flush``: nothing is on its
-    way any more, and the error must still be the close's."""
+    way any more, and the error must still be the close's, whatever asked meanwhile."""
     ops = FarmOperations(client.fs, chunk_bytes=4)  # a 4-byte write leaves at once
     parent = await volume(client, ops, "h-efbig")
     info, attrs = await ops.create(parent, b"f", 0o644, CREATE | os.O_EXCL, None)
@@ -348,6 +348,10 @@ async def test_a_write_refused_before_the_close_is_reported_by_the_close(
     while not behind.idle:  # the refusal is in
         assert time.monotonic() < deadline
         await asyncio.sleep(0.001)
+    # Calls that only wait for the writes (a lookup by `ls`, a read) leave it to the close.
+    ops.cache.changed(attrs.st_ino)
+    assert (await ops.lookup(parent, b"f", None)).st_ino == attrs.st_ino
+    assert await ops.read(info.fh, 0, 4) == b""
     assert await errno_of(ops.flush(info.fh)) == errno.EFBIG
     await ops.flush(info.fh)  # reported once
     await ops.release(info.fh)
