@@ -19,6 +19,7 @@ unpacker's buffer, out into the result).
 from __future__ import annotations
 
 import asyncio
+import ctypes
 import socket
 from typing import Any, cast
 
@@ -165,6 +166,20 @@ def big_reply(head: memoryview) -> tuple[int, int, int] | None:
     return (msgid, size, at + 6) if size >= BIG_REPLY_BYTES else None
 
 
+_new_bytearray = ctypes.pythonapi.PyByteArray_FromStringAndSize
+_new_bytearray.restype = ctypes.py_object
+_new_bytearray.argtypes = (ctypes.c_void_p, ctypes.c_ssize_t)
+
+
+def unfilled(size: int) -> bytearray:
+    """A ``bytearray`` of ``size`` bytes not zeroed first (CPython's C API with no source
+    bytes), for a buffer every byte of which is received before anyone reads it:
+    ``bytearray(size)`` zeroed each 1 MiB result of a sequential read through the mount
+    (6.6% of the mount's CPU there) only for the socket to overwrite it."""
+    buffer: bytearray = _new_bytearray(None, size)
+    return buffer
+
+
 class StreamingClientConnection(RpcClientConnection, asyncio.BufferedProtocol):
     """A stream connection that hands the event loop the buffer to read into: its own
     scratch buffer, or, once a big reply's header is in, the rest of that reply's result.
@@ -223,7 +238,7 @@ class StreamingClientConnection(RpcClientConnection, asyncio.BufferedProtocol):
         msgid, size, header = found
         if parsed != header or size > self._max:
             return  # not the state this expects (or too big): the unpacker decides
-        self._big = bytearray(size)
+        self._big = unfilled(size)  # every byte is the reply's before it is handed out
         here = head[header:]
         self._big[:len(here)] = here
         self._big_msgid, self._big_filled = msgid, len(here)
