@@ -15,13 +15,14 @@ reports extending the boot deadline, it keeps its pid and serves.
 from __future__ import annotations
 
 import os
+import shutil
 import time
 import zlib
 from pathlib import Path
 
 import msgpack
 
-from farmctl import DEADLINE, contention, loaded, raw_call, start_farm
+from farmctl import DEADLINE, Farm, contention, loaded, raw_call, start_farm
 from kernelfarm.fs import store
 from kernelfarm.fs.journal import HEADER
 from kernelfarm.fs.tree import UNLIMITED
@@ -66,34 +67,53 @@ def make_big_volume(data_dir: Path, name: str) -> None:
         fh.write(record * RECORDS)
 
 
+ATTEMPTS = 3
+"""Farms started until one boots slower than its boot timeout (see the test)."""
+
+
 def test_kernel_loading_a_big_volume_is_not_killed_at_boot_or_acquire(
         tmp_path: Path) -> None:
+    """The stretch is measured in a tenth of a second before the farm starts; on a shared
+    machine the load may fall right after, and the kernel then loads well within its
+    stretched boot timeout (booted in 10.9 s against 22.6 s allowed, at load 9).  Such a
+    boot shows nothing about loading past the deadline, so the test starts the farm again
+    with the contention measured anew, up to :data:`ATTEMPTS` times, and fails if no boot
+    ever outlasted its timeout."""
     name = moving_name()
-    data_dir = tmp_path / "data"
-    make_big_volume(data_dir, name)
-    stretch = contention(min(os.sched_getaffinity(0)))  # where kernel 0 is pinned
-    started = time.monotonic()
-    with start_farm(tmp_path, 1, config_text=config(stretch), data_dir=data_dir,
-                    ready_s=DEADLINE + LOADING_S) as farm:
-        # Booting took longer than the boot timeout: the test tests something.
-        booted_in = time.monotonic() - started
-        assert booted_in > BOOT_TIMEOUT_S * stretch, \
-            f"booted in {booted_in:.2f} s, {stretch:.1f} x contended: load more records"
-        client = farm.client(timeout=60)
-        assert client.fs.read_file(f"/{name}/f") == b"loaded"
-        (booted,) = farm.cluster_map()["kernels"]
+    boots = []
+    for attempt in range(ATTEMPTS):
+        where = tmp_path / f"attempt{attempt}"
+        data_dir = where / "data"
+        make_big_volume(data_dir, name)
+        stretch = contention(min(os.sched_getaffinity(0)))  # where kernel 0 is pinned
+        started = time.monotonic()
+        with start_farm(where, 1, config_text=config(stretch), data_dir=data_dir,
+                        ready_s=DEADLINE + LOADING_S) as farm:
+            booted_in = time.monotonic() - started
+            boots.append(f"booted in {booted_in:.2f} s, {stretch:.1f} x contended")
+            if booted_in > BOOT_TIMEOUT_S * stretch:  # the test tests something
+                loads_past_its_deadlines(farm, name)
+                return
+        shutil.rmtree(where)
+    raise AssertionError(f"no boot outlasted its boot timeout: {boots}: load more records")
 
-        result = raw_call(farm.control, "cluster.scale", 2, timeout=loaded(120))
-        assert result["to"] == 2
 
-        status = raw_call(farm.control, "cluster.status")
-        warnings = [line for line in farm.log().splitlines() if " INFO " not in line]
-        assert [k["restarts"] for k in status["kernels"]] == [0, 0], warnings
-        assert status["kernels"][0]["pid"] == booted["pid"]
-        owners = {kid for first, last, kid in farm.cluster_map()["slots"]
-                  if first <= key_slot(name) <= last}
-        assert owners == {1}
-        assert status["kernels"][1]["stats"]["subsystems"]["fs"]["volumes"] == 1
-        assert client.fs.read_file(f"/{name}/f") == b"loaded"
-        log = farm.log()
-        assert "boot failed" not in log and "did not answer its heartbeat" not in log
+def loads_past_its_deadlines(farm: Farm, name: str) -> None:
+    client = farm.client(timeout=60)
+    assert client.fs.read_file(f"/{name}/f") == b"loaded"
+    (booted,) = farm.cluster_map()["kernels"]
+
+    result = raw_call(farm.control, "cluster.scale", 2, timeout=loaded(120))
+    assert result["to"] == 2
+
+    status = raw_call(farm.control, "cluster.status")
+    warnings = [line for line in farm.log().splitlines() if " INFO " not in line]
+    assert [k["restarts"] for k in status["kernels"]] == [0, 0], warnings
+    assert status["kernels"][0]["pid"] == booted["pid"]
+    owners = {kid for first, last, kid in farm.cluster_map()["slots"]
+              if first <= key_slot(name) <= last}
+    assert owners == {1}
+    assert status["kernels"][1]["stats"]["subsystems"]["fs"]["volumes"] == 1
+    assert client.fs.read_file(f"/{name}/f") == b"loaded"
+    log = farm.log()
+    assert "boot failed" not in log and "did not answer its heartbeat" not in log
