@@ -167,15 +167,10 @@ class Kernel:
             if entry.wants_conn:
                 result = entry.handler(conn, *params)
             else:
-                # One or two parameters (every fs call but a few) are passed as they are:
-                # a call from a list with * costs a tuple and a slower call, about 50 ns.
-                count = len(params)
-                if count == 1:
-                    result = entry.handler(params[0])
-                elif count == 2:
-                    result = entry.handler(params[0], params[1])
-                else:
-                    result = entry.handler(*params)
+                # The listener's params are a tuple, which a * call passes as it is:
+                # cheaper than counting them to pass one or two by index (a list, from
+                # the control channel, is copied into one).
+                result = entry.handler(*params)
         except Exception as exc:
             return self._failed(conn, msgid, self.failure(method, params, exc))
         if type(result) is Refusal:
