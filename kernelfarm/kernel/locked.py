@@ -13,10 +13,11 @@ What sharing costs beyond the locks themselves, and how it is paid here:
 - state tied to an event loop (the net subsystem's sockets) lives on the loop of the thread
   that created it; calls for it from other threads hop to that loop and back, as a
   cross-CPU wake-up does, and so do fd hand-offs (``run_keyed``: SOCKS relays).  A
-  ``net.send`` runs on the thread that got it, under its lock, as a send runs on the
-  calling CPU of a multiprocessor kernel: only its wait, when the host's buffer is full,
-  hops to the socket's loop (a ``net.recv`` always hops: the loop's readiness callback
-  reads ahead into the socket without a lock);
+  ``net.send`` or ``net.recv`` runs on the thread that got it, under its namespace's lock,
+  as a send or receive runs on the calling CPU of a multiprocessor kernel (the socket's
+  readiness callbacks, which read ahead into it, take that lock too: ``use_locks``): only
+  a wait -- a send the host's buffer cannot take, a recv with nothing to read -- hops to
+  the socket's loop, whose watch of the socket is that loop's alone;
 - counters (``kernel.stats`` ops) are updated without a lock and may undercount.
 """
 
@@ -38,6 +39,7 @@ from kernelfarm.kernel.commit import Flush, GroupCommit, flush_or_exit
 from kernelfarm.kernel.kernel import Kernel
 from kernelfarm.kernel.locks import LockedSteps, LockProvider
 from kernelfarm.kernel.subsystem import Method
+from kernelfarm.net.sockets import WAIT_AT_HOME
 from kernelfarm.rpc.answer import Answer
 from kernelfarm.rpc.protocol import Wire
 
@@ -46,10 +48,10 @@ T = TypeVar("T")
 
 LOOP_BOUND = ("net.",)
 """Methods whose state belongs to the event loop that created it (host sockets)."""
-WAITS_ON_HOME_LOOP = frozenset({"net.send"})
-"""Loop-bound methods whose host call needs no loop: they run where they are called and
-hop only to wait (the one method of the data path whose state the home loop's readiness
-callbacks never touch: those read and count what comes in)."""
+RUN_WHERE_CALLED = frozenset({"net.send", "net.recv"})
+"""Loop-bound methods whose host call needs no loop: they run where they are called, under
+their namespace's lock, and hop only to wait (a ``net.recv`` with nothing to read answers
+:data:`~kernelfarm.net.sockets.WAIT_AT_HOME` there and runs again at home)."""
 
 
 @dataclass
@@ -72,6 +74,8 @@ class LockedKernel(Kernel):
         self._homes: dict[str, asyncio.AbstractEventLoop] = {}
         self._conn_proxies: dict[int, HomeConnection] = {}
         super().__init__(boot, config, loop, wrap=self._wrap)
+        for subsystem in self.subsystems:
+            subsystem.use_locks(provider.lock_for)
 
     # Subsystems read ``ctx.loop`` when they create loop-bound state: give them the loop
     # of the thread serving the request.
@@ -125,11 +129,12 @@ class LockedKernel(Kernel):
         hop there and one back (a ``call_soon_threadsafe`` each, as a cross-CPU wake-up
         is one interrupt each way), and the caller's connection gets an :class:`Answer`
         that the hop back settles: no thread-safe future, no task, no asyncio future.
-        A method of :data:`WAITS_ON_HOME_LOOP` runs here and hops only what it awaits."""
+        A method of :data:`RUN_WHERE_CALLED` runs here and hops only what it awaits, or
+        the whole call when it must wait on the home loop."""
         handler, keyfn, homes = method.handler, method.key, self._homes
         offset = 1 if method.wants_conn else 0
         proxies = self._conn_proxies
-        runs_here = method.name in WAITS_ON_HOME_LOOP
+        runs_here = method.name in RUN_WHERE_CALLED
 
         def on_home_loop(*args: Any) -> Any:
             here = asyncio.get_running_loop()
@@ -146,9 +151,11 @@ class LockedKernel(Kernel):
                 result = handler(*args)
                 if not hasattr(result, "__await__"):
                     return result
-                answer = Answer()
-                home.call_soon_threadsafe(_answer_when_done, result, ReturnTrip(answer, here))
-                return answer
+                if result is not WAIT_AT_HOME:
+                    answer = Answer()
+                    home.call_soon_threadsafe(_answer_when_done, result,
+                                              ReturnTrip(answer, here))
+                    return answer
             answer = Answer()
             home.call_soon_threadsafe(_run_at_home, handler, args, ReturnTrip(answer, here))
             return answer

@@ -14,9 +14,8 @@ A waiting handler (a coroutine) holds its lock only while it runs, never across 
 each step between two suspensions runs under the lock, as kernel code sleeping on a
 condition releases its mutex.  A handler that answers with a plain future or an
 :class:`~kernelfarm.rpc.answer.Answer` (a ``net.recv`` that waits) has no later step of
-its own to lock: the readiness callback that settles it runs on the loop its socket
-belongs to, which is the only thread that touches that socket
-(:mod:`kernelfarm.kernel.locked`), so it is passed on as it is, as in a unicpu kernel.
+its own to lock: the readiness callback that settles it takes the namespace's lock itself
+(``FarmSocket.guard``, :mod:`kernelfarm.kernel.locked`), so it is passed on as it is.
 """
 
 from __future__ import annotations

@@ -167,5 +167,10 @@ class Subsystem:
         """For requests that carry a token rather than arriving on a connection that said
         hello: ``check(method, key, token)`` gives the tenant or raises ``EACCES``."""
 
+    def use_locks(self, lock_for: Callable[[str], Any]) -> None:
+        """The locked baseline only: ``lock_for(key)`` is the lock its handlers of partition
+        key ``key`` run under.  State that the loop's own callbacks change outside a
+        handler (a socket's readiness) takes it too; a unicpu kernel never calls this."""
+
     def close(self) -> None:
         """Clean shutdown: make everything durable and release every resource."""

@@ -51,6 +51,9 @@ class Namespace:
         """Connections handed to this kernel and relayed in its loop (see ``relay``); each
         counts as one socket of the namespace."""
         self.counters = counters or Counters()
+        self.guard: Any = None
+        """The lock its handlers run under in the locked baseline (None when unicpu): every
+        socket of the namespace holds it in its readiness callbacks (``FarmSocket.guard``)."""
         self.on_empty: Callable[[Namespace], None] | None = None
         """Told when the last relay ends and no socket is left (a namespace made by a
         SOCKS hand-off holds only relays): the subsystem then frees the namespace."""
@@ -71,6 +74,7 @@ class Namespace:
                 return sid
 
     def _add(self, farm_sock: FarmSocket) -> FarmSocket:
+        farm_sock.guard = self.guard
         self.sockets[farm_sock.sid] = farm_sock
         self.kernel_sockets.open += 1
         self.counters.sockets_opened += 1
@@ -191,6 +195,7 @@ class Namespace:
             # A clash of two random 51-bit sids: no way to tell them apart.
             raise posix(errno.EEXIST, f"socket {farm_sock.sid} of {self.name!r} exists here")
         farm_sock.counters = self.counters
+        farm_sock.guard = self.guard
         self.sockets[farm_sock.sid] = farm_sock
         self.kernel_sockets.open += 1
 

@@ -44,6 +44,12 @@ READ_AHEAD_BYTES = 65536
 bound on what a kernel holds per socket, and on what travels when the socket moves."""
 
 
+WAIT_AT_HOME = Answer()
+"""What ``recv`` answers, in the locked baseline, on a thread whose loop does not watch
+the socket when the call must wait: the caller runs it again on the socket's loop (an
+answer nobody is given; never settled)."""
+
+
 def wire_address(address: Any) -> list[Any]:
     """A host socket address (2- or 4-tuple) -> the wire's ``[host, port]``."""
     return [address[0], address[1]]
@@ -103,6 +109,10 @@ class FarmSocket:
         """What a readiness nobody waited for read (``b""``: end of stream), or the error
         it got; the next ``recv`` answers with it.  At most one read, and the watch stops
         while it is held, so a client that never reads makes the kernel hold no more."""
+        self.guard: Any = None
+        """The lock a handler of this socket's namespace holds, in the locked baseline
+        only (None in a unicpu kernel): its readiness callbacks and timers hold it too,
+        so another thread may serve a ``net.send`` or ``net.recv`` on it under that lock."""
         self._read_size = READ_AHEAD_BYTES
         self._readable = Direction(reads=True)
         self._writable = Direction(reads=False)
@@ -274,6 +284,8 @@ class FarmSocket:
                 except (BlockingIOError, InterruptedError):
                     pass
             if data is None:
+                if self.guard is not None and asyncio.get_running_loop() is not self.loop:
+                    return WAIT_AT_HOME  # only the socket's own loop may watch it
                 self._read_size = size if size < READ_AHEAD_BYTES else READ_AHEAD_BYTES
                 return self._add_waiter(self._readable, size, timeout)
         self.bytes_in += len(data)
@@ -427,7 +439,8 @@ class FarmSocket:
         loop = self.loop
         if not direction.watched:
             watch = loop.add_reader if direction.reads else loop.add_writer
-            watch(self.opened().fileno(), self._wake, direction)
+            watch(self.opened().fileno(),
+                  self._wake if self.guard is None else self._guarded_wake, direction)
             direction.watched = True
         deadline = loop.time() + timeout
         waiter = Waiter(size, deadline)
@@ -436,9 +449,24 @@ class FarmSocket:
         if timer is None or direction.deadline > deadline:
             if timer is not None:
                 timer.cancel()
-            direction.timer = loop.call_at(deadline, self._expire, direction)
-            direction.deadline = deadline
+            self._arm(direction, deadline)
         return waiter
+
+    def _arm(self, direction: Direction, deadline: float) -> None:
+        """Set ``direction``'s one timer to fire at ``deadline``."""
+        expire = self._expire if self.guard is None else self._guarded_expire
+        direction.timer = self.loop.call_at(deadline, expire, direction)
+        direction.deadline = deadline
+
+    def _guarded_wake(self, direction: Direction) -> None:
+        """:meth:`_wake` holding :attr:`guard`: the locked baseline's readiness callback."""
+        with self.guard:
+            self._wake(direction)
+
+    def _guarded_expire(self, direction: Direction) -> None:
+        """:meth:`_expire` holding :attr:`guard`."""
+        with self.guard:
+            self._expire(direction)
 
     def _wake(self, direction: Direction) -> None:
         """The host says ready: settle every waiter whose call no longer blocks.
@@ -515,8 +543,7 @@ class FarmSocket:
                 if waiter.deadline <= now:
                     self._fail(waiter, posix(errno.ETIMEDOUT, f"socket {self.sid}"))
         if direction.waiters:
-            direction.deadline = min(waiter.deadline for waiter in direction.waiters)
-            direction.timer = self.loop.call_at(direction.deadline, self._expire, direction)
+            self._arm(direction, min(waiter.deadline for waiter in direction.waiters))
 
     def _unwatch(self, direction: Direction) -> None:
         if not direction.watched:

@@ -68,6 +68,8 @@ class NetSubsystem(Subsystem):
         self.handoff = HandoffService(self)
         self.data = DataPath(self.config, self.namespaces, self._unclaimed, self._claim)
         """``net.send`` and ``net.recv``, and the bounds of timeouts and sizes."""
+        self._lock_for: Callable[[str], Any] | None = None
+        """The locked baseline's lock of a namespace (``use_locks``); None when unicpu."""
 
     def methods(self) -> list[Method]:
         key = namespace_key
@@ -209,6 +211,11 @@ class NetSubsystem(Subsystem):
     def use_credentials(self, check: Callable[[str, str, Any], str | None]) -> None:
         self.handoff.credentials = lambda ns, token: check("net.relay", ns, token)
 
+    def use_locks(self, lock_for: Callable[[str], Any]) -> None:
+        """A namespace's sockets take its lock in their readiness callbacks, so that in the
+        locked baseline any thread may serve a data call on them (``Namespace.guard``)."""
+        self._lock_for = lock_for
+
     def stats(self) -> dict[str, Any]:
         namespaces = self.namespaces.values()
         relays = sum(len(ns.relays) for ns in namespaces)
@@ -240,6 +247,8 @@ class NetSubsystem(Subsystem):
             raise InvalidParameter(f"namespace names are 1..{MAX_NAMESPACE_LENGTH} characters")
         namespace = Namespace(name, self.ctx.loop, self.policy, self.config.max_sockets,
                               self.kernel_sockets, self._retired.pop(name, None))
+        if self._lock_for is not None:
+            namespace.guard = self._lock_for(name)
         namespace.on_empty = self.forget_if_empty
         self.namespaces[name] = namespace
         self._by_slot.setdefault(key_slot(name), set()).add(name)

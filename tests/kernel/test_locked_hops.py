@@ -18,10 +18,12 @@ from typing import Any
 import pytest
 import uvloop
 
+from farmctl import wait_until
 from kernelfarm import config as configuration
 from kernelfarm.boot import BootInfo
 from kernelfarm.kernel.locked import LockedKernel
 from kernelfarm.kernel.process import make_kernel
+from kernelfarm.net.subsystem import NetSubsystem
 from kernelfarm.rpc.answer import Answer
 
 DEADLINE = 10.0
@@ -101,6 +103,19 @@ class Hop:
                params: list[Any]) -> Any:
         return thread.call(self.kernel.handle, conn, msgid, method, params)
 
+    def socket(self) -> Any:
+        """The namespace socket itself (its ``pending``: what the home loop read ahead)."""
+        net = next(s for s in self.kernel.subsystems if isinstance(s, NetSubsystem))
+        return net.namespaces["ns"].sockets[self.sid]
+
+    def watch_at_home(self) -> None:
+        """One recv waited on the home loop: its watch of the socket stays on, and what
+        comes while nobody waits is read ahead there (``pending``)."""
+        assert self.handle(self.home, self.at_home, 90, "net.recv",
+                           ["ns", self.sid, 64, 5.0]) is None
+        self.peer.sendall(b"first")
+        assert self.at_home.reply(90) == ("home", b"first", None)
+
 
 @pytest.fixture
 def hop(tmp_path: Path) -> Iterator[Hop]:
@@ -138,9 +153,13 @@ def test_a_call_from_another_thread_runs_on_the_sockets_loop_and_answers_its_cal
     assert hop.handle(hop.other, hop.away, 4, "net.recv", ["ns", hop.sid, 64, 5.0]) is None
     hop.peer.sendall(b"pong")
     assert hop.away.reply(4) == ("other", b"pong", None)
-    # A failure comes back the same way.
-    assert hop.handle(hop.other, hop.away, 5, "net.recv", ["ns", 999, 64, 5.0]) is None
-    thread, _, error = hop.away.reply(5)
+    # A bad call fails at once where it was made; a failure at home comes back as data does.
+    assert hop.handle(hop.other, hop.away, 5, "net.recv", ["ns", 999, 64, 5.0])[2][
+        "code"] == "EBADF"
+    assert hop.handle(hop.other, hop.away, 6, "net.recv", ["ns", hop.sid, 64, 5.0]) is None
+    assert hop.handle(hop.home, hop.at_home, 7, "net.close", ["ns", hop.sid]) == \
+        [1, 7, None, None]
+    thread, _, error = hop.away.reply(6)
     assert thread == "other" and isinstance(error, OSError)
 
 
@@ -169,3 +188,45 @@ def test_a_recv_whose_connection_closed_while_it_waited_away_consumes_nothing(
         reply = [1, 4, None, hop.at_home.reply(4)[1]]
     assert reply == [1, 4, None, b"kept"]
     assert 3 not in hop.away.replies
+
+
+def test_a_recv_from_another_thread_takes_what_the_home_loop_read_ahead_without_a_hop(
+        hop: Hop) -> None:
+    """The other thread serves the recv itself, under the namespace's lock: the reply is
+    made on its own loop, at once (a hop would answer ``None`` now and reply later)."""
+    hop.watch_at_home()
+    hop.peer.sendall(b"pong")
+    wait_until(lambda: hop.socket().pending == b"pong", what="the home loop's read-ahead")
+    assert hop.handle(hop.other, hop.away, 3, "net.recv", ["ns", hop.sid, 64, 5.0]) == \
+        [1, 3, None, b"pong"]
+    assert hop.socket().pending is None
+
+
+class WatchedLock:
+    """A namespace's lock that tells when its home thread waits for it."""
+
+    def __init__(self, lock: Any) -> None:
+        self.lock = lock
+        self.home_waits = threading.Event()
+
+    def __enter__(self) -> None:
+        if threading.current_thread().name == "home":
+            self.home_waits.set()
+        self.lock.acquire()
+
+    def __exit__(self, *_exc: object) -> None:
+        self.lock.release()
+
+
+def test_the_home_loops_read_ahead_holds_the_namespaces_lock(hop: Hop) -> None:
+    """While another thread holds the namespace's lock (serving a call on its socket), the
+    home loop's readiness callback waits for it before it reads into the socket."""
+    sock = hop.socket()
+    guard = sock.guard = WatchedLock(sock.guard)
+    hop.watch_at_home()
+    with guard.lock:
+        guard.home_waits.clear()
+        hop.peer.sendall(b"late")
+        assert guard.home_waits.wait(DEADLINE), "the readiness callback took no lock"
+        assert sock.pending is None
+    wait_until(lambda: sock.pending == b"late", what="the read-ahead after the lock")
