@@ -267,7 +267,10 @@ class FarmSocket:
 
         What a readiness already read comes first, with no system call.  While the
         readable side is watched and nothing is pending, the host has nothing either
-        (the watch would have read it), so the call waits without asking."""
+        (the watch would have read it), so the call waits without asking -- except in
+        the locked baseline (:attr:`guard`), where another thread's loop watches and
+        may not have run yet: there the host is asked, and a call that must wait on a
+        thread whose loop does not watch the socket answers :data:`WAIT_AT_HOME`."""
         data = self.pending
         if data is not None:
             if type(data) is not bytes or len(data) > size:
@@ -278,7 +281,7 @@ class FarmSocket:
             sock = self.sock
             if sock is None or self.closed:
                 sock = self.opened()
-            if not self._readable.watched:
+            if not self._readable.watched or self.guard is not None:
                 try:
                     data = sock.recv(size)
                 except (BlockingIOError, InterruptedError):

@@ -8,6 +8,7 @@ threads do; the sockets are real loopback TCP sockets.
 from __future__ import annotations
 
 import asyncio
+import select
 import socket
 import threading
 from collections.abc import Iterator
@@ -200,6 +201,28 @@ def test_a_recv_from_another_thread_takes_what_the_home_loop_read_ahead_without_
     assert hop.handle(hop.other, hop.away, 3, "net.recv", ["ns", hop.sid, 64, 5.0]) == \
         [1, 3, None, b"pong"]
     assert hop.socket().pending is None
+
+
+def test_a_recv_from_another_thread_reads_the_host_socket_when_the_home_loop_has_not(
+        hop: Hop) -> None:
+    """The data has come, but the home loop is busy and has not read it ahead: the other
+    thread asks the host itself instead of hopping to a loop that is not free."""
+    hop.watch_at_home()
+    entered, free = threading.Event(), threading.Event()
+
+    def busy() -> None:
+        entered.set()
+        free.wait(DEADLINE)
+
+    hop.home.loop.call_soon_threadsafe(busy)
+    try:
+        assert entered.wait(DEADLINE)
+        hop.peer.sendall(b"direct")
+        assert select.select([hop.socket().sock], [], [], DEADLINE)[0]
+        assert hop.handle(hop.other, hop.away, 3, "net.recv", ["ns", hop.sid, 64, 5.0]) == \
+            [1, 3, None, b"direct"]
+    finally:
+        free.set()
 
 
 class WatchedLock:
