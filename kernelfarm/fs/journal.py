@@ -48,6 +48,10 @@ just freed (benchmarks/README.md, "The write path, sixth pass").  Dropped pages 
 reused by the log's next writes.  Nothing of durability changes: dirty pages are never
 dropped, only written back sooner.
 
+The CRC-32 is zlib's (the same polynomial and values), computed by ISA-L
+(``isal.isal_zlib.crc32``, carry-less multiplication): 0.06 ms per MiB where zlib 1.2.13
+takes 0.56-0.67 ms, the biggest cost of a big record after the copy into the page cache.
+
 The file descriptor is opened lazily and may be closed at any time (:meth:`close_fd`) to
 bound the number of open files when a kernel holds many volumes.
 """
@@ -58,10 +62,10 @@ import errno
 import logging
 import os
 import struct
-import zlib
 from typing import Any, BinaryIO, Callable, Iterator, Sequence
 
 import msgpack
+from isal.isal_zlib import crc32
 
 from kernelfarm.steps import STEP_BYTES, STEP_ITEMS, Steps
 
@@ -93,7 +97,7 @@ Buffer = bytes | bytearray | memoryview
 
 
 def frame(payload: bytes) -> bytes:
-    return HEADER.pack(len(payload), zlib.crc32(payload)) + payload
+    return HEADER.pack(len(payload), crc32(payload)) + payload
 
 
 def array_header(count: int) -> bytes:
@@ -119,7 +123,7 @@ def read_records(fh: BinaryIO, size: int, seed: int = 0) -> Iterator[tuple[Any, 
         if length == 0 or end > size:
             return
         payload = fh.read(length)
-        if len(payload) < length or zlib.crc32(payload, seed) != crc:
+        if len(payload) < length or crc32(payload, seed) != crc:
             return
         try:
             record = msgpack.unpackb(payload, use_list=False, raw=False)
@@ -143,7 +147,7 @@ def read_all(path: str) -> Iterator[Any]:
 def new_header() -> tuple[bytes, int]:
     """A fresh journal header and its seed."""
     magic_nonce = MAGIC + os.urandom(8)
-    seed = zlib.crc32(magic_nonce)
+    seed = crc32(magic_nonce)
     return magic_nonce + seed.to_bytes(4, "little"), seed
 
 
@@ -153,7 +157,7 @@ def open_log(fh: BinaryIO, size: int) -> int | None:
     fh.seek(0)
     if size >= FILE_HEADER.size:
         magic, nonce, seed = FILE_HEADER.unpack(fh.read(FILE_HEADER.size))
-        if magic == MAGIC and zlib.crc32(magic + nonce.to_bytes(8, "little")) == seed:
+        if magic == MAGIC and crc32(magic + nonce.to_bytes(8, "little")) == seed:
             return int(seed)
         fh.seek(0)
     return None
@@ -310,7 +314,7 @@ class Journal:
         """Buffer one record whose payload is ``head + data + tail``, ``data`` by
         reference: it must not change until the next flush (request bytes never do)."""
         self._frame_records()
-        crc = zlib.crc32(tail, zlib.crc32(data, zlib.crc32(head, self.seed)))
+        crc = crc32(tail, crc32(data, crc32(head, self.seed)))
         framed = HEADER.pack(len(head) + len(data) + len(tail), crc) + head
         self._chunks.append(framed)
         self._chunks.append(data)
@@ -332,7 +336,7 @@ class Journal:
             else:
                 head, body = array_header(len(part)), b"".join(part)
             length = len(head) + len(body)
-            chunks.append(HEADER.pack(length, zlib.crc32(body, zlib.crc32(head, seed))) + head)
+            chunks.append(HEADER.pack(length, crc32(body, crc32(head, seed))) + head)
             chunks.append(body)
             self._chunked += HEADER.size + length
 
