@@ -14,7 +14,10 @@ quota raised to fit the file and ``snapshot_journal_bytes`` past the run's write
 snapshot rewrites the volume: restart time, not throughput).  The kernel's CPU time (user
 + system, psutil) over each phase is divided by the MiB moved: on a busy machine CPU per
 MiB is steadier than MB/s; so is this script's own (the client's), which shows which
-side bounds the MB/s.  Best of ``--repeat`` rounds (each a new file).
+side bounds the MB/s.  Best of ``--repeat`` rounds (each a new file), and each round's
+figures after the table (a kernel's first stream takes memory it never touched, which on
+a VM can cost more than everything else: benchmarks/README.md, "The write path, sixth
+pass").
 
     python benchmarks/stream_bench.py [--size-mib 256] [--inflight 16] [--repeat 3]
                                       [--fsync never,always] [--out DIR]
@@ -156,7 +159,15 @@ def main() -> None:
     args = parser.parse_args()
     host = machine()
     results = [run(policy, args) for policy in args.fsync.split(",")]
-    Console().print(table(results))
+    console = Console()
+    console.print(table(results))
+    for result in results:  # a first round takes fresh memory: each round says its own
+        for op in ("pwrite", "pread"):
+            rounds = result["rounds"]
+            console.print(
+                f"{result['fsync']} {op} by round: MB/s "
+                + ", ".join(f"{r[f'{op}_mb_s']:.0f}" for r in rounds) + "; kernel CPU ms/MiB "
+                + ", ".join(f"{r[f'{op}_cpu_ms_per_mib']:.2f}" for r in rounds))
     write_raw(args.out, "stream_bench",
               {"size_mib": args.size_mib, "inflight": args.inflight, "repeat": args.repeat,
                "results": results}, host=host)
