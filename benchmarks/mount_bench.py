@@ -11,6 +11,13 @@ side by side in one run (the machine is noisy), ``--repeat`` times, best of each
 - cp-a: ``cp -a`` of a source tree (this project's package and tests) into the file
   system (seconds; lower is better).
 
+Each round also records the CPU seconds each side spent (``cpu`` in the JSON, printed per
+round): the file-system process (the mount or the passthrough), the farm (its supervisor
+and kernels; none for the passthrough) and the program (this script and its ``cp``), and
+the load average.  The same code's rounds differ 2-4x on this shared VM; the CPU figures
+say whether a slow round did more work (first touches of fresh memory, which the host
+zeroes) or waited for a core.
+
 The farm runs 2 kernels with ``[fs] max_file_bytes`` raised to fit the 256 MiB file,
 ``snapshot_journal_bytes`` raised past the run's writes, and the ``fsync`` policy given
 (default ``never``: the passthrough does not fsync either, so both stop at the page
@@ -32,12 +39,14 @@ import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
 from rich.console import Console
 from rich.table import Table
 
+from kernelfarm.bench.cpu import CpuMeter
 from kernelfarm.bench.runner import machine, write_raw
 from kernelfarm.bench.systems import file_farm
 from kernelfarm.mount.mtab import is_mounted
@@ -60,13 +69,14 @@ def wait_mounted(proc: subprocess.Popen[bytes], path: Path, deadline_s: float = 
 
 
 @contextlib.contextmanager
-def mounted(command: list[str], path: Path, log: Path) -> Iterator[Path]:
+def mounted(command: list[str], path: Path, log: Path) -> Iterator[int]:
+    """Serve ``path`` by ``command`` (run in the foreground) for the block; its pid."""
     path.mkdir(parents=True, exist_ok=True)
     with open(log, "wb") as out:
         proc = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT)
     try:
         wait_mounted(proc, path)
-        yield path
+        yield proc.pid
     finally:
         proc.send_signal(signal.SIGTERM)
         try:
@@ -135,32 +145,71 @@ WORKLOADS: list[tuple[str, str, bool]] = [
 """(name, unit, higher is better)."""
 
 
-def run_all(roots: dict[str, Path], args: argparse.Namespace, source: Path,
-            console: Console, every: dict[str, dict[str, list[float]]]
+@dataclass(frozen=True)
+class System:
+    """One file system under test: where to run the workloads, and whose CPU to count."""
+
+    root: Path
+    server_pid: int
+    """The mount or passthrough process."""
+    farm_pid: int | None = None
+    """The farm's supervisor (its kernels counted with it); ``None``: no farm."""
+
+
+def program_cpu() -> float:
+    """CPU seconds of this script and its finished children (``cp``) so far."""
+    times = os.times()
+    return times.user + times.system + times.children_user + times.children_system
+
+
+def measured(step: Callable[[Path], float], system: System
+             ) -> tuple[float, dict[str, float]]:
+    """``step``'s figure on ``system``, and the CPU seconds each side spent in it."""
+    meters = {"fs": CpuMeter([system.server_pid], include_descendants=False)}
+    if system.farm_pid is not None:
+        meters["farm"] = CpuMeter([system.farm_pid])
+    for meter in meters.values():
+        meter.start()
+    program = program_cpu()
+    value = step(system.root)
+    cpu = {"program": program_cpu() - program}
+    cpu.update((side, meter.stop()) for side, meter in meters.items())
+    cpu = {side: round(seconds, 3) for side, seconds in cpu.items()}
+    cpu["load"] = round(os.getloadavg()[0], 2)
+    return value, cpu
+
+
+def run_all(systems: dict[str, System], args: argparse.Namespace, source: Path,
+            console: Console, every: dict[str, dict[str, list[float]]],
+            costs: dict[str, dict[str, list[dict[str, float]]]]
             ) -> dict[str, dict[str, float]]:
-    """The best round of each workload on each system; ``every`` gets all rounds."""
+    """The best round of each workload on each system; ``every`` gets all rounds, and
+    ``costs`` each round's CPU seconds by side."""
     size = args.size_mib * MIB
     best: dict[str, dict[str, float]] = {name: {} for name, _, _ in WORKLOADS}
     higher = {name: up for name, _, up in WORKLOADS}
 
-    def keep(workload: str, system: str, value: float) -> None:
+    def keep(workload: str, system: str, value: float, cpu: dict[str, float]) -> None:
         every.setdefault(workload, {}).setdefault(system, []).append(round(value, 3))
+        costs.setdefault(workload, {}).setdefault(system, []).append(cpu)
         old = best[workload].get(system)
         if old is None or (value > old if higher[workload] else value < old):
             best[workload][system] = value
 
     for round_ in range(args.repeat):
-        for system, root in roots.items():
+        for name, system in systems.items():
             steps: list[tuple[str, Callable[[Path], float]]] = [
                 ("seq-write", lambda r: seq_write(r, size)),
                 ("seq-read", lambda r: seq_read(r, size)),
                 ("small-files", lambda r: small_files(r, args.files)),
                 ("cp-a", lambda r: cp_tree(r, source))]
             for workload, step in steps:
-                value = step(root)
-                console.print(f"round {round_ + 1} {system:<12} {workload:<12} {value:10.2f}")
-                keep(workload, system, value)
-            clean(root)
+                value, cpu = measured(step, system)
+                spent = "  ".join(f"{side} {seconds:.2f}" for side, seconds in cpu.items())
+                console.print(f"round {round_ + 1} {name:<12} {workload:<12} {value:10.2f}"
+                              f"   cpu s: {spent}", soft_wrap=True)
+                keep(workload, name, value, cpu)
+            clean(system.root)
     return best
 
 
@@ -171,6 +220,7 @@ def ratio(workload: str, values: dict[str, float]) -> float:
 
 
 def report(best: dict[str, dict[str, float]], every: dict[str, dict[str, list[float]]],
+           costs: dict[str, dict[str, list[dict[str, float]]]],
            meta: dict[str, Any], host: dict[str, Any], out: Path, console: Console) -> None:
     rows = []
     for workload, unit, up in WORKLOADS:
@@ -179,7 +229,8 @@ def report(best: dict[str, dict[str, float]], every: dict[str, dict[str, list[fl
                      "mount": round(values["mount"], 3),
                      "passthrough": round(values["passthrough"], 3),
                      "mount_share_of_passthrough": round(ratio(workload, values), 3)})
-    write_raw(out, "mount_bench", {**meta, "results": rows, "rounds": every}, host=host)
+    write_raw(out, "mount_bench", {**meta, "results": rows, "rounds": every, "cpu": costs},
+              host=host)
     lines = ["| workload | kernelfarm mount | pyfuse3 passthrough | mount / passthrough |",
              "|---|---:|---:|---:|"]
     table = Table(title="kernelfarm mount vs the FUSE floor")
@@ -240,20 +291,21 @@ def main() -> None:
         meta["source_tree_files"] = sum(len(files) for _, _, files in os.walk(source))
         local = scratch / "local"
         local.mkdir()
+        farm_root, pt_root = scratch / "farm-mnt", scratch / "pt-mnt"
         with file_farm(scratch, args.fsync, args.size_mib * MIB, kernels=2) as served, \
                 mounted([sys.executable, "-m", "kernelfarm", "mount", "--foreground",
                          "--control", "{}:{}".format(*served.control),
                          "--token-file", str(served.data_dir / "admin.token"),
-                         str(scratch / "farm-mnt")],
-                        scratch / "farm-mnt", scratch / "mount.log") as farm_root, \
+                         str(farm_root)], farm_root, scratch / "mount.log") as mount_pid, \
                 mounted([sys.executable, str(HERE / "passthrough_fs.py"), str(local),
-                         str(scratch / "pt-mnt")], scratch / "pt-mnt",
-                        scratch / "passthrough.log") as pt_root:
+                         str(pt_root)], pt_root, scratch / "passthrough.log") as pt_pid:
             (farm_root / "bench").mkdir()
             every: dict[str, dict[str, list[float]]] = {}
-            best = run_all({"mount": farm_root / "bench", "passthrough": pt_root}, args,
-                           source, console, every)
-    report(best, every, meta, host, args.out, console)
+            costs: dict[str, dict[str, list[dict[str, float]]]] = {}
+            best = run_all({"mount": System(farm_root / "bench", mount_pid, served.pid),
+                            "passthrough": System(pt_root, pt_pid)},
+                           args, source, console, every, costs)
+    report(best, every, costs, meta, host, args.out, console)
 
 
 if __name__ == "__main__":
