@@ -27,7 +27,7 @@ LEAVES = ("kernelfarm.errors", "kernelfarm.keys", "kernelfarm.hostport",
           "kernelfarm.settings", "kernelfarm.boot", "kernelfarm.partition",
           "kernelfarm.rpc.protocol", "kernelfarm.rpc.meter", "kernelfarm.rpc.answer",
           "kernelfarm.handoff", "kernelfarm.ratelog", "kernelfarm.durable",
-          "kernelfarm.auth.tokens")
+          "kernelfarm.auth.tokens", "kernelfarm.heap")
 """Modules (and packages) both sides may use; they import only each other."""
 
 CLIENT = ("kernelfarm.client", "kernelfarm.aio", "kernelfarm.rpc.client",

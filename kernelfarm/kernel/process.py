@@ -39,7 +39,7 @@ from kernelfarm.boot import (
 )
 from kernelfarm.config import Config
 from kernelfarm.errors import to_wire
-from kernelfarm.kernel.heap import keep_freed_memory
+from kernelfarm.heap import keep_freed_memory
 from kernelfarm.kernel.kernel import Kernel
 from kernelfarm.kernel.syncer import Syncer
 from kernelfarm.net.subsystem import NetSubsystem
