@@ -14,7 +14,7 @@ from pathlib import Path
 
 import psutil
 import pytest
-from mountctl import mount_command, mounted, unmount_lazily
+from mountctl import Mount, mount_command, mounted, unmount_lazily
 
 from farmctl import Farm, gone, reap_orphans, wait_until
 from kernelfarm.mount.mtab import is_mounted
@@ -137,3 +137,31 @@ def test_a_tenant_token_file_mounts_only_its_volumes(farm: Farm, tmp_path: Path)
         with pytest.raises(PermissionError):
             os.listdir(mount.path / "not-mine")
     assert admin.fs.read_file("/mnt-a/f") == b"the tenant's"
+
+
+def minor_faults(pid: int) -> int:
+    with open(f"/proc/{pid}/stat") as fh:
+        return int(fh.read().rpartition(")")[2].split()[7])  # field 10, minflt
+
+
+def test_the_mount_reuses_the_memory_of_answered_writes(mount: Mount) -> None:
+    """A stream's 1 MiB writes are each a fresh ``bytes`` in the mount until the farm has
+    them; the mount keeps what they freed (``kernelfarm.heap``), so a second stream takes
+    (almost) no fresh page from the host.  With glibc's defaults (the call in
+    ``runner.run`` left out) the second 48 MiB faulted in 8,000-9,300 pages, kept 0-1."""
+    volume = mount.path / "heapvol"
+    volume.mkdir()
+    block = os.urandom(1 << 20)
+
+    def stream() -> None:  # 6 files of 8 MiB (the test farm's max), 1 MiB writes
+        for n in range(6):
+            with open(volume / f"f{n}", "wb", buffering=0) as f:
+                for _ in range(8):
+                    f.write(block)
+        for n in range(6):
+            (volume / f"f{n}").unlink()
+
+    stream()
+    before = minor_faults(mount.proc.pid)
+    stream()
+    assert minor_faults(mount.proc.pid) - before < 1500
