@@ -1,7 +1,9 @@
 """``kernelfarm mount`` against the FUSE floor: a plain pyfuse3 passthrough of a local dir.
 
-Both file systems are mounted at once and every workload runs on one, then the other,
-side by side in one run (the machine is noisy), ``--repeat`` times, best of each kept:
+Both file systems are mounted at once and every workload runs on one, then at once on the
+other (which goes first alternates by round), side by side in one run (the machine is
+noisy; back to back, both meet the same load and the same state of the host's memory),
+``--repeat`` times, best of each kept:
 
 - seq-write: 256 MiB written in 1 MiB ``write`` calls, then ``close`` (MB/s; on the
   mount, close returns once the data is on the farm);
@@ -199,19 +201,23 @@ def run_all(systems: dict[str, System], args: argparse.Namespace, source: Path,
         if old is None or (value > old if higher[workload] else value < old):
             best[workload][system] = value
 
+    steps: list[tuple[str, Callable[[Path], float]]] = [
+        ("seq-write", lambda r: seq_write(r, size)),
+        ("seq-read", lambda r: seq_read(r, size)),
+        ("small-files", lambda r: small_files(r, args.files)),
+        ("cp-a", lambda r: cp_tree(r, source))]
     for round_ in range(args.repeat):
-        for name, system in systems.items():
-            steps: list[tuple[str, Callable[[Path], float]]] = [
-                ("seq-write", lambda r: seq_write(r, size)),
-                ("seq-read", lambda r: seq_read(r, size)),
-                ("small-files", lambda r: small_files(r, args.files)),
-                ("cp-a", lambda r: cp_tree(r, source))]
-            for workload, step in steps:
+        order = list(systems.items())
+        if round_ % 2:
+            order.reverse()
+        for workload, step in steps:
+            for name, system in order:
                 value, cpu = measured(step, system)
                 spent = "  ".join(f"{side} {seconds:.2f}" for side, seconds in cpu.items())
                 console.print(f"round {round_ + 1} {name:<12} {workload:<12} {value:10.2f}"
                               f"   cpu s: {spent}", soft_wrap=True)
                 keep(workload, name, value, cpu)
+        for system in systems.values():
             clean(system.root)
     return best
 
