@@ -275,6 +275,19 @@ class Volume:
         self.journal.records.append(payload)  # no frame of its own: the write frames it
         return result
 
+    def write_file(self, comps: tuple[str, ...], data: bytes, now: int) -> None:
+        """:meth:`change` for a ``WRITE_FILE`` record of data under ``BY_REFERENCE``
+        bytes: the hottest change, without the generic one's record tuple, table lookup
+        and ``*`` call (about 100 ns of a 16-byte write)."""
+        if self.read_only is not None:
+            self.check_writable()
+        self.stats.clear()
+        tree = self.tree
+        ino = tree.next_ino
+        payload = _encode((WRITE_FILE, comps, data, ino, now))
+        tree.write_file(comps, data, ino, now)
+        self.journal.records.append(payload)
+
     def change_data(self, kind: int, args: tuple[Any, ...]) -> Any:
         """:meth:`change` for a record that carries file data of ``BY_REFERENCE`` bytes
         or more: the data is journaled by reference (:func:`spliced`)."""
