@@ -40,12 +40,13 @@ to the file, never copied into a buffer first.
 A journal is written, never read, while its kernel runs, so its pages are dropped from
 the page cache once written back, :data:`CACHED_BEHIND` behind the end of the log
 (``POSIX_FADV_DONTNEED``: it starts the writeback of what is dirty and drops what is
-clean).  Not for the memory they hold: for the memory the next writes take.  A log that
-only grows fills fresh page-cache pages, and on a host that takes free guest memory back
-(a VM's balloon with free page reporting) a fresh page's first touch costs a fault and a
-zeroing in the host: 2.3-2.6 ms per MiB written, against 0.3 ms into pages the guest
-just freed (benchmarks/README.md, "The write path, sixth pass").  Dropped pages are
-reused by the log's next writes.  Nothing of durability changes: dirty pages are never
+clean; in a kernel its syncer child does it, :data:`dropper`).  Not for the memory they
+hold: for the memory the next writes take.  A log that only grows fills fresh page-cache
+pages, and on a host that takes free guest memory back (a VM's balloon with free page
+reporting) a fresh page's first touch costs a fault and a zeroing in the host: 2.3-2.6
+ms per MiB written, against 0.3 ms into pages the guest just freed
+(benchmarks/README.md, "The write path, sixth pass").  Dropped pages are reused by the
+log's next writes.  Nothing of durability changes: dirty pages are never
 dropped, only written back sooner.
 
 The CRC-32 is zlib's (the same polynomial and values), computed by ISA-L
@@ -236,6 +237,24 @@ def removing(path: str) -> Steps[None]:
     os.unlink(path)
 
 
+def drop_cached(fd: int, end: int) -> None:
+    """Ask the host to write back bytes 0 to ``end`` of ``fd`` and drop them from the page
+    cache.  Pages still dirty or being written back stay until a later call: each covers
+    the file from its start (the host walks only the pages still cached, a bounded
+    number).  Advice only: a refusal changes nothing written."""
+    try:
+        os.posix_fadvise(fd, 0, end, os.POSIX_FADV_DONTNEED)
+    except OSError as exc:  # not a file the host caches (none the farm writes)
+        log.debug("page cache advice refused: %s", exc)
+
+
+dropper: Callable[[int, int], None] = drop_cached
+"""Who runs :func:`drop_cached` for a journal's written log: by default the caller, on
+its loop; a kernel with a syncer child hands it there at boot
+(:meth:`kernelfarm.kernel.syncer.Syncer.drop_behind`), since the writeback it starts
+can wait on the disk for milliseconds, and costs CPU the loop need not spend."""
+
+
 def write_at(fd: int, buffers: Sequence[Buffer], offset: int) -> None:
     """Write every byte of ``buffers`` at ``offset`` (``pwritev`` may write less, and
     takes at most :data:`IOV_MAX` buffers)."""
@@ -380,16 +399,10 @@ class Journal:
         return self.allocated - self.size
 
     def _drop_behind(self, fd: int) -> None:
-        """Ask the host to write back the log up to :data:`CACHED_BEHIND` before its end
-        and drop it from the page cache.  Pages still dirty or being written back stay
-        until a later call: each covers the file from its start (the host walks only the
-        pages still cached, a bounded number).  Advice only: a refusal changes nothing
-        written."""
+        """Have the log up to :data:`CACHED_BEHIND` before its end written back and
+        dropped from the page cache (by :data:`dropper`)."""
         self._dropped = end = self.size - CACHED_BEHIND
-        try:
-            os.posix_fadvise(fd, 0, end, os.POSIX_FADV_DONTNEED)
-        except OSError as exc:  # not a file the host caches (none the farm writes)
-            log.debug("journal %s: page cache advice refused: %s", self.path, exc)
+        dropper(fd, end)
 
     def sync(self) -> None:
         """``fdatasync`` what was written since this process last synced the file."""

@@ -16,6 +16,12 @@ once (a request read before the ``fdatasync`` began was sent after its group's w
 the sync covers it), and answers each; the disk never waits for the kernel's loop to come
 round.
 
+The child also runs the journals' page-cache drops (:data:`.fs.journal.dropper`): a
+:data:`DROP` request carries one journal's descriptor and how far to write it back and
+drop; it is never answered, and the child runs it after answering its batch's syncs.  On
+the loop the writeback it starts waited on the disk for 2-7 ms per 16 MiB streamed
+(benchmarks/README.md, "The write path, sixth pass").
+
 The syncer never outlives its kernel: ``PR_SET_PDEATHSIG`` kills it when the kernel dies,
 and EOF on its socket ends it when the kernel closes it.  A syncer that dies is a kernel
 that can no longer promise durability (did its last ``fdatasync`` see an error?): the
@@ -39,10 +45,16 @@ from collections import deque
 from time import perf_counter
 from typing import Callable, Sequence
 
+from kernelfarm.fs import journal
+
 log = logging.getLogger(__name__)
 
 REQUEST = struct.Struct("<I")
 """A sync request: how many descriptors came with it (they travel as ``SCM_RIGHTS``)."""
+DROP = struct.Struct("<Q")
+"""A drop request: the bytes of its one descriptor's file to write back and drop from the
+page cache, from the start (:func:`.fs.journal.drop_cached`); told apart from a sync
+request by its size, never answered."""
 ANSWER = struct.Struct("<I")
 """The answer to one request: 0 when every descriptor was synced, else the first errno
 (one message carries the answers of every request synced together, in order)."""
@@ -56,21 +68,22 @@ GONE = -1
 """What ``on_done`` is told when the syncer died (EOF or a broken answer)."""
 
 
-def _take(sock: socket.socket, flags: int = 0) -> list[int] | None:
-    """One request's descriptors; ``None`` at EOF.  (``socket.recv_fds`` of Python 3.11
-    drops its ``flags``: MSG_DONTWAIT would block.)"""
+def _take(sock: socket.socket, flags: int = 0) -> tuple[bytes, list[int]] | None:
+    """One request and its descriptors; ``None`` at EOF.  (``socket.recv_fds`` of Python
+    3.11 drops its ``flags``: MSG_DONTWAIT would block.)"""
     fds = array.array("i")
     data, ancdata, _flags, _addr = sock.recvmsg(
-        REQUEST.size, socket.CMSG_SPACE(MAX_FDS * fds.itemsize), flags)
+        max(REQUEST.size, DROP.size), socket.CMSG_SPACE(MAX_FDS * fds.itemsize), flags)
     for level, kind, payload in ancdata:
         if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
             fds.frombytes(payload[:len(payload) - len(payload) % fds.itemsize])
-    return list(fds) if data else None
+    return (data, list(fds)) if data else None
 
 
 def _serve(sock: socket.socket) -> None:
-    """The child: take every waiting request, ``fdatasync`` each file they name once,
-    answer each (its first errno, 0 if none), until EOF."""
+    """The child: take every waiting request, ``fdatasync`` each file the sync requests
+    name once, answer each (its first errno, 0 if none), then run the drop requests,
+    until EOF."""
     while True:
         first = _take(sock)
         if first is None:
@@ -86,7 +99,11 @@ def _serve(sock: socket.socket) -> None:
             batch.append(more)
         results: dict[tuple[int, int], int] = {}  # file -> errno of its one fdatasync
         answers = []
-        for fds in batch:
+        drops = []
+        for data, fds in batch:
+            if len(data) == DROP.size:
+                drops.append((fds, DROP.unpack(data)[0]))
+                continue
             error = 0
             for fd in fds:
                 try:
@@ -102,7 +119,12 @@ def _serve(sock: socket.socket) -> None:
                 finally:
                     os.close(fd)
             answers.append(error)
-        sock.send(b"".join(ANSWER.pack(error) for error in answers))
+        if answers:  # an empty message would read as EOF: the syncer gone
+            sock.send(b"".join(ANSWER.pack(error) for error in answers))
+        for fds, end in drops:
+            for fd in fds:
+                journal.drop_cached(fd, end)
+                os.close(fd)
 
 
 def _child(sock: socket.socket, parent: int) -> None:
@@ -167,10 +189,22 @@ class Syncer:
         return bool(self._groups)
 
     def watch(self, loop: asyncio.AbstractEventLoop, on_done: Callable[[int], None]) -> None:
-        """Report each synced group to ``on_done``, from ``loop``'s reader callback."""
+        """Report each synced group to ``on_done``, from ``loop``'s reader callback; and
+        from now on run this process's journal page-cache drops (:meth:`drop_behind`)."""
         self._on_done = on_done
         self._loop = loop
         loop.add_reader(self._sock, self._answered)
+        journal.dropper = self.drop_behind
+
+    def drop_behind(self, fd: int, end: int) -> None:
+        """Have the child write back bytes 0 to ``end`` of ``fd``'s file and drop them
+        from the page cache (:func:`.fs.journal.drop_cached`), unanswered.  If it cannot
+        be sent now (the socket full behind a slow sync, or the syncer gone), it is run
+        here."""
+        try:
+            socket.send_fds(self._sock, [DROP.pack(end)], [fd], socket.MSG_DONTWAIT)
+        except OSError:
+            journal.drop_cached(fd, end)
 
     def start(self, fds: Sequence[int]) -> None:
         """Send a group's ``fds`` to be synced, behind any group sent before (the child
@@ -226,6 +260,8 @@ class Syncer:
         if self._loop is not None and not self._loop.is_closed():
             self._loop.remove_reader(self._sock)
         self._loop = None
+        if journal.dropper == self.drop_behind:
+            journal.dropper = journal.drop_cached
         self._sock.close()
         try:
             os.kill(self.pid, signal.SIGKILL)
