@@ -12,12 +12,12 @@ ahead with 1 MiB ``fs.pread`` calls.  This script does the same with no FUSE in 
 A farm of one kernel on a fresh data dir per fsync policy, ``max_file_bytes`` and the
 quota raised to fit the file and ``snapshot_journal_bytes`` past the run's writes (a
 snapshot rewrites the volume: restart time, not throughput).  The kernel's CPU time (user
-+ system, psutil) over each phase is divided by the MiB moved: on a busy machine CPU per
-MiB is steadier than MB/s; so is this script's own (the client's), which shows which
-side bounds the MB/s.  Best of ``--repeat`` rounds (each a new file), and each round's
-figures after the table (a kernel's first stream takes memory it never touched, which on
-a VM can cost more than everything else: benchmarks/README.md, "The write path, sixth
-pass").
++ system, psutil; its syncer child's apart, after the table) over each phase is divided
+by the MiB moved: on a busy machine CPU per MiB is steadier than MB/s; so is this
+script's own (the client's), which shows which side bounds the MB/s.  Best of
+``--repeat`` rounds (each a new file), and each round's figures after the table (a
+kernel's first stream takes memory it never touched, which on a VM can cost more than
+everything else: benchmarks/README.md, "The write path, sixth pass").
 
     python benchmarks/stream_bench.py [--size-mib 256] [--inflight 16] [--repeat 3]
                                       [--fsync never,always] [--out DIR]
@@ -54,6 +54,9 @@ class Farm:
     control: tuple[str, int]
     token: str
     kernel: psutil.Process
+    syncer: psutil.Process
+    """The kernel's syncer child: its fdatasyncs, and the writeback of the journal's
+    page-cache drops (reported apart from the kernel's own, the loop's, CPU)."""
 
     def client(self) -> kernelfarm.aio.Client:
         return kernelfarm.aio.Client(self.control, token=self.token)
@@ -64,7 +67,8 @@ def farm(scratch: Path, fsync: str, size: int) -> Iterator[Farm]:
     """A one-kernel farm on a fresh data dir."""
     with file_farm(scratch, fsync, size, kernels=1) as served:
         (kernel,) = psutil.Process(served.pid).children()
-        yield Farm(served.control, admin_token_of(served.data_dir), kernel)
+        (syncer,) = (child for child in kernel.children() if child.name() == "kf-syncer")
+        yield Farm(served.control, admin_token_of(served.data_dir), kernel, syncer)
 
 
 async def pipelined(calls: Iterator[Any], inflight: int) -> None:
@@ -83,15 +87,16 @@ async def pipelined(calls: Iterator[Any], inflight: int) -> None:
 async def one_round(target: Farm, path: str, size: int, inflight: int) -> dict[str, float]:
     chunk = os.urandom(MIB)
     count = size // MIB
-    kernel, me = target.kernel, psutil.Process()
+    kernel, syncer, me = target.kernel, target.syncer, psutil.Process()
     async with target.client() as client:
         await client.fs.write_file(path, b"")
         cpu, mine, started = kernel.cpu_times(), me.cpu_times(), time.perf_counter()
+        behind = syncer.cpu_times()
         await pipelined((client.fs.pwrite(path, n * MIB, chunk) for n in range(count)),
                         inflight)
         await client.fs.fsync(path)
         write_s, write_cpu = time.perf_counter() - started, cpu_since(kernel, cpu)
-        write_client = cpu_since(me, mine)
+        write_client, write_syncer = cpu_since(me, mine), cpu_since(syncer, behind)
         cpu, mine, started = kernel.cpu_times(), me.cpu_times(), time.perf_counter()
         sizes: list[int] = []
 
@@ -106,6 +111,7 @@ async def one_round(target: Farm, path: str, size: int, inflight: int) -> dict[s
     mib = size / MIB
     return {"pwrite_mb_s": mib / write_s, "pwrite_cpu_ms_per_mib": write_cpu * 1000 / mib,
             "pwrite_client_cpu_ms_per_mib": write_client * 1000 / mib,
+            "pwrite_syncer_cpu_ms_per_mib": write_syncer * 1000 / mib,
             "pread_mb_s": mib / read_s, "pread_cpu_ms_per_mib": read_cpu * 1000 / mib,
             "pread_client_cpu_ms_per_mib": read_client * 1000 / mib}
 
@@ -162,12 +168,15 @@ def main() -> None:
     console = Console()
     console.print(table(results))
     for result in results:  # a first round takes fresh memory: each round says its own
+        rounds = result["rounds"]
         for op in ("pwrite", "pread"):
-            rounds = result["rounds"]
             console.print(
                 f"{result['fsync']} {op} by round: MB/s "
                 + ", ".join(f"{r[f'{op}_mb_s']:.0f}" for r in rounds) + "; kernel CPU ms/MiB "
-                + ", ".join(f"{r[f'{op}_cpu_ms_per_mib']:.2f}" for r in rounds))
+                + ", ".join(f"{r[f'{op}_cpu_ms_per_mib']:.2f}" for r in rounds)
+                + ("; its syncer's " + ", ".join(
+                    f"{r['pwrite_syncer_cpu_ms_per_mib']:.2f}" for r in rounds)
+                   if op == "pwrite" else ""))
     write_raw(args.out, "stream_bench",
               {"size_mib": args.size_mib, "inflight": args.inflight, "repeat": args.repeat,
                "results": results}, host=host)
