@@ -101,6 +101,16 @@ def frame(payload: bytes) -> bytes:
     return HEADER.pack(len(payload), crc32(payload)) + payload
 
 
+def frame_head(parts: Sequence[Buffer]) -> bytes:
+    """The frame header of a payload that is ``parts`` one after another (a snapshot's big
+    file, written from its own buffers): the CRC runs over the parts in turn, never over
+    a joined copy."""
+    crc = 0
+    for part in parts:
+        crc = crc32(part, crc)
+    return HEADER.pack(sum(map(len, parts)), crc)
+
+
 def array_header(count: int) -> bytes:
     """The msgpack header of an array of ``count`` objects."""
     if count < 16:

@@ -12,6 +12,11 @@ first, writes the tree as of that switch (in a forked child, see :mod:`.snapshot
 renames it into place, then deletes the older journals, so a crash at any step leaves a
 snapshot and the journals that go with it (see :mod:`.volume`).
 
+A big file (:data:`BY_REFERENCE` or more) is written from its own buffers -- the pieces a
+stream was kept in (:mod:`.chunks`) -- framed without being joined, packed or copied:
+the same bytes as before, where the snapshot child made three copies of every big file
+in memory it had to fault in first.
+
 Deep trees are walked with an explicit stack: a path can nest about 2000 directories,
 beyond Python's recursion limit and msgpack's nesting limit.
 """
@@ -25,16 +30,21 @@ import msgpack
 
 from kernelfarm import durable
 from kernelfarm.fs import journal
+from kernelfarm.fs.chunks import Chunks
 from kernelfarm.fs.sparse import Sparse
 from kernelfarm.fs.tree import ROOT_INO, Dir, File, Inode, Limits, Symlink, Tree
 from kernelfarm.steps import STEP_BYTES, STEP_ITEMS, Steps, finish
 
 FORMAT = 1
 DIR, FILE, SYMLINK = 0, 1, 2
+BY_REFERENCE = 64 * 1024
+"""A file's content at least this big is framed from its own buffers (its msgpack is a
+``bin 32`` then, as msgpack packs any ``bin`` of 64 KiB or more)."""
 
 
 def _entries(tree: Tree) -> Iterator[tuple[Any, ...]]:
-    """``(parent_ino, name, kind, ino, perm, mtime_ns, ctime_ns, payload)`` in pre-order."""
+    """``(parent_ino, name, kind, ino, perm, mtime_ns, ctime_ns, payload)`` in pre-order
+    (a big file's payload is its content as it is kept: :func:`_put`)."""
     root = tree.root
     payload: Any
     yield (0, "", DIR, root.ino, root.perm, root.mtime_ns, root.ctime_ns, None)
@@ -49,7 +59,7 @@ def _entries(tree: Tree) -> Iterator[tuple[Any, ...]]:
                 data = node.data
                 kind = FILE
                 payload = ((data.size, list(data.extents())) if isinstance(data, Sparse)
-                           else bytes(data))
+                           else data if len(data) >= BY_REFERENCE else bytes(data))
             else:
                 assert isinstance(node, Symlink)
                 kind, payload = SYMLINK, node.target
@@ -79,7 +89,11 @@ def write_temp(tmp: str, tree: Tree, generation: int) -> int:
             _put(fh, packer, {"format": FORMAT, "volume": tree.name, "generation": generation,
                               "next_ino": tree.next_ino})
             for entry in _entries(tree):
-                _put(fh, packer, entry)
+                if entry[2] == FILE and type(entry[-1]) is not tuple \
+                        and len(entry[-1]) >= BY_REFERENCE:
+                    _put_file(fh, packer, entry)
+                else:
+                    _put(fh, packer, entry)
                 count += 1
             _put(fh, packer, ("end", count))
             fh.flush()
@@ -98,6 +112,20 @@ def install(tmp: str, path: str) -> None:
 
 def _put(fh: BinaryIO, packer: msgpack.Packer, obj: Any) -> None:
     fh.write(journal.frame(packer.pack(obj)))
+
+
+def _put_file(fh: BinaryIO, packer: msgpack.Packer, entry: tuple[Any, ...]) -> None:
+    """Write a file's entry whose content (its last item: ``bytes``, a ``bytearray`` or
+    :class:`.chunks.Chunks`) is :data:`BY_REFERENCE` or more from the content's own
+    buffers: the bytes :func:`_put` would write, without its copies."""
+    content = entry[-1]
+    pieces = content.pieces if isinstance(content, Chunks) else [content]
+    head = (bytes([0x90 | len(entry)]) + packer.pack(entry[:-1])[1:]  # a fixarray
+            + b"\xc6" + len(content).to_bytes(4, "big"))
+    fh.write(journal.frame_head([head, *pieces]))
+    fh.write(head)
+    for piece in pieces:
+        fh.write(piece)
 
 
 def load(path: str, limits: Limits) -> tuple[Tree, int]:
