@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import enum
 from collections.abc import Sequence
+from time import perf_counter
 from typing import Any, Callable, Iterator, NamedTuple
 
 import msgpack
@@ -233,6 +234,20 @@ READ_SLACK = 1024 * 1024
 """Room above ``max_message_bytes`` in the unpacker for the next read (uvloop reads 256 KiB),
 so a message right at the limit followed by the start of the next one is not refused."""
 
+TURN_BYTES = 16 * 1024
+"""Input one connection is served per loop turn before it yields (at least one message):
+a client that pipelines thousands of requests in one read is served in slices, and the
+kernel's other connections are served in between.  About 0.7 ms of ``fs.stat``."""
+
+TURN_SECONDS = 0.002
+"""Time one connection is served per loop turn when its requests are slow (volume
+creations that fsync): checked per message only on a read of more than
+:data:`TURN_WATCH_BYTES`, so a read that fits pays nothing for it."""
+
+TURN_WATCH_BYTES = 2 * 1024
+"""A read of more than this (about 50 small requests; a client with 16 in flight sends
+0.5-1 KiB) is served watching the clock, one ``perf_counter()`` per message."""
+
 Handler = Callable[[Any, int, str, Sequence[Any]], "list[Any] | None"]
 """``handle(conn, msgid, method, params)``: a reply now, or ``None`` for a waiting call.
 ``params`` is a list, or a tuple from a stream made with ``tuples``."""
@@ -245,7 +260,7 @@ class Batch:
     decoding a request): read it before serving again.
     """
 
-    __slots__ = ("replies", "notices", "produced", "more", "fatal")
+    __slots__ = ("replies", "notices", "produced", "more", "yielded", "fatal")
 
     def __init__(self) -> None:
         self.replies: list[list[Any]] = []
@@ -255,6 +270,9 @@ class Batch:
         """Bytes of ``bytes`` results in ``replies``: the replies this batch is producing."""
         self.more = False
         """Complete or partial input is still buffered (a bound stopped the batch)."""
+        self.yielded = False
+        """The turn's bound (:data:`TURN_BYTES`, :data:`TURN_SECONDS`) stopped the batch:
+        serve the rest on the next loop turn, after the other connections."""
         self.fatal: ProtocolError | None = None
         """The stream cannot go on: send this as an error notification, then close."""
 
@@ -271,13 +289,24 @@ class ServerStream:
     """
 
     __slots__ = ("max_message_bytes", "errors", "_unpacker", "_fed", "_start", "_batch",
-                 "_array")
+                 "_array", "turn_bytes", "turn_seconds", "_watch", "_late")
 
-    def __init__(self, max_message_bytes: int, tuples: bool = False) -> None:
+    def __init__(self, max_message_bytes: int, tuples: bool = False, *,
+                 turn_bytes: int = TURN_BYTES, turn_seconds: float = TURN_SECONDS,
+                 watch_bytes: int = TURN_WATCH_BYTES) -> None:
         """``tuples``: msgpack arrays decode to tuples, a request's params among them
         (about 3 % of a kernel's ``fs.stat`` in-process: no list to build per message and
-        per params), for a service whose handlers take any sequence; else lists."""
+        per params), for a service whose handlers take any sequence; else lists.
+        ``turn_bytes``, ``turn_seconds``, ``watch_bytes``: the per-turn bound (see
+        :data:`TURN_BYTES`)."""
         self.max_message_bytes = max_message_bytes
+        self.turn_bytes = turn_bytes
+        self.turn_seconds = turn_seconds
+        self._watch = min(max_message_bytes, watch_bytes)
+        """Buffered input over which :meth:`serve` checks each message: its size (a
+        message may be over the limit only then) and the clock."""
+        self._late = False
+        """The clock ended the last turn: the next is timed too, however small the rest."""
         self.errors = 0
         self._fed = 0
         self._start = 0
@@ -304,6 +333,10 @@ class ServerStream:
     def serve(self, handle: Handler, conn: Any, room: int, budget: int) -> Batch:
         """Decode and dispatch buffered requests until input runs out or a bound is hit.
 
+        A batch serves at most ``turn_bytes`` of input and, on a read of more than
+        ``watch_bytes`` or after a turn the clock ended, stops once ``turn_seconds`` have
+        passed (``batch.yielded``); always at least one message, so a connection makes
+        progress every turn.
         ``room`` (at least 1) is how many more calls may wait (``handle`` returned
         ``None``); ``budget`` (at least 1) how many bytes of results may still be produced
         before the batch stops.  A call that starts waiting counts what it reserved for
@@ -313,6 +346,7 @@ class ServerStream:
         batch = self._batch
         replies: list[list[Any]] = []
         batch.replies = replies
+        batch.yielded = False
         if batch.notices:
             batch.notices = []
         append = replies.append
@@ -326,9 +360,16 @@ class ServerStream:
         fed = self._fed
         more = True
         # A message can be over the limit only if what is buffered from where the next
-        # one begins is: then each message's size is checked; a read of requests that
-        # fit (every read of the fast path) skips the check and its bookkeeping.
-        careful = fed - start > limit
+        # one begins is, and a read can hold a long turn's work only if it is big: then
+        # each message's size and the clock are checked; a small read of requests (every
+        # read of the fast path) skips the checks and their bookkeeping.  The turn's byte
+        # bound costs nothing per message: it is the compare that ends the input.
+        careful = fed - start > self._watch or self._late
+        self._late = False
+        deadline = perf_counter() + self.turn_seconds if careful else 0.0
+        stop = start + self.turn_bytes
+        if stop > fed:
+            stop = fed
         end = start
         try:
             # The unpacker's own iteration (no ``next()`` per message); everything in the
@@ -340,6 +381,9 @@ class ServerStream:
                         batch.fatal = MessageTooBig(f"message over the {limit}-byte limit")
                         break
                     start = end
+                    if perf_counter() >= deadline:
+                        stop = end  # the turn's time is up: this message is its last
+                        self._late = True
                 try:  # a request is an array of 4; what else unpacks in 4 fails the checks
                     kind, msgid, method, params = obj
                 except (TypeError, ValueError):
@@ -365,10 +409,14 @@ class ServerStream:
                                 break
                 elif not self._odd_message(obj, batch):
                     break
-                if end == fed:
-                    # The input ends with this message: stop without asking the unpacker
-                    # for another (its StopIteration costs as much as a request).
-                    more = False
+                if end >= stop:
+                    # The input ends with this message (stop without asking the unpacker
+                    # for another: its StopIteration costs as much as a request), or the
+                    # turn does: the rest waits for the next loop turn.
+                    if end < fed:
+                        batch.yielded = True
+                    else:
+                        more = False
                     break
             else:  # input ran out inside a message
                 more = False

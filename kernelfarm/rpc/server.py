@@ -263,9 +263,11 @@ class ServerConnection(asyncio.Protocol):
                 self._fail_stream(batch.fatal.to_wire())
                 return
             self._backlog = more = batch.more
-            if more and batch.produced >= budget and not self._scheduled:
-                # Stopped on the reply bytes: go on once this turn's replies are written
-                # (after the group commit, which was scheduled before us).
+            if (more and (batch.yielded or batch.produced >= budget)
+                    and not self._scheduled):
+                # Stopped on the turn's bound, or on the reply bytes: go on next loop
+                # turn, after the other connections' reads and once this turn's replies
+                # are written (after the group commit, which was scheduled before us).
                 self._scheduled = True
                 asyncio.get_running_loop().call_soon(self._process)
         if (self._reading_paused or self._backlog or self._writing_paused
