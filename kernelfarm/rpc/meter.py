@@ -12,7 +12,6 @@ reads them over the control channel (``kernel.stats``) and exports them.
 
 from __future__ import annotations
 
-from bisect import bisect_left
 from typing import Any
 
 LATENCY_BOUNDS: tuple[float, ...] = (
@@ -22,7 +21,12 @@ LATENCY_BOUNDS: tuple[float, ...] = (
 
 
 class Meter:
-    """Byte counters and the batch latency histogram of every connection of one server."""
+    """Byte counters and the batch latency histogram of every connection of one server.
+
+    Counted by the server's read path itself (``ServerConnection.data_received``: a batch's
+    time goes to ``buckets[bisect_left(LATENCY_BOUNDS, seconds)]``, weighted by its
+    requests, and to ``seconds``), not through a method: a call per read is a Python frame.
+    """
 
     __slots__ = ("bytes_in", "bytes_out", "buckets", "seconds")
 
@@ -31,11 +35,6 @@ class Meter:
         self.bytes_out = 0
         self.buckets = [0] * (len(LATENCY_BOUNDS) + 1)
         self.seconds = 0.0
-
-    def batch(self, requests: int, seconds: float) -> None:
-        """``requests`` were served in ``seconds`` together (one read's worth)."""
-        self.buckets[bisect_left(LATENCY_BOUNDS, seconds)] += requests
-        self.seconds += seconds * requests
 
     def snapshot(self) -> dict[str, Any]:
         return {"bytes_in": self.bytes_in, "bytes_out": self.bytes_out,

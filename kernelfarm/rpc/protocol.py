@@ -144,12 +144,17 @@ class RpcStream:
         return [classify(obj) for obj in self]
 
 
+def too_big(max_message_bytes: int) -> MessageTooBig:
+    """The error of a message over the size limit (``E2BIG``), in one wording."""
+    return MessageTooBig(f"message over the {max_message_bytes}-byte limit")
+
+
 def stream_error(exc: Exception, max_message_bytes: int) -> ProtocolError:
     """Translate what msgpack raises on a broken stream into the farm's error."""
     if isinstance(exc, msgpack.BufferFull) or (
             isinstance(exc, ValueError) and "exceeds max" in str(exc)):
         # The second form is raised for a declared str/bin/array longer than the limit.
-        return MessageTooBig(f"message over the {max_message_bytes}-byte limit")
+        return too_big(max_message_bytes)
     return ProtocolError(f"undecodable msgpack stream: {type(exc).__name__}: {exc}")
 
 
@@ -260,10 +265,13 @@ class Batch:
     decoding a request): read it before serving again.
     """
 
-    __slots__ = ("replies", "notices", "produced", "more", "yielded", "fatal")
+    __slots__ = ("replies", "wire", "notices", "produced", "more", "yielded", "fatal")
 
     def __init__(self) -> None:
         self.replies: list[list[Any]] = []
+        self.wire: Wire | None = None
+        """``replies`` encoded (:func:`encode_replies`); ``None`` when there are none or
+        one result cannot be encoded (then encode them one by one to find it)."""
         self.notices: list[list[Any]] = []
         """Error notifications for malformed messages that carry no msgid."""
         self.produced = 0
@@ -326,12 +334,13 @@ class ServerStream:
         try:
             self._unpacker.feed(data)
         except msgpack.BufferFull as exc:
-            raise MessageTooBig(f"message over the {self.max_message_bytes}-byte limit") \
-                from exc
+            raise too_big(self.max_message_bytes) from exc
         self._fed += len(data)
 
-    def serve(self, handle: Handler, conn: Any, room: int, budget: int) -> Batch:
-        """Decode and dispatch buffered requests until input runs out or a bound is hit.
+    def serve(self, handle: Handler, conn: Any, room: int, budget: int,
+              data: bytes = b"") -> Batch:
+        """Feed ``data``, then decode and dispatch buffered requests until input runs out
+        or a bound is hit, and encode the replies.
 
         A batch serves at most ``turn_bytes`` of input and, on a read of more than
         ``watch_bytes`` or after a turn the clock ended, stops once ``turn_seconds`` have
@@ -346,11 +355,21 @@ class ServerStream:
         batch = self._batch
         replies: list[list[Any]] = []
         batch.replies = replies
+        batch.wire = None
         batch.yielded = False
         if batch.notices:
             batch.notices = []
         append = replies.append
         unpacker = self._unpacker
+        if data:  # self.feed(data), inlined: a Python frame per read costs as much
+            try:
+                unpacker.feed(data)
+            except msgpack.BufferFull:
+                batch.fatal = too_big(self.max_message_bytes)
+                batch.produced = 0
+                batch.more = False
+                return batch
+            self._fed += len(data)
         tell = unpacker.tell
         limit = self.max_message_bytes
         array = self._array
@@ -378,7 +397,7 @@ class ServerStream:
                 end = tell()
                 if careful:
                     if end - start > limit:
-                        batch.fatal = MessageTooBig(f"message over the {limit}-byte limit")
+                        batch.fatal = too_big(limit)
                         break
                     start = end
                     if perf_counter() >= deadline:
@@ -421,12 +440,20 @@ class ServerStream:
             else:  # input ran out inside a message
                 more = False
                 if fed - end > limit:
-                    batch.fatal = MessageTooBig(f"message over the {limit}-byte limit")
+                    batch.fatal = too_big(limit)
         except Exception as exc:
             batch.fatal = stream_error(exc, limit)
         self._start = end
         batch.produced = produced
         batch.more = more and batch.fatal is None
+        if replies:  # encode_replies(replies), inlined
+            try:
+                wire = _encode(replies)
+            except Exception:
+                return batch  # the server encodes them one by one to find the one that fails
+            count = len(replies)
+            header = 1 if count < 16 else 3 if count < 0x10000 else 5
+            batch.wire = wire[header:] if len(wire) < GATHER_BYTES else memoryview(wire)[header:]
         return batch
 
     def _odd_message(self, obj: Any, batch: Batch) -> bool:

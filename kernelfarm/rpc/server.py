@@ -26,6 +26,7 @@ from __future__ import annotations
 import asyncio
 import errno
 import logging
+from bisect import bisect_left
 from time import perf_counter
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, Awaitable, Callable, Protocol, cast
@@ -35,7 +36,7 @@ import msgpack
 from kernelfarm.errors import KernelfarmError, posix, to_wire
 from kernelfarm.ratelog import RateLimitedLog
 from kernelfarm.rpc.answer import Answer
-from kernelfarm.rpc.meter import Meter, Usage
+from kernelfarm.rpc.meter import LATENCY_BOUNDS, Meter, Usage
 from kernelfarm.rpc.protocol import ERROR_NOTIFICATION, ServerStream, Wire, encode_replies
 
 if TYPE_CHECKING:
@@ -154,16 +155,72 @@ class ServerConnection(asyncio.Protocol):
         self.service.connection_made(self)
 
     def data_received(self, data: bytes) -> None:
-        self.meter.bytes_in += len(data)
-        self.session.usage.bytes_in += len(data)
-        if self._done:
+        """Take ``data`` in, serve what is buffered within the connection's bounds, write
+        the replies, then set reading.  Called with ``b""`` (:meth:`_process`) to go on
+        with what a bound left buffered.
+
+        The fast path -- a read of requests that hits no bound -- is this frame, the
+        stream's ``serve`` (decode, dispatch, encode) and the service's ``send``, as the
+        echo floor is one frame: a Python frame per read costs about 450 instructions.
+        """
+        size = len(data)
+        meter = self.meter
+        meter.bytes_in += size
+        self.session.usage.bytes_in += size
+        transport = self.transport
+        if self._done or transport is None:
             return
-        try:
-            self._stream.feed(data)
-        except KernelfarmError as exc:
-            self._fail_stream(exc.to_wire())
+        room = self.max_inflight - self.inflight
+        reserved = self.reserved
+        budget = self.write_buffer_bytes - transport.get_write_buffer_size() - reserved
+        if budget <= 0 and reserved:
+            # Waiting calls hold the room; each gives its share back when its reply is
+            # written (_send_finished), and serving resumes then.
+            self._backlog = True
+            if size and not self._take(data):
+                return
+        elif not self._writing_paused and room > 0:
+            # At least one byte of budget: a connection not paused always makes progress,
+            # and the transport pauses it as soon as its buffer goes over the bound.
+            if budget < 1:
+                budget = 1
+            started = perf_counter()
+            batch = self._stream.serve(self._handle, self, room, budget, data)
+            replies = batch.replies
+            if replies:
+                wire = batch.wire
+                if wire is None:
+                    wire = self._encode_each(replies)
+                count = len(replies)
+                size = len(wire)
+                meter.bytes_out += size
+                usage = self.session.usage  # the batch's auth.hello may have changed it
+                usage.ops += count
+                usage.bytes_out += size
+                self._send(self, wire)
+                # Meter's histogram, inlined: the batch's time, weighted by its size.
+                seconds = perf_counter() - started
+                meter.buckets[bisect_left(LATENCY_BOUNDS, seconds)] += count
+                meter.seconds += seconds * count
+            if batch.notices:
+                for notice in batch.notices:
+                    self.write(msgpack.packb(notice))
+            if batch.fatal is not None:
+                self._fail_stream(batch.fatal.to_wire())
+                return
+            self._backlog = more = batch.more
+            if (more and (batch.yielded or batch.produced >= budget)
+                    and not self._scheduled):
+                # Stopped on the turn's bound, or on the reply bytes: go on next loop
+                # turn, after the other connections' reads and once this turn's replies
+                # are written (after the group commit, which was scheduled before us).
+                self._scheduled = True
+                asyncio.get_running_loop().call_soon(self._process)
+        elif size and not self._take(data):
             return
-        self._process()
+        if (self._reading_paused or self._backlog or self._writing_paused
+                or self.inflight >= self.max_inflight):
+            self._update_reading()  # nothing to change unless one of these holds
 
     def pause_writing(self) -> None:
         self._writing_paused = True
@@ -234,59 +291,38 @@ class ServerConnection(asyncio.Protocol):
     # -- internals -----------------------------------------------------------------------
 
     def _process(self) -> None:
-        """Serve buffered requests within the connection's bounds, then set reading."""
+        """Serve what a bound left buffered (its bound has gone)."""
         self._scheduled = False
-        transport = self.transport
-        if self._done or transport is None:
-            return
-        room = self.max_inflight - self.inflight
-        budget = self.write_buffer_bytes - transport.get_write_buffer_size() - self.reserved
-        if budget <= 0 and self.reserved:
-            # Waiting calls hold the room; each gives its share back when its reply is
-            # written (_send_finished), and serving resumes then.
-            self._backlog = True
-        elif not self._writing_paused and room > 0:
-            # At least one byte of budget: a connection not paused always makes progress,
-            # and the transport pauses it as soon as its buffer goes over the bound.
-            if budget < 1:
-                budget = 1
-            started = perf_counter()
-            batch = self._stream.serve(self._handle, self, room, budget)
-            replies = batch.replies
-            if replies:
-                self._send_replies(replies)
-                self.meter.batch(len(replies), perf_counter() - started)
-            if batch.notices:
-                for notice in batch.notices:
-                    self.write(msgpack.packb(notice))
-            if batch.fatal is not None:
-                self._fail_stream(batch.fatal.to_wire())
-                return
-            self._backlog = more = batch.more
-            if (more and (batch.yielded or batch.produced >= budget)
-                    and not self._scheduled):
-                # Stopped on the turn's bound, or on the reply bytes: go on next loop
-                # turn, after the other connections' reads and once this turn's replies
-                # are written (after the group commit, which was scheduled before us).
-                self._scheduled = True
-                asyncio.get_running_loop().call_soon(self._process)
-        if (self._reading_paused or self._backlog or self._writing_paused
-                or self.inflight >= self.max_inflight):
-            self._update_reading()  # nothing to change unless one of these holds
+        self.data_received(b"")
+
+    def _take(self, data: bytes) -> bool:
+        """Buffer ``data`` without serving it (a bound holds the connection); ``False``
+        when the stream failed on it."""
+        try:
+            self._stream.feed(data)
+        except KernelfarmError as exc:
+            self._fail_stream(exc.to_wire())
+            return False
+        return True
 
     def _send_replies(self, replies: list[list[Any]]) -> None:
+        """Write the replies of waiting calls (a read's own are written by
+        :meth:`data_received`)."""
         try:
-            data = encode_replies(replies)
+            wire = encode_replies(replies)
         except Exception:
-            # One result cannot be encoded: encode the replies one by one, turning each
-            # such result into an error instead.
-            data = b"".join([self._encode_alone(reply) for reply in replies])
-        size = len(data)
+            wire = self._encode_each(replies)
+        size = len(wire)
         self.meter.bytes_out += size
         usage = self.session.usage
         usage.ops += len(replies)
         usage.bytes_out += size
-        self._send(self, data)
+        self._send(self, wire)
+
+    def _encode_each(self, replies: list[list[Any]]) -> bytes:
+        """The replies, when one result cannot be encoded: one by one, each such result
+        turned into an error instead."""
+        return b"".join([self._encode_alone(reply) for reply in replies])
 
     @staticmethod
     def _encode_alone(reply: list[Any]) -> Wire:
