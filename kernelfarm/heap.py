@@ -9,8 +9,9 @@ than twice its mmap threshold (a few MiB, adapted as it goes) is free there; the
 stream takes the memory back a page fault at a time, and the host zeroes every page
 first -- on this project's VMs, whose balloon reports free memory to the host, that is a
 fault in the host too.  Under ``benchmarks/stream_bench.py`` perf found 31% of the
-kernel's CPU in ``clear_page`` below ``sysmalloc``; the mount faulted 20-35k pages per
-256 MiB written through it.
+kernel's CPU in ``clear_page`` below ``sysmalloc``; some mount processes faulted 17-35k
+pages per 256 MiB written through them (where small live blocks happen to sit in the heap
+decides whether its top can be trimmed).
 
 So kernels and mounts start with malloc told (``mallopt``) to keep up to ``keep`` bytes
 free at the top of the heap: ``M_TRIM_THRESHOLD`` (trim only once more is free) *and*
