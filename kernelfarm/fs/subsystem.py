@@ -84,9 +84,11 @@ class FreeSpace:
     filling the disk between readings is caught by the journal write itself (ENOSPC:
     the kernel exits without acknowledging and recovers).
 
-    Every change takes its bytes here, so the common case -- a fresh reading far from
-    the reserve -- is two comparisons its caller makes inline (:attr:`low`,
-    :attr:`fresh_until`: ``FsSubsystem._change``); :meth:`try_take` is the rest."""
+    Every change takes its bytes here, so the common case -- a reading far from the
+    reserve -- is one comparison its caller makes inline (:attr:`low`:
+    ``FsSubsystem._change``); the reading's age is checked once per loop turn, at the
+    turn's first change (:meth:`check_age`, from ``FsSubsystem._time``), so a reading is
+    trusted ``SPACE_TTL_S`` and at most one turn more.  :meth:`try_take` is the rest."""
 
     def __init__(self, path: str, reserve: int) -> None:
         self.path = path
@@ -112,19 +114,26 @@ class FreeSpace:
         if reserve == 0:
             return True
         left = self.free - need
-        now = monotonic()
-        if left < self.low or now >= self.fresh_until:
-            where = self.path
-            while not os.path.isdir(where):  # no volume yet: the dir it will be made in
-                where = os.path.dirname(where)
-            st = os.statvfs(where)
-            self.free = st.f_bavail * st.f_frsize - self.held
-            self.fresh_until = now + SPACE_TTL_S
+        if left < self.low or monotonic() >= self.fresh_until:
+            self.read()
             left = self.free - need
         if left < reserve:
             return False
         self.free = left
         return True
+
+    def check_age(self) -> None:
+        """Read statvfs afresh if the reading is older than ``SPACE_TTL_S``."""
+        if monotonic() >= self.fresh_until:
+            self.read()
+
+    def read(self) -> None:
+        where = self.path
+        while not os.path.isdir(where):  # no volume yet: the dir it will be made in
+            where = os.path.dirname(where)
+        st = os.statvfs(where)
+        self.free = st.f_bavail * st.f_frsize - self.held
+        self.fresh_until = monotonic() + SPACE_TTL_S
 
     def hold(self, need: int) -> bool:
         """Promise ``need`` bytes to a snapshot until :meth:`release`; False if no room."""
@@ -194,6 +203,8 @@ class FsSubsystem(Subsystem):
         self._unsynced: set[Volume] = set()           # written, fsync due (batch mode)
         self._open: OrderedDict[Volume, None] = OrderedDict()  # journals holding an fd
         self._flush_requested = False
+        self._now = 0
+        """The time of this turn's changes, 0 until its first change (:meth:`_time`)."""
         self._pending_error: OSError | None = None
         self._batch_timer: asyncio.TimerHandle | None = None
         self.snapshots = self.snapshot_failures = 0
@@ -351,7 +362,7 @@ class FsSubsystem(Subsystem):
             self._create_volume(name, perm)
             return
         volume = self._volume(name, path)
-        self._change(volume, 0, MKDIR, (comps, perm, volume.tree.next_ino, time_ns()))
+        self._change(volume, 0, MKDIR, (comps, perm, volume.tree.next_ino, self._time()))
 
     def rmdir(self, path: Any) -> None:
         volume, comps = self._resolve(path)
@@ -360,15 +371,16 @@ class FsSubsystem(Subsystem):
         if not comps:
             self._remove_volume(volume)
             return
-        self._change(volume, 0, RMDIR, (comps, time_ns()))
+        self._change(volume, 0, RMDIR, (comps, self._time()))
 
     def write_file(self, path: Any, data: Any) -> None:
         """Replace a file's whole content.  The hottest change (issue 14's 16-byte write,
         fsync always), so its common case -- a kept path, data under ``BY_REFERENCE``
-        bytes, a fresh free-space reading far from the reserve -- is :meth:`_change`
-        inlined: no frame to resolve the path or check the space, no generic record tuple
-        (:meth:`Volume.write_file`); about 400 ns of a 1.4 us handler.  Anything else
-        takes :meth:`_change`, which checks the space the long way."""
+        bytes, a free-space estimate far from the reserve -- is :meth:`_change` inlined:
+        no frame to resolve the path, check the space or read the turn's time once it is
+        read, no generic record tuple (:meth:`Volume.write_file`); about 400 ns of a
+        1.4 us handler.  Anything else takes :meth:`_change`, which checks the space the
+        long way."""
         if type(data) is not bytes:
             data = _data(data)
         try:
@@ -381,15 +393,16 @@ class FsSubsystem(Subsystem):
                 raise posix(errno.EISDIR, "/")
             volume = found
         size = len(data)
+        now = self._now or self._time()
         space = self._space
         left = space.free - RECORD_OVERHEAD - size
-        if size < BY_REFERENCE and left >= space.low and monotonic() < space.fresh_until:
+        if size < BY_REFERENCE and left >= space.low:
             space.free = left
-            volume.write_file(comps, data, time_ns())
-            if not self._flush_requested or volume not in self._dirty:
+            volume.write_file(comps, data, now)
+            if volume not in self._dirty:
                 self._changed(volume)
             return
-        self._change(volume, size, WRITE_FILE, (comps, data, volume.tree.next_ino, time_ns()))
+        self._change(volume, size, WRITE_FILE, (comps, data, volume.tree.next_ino, now))
 
     def create(self, path: Any, mode: Any = FILE_PERM, exclusive: Any = False,
                truncate: Any = False) -> dict[str, Any]:
@@ -411,7 +424,7 @@ class FsSubsystem(Subsystem):
         try:
             node = volume.tree.lookup(comps)
         except FileNotFoundError:  # the name, or its directory (write_file then says so)
-            now = time_ns()
+            now = self._time()
             self._space.take(2 * RECORD_OVERHEAD)  # both records, or neither
             volume.change(WRITE_FILE, (comps, b"", volume.tree.next_ino, now))
             if perm != FILE_PERM:
@@ -425,7 +438,7 @@ class FsSubsystem(Subsystem):
         elif not isinstance(node, File):
             raise posix(errno.ELOOP, path)  # a symlink: never followed
         if truncate and node.data:
-            self._change(volume, 0, TRUNCATE, (comps, 0, time_ns()))
+            self._change(volume, 0, TRUNCATE, (comps, 0, self._time()))
         return stat_of(node)
 
     def pwrite(self, path: Any, offset: Any, data: Any) -> int:
@@ -434,7 +447,7 @@ class FsSubsystem(Subsystem):
         volume, comps = self._resolve(path)
         if volume is None:
             raise posix(errno.EISDIR, "/")
-        count: int = self._change(volume, len(data), PWRITE, (comps, offset, data, time_ns()))
+        count: int = self._change(volume, len(data), PWRITE, (comps, offset, data, self._time()))
         return count
 
     def truncate(self, path: Any, size: Any) -> None:
@@ -443,13 +456,13 @@ class FsSubsystem(Subsystem):
         volume, comps = self._resolve(path)
         if volume is None:
             raise posix(errno.EISDIR, "/")
-        self._change(volume, 0, TRUNCATE, (comps, size, time_ns()))
+        self._change(volume, 0, TRUNCATE, (comps, size, self._time()))
 
     def unlink(self, path: Any) -> None:
         volume, comps = self._resolve(path)
         if volume is None:
             raise posix(errno.EISDIR, "/")
-        self._change(volume, 0, UNLINK, (comps, time_ns()))
+        self._change(volume, 0, UNLINK, (comps, self._time()))
 
     def rename(self, src: Any, dst: Any) -> None:
         """Within one volume only: another volume, ``/`` or a volume root is ``EXDEV``."""
@@ -459,7 +472,7 @@ class FsSubsystem(Subsystem):
             raise posix(errno.EXDEV, f"{src} -> {dst}: rename within one volume only")
         assert src_name is not None  # "/" has no components: refused just above
         volume = self._volume(src_name, src)
-        self._change(volume, 0, RENAME, (src_comps, dst_comps, time_ns()))
+        self._change(volume, 0, RENAME, (src_comps, dst_comps, self._time()))
 
     def symlink(self, path: Any, target: Any) -> None:
         """Create the symlink ``path`` holding ``target`` (stored, never followed)."""
@@ -471,14 +484,14 @@ class FsSubsystem(Subsystem):
         volume, comps = self._resolve(path, True)
         if volume is None:
             raise posix(errno.EEXIST, "/")
-        self._change(volume, 0, SYMLINK, (target, comps, volume.tree.next_ino, time_ns()))
+        self._change(volume, 0, SYMLINK, (target, comps, volume.tree.next_ino, self._time()))
 
     def chmod(self, path: Any, mode: Any) -> None:
         perm = _mode(mode) & 0o7777
         volume, comps = self._resolve(path)
         if volume is None:
             raise posix(errno.EPERM, "/ is virtual")
-        self._change(volume, 0, CHMOD, (comps, perm, time_ns()))
+        self._change(volume, 0, CHMOD, (comps, perm, self._time()))
 
     def utime(self, path: Any, mtime_ns: Any) -> None:
         """Set the modification time (ctime moves to now, as Linux's utimensat)."""
@@ -487,16 +500,18 @@ class FsSubsystem(Subsystem):
         volume, comps = self._resolve(path)
         if volume is None:
             raise posix(errno.EPERM, "/ is virtual")
-        self._change(volume, 0, UTIME, (comps, mtime_ns, time_ns()))
+        self._change(volume, 0, UTIME, (comps, mtime_ns, self._time()))
 
     def _change(self, volume: Volume, size: int, kind: int, args: tuple[Any, ...]) -> Any:
         """Every change goes through here: refused with ENOSPC while the disk is nearly
         full (so a journal write never has to fail for want of space; ``size`` is the
-        bytes of data it carries), made, and its volume marked for the group commit."""
+        bytes of data it carries), made, and its volume marked for the group commit.
+        ``args`` carry the turn's time (:meth:`_time`), which checked the free-space
+        reading's age."""
         space = self._space
         need = RECORD_OVERHEAD + size
         left = space.free - need
-        if left >= space.low and monotonic() < space.fresh_until:
+        if left >= space.low:
             space.free = left  # FreeSpace.try_take's common case, without its call
         elif not space.try_take(need):
             raise space.full()
@@ -504,7 +519,7 @@ class FsSubsystem(Subsystem):
             result = volume.change(kind, args)
         else:
             result = volume.change_data(kind, args)
-        if not self._flush_requested or volume not in self._dirty:
+        if volume not in self._dirty:
             self._changed(volume)
         return result
 
@@ -520,7 +535,7 @@ class FsSubsystem(Subsystem):
             log.error("volume %r is not loaded but its directory %s exists", name, directory)
             raise posix(errno.EEXIST, f"/{name}")
         self._space.take(VOLUME_BYTES)
-        volume = Volume.create(name, directory, perm, time_ns(), self.limits)
+        volume = Volume.create(name, directory, perm, self._time(), self.limits)
         self._add(slot, volume)
 
     def _remove_volume(self, volume: Volume) -> None:
@@ -553,15 +568,34 @@ class FsSubsystem(Subsystem):
     def _changed(self, volume: Volume, sync: bool = False) -> None:
         if sync or volume not in self._dirty:
             self._dirty[volume] = sync
+        self._request_flush()
+
+    def _request_flush(self) -> None:
         if not self._flush_requested:
             self._flush_requested = True
             self.ctx.request_flush(self._flush)
+
+    def _time(self) -> int:
+        """The time of this turn's changes (``time_ns``): read at the turn's first change
+        and kept until its flush, which the first read asks for (so it never outlives
+        the turn, even if that change is refused).  Every change of a turn gets the same
+        time, as Linux stamps files from a coarse clock (a tick, not a read of the clock
+        per write), and the clocks are read once per turn instead of twice per change
+        (about 110 ns of a 16-byte write_file): this one, and the free-space reading's
+        age (:meth:`FreeSpace.check_age`)."""
+        now = self._now
+        if not now:
+            now = self._now = time_ns()
+            self._space.check_age()
+            self._request_flush()
+        return now
 
     def _flush(self) -> list[int]:
         """The turn's group commit: write each changed volume's journal once; the
         descriptors of the journals to sync before the turn's replies go out."""
         dirty, self._dirty = self._dirty, {}
         self._flush_requested = False
+        self._now = 0
         error, self._pending_error = self._pending_error, None
         room = self.config.fsync != "never"  # room only where an fdatasync will follow
         syncing: list[Volume] = []
@@ -730,8 +764,7 @@ class FsSubsystem(Subsystem):
                 # Replies of this turn may be held for these records: fail the turn's
                 # flush too, so nothing undurable is acknowledged.
                 self._pending_error = self._pending_error or exc
-                self._flush_requested = True
-                self.ctx.request_flush(self._flush)
+                self._request_flush()
 
     def close(self) -> None:
         self._snapshotter.close()
