@@ -26,6 +26,7 @@ from kernelfarm.errors import ConfigError
 from kernelfarm.fs.config import FsConfig
 from kernelfarm.hostport import parse_hostport
 from kernelfarm.net.config import NetConfig
+from kernelfarm.rpc.protocol import TURN_BYTES, TURN_SECONDS
 from kernelfarm.settings import setting
 
 DEFAULT_CONTROL = "127.0.0.1:7400"
@@ -80,6 +81,13 @@ class RpcConfig:
     write_buffer_bytes: int = setting(
         4 * 1024 * 1024, "unsent reply bytes per connection before the server stops "
         "reading it (a client that does not read its replies)", minimum=4096)
+    turn_bytes: int = setting(
+        TURN_BYTES, "requests one connection is served per loop turn before the kernel's "
+        "other connections are (at least one request; the rest follows next turn, in "
+        "order)", minimum=1)
+    turn_seconds: float = setting(
+        TURN_SECONDS, "time one connection's requests are served per loop turn when a read "
+        "holds more than 2 KiB of them (slow requests: volume creations)", minimum=0.0)
     max_connections: int = setting(
         2048, "client connections one kernel serves at once; one more is refused with "
         "EMFILE (lowered at boot if the host's descriptor limit has no room for it)",

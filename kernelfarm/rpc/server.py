@@ -18,7 +18,9 @@ Every resource a connection can make the server spend is bounded and accounted h
 - malformed messages: a few are answered, then one error notification and the connection
   is closed (a flood of nil bytes costs a few replies, not one per byte);
 - connections per listener (``max_connections``): one more is refused with an error
-  notification, so descriptors stay for the journals and sockets the kernel needs.
+  notification, so descriptors stay for the journals and sockets the kernel needs;
+- the loop: one connection is served at most ``turn_bytes`` of requests (or
+  ``turn_seconds`` of slow ones) per loop turn, then the others, then its rest.
 """
 
 from __future__ import annotations
@@ -37,7 +39,9 @@ from kernelfarm.errors import KernelfarmError, posix, to_wire
 from kernelfarm.ratelog import RateLimitedLog
 from kernelfarm.rpc.answer import Answer
 from kernelfarm.rpc.meter import LATENCY_BOUNDS, Meter, Usage
-from kernelfarm.rpc.protocol import ERROR_NOTIFICATION, ServerStream, Wire, encode_replies
+from kernelfarm.rpc.protocol import (
+    ERROR_NOTIFICATION, TURN_BYTES, TURN_SECONDS, ServerStream, Wire, encode_replies,
+)
 
 if TYPE_CHECKING:
     from kernelfarm.config import RpcConfig
@@ -103,7 +107,8 @@ class ServerConnection(asyncio.Protocol):
 
     def __init__(self, service: Service, *, max_message_bytes: int, max_inflight: int,
                  write_buffer_bytes: int, meter: Meter | None = None,
-                 connections: ConnectionLimit | None = None, tuples: bool = False) -> None:
+                 connections: ConnectionLimit | None = None, tuples: bool = False,
+                 turn_bytes: int = TURN_BYTES, turn_seconds: float = TURN_SECONDS) -> None:
         self.service = service
         self._handle = service.handle
         self._send = service.send
@@ -119,7 +124,8 @@ class ServerConnection(asyncio.Protocol):
         are written; :class:`ServerStream` counts a new one as produced by its batch."""
         self._releasing = 0
         self.closed = False
-        self._stream = ServerStream(max_message_bytes, tuples)
+        self._stream = ServerStream(max_message_bytes, tuples, turn_bytes=turn_bytes,
+                                    turn_seconds=turn_seconds)
         self.session: Any = Unbound()
         """Who the peer is and what it may call (:mod:`kernelfarm.auth.gate`); the service
         sets it when the connection is made.  Its ``usage`` counts the connection's
@@ -402,7 +408,7 @@ def connection_factory(service: Service, rpc: RpcConfig, meter: Meter | None = N
     return lambda: ServerConnection(
         service, max_message_bytes=rpc.max_message_bytes, max_inflight=rpc.max_inflight,
         write_buffer_bytes=rpc.write_buffer_bytes, meter=meter, connections=limit,
-        tuples=tuples)
+        tuples=tuples, turn_bytes=rpc.turn_bytes, turn_seconds=rpc.turn_seconds)
 
 
 def posix_error(code: int, message: str) -> dict[str, Any]:
