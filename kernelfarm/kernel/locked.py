@@ -310,6 +310,8 @@ class WorkerThreads:
         self.factory = factory
         self.grace = grace
         self._stops: list[tuple[asyncio.AbstractEventLoop, asyncio.Event]] = []
+        self.loops: list[tuple[int, asyncio.AbstractEventLoop]] = []
+        """Each thread's native id and loop, for the heartbeat's watch (kernel/loopwatch.py)."""
         self._ready = threading.Barrier(count + 1)
         self._threads = [
             threading.Thread(target=self._run, args=(socket.socket(fileno=os.dup(
@@ -328,6 +330,7 @@ class WorkerThreads:
         loop = asyncio.get_running_loop()
         stop = asyncio.Event()
         self._stops.append((loop, stop))
+        self.loops.append((threading.get_native_id(), loop))
         server = await loop.create_server(self.factory, sock=listen)
         self._ready.wait()
         await stop.wait()

@@ -41,6 +41,7 @@ from kernelfarm.config import Config
 from kernelfarm.errors import to_wire
 from kernelfarm.heap import keep_freed_memory
 from kernelfarm.kernel.kernel import Kernel
+from kernelfarm.kernel.loopwatch import LoopWatch
 from kernelfarm.kernel.syncer import Syncer
 from kernelfarm.net.subsystem import NetSubsystem
 from kernelfarm.rpc.meter import Usage
@@ -104,6 +105,8 @@ class AdminService:
         self.kernel = kernel
         self.stop = stop
         self.conn: ServerConnection | None = None
+        self.watch: LoopWatch | None = None
+        """A locked kernel's other serving loops, reported stalled in the ping."""
         self.methods: dict[str, Any] = {
             "kernel.set_table": kernel.set_table,
             "kernel.set_tenants": kernel.set_tenants,
@@ -123,7 +126,11 @@ class AdminService:
                params: Sequence[Any]) -> list[Any] | None:
         handler = self.methods.get(method)
         if handler is None:
-            return self.kernel.handle(conn, msgid, method, params)
+            reply = self.kernel.handle(conn, msgid, method, params)
+            if (self.watch is not None and method == "kernel.ping" and reply is not None
+                    and reply[2] is None):
+                reply[3]["stalled"] = self.watch.stalled()  # the heartbeat's, on this side
+            return reply
         try:
             result = handler(*params)
         except Exception as exc:
@@ -262,6 +269,7 @@ async def serve(boot: BootInfo, config: Config, control: socket.socket,
         net.handoff.run_keyed = kernel.run_keyed  # namespaces live on every thread's loop
         workers = WorkerThreads(kernel, listen, boot.threads - 1, factory, STOP_GRACE_S)
         workers.start()
+        admin.watch = LoopWatch(workers.loops)
     if handoff is not None:
         net.handoff.serve(handoff)
     loop.add_signal_handler(signal.SIGTERM, stop.set)

@@ -17,9 +17,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any, Callable, NamedTuple
-
-import psutil
+from typing import Any, Callable
 
 from kernelfarm.boot import (
     BOOT_NOTIFICATION, LOADING_NOTIFICATION, READY_NOTIFICATION, BootInfo,
@@ -27,6 +25,7 @@ from kernelfarm.boot import (
 from kernelfarm.errors import ConnectionLost, KernelfarmError, Timeout
 from kernelfarm.rpc.client import RpcClientConnection
 from kernelfarm.rpc.protocol import encode_notification
+from kernelfarm.supervisor.activity import Activity, thread_activity
 
 log = logging.getLogger("kernelfarm.supervisor")
 
@@ -120,51 +119,6 @@ def kernel_environ() -> dict[str, str]:
     return env
 
 
-STARVED_SHARE = 0.5
-"""A runnable kernel that got less than this share of a core since the last look is
-waiting for the CPU, not hung."""
-
-
-class Activity(NamedTuple):
-    """What tells a busy kernel from a hung one when it stays silent past a deadline (a
-    ping's ``heartbeat_timeout``, a boot's ``boot_timeout``): both are wall time, and
-    what a kernel can do in that time depends on what it waits for.
-
-    - A kernel whose loop is held by a long turn of real work (a batch of volume
-      creations, a few ``fsync``s each) keeps coming back from its blocking calls
-      (``returns``, its voluntary context switches), or waits on the disk right now
-      (creating volumes at load 9, a kernel went half a second without a return, in one
-      ``fsync``; a SIGKILL would wait for the disk too).
-    - A kernel on a crowded core is runnable but gets little of it (``cpu_s`` grows by
-      less than :data:`STARVED_SHARE` of the time): at load 15, kernels took 14 s to boot
-      and missed pings for 5 s; killing one only adds a boot to the crowd.
-
-    A stopped kernel, one asleep in a call that does not return, or one spinning in
-    Python with most of its core shows none of these, and is hung.  (One spinning on a
-    core that others crowd is spared until they leave it more than half.)
-    """
-
-    at: float
-    returns: int
-    on_disk: bool
-    runnable: bool
-    cpu_s: float
-
-    def working_since(self, before: Activity) -> bool:
-        if self.on_disk or self.returns != before.returns:
-            return True
-        return self.runnable and self.cpu_s - before.cpu_s < STARVED_SHARE * (self.at - before.at)
-
-    def describe(self, before: Activity) -> str:
-        """Why :meth:`working_since` holds, for the log."""
-        if self.on_disk:
-            return "waiting on the disk"
-        if self.returns != before.returns:
-            return f"{self.returns - before.returns} returns from waits"
-        return (f"waiting for the CPU: {self.cpu_s - before.cpu_s:.2f} s of it in "
-                f"{self.at - before.at:.1f} s")
-
-
 class KernelHandle:
     def __init__(self, kernel_id: int, core: int, host: str, data_dir: Path) -> None:
         self.kernel_id = kernel_id
@@ -184,6 +138,9 @@ class KernelHandle:
         self._pidfd: int | None = None
         self._alive_at = 0.0
         """When the booting kernel last showed progress (spawned, or reported loading)."""
+        self._stalls: dict[int, Activity] = {}
+        """Serving threads whose loops the kernel reports stalled: how each was when its
+        stall was first reported, or when it last showed it was busy."""
 
     @property
     def pid(self) -> int | None:
@@ -218,6 +175,7 @@ class KernelHandle:
         finally:
             child.close()
         self.ready_at = None
+        self._stalls = {}
         self._ready = loop.create_future()
         self.exited = loop.create_future()
         self._watch_exit(loop)
@@ -297,7 +255,8 @@ class KernelHandle:
         A kernel whose loop is held longer by one turn of real work (a client's batch of
         256 volume creations took 10 s at load 8), or that a crowded core starves, gets
         another ``timeout`` each time: killing it would drop every connection it serves
-        for work it was doing."""
+        for work it was doing.  The same holds for each serving thread of a locked
+        kernel, judged on its own (:meth:`check_stalls`)."""
         before = self.activity()
         answer = asyncio.ensure_future(self.call("kernel.ping", timeout=None))
         try:
@@ -305,35 +264,56 @@ class KernelHandle:
                 done, _ = await asyncio.wait({answer}, timeout=timeout)
                 if done:
                     pong: dict[str, Any] = answer.result()
+                    self.check_stalls(pong.get("stalled", ()), timeout)
                     return pong
                 before = self.busy_since(before, f"answered its heartbeat for {timeout:.1f} s")
                 if before is None:
-                    raise Timeout(f"kernel {self.kernel_id}: no answer to its heartbeat")
+                    raise Timeout(f"kernel {self.kernel_id} did not answer its heartbeat "
+                                  f"within {timeout:.1f} s")
         finally:
             answer.cancel()
 
-    def busy_since(self, before: Activity | None, silent: str) -> Activity | None:
-        """The kernel's activity now if it was busy, not hung, since ``before`` (said in
-        the log, with what it has not done: ``silent``); ``None`` if it is hung or gone."""
-        now = self.activity()
+    def check_stalls(self, stalled: list[list[float]], timeout: float) -> None:
+        """``Timeout`` if a serving thread of a locked kernel is hung: its loop has not
+        turned (``stalled``, ``[tid, seconds]`` pairs from the kernel's pong: see
+        :mod:`kernelfarm.kernel.loopwatch`) for ``timeout`` and the thread itself shows
+        no work meanwhile.  The main thread answering the heartbeat says nothing of the
+        others, and the process's activity would let a working thread vouch for a hung
+        one."""
+        watched: dict[int, Activity] = {}
+        for tid, silent in stalled:
+            tid = int(tid)
+            before = self._stalls.get(tid)
+            if before is None:
+                before = self.activity(tid)
+            elif time.monotonic() - before.at >= timeout:
+                before = self.busy_since(
+                    before, f"turned the loop of its thread {tid} for {silent:.1f} s", tid)
+                if before is None:
+                    raise Timeout(f"kernel {self.kernel_id}: its serving thread {tid} has "
+                                  f"not turned its loop for {silent:.1f} s and is not busy")
+            if before is not None:
+                watched[tid] = before
+        self._stalls = watched
+
+    def busy_since(self, before: Activity | None, silent: str,
+                   tid: int | None = None) -> Activity | None:
+        """The activity of the kernel's thread ``tid`` (default: main) now if it was busy,
+        not hung, since ``before`` (said in the log, with what it has not done:
+        ``silent``); ``None`` if it is hung or gone."""
+        now = self.activity(tid)
         if now is None or before is None or not now.working_since(before):
             return None
         log.warning("kernel %d has not %s but is not hung (%s): waiting", self.kernel_id,
                     silent, now.describe(before))
         return now
 
-    def activity(self) -> Activity | None:
-        """What the kernel process is doing, as the OS sees it; ``None`` if it is gone."""
+    def activity(self, tid: int | None = None) -> Activity | None:
+        """What the kernel's thread ``tid`` (default: its main thread, which answers the
+        heartbeat) is doing, as the OS sees it; ``None`` if it is gone."""
         if self.proc is None or self.proc.returncode is not None:
             return None
-        try:
-            with (process := psutil.Process(self.proc.pid)).oneshot():
-                status, cpu = process.status(), process.cpu_times()
-                return Activity(time.monotonic(), process.num_ctx_switches().voluntary,
-                                status == psutil.STATUS_DISK_SLEEP,
-                                status == psutil.STATUS_RUNNING, cpu.user + cpu.system)
-        except psutil.Error:
-            return None
+        return thread_activity(self.proc.pid, self.proc.pid if tid is None else tid)
 
     async def stop(self, timeout: float) -> None:
         """Ask the kernel to stop cleanly; SIGTERM, then SIGKILL if it does not exit."""

@@ -350,9 +350,8 @@ class Supervisor:
             await asyncio.sleep(cfg.heartbeat_interval)
             try:
                 pong = await handle.ping(cfg.heartbeat_timeout)
-            except Timeout:
-                log.error("kernel %d did not answer its heartbeat within %.1f s: killing it",
-                          handle.kernel_id, cfg.heartbeat_timeout)
+            except Timeout as exc:
+                log.error("%s: killing it", exc)
                 await handle.kill()
                 return
             except KernelfarmError:

@@ -1,0 +1,109 @@
+"""A locked kernel's threads are judged one by one: a hung one is found beside working ones.
+
+The heartbeat is answered by the main thread; the other serving threads' loops are probed
+at each ping (``kernel/loopwatch.py``), and a thread that is silent is judged on its own
+activity (``supervisor/activity.py``), never on the process's.  The kernels run through
+``hanging_kernel.py``: ``kernel.stats`` says which thread served it and can deadlock it.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import msgpack
+
+from farmctl import Farm, gone, start_farm, wait_until
+from rawpeer import Peer
+
+HEARTBEAT = "[supervisor]\nheartbeat_interval = 0.1\nheartbeat_timeout = 0.5\n"
+LOCKED = ("--mode", "locked", "--threads", "2")
+ENTRY = (str(Path(__file__).with_name("hanging_kernel.py")),)
+
+
+def served_by(farm: Farm, main: bool) -> tuple[Peer, int]:
+    """A connection to the kernel that its main thread serves (``main``), or another
+    thread; and that thread's id.  Which thread accepts a connection is the host's choice:
+    connect until one of the kind asked for does."""
+    (kernel,) = farm.cluster_map()["kernels"]
+    found: list[tuple[Peer, int]] = []
+
+    def connect() -> bool:
+        peer = Peer(tuple(kernel["addr"]))
+        served = peer.call(1, "kernel.stats")[3]
+        if served["main"] is main:
+            found.append((peer, served["tid"]))
+            return True
+        peer.close()
+        return False
+
+    wait_until(connect, what=f"a connection served by the {'main' if main else 'other'} thread")
+    return found[0]
+
+
+def replaced(farm: Farm, pid: int) -> bool:
+    (kernel,) = farm.cluster_map()["kernels"]
+    return kernel["pid"] != pid and kernel["state"] == "running" and gone(pid)
+
+
+def test_a_hung_serving_thread_beside_the_heartbeat_is_found_and_replaced(
+        tmp_path: Path) -> None:
+    with start_farm(tmp_path, 1, *LOCKED, config_text=HEARTBEAT, entry=ENTRY) as farm:
+        pid = farm.kernel_pids()[0]
+        peer, tid = served_by(farm, main=False)
+        assert peer.call(2, "kernel.stats", True)[2] is None  # then that thread deadlocks
+        wait_until(lambda: replaced(farm, pid), what="the kernel with a hung thread replaced")
+        assert f"its serving thread {tid} has not turned its loop" in farm.log()
+        peer.close()
+        fresh, _ = served_by(farm, main=False)  # the new kernel serves on every thread
+        fresh.close()
+
+
+def test_a_hung_main_thread_is_found_while_another_thread_works(tmp_path: Path) -> None:
+    """The other thread keeps serving a client (it comes back from its waits all the
+    time): that is no sign of life of the main thread, which is deadlocked."""
+    with start_farm(tmp_path, 1, *LOCKED, config_text=HEARTBEAT, entry=ENTRY) as farm:
+        pid = farm.kernel_pids()[0]
+        worker, _ = served_by(farm, main=False)
+        main, _ = served_by(farm, main=True)
+        assert main.call(2, "kernel.stats", True)[2] is None
+
+        def replaced_while_the_other_works() -> bool:
+            try:
+                worker.call(3, "kernel.stats")
+            except OSError:
+                pass  # the kernel is gone
+            return replaced(farm, pid)
+
+        wait_until(replaced_while_the_other_works, what="the kernel with a hung main thread "
+                                                        "replaced")
+        assert "did not answer its heartbeat" in farm.log()
+        worker.close()
+        main.close()
+
+
+def test_a_serving_thread_held_by_a_long_turn_of_work_is_not_killed(tmp_path: Path) -> None:
+    """As ``test_a_kernel_held_by_a_long_turn_of_work_is_not_killed_as_hung``, on a
+    locked kernel's other thread: batches of volume creations (a few ``fsync``s each)
+    grow until one holds that thread's loop past ``heartbeat_timeout`` (the log says
+    so); the thread is busy, not hung, and the kernel stays."""
+    config = HEARTBEAT + "[rpc]\nturn_bytes = 16777216\nturn_seconds = 1000.0\n"
+    with start_farm(tmp_path, 1, *LOCKED, config_text=config, entry=ENTRY) as farm:
+        pid = farm.kernel_pids()[0]
+        peer, tid = served_by(farm, main=False)
+        size, made = 250, 0
+        while f"loop of its thread {tid}" not in farm.log():
+            assert size <= 4000, "no batch held the thread's loop past heartbeat_timeout"
+            peer.send(b"".join(_mkdir(made + i) for i in range(size)))
+            replies: list[Any] = [peer.next_message() for _ in range(size)]
+            assert [reply[2] for reply in replies] == [None] * size
+            made += size
+            size *= 2
+        assert "but is not hung" in farm.log() and "killing it" not in farm.log()
+        assert farm.kernel_pids() == [pid]
+        peer.close()
+
+
+def _mkdir(i: int) -> bytes:
+    data: bytes = msgpack.packb([0, 10 + i, "fs.mkdir", [f"/v{i}"]])
+    return data
