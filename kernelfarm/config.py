@@ -114,6 +114,11 @@ class SupervisorConfig:
     restart_backoff_max: float = setting(5.0, "largest delay between restarts", minimum=0.0)
     shutdown_timeout: float = setting(5.0, "seconds a kernel gets to exit after SIGTERM "
                                       "before SIGKILL", minimum=0.1)
+    scale_stall_timeout: float = setting(10.0, "a scaling step's call to a kernel that "
+                                         "makes no progress for this long fails, and the "
+                                         "step is rolled back and retried (progress: the "
+                                         "kernel reports it, or the call's own work holds "
+                                         "the kernel's loop)", minimum=0.05)
     scale_batch_slots: int = setting(256, "slots moved per step when scaling live: each "
                                      "step pauses writes to its slots only", minimum=1)
     max_kernels: int = setting(0, "most kernels `scale` may ask for; 0 = four per allowed "

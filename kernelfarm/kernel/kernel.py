@@ -331,14 +331,17 @@ class Kernel:
         """Load ``slots`` and serve them, in one go (:meth:`set_table` catching up)."""
         return finish(self._acquiring(slots))
 
-    async def acquire_sliced(self, slots: list[int]) -> int:
+    async def acquire_sliced(self, slots: list[int],
+                             report: Callable[[int], None] | None = None,
+                             report_every: float = 1.0) -> int:
         """``kernel.acquire``: load ``slots`` in slices of the loop, so that a big volume
         loading neither stalls the kernel's other slots nor leaves the supervisor's
         heartbeat unanswered (which would get this kernel killed as hung).  Until the
         load is done the slots are not ours: their requests get ``MOVED`` to the source,
         which answers ``TRYAGAIN`` while they move.  The supervisor sends one ownership
-        change at a time, so no other call touches these slots meanwhile."""
-        return await run_sliced(self._acquiring(slots))
+        change at a time, so no other call touches these slots meanwhile.  ``report``:
+        see :func:`~kernelfarm.steps.run_sliced`."""
+        return await run_sliced(self._acquiring(slots), report, report_every)
 
     def _acquiring(self, slots: list[int]) -> Steps[int]:
         new = [s for s in slots if not self.owned[s]]

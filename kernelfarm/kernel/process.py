@@ -27,7 +27,7 @@ import sys
 import time
 from pathlib import Path
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, Awaitable
 
 import msgpack
 import psutil
@@ -113,10 +113,16 @@ class AdminService:
             "kernel.freeze": kernel.freeze,
             "kernel.thaw": kernel.thaw,
             "kernel.release": kernel.release,
-            "kernel.acquire": kernel.acquire_sliced,
+            "kernel.acquire": self._acquire,
             "kernel.hand_over": kernel.hand_over,
             "kernel.stop": self._stop,
         }
+
+    def _acquire(self, slots: list[int]) -> Awaitable[int]:
+        """Load slots in slices, reporting progress often enough that the supervisor's
+        ``scale_stall_timeout`` sees a long load going on."""
+        return self.kernel.acquire_sliced(
+            slots, self.report_loading, self.kernel.config.supervisor.scale_stall_timeout / 4)
 
     def _stop(self) -> bool:
         self.stop.set()
@@ -142,8 +148,8 @@ class AdminService:
         return [1, msgid, None, result]
 
     def report_loading(self, steps: int) -> None:
-        """Tell the supervisor that loading at boot goes on (each report extends the
-        boot deadline: a kernel loading a big volume is busy, not hung)."""
+        """Tell the supervisor that loading goes on (each report extends the boot
+        deadline, or a slot move's: a kernel loading a big volume is busy, not hung)."""
         assert self.conn is not None
         self.conn.write(msgpack.packb([2, LOADING_NOTIFICATION, [{"steps": steps}]]))
 

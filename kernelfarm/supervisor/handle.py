@@ -137,7 +137,10 @@ class KernelHandle:
         self._ready: asyncio.Future[dict[str, Any]] | None = None
         self._pidfd: int | None = None
         self._alive_at = 0.0
-        """When the booting kernel last showed progress (spawned, or reported loading)."""
+        """When the kernel last reported progress (spawned, or reported loading: at boot,
+        or while it acquires slots)."""
+        self._turned_at = 0.0
+        """When the latest heartbeat the kernel answered was sent: its loop turned after."""
         self._stalls: dict[int, Activity] = {}
         """Serving threads whose loops the kernel reports stalled: how each was when its
         stall was first reported, or when it last showed it was busy."""
@@ -258,18 +261,54 @@ class KernelHandle:
         for work it was doing.  The same holds for each serving thread of a locked
         kernel, judged on its own (:meth:`check_stalls`)."""
         before = self.activity()
+        sent = time.monotonic()
         answer = asyncio.ensure_future(self.call("kernel.ping", timeout=None))
         try:
             while True:
                 done, _ = await asyncio.wait({answer}, timeout=timeout)
                 if done:
                     pong: dict[str, Any] = answer.result()
+                    self._turned_at = sent
                     self.check_stalls(pong.get("stalled", ()), timeout)
                     return pong
                 before = self.busy_since(before, f"answered its heartbeat for {timeout:.1f} s")
                 if before is None:
                     raise Timeout(f"kernel {self.kernel_id} did not answer its heartbeat "
                                   f"within {timeout:.1f} s")
+        finally:
+            answer.cancel()
+
+    async def call_progressing(self, method: str, *params: Any, stall: float) -> Any:
+        """Call the kernel and wait for the answer as long as the call makes progress;
+        ``Timeout`` once it has made none for ``stall`` seconds (``scale_stall_timeout``).
+
+        A slot move's calls take what their slots take (flushing and closing thousands of
+        volumes, loading millions of files), so no fixed deadline fits.  Progress is
+        either a report (a sliced ``kernel.acquire`` reports each second), or the call
+        holding the kernel's loop by its own work: no heartbeat sent meanwhile was
+        answered, and the heartbeat kills the kernel if that work is hung (which fails the
+        call).  A call that is stuck while the loop turns -- heartbeats answered, nothing
+        reported -- fails, and the step is rolled back.  The kernel is killed first: its
+        lifecycle restarts it with the current table, so it holds exactly the table's
+        slots, and a stuck acquire that ended late cannot make it own slots the table
+        gives back to their source.
+        """
+        answer = asyncio.ensure_future(self.call(method, *params, timeout=None))
+        try:
+            since = time.monotonic()
+            while True:
+                done, _ = await asyncio.wait({answer}, timeout=stall)
+                if done:
+                    return answer.result()
+                now = time.monotonic()
+                if self._alive_at <= since and self._turned_at > since:
+                    log.error("kernel %d: %s made no progress for %.1f s: killing it",
+                              self.kernel_id, method, now - since)
+                    await self.kill()
+                    raise Timeout(f"kernel {self.kernel_id}: {method} made no progress for "
+                                  f"{now - since:.1f} s (its loop turns, and it reported "
+                                  "none)")
+                since = now  # progress reported, or the loop held by the call
         finally:
             answer.cancel()
 

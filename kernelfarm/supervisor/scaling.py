@@ -152,10 +152,13 @@ class Scaler:
                     break
             cancelled = self.target is None
             if cancelled:
-                for kid in sorted(sup.kernels):
-                    if kid not in original and sup.table is not None \
-                            and not sup.table.counts().get(kid):
-                        await sup.remove_kernel(kid)
+                await self._remove_idle(original)
+        except (KernelfarmError, OSError) as exc:
+            # A step that failed all its attempts was rolled back: every slot is where
+            # the table says.  The kernels this operation started that hold none go.
+            log.error("scale failed: %s", exc)
+            await self._remove_idle(original)
+            raise
         except asyncio.CancelledError:
             # Only abort() cancels the driver (and, last of all, the supervisor's exit):
             # say where the scale stopped, before any kernel is asked to stop.
@@ -176,6 +179,14 @@ class Scaler:
                  len(sup.kernels), elapsed, moved, ", cancelled" if cancelled else "")
         return {"from": len(original), "to": len(sup.kernels), "moved": moved,
                 "seconds": elapsed, "epoch": sup.table.epoch, "cancelled": cancelled}
+
+    async def _remove_idle(self, original: list[int]) -> None:
+        """Stop the kernels started since ``original`` that own no slot yet."""
+        sup = self.sup
+        for kid in sorted(sup.kernels):
+            if kid not in original and sup.table is not None \
+                    and not sup.table.counts().get(kid):
+                await sup.remove_kernel(kid)
 
     async def _scale(self, n: int) -> int:
         """Head for ``n`` kernels; return the slots moved, early if the target changed."""
@@ -233,13 +244,15 @@ class Scaler:
         assert sup.table is not None
         slots = [m.slot for m in batch]
         source, target = sup.kernels[batch[0].source], sup.kernels[batch[0].target]
+        stall = sup.config.supervisor.scale_stall_timeout
         await sup.wait_running([source, target])
         self.record.begin(sup.table.epoch, batch)
-        await source.call("kernel.freeze", slots)
-        await source.call("kernel.release", slots)
-        await target.call("kernel.acquire", slots, timeout=None)
+        await source.call_progressing("kernel.freeze", slots, stall=stall)
+        await source.call_progressing("kernel.release", slots, stall=stall)
+        await target.call_progressing("kernel.acquire", slots, stall=stall)
         if target.handoff is not None:
-            await source.call("kernel.hand_over", slots, str(target.handoff_path))
+            await source.call_progressing("kernel.hand_over", slots, str(target.handoff_path),
+                                          stall=stall)
         await sup.publish(sup.table.with_moves(batch, sup.table.epoch + 1))
         self.record.end()
 
@@ -248,13 +261,15 @@ class Scaler:
         sup = self.sup
         slots = [m.slot for m in batch]
         source, target = sup.kernels[batch[0].source], sup.kernels[batch[0].target]
+        stall = sup.config.supervisor.scale_stall_timeout
         try:
             await sup.wait_running([source, target])
-            await target.call("kernel.release", slots)
-            await target.call("kernel.thaw", slots)
-            await source.call("kernel.acquire", slots, timeout=None)
+            await target.call_progressing("kernel.release", slots, stall=stall)
+            await target.call_progressing("kernel.thaw", slots, stall=stall)
+            await source.call_progressing("kernel.acquire", slots, stall=stall)
             if source.handoff is not None:  # sockets the target took before the failure
-                await target.call("kernel.hand_over", slots, str(source.handoff_path))
+                await target.call_progressing("kernel.hand_over", slots,
+                                              str(source.handoff_path), stall=stall)
         except (KernelfarmError, OSError) as exc:
             # A kernel that restarts loads exactly its table's slots, and one that runs on
             # is told the table again, which makes it hold exactly its slots: the source

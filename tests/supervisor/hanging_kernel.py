@@ -1,20 +1,27 @@
-"""``kernelfarm`` whose kernels can hang one of their threads on request.
+"""``kernelfarm`` whose kernels hang, or go slowly, where a test asks.
 
 Run as ``python hanging_kernel.py serve ...``: the supervisor is the real one, and starts its
-kernels through this script, which gives them one fault before running the real kernel:
-``kernel.stats`` answers which thread served it (``{"tid", "main"}``), and with
-``hang=True`` that thread then deadlocks on a lock it already holds (outside any of the
-kernel's own locks), as a thread that takes a lock twice does.  The rest of the kernel
-goes on: in locked mode its other threads serve, and the main thread answers the
-heartbeat.
+kernels through this script, which gives them these faults before running the real kernel:
+
+- ``kernel.stats`` answers which thread served it (``{"tid", "main"}``), and with
+  ``hang=True`` that thread then deadlocks on a lock it already holds (outside any of the
+  kernel's own locks), as a thread that takes a lock twice does.  The rest of the kernel
+  goes on: in locked mode its other threads serve, and the main thread answers the
+  heartbeat.
+- ``$STUCK_ACQUIRE`` (a kernel id): that kernel's ``kernel.acquire`` never ends, while its
+  loop serves on (a bug, not a load).
+- ``$SLOW_RELEASE`` (seconds): ``kernel.release`` of some slots takes that long, in waits
+  of 10 ms with the loop held, as flushing and closing many volumes does.
 """
 
 from __future__ import annotations
 
 import asyncio
+import os
 import subprocess
 import sys
 import threading
+import time
 from typing import Any
 
 
@@ -31,11 +38,32 @@ def stats(self: Any, hang: bool = False) -> dict[str, Any]:
             "main": threading.current_thread() is threading.main_thread()}
 
 
+STUCK_ACQUIRE = "STUCK_ACQUIRE"
+SLOW_RELEASE = "SLOW_RELEASE"
+
+
 def run_kernel(argv: list[str]) -> int:
     from kernelfarm.kernel import process
     from kernelfarm.kernel.kernel import Kernel
 
-    Kernel.stats = stats  # type: ignore[assignment, method-assign]  # the fault, here only
+    acquire_sliced, release = Kernel.acquire_sliced, Kernel.release
+
+    async def stuck_acquire(self: Kernel, slots: list[int], *args: Any) -> int:
+        if str(self.kernel_id) == os.environ.get(STUCK_ACQUIRE):
+            await asyncio.Event().wait()
+        return await acquire_sliced(self, slots, *args)
+
+    def slow_release(self: Kernel, slots: list[int]) -> int:
+        if slots:
+            end = time.monotonic() + float(os.environ.get(SLOW_RELEASE, "0"))
+            while time.monotonic() < end:
+                time.sleep(0.01)
+        return release(self, slots)
+
+    # The faults, in this process only.
+    Kernel.stats = stats  # type: ignore[assignment, method-assign]
+    Kernel.acquire_sliced = stuck_acquire  # type: ignore[method-assign]
+    Kernel.release = slow_release  # type: ignore[method-assign]
     return process.main(argv)
 
 
