@@ -1,9 +1,9 @@
 """The type checker and the linter, run by the test command (``./kf test``).
 
-``mypy`` checks the whole package and ``tools/`` strictly (``[tool.mypy]`` in
-pyproject.toml) and ``ruff`` lints the package, the tools, the tests and the benchmarks
-(``[tool.ruff]``); both must report nothing.  A ``type: ignore`` that remains must name
-its error code and say why.
+``mypy`` checks the whole package, ``tools/`` and the tests (the directories listed
+in ``[tool.mypy]`` of pyproject.toml) strictly, and ``ruff`` lints the package, the
+tools, the tests and the benchmarks (``[tool.ruff]``); both must report nothing.  A
+``type: ignore`` that remains must name its error code and say why.
 
 Both start when this module is collected, so they run on the spare core while the rest of
 the suite waits on its servers, and do not add their time to the suite's; whatever

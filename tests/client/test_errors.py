@@ -16,7 +16,7 @@ def test_timeout_and_connection_lost_are_builtin_errors_and_farm_errors() -> Non
     assert issubclass(ConnectionLost, ConnectionError)
     assert issubclass(ConnectionLost, KernelfarmError)
     decoded = from_wire({"code": "ETIMEOUT", "message": "late", "after": 2})
-    assert isinstance(decoded, TimeoutError) and decoded.after == 2 and str(decoded) == "late"
+    assert isinstance(decoded, Timeout) and decoded.after == 2 and str(decoded) == "late"
 
 
 @pytest.fixture

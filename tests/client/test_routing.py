@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 
 from kernelfarm.client.routing import Reaction, Router, partition_key, reaction_to
@@ -9,7 +11,7 @@ from kernelfarm.errors import ConnectionLost, Moved, ProtocolError, TryAgain
 from kernelfarm.partition import initial_assignment, key_slot
 
 
-def cluster_map(n: int) -> dict:
+def cluster_map(n: int) -> dict[str, Any]:
     table = initial_assignment(list(range(n)))
     return {"epoch": 1, "slots": table.to_ranges(),
             "kernels": [{"id": k, "addr": ["127.0.0.1", 9000 + k], "state": "running"}
@@ -33,7 +35,7 @@ def test_requests_route_to_the_owner_of_their_partition_key() -> None:
     ("kernel.ping", [], None),
     ("nosuch.method", ["x"], None),
 ])
-def test_partition_keys(method: str, params: list, key: str | None) -> None:
+def test_partition_keys(method: str, params: list[Any], key: str | None) -> None:
     assert partition_key(method, params) == key
 
 

@@ -210,7 +210,7 @@ def test_connections_over_the_limit_are_refused_and_writes_go_on(
 def request_of_size(size: int) -> bytes:
     """A valid ``fs.write_file`` request exactly ``size`` bytes long."""
     head = len(msgpack.packb([0, 1, "fs.write_file", ["/exact/f", b"x" * 70_000]])) - 70_000
-    message = msgpack.packb([0, 1, "fs.write_file", ["/exact/f", b"x" * (size - head)]])
+    message: bytes = msgpack.packb([0, 1, "fs.write_file", ["/exact/f", b"x" * (size - head)]])
     assert len(message) == size
     return message
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import enum
 import tracemalloc
+from typing import Any
 
 import msgpack
 import msgspec
@@ -30,6 +31,7 @@ def test_messages_round_trip_in_one_stream() -> None:
 def test_str_stays_str_and_bytes_stay_bin() -> None:
     stream = RpcStream(1 << 20)
     [request] = stream.messages(encode_request(1, "m", ["text", b"bin"]))
+    assert isinstance(request, Request)
     assert request.params == ["text", b"bin"]
     assert type(request.params[0]) is str and type(request.params[1]) is bytes
 
@@ -68,7 +70,7 @@ class _Conn:
     reserved = 0
 
 
-def _served(data: bytes, tuples: bool) -> tuple[list[object], list[object], list[object]]:
+def _served(data: bytes, tuples: bool) -> tuple[list[list[Any]], list[list[Any]], list[object]]:
     """What a server stream answers for ``data``: its replies and notices, and the params
     its handler was called with."""
     seen: list[object] = []

@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import asyncio
 import socket
+from collections.abc import Sequence
 from typing import Any, AsyncIterator
 
 import pytest
 import pytest_asyncio
 
+from kernelfarm.errors import to_wire
 from kernelfarm.rpc.client import RpcClientConnection, connect
+from kernelfarm.rpc.protocol import Wire
 from kernelfarm.rpc.server import ServerConnection
 
 
@@ -23,7 +26,7 @@ class GateService:
         self.writes = 0
 
     def handle(self, conn: ServerConnection, msgid: int, method: str,
-               params: list[Any]) -> list[Any] | None:
+               params: Sequence[Any]) -> list[Any] | None:
         if method == "echo":
             return [1, msgid, None, params[0]]
         if method == "unencodable":
@@ -41,9 +44,12 @@ class GateService:
     def open(self, name: str) -> None:
         self.gates.setdefault(name, asyncio.Event()).set()
 
-    def send(self, conn: ServerConnection, data: bytes) -> None:
+    def send(self, conn: ServerConnection, data: Wire) -> None:
         self.writes += 1
         conn.write(data)
+
+    def fault(self, exc: BaseException) -> dict[str, Any]:
+        return to_wire(exc)
 
     def connection_made(self, conn: ServerConnection) -> None:
         pass

@@ -60,10 +60,9 @@ def run_kernel(argv: list[str]) -> int:
                 time.sleep(0.01)
         return release(self, slots)
 
-    # The faults, in this process only.
-    Kernel.stats = stats  # type: ignore[assignment, method-assign]
-    Kernel.acquire_sliced = stuck_acquire  # type: ignore[method-assign]
-    Kernel.release = slow_release  # type: ignore[method-assign]
+    Kernel.stats = stats  # type: ignore[method-assign]  # the faults, in this process only
+    Kernel.acquire_sliced = stuck_acquire  # type: ignore[assignment, method-assign]  # same
+    Kernel.release = slow_release  # type: ignore[method-assign]  # same
     return process.main(argv)
 
 

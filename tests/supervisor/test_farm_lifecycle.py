@@ -55,7 +55,7 @@ def test_killed_kernel_comes_back_on_its_core_with_its_slots(tmp_path: Path) -> 
         victim = before["kernels"][0]
         os.kill(victim["pid"], signal.SIGKILL)
 
-        def restarted() -> dict | None:
+        def restarted() -> dict[str, Any] | None:
             k = farm.cluster_map()["kernels"][0]
             return k if k["pid"] != victim["pid"] and k["state"] == "running" else None
 

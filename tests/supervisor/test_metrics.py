@@ -18,7 +18,8 @@ def scrape(farm: Any, path: str = "/metrics") -> str:
     host, port = farm.ready["metrics"]
     with urllib.request.urlopen(f"http://{host}:{port}{path}", timeout=10) as response:
         assert response.status == 200
-        return response.read().decode()
+        text: str = response.read().decode()
+        return text
 
 
 def samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:

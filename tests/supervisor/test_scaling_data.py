@@ -23,7 +23,8 @@ VOLUMES = [f"tenant{i}" for i in range(24)]
 class Writers:
     """Threads that write and read back across all volumes until stopped."""
 
-    def __init__(self, farm: Farm, count: int = 3, tolerate: tuple[type, ...] = ()) -> None:
+    def __init__(self, farm: Farm, count: int = 3,
+                 tolerate: tuple[type[Exception], ...] = ()) -> None:
         self.farm = farm
         self.tolerate = tolerate
         self.acked: dict[str, bytes] = {}

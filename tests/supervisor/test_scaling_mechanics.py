@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import signal
 from pathlib import Path
+from typing import Any
 
 import psutil
 import pytest
@@ -15,7 +16,7 @@ from kernelfarm.supervisor.scaling import batches
 from kernelfarm.partition import Move
 
 
-def owners(cmap: dict) -> dict[int, int]:
+def owners(cmap: dict[str, Any]) -> dict[int, int]:
     counts: dict[int, int] = {}
     for first, last, kid in cmap["slots"]:
         counts[kid] = counts.get(kid, 0) + last - first + 1
