@@ -13,7 +13,7 @@ import errno
 import itertools
 import socket
 import time
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import pytest
 from farmctl import ADMIN_TOKEN, Farm, start_farm
@@ -78,8 +78,10 @@ def denied(exc: pytest.ExceptionInfo[OSError]) -> bool:
 def test_only_public_methods_answer_before_hello(farm: Farm) -> None:
     with RawConnection(farm.control) as control:
         assert control.code("cluster.map") is None
-        for method, params in [("cluster.status", []), ("cluster.scale", [1]),
-                               ("tenant.list", []), ("tenant.add", ["x", ["*"], []])]:
+        calls: list[tuple[str, list[Any]]] = [
+            ("cluster.status", []), ("cluster.scale", [1]), ("tenant.list", []),
+            ("tenant.add", ["x", ["*"], []])]
+        for method, params in calls:
             assert control.code(method, *params) == "NOAUTH", method
         assert control.code("cluster.nothing") == "ENOSYS"
     for addr in kernel_addrs(farm):
@@ -145,13 +147,15 @@ def test_a_tenant_uses_its_volumes_and_namespaces_only(farm: Farm,
         client.fs.mkdir(f"/{alice}-src")
         client.fs.write_file(f"/{alice}-src/a.c", b"int main;")
         assert client.fs.read_file(f"/{alice}-src/a.c") == b"int main;"
-        for attempt in [lambda: client.fs.read_file(f"/{other}/secret"),
-                        lambda: client.fs.stat(f"/{other}"),
-                        lambda: client.fs.listdir(f"/{other}"),
-                        lambda: client.fs.mkdir(f"/{fresh('other')}"),
-                        lambda: client.fs.rename(f"/{other}/secret", f"/{alice}/mine"),
-                        lambda: client.net.socket(other, "tcp"),
-                        lambda: client.net.list(other)]:
+        attempts: list[Callable[[], object]] = [
+            lambda: client.fs.read_file(f"/{other}/secret"),
+            lambda: client.fs.stat(f"/{other}"),
+            lambda: client.fs.listdir(f"/{other}"),
+            lambda: client.fs.mkdir(f"/{fresh('other')}"),
+            lambda: client.fs.rename(f"/{other}/secret", f"/{alice}/mine"),
+            lambda: client.net.socket(other, "tcp"),
+            lambda: client.net.list(other)]
+        for attempt in attempts:
             with pytest.raises(PermissionError) as exc:
                 attempt()
             assert denied(exc)
@@ -162,9 +166,9 @@ def test_a_tenant_uses_its_volumes_and_namespaces_only(farm: Farm,
         with client.net.socket(alice, "tcp") as sock:
             assert [s["sid"] for s in client.net.list(alice)] == [sock.sid]
         assert client.status()["kernels"]
-        for method, params in [("cluster.scale", [1]), ("tenant.list", []),
-                               ("tenant.add", [fresh("eve"), ["*"], ["*"]]),
-                               ("tenant.remove", [alice])]:
+        calls: list[tuple[str, list[Any]]] = [("cluster.scale", [1]), ("tenant.list", []),
+                 ("tenant.add", [fresh("eve"), ["*"], ["*"]]), ("tenant.remove", [alice])]
+        for method, params in calls:
             with pytest.raises(PermissionError):
                 client.control_call(method, *params)
     assert other in admin.fs.listdir("/") and alice in admin.fs.listdir("/")
@@ -181,11 +185,12 @@ def test_sockets_belong_to_their_tenant(farm: Farm, admin: kernelfarm.Client) ->
         assert all(0 < s < 2**51 for s in socks)
         assert sorted(abs(x - y) for x, y in itertools.combinations(socks, 2))[0] > 1
         assert b.net.list(shared) == []
-        for method, params in [("net.close", []), ("net.bind", ["127.0.0.1", 0]),
+        calls: list[tuple[str, list[Any]]] = [("net.close", []), ("net.bind", ["127.0.0.1", 0]),
                                ("net.sendto", [b"x", "127.0.0.1", 9]),
                                ("net.recvfrom", [10, 0]), ("net.keep", []),
                                ("net.shutdown", [2]), ("net.send", [b"x"]),
-                               ("net.recv", [10, 0.0])]:
+                               ("net.recv", [10, 0.0])]
+        for method, params in calls:
             with pytest.raises(OSError) as exc:
                 b.call(method, shared, sid, *params)
             assert exc.value.errno == errno.EBADF, method

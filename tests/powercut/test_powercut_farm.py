@@ -107,7 +107,10 @@ def rounds(tmp_path: Path, pc: PowerCut, mode: tuple[str, ...], policy: str, cou
                        for i in range(len(volumes))]
             writers.append(Writer(farm.control, model, "vols", volumes_step(f"v{round_no}")))
             scaler = Scaler(farm.control) if migrate and round_no % 2 == 1 else None
-            for thread in [*writers, *([scaler] if scaler else [])]:
+            threads: list[Writer | Scaler] = [*writers]
+            if scaler is not None:
+                threads.append(scaler)
+            for thread in threads:
                 thread.start()
             target = rng.randint(20, 150)  # the cut's moment: after this many acks
             started = time.monotonic()
@@ -118,7 +121,7 @@ def rounds(tmp_path: Path, pc: PowerCut, mode: tuple[str, ...], policy: str, cou
                            what="acks older than the batch window")
             cut_times.append(time.monotonic())
             pc.power_cut(farm_pids(farm))
-            for thread in [*writers, *([scaler] if scaler else [])]:
+            for thread in threads:
                 thread.stop.set()
                 thread.join(30)
                 assert not thread.is_alive(), f"{thread.name} is stuck"

@@ -41,7 +41,7 @@ def kernel_pid(farm: Farm) -> int:
 
 def running(farm: Farm, not_pid: int) -> bool:
     kernel = farm.cluster_map()["kernels"][0]
-    return kernel["state"] == "running" and kernel["pid"] != not_pid
+    return bool(kernel["state"] == "running" and kernel["pid"] != not_pid)
 
 
 def test_eio_in_fdatasync_exits_the_kernel_without_acknowledging(tmp_path: Path,
@@ -73,7 +73,7 @@ def test_eio_in_fdatasync_exits_the_kernel_without_acknowledging(tmp_path: Path,
 def snapshots_quiet(client: kernelfarm.Client) -> bool:
     (stats,) = client.call_all("kernel.stats")
     fs = stats["subsystems"]["fs"]
-    return fs["snapshots_running"] == 0 and fs["journals_removing"] == 0
+    return bool(fs["snapshots_running"] == 0 and fs["journals_removing"] == 0)
 
 
 def fill(client: kernelfarm.Client, model: Model, chunk: bytes) -> int:

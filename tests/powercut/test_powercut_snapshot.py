@@ -67,8 +67,12 @@ def test_a_cut_mid_snapshot_keeps_what_the_last_snapshot_holds(tmp_path: Path,
         # A snapshot running now may have begun before the last of those; the one after
         # it began later, so it holds them all.
         wanted = fs_stats(farm)["snapshots"] + 2
-        wait_until(lambda: client.fs.write_file("/v/filler", FILLER) is None
-                   and fs_stats(farm)["snapshots"] >= wanted, what="two more snapshots")
+
+        def filled() -> bool:
+            client.fs.write_file("/v/filler", FILLER)
+            return bool(fs_stats(farm)["snapshots"] >= wanted)
+
+        wait_until(filled, what="two more snapshots")
 
         kernel = psutil.Process(farm.cluster_map()["kernels"][0]["pid"])
         written = 0

@@ -74,7 +74,7 @@ def via(proxy: tuple[str, int], ns: str) -> Proxy:
 
 
 def relays_gone(client: kernelfarm.Client, ns: str) -> bool:
-    return client.net.stats(ns)["sockets_open"] == 0
+    return bool(client.net.stats(ns)["sockets_open"] == 0)
 
 
 # -- curl: the 64 MiB fetch, both ways of naming the host ---------------------------------
@@ -507,7 +507,8 @@ def test_failed_token_checks_are_bounded_per_process(farm: Farm) -> None:
 
 def owner_id(cluster_map: dict[str, Any], ns: str) -> int:
     slot = key_slot(ns)
-    return next(kid for first, last, kid in cluster_map["slots"] if first <= slot <= last)
+    kid: int = next(k for first, last, k in cluster_map["slots"] if first <= slot <= last)
+    return kid
 
 
 # -- tenants: the password is a tenant token, checked by the kernel -----------------------
