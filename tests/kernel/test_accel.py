@@ -11,6 +11,7 @@ checkout would make the "pure" pass test compiled code).
 from __future__ import annotations
 
 import asyncio
+import inspect
 import os
 from pathlib import Path
 
@@ -70,4 +71,4 @@ async def test_stepped_work_cancelled_between_slices_cleans_up_at_once(
     with pytest.raises(asyncio.CancelledError):
         await task
     assert cleaned == ["finally"]
-    assert work.gi_frame is None  # closed, and still referenced here
+    assert inspect.getgeneratorstate(work) == inspect.GEN_CLOSED  # and still referenced here

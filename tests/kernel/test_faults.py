@@ -92,7 +92,8 @@ async def test_a_type_or_value_error_from_a_bug_is_an_internal_error_logged_once
     assert "own words" not in str(failed.value)  # the bug's text stays in the log
     [record] = tracebacks(caplog)
     assert record.levelno == logging.ERROR
-    assert record.exc_info is not None and record.exc_info[0].__name__ == raised
+    assert record.exc_info is not None and record.exc_info[0] is not None
+    assert record.exc_info[0].__name__ == raised
 
 
 @pytest.mark.asyncio
@@ -100,13 +101,14 @@ async def test_a_clients_bad_parameter_stays_einval_without_a_traceback(
         served: RpcClientConnection, caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.INFO, logger=LOGGER)
     await served.call("fs.mkdir", "/v")
-    for method, params, words in [
+    calls: list[tuple[str, list[Any], str]] = [
         ("net.socket", ["ns", "sctp"], "sctp"),             # a value net refuses
         ("fs.mkdir", ["/v/d", -1], "mode must not be negative"),
         ("fs.write_file", ["/v/f", "text"], "data must be bytes"),  # a type fs refuses
         ("net.socket", [7, "tcp"], "namespace must be a str"),      # the partition key
         ("fs.mkdir", ["/v/d", 1, 2, 3], "fs.mkdir takes 1 or 2 parameters"),
-    ]:
+    ]
+    for method, params, words in calls:
         with pytest.raises(OSError) as failed:
             await served.call(method, *params, timeout=10)
         assert failed.value.errno == errno.EINVAL, (method, failed.value)

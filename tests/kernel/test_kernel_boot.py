@@ -35,7 +35,8 @@ def boot_info(data_dir: Path, listen: socket.socket) -> BootInfo:
 
 
 def boot_bytes(info: BootInfo) -> bytes:
-    return msgpack.packb([2, BOOT_NOTIFICATION, [info.to_wire()]])
+    data: bytes = msgpack.packb([2, BOOT_NOTIFICATION, [info.to_wire()]])
+    return data
 
 
 def test_read_boot_hands_back_what_came_behind_the_notification(tmp_path: Path) -> None:

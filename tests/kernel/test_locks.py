@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import threading
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import psutil
 import pytest
@@ -15,8 +17,9 @@ from kernelfarm.kernel.locks import LockProvider
 from kernelfarm.kernel.subsystem import Method
 
 
-def key_of(params: list) -> str | None:
-    return params[0]
+def key_of(params: Sequence[Any]) -> str | None:
+    key: str | None = params[0]
+    return key
 
 
 def test_global_locking_holds_one_lock_for_every_key() -> None:
@@ -52,7 +55,7 @@ def test_fine_locking_remembers_a_first_parameters_lock_as_a_kernel_its_route() 
     keyed: list[str] = []
     held: list[tuple[str, bool, bool]] = []
 
-    def volume(params: list) -> str | None:
+    def volume(params: Sequence[Any]) -> str | None:
         keyed.append(params[0])
         return volume_of(params[0])
 
@@ -96,8 +99,12 @@ async def test_a_waiting_handler_releases_its_lock_while_it_waits() -> None:
         await asyncio.sleep(0)
     # Suspended: another thread can take the lock now.
     grabbed = threading.Event()
-    thread = threading.Thread(target=lambda: provider.lock_for("alice").acquire(timeout=5)
-                              and (grabbed.set(), provider.lock_for("alice").release()))
+    def grab() -> None:
+        if provider.lock_for("alice").acquire(timeout=5):
+            grabbed.set()
+            provider.lock_for("alice").release()
+
+    thread = threading.Thread(target=grab)
     thread.start()
     thread.join()
     assert grabbed.is_set()
@@ -179,9 +186,10 @@ async def test_the_unicpu_path_takes_no_lock_and_the_locked_one_does(
     monkeypatch.setattr(threading, "RLock", CountingLock)
     loop = asyncio.get_running_loop()
     config = configuration.load()
-    requests = [("fs.mkdir", ["/v", 0o755]), ("fs.write_file", ["/v/f", b"data"]),
-                ("fs.stat", ["/v/f"]), ("fs.read_file", ["/v/f"]), ("fs.listdir", ["/v"]),
-                ("fs.unlink", ["/v/f"]), ("kernel.ping", [])]
+    requests: list[tuple[str, list[Any]]] = [
+        ("fs.mkdir", ["/v", 0o755]), ("fs.write_file", ["/v/f", b"data"]),
+        ("fs.stat", ["/v/f"]), ("fs.read_file", ["/v/f"]), ("fs.listdir", ["/v"]),
+        ("fs.unlink", ["/v/f"]), ("kernel.ping", [])]
     taken = {}
     for mode in ("partitioned", "locked"):
         boot = BootInfo(kernel_id=0, core=0, epoch=1, ranges=[[0, 16383, 0]],

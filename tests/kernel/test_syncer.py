@@ -94,7 +94,7 @@ def test_the_syncer_never_answers_a_request_with_a_sync_begun_before_it(
             in_sync.set()
             assert go.wait(30)
 
-    monkeypatch.setattr(syncer.os, "fdatasync", slow_fdatasync)
+    monkeypatch.setattr(os, "fdatasync", slow_fdatasync)  # the module syncer calls
     ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
     child = threading.Thread(target=syncer._serve, args=(theirs,))  # the child's loop
     child.start()
@@ -144,7 +144,12 @@ def syncing_kernel(tmp_path: Path) -> Iterator[Any]:
         made.append(kernel)
         on_loop: list[int] = []
         real = os.fdatasync
-        patch.setattr(os, "fdatasync", lambda fd: (on_loop.append(fd), real(fd))[1])
+
+        def counted(fd: int) -> None:
+            on_loop.append(fd)
+            real(fd)
+
+        patch.setattr(os, "fdatasync", counted)
         return kernel, on_loop
 
     with pytest.MonkeyPatch.context() as patch:
