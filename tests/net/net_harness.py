@@ -110,7 +110,12 @@ async def plain_recvfrom(sock: socket.socket, timeout: float = 5.0) -> tuple[byt
     ``sock_recvfrom``)."""
     loop = asyncio.get_running_loop()
     ready: asyncio.Future[None] = loop.create_future()
-    loop.add_reader(sock.fileno(), lambda: ready.done() or ready.set_result(None))
+
+    def readable() -> None:
+        if not ready.done():
+            ready.set_result(None)
+
+    loop.add_reader(sock.fileno(), readable)
     try:
         await asyncio.wait_for(ready, timeout)
     finally:
