@@ -293,7 +293,12 @@ class ServerStream:
     are answered before the stream is given up (:data:`MAX_PROTOCOL_ERRORS`).  The
     request check is inlined in :meth:`serve` for speed (it is the kernel's fast path);
     everything that fails it goes through :func:`classify`, the one definition of a
-    message's shape.
+    message's shape.  One difference, on purpose: the fast check takes any ``int`` msgid,
+    not only the spec's ``0 .. 2**32 - 1``.  The range costs about 290 instructions per
+    request (two compares against a constant above CPython's one-digit ints: 3 % of an
+    ``fs.stat``, callgrind), and an out-of-range msgid harms only the client that sent
+    it: its reply carries the msgid it sent, so it still matches its request, and nothing
+    in the server depends on a msgid's value.
     """
 
     __slots__ = ("max_message_bytes", "errors", "_unpacker", "_fed", "_start", "_batch",

@@ -102,6 +102,20 @@ def test_a_stream_of_tuples_answers_every_message_in_the_same_words() -> None:
     assert seen == [("/a", (1, 2))] and replies[5] == [1, 4, None, "fs.stat"]
 
 
+def test_a_request_msgid_is_answered_as_sent_if_it_is_an_integer() -> None:
+    """The fast path checks a msgid's type, not its 32-bit range (see ServerStream): a
+    request with an integer msgid outside it is served and answered with the msgid it
+    sent, so its reply still matches it; one that is no integer is refused by name."""
+    data = b"".join(msgpack.packb([0, msgid, "fs.stat", ["/a"]])
+                    for msgid in (-1, 2**32, 2**40, True, 1.0))
+    replies, notices, seen = _served(data, tuples=True)
+    assert replies == [[1, -1, None, "fs.stat"], [1, 2**32, None, "fs.stat"],
+                       [1, 2**40, None, "fs.stat"]]
+    assert seen == [("/a",)] * 3
+    assert [notice[2][0]["message"] for notice in notices] == [
+        "msgid must be an unsigned 32-bit integer"] * 2
+
+
 def test_message_types_are_the_spec_numbers() -> None:
     assert [int(t) for t in MessageType] == [0, 1, 2]
 
