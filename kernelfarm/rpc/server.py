@@ -112,6 +112,10 @@ class ServerConnection(asyncio.Protocol):
         self.service = service
         self._handle = service.handle
         self._send = service.send
+        self.write: Callable[[Wire], None] = _unsent
+        """Write bytes to the client: the transport's own ``write`` while the connection
+        is open (no Python frame between a service's reply and the socket), nothing
+        before it is made or after it is lost."""
         self.meter = meter if meter is not None else Meter()
         self.max_message_bytes = max_message_bytes
         self.max_inflight = max_inflight
@@ -147,6 +151,7 @@ class ServerConnection(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # uvloop's transports do not subclass asyncio.Transport; they have its API.
         self.transport = cast(asyncio.Transport, transport)
+        self.write = self.transport.write
         self.peer = transport.get_extra_info("peername")
         self.transport.set_write_buffer_limits(high=self.write_buffer_bytes)
         limit = self._connections
@@ -238,6 +243,7 @@ class ServerConnection(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
+        self.write = _unsent
         self._done = True
         if not self._admitted:
             return
@@ -284,10 +290,6 @@ class ServerConnection(asyncio.Protocol):
         task = asyncio.ensure_future(awaitable)
         self._tasks.add(task)
         task.add_done_callback(lambda t: self._finish_call(msgid, reserve, t))
-
-    def write(self, data: Wire) -> None:
-        if not self.closed and self.transport is not None:
-            self.transport.write(data)
 
     def close(self) -> None:
         self._done = True
@@ -395,6 +397,11 @@ class ServerConnection(asyncio.Protocol):
                        error.get("message"))
         self.write(msgpack.packb([2, ERROR_NOTIFICATION, [error]]))
         self.close()
+
+
+def _unsent(data: Wire) -> None:
+    """A connection's ``write`` while it has no transport: replies to a client that is
+    gone are dropped."""
 
 
 def connection_factory(service: Service, rpc: RpcConfig, meter: Meter | None = None,
