@@ -265,7 +265,7 @@ class Batch:
     decoding a request): read it before serving again.
     """
 
-    __slots__ = ("replies", "wire", "notices", "produced", "more", "yielded", "fatal")
+    __slots__ = ("replies", "wire", "notices", "produced", "more", "fatal")
 
     def __init__(self) -> None:
         self.replies: list[list[Any]] = []
@@ -277,10 +277,9 @@ class Batch:
         self.produced = 0
         """Bytes of ``bytes`` results in ``replies``: the replies this batch is producing."""
         self.more = False
-        """Complete or partial input is still buffered (a bound stopped the batch)."""
-        self.yielded = False
-        """The turn's bound (:data:`TURN_BYTES`, :data:`TURN_SECONDS`) stopped the batch:
-        serve the rest on the next loop turn, after the other connections."""
+        """Complete or partial input is still buffered: a bound stopped the batch (the
+        calls that may wait, the reply bytes, or the turn's: :data:`TURN_BYTES`,
+        :data:`TURN_SECONDS`)."""
         self.fatal: ProtocolError | None = None
         """The stream cannot go on: send this as an error notification, then close."""
 
@@ -302,7 +301,7 @@ class ServerStream:
     """
 
     __slots__ = ("max_message_bytes", "errors", "_unpacker", "_fed", "_start", "_batch",
-                 "_array", "turn_bytes", "turn_seconds", "_watch", "_late")
+                 "_array", "turn_bytes", "turn_seconds", "_watch", "_watching")
 
     def __init__(self, max_message_bytes: int, tuples: bool = False, *,
                  turn_bytes: int = TURN_BYTES, turn_seconds: float = TURN_SECONDS,
@@ -315,11 +314,13 @@ class ServerStream:
         self.max_message_bytes = max_message_bytes
         self.turn_bytes = turn_bytes
         self.turn_seconds = turn_seconds
-        self._watch = min(max_message_bytes, watch_bytes)
+        self._watching = min(max_message_bytes, watch_bytes, turn_bytes)
         """Buffered input over which :meth:`serve` checks each message: its size (a
-        message may be over the limit only then) and the clock."""
-        self._late = False
-        """The clock ended the last turn: the next is timed too, however small the rest."""
+        message may be over the limit only then) and the clock.  Never above
+        ``turn_bytes``, so a read served unchecked always fits in one turn."""
+        self._watch = self._watching
+        """The same, or 0 after a turn the clock ended: the next is checked too, however
+        small the rest."""
         self.errors = 0
         self._fed = 0
         self._start = 0
@@ -349,7 +350,7 @@ class ServerStream:
 
         A batch serves at most ``turn_bytes`` of input and, on a read of more than
         ``watch_bytes`` or after a turn the clock ended, stops once ``turn_seconds`` have
-        passed (``batch.yielded``); always at least one message, so a connection makes
+        passed (``batch.more``); always at least one message, so a connection makes
         progress every turn.
         ``room`` (at least 1) is how many more calls may wait (``handle`` returned
         ``None``); ``budget`` (at least 1) how many bytes of results may still be produced
@@ -361,7 +362,6 @@ class ServerStream:
         replies: list[list[Any]] = []
         batch.replies = replies
         batch.wire = None
-        batch.yielded = False
         if batch.notices:
             batch.notices = []
         append = replies.append
@@ -388,12 +388,13 @@ class ServerStream:
         # each message's size and the clock are checked; a small read of requests (every
         # read of the fast path) skips the checks and their bookkeeping.  The turn's byte
         # bound costs nothing per message: it is the compare that ends the input.
-        careful = fed - start > self._watch or self._late
-        self._late = False
-        deadline = perf_counter() + self.turn_seconds if careful else 0.0
-        stop = start + self.turn_bytes
-        if stop > fed:
-            stop = fed
+        careful = fed - start > self._watch
+        stop = fed
+        if careful:
+            self._watch = self._watching
+            deadline = perf_counter() + self.turn_seconds
+            if fed - start > self.turn_bytes:
+                stop = start + self.turn_bytes
         end = start
         try:
             # The unpacker's own iteration (no ``next()`` per message); everything in the
@@ -407,7 +408,7 @@ class ServerStream:
                     start = end
                     if perf_counter() >= deadline:
                         stop = end  # the turn's time is up: this message is its last
-                        self._late = True
+                        self._watch = 0
                 try:  # a request is an array of 4; what else unpacks in 4 fails the checks
                     kind, msgid, method, params = obj
                 except (TypeError, ValueError):
@@ -437,10 +438,7 @@ class ServerStream:
                     # The input ends with this message (stop without asking the unpacker
                     # for another: its StopIteration costs as much as a request), or the
                     # turn does: the rest waits for the next loop turn.
-                    if end < fed:
-                        batch.yielded = True
-                    else:
-                        more = False
+                    more = end < fed
                     break
             else:  # input ran out inside a message
                 more = False

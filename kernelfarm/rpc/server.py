@@ -220,11 +220,11 @@ class ServerConnection(asyncio.Protocol):
                 self._fail_stream(batch.fatal.to_wire())
                 return
             self._backlog = more = batch.more
-            if (more and (batch.yielded or batch.produced >= budget)
-                    and not self._scheduled):
-                # Stopped on the turn's bound, or on the reply bytes: go on next loop
-                # turn, after the other connections' reads and once this turn's replies
-                # are written (after the group commit, which was scheduled before us).
+            if more and self.inflight < self.max_inflight and not self._scheduled:
+                # Stopped on the turn's bound, or on the reply bytes (not on the calls
+                # that may wait, which go on as they end): go on next loop turn, after
+                # the other connections' reads and once this turn's replies are written
+                # (after the group commit, which was scheduled before us).
                 self._scheduled = True
                 asyncio.get_running_loop().call_soon(self._process)
         elif size and not self._take(data):
