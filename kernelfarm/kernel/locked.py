@@ -46,6 +46,10 @@ from kernelfarm.rpc.protocol import Wire
 
 T = TypeVar("T")
 
+UNLOCKED = frozenset({"kernel.ping"})
+"""Methods that touch no subsystem state and take no lock: the supervisor's heartbeat must
+not wait for a handler that holds one for long (that thread is judged on its own:
+kernel/loopwatch.py), or the thread answering it would look hung."""
 LOOP_BOUND = ("net.",)
 """Methods whose state belongs to the event loop that created it (host sockets)."""
 RUN_WHERE_CALLED = frozenset({"net.send", "net.recv"})
@@ -101,6 +105,8 @@ class LockedKernel(Kernel):
     # -- registration: locks, then the hop to the state's home loop ------------------------
 
     def _wrap(self, method: Method) -> Method:
+        if method.name in UNLOCKED:
+            return method
         locked = self.provider.wrap(method)
         if method.name.startswith(LOOP_BOUND):
             locked = self._homed(locked)

@@ -14,6 +14,7 @@ from time import perf_counter
 from typing import Any, Iterator, Sequence
 
 import msgpack
+import pytest
 
 from farmctl import start_farm
 from kernelfarm.rpc.protocol import TURN_BYTES, ServerStream, encode_request
@@ -87,31 +88,49 @@ def stopped(pid: int) -> Iterator[None]:
         os.kill(pid, signal.SIGCONT)
 
 
+FLOODS = {
+    # 2,000 mkdirs in a volume: 58 KiB, quick each; the byte bound slices them.
+    "mkdirs": (2000, "/flood/d", "/flood"),
+    # 300 volume creations: 9 KiB, less than a turn's bytes, a few fsyncs each; the clock
+    # slices them.
+    "volumes": (300, "/flood-", "/"),
+}
+
+
+@pytest.mark.parametrize("flood", sorted(FLOODS))
 def test_a_flooded_kernel_answers_its_other_connections_between_turns(
-        tmp_path: Path) -> None:
-    """A client pipelines 2,000 mkdirs in one write; a second connection's listdir, sent
-    right after, is served after the flood's first turn, not after the whole flood: it
-    sees only part of the flood done.  Then every mkdir is answered, in order."""
-    count = 2000
+        tmp_path: Path, flood: str) -> None:
+    """A client pipelines a flood of mkdirs in one write; a second connection's listdir,
+    sent right after, is served after the flood's first turn, not after the whole flood:
+    it sees only part of the flood done.  Then every mkdir is answered, in order.  (The
+    supervisor's heartbeat is such another connection.)"""
+    count, prefix, listed = FLOODS[flood]
     with start_farm(tmp_path, 1) as farm:
         addr = kernel_addr(farm.cluster_map())
         flooder, prober = Peer(addr), Peer(addr)
         assert prober.call(1, "fs.mkdir", "/flood")[2] is None
-        flood = b"".join(encode_request(i + 1, "fs.mkdir", [f"/flood/d{i:05d}"])
-                         for i in range(count))
-        assert TURN_BYTES * 2 < len(flood) < 64 * 1024  # one read of the kernel, many turns
+
+        def done() -> int:
+            names = prober.call(2, "fs.listdir", listed)[3]
+            return sum(f"{listed.rstrip('/')}/{name}".startswith(prefix) for name in names)
+
+        flood_bytes = b"".join(encode_request(i + 1, "fs.mkdir", [f"{prefix}{i:05d}"])
+                               for i in range(count))
+        assert len(flood_bytes) < 64 * 1024  # one read of the kernel
+        assert (len(flood_bytes) > 2 * TURN_BYTES) == (flood == "mkdirs")
         (kernel,) = farm.kernel_pids()
         # Both requests wait in the kernel's sockets, the flood's first: the kernel's next
         # loop turn finds them together and reads the flood first.
         with stopped(kernel):
-            flooder.send(flood)
-            prober.send(msgpack.packb([0, 1, "fs.listdir", ["/flood"]]))
+            flooder.send(flood_bytes)
+            prober.send(msgpack.packb([0, 1, "fs.listdir", [listed]]))
         reply = prober.next_message()
         assert reply[:3] == [1, 1, None], reply
-        assert len(reply[3]) < count // 2, f"{len(reply[3])} of {count} mkdirs done first"
+        first = sum(f"{listed.rstrip('/')}/{name}".startswith(prefix) for name in reply[3])
+        assert first < count // 2, f"{first} of {count} mkdirs done first"
         replies = [flooder.next_message() for _ in range(count)]
         assert [r[1] for r in replies] == list(range(1, count + 1))
         assert all(r[2] is None for r in replies), next(r for r in replies if r[2])
-        assert len(prober.call(2, "fs.listdir", "/flood")[3]) == count
+        assert done() == count
         flooder.close()
         prober.close()

@@ -7,7 +7,8 @@ kernels through this script, which gives them these faults before running the re
   ``hang=True`` that thread then deadlocks on a lock it already holds (outside any of the
   kernel's own locks), as a thread that takes a lock twice does.  The rest of the kernel
   goes on: in locked mode its other threads serve, and the main thread answers the
-  heartbeat.
+  heartbeat.  With ``fsyncs=N`` it first appends and ``fsync``s a byte N times in the data
+  dir: one request that holds its loop with real work (a slow disk, a big flush).
 - ``$STUCK_ACQUIRE`` (a kernel id): that kernel's ``kernel.acquire`` never ends, while its
   loop serves on (a bug, not a load).
 - ``$SLOW_RELEASE`` (seconds): ``kernel.release`` of some slots takes that long, in waits
@@ -31,12 +32,21 @@ def deadlock() -> None:
     lock.acquire()  # never returns
 
 
-def stats(self: Any, hang: bool = False) -> dict[str, Any]:
+def stats(self: Any, hang: bool = False, fsyncs: int = 0) -> dict[str, Any]:
+    if fsyncs:
+        with open(os.path.join(self.data_dir, "busy"), "ab") as file:
+            for _ in range(fsyncs):
+                file.write(b"x")
+                file.flush()
+                os.fsync(file.fileno())
     if hang:
         asyncio.get_running_loop().call_soon(deadlock)  # after this reply is written
     return {"tid": threading.get_native_id(),
             "main": threading.current_thread() is threading.main_thread()}
 
+
+ENTRY = (os.path.abspath(__file__),)
+"""What a test gives ``start_farm(entry=...)`` to run its farm through this script."""
 
 STUCK_ACQUIRE = "STUCK_ACQUIRE"
 SLOW_RELEASE = "SLOW_RELEASE"

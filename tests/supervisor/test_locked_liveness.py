@@ -9,16 +9,14 @@ activity (``supervisor/activity.py``), never on the process's.  The kernels run 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
-import msgpack
 
 from farmctl import Farm, gone, start_farm, wait_until
+from hanging_kernel import ENTRY
 from rawpeer import Peer
 
 HEARTBEAT = "[supervisor]\nheartbeat_interval = 0.1\nheartbeat_timeout = 0.5\n"
 LOCKED = ("--mode", "locked", "--threads", "2")
-ENTRY = (str(Path(__file__).with_name("hanging_kernel.py")),)
 
 
 def served_by(farm: Farm, main: bool) -> tuple[Peer, int]:
@@ -84,26 +82,19 @@ def test_a_hung_main_thread_is_found_while_another_thread_works(tmp_path: Path) 
 
 def test_a_serving_thread_held_by_a_long_turn_of_work_is_not_killed(tmp_path: Path) -> None:
     """As ``test_a_kernel_held_by_a_long_turn_of_work_is_not_killed_as_hung``, on a
-    locked kernel's other thread: batches of volume creations (a few ``fsync``s each)
-    grow until one holds that thread's loop past ``heartbeat_timeout`` (the log says
-    so); the thread is busy, not hung, and the kernel stays."""
-    config = HEARTBEAT + "[rpc]\nturn_bytes = 16777216\nturn_seconds = 1000.0\n"
-    with start_farm(tmp_path, 1, *LOCKED, config_text=config, entry=ENTRY) as farm:
+    locked kernel's other thread: one request's ``fsync``s grow until they hold that
+    thread's loop past ``heartbeat_timeout`` (the log says so); the thread is busy, not
+    hung, and the kernel stays."""
+    with start_farm(tmp_path, 1, *LOCKED, config_text=HEARTBEAT, entry=ENTRY) as farm:
         pid = farm.kernel_pids()[0]
         peer, tid = served_by(farm, main=False)
-        size, made = 250, 0
+        fsyncs = 100
         while f"loop of its thread {tid}" not in farm.log():
-            assert size <= 4000, "no batch held the thread's loop past heartbeat_timeout"
-            peer.send(b"".join(_mkdir(made + i) for i in range(size)))
-            replies: list[Any] = [peer.next_message() for _ in range(size)]
-            assert [reply[2] for reply in replies] == [None] * size
-            made += size
-            size *= 2
+            assert fsyncs <= 12800, "no request held the thread's loop past the timeout"
+            reply = peer.call(2, "kernel.stats", False, fsyncs)
+            assert reply is not None, "the kernel was killed while it worked"
+            assert reply[2] is None, reply
+            fsyncs *= 2
         assert "but is not hung" in farm.log() and "killing it" not in farm.log()
         assert farm.kernel_pids() == [pid]
         peer.close()
-
-
-def _mkdir(i: int) -> bytes:
-    data: bytes = msgpack.packb([0, 10 + i, "fs.mkdir", [f"/v{i}"]])
-    return data

@@ -13,12 +13,11 @@ from pathlib import Path
 import pytest
 
 from farmctl import Farm, loaded, moving_namespace, raw_call, start_farm
-from hanging_kernel import SLOW_RELEASE, STUCK_ACQUIRE
+from hanging_kernel import ENTRY, SLOW_RELEASE, STUCK_ACQUIRE
 from kernelfarm.partition import NSLOTS
 
 CONFIG = ("[supervisor]\nheartbeat_interval = 0.1\nscale_stall_timeout = 0.5\n"
           "scale_batch_slots = 16384\n")
-ENTRY = (str(Path(__file__).with_name("hanging_kernel.py")),)
 
 
 def a_file_in_a_moving_volume(farm: Farm) -> str:
