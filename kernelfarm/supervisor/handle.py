@@ -284,10 +284,10 @@ class KernelHandle:
 
         A slot move's calls take what their slots take (flushing and closing thousands of
         volumes, loading millions of files), so no fixed deadline fits.  Progress is
-        either a report (a sliced ``kernel.acquire`` reports each second), or the call
-        holding the kernel's loop by its own work: no heartbeat sent meanwhile was
-        answered, and the heartbeat kills the kernel if that work is hung (which fails the
-        call).  A call that is stuck while the loop turns -- heartbeats answered, nothing
+        either a report (a sliced ``kernel.acquire`` reports every quarter of ``stall``),
+        or the call holding the kernel's loop by its own work: no heartbeat sent meanwhile
+        was answered, and the heartbeat kills the kernel if that work is hung (which fails
+        the call).  A call that is stuck while the loop turns -- heartbeats answered, nothing
         reported -- fails, and the step is rolled back.  The kernel is killed first: its
         lifecycle restarts it with the current table, so it holds exactly the table's
         slots, and a stuck acquire that ended late cannot make it own slots the table
