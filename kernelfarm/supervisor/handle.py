@@ -315,32 +315,48 @@ class KernelHandle:
     def check_stalls(self, stalled: list[list[float]], timeout: float) -> None:
         """``Timeout`` if a serving thread of a locked kernel is hung: its loop has not
         turned (``stalled``, ``[tid, seconds]`` pairs from the kernel's pong: see
-        :mod:`kernelfarm.kernel.loopwatch`) for ``timeout`` and the thread itself shows
-        no work meanwhile.  The main thread answering the heartbeat says nothing of the
-        others, and the process's activity would let a working thread vouch for a hung
-        one."""
-        watched: dict[int, Activity] = {}
+        :mod:`kernelfarm.kernel.loopwatch`) for ``timeout`` and it shows no work
+        meanwhile.  Each thread is judged on its own: the main thread answering the
+        heartbeat says nothing of the others, and the process's activity would let any
+        working thread vouch for a hung one.  Only another stalled thread that works may
+        vouch for one that shows none: that one waits for it (for a lock it holds
+        through a long call, for the GIL), and is judged again once it is free."""
+        now = time.monotonic()
+        first: dict[int, Activity | None] = {}
+        due: dict[int, tuple[Activity, Activity | None, float]] = {}
         for tid, silent in stalled:
             tid = int(tid)
             before = self._stalls.get(tid)
             if before is None:
-                before = self.activity(tid)
-            elif time.monotonic() - before.at >= timeout:
-                before = self.busy_since(
-                    before, f"turned the loop of its thread {tid} for {silent:.1f} s", tid)
-                if before is None:
-                    raise Timeout(f"kernel {self.kernel_id}: its serving thread {tid} has "
-                                  f"not turned its loop for {silent:.1f} s and is not busy")
-            if before is not None:
+                first[tid] = self.activity(tid)
+            else:
+                due[tid] = (before, self.activity(tid), silent)
+        working = {tid for tid, (before, after, _) in due.items()
+                   if after is not None and after.working_since(before)}
+        watched = {tid: activity for tid, activity in first.items() if activity is not None}
+        for tid, (before, after, silent) in due.items():
+            if after is None:
+                continue  # the thread is gone: its loop is no more reported
+            if now - before.at < timeout:
                 watched[tid] = before
+                continue
+            if tid in working:
+                reason = after.describe(before)
+            elif working:
+                reason = f"waiting for its thread {min(working)}, which works"
+            else:
+                raise Timeout(f"kernel {self.kernel_id}: its serving thread {tid} has not "
+                              f"turned its loop for {silent:.1f} s and is not busy")
+            log.warning("kernel %d has not turned the loop of its thread %d for %.1f s but "
+                        "is not hung (%s): waiting", self.kernel_id, tid, silent, reason)
+            watched[tid] = after
         self._stalls = watched
 
-    def busy_since(self, before: Activity | None, silent: str,
-                   tid: int | None = None) -> Activity | None:
-        """The activity of the kernel's thread ``tid`` (default: main) now if it was busy,
-        not hung, since ``before`` (said in the log, with what it has not done:
-        ``silent``); ``None`` if it is hung or gone."""
-        now = self.activity(tid)
+    def busy_since(self, before: Activity | None, silent: str) -> Activity | None:
+        """The activity of the kernel's main thread now if it was busy, not hung, since
+        ``before`` (said in the log, with what it has not done: ``silent``); ``None`` if
+        it is hung or gone."""
+        now = self.activity()
         if now is None or before is None or not now.working_since(before):
             return None
         log.warning("kernel %d has not %s but is not hung (%s): waiting", self.kernel_id,

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import msgpack
 
 from farmctl import Farm, gone, start_farm, wait_until
 from hanging_kernel import ENTRY
@@ -19,17 +20,17 @@ HEARTBEAT = "[supervisor]\nheartbeat_interval = 0.1\nheartbeat_timeout = 0.5\n"
 LOCKED = ("--mode", "locked", "--threads", "2")
 
 
-def served_by(farm: Farm, main: bool) -> tuple[Peer, int]:
+def served_by(farm: Farm, main: bool, besides: int = 0) -> tuple[Peer, int]:
     """A connection to the kernel that its main thread serves (``main``), or another
-    thread; and that thread's id.  Which thread accepts a connection is the host's choice:
-    connect until one of the kind asked for does."""
+    thread than ``besides``; and that thread's id.  Which thread accepts a connection is
+    the host's choice: connect until one of the kind asked for does."""
     (kernel,) = farm.cluster_map()["kernels"]
     found: list[tuple[Peer, int]] = []
 
     def connect() -> bool:
         peer = Peer(tuple(kernel["addr"]))
         served = peer.call(1, "kernel.stats")[3]
-        if served["main"] is main:
+        if served["main"] is main and served["tid"] != besides:
             found.append((peer, served["tid"]))
             return True
         peer.close()
@@ -98,3 +99,29 @@ def test_a_serving_thread_held_by_a_long_turn_of_work_is_not_killed(tmp_path: Pa
         assert "but is not hung" in farm.log() and "killing it" not in farm.log()
         assert farm.kernel_pids() == [pid]
         peer.close()
+
+
+def test_a_thread_waiting_for_a_working_one_is_not_killed(tmp_path: Path) -> None:
+    """Two other threads: one holds the kernel's table lock through a long call (its
+    ``fsync``s grow until it outlasts the timeout), the other waits for that lock, showing
+    no work of its own; the working thread vouches for it, and the kernel stays.  (A
+    hung thread beside threads that are not stalled is still found: the tests above.)"""
+    with start_farm(tmp_path, 1, "--mode", "locked", "--threads", "3", config_text=HEARTBEAT,
+                    entry=ENTRY) as farm:
+        pid = farm.kernel_pids()[0]
+        holder, holder_tid = served_by(farm, main=False)
+        waiter, _ = served_by(farm, main=False, besides=holder_tid)
+        fsyncs = 100
+        while f"waiting for its thread {holder_tid}" not in farm.log():
+            assert fsyncs <= 12800, "no thread waited for the lock past the timeout"
+            holder.send(msgpack.packb([0, 3, "kernel.stats", [False, fsyncs]]))
+            waiter.send(msgpack.packb([0, 4, "kernel.stats", []]))
+            for peer in (holder, waiter):
+                reply = peer.next_message()
+                assert reply is not None, "the kernel was killed while it worked"
+                assert reply[2] is None, reply
+            fsyncs *= 2
+        assert "killing it" not in farm.log()
+        assert farm.kernel_pids() == [pid]
+        holder.close()
+        waiter.close()
