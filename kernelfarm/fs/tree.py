@@ -260,12 +260,23 @@ class Tree:
         self._dropped(node)
 
     def write_file(self, comps: tuple[str, ...], data: bytes, ino: int, now: int) -> None:
-        """Create or replace a file's whole content (``O_CREAT|O_TRUNC`` + write, atomic)."""
-        if not comps:
+        """Create or replace a file's whole content (``O_CREAT|O_TRUNC`` + write, atomic).
+        The most frequent case is tested first: a file that exists, at the volume root."""
+        if len(comps) == 1:
+            parent = self.root
+        elif comps:
+            parent = self._dir_of(comps)
+        else:
             raise posix(errno.EISDIR, self._where(comps))
-        parent = self.root if len(comps) == 1 else self._dir_of(comps)
         node = parent.entries.get(comps[-1])
-        if node is None:
+        if isinstance(node, File):
+            old, new = len(node.data), len(data)
+            if new > old or new > self.limits.max_file_bytes:  # else nothing to refuse
+                self._check_size(comps, old, new)
+            self.bytes_used += new - old
+            node.data = data
+            node.mtime_ns = node.ctime_ns = now
+        elif node is None:
             self._check_new_inode(comps)
             self._check_size(comps, 0, len(data))
             parent.entries[comps[-1]] = File(ino, FILE_PERM, now, data)
@@ -273,13 +284,6 @@ class Tree:
             self._took(ino)
             self.files += 1
             self.bytes_used += len(data)
-        elif isinstance(node, File):
-            old, new = len(node.data), len(data)
-            if new > old or new > self.limits.max_file_bytes:  # else nothing to refuse
-                self._check_size(comps, old, new)
-            self.bytes_used += new - old
-            node.data = data
-            node.mtime_ns = node.ctime_ns = now
         elif isinstance(node, Dir):
             raise posix(errno.EISDIR, self._where(comps))
         else:

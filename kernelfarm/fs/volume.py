@@ -281,7 +281,9 @@ class Volume:
         and ``*`` call (about 100 ns of a 16-byte write)."""
         if self.read_only is not None:
             self.check_writable()
-        self.stats.clear()
+        stats = self.stats
+        if stats:  # cleared by a change, refilled only by fs.stat: mostly empty here
+            stats.clear()
         tree = self.tree
         ino = tree.next_ino
         payload = _encode((WRITE_FILE, comps, data, ino, now))
