@@ -7,7 +7,11 @@ tools, the tests and the benchmarks (``[tool.ruff]``); both must report nothing.
 
 Both start when this module is collected, so they run on the spare core while the rest of
 the suite waits on its servers, and do not add their time to the suite's; whatever
-happens, they are reaped when the session ends.
+happens, they are reaped when the session ends.  Each runs under a shell that prints its
+exit status last: the suite's tests reap exited children that are not theirs (kernels
+re-parented to the test process, :func:`farmctl.reap_orphans`), and a tool reaped that
+way left ``Popen.returncode`` at 0 (Python's answer when the status is gone), so a lint
+error passed in the full suite and failed alone.
 """
 
 from __future__ import annotations
@@ -23,8 +27,13 @@ TOOLS = Path(sys.executable).parent
 TIMEOUT_S = 600
 
 
+STATUS = "exit status of the tool: "
+
+
 def start(tool: str, *args: str) -> subprocess.Popen[str]:
-    process = subprocess.Popen([str(TOOLS / tool), *args], cwd=ROOT, text=True,
+    command = f'"$@"; echo "{STATUS}$?"'
+    process = subprocess.Popen(["/bin/sh", "-c", command, "sh", str(TOOLS / tool), *args],
+                               cwd=ROOT, text=True,
                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     atexit.register(reap, process)
     return process
@@ -41,8 +50,10 @@ RUFF = start("ruff", "check", "--no-cache", "kernelfarm", "tools", "tests", "ben
 
 
 def report(process: subprocess.Popen[str]) -> tuple[int, str]:
+    """The tool's exit status, as its shell printed it, and its output."""
     output, _ = process.communicate(timeout=TIMEOUT_S)
-    return process.returncode, output
+    output, _, status = output.rpartition(STATUS)
+    return int(status) if status.strip().isdigit() else -1, output
 
 
 CONFTESTS = sorted(str(path.relative_to(ROOT)) for path in ROOT.glob("tests/*/conftest.py"))

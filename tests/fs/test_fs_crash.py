@@ -188,7 +188,7 @@ def test_acknowledged_writes_survive_kill_9_of_the_supervisor(tmp_path: Path,
                                                               kernels_after: int) -> None:
     # After the kill the farm is gone for good: calls fail fast instead of retrying, and
     # fail as a connection does when its server dies: refused, or reset when the connect
-    # was still in a dying kernel's accept queue (ECONNRESET: seen once, in a combined suite at load 2).
+    # was still in a dying kernel's accept queue (ECONNRESET: seen once, in a combined suite).
     retry = RetryPolicy(deadline_s=0.5)
     with start_farm(tmp_path, 2) as farm:
         made = make_volumes(farm, 2, "sk")
