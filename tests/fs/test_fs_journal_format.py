@@ -265,3 +265,29 @@ def test_frames_check_out_with_zlibs_crc32(
     assert frames == len(parts) + sum(1 for _ in parts if records) + (1 if records else 0)
     assert journal.frame(b"snapshot record") == (
         journal.HEADER.pack(15, zlib.crc32(b"snapshot record")) + b"snapshot record")
+
+
+@pytest.mark.parametrize("count", [1, 3, journal.IOV_MAX + 5])
+def test_write_at_finishes_short_writes_and_more_buffers_than_one_call_takes(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, count: int) -> None:
+    """``pwritev`` may write less than asked (and takes at most IOV_MAX buffers): every
+    byte still lands where it belongs.  The first call gets the buffers as they are;
+    a short write is finished from views of what is left."""
+    buffers = [bytes([i % 251]) * (i % 5) for i in range(count)]  # empty ones too
+    calls: list[int] = []
+    real = os.pwritev
+
+    def short(fd: int, bufs: list[bytes], offset: int) -> int:
+        assert len(bufs) <= journal.IOV_MAX
+        calls.append(len(bufs))
+        return real(fd, [b"".join(bytes(b) for b in bufs)[:3]], offset)  # 3 bytes at most
+
+    monkeypatch.setattr(os, "pwritev", short)
+    fd = os.open(tmp_path / "f", os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        journal.write_at(fd, buffers, 10)
+    finally:
+        os.close(fd)
+    expected = b"".join(buffers)
+    assert (tmp_path / "f").read_bytes() == (bytes(10) + expected if expected else b"")
+    assert len(calls) == -(-len(expected) // 3)  # none for nothing to write
