@@ -33,7 +33,7 @@ from kernelfarm.errors import (
 from kernelfarm.kernel.commit import Flush, GroupCommit
 from kernelfarm.kernel.components import SUBSYSTEMS
 from kernelfarm.kernel.params import Params
-from kernelfarm.kernel.subsystem import KeyOf, Method, Subsystem, scoped_root_listing
+from kernelfarm.kernel.subsystem import Method, Subsystem, scoped_root_listing
 from kernelfarm.partition import NSLOTS, SlotTable
 from kernelfarm.ratelog import RateLimitedLog
 from kernelfarm.rpc.meter import Meter
@@ -50,16 +50,13 @@ SLOT_MASK = NSLOTS - 1  # NSLOTS is a power of two: % NSLOTS == & SLOT_MASK
 SLOTS_REMEMBERED = 65536
 """Partition keys whose slot a kernel keeps (a dict lookup instead of UTF-8 + CRC16)."""
 ROUTES_REMEMBERED = 16384
-"""First parameters (paths, namespaces) of requests this kernel serves whose route it
-keeps, so the next request for a known path is routed by one dict lookup, with no call."""
+"""First parameters (paths, namespaces) of one method's requests this kernel serves whose
+route it keeps (``Method.routes``), so the next request for a known path is routed by one
+dict lookup, with no call."""
 REMEMBERED_KEY_CHARS = 128
 """Longer keys and first parameters are not kept (they pay the key function and the CRC
 each time): what the remembered routes and slots hold stays bounded by their counts of
 short strings, however long the strings clients send."""
-
-Route = tuple[KeyOf, "str | None"]
-"""A request served here: the key function that found its key, and the key (for the
-caller's grants; ``None``: any kernel serves it)."""
 
 Wrapper = Callable[[Method], Method]
 
@@ -97,8 +94,6 @@ class Kernel:
         self._process = psutil.Process()
         self.group_commit = GroupCommit(loop.call_soon)
         self._slot_of: dict[str, int] = {}
-        self._routes: dict[str, Route] = {}
-        """Routes by first parameter (key functions read only that one): see :meth:`_routed`."""
         self.subsystems: list[Subsystem] = [cls(self) for cls in SUBSYSTEMS]
         self.methods: dict[str, Method] = {}
         self.params: dict[str, Params] = {}
@@ -149,21 +144,18 @@ class Kernel:
         except KeyError:
             return self._failed(conn, msgid, self.gate.refuse(session, method))
         try:
-            keyfn = entry.key
-            if keyfn is not None:
+            if entry.key is not None:
                 try:
-                    route = self._routes[params[0]]
+                    key = entry.routes[params[0]]  # served here: ours, not moving
                 except (KeyError, IndexError, TypeError):  # new, no params, unhashable
-                    route = None
-                if route is not None and route[0] is keyfn:  # served here: ours, not moving
-                    grants = session.grants
-                    if grants is not None and route[1] is not None \
-                            and not grants.allows(method, route[1]):
-                        return self._failed(conn, msgid, self.gate.denied(method, route[1]))
-                else:
-                    refused = self._routed(conn, msgid, entry, keyfn, params)
+                    refused = self._routed(conn, msgid, entry, params)
                     if refused is not None:
                         return refused
+                else:
+                    grants = session.grants
+                    if grants is not None and key is not None \
+                            and not grants.allows(method, key):
+                        return self._failed(conn, msgid, self.gate.denied(method, key))
             if entry.wants_conn:
                 result = entry.handler(conn, *params)
             else:
@@ -182,18 +174,21 @@ class Kernel:
             return None
         return [1, msgid, None, result]
 
-    def _routed(self, conn: Any, msgid: int, entry: Method, keyfn: KeyOf,
-                params: Sequence[Any]) -> list[Any] | None:
+    def _routed(self, conn: Any, msgid: int, entry: Method, params: Sequence[Any]
+                ) -> list[Any] | None:
         """Route a request the hard way: its key function, its grant, its slot.  ``None``
         when it is served here, else the answer (denied, ``MOVED``, ``TRYAGAIN``).
 
-        A request served here has its route kept by its first parameter (key functions
-        read only that one): the next request for that path or namespace skips all of
-        this but the grant.  Routes are forgotten whenever a slot stops being served or
+        A request served here has its route kept by its method (``Method.routes``), by
+        its first parameter (key functions read only that one): the next request of that
+        method for that path or namespace skips all of this but the grant.  Kept by
+        method, not by string alone, because one string can be a path for ``fs.*`` and a
+        namespace for ``net.*``; and the lookup needs no check of which key function
+        found the route.  Routes are forgotten whenever a slot stops being served or
         starts moving (:meth:`freeze`, :meth:`release`), so a kept route is always one
         this kernel serves, for reads and writes alike.
         """
-        key = keyfn(params)
+        key = entry.key(params)  # type: ignore[misc]  # only keyed methods get here
         slot = -1
         if key is not None:
             grants = conn.session.grants
@@ -213,10 +208,10 @@ class Kernel:
                 return None  # a read of a moving slot: served, not remembered
         first = params[0] if params else None
         if type(first) is str and len(first) <= REMEMBERED_KEY_CHARS:
-            routes = self._routes
+            routes = entry.routes
             if len(routes) >= ROUTES_REMEMBERED:
                 routes.clear()
-            routes[first] = (keyfn, key)
+            routes[first] = key
             if slot >= 0 and slot in self.frozen:
                 # The locked baseline's control thread froze or released it meanwhile;
                 # both mark it frozen before forgetting routes, so this sees it or that
@@ -308,8 +303,13 @@ class Kernel:
 
     def freeze(self, slots: list[int]) -> int:
         self.frozen.update(slots)
-        self._routes.clear()  # kept routes are of slots served and not moving
+        self._forget_routes()
         return len(slots)
+
+    def _forget_routes(self) -> None:
+        """Kept routes are of slots served and not moving: forget them all when one moves."""
+        for method in self.methods.values():
+            method.routes.clear()
 
     def thaw(self, slots: list[int]) -> int:
         self.frozen.difference_update(slots)
@@ -318,7 +318,7 @@ class Kernel:
     def release(self, slots: list[int]) -> int:
         mine = [s for s in slots if self.owned[s]]
         self.frozen.update(slots)
-        self._routes.clear()  # kept routes are of slots served and not moving
+        self._forget_routes()
         for slot in mine:
             self.owned[slot] = 0
         self._commit_now()

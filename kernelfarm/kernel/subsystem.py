@@ -29,7 +29,7 @@ KeyOf = Callable[[Sequence[Any]], "str | None"]
 """Finds a request's partition key from its positional params (a list, or a tuple in a
 lock wrapper); ``None`` = any kernel.  It reads the first parameter only (the path, the
 namespace) and is a pure function of it: the kernel keeps the key it found by that
-parameter and does not ask again (``Kernel._route``)."""
+parameter and does not ask again (``Kernel._routed``)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,6 +62,10 @@ class Method:
     served: list[int] = field(default_factory=lambda: [0], compare=False)
     """Requests of this method the kernel answered (one cell, shared by the copies a lock
     wrapper makes with ``replace``): counting one is an index, not a dict update."""
+    routes: dict[str, str | None] = field(default_factory=dict, compare=False)
+    """The kernel's kept routes of this method (shared by the copies a lock wrapper
+    makes): first parameter -> partition key (``None``: any kernel) of requests it
+    serves; see ``Kernel._routed``."""
 
 
 def with_conn_first(wrapper: Callable[..., Any], handler: Callable[..., Any]

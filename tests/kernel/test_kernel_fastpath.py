@@ -68,14 +68,16 @@ async def test_remembered_routes_are_per_key_function_and_stay_bounded(
     kernel.load_slots([slot(mine)])
     first = f"/{mine}"  # fs: volume `mine`, ours; net: namespace `/mine`, not ours
     assert call(kernel, "fs.stat", first)[2]["code"] == "ENOENT"
-    assert first in kernel._routes
+    assert first in kernel.methods["fs.stat"].routes
+    assert first not in kernel.methods["net.stats"].routes
     assert call(kernel, "net.stats", first)[2]["code"] == "MOVED"
     assert call(kernel, "fs.stat", first)[2]["code"] == "ENOENT"
     for index in range(50):  # many paths: the memory starts afresh instead of growing
         call(kernel, "fs.stat", f"/{mine}/f{index}")
     long = f"/{mine}/" + "x" * kernel_module.REMEMBERED_KEY_CHARS
     assert call(kernel, "fs.stat", long)[2]["code"] == "ENOENT"
-    assert len(kernel._routes) <= 8 and long not in kernel._routes
+    routes = kernel.methods["fs.stat"].routes
+    assert len(routes) <= 8 and long not in routes
     kernel.close()
 
 
