@@ -39,6 +39,8 @@ MODULES = (
     "kernelfarm.fs.paths",
     "kernelfarm.fs.tree",
     "kernelfarm.fs.volume",
+    "kernelfarm.fs.space",
+    "kernelfarm.fs.params",
     "kernelfarm.fs.subsystem",
     "kernelfarm.net.sockets",
     "kernelfarm.net.datapath",

@@ -24,25 +24,26 @@ from __future__ import annotations
 import asyncio
 import errno
 import logging
-import math
 import os
 import stat as statmod
 from collections import OrderedDict
-from time import monotonic, perf_counter, time_ns
+from time import time_ns
 from typing import Any
 
 import msgspec
 
-from kernelfarm.errors import InvalidParameter, Refusal, posix
+from kernelfarm.errors import Refusal, posix
 from kernelfarm.fs import store
 from kernelfarm.fs.config import FsConfig
-from kernelfarm.fs.journal import Journal
+from kernelfarm.fs.loading import loading_volume
+from kernelfarm.fs.params import bool_param, bytes_param, int_param, mode_param, str_param
 from kernelfarm.fs.paths import KEPT_PATH_CHARS, parse, routing_key
-from kernelfarm.fs.snapshotter import Snapshotter
-from kernelfarm.fs.tree import FILE_PERM, Dir, File, Limits, Tree, stat_of
+from kernelfarm.fs.snapshot_schedule import SnapshotSchedule
+from kernelfarm.fs.space import RECORD_OVERHEAD, VOLUME_BYTES, FreeSpace
+from kernelfarm.fs.tree import FILE_PERM, Dir, File, Limits, stat_of
 from kernelfarm.fs.volume import (
     BY_REFERENCE, CHMOD, MKDIR, PWRITE, RENAME, RMDIR, SYMLINK, TRUNCATE, UNLINK, UTIME,
-    WRITE_FILE, Volume, find_name,
+    WRITE_FILE, Volume,
 )
 from kernelfarm.kernel.subsystem import KernelContext, Method, Subsystem
 from kernelfarm.partition import key_slot
@@ -68,118 +69,6 @@ Resolved = tuple[Volume | None, tuple[str, ...]]
 INT64 = 2**63
 REPLY_OVERHEAD = 64
 """Bytes of a ``read_file``/``pread`` reply beyond the data (``[1, msgid, nil, bin32]``)."""
-RECORD_OVERHEAD = 256
-"""Bytes a journal record takes beyond the data it carries (a generous bound)."""
-VOLUME_BYTES = 64 * 1024
-"""Bytes a new volume takes on disk (name file, empty journal, first snapshot, dirs)."""
-SNAPSHOT_INODE_BYTES = 64
-"""Bytes a snapshot record takes per inode beyond its data (a generous bound)."""
-SPACE_TTL_S = 0.5
-"""How long a statvfs reading of free space is trusted (minus what was written since)."""
-
-
-class FreeSpace:
-    """A cached estimate of free space on the data dir: statvfs every ``SPACE_TTL_S`` or
-    when the estimate nears the reserve, minus the bytes taken since.  Another process
-    filling the disk between readings is caught by the journal write itself (ENOSPC:
-    the kernel exits without acknowledging and recovers).
-
-    Every change takes its bytes here, so the common case -- a reading far from the
-    reserve -- is one comparison its caller makes inline (:attr:`low`:
-    ``FsSubsystem._change``); the reading's age is checked once per loop turn, at the
-    turn's first change (:meth:`check_age`, from ``FsSubsystem._time``), so a reading is
-    trusted ``SPACE_TTL_S`` and at most one turn more.  :meth:`try_take` is the rest."""
-
-    def __init__(self, path: str, reserve: int) -> None:
-        self.path = path
-        self.reserve = reserve
-        self.free = 0
-        self.low = 2 * reserve if reserve else -math.inf
-        """An estimate below this is read again (with the reserve off: never)."""
-        self.fresh_until = -math.inf if reserve else math.inf
-        """When the last reading stops being trusted (``time.monotonic``)."""
-        self.held = 0  # promised to a snapshot being written: not free at any reading
-
-    def take(self, need: int) -> None:
-        """Count ``need`` bytes as used, or raise ENOSPC if that would eat the reserve."""
-        if not self.try_take(need):
-            raise self.full()
-
-    def full(self) -> OSError:
-        return posix(errno.ENOSPC, f"the data dir has {self.free} bytes free and keeps "
-                     f"{self.reserve} (fs.reserve_bytes) in reserve")
-
-    def try_take(self, need: int) -> bool:
-        reserve = self.reserve
-        if reserve == 0:
-            return True
-        left = self.free - need
-        if left < self.low or monotonic() >= self.fresh_until:
-            self.read()
-            left = self.free - need
-        if left < reserve:
-            return False
-        self.free = left
-        return True
-
-    def check_age(self) -> None:
-        """Read statvfs afresh if the reading is older than ``SPACE_TTL_S``."""
-        if monotonic() >= self.fresh_until:
-            self.read()
-
-    def read(self) -> None:
-        where = self.path
-        while not os.path.isdir(where):  # no volume yet: the dir it will be made in
-            where = os.path.dirname(where)
-        st = os.statvfs(where)
-        self.free = st.f_bavail * st.f_frsize - self.held
-        self.fresh_until = monotonic() + SPACE_TTL_S
-
-    def hold(self, need: int) -> bool:
-        """Promise ``need`` bytes to a snapshot until :meth:`release`; False if no room."""
-        if not self.try_take(need):
-            return False
-        self.held += need
-        return True
-
-    def release(self, need: int) -> None:
-        """The snapshot is written (or given up): read statvfs afresh next time."""
-        self.held -= need
-        if self.reserve:
-            self.fresh_until = -math.inf
-
-
-def _int(value: Any, what: str) -> int:
-    if type(value) is not int:
-        raise InvalidParameter(f"{what} must be an integer, not {type(value).__name__}")
-    return value
-
-
-def _data(value: Any) -> bytes:
-    if type(value) is bytes:
-        return value
-    if type(value) is bytearray:
-        return bytes(value)
-    raise InvalidParameter(f"data must be bytes, not {type(value).__name__}")
-
-
-def _mode(value: Any) -> int:
-    mode = _int(value, "mode")
-    if mode < 0:
-        raise InvalidParameter("mode must not be negative")
-    return mode
-
-
-def _bool(value: Any, what: str) -> bool:
-    if type(value) is not bool:
-        raise InvalidParameter(f"{what} must be true or false, not {type(value).__name__}")
-    return value
-
-
-def _str(value: Any, what: str) -> str:
-    if type(value) is not str:
-        raise InvalidParameter(f"{what} must be a string, not {type(value).__name__}")
-    return value
 
 
 class FsSubsystem(Subsystem):
@@ -207,14 +96,10 @@ class FsSubsystem(Subsystem):
         """The time of this turn's changes, 0 until its first change (:meth:`_time`)."""
         self._pending_error: OSError | None = None
         self._batch_timer: asyncio.TimerHandle | None = None
-        self.snapshots = self.snapshot_failures = 0
-        self.snapshot_seconds = 0.0
-        self._snapshotter = Snapshotter(ctx.loop, self._snapshot_done)
-        self._held: dict[Volume, tuple[int, float]] = {}  # snapshots being written:
-        # bytes of disk held for each, and when it started
         self.unnamed: dict[str, str] = {}
         """Volume directories that could not be loaded, not even their name: why."""
         self._space = FreeSpace(str(ctx.data_dir), config.reserve_bytes)
+        self._snapshots = SnapshotSchedule(ctx.loop, self._space, config.fsync != "never")
         self._max_reply = ctx.config.rpc.max_message_bytes - REPLY_OVERHEAD
 
     def methods(self) -> list[Method]:
@@ -320,8 +205,8 @@ class FsSubsystem(Subsystem):
         return volume.tree.read_file(comps, self._max_reply)
 
     def pread(self, path: Any, offset: Any, size: Any) -> bytes:
-        _int(offset, "offset")
-        _int(size, "size")
+        int_param(offset, "offset")
+        int_param(size, "size")
         volume, comps = self._resolve(path)
         if volume is None:
             raise posix(errno.EISDIR, "/")
@@ -354,7 +239,7 @@ class FsSubsystem(Subsystem):
     # -- changes -----------------------------------------------------------------------------
 
     def mkdir(self, path: Any, mode: Any = 0o755) -> None:
-        perm = _mode(mode) & 0o1777  # as Linux: mkdir drops setuid/setgid
+        perm = mode_param(mode) & 0o1777  # as Linux: mkdir drops setuid/setgid
         name, comps = parse(path)
         if name is None:
             raise posix(errno.EEXIST, "/")
@@ -382,7 +267,7 @@ class FsSubsystem(Subsystem):
         1.4 us handler.  Anything else takes :meth:`_change`, which checks the space the
         long way."""
         if type(data) is not bytes:
-            data = _data(data)
+            data = bytes_param(data)
         try:
             volume, comps = self._resolved[path]
         except (KeyError, TypeError):
@@ -415,9 +300,9 @@ class FsSubsystem(Subsystem):
         would replace the other client's file), and a client may send its writes right
         behind a create it has not seen answered: ``truncate`` empties the file in the
         same request, never after them."""
-        perm = _mode(mode) & 0o7777
-        _bool(exclusive, "exclusive")
-        _bool(truncate, "truncate")
+        perm = mode_param(mode) & 0o7777
+        bool_param(exclusive, "exclusive")
+        bool_param(truncate, "truncate")
         volume, comps = self._resolve(path, True)
         if volume is None:
             raise posix(errno.EISDIR, "/")
@@ -442,8 +327,8 @@ class FsSubsystem(Subsystem):
         return stat_of(node)
 
     def pwrite(self, path: Any, offset: Any, data: Any) -> int:
-        _int(offset, "offset")
-        data = _data(data)
+        int_param(offset, "offset")
+        data = bytes_param(data)
         volume, comps = self._resolve(path)
         if volume is None:
             raise posix(errno.EISDIR, "/")
@@ -451,7 +336,7 @@ class FsSubsystem(Subsystem):
         return count
 
     def truncate(self, path: Any, size: Any) -> None:
-        if _int(size, "size") < 0:
+        if int_param(size, "size") < 0:
             raise posix(errno.EINVAL, "negative size")  # before the lookup, as Linux
         volume, comps = self._resolve(path)
         if volume is None:
@@ -476,7 +361,7 @@ class FsSubsystem(Subsystem):
 
     def symlink(self, path: Any, target: Any) -> None:
         """Create the symlink ``path`` holding ``target`` (stored, never followed)."""
-        _str(target, "target")
+        str_param(target, "target")
         if not target or "\0" in target:
             raise posix(errno.ENOENT if not target else errno.EINVAL, "symlink target")
         if len(target.encode("utf-8")) >= 4096:
@@ -487,7 +372,7 @@ class FsSubsystem(Subsystem):
         self._change(volume, 0, SYMLINK, (target, comps, volume.tree.next_ino, self._time()))
 
     def chmod(self, path: Any, mode: Any) -> None:
-        perm = _mode(mode) & 0o7777
+        perm = mode_param(mode) & 0o7777
         volume, comps = self._resolve(path)
         if volume is None:
             raise posix(errno.EPERM, "/ is virtual")
@@ -495,7 +380,7 @@ class FsSubsystem(Subsystem):
 
     def utime(self, path: Any, mtime_ns: Any) -> None:
         """Set the modification time (ctime moves to now, as Linux's utimensat)."""
-        if not -INT64 <= _int(mtime_ns, "mtime_ns") < INT64:
+        if not -INT64 <= int_param(mtime_ns, "mtime_ns") < INT64:
             raise posix(errno.EINVAL, "mtime_ns out of range")
         volume, comps = self._resolve(path)
         if volume is None:
@@ -560,8 +445,7 @@ class FsSubsystem(Subsystem):
         self._dirty.pop(volume, None)
         self._unsynced.discard(volume)
         self._open.pop(volume, None)
-        self._snapshotter.cancel(volume)
-        self._space.release(self._held.pop(volume, (0, 0.0))[0])
+        self._snapshots.cancel(volume)
 
     # -- group commit ------------------------------------------------------------------------
 
@@ -642,43 +526,10 @@ class FsSubsystem(Subsystem):
                 self._changed(volume, sync=True)
 
     def _snapshot(self, volume: Volume) -> None:
-        """Restart the volume's journal from a snapshot: written by a forked child where
-        the kernel is one thread (:mod:`.snapshotter`), inline otherwise."""
-        snapshotter = self._snapshotter
-        if snapshotter.busy(volume):
-            return
-        need = volume.tree.bytes_used + SNAPSHOT_INODE_BYTES * volume.tree.inodes
-        if not self._space.hold(need):
-            # No room for it: the journal goes on growing (and ENOSPC refuses changes
-            # before it runs out).  Retry once the journal has grown as much again.
-            volume.snapshot_bytes = max(volume.snapshot_bytes, volume.journal.size)
-            return
-        self._held[volume] = (need, perf_counter())
-        try:
-            durable_switch = self.config.fsync != "never"
-            if snapshotter.can_fork():
-                if not snapshotter.start(volume, durable_switch):
-                    self._space.release(self._held.pop(volume)[0])
-                    return  # another volume's snapshot is being written: next flush
-            else:
-                volume.snapshot(durable_switch)
-                self._snapshot_done(volume, None)
-        except OSError as exc:
-            self._snapshot_done(volume, exc)
-        self._open.pop(volume, None)
-
-    def _snapshot_done(self, volume: Volume, error: Exception | None) -> None:
-        need, started = self._held.pop(volume, (0, perf_counter()))
-        self._space.release(need)
-        if error is None:
-            self.snapshots += 1
-            self.snapshot_seconds += perf_counter() - started
-            return
-        # The journals are whole and durable; only restart time suffers.  Retry once the
-        # journal has grown as much again.
-        self.snapshot_failures += 1
-        log.error("volume %r: snapshot failed: %s", volume.name, error)
-        volume.snapshot_bytes = max(volume.snapshot_bytes, volume.journal.size)
+        """Restart the volume's journal from a snapshot (:mod:`.snapshot_schedule`); once
+        switched, the journal :attr:`_open` counted is no longer the volume's."""
+        if self._snapshots.start(volume):
+            self._open.pop(volume, None)
 
     def _keep_open(self, volume: Volume) -> None:
         """Bound open journal descriptors: close the least recently written beyond the cap."""
@@ -716,7 +567,7 @@ class FsSubsystem(Subsystem):
         if slot in self.by_slot:
             return
         for directory in store.volume_dirs(store.slot_dir(self.ctx.data_dir, slot)):
-            volume = yield from self._loading_volume(directory)
+            volume = yield from loading_volume(directory, self.limits, self.unnamed)
             if volume is None:
                 continue
             if volume.name in self.volumes:
@@ -724,33 +575,6 @@ class FsSubsystem(Subsystem):
                           volume.name)
                 continue
             self._add(slot, volume)
-
-    def _loading_volume(self, directory: str) -> Steps[Volume | None]:
-        """Load one volume; one bad file never hides the whole volume.  A volume that
-        cannot be fully recovered is served read-only from what can be read (EROFS on
-        changes), or, if even that fails, refuses every call with EIO naming the damage;
-        either way it is reported in ``kernel.stats`` (``fs.damaged``) and the log."""
-        try:
-            return (yield from Volume.loading(directory, self.limits))
-        except Exception as exc:  # damage must neither stop the kernel nor hide the volume
-            log.exception("%s: cannot recover this volume", directory)
-            why = f"recovery failed: {exc}"
-        name = find_name(directory)
-        if name is None:
-            log.error("%s: no readable volume name (name file and snapshot damaged); "
-                      "not served", directory)
-            self.unnamed[directory] = why
-            return None
-        try:
-            volume = Volume.salvage(directory, name, why)
-            log.error("volume %r: serving read-only what could be read: %s", name,
-                      volume.read_only)
-        except Exception as exc:
-            log.error("volume %r: nothing can be read (%s); every call gets EIO", name, exc)
-            volume = Volume(name, directory, Tree.new(name, 0, 0), Journal(os.devnull, 0),
-                            -1, 0)
-            volume.failed = f"{why}; salvage failed: {exc}"
-        return volume
 
     def release_slot(self, slot: int) -> None:
         prefix = store.slot_dir(self.ctx.data_dir, slot) + os.sep
@@ -767,7 +591,7 @@ class FsSubsystem(Subsystem):
                 self._request_flush()
 
     def close(self) -> None:
-        self._snapshotter.close()
+        self._snapshots.close()
         if self._batch_timer is not None:
             self._batch_timer.cancel()
             self._batch_timer = None
@@ -796,11 +620,11 @@ class FsSubsystem(Subsystem):
             "journal_bytes": sum(v.journal.size + v.journal.pending for v in volumes),
             "failed": sum(1 for v in volumes if v.failed is not None),
             "read_only": sum(1 for v in volumes if v.read_only is not None),
-            "snapshots": self.snapshots,
-            "snapshot_seconds": self.snapshot_seconds,
-            "snapshot_failures": self.snapshot_failures,
-            "snapshots_running": len(self._snapshotter.jobs),
-            "journals_removing": len(self._snapshotter.removals),
+            "snapshots": self._snapshots.count,
+            "snapshot_seconds": self._snapshots.seconds,
+            "snapshot_failures": self._snapshots.failures,
+            "snapshots_running": len(self._snapshots.writer.jobs),
+            "journals_removing": len(self._snapshots.writer.removals),
             "damaged": {**{v.name: v.failed or v.read_only for v in volumes
                            if v.failed is not None or v.read_only is not None},
                         **self.unnamed},

@@ -43,12 +43,12 @@ async def test_a_snapshot_is_written_by_a_child_while_the_kernel_goes_on(
     fs, directory = kernel.api, volume_dir(tmp_path, "v")
     fs.mkdir("/v")
     fs.write_file("/v/big", b"b" * (2 * MIB))   # the journal passes 1 MiB: a snapshot
-    jobs = kernel.fs._snapshotter.jobs
+    jobs = kernel.fs._snapshots.writer.jobs
     assert len(jobs) == 1                        # the flush returned; a child writes it
     (job,) = jobs.values()
     assert job.pid != os.getpid()
     fs.write_file("/v/after", b"during the snapshot")  # served meanwhile, next journal
-    snapshotter = kernel.fs._snapshotter
+    snapshotter = kernel.fs._snapshots.writer
     await until(lambda: not jobs and not snapshotter.removals)
     assert kernel.fs.stats()["snapshots"] == 1
     assert files_of(directory) == ["VOLUME", "journal.1", "snapshot"]
@@ -68,7 +68,7 @@ async def test_a_crash_while_the_child_writes_loses_nothing(tmp_path: Path) -> N
     fs.mkdir("/v")
     fs.write_file("/v/big", b"b" * (2 * MIB))
     fs.write_file("/v/after", b"in journal.1")
-    kernel.fs._snapshotter.close()  # the kernel dies: its child is killed with it
+    kernel.fs._snapshots.writer.close()  # the kernel dies: its child is killed with it
     assert "journal.0" in files_of(directory) and "journal.1" in files_of(directory)
     kernel.crash()                   # recovery replays journal.0, then journal.1
     assert kernel.api.read_file("/v/big") == b"b" * (2 * MIB)
@@ -85,7 +85,7 @@ async def test_a_failed_child_leaves_the_journals_whole(tmp_path: Path) -> None:
     fs.mkdir("/v")
     os.mkdir(directory / "snapshot.tmp.1")  # where the child must write: it fails
     fs.write_file("/v/big", b"b" * (2 * MIB))
-    await until(lambda: not kernel.fs._snapshotter.jobs)
+    await until(lambda: not kernel.fs._snapshots.writer.jobs)
     os.rmdir(directory / "snapshot.tmp.1")
     assert kernel.fs.stats()["snapshot_failures"] == 1
     fs.write_file("/v/after", b"still written")
@@ -123,13 +123,13 @@ async def test_with_fsync_never_starting_a_snapshot_syncs_nothing_on_the_loop(
     fs.mkdir("/v")
     calls = fsyncs_of(monkeypatch)
     fs.write_file("/v/big", b"b" * (2 * MIB))   # its flush starts the snapshot
-    assert len(kernel.fs._snapshotter.jobs) == 1
+    assert len(kernel.fs._snapshots.writer.jobs) == 1
     if policy == "never":
         # The old journal's 2 MiB are fdatasynced by the child, off the loop.
         assert calls == []
     else:  # the write itself, and the new journal's file and name (the test can fail)
         assert calls.count("fdatasync") == 1 and calls.count("fsync") == 2
-    snapshotter = kernel.fs._snapshotter
+    snapshotter = kernel.fs._snapshots.writer
     await until(lambda: not snapshotter.jobs and not snapshotter.removals)
     monkeypatch.undo()
     kernel.crash()

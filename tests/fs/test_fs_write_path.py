@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 from fs_harness import FakeKernel
 
-from kernelfarm.fs import subsystem
+from kernelfarm.fs import space
 
 KIB = 1024
 BLOCK = 4096
@@ -50,7 +50,7 @@ def test_a_stale_free_space_reading_is_read_again_at_the_next_turn(
 
     clock = [1000.0]
     monkeypatch.setattr(os, "statvfs", statvfs)
-    monkeypatch.setattr(subsystem, "monotonic", lambda: clock[0])
+    monkeypatch.setattr(space, "monotonic", lambda: clock[0])
     kernel = FakeKernel(tmp_path, reserve_bytes=256 * KIB)
     kernel.api.mkdir("/v")
     readings.clear()
@@ -59,7 +59,7 @@ def test_a_stale_free_space_reading_is_read_again_at_the_next_turn(
     assert readings == []
     fields[4] = 100 * KIB // BLOCK  # another process filled the disk...
     kernel.api.write_file("/v/f0", b"y" * 16)  # ...unnoticed while the reading is fresh
-    clock[0] += subsystem.SPACE_TTL_S
+    clock[0] += space.SPACE_TTL_S
     assert kernel.errno_of("fs.write_file", "/v/f0", b"z" * 16) == errno.ENOSPC
     assert readings  # read again: older than SPACE_TTL_S
     assert kernel.api.read_file("/v/f0") == b"y" * 16  # the refused write changed nothing
