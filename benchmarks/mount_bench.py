@@ -11,7 +11,11 @@ noisy; back to back, both meet the same load and the same state of the host's me
 - small-files: 10,000 files of 100 bytes created (open, write, close), then all
   ``stat``-ed (files/s over both phases);
 - cp-a: ``cp -a`` of a source tree (this project's package and tests) into the file
-  system (seconds; lower is better).
+  system (seconds per copy; lower is better).  One copy lasts about 0.1-0.3 s, too
+  short for a steady figure on a shared machine, so each round makes ``--copies`` of
+  them on each side, interleaved copy by copy (which side goes first alternates), and
+  the round's figure is the mean per copy: not the fastest copy, and both sides meet
+  the same minutes.
 
 Each round also records the CPU seconds each side spent (``cpu`` in the JSON, printed per
 round): the file-system process (the mount or the passthrough), the farm (its supervisor
@@ -28,14 +32,15 @@ The farm runs 2 kernels with ``[fs] max_file_bytes`` raised to fit the 256 MiB f
 cache).  Results: ``results/mount_bench.json`` (the best round of each, and every round
 under ``rounds``), ``.md`` and ``.png``.
 
-    python benchmarks/mount_bench.py [--size-mib 256] [--files 10000] [--repeat 2]
-                                     [--fsync never|batch|always] [--out DIR]
+    python benchmarks/mount_bench.py [--size-mib 256] [--files 10000] [--copies 5]
+                                     [--repeat 2] [--fsync never|batch|always] [--out DIR]
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import os
 import shutil
 import signal
@@ -130,9 +135,9 @@ def small_files(root: Path, count: int) -> float:
     return count / (time.perf_counter() - started)
 
 
-def cp_tree(root: Path, source: Path) -> float:
+def cp_tree(root: Path, source: Path, copy: int = 0) -> float:
     started = time.perf_counter()
-    subprocess.run(["cp", "-a", str(source), str(root / "tree")], check=True)
+    subprocess.run(["cp", "-a", str(source), str(root / f"tree{copy}")], check=True)
     return time.perf_counter() - started
 
 
@@ -186,10 +191,11 @@ def measured(step: Callable[[Path], float], system: System
 
 def run_all(systems: dict[str, System], args: argparse.Namespace, source: Path,
             console: Console, every: dict[str, dict[str, list[float]]],
-            costs: dict[str, dict[str, list[dict[str, float]]]]
-            ) -> dict[str, dict[str, float]]:
-    """The best round of each workload on each system; ``every`` gets all rounds, and
-    ``costs`` each round's CPU seconds by side."""
+            costs: dict[str, dict[str, list[dict[str, float]]]],
+            each_copy: dict[str, list[list[float]]]) -> dict[str, dict[str, float]]:
+    """The best round of each workload on each system; ``every`` gets all rounds,
+    ``costs`` each round's CPU seconds by side, and ``each_copy`` cp -a's copies of each
+    round by system."""
     size = args.size_mib * MIB
     best: dict[str, dict[str, float]] = {name: {} for name, _, _ in WORKLOADS}
     higher = {name: up for name, _, up in WORKLOADS}
@@ -201,22 +207,37 @@ def run_all(systems: dict[str, System], args: argparse.Namespace, source: Path,
         if old is None or (value > old if higher[workload] else value < old):
             best[workload][system] = value
 
-    steps: list[tuple[str, Callable[[Path], float]]] = [
-        ("seq-write", lambda r: seq_write(r, size)),
-        ("seq-read", lambda r: seq_read(r, size)),
-        ("small-files", lambda r: small_files(r, args.files)),
-        ("cp-a", lambda r: cp_tree(r, source))]
+    # (workload, step on a root and a copy number, copies per round and side)
+    steps: list[tuple[str, Callable[..., float], int]] = [
+        ("seq-write", lambda r, copy: seq_write(r, size), 1),
+        ("seq-read", lambda r, copy: seq_read(r, size), 1),
+        ("small-files", lambda r, copy: small_files(r, args.files), 1),
+        ("cp-a", lambda r, copy: cp_tree(r, source, copy), args.copies)]
     for round_ in range(args.repeat):
         order = list(systems.items())
         if round_ % 2:
             order.reverse()
-        for workload, step in steps:
-            for name, system in order:
-                value, cpu = measured(step, system)
-                spent = "  ".join(f"{side} {seconds:.2f}" for side, seconds in cpu.items())
-                console.print(f"round {round_ + 1} {name:<12} {workload:<12} {value:10.2f}"
-                              f"   cpu s: {spent}", soft_wrap=True)
+        for workload, step, copies in steps:
+            values: dict[str, list[float]] = {name: [] for name in systems}
+            spent: dict[str, dict[str, float]] = {name: {} for name in systems}
+            for copy in range(copies):  # interleaved: the first side alternates by copy
+                for name, system in (order if copy % 2 == 0 else order[::-1]):
+                    value, cpu = measured(functools.partial(step, copy=copy), system)
+                    values[name].append(value)
+                    for side, seconds in cpu.items():
+                        total = spent[name].get(side, 0.0)
+                        spent[name][side] = seconds if side == "load" else total + seconds
+            for name, _ in order:
+                value = statistics.fmean(values[name])
+                cpu = {side: round(seconds, 3) for side, seconds in spent[name].items()}
+                shown = "  ".join(f"{side} {seconds:.2f}" for side, seconds in cpu.items())
+                each = "" if copies == 1 else \
+                    "   copies: " + " ".join(f"{v:.3f}" for v in values[name])
+                console.print(f"round {round_ + 1} {name:<12} {workload:<12} {value:10.3f}"
+                              f"   cpu s: {shown}{each}", soft_wrap=True)
                 keep(workload, name, value, cpu)
+                if copies > 1:
+                    each_copy.setdefault(name, []).append([round(v, 3) for v in values[name]])
         for system in systems.values():
             clean(system.root)
     return best
@@ -236,6 +257,7 @@ def ratio(workload: str, values: dict[str, float]) -> float:
 
 def report(best: dict[str, dict[str, float]], every: dict[str, dict[str, list[float]]],
            costs: dict[str, dict[str, list[dict[str, float]]]],
+           each_copy: dict[str, list[list[float]]],
            meta: dict[str, Any], host: dict[str, Any], out: Path, console: Console) -> None:
     rows = []
     for workload, unit, up in WORKLOADS:
@@ -250,7 +272,8 @@ def report(best: dict[str, dict[str, float]], every: dict[str, dict[str, list[fl
                      "median_share": round(ratio(workload, medians), 3),
                      "server_cpu_x_passthrough": round(
                          spent["mount"] / max(spent["passthrough"], 0.001), 2)})
-    write_raw(out, "mount_bench", {**meta, "results": rows, "rounds": every, "cpu": costs},
+    write_raw(out, "mount_bench", {**meta, "results": rows, "rounds": every, "cpu": costs,
+                                       "cp_a_copies": each_copy},
               host=host)
     lines = ["| workload | kernelfarm mount | pyfuse3 passthrough | mount / passthrough "
              "| of the medians | server CPU x passthrough |",
@@ -297,13 +320,15 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--size-mib", type=int, default=256)
     parser.add_argument("--files", type=int, default=10_000)
+    parser.add_argument("--copies", type=int, default=5,
+                        help="cp -a copies per round and side (the round's figure: their mean)")
     parser.add_argument("--repeat", type=int, default=2)
     parser.add_argument("--fsync", choices=("never", "batch", "always"), default="never")
     parser.add_argument("--out", type=Path, default=RESULTS_DIR)
     args = parser.parse_args()
     console = Console()
     host = machine()
-    meta = {"size_mib": args.size_mib, "files": args.files,
+    meta = {"size_mib": args.size_mib, "files": args.files, "cp_copies": args.copies,
             "repeat": args.repeat, "farm": {"kernels": 2, "fsync": args.fsync}}
     with tempfile.TemporaryDirectory(prefix="mount-bench-") as tmp:
         scratch = Path(tmp)
@@ -325,10 +350,11 @@ def main() -> None:
             (farm_root / "bench").mkdir()
             every: dict[str, dict[str, list[float]]] = {}
             costs: dict[str, dict[str, list[dict[str, float]]]] = {}
+            each_copy: dict[str, list[list[float]]] = {}
             best = run_all({"mount": System(farm_root / "bench", mount_pid, served.pid),
                             "passthrough": System(pt_root, pt_pid)},
-                           args, source, console, every, costs)
-    report(best, every, costs, meta, host, args.out, console)
+                           args, source, console, every, costs, each_copy)
+    report(best, every, costs, each_copy, meta, host, args.out, console)
 
 
 if __name__ == "__main__":
