@@ -290,8 +290,10 @@ class LoadConnection(asyncio.Protocol):
             self._hold -= len(stamps)
             record = self._histogram.record
             highest = self._histogram.highest
-            for sent_ns, n in collections.Counter(stamps).items():
-                record(min(now - sent_ns, highest), n)
+            # One step per send batch (a read's replies come from one or a few): a set
+            # and a count per batch, where a Counter cost about 1 µs per read.
+            for sent_ns in set(stamps):
+                record(min(now - sent_ns, highest), stamps.count(sent_ns))
         if self._running and out:
             assert self._transport is not None
             self._transport.write(b"".join(out))
