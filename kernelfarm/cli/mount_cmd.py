@@ -16,7 +16,7 @@ import sys
 import time
 
 from kernelfarm.cli.common import add_client_options, client_token, control_address
-from kernelfarm.mount.mtab import is_mounted
+from kernelfarm.mount.mtab import FS_TYPE, fs_type, is_mounted
 
 UNMOUNT_DEADLINE_S = 10.0
 
@@ -57,10 +57,17 @@ def run_mount(args: argparse.Namespace) -> int:
 
 def run_umount(args: argparse.Namespace) -> int:
     """``fusermount3 -u``; the mount process sends its pending writes and exits.  Also
-    clears the mount point of a mount process that died."""
+    clears the mount point of a mount process that died.  Anything else mounted there is
+    left alone: as root, ``fusermount3 -u`` unmounts whatever it is given (``/proc``, a
+    tmpfs), and a mistyped path must not take a file system away."""
     mountpoint = os.path.abspath(args.mountpoint)
-    if not is_mounted(mountpoint):
+    mounted = fs_type(mountpoint)
+    if mounted is None:
         print(f"kernelfarm umount: {args.mountpoint}: not mounted", file=sys.stderr)
+        return 1
+    if mounted != FS_TYPE:
+        print(f"kernelfarm umount: {args.mountpoint}: not a kernelfarm mount ({mounted}); "
+              "left alone", file=sys.stderr)
         return 1
     tool = shutil.which("fusermount3") or shutil.which("fusermount")
     command = [tool, "-u", mountpoint] if tool else ["umount", mountpoint]

@@ -10,6 +10,8 @@ import os
 
 MOUNTS = "/proc/self/mounts"
 MOUNTINFO = "/proc/self/mountinfo"
+FS_TYPE = "fuse.kernelfarm"
+"""What the table says of a kernelfarm mount (``subtype=kernelfarm``), dead or alive."""
 
 
 def _unescape(field: str) -> str:
@@ -20,9 +22,19 @@ def _unescape(field: str) -> str:
 
 
 def is_mounted(path: str | os.PathLike[str]) -> bool:
+    return fs_type(path) is not None
+
+
+def fs_type(path: str | os.PathLike[str]) -> str | None:
+    """The type of what is mounted at ``path`` last (the mount on top), or None."""
     target = os.path.abspath(path)
+    found = None
     with open(MOUNTS) as table:
-        return any(_unescape(line.split()[1]) == target for line in table if line.strip())
+        for line in table:
+            fields = line.split()
+            if len(fields) > 2 and _unescape(fields[1]) == target:
+                found = fields[2]
+    return found
 
 
 def device_of(path: str | os.PathLike[str]) -> str | None:
