@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import ipaddress
+import math
 import os
 import tomllib
 import types
@@ -31,6 +32,9 @@ from kernelfarm.settings import setting
 
 DEFAULT_CONTROL = "127.0.0.1:7400"
 DEFAULT_METRICS = "127.0.0.1:9400"
+INT64 = 2**63
+"""Integers must fit in 64 bits: the boot message carries the config to each kernel in
+msgpack, which cannot encode more (every kernel then failed to boot)."""
 
 
 def _check_kernels(value: Any) -> None:
@@ -180,8 +184,9 @@ def _type_ok(value: Any, annotation: Any) -> bool:
     if origin in (list, tuple):
         (item, *_rest) = typing.get_args(annotation)
         return isinstance(value, (list, tuple)) and all(_type_ok(v, item) for v in value)
-    if annotation is float:
-        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if annotation is float:  # nan passes every bound and inf overflows a timer: neither
+        return (isinstance(value, (int, float)) and not isinstance(value, bool)
+                and math.isfinite(value))
     if annotation is int:
         return isinstance(value, int) and not isinstance(value, bool)
     return isinstance(value, annotation)
@@ -193,8 +198,12 @@ def _describe(annotation: Any) -> str:
         return " or ".join(_toml_value(a) for a in typing.get_args(annotation))
     if origin in (typing.Union, types.UnionType):
         return " or ".join(_describe(a) for a in typing.get_args(annotation))
+    if origin in (list, tuple):
+        item = typing.get_args(annotation)[0]
+        return "a list of " + {str: "strings", int: "integers"}.get(item, _describe(item))
     return {bool: "true or false", str: "a string", int: "an integer",
-            float: "a number"}.get(annotation, getattr(annotation, "__name__", str(annotation)))
+            float: "a finite number"}.get(annotation,
+                                          getattr(annotation, "__name__", str(annotation)))
 
 
 def _unknown(what: str, name: str, known: Any) -> str:
@@ -226,6 +235,10 @@ def _build_section(name: str, cls: type, table: Any, source: str,
         if not _type_ok(value, annotation):
             problems.append(ConfigError(f"{source}: {where} must be {_describe(annotation)}, "
                                         f"got {_toml_value(value)}", key=where))
+            continue
+        if type(value) is int and not -INT64 <= value < INT64:
+            problems.append(ConfigError(f"{source}: {where} is out of range (a 64-bit "
+                                        f"integer), got {_toml_value(value)}", key=where))
             continue
         meta = fields[key].metadata
         minimum = meta.get("minimum")

@@ -35,12 +35,22 @@ def test_the_committed_default_file_documents_every_key_with_its_default() -> No
     ("[rpc]\nmax_inflight = 0\n", "rpc.max_inflight"),
     ("[rpc]\nmax_inflight = \"10\"\n", "rpc.max_inflight"),
     ("[supervisor]\nheartbeat_interval = true\n", "supervisor.heartbeat_interval"),
+    # nan passes every bound; inf overflows timers; an int past 64 bits failed every boot
+    ("[supervisor]\nheartbeat_interval = nan\n", "supervisor.heartbeat_interval"),
+    ("[supervisor]\nheartbeat_timeout = inf\n", "supervisor.heartbeat_timeout"),
+    ("[rpc]\nmax_message_bytes = 99999999999999999999\n", "rpc.max_message_bytes"),
     ("[nosuch]\nx = 1\n", "nosuch"),
 ])
 def test_bad_config_names_the_key(tmp_path: Path, text: str, key: str) -> None:
     with pytest.raises(ConfigError) as info:
         configuration.load(write(tmp_path, text))
     assert key in info.value.message and info.value.key == key
+
+
+def test_a_list_key_of_the_wrong_item_type_says_what_it_takes(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError) as info:
+        configuration.load(write(tmp_path, "[net]\nallow_ports = [80]\n"))
+    assert info.value.message.endswith("net.allow_ports must be a list of strings, got [80]")
 
 
 def test_invalid_toml_and_missing_file_are_config_errors(tmp_path: Path) -> None:
