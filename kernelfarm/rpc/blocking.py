@@ -71,8 +71,9 @@ class BlockingConnection:
         msgid = self._next_id
         self._next_id = (msgid + 1) & MSGID_MAX
         deadline = None if timeout is None else time.monotonic() + timeout
+        request = encode_request(msgid, method, params)  # params it refuses spare the socket
         try:
-            self._sock.sendall(encode_request(msgid, method, params))
+            self._sock.sendall(request)
             error, result = self._wait_reply(msgid, method, deadline)
         except KernelfarmError:  # first: Timeout and ConnectionLost are OSErrors too
             self.close()

@@ -110,12 +110,13 @@ class RpcClientConnection(asyncio.BaseProtocol):
             future.set_exception(self._failure or ConnectionLost("not connected"))
             return future
         msgid = self._next_id
+        parts = encode_request_parts(msgid, method, params)  # first: it may refuse them
         self._next_id = (msgid + 1) & MSGID_MAX
         self._pending[msgid] = future
         corked = self._corked
         if not corked:
             loop.call_soon(self._uncork)
-        corked += encode_request_parts(msgid, method, params)
+        corked += parts
         return future
 
     def _uncork(self) -> None:

@@ -23,7 +23,9 @@ from typing import Any, Callable, Iterator, NamedTuple
 import msgpack
 import msgspec
 
-from kernelfarm.errors import MessageTooBig, ProtocolError, internal_error, preview
+from kernelfarm.errors import (
+    InvalidParameter, MessageTooBig, ProtocolError, internal_error, preview,
+)
 
 ERROR_NOTIFICATION = "rpc.error"
 """Notification a server sends before closing a stream it cannot decode (no msgid to answer)."""
@@ -159,7 +161,14 @@ def stream_error(exc: Exception, max_message_bytes: int) -> ProtocolError:
 
 
 def encode_request(msgid: int, method: str, params: list[Any] | tuple[Any, ...]) -> bytes:
-    data: bytes = msgpack.packb([MessageType.REQUEST, msgid, method, list(params)])
+    """A request's bytes; parameters msgpack cannot carry (an int past 64 bits, an object
+    of no msgpack type, nesting too deep) are the caller's ``EINVAL``, naming the method,
+    not msgpack's bare ``OverflowError`` (which the command line showed as a traceback)."""
+    try:
+        data: bytes = msgpack.packb([MessageType.REQUEST, msgid, method, list(params)])
+    except (OverflowError, TypeError, ValueError) as exc:
+        raise InvalidParameter(f"{preview(method)}: cannot encode its parameters: {exc}"
+                               ) from exc
     return data
 
 
