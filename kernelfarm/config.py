@@ -125,8 +125,9 @@ class SupervisorConfig:
                                          "the kernel's loop)", minimum=0.05)
     scale_batch_slots: int = setting(256, "slots moved per step when scaling live: each "
                                      "step pauses writes to its slots only", minimum=1)
-    max_kernels: int = setting(0, "most kernels `scale` may ask for; 0 = four per allowed "
-                               "core (never more than the 16384 slots)", minimum=0)
+    max_kernels: int = setting(0, "most kernels `scale` may ask for and `serve` may start "
+                               "(or threads, in locked mode); 0 = four per allowed core "
+                               "(never more than the 16384 slots)", minimum=0)
 
 
 @dataclass(frozen=True)

@@ -74,6 +74,12 @@ class MigrationRecord:
         return record
 
 
+def most_kernels(configured: int, cores: int) -> int:
+    """``supervisor.max_kernels``, or four per allowed core; never above the slots.  The
+    bound of ``scale`` and of what ``serve`` starts (kernels, or a locked kernel's threads)."""
+    return min(configured or 4 * cores, NSLOTS)
+
+
 class Scaler:
     """Carries out scale operations for its supervisor, one at a time.
 
@@ -99,9 +105,7 @@ class Scaler:
         self._driver: asyncio.Future[dict[str, Any]] | None = None
 
     def max_kernels(self) -> int:
-        """``supervisor.max_kernels``, or four per allowed core; never above the slots."""
-        configured = self.sup.config.supervisor.max_kernels
-        return min(configured or 4 * len(self.sup.cores), NSLOTS)
+        return most_kernels(self.sup.config.supervisor.max_kernels, len(self.sup.cores))
 
     async def scale(self, n: int) -> dict[str, Any]:
         if type(n) is not int or n < 1:

@@ -32,7 +32,7 @@ from kernelfarm.supervisor.control import ControlService
 from kernelfarm.supervisor.handle import KernelHandle, KernelState, bind_listener
 from kernelfarm.supervisor.metrics import MetricsEndpoint
 from kernelfarm.supervisor.notify import notify
-from kernelfarm.supervisor.scaling import Scaler
+from kernelfarm.supervisor.scaling import Scaler, most_kernels
 from kernelfarm.supervisor.tenants import TenantRegistry
 
 log = logging.getLogger("kernelfarm.supervisor")
@@ -57,6 +57,15 @@ class Supervisor:
         self.config = config
         self.data_dir = data_path(config)
         self.cores = allowed_cores()
+        most = most_kernels(config.supervisor.max_kernels, len(self.cores))
+        locked = config.farm.mode == "locked"
+        key = "farm.threads" if locked else "farm.kernels"
+        workers = resolve_count(config.farm.threads if locked else config.farm.kernels,
+                                self.cores)
+        if workers > most:  # refused before anything starts, as `scale` refuses it
+            raise ConfigError(f"{key} = {workers}: this farm runs at most {most} "
+                              f"(supervisor.max_kernels; 0 = four per allowed core, "
+                              f"{len(self.cores)} allowed here)", key=key)
         self.kernels: dict[int, KernelHandle] = {}
         self.table: SlotTable | None = None
         self.started = time.time()

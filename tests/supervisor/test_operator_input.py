@@ -128,3 +128,19 @@ def test_rm_r_of_the_root_is_refused(tmp_path: Path) -> None:
             assert result.returncode != 0, args
             assert "refusing to remove '/'" in result.stderr, result.stderr
         assert client.fs.read_file("/keep/f") == b"precious"
+
+
+def test_serve_refuses_more_kernels_or_threads_than_max_kernels(tmp_path: Path) -> None:
+    """`serve --kernels 100000` started them all (35 MB each), while `scale 100000` was
+    refused: the same bound now holds before anything starts or binds."""
+    most = 4 * len(os.sched_getaffinity(0))
+    for flags in (["--kernels", str(most + 1)],
+                  ["--mode", "locked", "--threads", "100000"]):
+        result = subprocess.run(
+            [sys.executable, "-m", "kernelfarm", "serve", *flags, "--data-dir",
+             str(tmp_path / "data"), "--control", "127.0.0.1:0", "--metrics", "off"],
+            capture_output=True, text=True, timeout=60)
+        assert result.returncode == 2, result.stderr
+        assert f"this farm runs at most {most} (supervisor.max_kernels" in result.stderr
+        assert "Traceback" not in result.stderr
+        assert not (tmp_path / "data").exists()  # refused before it touched the data dir
