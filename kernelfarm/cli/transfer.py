@@ -12,6 +12,7 @@ destination, never the temporary.  Large transfers draw a rich progress bar on a
 
 from __future__ import annotations
 
+import contextlib
 import os
 import posixpath
 import secrets
@@ -230,8 +231,13 @@ def get(fs: Any, sources: list[str], dest: str, recursive: bool = False,
     try:
         for remote, local, _ in files:
             partial = f"{local}.part"
-            with open(partial, "wb") as out:
-                copy_out(fs, remote, out, meter)
+            try:
+                with open(partial, "wb") as out:
+                    copy_out(fs, remote, out, meter)
+            except BaseException:  # gone meanwhile, Ctrl-C: no half file left behind
+                with contextlib.suppress(OSError):
+                    os.unlink(partial)
+                raise
             os.replace(partial, local)
     finally:
         meter.close()

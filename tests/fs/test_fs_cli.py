@@ -231,3 +231,24 @@ def test_a_too_large_upload_is_refused_before_its_data_is_sent(
         assert small.api.listdir("/v") == []  # no temporary left behind
     finally:
         small.close()
+
+
+def test_a_failed_download_leaves_no_partial_file(kernel: FakeKernel, tmp_path: Path,
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """The file went away in the middle of `get` (or Ctrl-C): no `out.part` is left behind,
+    as `put` leaves no temporary on the farm."""
+    monkeypatch.setattr(transfer, "CHUNK", 1000)
+    kernel.api.mkdir("/v")
+    kernel.api.write_file("/v/big", b"x" * 5000)
+    pread = kernel.api.pread
+
+    def vanishing(path: str, offset: int, size: int) -> bytes:
+        if offset:
+            raise FileNotFoundError(2, "No such file or directory", path)
+        return bytes(pread(path, offset, size))
+
+    monkeypatch.setattr(kernel.api, "pread", vanishing)
+    out = tmp_path / "got"
+    out.mkdir()
+    assert fs("get", "/v/big", str(out)) == 1
+    assert list(out.iterdir()) == []
