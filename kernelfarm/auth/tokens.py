@@ -33,9 +33,18 @@ def hash_token(token: str) -> str:
     return hashlib.sha256(token.encode("utf-8", "surrogatepass")).hexdigest()
 
 
+TOKEN_FILE_MAX_BYTES = 4096
+"""More than this is not a token file (``--token-file /dev/zero`` read forever)."""
+
+
 def read_token_file(path: str | os.PathLike[str]) -> str:
-    """The token in ``path`` (surrounding white space stripped); ``ValueError`` if empty."""
-    token = Path(path).read_text(encoding="utf-8").strip()
+    """The token in ``path`` (surrounding white space stripped); ``ValueError`` if empty
+    or larger than any token file."""
+    with open(path, "rb") as fh:
+        data = fh.read(TOKEN_FILE_MAX_BYTES + 1)
+    if len(data) > TOKEN_FILE_MAX_BYTES:
+        raise ValueError(f"{path} holds more than {TOKEN_FILE_MAX_BYTES} bytes: not a token")
+    token = data.decode("utf-8").strip()
     if not token:
         raise ValueError(f"{path} holds no token")
     return token

@@ -45,6 +45,17 @@ def test_a_bad_control_value_is_one_line_naming_it(capsys: pytest.CaptureFixture
         assert "Traceback" not in err
 
 
+def test_a_token_file_that_is_not_one_is_one_line(capsys: pytest.CaptureFixture[str],
+                                                  tmp_path: Path) -> None:
+    """`--token-file /dev/zero` read without end (the command grew until killed)."""
+    (tmp_path / "big").write_bytes(b"x" * 5000)
+    for path, says in (("/dev/zero", "more than 4096 bytes"),
+                       (str(tmp_path / "big"), "more than 4096 bytes"),
+                       (str(tmp_path), "Is a directory")):
+        code, _, err = run(capsys, "status", "--control", "127.0.0.1:1", "--token-file", path)
+        assert code == 2 and err.startswith("kernelfarm: --token-file: ") and says in err, err
+
+
 def test_a_bogus_log_level_is_refused_before_anything_starts(
         capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
     code, _, err = run(capsys, "serve", "--log-level", "bogus")
