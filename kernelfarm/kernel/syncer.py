@@ -131,8 +131,13 @@ def _child(sock: socket.socket, parent: int) -> None:
     """Set up the forked child: no descriptor but its socket, dies with the kernel."""
     try:
         gc.disable()  # nothing it allocates cycles; pages stay shared with the kernel
+        # Stops are its kernel's to make: SIGINT and SIGTERM sent to the whole process
+        # group (Ctrl-C, `kill -TERM -PGID`, a container runtime's stop) must not end the
+        # syncer before its kernel has stopped cleanly, or the kernel takes the lost
+        # syncer for a failed fsync and exits unacknowledged.  It ends by EOF when its
+        # kernel closes it, by PR_SET_PDEATHSIG when the kernel dies, or by SIGKILL.
         signal.signal(signal.SIGINT, signal.SIG_IGN)
-        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
         libc = ctypes.CDLL(None, use_errno=True)
         libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
         libc.prctl(PR_SET_NAME, ctypes.c_char_p(NAME), 0, 0, 0)

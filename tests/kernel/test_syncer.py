@@ -81,6 +81,34 @@ def test_a_dead_syncer_stops_its_kernel_loudly(tmp_path: Path) -> None:
         assert client.fs.read_file("/v/after") == b"served again"
 
 
+def signal_taken(pid: int) -> bool:
+    """Whether ``pid`` has no signal pending any more (handled, ignored or died of it)."""
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except FileNotFoundError:
+        return True
+    pending = [line.split()[1] for line in status.splitlines()
+               if line.startswith(("SigPnd:", "ShdPnd:"))]
+    return all(int(mask, 16) == 0 for mask in pending) or "(zombie)" in status
+
+
+def test_a_sigterm_to_the_whole_group_leaves_the_syncer_to_its_kernel(tmp_path: Path) -> None:
+    """SIGTERM to every process of the farm (``kill -TERM -PGID``, a container's stop)
+    must not end a syncer before its kernel: the kernel would take it for a failed
+    fsync and exit unacknowledged at what is a clean stop."""
+    with start_farm(tmp_path, 1) as farm:
+        client = farm.client()
+        client.fs.mkdir("/v")
+        kernel = only_kernel(farm)
+        child = syncer_of(kernel)
+        os.kill(child.pid, signal.SIGTERM)
+        wait_until(lambda: signal_taken(child.pid), what="the syncer to take the SIGTERM")
+        client.fs.write_file("/v/f", b"synced by the same syncer")  # fsync "always"
+        assert only_kernel(farm).pid == kernel.pid
+        assert syncer_of(kernel).pid == child.pid
+        assert "flush failed" not in farm.log()
+
+
 def test_the_syncer_never_answers_a_request_with_a_sync_begun_before_it(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """The child's rule, with a disk that holds the first fdatasync: a request that comes
