@@ -82,6 +82,11 @@ class FsSubsystem(Subsystem):
                              config.volume_max_inodes)
         self.volumes: dict[str, Volume] = {}
         self.by_slot: dict[int, dict[str, Volume]] = {}
+        self._stats: dict[str, msgspec.Raw] = {}
+        """Kept ``fs.stat`` results of every volume served, by path: what each volume
+        keeps (``Volume.stats``), in one table, so a kept stat is one lookup.  A volume
+        drops its own from here whenever it changes, fails or leaves
+        (``Volume.forget_stats``)."""
         self._resolved: dict[str, tuple[Volume, tuple[str, ...]]] = {}
         """Paths of volumes in service, resolved (parsed, their volume found): every fs
         call on a path served before starts with one dict lookup.  A kept volume is still
@@ -169,13 +174,20 @@ class FsSubsystem(Subsystem):
         return volume.tree.listdir(comps)
 
     def stat(self, path: Any) -> msgspec.Raw | Refusal:
-        """The stat map, encoded once and kept by the volume until its next change (a
-        stat reply is then a dict lookup and a copy); a missing path is a refusal, not
-        an exception."""
-        # _resolve inlined: a stat is the hottest request, and a frame is a quarter of it.
-        # A kept path is found by subscript, not .get() (a method call: about 100
-        # instructions more per lookup); a path not kept yet pays an exception once.
-        # Kept stat results are asked with .get(): every change of a volume drops them.
+        """The stat map, encoded once and kept until its volume changes (a stat reply is
+        then one dict lookup and a copy); a missing path is a refusal, not an exception."""
+        # A kept result is served without resolving the path: it is in _stats only while
+        # its volume is in service and unchanged (Volume.forget_stats).  Asked with
+        # .get(): every change of a volume drops its results, so misses are expected.
+        try:
+            stat = self._stats.get(path)
+        except TypeError:  # unhashable: parse() refuses it below
+            stat = None
+        if stat is not None:
+            return stat
+        # _resolve inlined: a frame costs as much as the rest of a stat.  A kept path is
+        # found by subscript, not .get() (a method call: about 100 instructions more per
+        # lookup); a path not kept yet pays an exception once.
         try:
             volume, comps = self._resolved[path]
         except (KeyError, TypeError):  # not kept, or unhashable: parse() refuses it
@@ -185,17 +197,15 @@ class FsSubsystem(Subsystem):
             if found is None:
                 return ROOT_STAT
             volume = found
-        stat = volume.stats.get(path)
-        if stat is None:
-            stats = volume.stats
-            node = volume.tree.find(comps)
-            if node is None:
-                return Refusal(errno.ENOENT, path)
-            stat = msgspec.Raw(_encode(stat_of(node)))
-            if len(path) <= KEPT_PATH_CHARS:
-                if len(stats) >= STATS_KEPT:
-                    stats.clear()
-                stats[path] = stat
+        node = volume.tree.find(comps)
+        if node is None:
+            return Refusal(errno.ENOENT, path)
+        stat = msgspec.Raw(_encode(stat_of(node)))
+        if len(path) <= KEPT_PATH_CHARS:
+            if len(volume.stats) >= STATS_KEPT:
+                volume.forget_stats()
+            volume.stats[path] = stat
+            self._stats[path] = stat
         return stat
 
     def read_file(self, path: Any) -> bytes:
@@ -431,12 +441,14 @@ class FsSubsystem(Subsystem):
         volume.destroy()
 
     def _add(self, slot: int, volume: Volume) -> None:
+        volume.stats_everywhere = self._stats
         self.volumes[volume.name] = volume
         self.by_slot.setdefault(slot, {})[volume.name] = volume
 
     def _drop(self, volume: Volume) -> None:
         del self.volumes[volume.name]
         self._resolved.clear()  # a kept path of this volume must not find it
+        volume.forget_stats()  # nor a kept stat be answered from it
         slot = key_slot(volume.name)
         in_slot = self.by_slot.get(slot, {})
         in_slot.pop(volume.name, None)
@@ -603,6 +615,7 @@ class FsSubsystem(Subsystem):
                 error = error or exc
         self.volumes.clear()
         self._resolved.clear()
+        self._stats.clear()
         self.by_slot.clear()
         self._dirty.clear()
         self._unsynced.clear()

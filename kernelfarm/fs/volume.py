@@ -146,7 +146,11 @@ class Volume:
         """Why this volume refuses changes (it was salvaged from a damaged copy)."""
         self.stats: dict[str, msgspec.Raw] = {}
         """``fs.stat`` results of this volume's paths, encoded, by path: valid until the
-        next change of the volume, which clears them all (:meth:`change`)."""
+        next change of the volume, which forgets them all (:meth:`forget_stats`)."""
+        self.stats_everywhere: dict[str, msgspec.Raw] = {}
+        """The kernel-wide table of kept stat results that ``fs.stat`` looks in first
+        (``FsSubsystem._stats``, given when the volume is served): this volume's results
+        are in it exactly while they are in :attr:`stats`."""
 
     # -- life cycle --------------------------------------------------------------------------
 
@@ -253,6 +257,15 @@ class Volume:
 
     # -- changes -----------------------------------------------------------------------------
 
+    def forget_stats(self) -> None:
+        """Drop the kept stat results of this volume, here and in the kernel-wide table
+        (any change may change any stat of the volume; a failed or departed volume
+        answers none)."""
+        everywhere = self.stats_everywhere
+        for path in self.stats:
+            everywhere.pop(path, None)
+        self.stats.clear()
+
     def check(self) -> None:
         if self.failed is not None:
             raise posix(errno.EIO, f"volume {self.name!r} is out of service: {self.failed}")
@@ -269,7 +282,8 @@ class Volume:
         about 150 ns of a 16-byte write_file)."""
         if self.read_only is not None:
             self.check_writable()
-        self.stats.clear()  # any change may change any stat of the volume
+        if self.stats:  # any change may change any stat of the volume
+            self.forget_stats()
         payload = _encode((kind, *args))
         result = CHANGES[kind](self.tree, *args)
         self.journal.records.append(payload)  # no frame of its own: the write frames it
@@ -281,9 +295,8 @@ class Volume:
         and ``*`` call (about 100 ns of a 16-byte write)."""
         if self.read_only is not None:
             self.check_writable()
-        stats = self.stats
-        if stats:  # cleared by a change, refilled only by fs.stat: mostly empty here
-            stats.clear()
+        if self.stats:  # forgotten by a change, refilled only by fs.stat: mostly empty here
+            self.forget_stats()
         tree = self.tree
         ino = tree.next_ino
         payload = _encode((WRITE_FILE, comps, data, ino, now))
@@ -295,7 +308,8 @@ class Volume:
         or more: the data is journaled by reference (:func:`spliced`)."""
         if self.read_only is not None:
             self.check_writable()
-        self.stats.clear()
+        if self.stats:
+            self.forget_stats()
         at = DATA_ARG[kind]
         head, tail = spliced(kind, args, at)
         result = CHANGES[kind](self.tree, *args)
@@ -324,6 +338,7 @@ class Volume:
         log.critical("volume %r: %s; refusing every operation until it is reloaded",
                      self.name, reason)
         self.failed = reason
+        self.forget_stats()
         self.journal.discard()
 
     def snapshot(self, durable_switch: bool = True) -> None:

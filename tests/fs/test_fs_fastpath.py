@@ -24,7 +24,7 @@ from kernelfarm.fs.paths import parse
 from kernelfarm.fs.tree import stat_of
 from kernelfarm.fs.volume import WRITE_FILE
 from kernelfarm.kernel.kernel import Kernel
-from kernelfarm.partition import NSLOTS
+from kernelfarm.partition import NSLOTS, key_slot
 
 
 @pytest.fixture
@@ -73,6 +73,7 @@ def test_kept_stats_and_paths_are_bounded(kernel: FakeKernel,
     for index in range(10):
         assert kernel.api.stat(f"/v/f{index}")["size"] == index
         assert len(kernel.fs.volumes["v"].stats) <= 4
+        assert kernel.fs._stats == kernel.fs.volumes["v"].stats  # the same results
         assert 0 < len(kernel.fs._resolved) <= 4
     # A long path is served, and neither it nor its stat is kept (bounded in bytes too).
     directory = "/v/" + "d" * 200
@@ -82,7 +83,7 @@ def test_kept_stats_and_paths_are_bounded(kernel: FakeKernel,
     assert kernel.api.stat(long)["size"] == 4
     assert kernel.api.read_file(long) == b"long"
     assert long not in kernel.fs._resolved
-    assert long not in kernel.fs.volumes["v"].stats
+    assert long not in kernel.fs.volumes["v"].stats and long not in kernel.fs._stats
 
 
 def test_a_kept_path_never_finds_a_volume_that_is_gone(kernel: FakeKernel) -> None:
@@ -102,6 +103,31 @@ def test_a_kept_path_never_finds_a_volume_that_is_gone(kernel: FakeKernel) -> No
     assert fs.read_file("/v/f") == b"newer"
     kernel.restart()  # and it was journaled in the volume that is there
     assert kernel.api.read_file("/v/f") == b"newer"
+
+
+def test_a_kept_stat_is_answered_only_while_its_volume_is_served_unchanged(
+        kernel: FakeKernel, tmp_path: Path) -> None:
+    # A kept stat is served from one kernel-wide table (FsSubsystem._stats), without
+    # resolving the path: a volume drops its results from there when it changes (above),
+    # when it fails, and when it leaves -- or a slot that moved away and back would
+    # answer what the volume was before another kernel changed it.
+    fs = kernel.api
+    fs.mkdir("/w")
+    fs.write_file("/v/f", b"old")
+    fs.write_file("/w/f", b"w")
+    assert fs.stat("/v/f")["size"] == 3 and fs.stat("/w/f")["size"] == 1
+    fs.write_file("/w/g", b"")  # another volume's change keeps this one's results
+    assert "/v/f" in kernel.fs._stats and "/w/f" not in kernel.fs._stats
+    slot = key_slot("v")
+    kernel.fs.release_slot(slot)  # given away: made durable, dropped
+    other = FakeKernel(tmp_path / "data", slots={slot})  # its next owner changes it
+    other.api.write_file("/v/f", b"newer")
+    other.close()
+    kernel.fs.load_slots([slot])  # and it comes back
+    assert fs.stat("/v/f")["size"] == 5
+    kernel.fs.volumes["v"].fail("a flush failed (test)")
+    assert kernel.errno_of("fs.stat", "/v/f") == errno.EIO
+    assert fs.stat("/w/f")["size"] == 1
 
 
 @pytest.mark.asyncio
