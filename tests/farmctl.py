@@ -84,14 +84,33 @@ def contention(core: int, cpu_s: float = 0.1) -> float:
 
 
 def reap_orphans() -> None:
-    """Collect any exited child (orphaned kernels re-parented to us)."""
-    while True:
+    """Collect the exited processes re-parented to us (kernels of a killed supervisor),
+    and nothing else.
+
+    A child the test process started itself has someone to wait for it (a ``Popen``, a
+    snapshotter or syncer running in the test process): reaping it here would leave its
+    waiter a made-up status (``Popen.returncode`` 0 for a tool that failed).  Which is
+    which: a process we fork stays in our process group or leads one of its own (a farm
+    started by :func:`spawn_serve` leads one, which its kernels join), so an exited
+    child in a group led by another process was born below one of our children, and is
+    ours only because we are a subreaper.  An orphan that leads its own group (a daemon
+    that called ``setsid``) is reaped by pid (:func:`reap`)."""
+    own_group = os.getpgrp()
+    for child in psutil.Process().children():
         try:
-            pid, _ = os.waitpid(-1, os.WNOHANG)
-        except ChildProcessError:
-            return
-        if pid == 0:
-            return
+            if child.status() != psutil.STATUS_ZOMBIE:
+                continue
+            group = os.getpgid(child.pid)
+        except (psutil.NoSuchProcess, ProcessLookupError):
+            continue
+        if group not in (own_group, child.pid):
+            reap(child.pid)
+
+
+def reap(pid: int) -> None:
+    """Collect ``pid`` if it is an exited child of ours (a re-parented daemon)."""
+    with contextlib.suppress(ChildProcessError):
+        os.waitpid(pid, os.WNOHANG)
 
 
 def gone(pid: int) -> bool:
@@ -195,7 +214,9 @@ def spawn_serve(tmp_path: Path, *args: str, config_text: str | None = None,
         config_path = tmp_path / f"{name}.toml"
         config_path.write_text(config_text)
         serve_args += ["--config", str(config_path)]
-    return launch.spawn(serve_args, log_path=log_path, entry=entry), data_dir, log_path
+    # A group of its own: what it leaves behind is known as an orphan (reap_orphans).
+    proc = launch.spawn(serve_args, log_path=log_path, entry=entry, process_group=0)
+    return proc, data_dir, log_path
 
 
 def stop_process(proc: subprocess.Popen[bytes], sig: int = signal.SIGTERM,

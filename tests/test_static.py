@@ -8,10 +8,11 @@ tools, the tests and the benchmarks (``[tool.ruff]``); both must report nothing.
 Both start when this module is collected, so they run on the spare core while the rest of
 the suite waits on its servers, and do not add their time to the suite's; whatever
 happens, they are reaped when the session ends.  Each runs under a shell that prints its
-exit status last: the suite's tests reap exited children that are not theirs (kernels
-re-parented to the test process, :func:`farmctl.reap_orphans`), and a tool reaped that
-way left ``Popen.returncode`` at 0 (Python's answer when the status is gone), so a lint
-error passed in the full suite and failed alone.
+exit status last: until session 7 the suite's tests reaped any exited child
+(:func:`farmctl.reap_orphans` ran ``waitpid(-1)``), and a tool reaped that way left
+``Popen.returncode`` at 0 (Python's answer when the status is gone), so a lint error
+passed in the full suite and failed alone.  The shell's word does not depend on who
+reaps.
 """
 
 from __future__ import annotations

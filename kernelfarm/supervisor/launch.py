@@ -38,17 +38,20 @@ class LaunchError(KernelfarmError):
 
 
 def spawn(args: Sequence[str], *, log_path: Path, env: Mapping[str, str] | None = None,
-          entry: Sequence[str] = ("-m", "kernelfarm")) -> subprocess.Popen[bytes]:
+          entry: Sequence[str] = ("-m", "kernelfarm"),
+          process_group: int | None = None) -> subprocess.Popen[bytes]:
     """``python -m kernelfarm serve --control 127.0.0.1:0 ARGS``, its stderr to ``log_path``.
 
     ``entry`` is what Python runs instead of ``-m kernelfarm``: a test's script that
     starts the same command with one fault injected into the supervisor.
+    ``process_group``: as :class:`subprocess.Popen`'s (``0``: a group of its own, which
+    its kernels join).
     """
     command = [sys.executable, *entry, "serve", "--control", "127.0.0.1:0",
                "--metrics", "127.0.0.1:0", *args]
     with open(log_path, "ab") as log:
         return subprocess.Popen(command, stdout=subprocess.PIPE, stderr=log,
-                                stdin=subprocess.DEVNULL,
+                                stdin=subprocess.DEVNULL, process_group=process_group,
                                 env=dict(env) if env is not None else None)
 
 

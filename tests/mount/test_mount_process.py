@@ -16,7 +16,7 @@ import psutil
 import pytest
 from mountctl import Mount, mount_command, mounted, unmount_lazily
 
-from farmctl import Farm, gone, reap_orphans, wait_until
+from farmctl import Farm, gone, reap, reap_orphans, wait_until
 from kernelfarm.mount.mtab import is_mounted
 
 
@@ -59,7 +59,9 @@ def test_daemon_mode_and_the_umount_verb(farm: Farm, tmp_path: Path) -> None:
             if not gone(proc.pid):
                 proc.kill()
         unmount_lazily(path)
-        reap_orphans()
+        for proc in daemons:  # it called setsid: an orphan reap_orphans cannot tell
+            wait_until(lambda: gone(proc.pid), what="the mount daemon to exit")
+            reap(proc.pid)
 
 
 def test_sigterm_sends_pending_writes_then_unmounts(farm: Farm, tmp_path: Path) -> None:
