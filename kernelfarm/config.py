@@ -122,7 +122,9 @@ class SupervisorConfig:
                                          "makes no progress for this long fails, and the "
                                          "step is rolled back and retried (progress: the "
                                          "kernel reports it, or the call's own work holds "
-                                         "the kernel's loop)", minimum=0.05)
+                                         "the kernel's loop); a kernel adopting a new slot "
+                                         "table that long without progress is restarted "
+                                         "with it", minimum=0.05)
     scale_batch_slots: int = setting(256, "slots moved per step when scaling live: each "
                                      "step pauses writes to its slots only", minimum=1)
     max_kernels: int = setting(0, "most kernels `scale` may ask for and `serve` may start "

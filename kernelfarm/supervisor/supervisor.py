@@ -266,13 +266,22 @@ class Supervisor:
             await asyncio.sleep(0.01)
 
     async def publish(self, table: SlotTable) -> None:
-        """Make ``table`` current here and on every running kernel."""
+        """Make ``table`` current here and on every running kernel.
+
+        A kernel adopting a table releases and loads the slots it changes, with its loop
+        held, for as long as that takes (a rollback may load thousands of volumes): it is
+        waited for while it makes progress, as a scaling step is
+        (:meth:`KernelHandle.call_progressing`), never for a fixed time.  One that is
+        stuck while its loop turns is killed after ``scale_stall_timeout``, and boots
+        with the current table."""
         self.table = table
         addrs = [[kid, h.addr] for kid, h in self.kernels.items()]
         ranges = table.to_ranges()
         running = [h for h in self.kernels.values() if h.state is KernelState.RUNNING]
+        stall = self.config.supervisor.scale_stall_timeout
         results = await asyncio.gather(
-            *(h.call("kernel.set_table", table.epoch, ranges, addrs) for h in running),
+            *(h.call_progressing("kernel.set_table", table.epoch, ranges, addrs, stall=stall)
+              for h in running),
             return_exceptions=True)
         for handle, result in zip(running, results, strict=True):
             if isinstance(result, Exception):

@@ -11,6 +11,8 @@ kernels through this script, which gives them these faults before running the re
   dir: one request that holds its loop with real work (a slow disk, a big flush).
 - ``$STUCK_ACQUIRE`` (a kernel id): that kernel's ``kernel.acquire`` never ends, while its
   loop serves on (a bug, not a load).
+- ``$STUCK_SET_TABLE`` (a kernel id): that kernel's ``kernel.set_table`` never ends,
+  while its loop serves on.
 - ``$SLOW_RELEASE`` (seconds): ``kernel.release`` of some slots takes that long, in waits
   of 10 ms with the loop held, as flushing and closing many volumes does.
 """
@@ -49,6 +51,7 @@ ENTRY = (os.path.abspath(__file__),)
 """What a test gives ``start_farm(entry=...)`` to run its farm through this script."""
 
 STUCK_ACQUIRE = "STUCK_ACQUIRE"
+STUCK_SET_TABLE = "STUCK_SET_TABLE"
 SLOW_RELEASE = "SLOW_RELEASE"
 
 
@@ -56,12 +59,17 @@ def run_kernel(argv: list[str]) -> int:
     from kernelfarm.kernel import process
     from kernelfarm.kernel.kernel import Kernel
 
-    acquire_sliced, release = Kernel.acquire_sliced, Kernel.release
+    acquire_sliced, release, set_table = Kernel.acquire_sliced, Kernel.release, Kernel.set_table
 
     async def stuck_acquire(self: Kernel, slots: list[int], *args: Any) -> int:
         if str(self.kernel_id) == os.environ.get(STUCK_ACQUIRE):
             await asyncio.Event().wait()
         return await acquire_sliced(self, slots, *args)
+
+    async def stuck_set_table(self: Kernel, *args: Any) -> dict[str, Any]:
+        if str(self.kernel_id) == os.environ.get(STUCK_SET_TABLE):
+            await asyncio.Event().wait()
+        return set_table(self, *args)
 
     def slow_release(self: Kernel, slots: list[int]) -> int:
         if slots:
@@ -73,6 +81,7 @@ def run_kernel(argv: list[str]) -> int:
     Kernel.stats = stats  # type: ignore[method-assign]  # the faults, in this process only
     Kernel.acquire_sliced = stuck_acquire  # type: ignore[assignment, method-assign]  # same
     Kernel.release = slow_release  # type: ignore[method-assign]  # same
+    Kernel.set_table = stuck_set_table  # type: ignore[assignment, method-assign]  # same
     return process.main(argv)
 
 

@@ -2,8 +2,8 @@
 stuck fails with a clear error, rolled back, the farm as it was.
 
 ``supervisor.scale_stall_timeout`` is 0.5 s here; the kernels run through
-``hanging_kernel.py``, whose ``$SLOW_RELEASE`` and ``$STUCK_ACQUIRE`` make a step slow or
-stuck.
+``hanging_kernel.py``, whose ``$SLOW_RELEASE``, ``$STUCK_ACQUIRE`` and ``$STUCK_SET_TABLE``
+make a step slow or stuck.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from farmctl import Farm, loaded, moving_namespace, raw_call, start_farm
-from hanging_kernel import ENTRY, SLOW_RELEASE, STUCK_ACQUIRE
+from hanging_kernel import ENTRY, SLOW_RELEASE, STUCK_ACQUIRE, STUCK_SET_TABLE
 from kernelfarm.partition import NSLOTS
 
 CONFIG = ("[supervisor]\nheartbeat_interval = 0.1\nscale_stall_timeout = 0.5\n"
@@ -60,3 +60,20 @@ def test_a_stuck_step_fails_clearly_and_leaves_the_farm_as_it_was(
         assert client.fs.read_file(path) == b"acknowledged"
         client.fs.write_file(path, b"still served")
         assert client.fs.read_file(path) == b"still served"
+
+
+def test_a_kernel_stuck_adopting_a_table_is_restarted_with_it(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The new kernel's ``kernel.set_table`` never ends while its loop turns: the publish
+    gives up on it after the stall timeout (not a fixed 10 s), kills it, and it boots
+    with the current table, serving the slots the scale gave it."""
+    monkeypatch.setenv(STUCK_SET_TABLE, "1")
+    with start_farm(tmp_path, 1, config_text=CONFIG, entry=ENTRY) as farm:
+        path = a_file_in_a_moving_volume(farm)
+        result = raw_call(farm.control, "cluster.scale", 2, timeout=loaded(60))
+        assert (result["to"], result["moved"]) == (2, NSLOTS // 2)
+        assert "kernel 1: kernel.set_table made no progress" in farm.log()
+        client = farm.client()
+        assert client.fs.read_file(path) == b"acknowledged"
+        client.fs.write_file(path, b"served by the restarted kernel")
+        assert client.fs.read_file(path) == b"served by the restarted kernel"
