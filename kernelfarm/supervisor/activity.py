@@ -6,7 +6,8 @@ do in that time depends on what it waits for.  The supervisor decides from the h
 of ONE thread (``/proc/PID/task/TID``): the kernel's main thread, which answers the
 heartbeat, or a locked kernel's serving thread whose loop has not turned (see
 :mod:`kernelfarm.kernel.loopwatch`).  A process-wide view would let one working thread
-vouch for a hung one beside it.
+vouch for a hung one beside it.  Only a thread that waits may be vouched for, by one it
+may be waiting for: a thread in the middle of a step (:func:`stepping_threads`) that works.
 """
 
 from __future__ import annotations
@@ -84,3 +85,32 @@ def thread_activity(pid: int, tid: int) -> Activity | None:
     if state == b"Z" or state == b"X":
         return None
     return Activity(time.monotonic(), returns, state == b"D", state == b"R", cpu_s)
+
+
+def stepping_threads(pid: int) -> dict[int, Activity]:
+    """The threads of process ``pid`` but its main one that are in the middle of a step
+    now, with their activity: all but those asleep in their loop's wait for events
+    (``epoll``, as ``/proc/PID/task/TID/wchan`` says; where it says nothing, a thread
+    counts as stepping).  Only such a thread can hold a lock another waits for: a locked
+    kernel's handlers hold theirs within one step of their loop (:mod:`kernelfarm.kernel.
+    locks`)."""
+    try:
+        tids = [int(tid) for tid in os.listdir(f"/proc/{pid}/task")]
+    except OSError:
+        return {}
+    stepping: dict[int, Activity] = {}
+    for tid in tids:
+        if tid == pid:
+            continue
+        try:
+            with open(f"/proc/{pid}/task/{tid}/wchan", "rb") as file:
+                wchan = file.read()
+        except OSError:
+            continue  # gone
+        if b"epoll" in wchan or b"ep_poll" in wchan:
+            continue
+        activity = thread_activity(pid, tid)
+        if activity is not None:
+            stepping[tid] = activity
+    return stepping
+

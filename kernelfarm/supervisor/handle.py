@@ -25,7 +25,7 @@ from kernelfarm.boot import (
 from kernelfarm.errors import ConnectionLost, KernelfarmError, Timeout
 from kernelfarm.rpc.client import RpcClientConnection
 from kernelfarm.rpc.protocol import encode_notification
-from kernelfarm.supervisor.activity import Activity, thread_activity
+from kernelfarm.supervisor.activity import Activity, stepping_threads, thread_activity
 
 log = logging.getLogger("kernelfarm.supervisor")
 
@@ -261,6 +261,7 @@ class KernelHandle:
         for work it was doing.  The same holds for each serving thread of a locked
         kernel, judged on its own (:meth:`check_stalls`)."""
         before = self.activity()
+        stepping: dict[int, Activity] | None = None  # see waiting_for_a_step
         sent = time.monotonic()
         answer = asyncio.ensure_future(self.call("kernel.ping", timeout=None))
         try:
@@ -271,12 +272,43 @@ class KernelHandle:
                     self._turned_at = sent
                     self.check_stalls(pong.get("stalled", ()), timeout)
                     return pong
-                before = self.busy_since(before, f"answered its heartbeat for {timeout:.1f} s")
-                if before is None:
-                    raise Timeout(f"kernel {self.kernel_id} did not answer its heartbeat "
-                                  f"within {timeout:.1f} s")
+                busy = self.busy_since(before, f"answered its heartbeat for {timeout:.1f} s")
+                if busy is None:
+                    busy, stepping = self.waiting_for_a_step(before, stepping, timeout)
+                else:
+                    stepping = None
+                before = busy
         finally:
             answer.cancel()
+
+    def waiting_for_a_step(self, before: Activity | None,
+                           stepping: dict[int, Activity] | None, timeout: float
+                           ) -> tuple[Activity, dict[int, Activity]]:
+        """The main thread neither answered the heartbeat nor worked for ``timeout``:
+        ``Timeout``, unless it is asleep waiting for another thread that is in the middle
+        of a step and works (a locked kernel's main thread serves clients too, and waits
+        for the lock such a step holds, as a serving thread does: :meth:`check_stalls`).
+        Those threads are noted at the first look and judged at the next, ``timeout``
+        later, by what they did meanwhile; one that idled in its loop's wait at a look
+        holds no lock.  Returns the main thread's activity and the threads noted."""
+        hung = Timeout(f"kernel {self.kernel_id} did not answer its heartbeat within "
+                       f"{timeout:.1f} s")
+        main = self.activity()
+        if main is None or before is None or main.runnable or self.proc is None:
+            raise hung  # gone, or spinning with its core: not waiting for anyone
+        now = stepping_threads(self.proc.pid)
+        if stepping is None:
+            if not now:
+                raise hung
+            return main, now
+        working = [tid for tid, after in now.items()
+                   if tid in stepping and after.working_since(stepping[tid])]
+        if not working:
+            raise hung
+        log.warning("kernel %d has not answered its heartbeat for %.1f s but is not hung "
+                    "(waiting for its thread %d, which works): waiting", self.kernel_id,
+                    timeout, min(working))
+        return main, now
 
     async def call_progressing(self, method: str, *params: Any, stall: float) -> Any:
         """Call the kernel and wait for the answer as long as the call makes progress;

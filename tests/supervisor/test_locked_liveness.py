@@ -125,3 +125,29 @@ def test_a_thread_waiting_for_a_working_one_is_not_killed(tmp_path: Path) -> Non
         assert farm.kernel_pids() == [pid]
         holder.close()
         waiter.close()
+
+
+def test_the_main_thread_waiting_for_a_working_one_is_not_killed(tmp_path: Path) -> None:
+    """As above, with the main thread as the waiter: it serves clients too, and while it
+    waits for the lock it cannot answer the heartbeat.  The thread in the middle of a
+    step that works vouches for it."""
+    with start_farm(tmp_path, 1, "--mode", "locked", "--threads", "2", config_text=HEARTBEAT,
+                    entry=ENTRY) as farm:
+        pid = farm.kernel_pids()[0]
+        holder, holder_tid = served_by(farm, main=False)
+        waiter, _ = served_by(farm, main=True)
+        fsyncs = 100
+        vouched = f"heartbeat for 0.5 s but is not hung (waiting for its thread {holder_tid}"
+        while vouched not in farm.log():
+            assert fsyncs <= 12800, "no heartbeat waited for the lock past the timeout"
+            holder.send(msgpack.packb([0, 3, "kernel.stats", [False, fsyncs]]))
+            waiter.send(msgpack.packb([0, 4, "kernel.stats", []]))
+            for peer in (holder, waiter):
+                reply = peer.next_message()
+                assert reply is not None, "the kernel was killed while it worked"
+                assert reply[2] is None, reply
+            fsyncs *= 2
+        assert "killing it" not in farm.log()
+        assert farm.kernel_pids() == [pid]
+        holder.close()
+        waiter.close()
