@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import errno
 from collections import Counter
+from collections.abc import Sequence
 from typing import Any
 
 import pytest
 
 from kernelfarm.bench.echo import echoed
 from kernelfarm.bench.layout import load_cores, plans, spread, streams_needed
+from kernelfarm.bench.loadgen import Chain, Request
 from kernelfarm.bench.workloads import BLOCK, ECHO_PAYLOAD, WORKLOADS, prepare
 
 ECHO = ("127.0.0.1", 7)
@@ -55,6 +57,18 @@ class FakeFarm:
         return None
 
 
+def checked(request: Request) -> tuple[str, Sequence[Any], Any]:
+    """A request that names the result it must get."""
+    assert len(request) == 3, request
+    return request
+
+
+def checked_pair(chain: Chain) -> tuple[tuple[str, Sequence[Any], Any], ...]:
+    """A chain of two requests that both name their results."""
+    assert len(chain) == 2, chain
+    return checked(chain[0]), checked(chain[1])
+
+
 @pytest.mark.parametrize("name", WORKLOADS)
 def test_every_workload_prepares_its_tenants(name: str) -> None:
     farm = FakeFarm()
@@ -80,7 +94,7 @@ def test_fs_create_gives_every_stream_its_own_file_and_starts_clean() -> None:
     prepared = prepare("fs-create", farm.call, {"alice": 3})
     paths = []
     for chain in prepared.chains["alice"]:
-        (first, (path, data), created), (second, (unlinked,), removed) = chain
+        (first, (path, data), created), (second, (unlinked,), removed) = checked_pair(chain)
         assert (first, data, second, unlinked) == ("fs.write_file", b"", "fs.unlink", path)
         assert created is removed is None  # the results both must get
         paths.append(path)
@@ -101,8 +115,9 @@ def test_net_echo_connects_one_socket_per_stream_to_the_echo_server() -> None:
     farm = FakeFarm()
     prepared = prepare("net-echo", farm.call, {"ns": 4}, echo_address=ECHO)
     sids = set()
-    for (send, (ns, sid, data), sent), (recv, (ns2, sid2, size, timeout), received) in \
-            prepared.chains["ns"]:
+    for chain in prepared.chains["ns"]:
+        (send, (ns, sid, data), sent), (recv, (ns2, sid2, size, timeout), received) = \
+            checked_pair(chain)
         assert (send, recv, ns, ns2, sid2, data) == ("net.send", "net.recv", "ns", "ns", sid,
                                                       ECHO_PAYLOAD)
         assert (sent, received) == (len(ECHO_PAYLOAD), ECHO_PAYLOAD)
@@ -179,7 +194,8 @@ def test_layout_becomes_plans_over_prepared_chains() -> None:
     assert len(set(first_paths)) == 6
     # Against the echo floor each request must get its first param back instead.
     echo_plans = plans(layouts, prepared, echoed)
-    assert [request[2] for plan in echo_plans for chain in plan.chains for request in chain] \
+    assert [checked(request)[2] for plan in echo_plans for chain in plan.chains
+            for request in chain] \
         == [request[1][0] for plan in connection_plans for chain in plan.chains
             for request in chain]
 

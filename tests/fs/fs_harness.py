@@ -40,7 +40,9 @@ class FakeKernel:
         self.kernel_id = 0
         self.slots = slots  # None: every slot is ours
         self.data_dir = data_dir
-        self.loop = loop  # type: ignore[assignment]
+        # None: no loop, as in a locked kernel's inline paths (snapshots written inline)
+        self.loop: asyncio.AbstractEventLoop = loop  # type: ignore[assignment]  # see above
+        self.farm_endpoints: tuple[tuple[str, int], ...] = ()
         self.fs_settings = fs_settings
         self.config: Config = build({"fs": fs_settings})
         # The kernel's group commit; turn() ends each turn itself, so only a flush asked
@@ -114,9 +116,10 @@ class FakeKernel:
         self.flush_calls += len(flushes)
         run_flushes(flushes)
 
-    def errno_of(self, method: str, *params: Any) -> int | None:
-        """The errno a call fails with on the wire, or None when it succeeds."""
-        (reply,) = self.turn([(method, *params)])
+    def errno_of(self, *call: Any) -> int | None:
+        """The errno a call (``method, *params``) fails with on the wire, or None when it
+        succeeds."""
+        (reply,) = self.turn([call])
         if isinstance(reply, OSError):
             return reply.errno
         if isinstance(reply, Exception):

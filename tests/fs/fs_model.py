@@ -211,7 +211,7 @@ def outcome(fn: Callable[..., Any], *args: Any) -> tuple[str, Any]:
     try:
         return "ok", fn(*args)
     except OSError as exc:
-        return "error", errno.errorcode[exc.errno]
+        return "error", errno.errorcode[exc.errno or 0]
 
 
 def host_tree(root: str) -> dict[str, Any]:

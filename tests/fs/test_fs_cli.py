@@ -6,7 +6,7 @@ from __future__ import annotations
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import pytest
 from fs_harness import FakeKernel
@@ -15,7 +15,7 @@ from kernelfarm.cli import common, main, transfer
 
 
 @pytest.fixture
-def kernel(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> FakeKernel:
+def kernel(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[FakeKernel]:
     kernel = FakeKernel(tmp_path / "data", max_file_bytes=64 * 1024 * 1024)
     seen: list[Any] = []
 
@@ -206,8 +206,12 @@ def test_a_too_large_upload_is_refused_before_its_data_is_sent(
     small = FakeKernel(tmp_path / "small", max_file_bytes=3000)
     sent: list[int] = []
     pwrite = small.api.pwrite
-    monkeypatch.setattr(small.api, "pwrite", lambda p, o, d: sent.append(len(d)) or
-                        pwrite(p, o, d))
+
+    def counted(path: str, offset: int, data: bytes) -> int:
+        sent.append(len(data))
+        return pwrite(path, offset, data)
+
+    monkeypatch.setattr(small.api, "pwrite", counted)
 
     class FakeClient:
         def __init__(self, control: Any, token: str | None = None) -> None:

@@ -152,7 +152,7 @@ def make_volumes(farm: Farm, per_kernel: int, prefix: str) -> dict[int, list[str
 
 def running_again(farm: Farm, victim: dict[str, Any]) -> bool:
     kernel = farm.cluster_map()["kernels"][victim["id"]]
-    return kernel["pid"] != victim["pid"] and kernel["state"] == "running"
+    return bool(kernel["pid"] != victim["pid"] and kernel["state"] == "running")
 
 
 def volume_dir(data_dir: Path, name: str) -> Path:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import errno
 import stat as statmod
 from pathlib import Path
-from typing import Iterator
+from typing import Any, Iterator
 
 import pytest
 from fs_harness import FakeKernel
@@ -71,7 +71,7 @@ def test_create_past_the_inode_limit_is_edquot_and_makes_nothing(kernel: FakeKer
 
 @pytest.mark.parametrize("params", [("/v/f", "0644"), ("/v/f", 0o644, 1), ("/v/f", -1),
                                     ("/v/f", 0o644, False, 1)])
-def test_wrong_parameters_are_einval(kernel: FakeKernel, params: tuple) -> None:
+def test_wrong_parameters_are_einval(kernel: FakeKernel, params: tuple[Any, ...]) -> None:
     assert kernel.errno_of("fs.create", *params) == errno.EINVAL
     assert kernel.api.listdir("/v") == []
 

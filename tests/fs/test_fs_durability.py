@@ -211,7 +211,12 @@ def test_a_turn_shares_one_fsync_per_volume(tmp_path: Path,
     kernel.api.mkdir("/w")
     synced: list[int] = []
     real = os.fdatasync
-    monkeypatch.setattr(os, "fdatasync", lambda fd: (synced.append(fd), real(fd))[1])
+
+    def fdatasync(fd: int) -> None:
+        synced.append(fd)
+        real(fd)
+
+    monkeypatch.setattr(os, "fdatasync", fdatasync)
     replies = kernel.turn([("fs.write_file", f"/v/f{i}", b"x") for i in range(10)]
                           + [("fs.write_file", "/w/g", b"y"), ("fs.stat", "/v")])
     assert replies[:11] == [None] * 11
@@ -227,7 +232,12 @@ def test_never_writes_every_turn_but_fsyncs_only_on_request(
     kernel.api.mkdir("/v")
     synced: list[int] = []
     real = os.fdatasync
-    monkeypatch.setattr(os, "fdatasync", lambda fd: (synced.append(fd), real(fd))[1])
+
+    def fdatasync(fd: int) -> None:
+        synced.append(fd)
+        real(fd)
+
+    monkeypatch.setattr(os, "fdatasync", fdatasync)
     kernel.api.write_file("/v/f", b"data")
     assert synced == [] and journal_of(tmp_path, "v").stat().st_size > 0
     kernel.api.fsync("/v/f")
@@ -244,7 +254,12 @@ async def test_batch_fsyncs_on_a_timer(tmp_path: Path,
     kernel.api.mkdir("/v")
     synced = asyncio.Event()
     real = os.fdatasync
-    monkeypatch.setattr(os, "fdatasync", lambda fd: (synced.set(), real(fd))[1])
+
+    def fdatasync(fd: int) -> None:
+        synced.set()
+        real(fd)
+
+    monkeypatch.setattr(os, "fdatasync", fdatasync)
     kernel.api.write_file("/v/f", b"data")
     assert not synced.is_set()  # the reply did not wait for the fsync
     await asyncio.wait_for(synced.wait(), timeout=10)

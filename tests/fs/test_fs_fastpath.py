@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 import errno
 import zlib
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +20,7 @@ from kernelfarm.boot import BootInfo
 from kernelfarm.errors import posix, to_wire
 from kernelfarm.fs import subsystem
 from kernelfarm.fs.journal import HEADER
-from kernelfarm.fs.paths import parse
+from kernelfarm.fs.paths import KEPT_PATH_CHARS, parse
 from kernelfarm.fs.tree import stat_of
 from kernelfarm.fs.volume import WRITE_FILE
 from kernelfarm.kernel.kernel import Kernel
@@ -77,7 +77,7 @@ def test_kept_stats_and_paths_are_bounded(kernel: FakeKernel,
         assert 0 < len(kernel.fs._resolved) <= 4
     # A long path is served, and neither it nor its stat is kept (bounded in bytes too).
     directory = "/v/" + "d" * 200
-    long = directory + "/" + "f" * (subsystem.KEPT_PATH_CHARS - 200)
+    long = directory + "/" + "f" * (KEPT_PATH_CHARS - 200)
     kernel.api.mkdir(directory)
     kernel.api.write_file(long, b"long")
     assert kernel.api.stat(long)["size"] == 4
@@ -139,7 +139,7 @@ async def test_a_stat_of_a_missing_path_is_answered_without_an_exception(
                     data_dir=str(tmp_path), supervisor_pid=0)
 
     class Watched(Kernel):  # a subclass, not a patched instance: Kernel may be compiled
-        def failure(self, method: str, params: list[Any], exc: BaseException
+        def failure(self, method: str, params: Sequence[Any], exc: BaseException
                     ) -> dict[str, Any]:
             raise AssertionError("the miss went through an exception")
 
@@ -148,7 +148,8 @@ async def test_a_stat_of_a_missing_path_is_answered_without_an_exception(
     try:
         deep = "/v/" + "/".join(["d" * 200] * 3)  # a long path: the message is cut
         for path in ("/v", "/v/" + "d" * 200, "/v/" + "/".join(["d" * 200] * 2), deep):
-            assert kernel.handle(conn, 1, "fs.mkdir", [path])[2] is None
+            made = kernel.handle(conn, 1, "fs.mkdir", [path])
+            assert made is not None and made[2] is None
         for path in ("/v/missing", deep + "/missing"):
             reply = kernel.handle(conn, 2, "fs.stat", [path])
             assert reply == [1, 2, to_wire(posix(errno.ENOENT, path)), None]

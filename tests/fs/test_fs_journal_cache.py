@@ -137,8 +137,12 @@ def test_a_kernel_with_a_syncer_drops_nothing_on_its_loop(
     dropped them).  Switched off (no syncer watching), the drops run here."""
     calls: list[Any] = []
     real = os.posix_fadvise
-    monkeypatch.setattr(journal.os, "posix_fadvise",
-                        lambda *args: calls.append(args) or real(*args))
+
+    def posix_fadvise(*args: Any) -> None:
+        calls.append(args)
+        real(*args)
+
+    monkeypatch.setattr(os, "posix_fadvise", posix_fadvise)
     monkeypatch.setattr(journal, "CACHED_BEHIND", 4 * MIB)
     monkeypatch.setattr(journal, "DROP_STEP", 2 * MIB)
     loop = asyncio.new_event_loop()

@@ -6,13 +6,14 @@ from __future__ import annotations
 import errno
 import stat as statmod
 from pathlib import Path
+from typing import Any, Iterator
 
 import pytest
 from fs_harness import FakeKernel
 
 
 @pytest.fixture
-def kernel(tmp_path: Path) -> FakeKernel:
+def kernel(tmp_path: Path) -> Iterator[FakeKernel]:
     kernel = FakeKernel(tmp_path / "data", max_file_bytes=1000, volume_quota_bytes=3000,
                         volume_max_inodes=20)
     kernel.api.mkdir("/v")
@@ -218,7 +219,7 @@ def test_symlinks_are_stored_never_followed(kernel: FakeKernel) -> None:
     ("fs.rename", "/v/f"),
 ])
 def test_wrong_parameters_are_einval_and_change_nothing(kernel: FakeKernel,
-                                                        call: tuple) -> None:
+                                                        call: tuple[Any, ...]) -> None:
     kernel.api.write_file("/v/f", b"data")
     before = kernel.api.stat("/v/f"), kernel.api.listdir("/v")
     assert kernel.errno_of(*call) == errno.EINVAL

@@ -11,6 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from kernelfarm.fs.sparse import Sparse
+from kernelfarm.fs.tree import File
 
 MIB = 1024 * 1024
 
@@ -53,12 +54,14 @@ def test_truncate_and_pwrite_holes_allocate_nothing(tmp_path: Path) -> None:
     fs.truncate("/v/f", 64 * MIB - 1)
     fs.pwrite("/v/f", 32 * MIB, b"middle")
     node = kernel.fs.volumes["v"].tree.lookup(("f",))
-    assert isinstance(node.data, Sparse) and len(node.data.blocks) == 2  # not 64 MiB
+    assert isinstance(node, File) and isinstance(node.data, Sparse)
+    assert len(node.data.blocks) == 2  # not 64 MiB
     assert fs.stat("/v/f")["size"] == 64 * MIB - 1
     assert fs.pread("/v/f", 32 * MIB - 2, 10) == b"\0\0middle\0\0"
     kernel.restart()  # from the snapshot, which stores the blocks, not the zeros
     node = kernel.fs.volumes["v"].tree.lookup(("f",))
-    assert isinstance(node.data, Sparse) and len(node.data.blocks) == 2
+    assert isinstance(node, File) and isinstance(node.data, Sparse)
+    assert len(node.data.blocks) == 2
     assert fs.pread("/v/f", 0, 6) == b"head\0\0"
     assert fs.pread("/v/f", 32 * MIB, 6) == b"middle"
     kernel.close()

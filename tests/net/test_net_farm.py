@@ -69,8 +69,9 @@ class EchoPeer(socketserver.ThreadingTCPServer):
         return int(self.server_address[1])
 
     def connection(self, address: tuple[str, int]) -> PeerConnection:
-        return wait_until(lambda: self.connections.get(address), DEADLINE,
-                          f"the peer to accept {address}")
+        found: PeerConnection = wait_until(lambda: self.connections.get(address), DEADLINE,
+                                           f"the peer to accept {address}")
+        return found
 
 
 class _EchoHandler(socketserver.BaseRequestHandler):
@@ -101,16 +102,16 @@ def peer() -> Iterator[EchoPeer]:
 
 # -- the farm -----------------------------------------------------------------------------
 
-MODES = {
-    "partitioned": (2,),
-    "locked": (1, "--mode", "locked", "--threads", "2"),   # the baseline passes them too
+MODES: dict[str, tuple[int, tuple[str, ...]]] = {
+    "partitioned": (2, ()),
+    "locked": (1, ("--mode", "locked", "--threads", "2")),   # the baseline passes them too
 }
 
 
 @pytest.fixture(scope="module", params=sorted(MODES))
 def farm(request: pytest.FixtureRequest,
          tmp_path_factory: pytest.TempPathFactory) -> Iterator[Farm]:
-    kernels, *args = MODES[request.param]
+    kernels, args = MODES[request.param]
     with start_farm(tmp_path_factory.mktemp("netfarm"), kernels, *args,
                     config_text=FARM_CONFIG) as farm:
         yield farm
@@ -379,7 +380,7 @@ def test_kept_listener_outlives_its_client(farm: Farm, client: kernelfarm.Client
     listener.keep()
     setup.close()
     try:
-        with socket.create_connection(tuple(address), timeout=DEADLINE) as plain:
+        with socket.create_connection((address[0], address[1]), timeout=DEADLINE) as plain:
             later = Socket(client.call, "kept", listener.sid, "tcp")
             accepted, _ = later.accept(timeout=DEADLINE)
             with accepted:

@@ -28,7 +28,8 @@ CHUNK = 4096
 
 def owner_of(farm: Any, ns: str) -> int:
     slot = key_slot(ns)
-    return next(k for first, last, k in farm.cluster_map()["slots"] if first <= slot <= last)
+    return int(next(k for first, last, k in farm.cluster_map()["slots"]
+                    if first <= slot <= last))
 
 
 class Streamer:
