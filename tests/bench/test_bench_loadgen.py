@@ -47,7 +47,9 @@ def test_a_short_run_against_the_echo_server(echo: EchoProcess) -> None:
     assert 0 < result.histogram.percentile(50) <= result.histogram.percentile(99.9) < 10**10
     assert result.client_cpu_s > 0
     assert windows == ["start", "end"]
-    assert descendants() == before  # every client process is gone
+    # Every client process is gone (processes of other tests may have ended meanwhile:
+    # test_static's mypy and ruff run beside the suite).
+    assert descendants() - before == set()
     # The echo answers in order, so once each slot's reply is learned reads are compared.
     assert result.by_bytes > result.ops // 2
     assert 1 <= result.ops / result.reads <= 8
