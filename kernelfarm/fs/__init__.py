@@ -4,9 +4,11 @@ A volume is the first component of a path (``/alice/src/a.c`` lives in volume ``
 the partition key: a volume lives whole in the kernel that owns its hash slot.  The parts:
 :mod:`.paths` (parsing and refusing hostile paths), :mod:`.tree` (the in-memory namespace),
 :mod:`.sparse` (file content with holes), :mod:`.chunks` (file content as streamed),
-:mod:`.journal`, :mod:`.snapshot` and :mod:`.snapshotter` (durability), :mod:`.volume`
-(tree + journal), :mod:`.store` (the on-disk layout) and :mod:`.subsystem` (the RPC
-methods).  The ``client.fs`` API is client code: :mod:`kernelfarm.client`.
+:mod:`.journal`, :mod:`.snapshot`, :mod:`.snapshotter` and :mod:`.snapshot_schedule`
+(durability), :mod:`.volume` (tree + journal), :mod:`.loading` (a volume loaded whatever its
+damage), :mod:`.store` (the on-disk layout), :mod:`.space` (free space kept for the
+journals), :mod:`.params` (the checks of the methods' values) and :mod:`.subsystem` (the
+RPC methods).  The ``client.fs`` API is client code: :mod:`kernelfarm.client`.
 
 Durability against power loss
 -----------------------------
