@@ -101,30 +101,37 @@ def test_a_serving_thread_held_by_a_long_turn_of_work_is_not_killed(tmp_path: Pa
         peer.close()
 
 
+def wait_behind_a_long_step(farm: Farm, waiter_is_main: bool, logged: str) -> None:
+    """One serving thread holds the kernel's table lock through a long call (its
+    ``fsync``s grow until it outlasts the timeout), another (the main one, or not) waits
+    for that lock, showing no work of its own, until the log says ``logged`` (with the
+    holder's thread id for ``{holder}``); the kernel must stay."""
+    pid = farm.kernel_pids()[0]
+    holder, holder_tid = served_by(farm, main=False)
+    waiter, _ = served_by(farm, main=waiter_is_main, besides=holder_tid)
+    fsyncs = 100
+    while logged.format(holder=holder_tid) not in farm.log():
+        assert fsyncs <= 12800, "nothing waited for the lock past the timeout"
+        holder.send(msgpack.packb([0, 3, "kernel.stats", [False, fsyncs]]))
+        waiter.send(msgpack.packb([0, 4, "kernel.stats", []]))
+        for peer in (holder, waiter):
+            reply = peer.next_message()
+            assert reply is not None, "the kernel was killed while it worked"
+            assert reply[2] is None, reply
+        fsyncs *= 2
+    assert "killing it" not in farm.log()
+    assert farm.kernel_pids() == [pid]
+    holder.close()
+    waiter.close()
+
+
 def test_a_thread_waiting_for_a_working_one_is_not_killed(tmp_path: Path) -> None:
-    """Two other threads: one holds the kernel's table lock through a long call (its
-    ``fsync``s grow until it outlasts the timeout), the other waits for that lock, showing
-    no work of its own; the working thread vouches for it, and the kernel stays.  (A
-    hung thread beside threads that are not stalled is still found: the tests above.)"""
+    """Two other threads: one holds the kernel's table lock through a long call, the
+    other waits for that lock; the working thread vouches for it, and the kernel stays.
+    (A hung thread beside threads that are not stalled is still found: the tests above.)"""
     with start_farm(tmp_path, 1, "--mode", "locked", "--threads", "3", config_text=HEARTBEAT,
                     entry=ENTRY) as farm:
-        pid = farm.kernel_pids()[0]
-        holder, holder_tid = served_by(farm, main=False)
-        waiter, _ = served_by(farm, main=False, besides=holder_tid)
-        fsyncs = 100
-        while f"waiting for its thread {holder_tid}" not in farm.log():
-            assert fsyncs <= 12800, "no thread waited for the lock past the timeout"
-            holder.send(msgpack.packb([0, 3, "kernel.stats", [False, fsyncs]]))
-            waiter.send(msgpack.packb([0, 4, "kernel.stats", []]))
-            for peer in (holder, waiter):
-                reply = peer.next_message()
-                assert reply is not None, "the kernel was killed while it worked"
-                assert reply[2] is None, reply
-            fsyncs *= 2
-        assert "killing it" not in farm.log()
-        assert farm.kernel_pids() == [pid]
-        holder.close()
-        waiter.close()
+        wait_behind_a_long_step(farm, False, "waiting for its thread {holder}")
 
 
 def test_the_main_thread_waiting_for_a_working_one_is_not_killed(tmp_path: Path) -> None:
@@ -133,21 +140,5 @@ def test_the_main_thread_waiting_for_a_working_one_is_not_killed(tmp_path: Path)
     step that works vouches for it."""
     with start_farm(tmp_path, 1, "--mode", "locked", "--threads", "2", config_text=HEARTBEAT,
                     entry=ENTRY) as farm:
-        pid = farm.kernel_pids()[0]
-        holder, holder_tid = served_by(farm, main=False)
-        waiter, _ = served_by(farm, main=True)
-        fsyncs = 100
-        vouched = f"heartbeat for 0.5 s but is not hung (waiting for its thread {holder_tid}"
-        while vouched not in farm.log():
-            assert fsyncs <= 12800, "no heartbeat waited for the lock past the timeout"
-            holder.send(msgpack.packb([0, 3, "kernel.stats", [False, fsyncs]]))
-            waiter.send(msgpack.packb([0, 4, "kernel.stats", []]))
-            for peer in (holder, waiter):
-                reply = peer.next_message()
-                assert reply is not None, "the kernel was killed while it worked"
-                assert reply[2] is None, reply
-            fsyncs *= 2
-        assert "killing it" not in farm.log()
-        assert farm.kernel_pids() == [pid]
-        holder.close()
-        waiter.close()
+        wait_behind_a_long_step(
+            farm, True, "heartbeat for 0.5 s but is not hung (waiting for its thread {holder}")
