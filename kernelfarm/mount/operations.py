@@ -1,15 +1,16 @@
 """The FUSE operations of ``kernelfarm mount``, each mapped onto the farm's path-based fs.
 
 The mount is a client of the farm like any other: it holds no farm state, only what FUSE
-needs on this side: inode numbers for the paths the kernel knows (:mod:`.inodes`), open
-handles, and the writes not yet on the farm (:mod:`.writeback`).  Every handler awaits
-the farm through the asyncio client, so many FUSE requests are in flight at once, each
-pipelined to the kernel that owns its volume; a slow volume holds only its own requests.
+needs on this side: inode numbers for the paths the kernel knows (:mod:`.inodes`), and
+the open files with their writes not yet on the farm (:mod:`.openfiles`).  Every handler
+awaits the farm through the asyncio client, so many FUSE requests are in flight at once,
+each pipelined to the kernel that owns its volume; a slow volume holds only its own
+requests.
 
-Calls that belong together go out back to back without waiting (``create`` sends
-``write_file``, ``chmod`` and ``stat`` at once): the kernel serves one connection in
-order, so the three cost one round trip.  If a later one failed while the first
-succeeded (a retry reordered them), it is sent again on its own.
+Calls that belong together go out back to back without waiting (``mkdir`` sends
+``fs.mkdir``, the new directory's ``fs.stat`` and its parent's at once): the kernel serves
+one connection in order, so they cost one round trip.  If a later one failed while the
+first succeeded (a retry reordered them), it is sent again on its own.
 
 Operations that must see a file's data on the farm first wait for its pending writes
 (``lookup``, ``read``, ``setattr``, ``fsync``, ``flush``); renames and removals wait for
@@ -37,16 +38,13 @@ from kernelfarm.mount.attrs import (
 )
 from kernelfarm.mount.inodes import ROOT_INO, InodeTable
 from kernelfarm.mount.listings import Listings
+from kernelfarm.mount.openfiles import OpenFiles
 from kernelfarm.mount.statahead import StatAhead
-from kernelfarm.mount.readahead import ReadAhead
-from kernelfarm.mount.writeback import InflightBudget, WriteBehind
 
 log = logging.getLogger(__name__)
 
 CHUNK_BYTES = 1024 * 1024
 INFLIGHT_BYTES = 64 * 1024 * 1024
-READAHEAD_BLOCK_BYTES = 1024 * 1024
-READAHEAD_DEPTH = 4
 READDIR_BATCH = 128
 INT64 = 2**63
 HIDDEN_PREFIX = ".kfmount-unlinked-"
@@ -94,20 +92,13 @@ class FarmOperations(pyfuse3.Operations):
         self.on_init = on_init
         self.read_only = read_only
         self.caching = caching or Caching()
-        self.chunk_bytes = chunk_bytes
         self.inodes = InodeTable()
+        self.files = OpenFiles(fs, self.inodes, chunk_bytes, inflight_bytes)
         self.uid, self.gid = os.getuid(), os.getgid()
-        self.budget = InflightBudget(inflight_bytes)
-        self.pending: dict[int, WriteBehind] = {}
-        self.ahead: dict[int, ReadAhead] = {}    # inode -> blocks read ahead
         self.cache = AttrCache(self.caching.attr_timeout)
         self.names = Listings(self.caching.entry_timeout)
         self.ahead_names = StatAhead()
-        self.handles: dict[int, int] = {}        # file handle -> inode
-        self.opens: dict[int, int] = {}          # inode -> open handles
-        self.unlinked: set[int] = set()          # open, unlinked, hidden until last close
         self.listings: dict[int, DirListing] = {}
-        self._next_fh = 1
 
     def init(self) -> None:
         """pyfuse3 calls this while it answers the kernel's ``INIT``, which may only lower
@@ -159,38 +150,6 @@ class FarmOperations(pyfuse3.Operations):
         if self.read_only:
             raise _fail(errno.EROFS)
 
-    def _handle(self) -> int:
-        fh, self._next_fh = self._next_fh, self._next_fh + 1
-        return fh
-
-    async def _drain(self, ino: int) -> None:
-        """The file's writes on the farm, and the first refused one's error (kept even
-        when the refusal came in before this call, with nothing on its way any more)."""
-        behind = self.pending.get(ino)
-        if behind is not None:
-            await behind.drain()
-
-    async def _settle(self, ino: int) -> None:
-        """The file's writes answered, for a call that must find its data on the farm
-        (lookup, read, a truncate...); a refused one's error stays for the file's next
-        write, close or fsync, the calls that report it."""
-        behind = self.pending.get(ino)
-        if behind is not None and not behind.idle:
-            await behind.settle()
-
-    async def _settle_all(self) -> None:
-        """Every file's writes answered (a rename or removal changes the paths they name);
-        their errors stay for their own files."""
-        await asyncio.gather(*(behind.settle() for behind in self.pending.values()
-                               if not behind.idle))
-
-    async def drain_all(self) -> None:
-        """Every pending write of the mount on the farm (the first error is raised)."""
-        busy = [behind.drain() for behind in self.pending.values() if not behind.idle]
-        for result in await asyncio.gather(*busy, return_exceptions=True):
-            if isinstance(result, BaseException):
-                raise result
-
     async def _together(self, first: Awaitable[Any], *then: Awaitable[Any]) -> list[Any]:
         """Send calls back to back (one round trip); the first one's failure is raised.
 
@@ -223,7 +182,7 @@ class FarmOperations(pyfuse3.Operations):
         path = self.inodes.child_path(parent_inode, text)
         known = self.inodes.known(parent_inode, text)
         if known is not None:
-            await self._settle(known)
+            await self.files.settle(known)
             fresh = self.cache.fresh(known)
             if fresh is not None:  # fetched ahead (or just now) for this walk
                 st, left = fresh
@@ -263,29 +222,21 @@ class FarmOperations(pyfuse3.Operations):
         # The kernel asks after every write.  While writes are still on their way the farm
         # has nothing newer to say than the last answer and the pending size (its mtime
         # moves when they land): draining or asking would cost a round trip per write.
-        behind = self.pending.get(inode)
         last = self.cache.last(inode)
-        if behind is not None and not behind.idle and last is not None:
-            return self._attrs(inode, self._with_pending(inode, last))
+        if last is not None and not self.files.idle(inode):
+            return self._attrs(inode, self.files.with_pending(inode, last))
         fresh = self.cache.fresh(inode)
         if fresh is not None:
             st, left = fresh
             return entry_attributes(inode, st, self.uid, self.gid, self.caching, left)
         version = self._settled_version(inode)
         st = await self.fs.stat(self._path(inode))
-        return self._attrs(inode, self._with_pending(inode, st), version)
+        return self._attrs(inode, self.files.with_pending(inode, st), version)
 
     def _settled_version(self, ino: int) -> int | None:
         """The cache version for a stat about to be sent; ``None`` (the answer is never
         fresh) while writes are on their way: they move the file's mtime when they land."""
-        behind = self.pending.get(ino)
-        return self.cache.version(ino) if behind is None or behind.idle else None
-
-    def _with_pending(self, ino: int, st: dict[str, Any]) -> dict[str, Any]:
-        behind = self.pending.get(ino)
-        if behind is not None and not behind.idle and behind.end() > st["size"]:
-            st = {**st, "size": behind.end()}
-        return st
+        return self.cache.version(ino) if self.files.idle(ino) else None
 
     @fuse_errors
     async def setattr(self, inode: int, attr: pyfuse3.EntryAttributes,
@@ -299,17 +250,17 @@ class FarmOperations(pyfuse3.Operations):
         if not changes and last is not None:
             # chown to the same owner (cp -a, rsync -a as root), atime alone: nothing to
             # change, so no trip to the farm; the answer is as fresh as the kernel's cache.
-            return self._attrs(inode, self._with_pending(inode, last))
+            return self._attrs(inode, self.files.with_pending(inode, last))
         if changes:
             self._writable()
         path = self._path(inode)
-        if self.opens.get(inode) and last is not None and not fields.update_size:
+        if self.files.opens.get(inode) and last is not None and not fields.update_size:
             if fields.update_mode and not fields.update_mtime:
                 return self._set_behind_writes(inode, last, mode=attr.st_mode & 0o7777)
             if fields.update_mtime and not fields.update_mode \
                     and -INT64 <= attr.st_mtime_ns < INT64:
                 return self._set_behind_writes(inode, last, mtime_ns=attr.st_mtime_ns)
-        await self._settle(inode)
+        await self.files.settle(inode)
         self._changed(inode)
         calls: list[Callable[[], Awaitable[None]]] = []
         if fields.update_size:
@@ -334,7 +285,7 @@ class FarmOperations(pyfuse3.Operations):
         behind its writes like one (:meth:`WriteBehind.then`) and answered at once, so
         ``cp -a`` and ``rsync`` do not wait a round trip for each; ``close`` and
         ``fsync`` wait for it, and its error is reported as a write's."""
-        behind = self._behind(inode)
+        behind = self.files.behind(inode)
         self._changed(inode)
         st = {**last, "ctime_ns": time.time_ns()}
         if mode is not None:
@@ -343,7 +294,7 @@ class FarmOperations(pyfuse3.Operations):
         if mtime_ns is not None:
             behind.then(lambda: self.fs.utime(self._path(inode), mtime_ns), ordered=True)
             st["mtime_ns"] = mtime_ns
-        return self._attrs(inode, self._with_pending(inode, st))
+        return self._attrs(inode, self.files.with_pending(inode, st))
 
     @fuse_errors
     async def readlink(self, inode: int, ctx: Any = None) -> bytes:
@@ -397,7 +348,7 @@ class FarmOperations(pyfuse3.Operations):
             self.names.added(parent, text)
         ino = self.inodes.lookup(parent, text)
         if flags & os.O_TRUNC and st["size"]:
-            await self._settle(ino)
+            await self.files.settle(ino)
             self._changed(ino)
             st = (await self._together(self.fs.truncate(path, 0), self.fs.stat(path)))[1]
             if isinstance(st, BaseException):
@@ -426,7 +377,7 @@ class FarmOperations(pyfuse3.Operations):
                 self.names.forget(parent)  # what is there now, only the farm knows
                 raise
 
-        self._behind(ino).lead(create)
+        self.files.behind(ino).lead(create)
         now = time.time_ns()
         return self._attrs(ino, {"type": "file", "size": 0, "mode": statmod.S_IFREG | perm,
                                  "nlink": 1, "ino": ino, "mtime_ns": now, "ctime_ns": now})
@@ -440,7 +391,7 @@ class FarmOperations(pyfuse3.Operations):
             attrs = self._make_file_behind(parent_inode, text, mode, flags)
         else:
             attrs = await self._make_file(parent_inode, name, mode, flags)
-        return self._open_handle(attrs.st_ino), attrs
+        return self.files.open(attrs.st_ino), attrs
 
     @fuse_errors
     async def mknod(self, parent_inode: int, name: bytes, mode: int, rdev: int, ctx: Any
@@ -459,16 +410,16 @@ class FarmOperations(pyfuse3.Operations):
         self._writable()
         text = _name(name)
         path = self.inodes.child_path(parent_inode, text)
-        await self._settle_all()
+        await self.files.settle_all()
         ino = self.inodes.known(parent_inode, text)
-        if ino is not None and self.opens.get(ino):
+        if ino is not None and self.files.opens.get(ino):
             hidden = f"{HIDDEN_PREFIX}{ino}"
             await self._change_in(parent_inode, self.fs.rename(
                 path, self.inodes.child_path(parent_inode, hidden)))
             self.names.removed(parent_inode, text)
             self.names.added(parent_inode, hidden)
             self.inodes.move(parent_inode, text, parent_inode, hidden)
-            self.unlinked.add(ino)
+            self.files.unlinked.add(ino)
             return
         await self._change_in(parent_inode, self.fs.unlink(path))
         self.names.removed(parent_inode, text)
@@ -478,7 +429,7 @@ class FarmOperations(pyfuse3.Operations):
     async def rmdir(self, parent_inode: int, name: bytes, ctx: Any) -> None:
         self._writable()
         text = _name(name)
-        await self._settle_all()
+        await self.files.settle_all()
         await self._change_in(parent_inode, self.fs.rmdir(
             self.inodes.child_path(parent_inode, text)))
         self.names.removed(parent_inode, text)
@@ -496,7 +447,7 @@ class FarmOperations(pyfuse3.Operations):
         old, new = _name(name_old), _name(name_new)
         src = self.inodes.child_path(parent_inode_old, old)
         dst = self.inodes.child_path(parent_inode_new, new)
-        await self._settle_all()
+        await self.files.settle_all()
         if flags & pyfuse3.RENAME_NOREPLACE:
             try:
                 await self.fs.stat(dst)
@@ -513,91 +464,54 @@ class FarmOperations(pyfuse3.Operations):
 
     # -- files --------------------------------------------------------------------------
 
-    def _open_handle(self, ino: int) -> pyfuse3.FileInfo:
-        fh = self._handle()
-        self.handles[fh] = ino
-        self.opens[ino] = self.opens.get(ino, 0) + 1
-        # The page cache is dropped at every open: another client's change made while the
-        # file was closed is seen at the next open (close-to-open, as NFS).
-        return pyfuse3.FileInfo(fh=fh, keep_cache=False, direct_io=False)
-
     @fuse_errors
     async def open(self, inode: int, flags: int, ctx: Any) -> pyfuse3.FileInfo:
         if flags & (os.O_WRONLY | os.O_RDWR | os.O_TRUNC):
             self._writable()
         path = self._path(inode)
         if flags & os.O_TRUNC:
-            await self._settle(inode)
+            await self.files.settle(inode)
             self._changed(inode)
             await self.fs.truncate(path, 0)
-        return self._open_handle(inode)
-
-    def _behind(self, ino: int) -> WriteBehind:
-        behind = self.pending.get(ino)
-        if behind is None:
-            async def send(offset: int, data: bytes | bytearray) -> object:
-                return await self.fs.pwrite(self._path(ino), offset, data)
-
-            behind = self.pending[ino] = WriteBehind(send, self.budget, self.chunk_bytes)
-        return behind
-
-    def _ahead(self, ino: int) -> ReadAhead:
-        ahead = self.ahead.get(ino)
-        if ahead is None:
-            async def fetch(offset: int, size: int) -> bytes | bytearray:
-                data: bytes | bytearray = await self.fs.pread_buffer(self._path(ino), offset,
-                                                                     size)
-                return data
-
-            ahead = self.ahead[ino] = ReadAhead(fetch, READAHEAD_BLOCK_BYTES,
-                                                READAHEAD_DEPTH)
-        return ahead
+        return self.files.open(inode)
 
     def _changed(self, ino: int) -> None:
         """This mount changes the file: its attributes and blocks read ahead are stale."""
         self.cache.changed(ino)
-        ahead = self.ahead.get(ino)
-        if ahead is not None:
-            ahead.drop()
+        self.files.drop_read_ahead(ino)
 
     @fuse_errors
     async def read(  # type: ignore[override]  # pyfuse3 replies from any buffer
             self, fh: int, off: int, size: int) -> bytes | bytearray | memoryview:
-        ino = self.handles[fh]
-        await self._settle(ino)
-        return await self._ahead(ino).read(off, size)
+        ino = self.files.handles[fh]
+        await self.files.settle(ino)
+        return await self.files.read_ahead(ino).read(off, size)
 
     @fuse_errors
     async def write(self, fh: int, off: int, buf: bytes) -> int:
-        ino = self.handles[fh]
+        ino = self.files.handles[fh]
         self._changed(ino)
-        await self._behind(ino).write(off, buf)
+        await self.files.behind(ino).write(off, buf)
         return len(buf)
 
     @fuse_errors
     async def flush(self, fh: int) -> None:
-        await self._drain(self.handles[fh])
+        await self.files.drain(self.files.handles[fh])
 
     @fuse_errors
     async def fsync(self, fh: int, datasync: bool) -> None:
-        ino = self.handles[fh]
-        await self._drain(ino)
+        ino = self.files.handles[fh]
+        await self.files.drain(ino)
         await self.fs.fsync(self._path(ino))
 
     @fuse_errors
     async def release(self, fh: int) -> None:
-        ino = self.handles.pop(fh)
+        ino = self.files.handles.pop(fh)
         try:
-            await self._drain(ino)
+            await self.files.drain(ino)
         finally:
-            self.opens[ino] -= 1
-            if not self.opens[ino]:
-                del self.opens[ino]
-                self.pending.pop(ino, None)
-                self.ahead.pop(ino, None)
-                if ino in self.unlinked:
-                    self.unlinked.discard(ino)
-                    await self._remove_hidden(ino)
+            if self.files.last_close(ino):
+                await self._remove_hidden(ino)
 
     async def _remove_hidden(self, ino: int) -> None:
         where = self.inodes.where(ino)
@@ -615,7 +529,7 @@ class FarmOperations(pyfuse3.Operations):
         names = await self.fs.listdir(self._path(inode))
         if inode != ROOT_INO:  # "/" lists only the volumes granted, lookups see others
             self.names.put(inode, names, version)
-        fh = self._handle()
+        fh = self.files.new_handle()
         self.listings[fh] = DirListing(inode, names)
         return fh
 

@@ -66,7 +66,7 @@ async def serve(options: MountOptions, ready: Callable[[], None]) -> None:
         if readiness is not None:
             readiness.stop()
         try:
-            await ops.drain_all()
+            await ops.files.drain_all()
         except Exception as exc:
             log.error("writes not sent before unmounting: %s", exc)
         pyfuse3.close(unmount=True)

@@ -343,7 +343,7 @@ async def test_a_write_refused_before_the_close_is_reported_by_the_close(
     parent = await volume(client, ops, "h-efbig")
     info, attrs = await ops.create(parent, b"f", 0o644, CREATE | os.O_EXCL, None)
     await ops.write(info.fh, 8 * 1024 * 1024, b"past")  # max_file_bytes is 8 MiB
-    behind = ops.pending[attrs.st_ino]
+    behind = ops.files.pending[attrs.st_ino]
     deadline = time.monotonic() + 10
     while not behind.idle:  # the refusal is in
         assert time.monotonic() < deadline
