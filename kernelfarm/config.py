@@ -54,6 +54,11 @@ def _check_hostport(value: Any) -> None:
     parse_hostport(value)
 
 
+def _check_data_dir(value: Any) -> None:
+    if not value.strip():  # `--data-dir "$UNSET"`: the farm wrote into the current directory
+        raise ValueError("must name a directory, got an empty string")
+
+
 @dataclass(frozen=True)
 class FarmConfig:
     kernels: int | str = setting(
@@ -67,7 +72,8 @@ class FarmConfig:
         check=_check_kernels)
     locking: Literal["global", "fine"] = setting(
         "fine", "locked mode only: one big lock, or per-volume/per-namespace locks")
-    data_dir: str = setting(DEFAULT_DATA_DIR, "where kernels keep their data")
+    data_dir: str = setting(DEFAULT_DATA_DIR, "where kernels keep their data",
+                            check=_check_data_dir)
     control: str = setting(DEFAULT_CONTROL, "supervisor control address HOST:PORT (port 0 = "
                            "any free port)", check=_check_hostport)
     host: str = setting("127.0.0.1", "numeric address the kernels listen on (loopback by "

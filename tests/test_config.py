@@ -39,6 +39,7 @@ def test_the_committed_default_file_documents_every_key_with_its_default() -> No
     ("[supervisor]\nheartbeat_interval = nan\n", "supervisor.heartbeat_interval"),
     ("[supervisor]\nheartbeat_timeout = inf\n", "supervisor.heartbeat_timeout"),
     ("[rpc]\nmax_message_bytes = 99999999999999999999\n", "rpc.max_message_bytes"),
+    ("[farm]\ndata_dir = \"\"\n", "farm.data_dir"),  # was the current directory
     ("[nosuch]\nx = 1\n", "nosuch"),
 ])
 def test_bad_config_names_the_key(tmp_path: Path, text: str, key: str) -> None:
