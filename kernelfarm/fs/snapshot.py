@@ -85,7 +85,10 @@ def write_temp(tmp: str, tree: Tree, generation: int) -> int:
     packer = msgpack.Packer(use_bin_type=True)
     count = 0
     try:
-        with open(tmp, "wb") as fh:
+        # Private as the journals are: tenants' data, whatever the umask or the data dir's
+        # mode (it was 0644 under the usual umask, beside 0600 journals).
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+        with open(fd, "wb") as fh:
             _put(fh, packer, {"format": FORMAT, "volume": tree.name, "generation": generation,
                               "next_ino": tree.next_ino})
             for entry in _entries(tree):

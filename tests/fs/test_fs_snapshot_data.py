@@ -93,3 +93,13 @@ def test_a_streamed_file_is_snapshotted_without_copies(
         assert peak > 32 * MIB
     loaded, _ = snapshot.load(str(tmp_path / "snapshot"), UNLIMITED)
     assert loaded.read_file(("big",)) == block * 16
+
+
+def test_a_snapshot_is_private_as_the_journals_are(tmp_path: Path) -> None:
+    """0600 whatever the umask: it holds every file of the volume (it was 0644)."""
+    previous = os.umask(0o022)
+    try:
+        snapshot.write(str(tmp_path / "snapshot"), tree_of_every_kind(), 1)
+    finally:
+        os.umask(previous)
+    assert os.stat(tmp_path / "snapshot").st_mode & 0o777 == 0o600
