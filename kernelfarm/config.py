@@ -296,15 +296,28 @@ def build(data: dict[str, Any], source: str = "<config>") -> Config:
     return config
 
 
+MAX_CONFIG_BYTES = 1024 * 1024
+"""Larger is not a config file (``--config /dev/zero`` read until memory ran out)."""
+
+
 def read(path: str | os.PathLike[str]) -> dict[str, Any]:
-    """The parsed TOML document at ``path``; a missing or invalid file is a ConfigError."""
+    """The parsed TOML document at ``path``; a missing, unreadable, oversized or invalid
+    file is a ConfigError."""
     try:
         with open(path, "rb") as fh:
-            return tomllib.load(fh)
+            data = fh.read(MAX_CONFIG_BYTES + 1)
+        if len(data) > MAX_CONFIG_BYTES:
+            raise ConfigError(f"{path}: larger than {MAX_CONFIG_BYTES} bytes, not a config file")
+        return tomllib.loads(data.decode("utf-8"))
     except FileNotFoundError as exc:
         raise ConfigError(f"config file not found: {path}") from exc
     except IsADirectoryError as exc:
         raise ConfigError(f"{path}: is a directory, not a config file") from exc
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot be read: {exc.strerror or exc}") from exc
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path}: not UTF-8 text, as TOML must be: {exc.reason} at byte "
+                          f"{exc.start}") from exc
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path}: invalid TOML: {exc}") from exc
 

@@ -59,6 +59,13 @@ def test_invalid_toml_and_missing_file_are_config_errors(tmp_path: Path) -> None
         configuration.load(write(tmp_path, "[farm\n"))
     with pytest.raises(ConfigError, match="not found"):
         configuration.load(tmp_path / "missing.toml")
+    # Not text (a traceback before), and no end (read until memory ran out before).
+    (tmp_path / "binary.toml").write_bytes(b"\xff\xfe[farm]\n")
+    with pytest.raises(ConfigError, match="not UTF-8 text"):
+        configuration.load(tmp_path / "binary.toml")
+    with pytest.raises(ConfigError, match="larger than 1048576 bytes"):
+        configuration.load("/dev/zero")
+    assert configuration.check("/dev/zero")[0].message.startswith("/dev/zero: larger")
 
 
 def test_flags_override_the_file_and_the_file_overrides_defaults(tmp_path: Path) -> None:
