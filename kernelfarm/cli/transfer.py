@@ -13,6 +13,7 @@ destination, never the temporary.  Large transfers draw a rich progress bar on a
 from __future__ import annotations
 
 import contextlib
+import itertools
 import os
 import posixpath
 import secrets
@@ -157,7 +158,7 @@ def put_stream(fs: Any, source: BinaryIO, remote: str, size: int | None, meter: 
         if size is not None:
             fs.truncate(temp, size)  # EFBIG / EDQUOT now, before any data goes out
         offset = 0
-        for chunk in (first, more, *_chunks(source)):
+        for chunk in itertools.chain((first, more), _chunks(source)):  # one chunk at a time
             offset += fs.pwrite(temp, offset, chunk)
             meter.advance(len(chunk))
         fs.truncate(temp, offset)  # the source may have shrunk since it was measured

@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import errno
+import io
 import sys
 import time
 from pathlib import Path
@@ -256,3 +258,37 @@ def test_a_failed_download_leaves_no_partial_file(kernel: FakeKernel, tmp_path: 
     out.mkdir()
     assert fs("get", "/v/big", str(out)) == 1
     assert list(out.iterdir()) == []
+
+
+def test_an_upload_holds_one_chunk_at_a_time(kernel: FakeKernel, tmp_path: Path,
+                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    """The chunks were gathered into a tuple before the first was sent: a whole file in
+    memory, and `fs put /dev/zero` (or a stream on stdin) grew until killed."""
+    monkeypatch.setattr(transfer, "CHUNK", 1000)
+    reads: list[int] = []
+
+    class Endless(io.RawIOBase):
+        def readable(self) -> bool:
+            return True
+
+        def readinto(self, buffer: Any) -> int:
+            reads.append(len(buffer))
+            buffer[:] = bytes(len(buffer))
+            return len(buffer)
+
+    read_when_sent: list[int] = []
+    pwrite = kernel.api.pwrite
+
+    def sending(path: str, offset: int, data: bytes) -> int:
+        read_when_sent.append(len(reads))
+        if offset >= 10_000:
+            raise OSError(errno.EFBIG, "File too large", path)
+        return int(pwrite(path, offset, data))
+
+    monkeypatch.setattr(kernel.api, "pwrite", sending)
+    kernel.api.mkdir("/v")
+    with pytest.raises(OSError, match="File too large"):
+        transfer.put_stream(kernel.api, io.BufferedReader(Endless(), 1000), "/v/z", None,
+                            transfer.Meter(0, "put", False))
+    assert read_when_sent[0] <= 3 and len(reads) <= 13, (read_when_sent, len(reads))
+    assert kernel.api.listdir("/v") == []  # its temporary removed
