@@ -138,6 +138,11 @@ class Gate(Generic[T]):
             report[""] = self.anonymous.report()
         return report
 
+    def unproven(self, conn: Any) -> bool:
+        """``conn`` has not said who it is (yet), while it must: the first to go when its
+        listener is full (:class:`kernelfarm.rpc.server.ConnectionLimit`)."""
+        return conn.session is self.unauthenticated and self.required
+
     def first_session(self) -> Session[T]:
         """A new connection's session: it must say who it is, unless auth is off."""
         return self.unauthenticated if self.required else self.trusted

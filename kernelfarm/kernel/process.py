@@ -263,8 +263,10 @@ async def serve(boot: BootInfo, config: Config, control: socket.socket,
                      admin.report_loading, config.supervisor.boot_timeout / 4)
     # The public listener's params arrive as tuples (no list per message to build):
     # every handler of a kernel takes its params as any sequence.
-    factory = connection_factory(kernel, config.rpc, kernel.meter,
-                                 ConnectionLimit(config.rpc.max_connections), tuples=True)
+    factory = connection_factory(
+        kernel, config.rpc, kernel.meter,
+        ConnectionLimit(config.rpc.max_connections, evictable=kernel.gate.unproven),
+        tuples=True)
     server = await loop.create_server(factory, sock=listen)
     net = next(s for s in kernel.subsystems if isinstance(s, NetSubsystem))
     workers = None

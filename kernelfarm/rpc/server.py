@@ -18,7 +18,8 @@ Every resource a connection can make the server spend is bounded and accounted h
 - malformed messages: a few are answered, then one error notification and the connection
   is closed (a flood of nil bytes costs a few replies, not one per byte);
 - connections per listener (``max_connections``): one more is refused with an error
-  notification, so descriptors stay for the journals and sockets the kernel needs;
+  notification, so descriptors stay for the journals and sockets the kernel needs (or it
+  takes the place of the oldest that never said who it is: :class:`ConnectionLimit`);
 - the loop: one connection is served at most ``turn_bytes`` of requests (or
   ``turn_seconds`` of slow ones) per loop turn, then the others, then its rest.
 """
@@ -84,22 +85,48 @@ class Unbound:
 
 
 class ConnectionLimit:
-    """How many connections one listener serves at once (``rpc.max_connections``)."""
+    """How many connections one listener serves at once (``rpc.max_connections``).
 
-    __slots__ = ("maximum", "open")
+    With ``evictable`` (a connection that has not said who it is, while auth is required),
+    a full listener makes room for a new connection by closing the oldest evictable one
+    served by the same loop: idle connections that never say ``auth.hello`` cost nothing
+    to open, and held by the thousand they shut every real client out."""
 
-    def __init__(self, maximum: int) -> None:
+    __slots__ = ("maximum", "admitted", "evictable")
+
+    def __init__(self, maximum: int,
+                 evictable: Callable[[ServerConnection], bool] | None = None) -> None:
         self.maximum = maximum
-        self.open = 0
+        self.admitted: dict[ServerConnection, asyncio.AbstractEventLoop] = {}
+        """Open connections, oldest first, with the loop that serves each."""
+        self.evictable = evictable
 
-    def take(self) -> bool:
-        if self.open >= self.maximum:
+    @property
+    def open(self) -> int:
+        return len(self.admitted)
+
+    def take(self, conn: ServerConnection) -> bool:
+        loop = asyncio.get_running_loop()
+        if len(self.admitted) >= self.maximum and not self._evict(loop):
             return False
-        self.open += 1
+        self.admitted[conn] = loop
         return True
 
-    def give_back(self) -> None:
-        self.open -= 1
+    def _evict(self, loop: asyncio.AbstractEventLoop) -> bool:
+        evictable = self.evictable
+        if evictable is None:
+            return False
+        # A copy: a locked kernel's threads share the listener, and its other threads may
+        # admit or release connections meanwhile.
+        for conn, served_by in list(self.admitted.items()):
+            if served_by is loop and evictable(conn) \
+                    and self.admitted.pop(conn, None) is not None:  # gives nothing back
+                conn.evict()
+                return True
+        return False
+
+    def give_back(self, conn: ServerConnection) -> None:
+        self.admitted.pop(conn, None)
 
 
 class ServerConnection(asyncio.Protocol):
@@ -155,7 +182,7 @@ class ServerConnection(asyncio.Protocol):
         self.peer = transport.get_extra_info("peername")
         self.transport.set_write_buffer_limits(high=self.write_buffer_bytes)
         limit = self._connections
-        if limit is not None and not limit.take():
+        if limit is not None and not limit.take(self):
             complaints.log(logging.WARNING, "refused a connection from %s: %d connections "
                            "open (rpc.max_connections)", self.peer, limit.open)
             self._fail_stream(posix_error(errno.EMFILE, (
@@ -248,7 +275,7 @@ class ServerConnection(asyncio.Protocol):
         if not self._admitted:
             return
         if self._connections is not None:
-            self._connections.give_back()
+            self._connections.give_back(self)
         for task in self._tasks:
             task.cancel()
         self._tasks.clear()
@@ -390,6 +417,12 @@ class ServerConnection(asyncio.Protocol):
         elif not want_pause and self._reading_paused:
             self._reading_paused = False
             self.transport.resume_reading()
+
+    def evict(self) -> None:
+        """Closed to make room (:class:`ConnectionLimit`): say so, as to one refused."""
+        self._fail_stream(posix_error(errno.EMFILE, (
+            "closed to make room for a new connection: rpc.max_connections are open and "
+            "this one has not said who it is (auth.hello)")))
 
     def _fail_stream(self, error: dict[str, Any]) -> None:
         """The stream cannot go on: say why (there is no msgid to answer), then close."""

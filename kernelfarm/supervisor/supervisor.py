@@ -123,7 +123,8 @@ class Supervisor:
         self.control = ControlService(self)
         server = await loop.create_server(
             connection_factory(self.control, self.config.rpc,
-                               limit=ConnectionLimit(self.config.rpc.max_connections)),
+                               limit=ConnectionLimit(self.config.rpc.max_connections,
+                                                     evictable=self.control.gate.unproven)),
             sock=control_sock)
         metrics = MetricsEndpoint(self)
         if metrics_sock is not None:
