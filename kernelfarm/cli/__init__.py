@@ -7,6 +7,8 @@ address, the key, the path) and a non-zero status, never a traceback.
 from __future__ import annotations
 
 import argparse
+import os
+import signal
 import sys
 from importlib import metadata
 from typing import Callable
@@ -54,6 +56,9 @@ def main(argv: list[str] | None = None) -> int:
     except KernelfarmError as exc:
         print(f"kernelfarm: {exc.message}", file=sys.stderr)
         return 2
+    except BrokenPipeError:  # `kernelfarm fs cat F | head`: stop quietly, as cat does
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # nothing at exit
+        return 128 + signal.SIGPIPE
     except OSError as exc:  # e.g. no daemon at --control: say so, without a traceback
         where = f": {exc.filename}" if exc.filename else ""
         print(f"kernelfarm{where}: {exc.strerror or exc}", file=sys.stderr)

@@ -80,6 +80,8 @@ def _run(args: argparse.Namespace, work: Callable[[Any], None]) -> int:
     try:
         with connect(args) as client:
             work(client.fs)
+    except BrokenPipeError:
+        raise  # the reader of stdout is gone: the command's end, not a path's failure
     except (OSError, KernelfarmError, ValueError) as exc:
         _report(args, exc)
         return 1
@@ -95,6 +97,8 @@ def _each(args: argparse.Namespace, paths: list[str], one: Callable[[Any, str], 
         for path in paths:
             try:
                 one(fs, remote_path(path))
+            except BrokenPipeError:
+                raise
             except (OSError, KernelfarmError, ValueError) as exc:
                 _report(args, exc)
                 failed = True

@@ -190,3 +190,22 @@ def test_a_taken_metrics_port_is_one_line_naming_it(tmp_path: Path) -> None:
     assert result.stderr.strip().endswith(
         f"kernelfarm: cannot serve metrics on 127.0.0.1:{port}: Address already in use")
     assert "Traceback" not in result.stderr
+
+
+def test_a_reader_that_stops_early_ends_the_command_quietly(tmp_path: Path) -> None:
+    """`kernelfarm fs cat F G | head -c 1`: no "Broken pipe" line per path and no
+    exception at exit; the status a shell shows for `cat` killed by SIGPIPE."""
+    with start_farm(tmp_path, 1) as farm:
+        client = farm.client()
+        client.fs.mkdir("/pipe")
+        client.fs.write_file("/pipe/big", b"x" * (4 << 20))
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "kernelfarm", "fs", "cat", "/pipe/big", "/pipe/big",
+             "--control", farm.control_str], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        assert proc.stdout is not None and proc.stderr is not None
+        assert proc.stdout.read(1) == b"x"
+        proc.stdout.close()
+        err = proc.stderr.read()
+        proc.stderr.close()
+        assert proc.wait(timeout=60) == 141, err
+        assert err == b"", err
