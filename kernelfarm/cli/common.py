@@ -34,6 +34,18 @@ def hostport_arg(text: str) -> str:
     return text
 
 
+def interval_arg(text: str) -> float:
+    """argparse type for a refresh interval: a positive, finite number of seconds (-1, nan
+    and inf reached ``time.sleep`` and ended ``top`` with a traceback)."""
+    try:
+        seconds = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected seconds, got {text!r}") from None
+    if not 0.01 <= seconds <= 86400:
+        raise argparse.ArgumentTypeError(f"expected 0.01 to 86400 seconds, got {text!r}")
+    return seconds
+
+
 def add_client_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--control", metavar="HOST:PORT", type=hostport_arg,
                         default=argparse.SUPPRESS,

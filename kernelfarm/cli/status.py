@@ -14,7 +14,7 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from kernelfarm.cli.common import add_client_options, connect
+from kernelfarm.cli.common import add_client_options, connect, interval_arg
 
 COLUMNS = ("id", "address", "pid", "core", "slots", "volumes", "sockets", "ops/s", "memory",
            "restarts", "state")
@@ -28,7 +28,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     parser.add_argument("--json", action="store_true", help="print the raw status as JSON")
     parser.add_argument("--watch", action="store_true",
                         help="keep watching (the same live view as `kernelfarm top`)")
-    parser.add_argument("--interval", type=float, default=1.0, metavar="S",
+    parser.add_argument("--interval", type=interval_arg, default=1.0, metavar="S",
                         help="seconds between refreshes with --watch (default 1)")
     parser.set_defaults(handler=run)
 

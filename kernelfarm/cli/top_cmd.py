@@ -15,7 +15,7 @@ from rich.console import Console, Group
 from rich.live import Live
 from rich.text import Text
 
-from kernelfarm.cli.common import add_client_options, connect
+from kernelfarm.cli.common import add_client_options, connect, interval_arg
 from kernelfarm.cli.status import address, fit, mib, state_of, title_of
 
 COLUMNS = ("id", "address", "ops/s", "p99", "cpu", "memory", "conns", "slots", "state")
@@ -25,7 +25,7 @@ DROP_ORDER = ("address", "conns")
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     parser = sub.add_parser("top", help="live view of the kernels: ops/s, p99, CPU, memory")
     add_client_options(parser)
-    parser.add_argument("--interval", type=float, default=1.0, metavar="S",
+    parser.add_argument("--interval", type=interval_arg, default=1.0, metavar="S",
                         help="seconds between refreshes (default 1)")
     parser.add_argument("--count", type=int, default=0, metavar="N",
                         help="stop after N refreshes (default: until Ctrl-C)")

@@ -56,6 +56,16 @@ def test_a_token_file_that_is_not_one_is_one_line(capsys: pytest.CaptureFixture[
         assert code == 2 and err.startswith("kernelfarm: --token-file: ") and says in err, err
 
 
+@pytest.mark.parametrize("bad", ["-1", "0", "nan", "inf", "soon"])
+def test_a_refresh_interval_that_cannot_be_slept_is_a_usage_error(
+        capsys: pytest.CaptureFixture[str], bad: str) -> None:
+    """-1, nan and inf reached time.sleep (a traceback after the first view); 0 polled
+    every kernel of the farm without a pause."""
+    for argv in (["top", "--interval", bad], ["status", "--watch", "--interval", bad]):
+        code, _, err = run(capsys, *argv, "--control", f"127.0.0.1:{refused_port()}")
+        assert code == 2 and "argument --interval" in err and "Traceback" not in err, err
+
+
 def test_a_bogus_log_level_is_refused_before_anything_starts(
         capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
     code, _, err = run(capsys, "serve", "--log-level", "bogus")
