@@ -93,6 +93,11 @@ class FsSubsystem(Subsystem):
         checked for being in service; volumes leave only by :meth:`_drop`, which forgets
         every kept path, so a path never resolves to a volume that is gone."""
         self._sync_every_turn = config.fsync == "always"
+        self._batch = config.fsync == "batch"
+        self._room = config.fsync != "never"
+        """Whether journals keep zeroed room: only where an fdatasync will follow."""
+        self._snapshot_journal_bytes = config.snapshot_journal_bytes
+        self._open_journals = config.open_journals
         self._dirty: dict[Volume, bool] = {}          # changed this turn -> must fsync
         self._unsynced: set[Volume] = set()           # written, fsync due (batch mode)
         self._open: OrderedDict[Volume, None] = OrderedDict()  # journals holding an fd
@@ -316,16 +321,18 @@ class FsSubsystem(Subsystem):
         volume, comps = self._resolve(path, True)
         if volume is None:
             raise posix(errno.EISDIR, "/")
-        try:
-            node = volume.tree.lookup(comps)
-        except FileNotFoundError:  # the name, or its directory (write_file then says so)
+        # The new name is the common case (cp -a, an O_EXCL create): found missing
+        # without an exception (a missing directory on the way raises ENOENT, as
+        # open(2) says), and its stat taken from the file made, not looked up again.
+        node = volume.tree.find(comps)
+        if node is None:
             now = self._time()
             self._space.take(2 * RECORD_OVERHEAD)  # both records, or neither
-            volume.change(WRITE_FILE, (comps, b"", volume.tree.next_ino, now))
+            made = volume.change(WRITE_FILE, (comps, b"", volume.tree.next_ino, now))
             if perm != FILE_PERM:
                 volume.change(CHMOD, (comps, perm, now))
             self._changed(volume)
-            return stat_of(volume.tree.lookup(comps))
+            return stat_of(made)
         if exclusive:
             raise posix(errno.EEXIST, path)
         elif isinstance(node, Dir):
@@ -493,8 +500,12 @@ class FsSubsystem(Subsystem):
         self._flush_requested = False
         self._now = 0
         error, self._pending_error = self._pending_error, None
-        room = self.config.fsync != "never"  # room only where an fdatasync will follow
+        # A turn of one change (a client's round trip) pays all of this, so the policy's
+        # answers are read once at boot and the common path -- one volume written, kept
+        # open, far from its snapshot -- calls nothing but its write.
+        room = self._room
         syncing: list[Volume] = []
+        opened = self._open
         for volume, must_sync in dirty.items():
             if volume.failed is not None:
                 error = error or posix(errno.EIO, f"volume {volume.name!r}: {volume.failed}")
@@ -502,24 +513,32 @@ class FsSubsystem(Subsystem):
             try:
                 # The zeroed room takes disk space before any record does: counted now,
                 # or a journal switched with room unused would leave the estimate high.
-                self._space.free -= volume.write(room)
+                added = volume.write(room)
             except OSError as exc:
                 error = error or exc
                 continue
+            if added:
+                self._space.free -= added
+            journal = volume.journal
             if self._sync_every_turn or must_sync:
                 syncing.append(volume)
                 self._unsynced.discard(volume)
-            elif volume.journal.unsynced:
+            elif self._batch and journal.unsynced:
                 self._unsynced.add(volume)
-            self._keep_open(volume)
-            if volume.journal.size > max(self.config.snapshot_journal_bytes,
-                                         volume.snapshot_bytes):
+            opened[volume] = None  # the most recently written (bounded: _keep_open)
+            opened.move_to_end(volume)
+            if len(opened) > self._open_journals:
+                self._keep_open()
+            size = journal.size
+            if size > self._snapshot_journal_bytes and size > volume.snapshot_bytes:
                 self._snapshot(volume)
-        if self._unsynced and self.config.fsync == "batch" and self._batch_timer is None:
+        if self._batch and self._unsynced and self._batch_timer is None:
             self._batch_timer = self.ctx.loop.call_later(
                 self.config.batch_interval_ms / 1000, self._batch_sync)
         if error is not None:
             raise error
+        if not syncing:
+            return []
         # Last: a journal switched (snapshot) or closed (_keep_open) above was synced by
         # the kernel then, and is not unsynced any more.
         return [volume.journal.sync_elsewhere() for volume in syncing
@@ -543,15 +562,14 @@ class FsSubsystem(Subsystem):
         if self._snapshots.start(volume):
             self._open.pop(volume, None)
 
-    def _keep_open(self, volume: Volume) -> None:
-        """Bound open journal descriptors: close the least recently written beyond the cap."""
-        self._open[volume] = None
-        self._open.move_to_end(volume)
-        while len(self._open) > self.config.open_journals:
+    def _keep_open(self) -> None:
+        """Bound open journal descriptors: close the least recently written beyond the
+        cap (``_flush`` keeps :attr:`_open` in the order they were written)."""
+        while len(self._open) > self._open_journals:
             oldest, _ = self._open.popitem(last=False)
             journal = oldest.journal
             # Handed to a sync in flight (which holds its own reference): nothing to add.
-            if journal.unsynced and not journal.sync_asked and self.config.fsync != "never":
+            if journal.unsynced and not journal.sync_asked and self._room:
                 self._unsynced.discard(oldest)
                 try:
                     oldest.flush(True)

@@ -259,9 +259,10 @@ class Tree:
         self._touch(parent, now)
         self._dropped(node)
 
-    def write_file(self, comps: tuple[str, ...], data: bytes, ino: int, now: int) -> None:
-        """Create or replace a file's whole content (``O_CREAT|O_TRUNC`` + write, atomic).
-        The most frequent case is tested first: a file that exists, at the volume root."""
+    def write_file(self, comps: tuple[str, ...], data: bytes, ino: int, now: int) -> File:
+        """Create or replace a file's whole content (``O_CREAT|O_TRUNC`` + write, atomic);
+        the file.  The most frequent case is tested first: a file that exists, at the
+        volume root."""
         if len(comps) == 1:
             parent = self.root
         elif comps:
@@ -276,18 +277,19 @@ class Tree:
             self.bytes_used += new - old
             node.data = data
             node.mtime_ns = node.ctime_ns = now
-        elif node is None:
+            return node
+        if node is None:
             self._check_new_inode(comps)
             self._check_size(comps, 0, len(data))
-            parent.entries[comps[-1]] = File(ino, FILE_PERM, now, data)
+            made = parent.entries[comps[-1]] = File(ino, FILE_PERM, now, data)
             self._touch(parent, now)
             self._took(ino)
             self.files += 1
             self.bytes_used += len(data)
-        elif isinstance(node, Dir):
+            return made
+        if isinstance(node, Dir):
             raise posix(errno.EISDIR, self._where(comps))
-        else:
-            raise posix(errno.ELOOP, self._where(comps))
+        raise posix(errno.ELOOP, self._where(comps))
 
     def pwrite(self, comps: tuple[str, ...], offset: int, data: bytes, now: int) -> int:
         """Write ``data`` at ``offset`` of an existing file; past the end leaves zeros."""

@@ -75,14 +75,6 @@ def flush_or_exit(flushes: list[Flush]) -> None:
         exit_unacknowledged(str(exc), exc_info=True)
 
 
-def write_or_exit(flushes: list[Flush]) -> list[int]:
-    """Run a group commit's flushes (sync behind); if one fails, exit before any reply."""
-    try:
-        return write_all(flushes)
-    except Exception as exc:
-        exit_unacknowledged(str(exc), exc_info=True)
-
-
 class GroupCommit:
     """The group commit of one event loop (one thread)."""
 
@@ -146,7 +138,12 @@ class GroupCommit:
             self._run(flushes)
             fds: list[int] = []
         else:
-            fds = write_or_exit(flushes)
+            # Written here, synced behind; a failure exits before any reply.  Not a
+            # helper's frame: a turn of one change pays every frame of its commit.
+            try:
+                fds = write_all(flushes)
+            except Exception as exc:
+                exit_unacknowledged(str(exc), exc_info=True)
         self.count += 1
         self.seconds += perf_counter() - started
         self.group_replies += len(self._held)
