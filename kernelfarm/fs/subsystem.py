@@ -45,7 +45,7 @@ from kernelfarm.fs.volume import (
     BY_REFERENCE, CHMOD, MKDIR, PWRITE, RENAME, RMDIR, SYMLINK, TRUNCATE, UNLINK, UTIME,
     WRITE_FILE, Volume,
 )
-from kernelfarm.kernel.subsystem import KernelContext, Method, Subsystem
+from kernelfarm.kernel.subsystem import KernelContext, Method, Subsystem, Unheld
 from kernelfarm.partition import key_slot
 from kernelfarm.steps import Steps
 
@@ -93,6 +93,9 @@ class FsSubsystem(Subsystem):
         checked for being in service; volumes leave only by :meth:`_drop`, which forgets
         every kept path, so a path never resolves to a volume that is gone."""
         self._sync_every_turn = config.fsync == "always"
+        self._reply_waits = False
+        """A reply of this turn waits for its syncs (``fs.fsync``; every turn's under
+        ``always``): else they are the batch timer's, which no reply waits for."""
         self._batch = config.fsync == "batch"
         self._room = config.fsync != "never"
         """Whether journals keep zeroed room: only where an fdatasync will follow."""
@@ -250,6 +253,7 @@ class FsSubsystem(Subsystem):
             return
         volume.tree.lookup(comps)
         self._changed(volume, sync=True)
+        self._reply_waits = True
 
     # -- changes -----------------------------------------------------------------------------
 
@@ -500,6 +504,7 @@ class FsSubsystem(Subsystem):
         self._flush_requested = False
         self._now = 0
         error, self._pending_error = self._pending_error, None
+        reply_waits, self._reply_waits = self._reply_waits, False
         # A turn of one change (a client's round trip) pays all of this, so the policy's
         # answers are read once at boot and the common path -- one volume written, kept
         # open, far from its snapshot -- calls nothing but its write.
@@ -541,15 +546,17 @@ class FsSubsystem(Subsystem):
             return []
         # Last: a journal switched (snapshot) or closed (_keep_open) above was synced by
         # the kernel then, and is not unsynced any more.
-        return [volume.journal.sync_elsewhere() for volume in syncing
-                if volume.failed is None and volume.journal.unsynced]
+        fds = [volume.journal.sync_elsewhere() for volume in syncing
+               if volume.failed is None and volume.journal.unsynced]
+        return fds if self._sync_every_turn or reply_waits else Unheld(fds)
 
     def _batch_sync(self) -> None:
         """The batch policy's timer: the journals written since their last sync are
         synced by a group commit of their own -- behind the loop where the kernel has a
-        syncer, so the loop never waits for an ``fdatasync`` (replies made meanwhile
-        wait for it, as they wait for any sync in flight).  A failed sync is fatal, as
-        every group commit's is."""
+        syncer, so the loop never waits for an ``fdatasync``, and :class:`Unheld`: every
+        write it covers was answered already, so no reply made meanwhile waits for it
+        (an ``fs.fsync`` of the same turn still does).  A failed sync is fatal, as every
+        group commit's is."""
         self._batch_timer = None
         unsynced, self._unsynced = self._unsynced, set()
         for volume in unsynced:

@@ -15,7 +15,10 @@ turn's replies may go (one sync for all the turn's writes).  Where they are sync
   only after it was sent, so after its write, and syncs it after reading it -- never
   with an ``fdatasync`` that was already running when the record was written.  Groups
   are answered in order.  Replies made while groups are syncing (reads too: they may
-  show what is being made durable) wait for the last group sent before them.
+  show what is being made durable) wait for the last group sent before them -- but for
+  a group no reply depends on (:class:`~kernelfarm.kernel.subsystem.Unheld`: the batch
+  policy's timer makes journals durable whose replies all went out already), which
+  holds nothing.
 
 A flush or sync that fails is fatal (:func:`exit_unacknowledged`): after a failed fsync
 the page cache may already have dropped the data, so the kernel exits without replying
@@ -35,6 +38,7 @@ from time import perf_counter
 from typing import Any, Callable, NoReturn, Sequence
 
 from kernelfarm.boot import EXIT_FLUSH_FAILED
+from kernelfarm.kernel.subsystem import Unheld
 from kernelfarm.kernel.syncer import GONE, Syncer
 from kernelfarm.rpc.protocol import Wire
 
@@ -42,15 +46,23 @@ log = logging.getLogger(__name__)
 
 Flush = Callable[[], Sequence[int]]
 """Writes a subsystem's buffered changes; the descriptors to ``fdatasync`` before the
-replies that depend on them go out (open until the commit returns to the loop)."""
+replies that depend on them go out (open until the commit returns to the loop), or, as
+:class:`~kernelfarm.kernel.subsystem.Unheld`, descriptors to sync that no reply waits for."""
 
 
-def write_all(flushes: list[Flush]) -> list[int]:
-    """Run a group commit's flushes (their writes); the descriptors they ask to sync."""
+def write_all(flushes: list[Flush]) -> Sequence[int]:
+    """Run a group commit's flushes (their writes); the descriptors they ask to sync
+    (:class:`Unheld` if every flush that named some named them so)."""
+    if len(flushes) == 1:
+        return flushes[0]()
     fds: list[int] = []
+    unheld = True
     for flush in flushes:
-        fds.extend(flush())
-    return fds
+        named = flush()
+        if named:
+            fds.extend(named)
+            unheld = unheld and type(named) is Unheld
+    return Unheld(fds) if fds and unheld else fds
 
 
 def run_flushes(flushes: list[Flush]) -> None:
@@ -78,7 +90,7 @@ def flush_or_exit(flushes: list[Flush]) -> None:
 class GroupCommit:
     """The group commit of one event loop (one thread)."""
 
-    __slots__ = ("_schedule", "_run", "_flushes", "_held", "_syncing", "_syncer",
+    __slots__ = ("_schedule", "_run", "_flushes", "_held", "_syncing", "_waited", "_syncer",
                  "pending", "holding", "count", "seconds", "group_replies")
 
     def __init__(self, schedule: Callable[[Callable[[], None]], object],
@@ -90,8 +102,11 @@ class GroupCommit:
         self._run = run
         self._flushes: list[Flush] = []
         self._held: list[tuple[Any, Wire]] = []
-        self._syncing: deque[list[tuple[Any, Wire]]] = deque()
-        """Behind: the replies of each group the syncer has not answered, oldest first."""
+        self._syncing: deque[list[tuple[Any, Wire]] | None] = deque()
+        """Behind: the replies of each group the syncer has not answered, oldest first
+        (``None`` for an unheld group)."""
+        self._waited = 0
+        """Groups in :attr:`_syncing` that replies wait for (not unheld)."""
         self._syncer: Syncer | None = None
         self.pending = False
         """True from the first request of a turn until its commit has written."""
@@ -136,7 +151,7 @@ class GroupCommit:
         syncer = self._syncer
         if syncer is None:
             self._run(flushes)
-            fds: list[int] = []
+            fds: Sequence[int] = ()
         else:
             # Written here, synced behind; a failure exits before any reply.  Not a
             # helper's frame: a turn of one change pays every frame of its commit.
@@ -148,12 +163,17 @@ class GroupCommit:
         self.seconds += perf_counter() - started
         self.group_replies += len(self._held)
         if fds and syncer is not None:
-            self._syncing.append(self._held)
-            self._held = []
+            if type(fds) is not Unheld:
+                self._syncing.append(self._held)
+                self._held = []
+                self._waited += 1
+                syncer.start(fds)
+                return
+            self._syncing.append(None)  # nothing waits for it
             syncer.start(fds)
-        elif not self._syncing:
+        if not self._waited:
             self._release()
-        # else: nothing of its own to sync, but groups sent before are syncing: its
+        # else: nothing of its own to wait for, but groups sent before are syncing: its
         # replies wait for the last of them (_synced)
 
     def _release(self) -> None:
@@ -168,9 +188,12 @@ class GroupCommit:
             why = "the syncer is gone" if error == GONE else \
                 f"fdatasync: {os.strerror(error)} ({errno.errorcode.get(error, error)})"
             exit_unacknowledged(why)
-        for conn, data in self._syncing.popleft():
-            conn.write(data)
-        if not self._syncing and not self.pending:
+        group = self._syncing.popleft()
+        if group is not None:
+            self._waited -= 1
+            for conn, data in group:
+                conn.write(data)
+        if not self._waited and not self.pending and self.holding:
             self._release()  # replies made meanwhile, with no write after them
 
     def stats(self) -> dict[str, float]:

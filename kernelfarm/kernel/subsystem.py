@@ -25,6 +25,15 @@ if TYPE_CHECKING:
     from kernelfarm.config import Config
 
 
+class Unheld(list[int]):
+    """Descriptors a flush names for a sync that no reply waits for: the ``batch``
+    policy's timer makes journals durable whose writes were all answered already (the
+    policy promises the write, and durability within ``batch_interval_ms``).  Synced as
+    any group (in order, a failure fatal), but replies made meanwhile go out at once:
+    held, they waited up to an ``fdatasync`` every ``batch_interval_ms`` (the policy's
+    p99).  Here, not in :mod:`.commit`: a compiled class cannot subclass ``list``."""
+
+
 KeyOf = Callable[[Sequence[Any]], "str | None"]
 """Finds a request's partition key from its positional params (a list, or a tuple in a
 lock wrapper); ``None`` = any kernel.  It reads the first parameter only (the path, the
@@ -126,7 +135,8 @@ class KernelContext(Protocol):
         A subsystem that appended to a journal calls this; the kernel calls each flush
         callable once after the turn's requests were handled, syncs what they name (one
         fsync for all of them, inline or in its syncer), then sends the held replies.
-        A flush that raises is fatal: the kernel exits without sending them
+        A flush returns its descriptors as :class:`Unheld` when no reply waits for their
+        sync.  A flush that raises is fatal: the kernel exits without sending them
         (:mod:`kernelfarm.kernel.commit`), so a write is never acknowledged that was not
         made durable, and recovers from its journal.
         """

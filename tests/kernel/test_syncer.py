@@ -230,3 +230,55 @@ async def test_a_journal_closed_past_the_open_limit_is_not_synced_again(
             await settled(kernel)
     assert kernel.group_commit.stats()["syncs_behind"] >= 8
     assert on_loop == []
+
+
+class Recorded(Trusted):
+    """A trusted connection that records what is written to it (held replies too)."""
+
+    def __init__(self, kernel: Kernel) -> None:
+        super().__init__(kernel)
+        self.sent: list[bytes] = []
+
+    def write(self, data: bytes) -> None:
+        self.sent.append(data)
+
+
+async def until(condition: Any, what: str) -> None:
+    deadline = asyncio.get_running_loop().time() + 30
+    while not condition():
+        assert asyncio.get_running_loop().time() < deadline, f"never: {what}"
+        await asyncio.sleep(0.001)
+
+
+@pytest.mark.asyncio
+async def test_no_reply_waits_for_the_batch_policys_timer_sync(syncing_kernel: Any) -> None:
+    """``fsync = "batch"`` promises the write before the reply and durability within
+    ``batch_interval_ms``: no reply depends on the timer's ``fdatasync``.  With the syncer
+    stopped (SIGSTOP: that sync never ends), a write made while the timer's sync is in
+    flight is answered as soon as its turn is written; an ``fs.fsync`` still waits for
+    its own sync.  (Held, every reply met while the timer's sync ran waited up to an
+    ``fdatasync``: the policy's p99.)"""
+    kernel, _ = syncing_kernel(fsync="batch", batch_interval_ms=1)
+    conn = Recorded(kernel)
+    commits = kernel.group_commit
+    kernel.handle(conn, 1, "fs.mkdir", ["/v"])
+    await settled(kernel)
+    (child,) = [p for p in psutil.Process().children() if p.name() == "kf-syncer"]
+    os.kill(child.pid, signal.SIGSTOP)
+    try:
+        sent_before = commits.stats()["sync_behind_fds"]
+        kernel.handle(conn, 2, "fs.write_file", ["/v/a", b"x"])
+        kernel.send(conn, b"first")
+        await until(lambda: commits.stats()["sync_behind_fds"] > sent_before,
+                    "the timer's sync sent to the syncer")
+        kernel.handle(conn, 3, "fs.write_file", ["/v/b", b"y"])
+        kernel.send(conn, b"second")
+        await until(lambda: not commits.pending, "the second write's commit")
+        assert conn.sent == [b"first", b"second"]  # not held by the sync in flight
+        kernel.handle(conn, 4, "fs.fsync", ["/v/b"])
+        kernel.send(conn, b"fsynced")
+        await until(lambda: not commits.pending, "the fsync's commit")
+        assert conn.sent == [b"first", b"second"]  # waits for its own sync
+    finally:
+        os.kill(child.pid, signal.SIGCONT)
+    await until(lambda: conn.sent == [b"first", b"second", b"fsynced"], "the fsync's reply")
