@@ -15,23 +15,29 @@ each:
     chmod       fs.chmod of one file
 
 under ``fsync = "never"``, ``"batch"`` and ``"always"`` (a fresh farm for each), in
-rounds that take the kinds in turn, so the machine's noise falls on all of them alike.
-Reported: the median and p99 in µs, and the kernel's CPU per call (its syncer's
-included), which moves less with the machine's load than the wall clock.
+blocks that take the kinds in turn, so the machine's noise falls on all of them alike;
+with ``--against DIR``, a second farm runs the kernelfarm sources in DIR (say a ``git
+archive`` of main before a change) and the two farms take each block in turn: a
+before/after measured side by side.  Reported: the median and p99 in µs, and the
+kernel's CPU per call (its syncer's included), which moves less with the machine's load
+than the wall clock.
 
     python benchmarks/change_latency.py [--calls 600] [--rounds 3] [--policies never,always]
+        [--against DIR]
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
+import os
 import statistics
 import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any, Awaitable, Callable
+from typing import Any, Awaitable, Callable, Iterator
 
 import psutil
 import uvloop
@@ -74,43 +80,87 @@ def calls(prefix: str) -> dict[str, Call]:
     }
 
 
-async def timed(address: tuple[str, int], pids: list[int], count: int,
-                rounds: int) -> dict[str, dict[str, Any]]:
-    """µs per call of each kind (every call's) and the kernel's CPU per call."""
-    conn = await connect(*address)
+class Farm:
+    """One farm under test: its label, its kernel's address and pids, a connection."""
+
+    def __init__(self, label: str, address: tuple[str, int], pids: list[int]) -> None:
+        self.label = label
+        self.address = address
+        self.pids = pids
+        self.latencies: dict[str, list[float]] = {kind: [] for kind in KINDS}
+        self.cpu_ns: dict[str, int] = dict.fromkeys(KINDS, 0)
+
+    def figures(self) -> dict[str, dict[str, Any]]:
+        return {kind: {"median_us": statistics.median(values),
+                       "p99_us": statistics.quantiles(values, n=100)[98],
+                       "cpu_us_per_call": self.cpu_ns[kind] / len(values) / 1000,
+                       "calls": len(values)}
+                for kind, values in self.latencies.items()}
+
+
+async def timed(farms: list[Farm], count: int, rounds: int) -> None:
+    """Blocks of :data:`BLOCK` calls of each kind, the farms taking each block in turn
+    (side by side: the machine's noise falls on both alike)."""
+    conns = [await connect(*farm.address) for farm in farms]
     try:
         kinds = calls("p")
-        await conn.call("fs.write_file", f"/{VOLUME}/p-file", b"x" * 100)
-        await conn.call("fs.write_file", f"/{VOLUME}/p-small", b"y")
-        latencies: dict[str, list[float]] = {kind: [] for kind in KINDS}
-        cpu: dict[str, int] = dict.fromkeys(KINDS, 0)
+        for conn in conns:
+            await conn.call("fs.write_file", f"/{VOLUME}/p-file", b"x" * 100)
+            await conn.call("fs.write_file", f"/{VOLUME}/p-small", b"y")
         numbers = iter(range(1 << 30))
         for _ in range(rounds):
             for start in range(0, count, BLOCK):
                 for kind, call in kinds.items():
-                    block = min(BLOCK, count - start)
-                    before = on_cpu_ns(pids)
-                    for _ in range(block):
-                        began = time.perf_counter_ns()
-                        await call(conn, next(numbers))
-                        latencies[kind].append((time.perf_counter_ns() - began) / 1000)
-                    cpu[kind] += on_cpu_ns(pids) - before
-        total = count * rounds
-        return {kind: {"median_us": statistics.median(values),
-                       "p99_us": statistics.quantiles(values, n=100)[98],
-                       "cpu_us_per_call": cpu[kind] / total / 1000, "calls": total}
-                for kind, values in latencies.items()}
+                    for farm, conn in zip(farms, conns, strict=True):
+                        latencies = farm.latencies[kind]
+                        before = on_cpu_ns(farm.pids)
+                        for _ in range(min(BLOCK, count - start)):
+                            began = time.perf_counter_ns()
+                            await call(conn, next(numbers))
+                            latencies.append((time.perf_counter_ns() - began) / 1000)
+                        farm.cpu_ns[kind] += on_cpu_ns(farm.pids) - before
     finally:
-        conn.close()
+        for conn in conns:
+            conn.close()
+
+
+@contextlib.contextmanager
+def sources(tree: Path | None) -> Iterator[None]:
+    """Farms started inside run from ``tree``'s kernelfarm (``None``: this one)."""
+    if tree is None:
+        yield
+        return
+    saved = {name: os.environ.get(name) for name in ("PYTHONPATH", "PYTHONSAFEPATH")}
+    os.environ.update(PYTHONPATH=str(tree), PYTHONSAFEPATH="1")  # not the cwd's sources
+    try:
+        yield
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
 
 
 def measure(policy: str, args: argparse.Namespace, scratch: Path) -> dict[str, Any]:
-    with running_farm(["--kernels", "1"], scratch, policy) as farm:
-        farm.call("fs.mkdir", f"/{VOLUME}")
-        kernel = psutil.Process(farm.server_pids[0]).children()[0]
-        pids = [kernel.pid, *(p.pid for p in kernel.children() if p.name() == "kf-syncer")]
+    """The figures of each farm under ``policy``: this tree's, and ``--against``'s."""
+    trees: dict[str, Path | None] = {"this": None}
+    if args.against is not None:
+        trees["against"] = args.against
+    with contextlib.ExitStack() as stack:
+        farms = []
+        for label, tree in trees.items():
+            with sources(tree):
+                target = stack.enter_context(
+                    running_farm(["--kernels", "1"], scratch / label, policy))
+            target.call("fs.mkdir", f"/{VOLUME}")
+            kernel = psutil.Process(target.server_pids[0]).children()[0]
+            pids = [kernel.pid,
+                    *(p.pid for p in kernel.children() if p.name() == "kf-syncer")]
+            farms.append(Farm(label, target.addresses[0], pids))
         with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
-            return runner.run(timed(farm.addresses[0], pids, args.calls, args.rounds))
+            runner.run(timed(farms, args.calls, args.rounds))
+        return {farm.label: farm.figures() for farm in farms}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -118,6 +168,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--calls", type=int, default=600, help="calls of each kind per round")
     parser.add_argument("--rounds", type=int, default=1)
     parser.add_argument("--policies", default=",".join(("never", "batch", "always")))
+    parser.add_argument("--against", type=Path, default=None,
+                        help="also a farm from the kernelfarm sources in this directory "
+                             "(e.g. a git archive of an older commit), side by side")
     parser.add_argument("--out", type=Path, default=RESULTS_DIR)
     args = parser.parse_args(argv)
     policies = args.policies.split(",")
@@ -131,13 +184,17 @@ def main(argv: list[str] | None = None) -> int:
     table = Table(title=f"One call at a time, µs: median / p99 (kernel CPU per call), "
                         f"{args.calls * args.rounds} calls each")
     table.add_column("fsync")
+    table.add_column("farm")
     for kind in KINDS:
         table.add_column(kind, justify="right")
-    for policy, rows in figures.items():
-        table.add_row(policy, *(f"{rows[k]['median_us']:.0f} / {rows[k]['p99_us']:.0f} "
-                                f"({rows[k]['cpu_us_per_call']:.1f})" for k in KINDS))
+    for policy, farms in figures.items():
+        for label, rows in farms.items():
+            table.add_row(policy, label, *(
+                f"{rows[k]['median_us']:.0f} / {rows[k]['p99_us']:.0f} "
+                f"({rows[k]['cpu_us_per_call']:.1f})" for k in KINDS))
     Console().print(table)
     write_raw(args.out, "change_latency", {"calls": args.calls, "rounds": args.rounds,
+                                           "against": str(args.against or ""),
                                            "figures": figures})
     return 0
 
