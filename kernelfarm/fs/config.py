@@ -36,7 +36,8 @@ class FsConfig:
     reserve_bytes: int = setting(
         64 * MIB, "free bytes kept on the data dir's file system: a change that would leave "
         "less fails with ENOSPC before it is made (reads and the journal's last writes go "
-        "on); 0 turns the check off", minimum=0)
+        "on; unlink and rmdir may use half of it, so a full data dir can be emptied); 0 "
+        "turns the check off", minimum=0)
     open_journals: int = setting(
         256, "journal files a kernel keeps open; a volume beyond that reopens its journal "
         "when it next writes (bounds file descriptors with many volumes)", minimum=1)

@@ -25,6 +25,15 @@ SPACE_TTL_S = 0.5
 """How long a statvfs reading of free space is trusted (minus what was written since)."""
 
 
+def removals_keep(reserve: int) -> int:
+    """What a removal (unlink, rmdir) keeps free of the reserve: half.  Refused like any
+    change once under the reserve, a tenant could never delete a file to make room, nor
+    empty a volume to remove it; ext4 keeps its reserve for root the same way.  A removal
+    journals one small record per file or directory that was made above the reserve,
+    so removals cannot eat the half they may use."""
+    return reserve // 2
+
+
 class FreeSpace:
     """A cached estimate of free space on the data dir: statvfs every ``SPACE_TTL_S`` or
     when the estimate nears the reserve, minus the bytes taken since.  Another process
@@ -56,7 +65,9 @@ class FreeSpace:
         return posix(errno.ENOSPC, f"the data dir has {self.free} bytes free and keeps "
                      f"{self.reserve} (fs.reserve_bytes) in reserve")
 
-    def try_take(self, need: int) -> bool:
+    def try_take(self, need: int, keep: int = -1) -> bool:
+        """Count ``need`` bytes as used if ``keep`` bytes (default: the whole reserve;
+        :func:`removals_keep` for a removal) stay free after them."""
         reserve = self.reserve
         if reserve == 0:
             return True
@@ -64,7 +75,7 @@ class FreeSpace:
         if left < self.low or monotonic() >= self.fresh_until:
             self.read()
             left = self.free - need
-        if left < reserve:
+        if left < (reserve if keep < 0 else keep):
             return False
         self.free = left
         return True

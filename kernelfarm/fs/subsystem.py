@@ -39,7 +39,7 @@ from kernelfarm.fs.loading import loading_volume
 from kernelfarm.fs.params import bool_param, bytes_param, int_param, mode_param, str_param
 from kernelfarm.fs.paths import KEPT_PATH_CHARS, parse, routing_key
 from kernelfarm.fs.snapshot_schedule import SnapshotSchedule
-from kernelfarm.fs.space import RECORD_OVERHEAD, VOLUME_BYTES, FreeSpace
+from kernelfarm.fs.space import RECORD_OVERHEAD, VOLUME_BYTES, FreeSpace, removals_keep
 from kernelfarm.fs.tree import FILE_PERM, Dir, File, Limits, stat_of
 from kernelfarm.fs.volume import (
     BY_REFERENCE, CHMOD, MKDIR, PWRITE, RENAME, RMDIR, SYMLINK, TRUNCATE, UNLINK, UTIME,
@@ -62,6 +62,8 @@ STATS_KEPT = 4096
 RESOLVED_KEPT = 8192
 """Resolved paths a kernel keeps (:attr:`FsSubsystem._resolved`); past this its memory
 starts afresh (bounded)."""
+REMOVALS = frozenset({UNLINK, RMDIR})
+"""Changes that may use half the free-space reserve (:func:`.space.removals_keep`)."""
 
 Resolved = tuple[Volume | None, tuple[str, ...]]
 """A path's volume and its components below the volume root; ``(None, ())`` for ``/``."""
@@ -411,7 +413,9 @@ class FsSubsystem(Subsystem):
     def _change(self, volume: Volume, size: int, kind: int, args: tuple[Any, ...]) -> Any:
         """Every change goes through here: refused with ENOSPC while the disk is nearly
         full (so a journal write never has to fail for want of space; ``size`` is the
-        bytes of data it carries), made, and its volume marked for the group commit.
+        bytes of data it carries; a removal may use half the reserve, so a full data dir
+        can be emptied: :func:`.space.removals_keep`), made, and its volume marked for
+        the group commit.
         ``args`` carry the turn's time (:meth:`_time`), which checked the free-space
         reading's age."""
         space = self._space
@@ -419,7 +423,8 @@ class FsSubsystem(Subsystem):
         left = space.free - need
         if left >= space.low:
             space.free = left  # FreeSpace.try_take's common case, without its call
-        elif not space.try_take(need):
+        elif not space.try_take(need, removals_keep(space.reserve) if kind in REMOVALS
+                                else -1):
             raise space.full()
         if size < BY_REFERENCE:
             result = volume.change(kind, args)
