@@ -144,18 +144,17 @@ class Kernel:
         except KeyError:
             return self._failed(conn, msgid, self.gate.refuse(session, method))
         try:
-            if entry.key is not None:
-                try:
-                    key = entry.routes[params[0]]  # served here: ours, not moving
-                except (KeyError, IndexError, TypeError):  # new, no params, unhashable
-                    refused = self._routed(conn, msgid, entry, params)
-                    if refused is not None:
-                        return refused
-                else:
-                    grants = session.grants
-                    if grants is not None and key is not None \
-                            and not grants.allows(method, key):
-                        return self._failed(conn, msgid, self.gate.denied(method, key))
+            try:
+                key = entry.routes[params[0]]  # served here: ours, not moving
+            except (KeyError, IndexError, TypeError):  # new, no params, unhashable, unkeyed
+                refused = self._routed(conn, msgid, entry, params)
+                if refused is not None:
+                    return refused
+            else:
+                grants = session.grants
+                if grants is not None and key is not None \
+                        and not grants.allows(method, key):
+                    return self._failed(conn, msgid, self.gate.denied(method, key))
             if entry.wants_conn:
                 result = entry.handler(conn, *params)
             else:
@@ -188,7 +187,10 @@ class Kernel:
         starts moving (:meth:`freeze`, :meth:`release`), so a kept route is always one
         this kernel serves, for reads and writes alike.
         """
-        key = entry.key(params)  # type: ignore[misc]  # only keyed methods get here
+        keyfn = entry.key
+        if keyfn is None:  # any kernel serves it (kernel.ping, auth.hello): no route kept
+            return None
+        key = keyfn(params)
         slot = -1
         if key is not None:
             grants = conn.session.grants
