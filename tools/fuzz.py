@@ -47,7 +47,7 @@ METHODS = [
     "fs.mkdir", "fs.rmdir", "fs.listdir", "fs.stat", "fs.write_file", "fs.create",
     "fs.read_file",
     "fs.pread", "fs.pwrite", "fs.truncate", "fs.unlink", "fs.rename", "fs.fsync",
-    "fs.symlink", "fs.readlink", "fs.chmod", "fs.utime",
+    "fs.symlink", "fs.readlink", "fs.chmod", "fs.utime", "fs.statfs",
     "net.socket", "net.connect", "net.bind", "net.listen", "net.accept", "net.send",
     "net.recv", "net.sendto", "net.recvfrom", "net.shutdown", "net.close", "net.keep",
     "net.stats", "net.list",
