@@ -32,7 +32,7 @@ from kernelfarm.errors import (
 )
 from kernelfarm.kernel.commit import Flush, GroupCommit
 from kernelfarm.kernel.components import SUBSYSTEMS
-from kernelfarm.kernel.params import Params
+from kernelfarm.rpc.params import Params
 from kernelfarm.kernel.subsystem import Method, Subsystem, scoped_root_listing
 from kernelfarm.partition import NSLOTS, SlotTable
 from kernelfarm.ratelog import RateLimitedLog

@@ -10,6 +10,7 @@ also ``cluster.status``; the admin also what changes the farm (``cluster.scale``
 
 from __future__ import annotations
 
+import errno
 import logging
 from dataclasses import dataclass
 from collections.abc import Sequence
@@ -17,8 +18,9 @@ from typing import TYPE_CHECKING, Any, Callable
 
 from kernelfarm.auth.gate import HELLO, Gate
 from kernelfarm.auth.table import TenantTable
-from kernelfarm.errors import KernelfarmError, to_wire
+from kernelfarm.errors import KernelfarmError, posix, to_wire
 from kernelfarm.ratelog import RateLimitedLog
+from kernelfarm.rpc.params import Params
 from kernelfarm.rpc.protocol import Wire
 from kernelfarm.rpc.server import ServerConnection
 
@@ -55,6 +57,8 @@ class ControlService:
             "tenant.rotate": ControlMethod(tenants.rotate, True),
             "tenant.list": ControlMethod(tenants.list),
         }
+        self.params = {name: Params.of(entry) for name, entry in admin.items()}
+        """Each method's parameters, for answering a wrong call in the contract's words."""
         self.gate: Gate[ControlMethod] = Gate(
             supervisor.config.auth.required, tenants.table, public=public, tenant=tenant,
             admin=admin)
@@ -76,6 +80,11 @@ class ControlService:
                 return None
             return [1, msgid, None, entry.handler(*args)]
         except Exception as exc:
+            shape = self.params[method]
+            if isinstance(exc, TypeError) and not shape.accepts(len(params)):
+                # In the contract's words, not Python's ("Scaler.scale() missing 1
+                # required positional argument: 'n'").
+                exc = posix(errno.EINVAL, shape.mismatch(method, len(params)))
             return [1, msgid, to_wire(exc), None]
 
     def send(self, conn: ServerConnection, data: Wire) -> None:

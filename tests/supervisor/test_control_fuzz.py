@@ -57,7 +57,7 @@ def farm(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Farm]:
         yield farm
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture
 def peers(farm: Farm) -> Iterator[tuple[Peer, Peer]]:
     victim, bystander = Peer(farm.control), Peer(farm.control)
     yield victim, bystander
@@ -80,10 +80,24 @@ def test_any_control_call_is_answered_and_the_supervisor_serves_on(
     error = reply[2]
     assert error is None or (isinstance(error, dict) and isinstance(error["code"], str)), reply
     assert not (error and error["code"] == "EIO"), reply  # a client's mistake, not a fault
+    assert not (error and "positional argument" in error["message"]), reply  # Python's words
     assert bystander.call(8, "cluster.map")[2] is None
 
 
-def test_after_the_fuzz_the_farm_is_unchanged(farm: Farm, peers: tuple[Peer, Peer]) -> None:
+@pytest.mark.parametrize("method, args, says", [
+    ("cluster.scale", [], "cluster.scale takes 1 parameter (n), got 0"),
+    ("cluster.map", [1, 2], "cluster.map takes no parameters, got 2"),
+    ("tenant.add", [], "tenant.add takes 1 to 3 parameters (name[, volumes[, namespaces]]), "
+                       "got 0"),
+    ("auth.hello", [], "auth.hello takes 1 parameter (token), got 0"),
+])
+def test_a_wrong_count_is_einval_in_the_contracts_words(
+        peers: tuple[Peer, Peer], method: str, args: list[Any], says: str) -> None:
+    reply = peers[0].call(9, method, *args)
+    assert reply[2]["code"] == "EINVAL" and reply[2]["message"].endswith(says), reply
+
+
+def test_after_the_fuzz_the_farm_is_unchanged(farm: Farm) -> None:
     cluster = farm.cluster_map()
     assert len(cluster["kernels"]) == 1 and cluster["kernels"][0]["state"] == "running"
     assert farm.proc.poll() is None

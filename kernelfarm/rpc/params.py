@@ -2,16 +2,28 @@
 
 A call with the wrong number of parameters must say ``fs.stat takes 1 parameter (path),
 got 3``, not Python's ``FsSubsystem.stat() takes 2 positional arguments but 4 were
-given``.  The shapes are read once from the handlers' signatures when the kernel is built
-and consulted only when a call has failed, so the fast path pays nothing for them.
+given``.  The shapes are read once from the handlers' signatures when the kernel (or the
+supervisor's control service) is built and consulted only when a call has failed, so the
+fast path pays nothing for them.  A leaf of the RPC layer: kernels and the supervisor
+both use it.
 """
 
 from __future__ import annotations
 
 import inspect
 from dataclasses import dataclass
+from typing import Any, Callable, Protocol
 
-from kernelfarm.kernel.subsystem import Method
+
+class Method(Protocol):
+    """What a method table holds: a kernel's ``Method``, the control port's
+    ``ControlMethod``."""
+
+    @property
+    def handler(self) -> Callable[..., Any]: ...
+
+    @property
+    def wants_conn(self) -> bool: ...
 
 
 @dataclass(frozen=True, slots=True)
