@@ -17,6 +17,7 @@ import itertools
 import os
 import posixpath
 import secrets
+import stat
 import sys
 from dataclasses import dataclass
 from typing import Any, BinaryIO, Iterator
@@ -88,6 +89,7 @@ class Meter:
 class Upload:
     local: str    # a local file, or "-" for stdin
     remote: str   # the farm path it becomes
+    link: str | None = None  # a symlink's target: made a symlink, as ``cp -r`` does
 
 
 def plan_put(fs: Any, sources: list[str], dest: str, recursive: bool
@@ -115,7 +117,17 @@ def plan_put(fs: Any, sources: list[str], dest: str, recursive: bool
                 rel = os.path.relpath(top, source)
                 here = target if rel == "." else join(target, rel.replace(os.sep, "/"))
                 dirs.append(here)
-                files += [Upload(os.path.join(top, n), join(here, n)) for n in sorted(names)]
+                for name in sorted(names + [d for d in subdirs if os.path.islink(
+                        os.path.join(top, d))]):
+                    local = os.path.join(top, name)
+                    mode = os.lstat(local).st_mode
+                    if stat.S_ISLNK(mode):  # broken or not, to a file or a directory
+                        files.append(Upload(local, join(here, name), os.readlink(local)))
+                    elif stat.S_ISREG(mode):
+                        files.append(Upload(local, join(here, name)))
+                    else:  # a FIFO would hold the copy forever, a device never end
+                        print(f"kernelfarm fs put: skipping {local}: not a file, a "
+                              "directory or a symlink", file=sys.stderr)
         else:
             files.append(Upload(source, target))
     return dirs, files
@@ -130,11 +142,13 @@ def put(fs: Any, sources: list[str], dest: str, recursive: bool = False,
         except FileExistsError:
             if not is_remote_dir(fs, directory):
                 raise
-    total = sum(os.path.getsize(u.local) for u in files if u.local != "-")
+    total = sum(os.path.getsize(u.local) for u in files if u.local != "-" and u.link is None)
     meter = Meter(total, f"put {dest}", show)
     try:
         for upload in files:
-            if upload.local == "-":
+            if upload.link is not None:
+                put_link(fs, upload.remote, upload.link)
+            elif upload.local == "-":
                 put_stream(fs, sys.stdin.buffer, upload.remote, None, meter)
             else:
                 with open(upload.local, "rb") as source:
@@ -142,6 +156,17 @@ def put(fs: Any, sources: list[str], dest: str, recursive: bool = False,
                                meter)
     finally:
         meter.close()
+
+
+def put_link(fs: Any, remote: str, target: str) -> None:
+    """``remote`` becomes a symlink to ``target``, replacing a file or symlink there."""
+    try:
+        fs.symlink(remote, target)
+    except FileExistsError:
+        if is_remote_dir(fs, remote):
+            raise
+        fs.unlink(remote)
+        fs.symlink(remote, target)
 
 
 def put_stream(fs: Any, source: BinaryIO, remote: str, size: int | None, meter: Meter) -> None:

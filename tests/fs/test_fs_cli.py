@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import errno
 import io
+import os
 import sys
 import time
 from pathlib import Path
@@ -292,3 +293,25 @@ def test_an_upload_holds_one_chunk_at_a_time(kernel: FakeKernel, tmp_path: Path,
                             transfer.Meter(0, "put", False))
     assert read_when_sent[0] <= 3 and len(reads) <= 13, (read_when_sent, len(reads))
     assert kernel.api.listdir("/v") == []  # its temporary removed
+
+
+def test_put_r_copies_symlinks_as_symlinks_and_skips_what_cannot_be_copied(
+        kernel: FakeKernel, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A broken symlink stopped the whole copy before its first file, a FIFO held it
+    forever; symlinks (to files, directories, nowhere) now go as symlinks, as `cp -r`
+    copies them, and what is none of these is skipped, saying so."""
+    tree = tmp_path / "tree"
+    (tree / "sub").mkdir(parents=True)
+    (tree / "a").write_bytes(b"a")
+    (tree / "broken").symlink_to("/nonexistent")
+    (tree / "file-link").symlink_to("a")
+    (tree / "dir-link").symlink_to("sub")
+    os.mkfifo(tree / "sub" / "fifo")
+    kernel.api.mkdir("/v")
+    for _ in range(2):  # and again over what the first copy made
+        assert fs("put", "-r", str(tree), "/v") == 0
+        assert "skipping " + str(tree / "sub" / "fifo") in capsys.readouterr().err
+    assert kernel.api.listdir("/v/tree") == ["a", "broken", "dir-link", "file-link", "sub"]
+    assert [kernel.api.readlink(f"/v/tree/{n}") for n in ("broken", "file-link", "dir-link")] \
+        == ["/nonexistent", "a", "sub"]
+    assert kernel.api.read_file("/v/tree/a") == b"a" and kernel.api.listdir("/v/tree/sub") == []
