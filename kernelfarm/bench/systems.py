@@ -33,7 +33,7 @@ from kernelfarm.bench.echo import EchoProcess, echoed, running_echo
 from kernelfarm.bench.loadgen import Address, Chain
 from kernelfarm.bench.workloads import NEEDS_ECHO, Call
 from kernelfarm.errors import KernelfarmError
-from kernelfarm.partition import SlotTable, key_slot
+from kernelfarm.partition import NSLOTS, SlotTable, key_slot
 from kernelfarm.supervisor import launch
 
 SYSTEMS = ("partitioned", "locked-global", "locked-fine", "unicpu-locks",
@@ -74,14 +74,17 @@ def serve_args(system: str, workers: int) -> list[str]:
 
 
 def config_text(fsync: str) -> str:
-    """The farm's config file: the fsync policy, and auth off.
+    """The farm's config file: the fsync policy, auth off, and no bound on kernels.
 
     The load generator's connections send pre-encoded requests and no ``auth.hello``;
     auth costs once per connection, measured on its own by ``benchmarks/auth_bench.py``.
+    ``--workers`` may ask for more kernels (or threads) than the default
+    ``supervisor.max_kernels`` of four per core, which ``serve`` would refuse.
     """
     if fsync not in FSYNC_POLICIES:
         raise ValueError(f"fsync must be one of {', '.join(FSYNC_POLICIES)}, not {fsync!r}")
-    return f'[auth]\nrequired = false\n[fs]\nfsync = "{fsync}"\n'
+    return (f'[auth]\nrequired = false\n[fs]\nfsync = "{fsync}"\n'
+            f"[supervisor]\nmax_kernels = {NSLOTS}\n")
 
 
 @dataclass

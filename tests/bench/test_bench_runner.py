@@ -12,17 +12,20 @@ import json
 import errno
 import math
 import time
+import tomllib
 from pathlib import Path
 from typing import Any
 
 import psutil
 import pytest
 
+from kernelfarm import config as configuration
 from kernelfarm.bench import report, systems
 from kernelfarm.bench.inprocess import InProcessPlan, _Driver, run_inprocess
 from kernelfarm.bench.runner import BenchOptions, Cell, default_workers, derive, plan
 from kernelfarm.cli import bench_cmd
 from kernelfarm.errors import ConfigError, Refusal, posix
+from kernelfarm.partition import NSLOTS
 from kernelfarm.supervisor.supervisor import allowed_cores
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -81,7 +84,11 @@ def test_serve_flags_per_system() -> None:
         "--mode", "locked", "--threads", "1", "--locking", "fine"]
     with pytest.raises(ValueError):
         systems.serve_args("echo", 1)
-    assert systems.config_text("batch") == '[auth]\nrequired = false\n[fs]\nfsync = "batch"\n'
+    farm = configuration.build(tomllib.loads(systems.config_text("batch")))
+    assert (farm.auth.required, farm.fs.fsync) == (False, "batch")
+    # --workers 16 on 2 cores: serve refuses more than supervisor.max_kernels (four per
+    # core by default); the bench's farms run what it asks for.
+    assert farm.supervisor.max_kernels == NSLOTS
 
 
 def test_balanced_tenants_give_every_server_the_same_share() -> None:
