@@ -111,7 +111,11 @@ class SocksServer:
                                                  protocol.METHOD_NONE_ACCEPTABLE]))
             return
         await loop.sock_sendall(conn, bytes([protocol.VERSION, protocol.METHOD_USERPASS]))
-        ns, token = await reader.read(protocol.parse_auth)
+        try:
+            ns, token = await reader.read(protocol.parse_auth)
+        except SocksError:  # not UTF-8, a wrong version: RFC 1929's failure, then close
+            await loop.sock_sendall(conn, protocol.AUTH_FAILED)
+            raise
         if not await self._login(ns, token):
             await loop.sock_sendall(conn, protocol.AUTH_FAILED)
             return

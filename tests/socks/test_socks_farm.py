@@ -519,6 +519,19 @@ def test_a_wrong_password_is_refused_at_the_handshake(proxy: tuple[str, int], we
     assert result.returncode == 97, result
 
 
+@pytest.mark.parametrize("auth", [b"\x01\x02\xff\xfe\x03tok",  # a username not UTF-8
+                                  b"\x02\x01a\x01b"])  # an unknown auth version
+def test_a_login_it_cannot_read_gets_the_failure_status(proxy: tuple[str, int],
+                                                        auth: bytes) -> None:
+    """RFC 1929: a failure status, then the close (it closed without a word)."""
+    with socket.create_connection(proxy, timeout=10) as sock:
+        sock.sendall(b"\x05\x01\x02")
+        assert sock.recv(2) == b"\x05\x02"
+        sock.sendall(auth)
+        assert sock.recv(2) == b"\x01\x01"
+        assert sock.recv(1) == b""
+
+
 def test_a_tenant_reaches_its_own_namespaces_only(proxy: tuple[str, int], echo: EchoPeer,
                                                   client: kernelfarm.Client) -> None:
     token = client.control_call("tenant.add", "sockstenant", [], ["bob-*"])["token"]
