@@ -315,3 +315,15 @@ def test_put_r_copies_symlinks_as_symlinks_and_skips_what_cannot_be_copied(
     assert [kernel.api.readlink(f"/v/tree/{n}") for n in ("broken", "file-link", "dir-link")] \
         == ["/nonexistent", "a", "sub"]
     assert kernel.api.read_file("/v/tree/a") == b"a" and kernel.api.listdir("/v/tree/sub") == []
+
+
+def test_get_r_says_which_symlinks_it_leaves_out(
+        kernel: FakeKernel, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """They were left out without a word (a backup missing them unseen).  They are not
+    made here: a link a tenant aimed at /etc would lead a later copy's files there."""
+    kernel.api.mkdir("/v")
+    kernel.api.write_file("/v/f", b"f")
+    kernel.api.symlink("/v/link", "/etc")
+    assert fs("get", "-r", "/v", str(tmp_path)) == 0
+    assert "skipping /v/link: a symlink" in capsys.readouterr().err
+    assert sorted(p.name for p in (tmp_path / "v").iterdir()) == ["f"]
