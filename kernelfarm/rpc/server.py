@@ -88,9 +88,10 @@ class ConnectionLimit:
     """How many connections one listener serves at once (``rpc.max_connections``).
 
     With ``evictable`` (a connection that has not said who it is, while auth is required),
-    a full listener makes room for a new connection by closing the oldest evictable one
-    served by the same loop: idle connections that never say ``auth.hello`` cost nothing
-    to open, and held by the thousand they shut every real client out."""
+    a full listener makes room for a new connection by closing the oldest evictable one:
+    idle connections that never say ``auth.hello`` cost nothing to open, and held by the
+    thousand they shut every real client out.  One served by another loop (a locked
+    kernel's other thread) is closed by that loop."""
 
     __slots__ = ("maximum", "admitted", "evictable")
 
@@ -119,9 +120,11 @@ class ConnectionLimit:
         # A copy: a locked kernel's threads share the listener, and its other threads may
         # admit or release connections meanwhile.
         for conn, served_by in list(self.admitted.items()):
-            if served_by is loop and evictable(conn) \
-                    and self.admitted.pop(conn, None) is not None:  # gives nothing back
-                conn.evict()
+            if evictable(conn) and self.admitted.pop(conn, None) is not None:
+                if served_by is loop:  # its connection_lost gives nothing back
+                    conn.evict()
+                else:
+                    served_by.call_soon_threadsafe(conn.evict)
                 return True
         return False
 

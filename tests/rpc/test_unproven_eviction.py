@@ -6,6 +6,7 @@ are are never closed for it, and one more of those is refused as before."""
 from __future__ import annotations
 
 import socket
+from pathlib import Path
 from typing import Iterator
 
 import msgpack
@@ -76,3 +77,25 @@ def test_connections_that_said_who_they_are_are_never_closed_for_room(farm: Farm
     finally:
         for peer in peers:
             peer.close()
+
+
+def test_a_locked_kernel_makes_room_across_its_threads(tmp_path: Path) -> None:
+    """Its threads share the listener: idle connections held by one thread make room for
+    clients that another thread accepts (each closed by the loop that serves it)."""
+    config = f"[rpc]\nmax_connections = {MAX_CONNECTIONS}\n"
+    with start_farm(tmp_path, 1, "--mode", "locked", "--threads", "2",
+                    config_text=config) as farm:
+        addr = rawpeer.kernel_addr(farm.cluster_map())
+        settled(farm)
+        idle = [socket.create_connection(addr, timeout=10) for _ in range(MAX_CONNECTIONS)]
+        clients = []
+        try:
+            for i in range(MAX_CONNECTIONS):  # each takes the place of an idle one
+                clients.append(Peer(addr))
+                assert clients[-1].call(i + 1, "kernel.ping")[2] is None
+            assert all(notification(sock) is not None for sock in idle)
+        finally:
+            for sock in idle:
+                sock.close()
+            for client in clients:
+                client.close()
