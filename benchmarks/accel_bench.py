@@ -39,11 +39,18 @@ BUILD = ROOT / ".accel"
 WORKLOADS = ("fs.stat", "fs.write_file", "net-echo")
 
 
-@contextlib.contextmanager
-def compiled_environment() -> Iterator[None]:
+def compiled_environment() -> contextlib.AbstractContextManager[None]:
     """Processes started meanwhile load the compiled modules (this one stays pure)."""
+    return sources_first(BUILD)
+
+
+@contextlib.contextmanager
+def sources_first(where: Path) -> Iterator[None]:
+    """Processes started meanwhile import kernelfarm from ``where`` first (a build of
+    the compiled modules, or another tree's sources), never from their working
+    directory (``PYTHONSAFEPATH``); this one is left as it is."""
     saved = {name: os.environ.get(name) for name in ("PYTHONPATH", "PYTHONSAFEPATH")}
-    os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(BUILD),
+    os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(where),
                                                              saved["PYTHONPATH"]]))
     os.environ["PYTHONSAFEPATH"] = "1"
     try:

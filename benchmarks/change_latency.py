@@ -31,13 +31,12 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import os
 import statistics
 import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any, Awaitable, Callable, Iterator
+from typing import Any, Awaitable, Callable
 
 import psutil
 import uvloop
@@ -47,6 +46,9 @@ from rich.table import Table
 from kernelfarm.bench.runner import write_raw
 from kernelfarm.bench.systems import FSYNC_POLICIES, running_farm
 from kernelfarm.rpc.client import RpcClientConnection, connect
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from accel_bench import sources_first
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 VOLUME = "latency"
@@ -124,24 +126,6 @@ async def timed(farms: list[Farm], count: int, rounds: int) -> None:
             conn.close()
 
 
-@contextlib.contextmanager
-def sources(tree: Path | None) -> Iterator[None]:
-    """Farms started inside run from ``tree``'s kernelfarm (``None``: this one)."""
-    if tree is None:
-        yield
-        return
-    saved = {name: os.environ.get(name) for name in ("PYTHONPATH", "PYTHONSAFEPATH")}
-    os.environ.update(PYTHONPATH=str(tree), PYTHONSAFEPATH="1")  # not the cwd's sources
-    try:
-        yield
-    finally:
-        for name, value in saved.items():
-            if value is None:
-                os.environ.pop(name, None)
-            else:
-                os.environ[name] = value
-
-
 def measure(policy: str, args: argparse.Namespace, scratch: Path) -> dict[str, Any]:
     """The figures of each farm under ``policy``: this tree's, and ``--against``'s."""
     trees: dict[str, Path | None] = {"this": None}
@@ -150,7 +134,7 @@ def measure(policy: str, args: argparse.Namespace, scratch: Path) -> dict[str, A
     with contextlib.ExitStack() as stack:
         farms = []
         for label, tree in trees.items():
-            with sources(tree):
+            with contextlib.nullcontext() if tree is None else sources_first(tree):
                 target = stack.enter_context(
                     running_farm(["--kernels", "1"], scratch / label, policy))
             target.call("fs.mkdir", f"/{VOLUME}")

@@ -186,13 +186,17 @@ def syncing_kernel(tmp_path: Path) -> Iterator[Any]:
             kernel.close()
 
 
-async def settled(kernel: Kernel) -> None:
-    """Until the group commit has nothing pending and the syncer nothing in flight."""
+async def until(condition: Any, what: str) -> None:
     deadline = asyncio.get_running_loop().time() + 30
-    commits = kernel.group_commit
-    while commits.pending or commits.holding:
-        assert asyncio.get_running_loop().time() < deadline, "the syncer never answered"
+    while not condition():
+        assert asyncio.get_running_loop().time() < deadline, f"never: {what}"
         await asyncio.sleep(0.001)
+
+
+async def settled(kernel: Kernel) -> None:
+    """Until the group commit has nothing pending and holds no reply."""
+    commits = kernel.group_commit
+    await until(lambda: not (commits.pending or commits.holding), "the syncer's answer")
 
 
 @pytest.mark.asyncio
@@ -241,13 +245,6 @@ class Recorded(Trusted):
 
     def write(self, data: bytes) -> None:
         self.sent.append(data)
-
-
-async def until(condition: Any, what: str) -> None:
-    deadline = asyncio.get_running_loop().time() + 30
-    while not condition():
-        assert asyncio.get_running_loop().time() < deadline, f"never: {what}"
-        await asyncio.sleep(0.001)
 
 
 @pytest.mark.asyncio
