@@ -123,7 +123,8 @@ class FsSubsystem(Subsystem):
 
         return [
             m("mkdir", self.mkdir, True), m("rmdir", self.rmdir, True),
-            m("listdir", self.listdir), m("stat", self.stat),
+            m("listdir", self.listdir),
+            Method("fs.stat", self.stat, routing_key, kept=self._stats),
             m("write_file", self.write_file, True), m("create", self.create, True),
             m("read_file", self.read_file),
             m("pread", self.pread), m("pwrite", self.pwrite, True),

@@ -68,6 +68,14 @@ class Method:
     writes: bool = False
     wants_conn: bool = False
     reply_bytes: Callable[[Sequence[Any]], int] | None = None
+    kept: dict[str, Any] | None = None
+    """Results of this method the subsystem keeps, by the request's one parameter (a
+    path), each valid for as long as it is in the table: the subsystem removes a result
+    the moment it may be wrong.  The kernel answers a request with one parameter found
+    here itself, after routing it as any other, without calling the handler (a frame
+    and the handler's own lookups); what is not here goes to the handler.  ``None``: the
+    handler answers every request (and in the locked baseline, which serves every call
+    under its locks)."""
     served: list[int] = field(default_factory=lambda: [0], compare=False)
     """Requests of this method the kernel answered (one cell, shared by the copies a lock
     wrapper makes with ``replace``): counting one is an index, not a dict update."""

@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 
 from kernelfarm import config as configuration
+from kernelfarm.auth.gate import Grants, Session
 from kernelfarm.boot import BootInfo
 from kernelfarm.kernel import kernel as kernel_module
 from kernelfarm.kernel.kernel import Kernel
@@ -101,4 +102,37 @@ async def test_remembered_routes_are_forgotten_when_a_slot_moves(tmp_path: Path)
     assert call(kernel, "fs.stat", f"/{mine}/f")[2] is None
     kernel.release([slot(mine)])
     assert call(kernel, "fs.stat", f"/{mine}/f")[2]["code"] == "TRYAGAIN"
+    kernel.close()
+
+
+class Tenant:
+    """A connection of a tenant granted only the volumes named ``granted``."""
+
+    def __init__(self, kernel: Kernel, granted: str) -> None:
+        self.session = Session(tenant="t", admin=False, methods=kernel.methods,
+                               grants=Grants((granted,), ()))
+
+
+@pytest.mark.asyncio
+async def test_a_kept_result_is_answered_as_its_handler_would(tmp_path: Path) -> None:
+    """A stat the fs subsystem keeps is answered by the kernel without its handler, so
+    the kernel must check what the handler would have: the route (a tenant not granted
+    the volume is refused), the parameter count (EINVAL, not the stat), an unhashable
+    parameter (EINVAL, not a crash); and it counts the request."""
+    kernel = make(tmp_path, [[0, NSLOTS - 1, 0]])
+    kernel.load_slots([slot("v")])
+    assert call(kernel, "fs.mkdir", "/v")[2] is None
+    assert call(kernel, "fs.write_file", "/v/f", b"x")[2] is None
+    stat = call(kernel, "fs.stat", "/v/f")
+    kept = kernel.methods["fs.stat"].kept
+    assert stat[2] is None and kept is not None and "/v/f" in kept
+    served = kernel.ops["fs.stat"]
+    assert call(kernel, "fs.stat", "/v/f") == stat  # the kept one
+    assert kernel.ops["fs.stat"] == served + 1
+    assert kernel.handle(Tenant(kernel, "v"), 7, "fs.stat", ["/v/f"]) == stat
+    denied = kernel.handle(Tenant(kernel, "w"), 7, "fs.stat", ["/v/f"])
+    assert denied is not None and denied[2]["code"] == "EACCES"
+    too_many = call(kernel, "fs.stat", "/v/f", "extra")[2]
+    assert too_many["code"] == "EINVAL" and "takes 1 parameter" in too_many["message"]
+    assert call(kernel, "fs.stat", ["/v/f"])[2]["code"] == "EINVAL"
     kernel.close()
