@@ -34,7 +34,7 @@ from kernelfarm.errors import (
 from kernelfarm.kernel.commit import Flush, GroupCommit
 from kernelfarm.kernel.components import SUBSYSTEMS
 from kernelfarm.rpc.params import Params
-from kernelfarm.kernel.subsystem import Method, Subsystem, scoped_root_listing
+from kernelfarm.kernel.subsystem import Method, Subsystem, scoped_root
 from kernelfarm.partition import NSLOTS, SlotTable
 from kernelfarm.ratelog import RateLimitedLog
 from kernelfarm.rpc.meter import Meter
@@ -105,8 +105,8 @@ class Kernel:
             Method(HELLO, self._hello, None,
                    is_async=True, wants_conn=True),
         ]
-        for method in core_methods + [m for s in self.subsystems for m in s.methods()]:
-            method = scoped_root_listing(method)
+        for method in scoped_root(core_methods + [m for s in self.subsystems
+                                                  for m in s.methods()]):
             self.params[method.name] = Params.of(method)
             # The locked baseline serves every call through its (locked) handler.
             self.methods[method.name] = wrap(replace(method, kept=None)) if wrap else method

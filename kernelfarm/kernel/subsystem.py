@@ -96,23 +96,40 @@ def with_conn_first(wrapper: Callable[..., Any], handler: Callable[..., Any]
     return wrapper
 
 
-def scoped_root_listing(method: Method) -> Method:
-    """``fs.listdir("/")`` lists only the volumes the caller's tenant is granted.
+def scoped_root(methods: list[Method]) -> list[Method]:
+    """``fs.listdir("/")`` lists only the volumes the caller's tenant is granted, and
+    ``fs.statfs("/")`` adds up only theirs: a tenant learns neither the names nor the use
+    of other tenants' volumes on its kernel.
 
     Here rather than in the kernel module because that one may be compiled
     (:mod:`kernelfarm.accel`), and a compiled closure has no signature to give ``Params``."""
-    if method.name != "fs.listdir":
-        return method
-    handler = method.handler
+    by_name = {method.name: method for method in methods}
+    if "fs.listdir" not in by_name or "fs.statfs" not in by_name:
+        return methods
+    names_of, usage_of = by_name["fs.listdir"].handler, by_name["fs.statfs"].handler
 
     def listdir(conn: Any, path: Any, *rest: Any) -> Any:
-        names = handler(path, *rest)
+        names = names_of(path, *rest)
         grants = conn.session.grants
         if path != "/" or grants is None:
             return names
         return [name for name in names if grants.allows("fs.listdir", name)]
 
-    return replace(method, handler=with_conn_first(listdir, handler), wants_conn=True)
+    def statfs(conn: Any, path: Any, *rest: Any) -> Any:
+        usage = usage_of(path, *rest)
+        grants = conn.session.grants
+        if path != "/" or grants is None:
+            return usage
+        used = [usage_of(f"/{name}") for name in names_of("/")
+                if grants.allows("fs.statfs", name)]
+        return {**usage, "volumes": len(used),  # the quotas are per volume: as they are
+                "bytes_used": sum(volume["bytes_used"] for volume in used),
+                "inodes_used": sum(volume["inodes_used"] for volume in used)}
+
+    scoped = {"fs.listdir": with_conn_first(listdir, names_of),
+              "fs.statfs": with_conn_first(statfs, usage_of)}
+    return [replace(method, handler=scoped[method.name], wants_conn=True)
+            if method.name in scoped else method for method in methods]
 
 
 class Connection(Protocol):

@@ -136,3 +136,24 @@ async def test_a_kept_result_is_answered_as_its_handler_would(tmp_path: Path) ->
     assert too_many["code"] == "EINVAL" and "takes 1 parameter" in too_many["message"]
     assert call(kernel, "fs.stat", ["/v/f"])[2]["code"] == "EINVAL"
     kernel.close()
+
+
+@pytest.mark.asyncio
+async def test_a_tenant_sees_only_its_own_volumes_at_the_root(tmp_path: Path) -> None:
+    """``fs.listdir("/")`` and ``fs.statfs("/")`` of a tenant name and add up only the
+    volumes it is granted, not its kernel's others; the admin sees them all."""
+    kernel = make(tmp_path, [[0, NSLOTS - 1, 0]])
+    kernel.load_slots(list(range(NSLOTS)))
+    for volume, data in (("v", b"vv"), ("w", b"w" * 1000)):
+        assert call(kernel, "fs.mkdir", f"/{volume}")[2] is None
+        assert call(kernel, "fs.write_file", f"/{volume}/f", data)[2] is None
+    tenant = Tenant(kernel, "v")
+    assert kernel.handle(tenant, 7, "fs.listdir", ["/"]) == [1, 7, None, ["v"]]
+    mine = call(kernel, "fs.statfs", "/v")[3]
+    scoped = kernel.handle(tenant, 7, "fs.statfs", ["/"])
+    assert scoped is not None and scoped[3] == {**mine, "volumes": 1}
+    everything = call(kernel, "fs.statfs", "/")[3]
+    assert everything["volumes"] == 2 and everything["bytes_used"] > mine["bytes_used"]
+    too_many = kernel.handle(tenant, 7, "fs.statfs", ["/", 1])
+    assert too_many is not None and too_many[2]["code"] == "EINVAL"
+    kernel.close()
