@@ -109,10 +109,15 @@ def wait_behind_a_long_step(farm: Farm, waiter_is_main: bool, logged: str) -> No
     pid = farm.kernel_pids()[0]
     holder, holder_tid = served_by(farm, main=False)
     waiter, _ = served_by(farm, main=waiter_is_main, besides=holder_tid)
+    busy = farm.data_dir / "busy"  # where the holder's fsyncs append (hanging_kernel.py)
     fsyncs = 100
     while logged.format(holder=holder_tid) not in farm.log():
         assert fsyncs <= 12800, "nothing waited for the lock past the timeout"
+        before = busy.stat().st_size if busy.exists() else 0
         holder.send(msgpack.packb([0, 3, "kernel.stats", [False, fsyncs]]))
+        # The waiter asks once the holder has the lock, not before it (it would not wait).
+        wait_until(lambda: busy.exists() and busy.stat().st_size > before,
+                   what="the holder to start its fsyncs")
         waiter.send(msgpack.packb([0, 4, "kernel.stats", []]))
         for peer in (holder, waiter):
             reply = peer.next_message()
