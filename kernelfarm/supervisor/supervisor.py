@@ -401,7 +401,9 @@ class Supervisor:
 
     def _lock_data_dir(self) -> None:
         try:
-            durable.makedirs(self.data_dir)  # a power cut must not lose it under volumes
+            # 0700: tenants' volume names and journals are nobody else's (a power cut must
+            # not lose the directory under its volumes: durable)
+            durable.makedirs(self.data_dir, 0o700)
         except OSError as exc:
             raise ConfigError(f"data dir {self.data_dir} cannot be created: {exc}") from exc
         if not self.data_dir.is_dir():

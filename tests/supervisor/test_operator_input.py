@@ -144,3 +144,24 @@ def test_serve_refuses_more_kernels_or_threads_than_max_kernels(tmp_path: Path) 
         assert f"this farm runs at most {most} (supervisor.max_kernels" in result.stderr
         assert "Traceback" not in result.stderr
         assert not (tmp_path / "data").exists()  # refused before it touched the data dir
+
+
+def test_a_new_data_dir_is_private(tmp_path: Path) -> None:
+    """0700 whatever the umask (it was 0755: volume names and journal sizes for anyone).
+    Started by hand: start_farm makes the data dir first, to put the admin token there."""
+    data = tmp_path / "new" / "data"
+    previous = os.umask(0o022)  # the usual one, inherited by the daemon
+    try:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "kernelfarm", "serve", "--kernels", "1", "--data-dir",
+             str(data), "--control", "127.0.0.1:0", "--metrics", "off"],
+            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    finally:
+        os.umask(previous)
+    try:
+        assert proc.stdout is not None
+        assert '"event": "ready"' in proc.stdout.readline()
+        assert data.stat().st_mode & 0o777 == 0o700
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.communicate(timeout=60)
