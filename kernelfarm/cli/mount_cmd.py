@@ -43,6 +43,12 @@ def run_mount(args: argparse.Namespace) -> int:
               file=sys.stderr)
         return 2
     mountpoint = os.path.abspath(args.mountpoint)
+    if fs_type(mountpoint) == FS_TYPE:  # first: a dead mount's stat fails with ENOTCONN
+        # A second mount would hide the first, and `umount` would then unmount only the
+        # top one and report the mount point still mounted.
+        print(f"kernelfarm mount: {args.mountpoint}: already a kernelfarm mount "
+              "(kernelfarm umount it first)", file=sys.stderr)
+        return 1
     if not os.path.isdir(mountpoint):
         print(f"kernelfarm mount: {args.mountpoint}: not a directory", file=sys.stderr)
         return 2

@@ -79,6 +79,18 @@ def test_sigterm_sends_pending_writes_then_unmounts(farm: Farm, tmp_path: Path) 
     assert farm.client().fs.read_file("/termvol/f") == b"buffered, not yet on the farm"
 
 
+def test_a_second_mount_on_the_same_point_is_refused(farm: Farm, tmp_path: Path) -> None:
+    """Stacked mounts hid the first one, and `umount` then left the point mounted."""
+    with mounted(farm, tmp_path / "mp", name="first") as mount:
+        result = subprocess.run(mount_command(farm, mount.path), capture_output=True,
+                                text=True, timeout=30)
+        assert result.returncode == 1, result.stderr
+        assert "already a kernelfarm mount" in result.stderr, result.stderr
+        assert mount_processes(mount.path) == [psutil.Process(mount.proc.pid)]
+        (mount.path / "stackvol").mkdir()  # the first mount still serves
+    assert not is_mounted(mount.path)  # one unmount cleared it: nothing stacked
+
+
 def test_read_only_mount_refuses_changes(farm: Farm, tmp_path: Path) -> None:
     fs = farm.client().fs
     fs.mkdir("/rovol")
